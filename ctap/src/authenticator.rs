@@ -1,0 +1,214 @@
+//! The authenticator: CTAP2 command dispatch (CTAP 2.1 §6) over the
+//! platform traits, plus the commands small enough to live beside it
+//! (getInfo, reset, selection). makeCredential and getAssertion have files
+//! of their own.
+
+use std::time::{Duration, Instant};
+
+use ciborium::value::Value;
+
+use crate::cbor::{self, MapBuilder};
+use crate::ctaphid::{capability, DeviceVersion, MAX_MESSAGE_SIZE};
+use crate::get_assertion::PendingAssertions;
+use crate::platform::{
+    CredentialStore, KeyStore, Operation, PolicyDecision, PolicyRequest, PolicyVerdict, PresenceRequest,
+    PromptOutcome, TransactionSignals, UserPrompt,
+};
+use crate::status::{CtapResult, StatusCode};
+
+/// CTAP2 command bytes (§6).
+pub mod command {
+    pub const MAKE_CREDENTIAL: u8 = 0x01;
+    pub const GET_ASSERTION: u8 = 0x02;
+    pub const GET_INFO: u8 = 0x04;
+    pub const CLIENT_PIN: u8 = 0x06;
+    pub const RESET: u8 = 0x07;
+    pub const GET_NEXT_ASSERTION: u8 = 0x08;
+    pub const SELECTION: u8 = 0x0B;
+}
+
+/// authenticatorReset is only honoured this soon after power-up (§6.6).
+pub const RESET_WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttestationMode {
+    /// "packed" self attestation: signed by the credential's own key.
+    SelfAttestation,
+    /// "none".
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthenticatorConfig {
+    pub aaguid: [u8; 16],
+    pub firmware_version: u32,
+    pub attestation: AttestationMode,
+}
+
+/// fidoseal's AAGUID: identifies the model, the same on every machine.
+pub const FIDOSEAL_AAGUID: [u8; 16] = [
+    0x5a, 0x0e, 0x3c, 0x1f, 0x8b, 0x47, 0x4d, 0x52, 0x9e, 0x61, 0x2c, 0xf0, 0x7d, 0x13, 0xa8, 0x46,
+];
+
+impl Default for AuthenticatorConfig {
+    fn default() -> Self {
+        Self { aaguid: FIDOSEAL_AAGUID, firmware_version: 1, attestation: AttestationMode::SelfAttestation }
+    }
+}
+
+/// What the authenticator is plugged into.
+pub struct Platform {
+    pub keystore: Box<dyn KeyStore>,
+    pub credentials: Box<dyn CredentialStore>,
+    pub prompt: Box<dyn UserPrompt>,
+    pub policy: Box<dyn PolicyDecision>,
+}
+
+/// Per-request facts from the transport.
+pub struct RequestContext<'a> {
+    pub now: Instant,
+    /// The CTAPHID channel the request came on.
+    pub channel: u32,
+    pub signals: &'a TransactionSignals,
+}
+
+pub struct Authenticator {
+    pub(crate) config: AuthenticatorConfig,
+    pub(crate) platform: Platform,
+    /// When the device was (re)created: "power-up" for the reset window.
+    power_up: Instant,
+    pub(crate) pending_assertions: Option<PendingAssertions>,
+}
+
+impl Authenticator {
+    pub fn new(config: AuthenticatorConfig, platform: Platform, power_up: Instant) -> Self {
+        Self { config, platform, power_up, pending_assertions: None }
+    }
+
+    /// Version and capabilities for CTAPHID_INIT.
+    pub fn device_version(&self) -> DeviceVersion {
+        let [_, major, minor, build] = self.config.firmware_version.to_be_bytes();
+        DeviceVersion { major, minor, build, capabilities: capability::WINK | capability::CBOR | capability::NMSG }
+    }
+
+    /// Handles a CTAPHID_CBOR message: a command byte and its parameters.
+    /// Returns the status byte followed by the CBOR response, if any.
+    pub fn process_cbor(&mut self, message: &[u8], ctx: &RequestContext<'_>) -> Vec<u8> {
+        let Some((&cmd, params)) = message.split_first() else {
+            return vec![StatusCode::InvalidLength.as_byte()];
+        };
+        if cmd != command::GET_NEXT_ASSERTION {
+            // getNextAssertion state lives only until the next other command.
+            self.pending_assertions = None;
+        }
+        let result = match cmd {
+            command::MAKE_CREDENTIAL => self.make_credential(params, ctx).map(Some),
+            command::GET_ASSERTION => self.get_assertion(params, ctx).map(Some),
+            command::GET_INFO => Ok(Some(self.get_info())),
+            command::RESET => self.reset(ctx).map(|()| None),
+            command::GET_NEXT_ASSERTION => self.get_next_assertion(ctx).map(Some),
+            command::SELECTION => self.selection(ctx).map(|()| None),
+            _ => Err(StatusCode::InvalidCommand),
+        };
+        match result {
+            Ok(Some(value)) => {
+                let mut out = vec![StatusCode::Success.as_byte()];
+                out.extend(cbor::encode(value));
+                out
+            }
+            Ok(None) => vec![StatusCode::Success.as_byte()],
+            Err(status) => {
+                tracing::debug!(command = cmd, %status, "CTAP2 command failed");
+                vec![status.as_byte()]
+            }
+        }
+    }
+
+    fn get_info(&self) -> Value {
+        let algorithms: Vec<Value> = self
+            .platform
+            .keystore
+            .algorithms()
+            .into_iter()
+            .map(|a| MapBuilder::new().text("alg", a.cose_id()).text("type", "public-key").build())
+            .collect();
+        let options = MapBuilder::new().text("rk", true).text("up", true).text("plat", false).build();
+        MapBuilder::new()
+            .int(0x01, Value::Array(vec![Value::from("FIDO_2_0")]))
+            .int(0x03, cbor::bytes(self.config.aaguid.to_vec()))
+            .int(0x04, options)
+            .int(0x05, MAX_MESSAGE_SIZE as u64)
+            .int(0x09, Value::Array(vec![Value::from("usb")]))
+            .int(0x0A, Value::Array(algorithms))
+            .int(0x0E, u64::from(self.config.firmware_version))
+            .build()
+    }
+
+    /// authenticatorReset (§6.6): within 10 s of power-up, after a touch.
+    fn reset(&mut self, ctx: &RequestContext<'_>) -> CtapResult<()> {
+        if ctx.now.saturating_duration_since(self.power_up) > RESET_WINDOW {
+            return Err(StatusCode::NotAllowed);
+        }
+        self.require_presence(
+            &PresenceRequest { purpose: crate::platform::PresencePurpose::Reset, rp_id: None, user_name: None },
+            ctx,
+        )?;
+        self.platform.keystore.reset()?;
+        self.platform.credentials.reset()?;
+        tracing::warn!("authenticator reset: every credential is gone");
+        Ok(())
+    }
+
+    /// authenticatorSelection (§6.9): the user touches the key to pick it.
+    fn selection(&mut self, ctx: &RequestContext<'_>) -> CtapResult<()> {
+        self.require_presence(
+            &PresenceRequest { purpose: crate::platform::PresencePurpose::Select, rp_id: None, user_name: None },
+            ctx,
+        )
+    }
+
+    /// Asks the user for presence; any answer but approval ends the request.
+    pub(crate) fn require_presence(&mut self, request: &PresenceRequest<'_>, ctx: &RequestContext<'_>) -> CtapResult<()> {
+        if ctx.signals.is_cancelled() {
+            return Err(StatusCode::KeepaliveCancel);
+        }
+        ctx.signals.set_waiting_for_user(true);
+        let outcome = self.platform.prompt.request_presence(request, ctx.signals);
+        ctx.signals.set_waiting_for_user(false);
+        if ctx.signals.is_cancelled() {
+            return Err(StatusCode::KeepaliveCancel);
+        }
+        tracing::info!(purpose = ?request.purpose, rp_id = request.rp_id, outcome = ?outcome, "user presence");
+        match outcome {
+            PromptOutcome::Approved => Ok(()),
+            PromptOutcome::Denied | PromptOutcome::Unavailable => Err(StatusCode::OperationDenied),
+            PromptOutcome::TimedOut => Err(StatusCode::UserActionTimeout),
+            PromptOutcome::Cancelled => Err(StatusCode::KeepaliveCancel),
+        }
+    }
+
+    /// Asks the policy before any key is used.
+    pub(crate) fn check_policy(&self, operation: Operation, rp_id: &str, discoverable: bool) -> CtapResult<()> {
+        let verdict = self.platform.policy.decide(&PolicyRequest { operation, rp_id, discoverable });
+        tracing::info!(?operation, rp_id, discoverable, decision = ?verdict, "policy decision");
+        match verdict {
+            PolicyVerdict::Allow => Ok(()),
+            PolicyVerdict::Deny => Err(StatusCode::OperationDenied),
+        }
+    }
+
+    /// pinUvAuthParam handling common to makeCredential and getAssertion
+    /// (§6.1.2 steps 1–2, §6.2.2 steps 1–2). No PIN/UV auth protocol is
+    /// implemented yet, so any protocol named is unsupported.
+    pub(crate) fn check_pin_uv_auth(&self, auth: Option<&crate::request::PinUvAuth>) -> CtapResult<()> {
+        match auth {
+            None => Ok(()),
+            Some(a) if a.protocol.is_none() => Err(StatusCode::MissingParameter),
+            Some(_) => Err(StatusCode::InvalidParameter),
+        }
+    }
+
+    pub(crate) fn next_signature_counter(&mut self) -> CtapResult<u32> {
+        Ok(self.platform.credentials.next_signature_counter()?)
+    }
+}

@@ -1,0 +1,20 @@
+//! The fidoseal authenticator, free of I/O: CTAPHID framing ([`ctaphid`])
+//! and CTAP2 commands ([`authenticator`]) over four platform traits
+//! ([`platform`]). The daemon plugs in uhid, the TPM, files, D-Bus and
+//! policy; tests and benchmarks plug in software keys and scripted prompts.
+
+pub mod auth_data;
+pub mod authenticator;
+pub mod cbor;
+pub mod credential;
+pub mod ctaphid;
+mod get_assertion;
+mod make_credential;
+pub mod memory_store;
+pub mod platform;
+pub mod request;
+pub mod software_keystore;
+pub mod status;
+
+pub use authenticator::{AttestationMode, Authenticator, AuthenticatorConfig, Platform, RequestContext};
+pub use status::StatusCode;

@@ -1,0 +1,304 @@
+//! The four traits through which the authenticator reaches the outside
+//! world (DESIGN.md "Request path"): a key store, a credential store, a user
+//! prompt and a policy decision. The daemon gives TPM, files, D-Bus and
+//! policy files; tests and benchmarks give software keys, memory and scripts.
+
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
+
+use crate::ctaphid::KeepaliveStatus;
+
+/// COSE algorithm identifiers (IANA "COSE Algorithms").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    /// ECDSA with P-256 and SHA-256, COSE -7.
+    Es256,
+}
+
+impl Algorithm {
+    pub fn cose_id(self) -> i64 {
+        match self {
+            Algorithm::Es256 => -7,
+        }
+    }
+
+    pub fn from_cose_id(id: i64) -> Option<Self> {
+        match id {
+            -7 => Some(Algorithm::Es256),
+            _ => None,
+        }
+    }
+}
+
+/// A credential public key, as it goes into attested credential data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicKey {
+    /// Uncompressed P-256 point coordinates.
+    P256 { x: [u8; 32], y: [u8; 32] },
+}
+
+/// A freshly generated credential key.
+pub struct CreatedKey {
+    pub public_key: PublicKey,
+    /// The private key as only this key store can use it again (wrapped by
+    /// the TPM or by the software key-encryption key); safe to store.
+    pub key_handle: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyStoreError {
+    #[error("algorithm {0:?} is not supported by this key store")]
+    UnsupportedAlgorithm(Algorithm),
+    /// The blob was not made by this key store for this relying party, or
+    /// was changed: treat the credential as unknown.
+    #[error("credential was not issued by this key store or was altered")]
+    NotAuthentic,
+    #[error("key store is out of resources: {0}")]
+    Exhausted(String),
+    #[error("key store failure: {0}")]
+    Backend(String),
+}
+
+/// Where private keys are made and used; private keys never leave it in the
+/// clear.
+pub trait KeyStore: Send {
+    /// A short name for logs ("software", "tpm").
+    fn name(&self) -> &'static str;
+    /// Algorithms this store can create keys for, in order of preference.
+    fn algorithms(&self) -> Vec<Algorithm>;
+    fn generate(&mut self, algorithm: Algorithm) -> Result<CreatedKey, KeyStoreError>;
+    /// Signs `message` (authenticator data ‖ client data hash) with the key
+    /// behind `key_handle`; ES256 signatures are DER-encoded.
+    fn sign(&mut self, algorithm: Algorithm, key_handle: &[u8], message: &[u8]) -> Result<Vec<u8>, KeyStoreError>;
+    /// Authenticated encryption of a credential ID payload, bound to the
+    /// relying party by `rp_id_hash` as associated data.
+    fn seal_credential_id(&mut self, rp_id_hash: &[u8; 32], payload: &[u8]) -> Result<Vec<u8>, KeyStoreError>;
+    /// Reverses [`KeyStore::seal_credential_id`]; `NotAuthentic` for any ID
+    /// that this store did not seal for this relying party.
+    fn open_credential_id(&mut self, rp_id_hash: &[u8; 32], credential_id: &[u8]) -> Result<Vec<u8>, KeyStoreError>;
+    /// authenticatorReset: forget every secret so that all earlier
+    /// credential IDs and key handles become unusable.
+    fn reset(&mut self) -> Result<(), KeyStoreError>;
+}
+
+/// A discoverable credential as kept by the credential store.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ResidentCredential {
+    #[serde(with = "serde_bytes")]
+    pub credential_id: Vec<u8>,
+    pub rp_id: String,
+    pub rp_name: Option<String>,
+    #[serde(with = "serde_bytes")]
+    pub user_id: Vec<u8>,
+    pub user_name: Option<String>,
+    pub user_display_name: Option<String>,
+    pub algorithm: Algorithm,
+    #[serde(with = "serde_bytes")]
+    pub key_handle: Vec<u8>,
+    /// Creation order (newest first in getAssertion, CTAP 2.1 §6.2.2 step 7).
+    pub created: u64,
+}
+
+impl std::fmt::Debug for ResidentCredential {
+    // The key handle is wrapped, but there is no reason to print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResidentCredential")
+            .field("rp_id", &self.rp_id)
+            .field("user_name", &self.user_name)
+            .field("created", &self.created)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("no room for another discoverable credential")]
+    Full,
+    #[error("credential state could not be read or written: {0}")]
+    Io(String),
+}
+
+/// Discoverable credentials and the signature counter. Every mutating call
+/// returns only once the change is durable.
+pub trait CredentialStore: Send {
+    fn credentials_for_rp(&self, rp_id: &str) -> Result<Vec<ResidentCredential>, StoreError>;
+    fn find(&self, credential_id: &[u8]) -> Result<Option<ResidentCredential>, StoreError>;
+    /// Stores `credential`, replacing any credential of the same rp ID and
+    /// user ID (CTAP 2.1 §6.1.2 step 15).
+    fn save(&mut self, credential: ResidentCredential) -> Result<(), StoreError>;
+    fn delete(&mut self, credential_id: &[u8]) -> Result<bool, StoreError>;
+    /// How many more discoverable credentials fit.
+    fn remaining_capacity(&self) -> usize;
+    /// Increments and durably stores the signature counter, returning the new value.
+    fn next_signature_counter(&mut self) -> Result<u32, StoreError>;
+    /// authenticatorReset: delete every credential.
+    fn reset(&mut self) -> Result<(), StoreError>;
+}
+
+/// What the user is asked to confirm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresencePurpose {
+    Register,
+    Authenticate,
+    /// The credential already exists (excludeList): the touch only confirms it.
+    ConfirmExisting,
+    /// authenticatorSelection: "touch the key you want to use".
+    Select,
+    Reset,
+}
+
+#[derive(Debug, Clone)]
+pub struct PresenceRequest<'a> {
+    pub purpose: PresencePurpose,
+    pub rp_id: Option<&'a str>,
+    pub user_name: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptOutcome {
+    Approved,
+    Denied,
+    TimedOut,
+    Cancelled,
+    /// Nobody can be asked (no agent, agent gone): treated as a denial.
+    Unavailable,
+}
+
+/// Asks the user for presence (and later, verification).
+pub trait UserPrompt: Send {
+    /// Blocks until the user answers, the prompt times out, or `signals`
+    /// reports a cancellation from the host.
+    fn request_presence(&mut self, request: &PresenceRequest<'_>, signals: &TransactionSignals) -> PromptOutcome;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    MakeCredential,
+    GetAssertion,
+    Reset,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyRequest<'a> {
+    pub operation: Operation,
+    pub rp_id: &'a str,
+    pub discoverable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyVerdict {
+    Allow,
+    Deny,
+}
+
+/// May this relying party use the key this way? Asked before any key use.
+pub trait PolicyDecision: Send {
+    fn decide(&self, request: &PolicyRequest<'_>) -> PolicyVerdict;
+}
+
+/// The policy of the walking skeleton: everything is allowed.
+pub struct AllowAll;
+
+impl PolicyDecision for AllowAll {
+    fn decide(&self, _request: &PolicyRequest<'_>) -> PolicyVerdict {
+        PolicyVerdict::Allow
+    }
+}
+
+/// Shared between the transport and a running request: the transport sets
+/// `cancel`; the authenticator says whether it waits for the user, which the
+/// transport reports in KEEPALIVE messages.
+#[derive(Default)]
+pub struct TransactionSignals {
+    state: Mutex<SignalState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct SignalState {
+    cancelled: bool,
+    waiting_for_user: bool,
+}
+
+impl TransactionSignals {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SignalState> {
+        // A poisoned lock only means another thread panicked while holding
+        // two booleans; their values are still meaningful.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn cancel(&self) {
+        self.lock().cancelled = true;
+        self.changed.notify_all();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.lock().cancelled
+    }
+
+    /// Waits up to `timeout` for a cancellation; true if cancelled.
+    pub fn wait_for_cancel(&self, timeout: Duration) -> bool {
+        let guard = self.lock();
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |s| !s.cancelled)
+            .unwrap_or_else(|e| e.into_inner());
+        guard.cancelled
+    }
+
+    pub fn set_waiting_for_user(&self, waiting: bool) {
+        self.lock().waiting_for_user = waiting;
+    }
+
+    pub fn keepalive_status(&self) -> KeepaliveStatus {
+        if self.lock().waiting_for_user {
+            KeepaliveStatus::UserPresenceNeeded
+        } else {
+            KeepaliveStatus::Processing
+        }
+    }
+}
+
+/// A 32-byte secret that is wiped when dropped.
+#[derive(Clone, Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct Secret32(pub [u8; 32]);
+
+impl std::fmt::Debug for Secret32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret32(..)")
+    }
+}
+
+impl From<KeyStoreError> for crate::status::StatusCode {
+    fn from(error: KeyStoreError) -> Self {
+        use crate::status::StatusCode;
+        match error {
+            KeyStoreError::UnsupportedAlgorithm(_) => StatusCode::UnsupportedAlgorithm,
+            KeyStoreError::NotAuthentic => StatusCode::InvalidCredential,
+            KeyStoreError::Exhausted(_) | KeyStoreError::Backend(_) => {
+                tracing::error!(error = %error, "key store operation failed");
+                StatusCode::Other
+            }
+        }
+    }
+}
+
+impl From<StoreError> for crate::status::StatusCode {
+    fn from(error: StoreError) -> Self {
+        use crate::status::StatusCode;
+        match error {
+            StoreError::Full => StatusCode::KeyStoreFull,
+            StoreError::Io(_) => {
+                tracing::error!(error = %error, "credential store operation failed");
+                StatusCode::Other
+            }
+        }
+    }
+}

@@ -1,0 +1,2 @@
+mod uhid;
+fn main() {}

@@ -1,0 +1,596 @@
+//! Minimal direct layer over the Linux uhid ABI (`/dev/uhid`), following the
+//! kernel header `include/uapi/linux/uhid.h`.
+//!
+//! We do not use the `uhid-virt` crate: it needs libclang/bindgen at build time,
+//! keeps its fd private (so tokio cannot poll it), has no `Debug` on its errors
+//! and panics on names longer than 128 bytes.
+//!
+//! `struct uhid_event` is packed, 4380 bytes, native endian: a `u32` type and a
+//! union of requests. Every write sends the whole struct; every read returns one
+//! event. Encoding and decoding are pure functions over byte buffers (unit tested
+//! without a kernel); [`UhidDevice`] adds the non-blocking fd polled by tokio.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use tokio::io::unix::AsyncFd;
+
+/// `sizeof(struct uhid_event)`.
+pub const EVENT_SIZE: usize = 4380;
+/// FIDO HID input/output report size (no report id).
+pub const REPORT_SIZE: usize = 64;
+/// Standard FIDO report descriptor: usage page 0xF1D0, usage 1, one 64-byte
+/// input report (usage 0x20) and one 64-byte output report (usage 0x21).
+pub const FIDO_REPORT_DESCRIPTOR: [u8; 34] = [
+    0x06, 0xD0, 0xF1, 0x09, 0x01, 0xA1, 0x01, 0x09, 0x20, 0x15, 0x00, 0x26, 0xFF, 0x00, 0x75, 0x08,
+    0x95, 0x40, 0x81, 0x02, 0x09, 0x21, 0x15, 0x00, 0x26, 0xFF, 0x00, 0x75, 0x08, 0x95, 0x40, 0x91,
+    0x02, 0xC0,
+];
+
+/// One whole `struct uhid_event`.
+pub type EventBuf = Box<[u8; EVENT_SIZE]>;
+
+// enum uhid_event_type (legacy values 0, 7 and 8 are not used).
+const UHID_DESTROY: u32 = 1;
+const UHID_START: u32 = 2;
+const UHID_STOP: u32 = 3;
+const UHID_OPEN: u32 = 4;
+const UHID_CLOSE: u32 = 5;
+const UHID_OUTPUT: u32 = 6;
+const UHID_GET_REPORT: u32 = 9;
+const UHID_GET_REPORT_REPLY: u32 = 10;
+const UHID_CREATE2: u32 = 11;
+const UHID_INPUT2: u32 = 12;
+const UHID_SET_REPORT: u32 = 13;
+const UHID_SET_REPORT_REPLY: u32 = 14;
+
+/// `BUS_USB` (linux/input.h): libfido2 skips hidraw devices on other buses.
+const BUS_USB: u16 = 0x03;
+/// Offset of `uhid_output_req.size`, after `data[UHID_DATA_MAX]` at 4.
+const OUTPUT_SIZE_OFF: usize = 4100;
+/// Error code answered to GET_REPORT / SET_REPORT, which FIDO does not use.
+const REPORT_REPLY_ERR: u16 = libc::EIO as u16;
+
+/// Identity of the virtual device. Strings must be printable ASCII.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub phys: String,
+    pub uniq: String,
+    pub vendor: u32,
+    pub product: u32,
+    pub version: u32,
+}
+
+/// An event from the kernel that the caller has to handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UhidEvent {
+    Start,
+    Stop,
+    Open,
+    Close,
+    /// A 64-byte output report (a leading report id 0 already stripped).
+    Output([u8; REPORT_SIZE]),
+    /// An output report of another size (or 65 bytes with a non-zero report id).
+    MalformedOutput {
+        size: usize,
+    },
+    /// Any other event type (the type field).
+    Other(u32),
+}
+
+/// A decoded kernel event, including the report requests [`UhidDevice`] answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    Event(UhidEvent),
+    GetReport { id: u32, rnum: u8, rtype: u8 },
+    SetReport { id: u32, rnum: u8, rtype: u8 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UhidError {
+    #[error("cannot open {}: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+    #[error("invalid uhid device info: {0}")]
+    InvalidDeviceInfo(String),
+    #[error("uhid I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("uhid event too short: {0} bytes")]
+    ShortEvent(usize),
+    #[error("uhid event type {event_type} truncated: {len} bytes, need {needed}")]
+    TruncatedEvent {
+        event_type: u32,
+        len: usize,
+        needed: usize,
+    },
+    #[error("short uhid write: {0} of {EVENT_SIZE} bytes")]
+    ShortWrite(usize),
+    #[error("uhid read returned end of file")]
+    Eof,
+    #[error("uhid device needs a tokio runtime")]
+    NoRuntime,
+}
+
+impl UhidError {
+    /// True for errors about one bad event: log it and keep reading.
+    pub fn is_recoverable(&self) -> bool {
+        matches!(self, Self::ShortEvent(_) | Self::TruncatedEvent { .. })
+    }
+}
+
+fn new_event(event_type: u32) -> EventBuf {
+    let mut ev = Box::new([0u8; EVENT_SIZE]);
+    ev[..4].copy_from_slice(&event_type.to_ne_bytes());
+    ev
+}
+
+fn put(ev: &mut [u8; EVENT_SIZE], off: usize, bytes: &[u8]) {
+    ev[off..off + bytes.len()].copy_from_slice(bytes);
+}
+
+// Readers: callers check the length first.
+fn u16_at(buf: &[u8], off: usize) -> u16 {
+    u16::from_ne_bytes([buf[off], buf[off + 1]])
+}
+
+fn u32_at(buf: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
+}
+
+/// UHID_CREATE2 (`struct uhid_create2_req`) for a USB FIDO device.
+pub fn encode_create2(info: &DeviceInfo) -> Result<EventBuf, UhidError> {
+    let mut ev = new_event(UHID_CREATE2);
+    // NUL-terminated printable-ASCII strings: (field, offset, capacity, value).
+    let strings = [
+        ("name", 4, 128, &info.name),
+        ("phys", 132, 64, &info.phys),
+        ("uniq", 196, 64, &info.uniq),
+    ];
+    for (field, off, cap, value) in strings {
+        let invalid = |why| Err(UhidError::InvalidDeviceInfo(format!("{field} {why}")));
+        if let Some(c) = value.chars().find(|c| !(' '..='~').contains(c)) {
+            return invalid(format!("contains non-printable character {c:?}"));
+        }
+        if value.len() >= cap {
+            return invalid(format!(
+                "is {} bytes, at most {} allowed",
+                value.len(),
+                cap - 1
+            ));
+        }
+        put(&mut ev, off, value.as_bytes());
+    }
+    let rd_size = FIDO_REPORT_DESCRIPTOR.len() as u16;
+    put(&mut ev, 260, &rd_size.to_ne_bytes());
+    put(&mut ev, 262, &BUS_USB.to_ne_bytes());
+    put(&mut ev, 264, &info.vendor.to_ne_bytes());
+    put(&mut ev, 268, &info.product.to_ne_bytes());
+    put(&mut ev, 272, &info.version.to_ne_bytes());
+    // country u32 at 276 stays 0.
+    put(&mut ev, 280, &FIDO_REPORT_DESCRIPTOR); // rd_data
+    Ok(ev)
+}
+
+/// UHID_INPUT2 (`size` u16 at 4, `data` at 6) carrying one report, no report id.
+pub fn encode_input2(report: &[u8; REPORT_SIZE]) -> EventBuf {
+    let mut ev = new_event(UHID_INPUT2);
+    put(&mut ev, 4, &(REPORT_SIZE as u16).to_ne_bytes());
+    put(&mut ev, 6, report);
+    ev
+}
+
+pub fn encode_destroy() -> EventBuf {
+    new_event(UHID_DESTROY)
+}
+
+/// UHID_GET_REPORT_REPLY: `id` u32 at 4, `err` u16 at 8, `size` u16 at 10 (0, no data).
+pub fn encode_get_report_reply(id: u32, err: u16) -> EventBuf {
+    let mut ev = new_event(UHID_GET_REPORT_REPLY);
+    put(&mut ev, 4, &id.to_ne_bytes());
+    put(&mut ev, 8, &err.to_ne_bytes());
+    ev
+}
+
+/// UHID_SET_REPORT_REPLY: `id` u32 at 4, `err` u16 at 8.
+pub fn encode_set_report_reply(id: u32, err: u16) -> EventBuf {
+    let mut ev = new_event(UHID_SET_REPORT_REPLY);
+    put(&mut ev, 4, &id.to_ne_bytes());
+    put(&mut ev, 8, &err.to_ne_bytes());
+    ev
+}
+
+/// Decodes one event as read (any length; only what its type needs is required).
+pub fn decode_event(buf: &[u8]) -> Result<Decoded, UhidError> {
+    if buf.len() < 4 {
+        return Err(UhidError::ShortEvent(buf.len()));
+    }
+    let event_type = u32_at(buf, 0);
+    let need = |needed: usize| match buf.len() < needed {
+        true => Err(UhidError::TruncatedEvent {
+            event_type,
+            len: buf.len(),
+            needed,
+        }),
+        false => Ok(()),
+    };
+    let event = match event_type {
+        UHID_START => UhidEvent::Start,
+        UHID_STOP => UhidEvent::Stop,
+        UHID_OPEN => UhidEvent::Open,
+        UHID_CLOSE => UhidEvent::Close,
+        UHID_OUTPUT => {
+            // data[4096] at 4, size u16 at 4100 (rtype u8 at 4102 is not needed).
+            need(OUTPUT_SIZE_OFF + 2)?;
+            let size = usize::from(u16_at(buf, OUTPUT_SIZE_OFF));
+            let report = match size {
+                REPORT_SIZE => &buf[4..4 + REPORT_SIZE],
+                // hidraw write(): report id 0, then the 64-byte report.
+                65 if buf[4] == 0 => &buf[5..5 + REPORT_SIZE],
+                _ => return Ok(Decoded::Event(UhidEvent::MalformedOutput { size })),
+            };
+            let mut out = [0u8; REPORT_SIZE];
+            out.copy_from_slice(report);
+            UhidEvent::Output(out)
+        }
+        UHID_GET_REPORT | UHID_SET_REPORT => {
+            // id u32 at 4, rnum u8 at 8, rtype u8 at 9 (SET_REPORT data is ignored).
+            need(10)?;
+            let (id, rnum, rtype) = (u32_at(buf, 4), buf[8], buf[9]);
+            return Ok(match event_type {
+                UHID_GET_REPORT => Decoded::GetReport { id, rnum, rtype },
+                _ => Decoded::SetReport { id, rnum, rtype },
+            });
+        }
+        other => UhidEvent::Other(other),
+    };
+    Ok(Decoded::Event(event))
+}
+
+/// Runs a libc call returning a byte count or -1, retrying on EINTR.
+fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        match usize::try_from(call()) {
+            Ok(n) => return Ok(n),
+            Err(_) => match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::Interrupted => continue,
+                e => return Err(e),
+            },
+        }
+    }
+}
+
+fn read_raw(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the caller owns the open `fd`.
+    retry_eintr(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// Writes one whole event.
+fn write_raw(fd: RawFd, ev: &[u8; EVENT_SIZE]) -> Result<(), UhidError> {
+    // SAFETY: `ev` is valid for reads of EVENT_SIZE bytes; the caller owns the open `fd`.
+    match retry_eintr(|| unsafe { libc::write(fd, ev.as_ptr().cast(), EVENT_SIZE) })? {
+        EVENT_SIZE => Ok(()),
+        n => Err(UhidError::ShortWrite(n)),
+    }
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with integer arguments on an fd the caller owns.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A created uhid device. Dropping it closes the fd, which also destroys the device.
+#[derive(Debug)]
+pub struct UhidDevice {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl UhidDevice {
+    /// Opens `path` (normally `/dev/uhid`) non-blocking and creates the device.
+    /// Must be called inside a tokio runtime with IO enabled.
+    pub fn create(path: &Path, info: &DeviceInfo) -> Result<Self, UhidError> {
+        let ev = encode_create2(info)?; // validate before touching the device
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|source| UhidError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Self::register_and_create(file.into(), &ev)
+    }
+
+    /// Same as [`create`](Self::create) over any open fd (made non-blocking here).
+    pub fn create_on(fd: OwnedFd, info: &DeviceInfo) -> Result<Self, UhidError> {
+        let ev = encode_create2(info)?;
+        set_nonblocking(fd.as_raw_fd())?;
+        Self::register_and_create(fd, &ev)
+    }
+
+    fn register_and_create(fd: OwnedFd, create2: &[u8; EVENT_SIZE]) -> Result<Self, UhidError> {
+        // AsyncFd::register panics outside a runtime.
+        tokio::runtime::Handle::try_current().map_err(|_| UhidError::NoRuntime)?;
+        // SAFETY: an OwnedFd is open and is neither closed nor replaced while the AsyncFd owns it.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| UhidError::Io(e.into_parts().1))?;
+        write_raw(fd.as_raw_fd(), create2)?;
+        Ok(Self { fd })
+    }
+
+    async fn write_event(&self, ev: &[u8; EVENT_SIZE]) -> Result<(), UhidError> {
+        loop {
+            let mut guard = self.fd.writable().await?;
+            let res = guard.try_io(|fd| match write_raw(fd.as_raw_fd(), ev) {
+                Err(UhidError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+                res => Ok(res),
+            });
+            if let Ok(res) = res {
+                return res?;
+            }
+        }
+    }
+
+    /// Next event for the caller. GET_REPORT / SET_REPORT are answered with EIO
+    /// here and skipped. After an error for which [`UhidError::is_recoverable`]
+    /// holds (one bad event), reading may continue. Cancel-safe, except that a
+    /// pending report reply may be lost (the kernel then times out after 5 s).
+    pub async fn read_event(&self) -> Result<UhidEvent, UhidError> {
+        let mut buf = Box::new([0u8; EVENT_SIZE]);
+        loop {
+            let n = loop {
+                let mut guard = self.fd.readable().await?;
+                if let Ok(res) = guard.try_io(|fd| read_raw(fd.as_raw_fd(), &mut buf[..])) {
+                    break res?;
+                }
+            };
+            if n == 0 {
+                return Err(UhidError::Eof);
+            }
+            let reply = match decode_event(&buf[..n])? {
+                Decoded::Event(ev) => return Ok(ev),
+                Decoded::GetReport { id, .. } => encode_get_report_reply(id, REPORT_REPLY_ERR),
+                Decoded::SetReport { id, .. } => encode_set_report_reply(id, REPORT_REPLY_ERR),
+            };
+            self.write_event(&reply).await?;
+        }
+    }
+
+    /// Sends one 64-byte input report (UHID_INPUT2).
+    pub async fn send_input(&self, report: &[u8; REPORT_SIZE]) -> Result<(), UhidError> {
+        self.write_event(&encode_input2(report)).await
+    }
+
+    /// Writes UHID_DESTROY, then closes the fd.
+    pub fn destroy(self) -> Result<(), UhidError> {
+        write_raw(self.fd.as_raw_fd(), &encode_destroy())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn info() -> DeviceInfo {
+        DeviceInfo {
+            name: "fidoseal virtual key".into(),
+            phys: "fidoseal/0".into(),
+            uniq: "0123456789abcdef".into(),
+            vendor: 0x1209,
+            product: 0xf1d0,
+            version: 0x0102,
+        }
+    }
+
+    /// What the kernel sends for an output report of `data.len()` bytes.
+    fn output_event(data: &[u8]) -> EventBuf {
+        let mut ev = new_event(UHID_OUTPUT);
+        put(&mut ev, 4, data);
+        put(&mut ev, 4100, &(data.len() as u16).to_ne_bytes());
+        ev[4102] = 1; // rtype UHID_OUTPUT_REPORT
+        ev
+    }
+
+    /// GET_REPORT / SET_REPORT with rnum 3, rtype 0 (UHID_FEATURE_REPORT).
+    fn report_request(event_type: u32, id: u32) -> EventBuf {
+        let mut ev = new_event(event_type);
+        put(&mut ev, 4, &id.to_ne_bytes());
+        ev[8] = 3;
+        ev
+    }
+
+    /// (type, id, err) of a report reply.
+    fn reply(ev: &[u8]) -> (u32, u32, u16) {
+        (u32_at(ev, 0), u32_at(ev, 4), u16_at(ev, 8))
+    }
+
+    fn zero(b: &[u8]) -> bool {
+        b.iter().all(|&b| b == 0)
+    }
+
+    #[test]
+    fn create2_layout() {
+        let ev = &encode_create2(&info()).unwrap()[..];
+        assert_eq!(u32_at(ev, 0), 11);
+        assert_eq!(&ev[4..24], b"fidoseal virtual key");
+        assert_eq!(&ev[132..142], b"fidoseal/0");
+        assert_eq!(&ev[196..212], b"0123456789abcdef");
+        assert!(zero(&ev[24..132]) && zero(&ev[142..196]) && zero(&ev[212..260]));
+        assert_eq!((u16_at(ev, 260), u16_at(ev, 262)), (34, 0x03));
+        assert_eq!((u32_at(ev, 264), u32_at(ev, 268)), (0x1209, 0xf1d0));
+        assert_eq!((u32_at(ev, 272), u32_at(ev, 276)), (0x0102, 0));
+        assert_eq!(&ev[280..314], &FIDO_REPORT_DESCRIPTOR);
+        assert_eq!(&ev[280..284], &[0x06, 0xD0, 0xF1, 0x09]);
+        assert!(zero(&ev[314..]));
+    }
+
+    #[test]
+    fn input2_destroy_and_reply_layout() {
+        let report: [u8; 64] = std::array::from_fn(|i| i as u8 + 1);
+        let ev = &encode_input2(&report)[..];
+        assert_eq!((u32_at(ev, 0), u16_at(ev, 4)), (12, 64));
+        assert!(ev[6..70] == report && zero(&ev[70..]));
+        let ev = &encode_destroy()[..];
+        assert!(u32_at(ev, 0) == 1 && zero(&ev[4..]));
+        let ev = &encode_get_report_reply(0xdead_beef, 5)[..];
+        assert_eq!((reply(ev), u16_at(ev, 10)), ((10, 0xdead_beef, 5), 0));
+        assert_eq!(reply(&encode_set_report_reply(7, 5)[..]), (14, 7, 5));
+    }
+
+    #[test]
+    fn decode_output_round_trip_and_report_id_strip() {
+        let report: [u8; 64] = std::array::from_fn(|i| 0xff - i as u8);
+        let want = Decoded::Event(UhidEvent::Output(report));
+        assert_eq!(decode_event(&output_event(&report)[..]).unwrap(), want);
+        let mut with_id = [0u8; 65];
+        with_id[1..].copy_from_slice(&report);
+        assert_eq!(decode_event(&output_event(&with_id)[..]).unwrap(), want);
+        with_id[0] = 2; // 65 bytes with a non-zero report id, or any other size: malformed
+        let other_sizes = [&report[..10], &[][..], &[0u8; 66][..], &[0u8; 4096][..]];
+        for data in other_sizes.into_iter().chain([&with_id[..]]) {
+            let want = Decoded::Event(UhidEvent::MalformedOutput { size: data.len() });
+            assert_eq!(decode_event(&output_event(data)[..]).unwrap(), want);
+        }
+        let mut ev = output_event(&report);
+        put(&mut ev, 4100, &5000u16.to_ne_bytes());
+        let want = Decoded::Event(UhidEvent::MalformedOutput { size: 5000 });
+        assert_eq!(decode_event(&ev[..]).unwrap(), want);
+    }
+
+    #[test]
+    fn decode_simple_and_report_requests() {
+        use UhidEvent::*;
+        for (t, want) in [
+            (2u32, Start),
+            (3, Stop),
+            (4, Open),
+            (5, Close),
+            (99, Other(99)),
+        ] {
+            assert_eq!(
+                decode_event(&t.to_ne_bytes()).unwrap(),
+                Decoded::Event(want)
+            );
+        }
+        let (id, rnum, rtype) = (42, 3, 0);
+        let get = decode_event(&report_request(9, 42)[..]).unwrap();
+        assert_eq!(get, Decoded::GetReport { id, rnum, rtype });
+        let set = decode_event(&report_request(13, 42)[..10]).unwrap();
+        assert_eq!(set, Decoded::SetReport { id, rnum, rtype });
+    }
+
+    #[test]
+    fn short_and_truncated_events_are_errors() {
+        for len in 0..4 {
+            let res = decode_event(&[6, 0, 0, 0][..len]);
+            assert!(matches!(res, Err(UhidError::ShortEvent(l)) if l == len));
+        }
+        let out = output_event(&[0; 64]);
+        let (get, set) = (report_request(9, 1), report_request(13, 1));
+        for (ev, needed) in [(&out, 4102), (&get, 10), (&set, 10)] {
+            for len in 4..=EVENT_SIZE {
+                let res = decode_event(&ev[..len]);
+                assert_eq!(res.is_err(), len < needed, "type {} len {len}", ev[0]);
+            }
+        }
+        let err = decode_event(&out[..100]).unwrap_err();
+        assert!(err.is_recoverable());
+        let want = "uhid event type 6 truncated: 100 bytes, need 4102";
+        assert_eq!(err.to_string(), want);
+    }
+
+    #[test]
+    fn invalid_strings_rejected() {
+        let (name, phys, uniq) = ("n".repeat(127), "p".repeat(63), "u".repeat(63));
+        assert!(encode_create2(&DeviceInfo {
+            name,
+            phys,
+            uniq,
+            ..info()
+        })
+        .is_ok());
+        let bad: [fn(&mut DeviceInfo); 8] = [
+            |i| i.name = "n".repeat(128),
+            |i| i.name = "n".repeat(1000),
+            |i| i.phys = "p".repeat(64),
+            |i| i.uniq = "u".repeat(64),
+            |i| i.name = "key\n".into(),
+            |i| i.name = "cl\u{e9}".into(),
+            |i| i.phys = "a\0b".into(),
+            |i| i.uniq = "\u{7f}".into(),
+        ];
+        for spoil in bad {
+            let mut info = info();
+            spoil(&mut info);
+            let res = encode_create2(&info);
+            assert!(
+                matches!(res, Err(UhidError::InvalidDeviceInfo(_))),
+                "{info:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_instead_of_panics_outside_runtime_or_on_bad_path() {
+        let (a, _b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let res = UhidDevice::create_on(a.into(), &info());
+        assert!(matches!(res, Err(UhidError::NoRuntime)));
+        let res = UhidDevice::create(Path::new("/nonexistent/uhid"), &info());
+        assert!(matches!(res, Err(UhidError::Open { .. })));
+    }
+
+    #[tokio::test]
+    async fn device_over_datagram_pair() {
+        let (dev_end, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        dev_end.set_nonblocking(true).unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let peer = &tokio::net::UnixDatagram::from_std(peer).unwrap();
+        let dev = UhidDevice::create_on(dev_end.into(), &info()).unwrap();
+        let secs = Duration::from_secs(5);
+        let mut buf = vec![0u8; EVENT_SIZE + 16];
+        macro_rules! recv {
+            () => {{
+                let n = tokio::time::timeout(secs, peer.recv(&mut buf)).await;
+                &buf[..n.unwrap().unwrap()]
+            }};
+        }
+        let read_event = || tokio::time::timeout(secs, dev.read_event());
+        let send = |ev: EventBuf| async move { peer.send(&ev[..]).await.unwrap() };
+
+        assert_eq!(recv!(), &encode_create2(&info()).unwrap()[..]);
+
+        let mut with_id = [0x5a; 65];
+        with_id[0] = 0;
+        send(output_event(&with_id)).await;
+        assert_eq!(
+            read_event().await.unwrap().unwrap(),
+            UhidEvent::Output([0x5a; 64])
+        );
+
+        // Report requests are answered with EIO inside read_event, which keeps reading.
+        send(report_request(UHID_GET_REPORT, 42)).await;
+        send(report_request(UHID_SET_REPORT, 43)).await;
+        send(new_event(UHID_OPEN)).await;
+        assert_eq!(read_event().await.unwrap().unwrap(), UhidEvent::Open);
+        assert_eq!(reply(recv!()), (UHID_GET_REPORT_REPLY, 42, 5));
+        assert_eq!(reply(recv!()), (UHID_SET_REPORT_REPLY, 43, 5));
+
+        // A truncated event is a recoverable error; the next one reads fine.
+        peer.send(&output_event(&[0; 64])[..50]).await.unwrap();
+        peer.send(&UHID_CLOSE.to_ne_bytes()).await.unwrap();
+        assert!(read_event().await.unwrap().unwrap_err().is_recoverable());
+        assert_eq!(read_event().await.unwrap().unwrap(), UhidEvent::Close);
+
+        dev.send_input(&[0x11; 64]).await.unwrap();
+        assert_eq!(recv!(), &encode_input2(&[0x11; 64])[..]);
+        dev.destroy().unwrap();
+        assert_eq!(recv!(), &encode_destroy()[..]);
+    }
+}

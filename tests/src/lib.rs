@@ -1,0 +1,265 @@
+//! In-process harness: a whole fidoseal device (CTAPHID + authenticator)
+//! with the software key store, a memory credential store and a scripted
+//! prompt, driven packet by packet like a client on hidraw would.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ciborium::value::Value;
+use fidoseal_ctap::ctaphid::{self, Action, CtapHid, Packet, BROADCAST_CID};
+use fidoseal_ctap::memory_store::MemoryCredentialStore;
+use fidoseal_ctap::platform::{
+    AllowAll, PolicyDecision, PolicyRequest, PolicyVerdict, PresencePurpose, PresenceRequest, PromptOutcome,
+    Secret32, TransactionSignals, UserPrompt,
+};
+use fidoseal_ctap::software_keystore::SoftwareKeyStore;
+use fidoseal_ctap::{Authenticator, AuthenticatorConfig, Platform, RequestContext};
+
+/// A prompt that answers from a script (then `default`) and records what it was asked.
+#[derive(Clone)]
+pub struct ScriptedPrompt {
+    pub script: Arc<Mutex<VecDeque<PromptOutcome>>>,
+    pub default: PromptOutcome,
+    pub asked: Arc<Mutex<Vec<(PresencePurpose, Option<String>)>>>,
+}
+
+impl ScriptedPrompt {
+    pub fn approving() -> Self {
+        Self { script: Default::default(), default: PromptOutcome::Approved, asked: Default::default() }
+    }
+
+    pub fn push(&self, outcome: PromptOutcome) {
+        self.script.lock().unwrap().push_back(outcome);
+    }
+
+    pub fn asked(&self) -> Vec<(PresencePurpose, Option<String>)> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+impl UserPrompt for ScriptedPrompt {
+    fn request_presence(&mut self, request: &PresenceRequest<'_>, _signals: &TransactionSignals) -> PromptOutcome {
+        self.asked.lock().unwrap().push((request.purpose, request.rp_id.map(str::to_owned)));
+        self.script.lock().unwrap().pop_front().unwrap_or(self.default)
+    }
+}
+
+/// A policy that denies the listed rp IDs.
+#[derive(Clone, Default)]
+pub struct DenyList(pub Arc<Mutex<Vec<String>>>);
+
+impl PolicyDecision for DenyList {
+    fn decide(&self, request: &PolicyRequest<'_>) -> PolicyVerdict {
+        if self.0.lock().unwrap().iter().any(|rp| rp == request.rp_id) {
+            PolicyVerdict::Deny
+        } else {
+            AllowAll.decide(request)
+        }
+    }
+}
+
+pub fn software_platform(prompt: Box<dyn UserPrompt>, policy: Box<dyn PolicyDecision>, capacity: usize) -> Platform {
+    let master = SoftwareKeyStore::generate_master_secret().unwrap_or(Secret32([1; 32]));
+    Platform {
+        keystore: Box::new(SoftwareKeyStore::new(master)),
+        credentials: Box::new(MemoryCredentialStore::new(capacity)),
+        prompt,
+        policy,
+    }
+}
+
+/// A complete device driven synchronously: requests run to completion
+/// inside [`Device::send`].
+pub struct Device {
+    pub hid: CtapHid,
+    pub authenticator: Authenticator,
+    pub prompt: ScriptedPrompt,
+    pub denied_rps: DenyList,
+    pub now: Instant,
+}
+
+impl Device {
+    pub fn new() -> Self {
+        Self::with_capacity(50)
+    }
+
+    pub fn with_capacity(capacity: usize) -> Self {
+        let prompt = ScriptedPrompt::approving();
+        let denied_rps = DenyList::default();
+        let now = Instant::now();
+        let platform = software_platform(Box::new(prompt.clone()), Box::new(denied_rps.clone()), capacity);
+        let authenticator = Authenticator::new(AuthenticatorConfig::default(), platform, now);
+        let hid = CtapHid::new(authenticator.device_version(), 0x1000);
+        Self { hid, authenticator, prompt, denied_rps, now }
+    }
+
+    pub fn advance(&mut self, by: Duration) {
+        self.now += by;
+    }
+
+    /// Feeds one report; runs any complete request at once and returns
+    /// every report the device sends in answer.
+    pub fn send(&mut self, report: &[u8]) -> Vec<Packet> {
+        let actions = self.hid.receive(report, self.now);
+        self.run(actions)
+    }
+
+    pub fn tick(&mut self) -> Vec<Packet> {
+        let actions = self.hid.tick(self.now, ctaphid::KeepaliveStatus::Processing);
+        self.run(actions)
+    }
+
+    fn run(&mut self, actions: Vec<Action>) -> Vec<Packet> {
+        let mut out = Vec::new();
+        for action in actions {
+            match action {
+                Action::Send(p) => out.push(p),
+                Action::CancelProcessing => {}
+                Action::Process(request) => {
+                    let signals = TransactionSignals::new();
+                    let ctx = RequestContext { now: self.now, channel: request.cid, signals: &signals };
+                    let response = match request.kind {
+                        ctaphid::RequestKind::Cbor => self.authenticator.process_cbor(&request.payload, &ctx),
+                        ctaphid::RequestKind::Msg => Vec::new(),
+                    };
+                    out.extend(self.hid.complete(request.cid, &response));
+                }
+            }
+        }
+        out
+    }
+
+    /// Sends a whole message and returns the reassembled answer.
+    pub fn transact(&mut self, cid: u32, cmd: u8, payload: &[u8]) -> (u32, u8, Vec<u8>) {
+        let mut answer = Vec::new();
+        for packet in ctaphid::frame(cid, cmd, payload) {
+            answer.extend(self.send(&packet));
+        }
+        ctaphid::unframe(&answer).expect("a well-framed answer")
+    }
+
+    /// Allocates a channel through INIT on the broadcast channel.
+    pub fn init(&mut self) -> u32 {
+        let nonce = [1, 2, 3, 4, 5, 6, 7, 8];
+        let (cid, cmd, data) = self.transact(BROADCAST_CID, ctaphid::command::INIT, &nonce);
+        assert_eq!((cid, cmd), (BROADCAST_CID, ctaphid::command::INIT));
+        assert_eq!(&data[..8], &nonce);
+        u32::from_be_bytes([data[8], data[9], data[10], data[11]])
+    }
+
+    /// Sends a CTAP2 command; returns the status byte and the decoded body.
+    pub fn ctap(&mut self, cid: u32, command: u8, params: Option<Value>) -> (u8, Option<Value>) {
+        let mut message = vec![command];
+        if let Some(p) = params {
+            ciborium::ser::into_writer(&p, &mut message).unwrap();
+        }
+        self.ctap_raw(cid, &message)
+    }
+
+    pub fn ctap_raw(&mut self, cid: u32, message: &[u8]) -> (u8, Option<Value>) {
+        let (_, cmd, data) = self.transact(cid, ctaphid::command::CBOR, message);
+        assert_eq!(cmd, ctaphid::command::CBOR, "answer is CTAPHID_CBOR");
+        let body = (data.len() > 1).then(|| ciborium::de::from_reader(&data[1..]).expect("response CBOR"));
+        (data[0], body)
+    }
+}
+
+impl Default for Device {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Builders for CTAP2 request maps.
+pub mod requests {
+    use ciborium::value::Value;
+
+    pub fn text_map(entries: &[(&str, Value)]) -> Value {
+        Value::Map(entries.iter().map(|(k, v)| (Value::from(*k), v.clone())).collect())
+    }
+
+    pub fn int_map(entries: Vec<(i64, Value)>) -> Value {
+        Value::Map(entries.into_iter().map(|(k, v)| (Value::from(k), v)).collect())
+    }
+
+    pub fn es256() -> Value {
+        Value::Array(vec![text_map(&[("alg", Value::from(-7)), ("type", Value::from("public-key"))])])
+    }
+
+    pub fn descriptor(id: &[u8]) -> Value {
+        text_map(&[("id", Value::Bytes(id.to_vec())), ("type", Value::from("public-key"))])
+    }
+
+    /// A makeCredential parameter map; `extra` entries are appended.
+    pub fn make_credential(rp: &str, user_id: &[u8], user_name: &str, extra: Vec<(i64, Value)>) -> Value {
+        let mut entries = vec![
+            (1, Value::Bytes(vec![0x11; 32])),
+            (2, text_map(&[("id", Value::from(rp)), ("name", Value::from("Example"))])),
+            (3, text_map(&[("id", Value::Bytes(user_id.to_vec())), ("name", Value::from(user_name))])),
+            (4, es256()),
+        ];
+        entries.extend(extra);
+        int_map(entries)
+    }
+
+    pub fn rk() -> (i64, Value) {
+        (7, text_map(&[("rk", Value::Bool(true))]))
+    }
+
+    pub fn get_assertion(rp: &str, allow: &[&[u8]], extra: Vec<(i64, Value)>) -> Value {
+        let mut entries = vec![(1, Value::from(rp)), (2, Value::Bytes(vec![0x22; 32]))];
+        if !allow.is_empty() {
+            entries.push((3, Value::Array(allow.iter().map(|id| descriptor(id)).collect())));
+        }
+        entries.extend(extra);
+        int_map(entries)
+    }
+}
+
+/// Reading CTAP2 responses.
+pub mod responses {
+    use ciborium::value::Value;
+    use p256::ecdsa::signature::Verifier;
+    use p256::ecdsa::{Signature, VerifyingKey};
+
+    pub fn get(map: &Value, key: i64) -> Option<&Value> {
+        map.as_map()?.iter().find(|(k, _)| k == &Value::from(key)).map(|(_, v)| v)
+    }
+
+    pub fn get_text<'a>(map: &'a Value, key: &str) -> Option<&'a Value> {
+        map.as_map()?.iter().find(|(k, _)| k == &Value::from(key)).map(|(_, v)| v)
+    }
+
+    pub fn bytes(v: Option<&Value>) -> Vec<u8> {
+        v.and_then(Value::as_bytes).cloned().expect("a byte string")
+    }
+
+    /// A registered credential, parsed from makeCredential's authData.
+    pub struct Registered {
+        pub credential_id: Vec<u8>,
+        pub public_key: VerifyingKey,
+        pub auth_data: Vec<u8>,
+    }
+
+    pub fn parse_registration(response: &Value) -> Registered {
+        let auth_data = bytes(get(response, 2));
+        let len = usize::from(u16::from_be_bytes([auth_data[53], auth_data[54]]));
+        let credential_id = auth_data[55..55 + len].to_vec();
+        let cose: Value = ciborium::de::from_reader(&auth_data[55 + len..]).expect("COSE key");
+        let x = bytes(get(&cose, -2));
+        let y = bytes(get(&cose, -3));
+        let mut sec1 = vec![4u8];
+        sec1.extend(x);
+        sec1.extend(y);
+        let public_key = VerifyingKey::from_sec1_bytes(&sec1).expect("P-256 point");
+        Registered { credential_id, public_key, auth_data }
+    }
+
+    /// Checks an ES256 signature over authData ‖ clientDataHash.
+    pub fn verify(key: &VerifyingKey, auth_data: &[u8], client_data_hash: &[u8], der: &[u8]) -> bool {
+        let mut signed = auth_data.to_vec();
+        signed.extend_from_slice(client_data_hash);
+        Signature::from_der(der).is_ok_and(|sig| key.verify(&signed, &sig).is_ok())
+    }
+}
