@@ -1,2 +1,161 @@
+//! `fidoseald`: the fidoseal daemon. Creates a virtual USB HID FIDO2
+//! security key through /dev/uhid and answers it from the fidoseal
+//! authenticator, with the key store, prompt and policy the configuration
+//! names.
+
+mod config;
+mod keystore;
+mod prompt;
+mod state;
+mod transport;
 mod uhid;
-fn main() {}
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use fidoseal_ctap::platform::{AllowAll, KeyStore, UserPrompt};
+use fidoseal_ctap::{AttestationMode, Authenticator, AuthenticatorConfig, Platform};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{Attestation, Config, KeyStoreBackend, PromptMode};
+
+/// How many discoverable credentials the state directory holds.
+const RESIDENT_CAPACITY: usize = 256;
+
+const USAGE: &str = "usage: fidoseald --config PATH\n\nA virtual FIDO2 security key through /dev/uhid.\n";
+
+fn parse_args() -> Result<PathBuf, String> {
+    let mut args = std::env::args_os().skip(1);
+    let mut config = None;
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--config") => config = Some(PathBuf::from(args.next().ok_or("--config needs a path")?)),
+            Some("--help" | "-h") => return Err(String::new()),
+            Some("--version") => {
+                println!("fidoseald {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            _ => return Err(format!("unknown argument {}", arg.to_string_lossy())),
+        }
+    }
+    config.ok_or_else(|| "--config is required".into())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config_path = match parse_args() {
+        Ok(p) => p,
+        Err(message) => {
+            if !message.is_empty() {
+                eprintln!("fidoseald: {message}");
+            }
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&config_path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config_path: &std::path::Path) -> Result<(), String> {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    state::prepare_state_dir(&config.state_dir)
+        .map_err(|e| format!("cannot prepare state directory {}: {e}", config.state_dir.display()))?;
+
+    let keystore: Box<dyn KeyStore> = match config.keystore.backend {
+        KeyStoreBackend::Software => {
+            tracing::warn!(
+                state_dir = %config.state_dir.display(),
+                "SOFTWARE KEY STORE: private keys are protected only by a key file in the state directory, not by a TPM"
+            );
+            Box::new(keystore::PersistentSoftwareKeyStore::open(&config.state_dir).map_err(|e| e.to_string())?)
+        }
+    };
+    let prompt: Box<dyn UserPrompt> = match config.prompt.mode {
+        PromptMode::AlwaysApprove => {
+            tracing::warn!("prompt mode always-approve: every request is approved without asking anyone");
+            Box::new(prompt::AlwaysApprove)
+        }
+    };
+    let credentials =
+        state::FileCredentialStore::open(&config.state_dir, RESIDENT_CAPACITY).map_err(|e| e.to_string())?;
+    tracing::info!(resident_credentials = credentials.credential_count(), "state loaded");
+
+    let authenticator_config = AuthenticatorConfig {
+        attestation: match config.authenticator.attestation {
+            Attestation::SelfAttestation => AttestationMode::SelfAttestation,
+            Attestation::None => AttestationMode::None,
+        },
+        firmware_version: firmware_version(),
+        ..AuthenticatorConfig::default()
+    };
+    let platform = Platform { keystore, credentials: Box::new(credentials), prompt, policy: Box::new(AllowAll) };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+
+        let device = uhid::UhidDevice::create(&config.device.uhid_path, &device_info()).map_err(|e| {
+            format!("{e} (is the uhid module loaded? try `modprobe uhid`)")
+        })?;
+        let authenticator = Authenticator::new(authenticator_config, platform, Instant::now());
+        tracing::info!(uhid = %config.device.uhid_path.display(), "virtual FIDO device created");
+        let shutdown = async {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("SIGTERM: removing the device"),
+                _ = interrupt.recv() => tracing::info!("SIGINT: removing the device"),
+            }
+        };
+        transport::serve(device, authenticator, random_first_cid(), shutdown).await.map_err(|e| e.to_string())?;
+        tracing::info!("device removed; exiting");
+        Ok(())
+    })
+}
+
+fn device_info() -> uhid::DeviceInfo {
+    uhid::DeviceInfo {
+        name: "fidoseal virtual FIDO2 key".into(),
+        phys: "fidoseal".into(),
+        uniq: "fidoseal-0".into(),
+        // pid.codes, the open-source USB vendor ID; 0x0001 is its test product ID.
+        vendor: 0x1209,
+        product: 0x0001,
+        version: firmware_version(),
+    }
+}
+
+/// The crate version as 0x00MMmmpp.
+fn firmware_version() -> u32 {
+    let part = |s: &str| s.parse::<u32>().unwrap_or(0) & 0xff;
+    (part(env!("CARGO_PKG_VERSION_MAJOR")) << 16)
+        | (part(env!("CARGO_PKG_VERSION_MINOR")) << 8)
+        | part(env!("CARGO_PKG_VERSION_PATCH"))
+}
+
+/// Channel IDs start at a random place so that a client holding a channel
+/// from before a restart does not collide with a new one.
+fn random_first_cid() -> u32 {
+    let mut bytes = [0u8; 4];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 1;
+    }
+    (u32::from_ne_bytes(bytes) & 0x3fff_ffff).max(1)
+}

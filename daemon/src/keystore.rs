@@ -1,0 +1,116 @@
+//! Key stores as the daemon runs them. The software store's master secret
+//! lives in the state directory; it is used only when the configuration
+//! says so, and the daemon says so loudly at start.
+
+use std::path::{Path, PathBuf};
+
+use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, Secret32};
+use fidoseal_ctap::software_keystore::SoftwareKeyStore;
+use zeroize::Zeroizing;
+
+use crate::state::write_atomically;
+
+const MASTER_SECRET_FILE: &str = "software-master-key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreSetupError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a 32-byte key file ({len} bytes); refusing to replace it, since every credential depends on it")]
+    Damaged { path: PathBuf, len: usize },
+    #[error("{0}")]
+    KeyStore(#[from] KeyStoreError),
+}
+
+/// The software key store with its master secret kept in a file.
+pub struct PersistentSoftwareKeyStore {
+    inner: SoftwareKeyStore,
+    path: PathBuf,
+}
+
+impl PersistentSoftwareKeyStore {
+    /// Loads the master secret from the state directory, creating it on first start.
+    pub fn open(state_dir: &Path) -> Result<Self, KeyStoreSetupError> {
+        let path = state_dir.join(MASTER_SECRET_FILE);
+        let secret = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let bytes = Zeroizing::new(bytes);
+                let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+                    return Err(KeyStoreSetupError::Damaged { path, len: bytes.len() });
+                };
+                Secret32(secret)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let secret = SoftwareKeyStore::generate_master_secret()?;
+                write_atomically(&path, &secret.0)
+                    .map_err(|source| KeyStoreSetupError::Write { path: path.clone(), source })?;
+                tracing::info!(path = %path.display(), "created a new software master key");
+                secret
+            }
+            Err(source) => return Err(KeyStoreSetupError::Read { path, source }),
+        };
+        Ok(Self { inner: SoftwareKeyStore::new(secret), path })
+    }
+}
+
+impl KeyStore for PersistentSoftwareKeyStore {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn algorithms(&self) -> Vec<Algorithm> {
+        self.inner.algorithms()
+    }
+
+    fn generate(&mut self, algorithm: Algorithm) -> Result<CreatedKey, KeyStoreError> {
+        self.inner.generate(algorithm)
+    }
+
+    fn sign(&mut self, algorithm: Algorithm, key_handle: &[u8], message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        self.inner.sign(algorithm, key_handle, message)
+    }
+
+    fn seal_credential_id(&mut self, rp_id_hash: &[u8; 32], payload: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        self.inner.seal_credential_id(rp_id_hash, payload)
+    }
+
+    fn open_credential_id(&mut self, rp_id_hash: &[u8; 32], credential_id: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        self.inner.open_credential_id(rp_id_hash, credential_id)
+    }
+
+    /// The new secret is on disk before it is used, so a crash leaves
+    /// either the old key store or the new one, never a mix.
+    fn reset(&mut self) -> Result<(), KeyStoreError> {
+        let secret = SoftwareKeyStore::generate_master_secret()?;
+        write_atomically(&self.path, &secret.0)
+            .map_err(|e| KeyStoreError::Backend(format!("cannot write {}: {e}", self.path.display())))?;
+        self.inner = SoftwareKeyStore::new(secret);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::prepare_state_dir;
+
+    #[test]
+    fn master_secret_persists_and_reset_replaces_it() {
+        let dir = std::env::temp_dir().join(format!("fidoseal-ks-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        prepare_state_dir(&dir).unwrap();
+        let rp = [3u8; 32];
+        let mut store = PersistentSoftwareKeyStore::open(&dir).unwrap();
+        let id = store.seal_credential_id(&rp, b"p").unwrap();
+        let mut again = PersistentSoftwareKeyStore::open(&dir).unwrap();
+        assert_eq!(again.open_credential_id(&rp, &id).unwrap(), b"p");
+        again.reset().unwrap();
+        let mut after_reset = PersistentSoftwareKeyStore::open(&dir).unwrap();
+        assert_eq!(after_reset.open_credential_id(&rp, &id), Err(KeyStoreError::NotAuthentic));
+        std::fs::write(dir.join(MASTER_SECRET_FILE), b"short").unwrap();
+        assert!(matches!(PersistentSoftwareKeyStore::open(&dir), Err(KeyStoreSetupError::Damaged { len: 5, .. })));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,233 @@
+//! The state directory: resident credentials and the signature counter,
+//! written atomically (write a temporary file, fsync, rename, fsync the
+//! directory) so that a crash at any instant loses nothing acknowledged.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use fidoseal_ctap::memory_store::apply_save;
+use fidoseal_ctap::platform::{CredentialStore, ResidentCredential, StoreError};
+use serde::{Deserialize, Serialize};
+
+const CREDENTIALS_FILE: &str = "credentials.cbor";
+const STATE_FORMAT_VERSION: u32 = 1;
+
+/// Creates (or tightens) the state directory: owner-only access.
+pub fn prepare_state_dir(dir: &Path) -> std::io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+/// Replaces `path` with `contents` atomically, the file readable by its owner only.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = dir.join(format!(".{name}.tmp"));
+    {
+        let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+    }
+    fs::rename(&temporary, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+#[derive(Serialize, Deserialize, Clone, Default)]
+struct CredentialFile {
+    version: u32,
+    signature_counter: u32,
+    credentials: Vec<ResidentCredential>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is damaged ({reason}); refusing to start rather than lose credentials — restore it from a backup or move it away")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// Discoverable credentials and the signature counter in `credentials.cbor`.
+pub struct FileCredentialStore {
+    path: PathBuf,
+    data: CredentialFile,
+    capacity: usize,
+}
+
+impl FileCredentialStore {
+    pub fn open(state_dir: &Path, capacity: usize) -> Result<Self, StateError> {
+        let path = state_dir.join(CREDENTIALS_FILE);
+        let data = match fs::read(&path) {
+            Ok(bytes) => {
+                let data: CredentialFile = ciborium::de::from_reader(bytes.as_slice())
+                    .map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+                if data.version != STATE_FORMAT_VERSION {
+                    return Err(StateError::Corrupt {
+                        path,
+                        reason: format!("format version {} is not {STATE_FORMAT_VERSION}", data.version),
+                    });
+                }
+                data
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                CredentialFile { version: STATE_FORMAT_VERSION, ..Default::default() }
+            }
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        Ok(Self { path, data, capacity })
+    }
+
+    pub fn credential_count(&self) -> usize {
+        self.data.credentials.len()
+    }
+
+    /// Applies `change` to a copy, persists the copy, and only then makes
+    /// it current: memory never runs ahead of the disk.
+    fn update<T>(&mut self, change: impl FnOnce(&mut CredentialFile) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut next = self.data.clone();
+        let result = change(&mut next)?;
+        let mut bytes = Vec::new();
+        ciborium::ser::into_writer(&next, &mut bytes).map_err(|e| StoreError::Io(e.to_string()))?;
+        write_atomically(&self.path, &bytes).map_err(|e| StoreError::Io(format!("{}: {e}", self.path.display())))?;
+        self.data = next;
+        Ok(result)
+    }
+}
+
+impl CredentialStore for FileCredentialStore {
+    fn credentials_for_rp(&self, rp_id: &str) -> Result<Vec<ResidentCredential>, StoreError> {
+        Ok(self.data.credentials.iter().filter(|c| c.rp_id == rp_id).cloned().collect())
+    }
+
+    fn find(&self, credential_id: &[u8]) -> Result<Option<ResidentCredential>, StoreError> {
+        Ok(self.data.credentials.iter().find(|c| c.credential_id == credential_id).cloned())
+    }
+
+    fn save(&mut self, credential: ResidentCredential) -> Result<(), StoreError> {
+        let capacity = self.capacity;
+        self.update(|d| apply_save(&mut d.credentials, credential, capacity))
+    }
+
+    fn delete(&mut self, credential_id: &[u8]) -> Result<bool, StoreError> {
+        if !self.data.credentials.iter().any(|c| c.credential_id == credential_id) {
+            return Ok(false);
+        }
+        self.update(|d| {
+            d.credentials.retain(|c| c.credential_id != credential_id);
+            Ok(true)
+        })
+    }
+
+    fn remaining_capacity(&self) -> usize {
+        self.capacity.saturating_sub(self.data.credentials.len())
+    }
+
+    fn next_signature_counter(&mut self) -> Result<u32, StoreError> {
+        self.update(|d| {
+            d.signature_counter = d.signature_counter.wrapping_add(1);
+            Ok(d.signature_counter)
+        })
+    }
+
+    fn reset(&mut self) -> Result<(), StoreError> {
+        // The counter keeps counting: relying parties must never see it go back.
+        self.update(|d| {
+            d.credentials.clear();
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fidoseal_ctap::platform::Algorithm;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fidoseal-state-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        prepare_state_dir(&dir).unwrap();
+        dir
+    }
+
+    fn credential(rp: &str, user: &[u8], id: u8) -> ResidentCredential {
+        ResidentCredential {
+            credential_id: vec![id; 16],
+            rp_id: rp.into(),
+            rp_name: None,
+            user_id: user.to_vec(),
+            user_name: Some("alice".into()),
+            user_display_name: None,
+            algorithm: Algorithm::Es256,
+            key_handle: vec![9; 60],
+            created: u64::from(id),
+        }
+    }
+
+    #[test]
+    fn credentials_and_counter_survive_reopen() {
+        let dir = temp_dir("reopen");
+        let mut store = FileCredentialStore::open(&dir, 10).unwrap();
+        store.save(credential("a.example", b"u1", 1)).unwrap();
+        store.save(credential("a.example", b"u2", 2)).unwrap();
+        assert_eq!(store.next_signature_counter().unwrap(), 1);
+        assert_eq!(store.next_signature_counter().unwrap(), 2);
+        let mut reopened = FileCredentialStore::open(&dir, 10).unwrap();
+        assert_eq!(reopened.credentials_for_rp("a.example").unwrap().len(), 2);
+        assert_eq!(reopened.next_signature_counter().unwrap(), 3);
+        let mode = fs::metadata(dir.join(CREDENTIALS_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn replace_delete_reset_and_capacity() {
+        let dir = temp_dir("rules");
+        let mut store = FileCredentialStore::open(&dir, 2).unwrap();
+        store.save(credential("a.example", b"u1", 1)).unwrap();
+        store.save(credential("a.example", b"u1", 3)).unwrap();
+        assert_eq!(store.credential_count(), 1);
+        store.save(credential("b.example", b"u1", 4)).unwrap();
+        assert_eq!(store.save(credential("c.example", b"u1", 5)), Err(StoreError::Full));
+        assert_eq!(store.remaining_capacity(), 0);
+        assert!(store.delete(&[4; 16]).unwrap());
+        assert!(!store.delete(&[4; 16]).unwrap());
+        store.next_signature_counter().unwrap();
+        store.reset().unwrap();
+        let mut reopened = FileCredentialStore::open(&dir, 2).unwrap();
+        assert_eq!(reopened.credential_count(), 0);
+        assert_eq!(reopened.next_signature_counter().unwrap(), 2, "reset never rewinds the counter");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn failed_write_changes_nothing() {
+        let dir = temp_dir("readonly");
+        let mut store = FileCredentialStore::open(&dir, 10).unwrap();
+        store.save(credential("a.example", b"u1", 1)).unwrap();
+        // Make the temporary file's place unusable: a directory in its way.
+        fs::create_dir(dir.join(".credentials.cbor.tmp")).unwrap();
+        assert!(matches!(store.save(credential("a.example", b"u2", 2)), Err(StoreError::Io(_))));
+        assert!(store.next_signature_counter().is_err());
+        assert_eq!(store.credential_count(), 1);
+        fs::remove_dir(dir.join(".credentials.cbor.tmp")).unwrap();
+        assert_eq!(store.next_signature_counter().unwrap(), 1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_or_foreign_files_stop_the_start() {
+        let dir = temp_dir("corrupt");
+        fs::write(dir.join(CREDENTIALS_FILE), b"\xff\x00garbage").unwrap();
+        assert!(matches!(FileCredentialStore::open(&dir, 10), Err(StateError::Corrupt { .. })));
+        let mut bytes = Vec::new();
+        let future = CredentialFile { version: 99, ..Default::default() };
+        ciborium::ser::into_writer(&future, &mut bytes).unwrap();
+        fs::write(dir.join(CREDENTIALS_FILE), bytes).unwrap();
+        assert!(matches!(FileCredentialStore::open(&dir, 10), Err(StateError::Corrupt { .. })));
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
