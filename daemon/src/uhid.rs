@@ -275,6 +275,7 @@ fn write_raw(fd: RawFd, ev: &[u8; EVENT_SIZE]) -> Result<(), UhidError> {
     }
 }
 
+#[cfg(test)]
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl with integer arguments on an fd the caller owns.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -308,7 +309,9 @@ impl UhidDevice {
         Self::register_and_create(file.into(), &ev)
     }
 
-    /// Same as [`create`](Self::create) over any open fd (made non-blocking here).
+    /// Same as [`create`](Self::create) over any open fd (made non-blocking here);
+    /// tests use a datagram socket pair standing in for the kernel.
+    #[cfg(test)]
     pub fn create_on(fd: OwnedFd, info: &DeviceInfo) -> Result<Self, UhidError> {
         let ev = encode_create2(info)?;
         set_nonblocking(fd.as_raw_fd())?;
