@@ -11,6 +11,7 @@ pub mod ctaphid;
 mod get_assertion;
 mod make_credential;
 pub mod memory_store;
+pub mod pin_protocol;
 pub mod platform;
 pub mod request;
 pub mod software_keystore;
