@@ -39,16 +39,21 @@ pub struct AttestedCredential<'a> {
     pub public_key: &'a PublicKey,
 }
 
-/// Serializes authenticator data; `attested` adds the AT flag and data.
+/// Serializes authenticator data; `attested` adds the AT flag and data,
+/// `extensions` (a CBOR map of extension outputs) the ED flag and map.
 pub fn authenticator_data(
     rp_id_hash: &[u8; 32],
     mut flag_bits: u8,
     signature_counter: u32,
     attested: Option<&AttestedCredential<'_>>,
+    extensions: Option<Value>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(37 + attested.map_or(0, |a| 18 + a.credential_id.len() + 77));
     if attested.is_some() {
         flag_bits |= flags::ATTESTED_CREDENTIAL_DATA;
+    }
+    if extensions.is_some() {
+        flag_bits |= flags::EXTENSION_DATA;
     }
     out.extend_from_slice(rp_id_hash);
     out.push(flag_bits);
@@ -60,6 +65,9 @@ pub fn authenticator_data(
         out.extend_from_slice(a.credential_id);
         out.extend_from_slice(&cbor::encode(cose_key(a.public_key)));
     }
+    if let Some(e) = extensions {
+        out.extend_from_slice(&cbor::encode(e));
+    }
     out
 }
 
@@ -69,7 +77,7 @@ mod tests {
 
     #[test]
     fn layout_without_attested_data() {
-        let data = authenticator_data(&[0xAA; 32], flags::USER_PRESENT, 0x01020304, None);
+        let data = authenticator_data(&[0xAA; 32], flags::USER_PRESENT, 0x01020304, None, None);
         assert_eq!(data.len(), 37);
         assert_eq!(data[32], 0x01);
         assert_eq!(&data[33..], &[1, 2, 3, 4]);
@@ -85,6 +93,7 @@ mod tests {
             flags::USER_PRESENT,
             7,
             Some(&AttestedCredential { aaguid: &aaguid, credential_id: &id, public_key: &key }),
+            None,
         );
         assert_eq!(data[32], flags::USER_PRESENT | flags::ATTESTED_CREDENTIAL_DATA);
         assert_eq!(&data[37..53], &aaguid);
@@ -93,6 +102,14 @@ mod tests {
         // COSE key: map of 5, keys 1, 3, -1, -2, -3 in canonical order.
         assert_eq!(&data[75..82], &[0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01]);
         assert_eq!(data.len(), 75 + 77);
+    }
+
+    #[test]
+    fn extensions_set_the_ed_flag_and_follow() {
+        let ext = MapBuilder::new().text("credProtect", 2).build();
+        let data = authenticator_data(&[0; 32], 0, 1, None, Some(ext));
+        assert_eq!(data[32], flags::EXTENSION_DATA);
+        assert_eq!(&data[37..], &cbor::encode(MapBuilder::new().text("credProtect", 2).build())[..]);
     }
 
     #[test]

@@ -9,11 +9,14 @@ use ciborium::value::Value;
 
 use crate::cbor::{self, MapBuilder};
 use crate::ctaphid::{capability, DeviceVersion, MAX_MESSAGE_SIZE};
+use crate::client_pin::ClientPin;
 use crate::get_assertion::PendingAssertions;
+use crate::pin_protocol::PinUvAuthProtocol;
 use crate::platform::{
-    CredentialStore, KeyStore, Operation, PolicyDecision, PolicyRequest, PolicyVerdict, PresenceRequest,
-    PromptOutcome, TransactionSignals, UserPrompt,
+    AuthenticatorState, CredentialStore, KeyStore, Operation, PolicyDecision, PolicyRequest, PolicyVerdict,
+    PresencePurpose, PresenceRequest, PromptOutcome, TransactionSignals, UserPrompt,
 };
+use crate::request::PinUvAuth;
 use crate::status::{CtapResult, StatusCode};
 
 /// CTAP2 command bytes (§6).
@@ -72,17 +75,32 @@ pub struct RequestContext<'a> {
     pub signals: &'a TransactionSignals,
 }
 
+/// Largest credBlob stored (§12.2 maxCredBlobLength; at least 32).
+pub const MAX_CRED_BLOB_LENGTH: usize = 32;
+/// Credential descriptors accepted in one list (getInfo maxCredentialCountInList).
+pub const MAX_CREDENTIAL_COUNT_IN_LIST: usize = 16;
+
 pub struct Authenticator {
     pub(crate) config: AuthenticatorConfig,
     pub(crate) platform: Platform,
     /// When the device was (re)created: "power-up" for the reset window.
     power_up: Instant,
     pub(crate) pending_assertions: Option<PendingAssertions>,
+    /// Persistent settings, as last stored through the credential store.
+    pub(crate) state: AuthenticatorState,
+    /// PIN state that a power cycle resets.
+    pub(crate) client_pin: ClientPin,
 }
 
 impl Authenticator {
+    /// A freshly powered-up authenticator.
+    ///
+    /// Panics only if the operating system cannot provide random numbers
+    /// for the PIN key agreement key, in which case no key can work.
     pub fn new(config: AuthenticatorConfig, platform: Platform, power_up: Instant) -> Self {
-        Self { config, platform, power_up, pending_assertions: None }
+        let state = platform.credentials.load_state();
+        let client_pin = ClientPin::new().expect("the operating system's random number generator failed");
+        Self { config, platform, power_up, pending_assertions: None, state, client_pin }
     }
 
     /// Version and capabilities for CTAPHID_INIT.
@@ -105,6 +123,7 @@ impl Authenticator {
             command::MAKE_CREDENTIAL => self.make_credential(params, ctx).map(Some),
             command::GET_ASSERTION => self.get_assertion(params, ctx).map(Some),
             command::GET_INFO => Ok(Some(self.get_info())),
+            command::CLIENT_PIN => self.client_pin(params, ctx),
             command::RESET => self.reset(ctx).map(|()| None),
             command::GET_NEXT_ASSERTION => self.get_next_assertion(ctx).map(Some),
             command::SELECTION => self.selection(ctx).map(|()| None),
@@ -132,16 +151,43 @@ impl Authenticator {
             .into_iter()
             .map(|a| MapBuilder::new().text("alg", a.cose_id()).text("type", "public-key").build())
             .collect();
-        let options = MapBuilder::new().text("rk", true).text("up", true).text("plat", false).build();
+        let options = MapBuilder::new()
+            .text("rk", true)
+            .text("up", true)
+            .text("plat", false)
+            .text("clientPin", self.state.pin.is_some())
+            .text("pinUvAuthToken", true)
+            .text("makeCredUvNotRqd", !self.state.always_uv)
+            .build();
+        let extensions = ["credBlob", "credProtect", "hmac-secret", "largeBlobKey", "minPinLength"]
+            .into_iter()
+            .map(Value::from)
+            .collect();
+        let protocols = PinUvAuthProtocol::SUPPORTED.iter().map(|p| Value::from(p.id())).collect();
         MapBuilder::new()
             .int(0x01, Value::Array(vec![Value::from("FIDO_2_0")]))
+            .int(0x02, Value::Array(extensions))
             .int(0x03, cbor::bytes(self.config.aaguid.to_vec()))
             .int(0x04, options)
             .int(0x05, MAX_MESSAGE_SIZE as u64)
+            .int(0x06, Value::Array(protocols))
+            .int(0x07, MAX_CREDENTIAL_COUNT_IN_LIST as u64)
+            .int(0x08, crate::credential::MAX_CREDENTIAL_ID_LEN as u64)
             .int(0x09, Value::Array(vec![Value::from("usb")]))
             .int(0x0A, Value::Array(algorithms))
+            .int(0x0C, self.state.force_pin_change)
+            .int(0x0D, u64::from(self.effective_min_pin_length()))
             .int(0x0E, u64::from(self.config.firmware_version))
+            .int(0x0F, MAX_CRED_BLOB_LENGTH as u64)
+            .int(0x14, self.platform.credentials.remaining_capacity() as u64)
             .build()
+    }
+
+    /// Stores new persistent settings; memory follows only once they are durable.
+    pub(crate) fn save_state(&mut self, state: AuthenticatorState) -> CtapResult<()> {
+        self.platform.credentials.save_state(&state)?;
+        self.state = state;
+        Ok(())
     }
 
     /// authenticatorReset (§6.6): within 10 s of power-up, after a touch.
@@ -150,19 +196,21 @@ impl Authenticator {
             return Err(StatusCode::NotAllowed);
         }
         self.require_presence(
-            &PresenceRequest { purpose: crate::platform::PresencePurpose::Reset, rp_id: None, user_name: None },
+            &PresenceRequest { purpose: PresencePurpose::Reset, rp_id: None, user_name: None },
             ctx,
         )?;
         self.platform.keystore.reset()?;
         self.platform.credentials.reset()?;
-        tracing::warn!("authenticator reset: every credential is gone");
+        self.state = self.platform.credentials.load_state();
+        self.client_pin = ClientPin::new()?;
+        tracing::warn!("authenticator reset: every credential and the PIN are gone");
         Ok(())
     }
 
     /// authenticatorSelection (§6.9): the user touches the key to pick it.
     fn selection(&mut self, ctx: &RequestContext<'_>) -> CtapResult<()> {
         self.require_presence(
-            &PresenceRequest { purpose: crate::platform::PresencePurpose::Select, rp_id: None, user_name: None },
+            &PresenceRequest { purpose: PresencePurpose::Select, rp_id: None, user_name: None },
             ctx,
         )
     }
@@ -197,15 +245,23 @@ impl Authenticator {
         }
     }
 
-    /// pinUvAuthParam handling common to makeCredential and getAssertion
-    /// (§6.1.2 steps 1–2, §6.2.2 steps 1–2). No PIN/UV auth protocol is
-    /// implemented yet, so any protocol named is unsupported.
-    pub(crate) fn check_pin_uv_auth(&self, auth: Option<&crate::request::PinUvAuth>) -> CtapResult<()> {
-        match auth {
-            None => Ok(()),
-            Some(a) if a.protocol.is_none() => Err(StatusCode::MissingParameter),
-            Some(_) => Err(StatusCode::InvalidParameter),
+    /// The pinUvAuthParam steps shared by makeCredential and getAssertion
+    /// (§6.1.2 steps 1–2, §6.2.2 steps 1–2): the zero-length probe, which
+    /// only asks for a touch, and the protocol check. Returns the protocol
+    /// to verify the parameter with later.
+    pub(crate) fn pin_uv_auth_protocol(
+        &mut self,
+        auth: Option<&PinUvAuth>,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<Option<PinUvAuthProtocol>> {
+        let Some(auth) = auth else { return Ok(None) };
+        if auth.param.is_empty() {
+            // Browsers ask "which key?" this way: touch, then tell whether a PIN is set.
+            self.require_presence(&PresenceRequest { purpose: PresencePurpose::Select, rp_id: None, user_name: None }, ctx)?;
+            return Err(if self.state.pin.is_some() { StatusCode::PinInvalid } else { StatusCode::PinNotSet });
         }
+        let protocol = auth.protocol.ok_or(StatusCode::MissingParameter)?;
+        PinUvAuthProtocol::from_id(protocol).map(Some)
     }
 
     pub(crate) fn next_signature_counter(&mut self) -> CtapResult<u32> {

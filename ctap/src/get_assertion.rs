@@ -1,27 +1,45 @@
 //! authenticatorGetAssertion and authenticatorGetNextAssertion (CTAP 2.1
-//! §6.2, §6.3).
+//! §6.2, §6.3), with the credProtect, hmac-secret, credBlob and
+//! largeBlobKey extensions.
 
 use std::time::{Duration, Instant};
 
 use ciborium::value::Value;
+use zeroize::Zeroizing;
 
 use crate::auth_data::{authenticator_data, flags, rp_id_hash};
 use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, MapBuilder};
+use crate::client_pin::permission;
 use crate::credential::{self, Credential};
+use crate::pin_protocol::{hmac_sha256, PinUvAuthProtocol, SharedSecret};
 use crate::platform::{Operation, PresencePurpose, PresenceRequest};
-use crate::request::GetAssertionRequest;
+use crate::request::{GetAssertionRequest, HmacSecretInput};
 use crate::status::{CtapResult, StatusCode};
 
 /// getNextAssertion must follow within 30 s of the previous assertion (§6.3).
 const NEXT_ASSERTION_WINDOW: Duration = Duration::from_secs(30);
 
-/// The state getNextAssertion continues from.
-pub(crate) struct PendingAssertions {
-    channel: u32,
+/// hmac-secret's validated input: the shared secret and the salts (§12.5).
+struct HmacSecretRequest {
+    shared: SharedSecret,
+    salts: Zeroizing<Vec<u8>>,
+}
+
+/// What every assertion of one getAssertion shares.
+struct AssertionContext {
     rp_id_hash: [u8; 32],
     client_data_hash: Vec<u8>,
     flag_bits: u8,
+    hmac_secret: Option<HmacSecretRequest>,
+    cred_blob: bool,
+    large_blob_key: bool,
+}
+
+/// The state getNextAssertion continues from.
+pub(crate) struct PendingAssertions {
+    channel: u32,
+    context: AssertionContext,
     /// Still to be returned, next first.
     remaining: Vec<Credential>,
     last_used: Instant,
@@ -30,44 +48,77 @@ pub(crate) struct PendingAssertions {
 impl Authenticator {
     pub(crate) fn get_assertion(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Value> {
         let request = GetAssertionRequest::parse(params)?;
-        self.check_pin_uv_auth(request.pin_uv_auth.as_ref())?;
+        let protocol = self.pin_uv_auth_protocol(request.pin_uv_auth.as_ref(), ctx)?;
 
-        // Step 5: "rk" is meaningless here; "uv" needs built-in verification.
+        // Step 4: "rk" is meaningless here; "uv" needs built-in verification.
         if request.options.rk.is_some() {
             return Err(StatusCode::UnsupportedOption);
         }
-        if request.options.uv == Some(true) {
+        if request.options.uv == Some(true) && protocol.is_none() {
             return Err(StatusCode::InvalidOption);
         }
         let user_presence = request.options.up.unwrap_or(true);
+        // Step 5: alwaysUv wants UV for every assertion the user is asked for.
+        if self.state.always_uv && user_presence && protocol.is_none() {
+            return Err(if self.state.pin.is_some() { StatusCode::PuatRequired } else { StatusCode::PinNotSet });
+        }
         let rp_id = request.rp_id.as_str();
         let rp_id_hash = rp_id_hash(rp_id);
 
+        // Step 6: the pinUvAuthParam proves UV for this rp.
+        let mut user_verified = false;
+        if let (Some(protocol), Some(auth)) = (protocol, request.pin_uv_auth.as_ref()) {
+            self.verify_pin_uv_auth_token(
+                protocol,
+                &request.client_data_hash,
+                &auth.param,
+                permission::GET_ASSERTION,
+                Some(rp_id),
+                ctx.now,
+            )?;
+            user_verified = true;
+        }
+
         // Step 7: locate credentials. With an allow list, the first of ours;
         // without, every discoverable credential of the rp, newest first.
+        // credProtect (§12.1) hides level 3 without UV, and level 2 from
+        // discovery without UV.
         let from_allow_list = !request.allow_list.is_empty();
         let mut found: Vec<Credential> = Vec::new();
         if from_allow_list {
             for descriptor in request.allow_list.iter().filter(|d| d.is_public_key) {
-                if let Some(c) = credential::resolve(
+                let credential = credential::resolve(
                     self.platform.keystore.as_mut(),
                     self.platform.credentials.as_ref(),
                     rp_id,
                     &rp_id_hash,
                     &descriptor.id,
-                )? {
+                )?;
+                if let Some(c) = credential.filter(|c| user_verified || c.extensions.cred_protect < 3) {
                     found.push(c);
                     break;
                 }
             }
         } else {
             let mut residents = self.platform.credentials.credentials_for_rp(rp_id)?;
+            residents.retain(|c| user_verified || c.extensions.cred_protect < 2);
             residents.sort_by(|a, b| b.created.cmp(&a.created));
             found.extend(residents.into_iter().map(Credential::from));
         }
         if found.is_empty() {
             return Err(StatusCode::NoCredentials);
         }
+
+        // hmac-secret is checked before anyone is asked to touch anything.
+        let hmac_secret = match &request.extensions.hmac_secret {
+            Some(input) => {
+                if !user_presence {
+                    return Err(StatusCode::UnsupportedOption);
+                }
+                Some(self.hmac_secret_request(input)?)
+            }
+            None => None,
+        };
 
         self.check_policy(Operation::GetAssertion, rp_id, !from_allow_list)?;
 
@@ -83,21 +134,29 @@ impl Authenticator {
             )?;
             flag_bits |= flags::USER_PRESENT;
         }
+        if user_verified {
+            flag_bits |= flags::USER_VERIFIED;
+        }
 
+        let context = AssertionContext {
+            rp_id_hash,
+            client_data_hash: request.client_data_hash,
+            flag_bits,
+            hmac_secret,
+            cred_blob: request.extensions.cred_blob,
+            large_blob_key: request.extensions.large_blob_key,
+        };
         let total = found.len();
         let first = found.remove(0);
-        let response = self.sign_assertion(&first, &rp_id_hash, flag_bits, &request.client_data_hash, (total > 1).then_some(total))?;
-        if !found.is_empty() {
-            self.pending_assertions = Some(PendingAssertions {
-                channel: ctx.channel,
-                rp_id_hash,
-                client_data_hash: request.client_data_hash,
-                flag_bits,
-                remaining: found,
-                last_used: ctx.now,
-            });
+        let response = self.sign_assertion(&first, &context, (total > 1).then_some(total))?;
+        if user_verified {
+            self.clear_token_permissions_except_lbw();
         }
-        tracing::info!(rp_id, credentials = total, user_presence, "assertion made");
+        if !found.is_empty() {
+            self.pending_assertions =
+                Some(PendingAssertions { channel: ctx.channel, context, remaining: found, last_used: ctx.now });
+        }
+        tracing::info!(rp_id, credentials = total, user_presence, user_verified, "assertion made");
         Ok(response)
     }
 
@@ -112,8 +171,7 @@ impl Authenticator {
             return Err(StatusCode::NotAllowed);
         }
         let next = pending.remaining.remove(0);
-        let response =
-            self.sign_assertion(&next, &pending.rp_id_hash, pending.flag_bits, &pending.client_data_hash, None)?;
+        let response = self.sign_assertion(&next, &pending.context, None)?;
         if !pending.remaining.is_empty() {
             pending.last_used = ctx.now;
             self.pending_assertions = Some(pending);
@@ -121,35 +179,87 @@ impl Authenticator {
         Ok(response)
     }
 
+    /// Validates hmac-secret's input (§12.5): the salts are authenticated
+    /// with the shared secret and are one or two 32-byte values.
+    fn hmac_secret_request(&self, input: &HmacSecretInput) -> CtapResult<HmacSecretRequest> {
+        let protocol = PinUvAuthProtocol::from_id(input.protocol.unwrap_or(1))?;
+        let shared = self.client_pin_key_agreement().shared_secret(protocol, input.key_agreement.clone())?;
+        if !shared.verify(&input.salt_enc, &input.salt_auth) {
+            return Err(StatusCode::PinAuthInvalid);
+        }
+        let salts = shared.decrypt(&input.salt_enc)?;
+        if salts.len() != 32 && salts.len() != 64 {
+            return Err(StatusCode::InvalidLength);
+        }
+        Ok(HmacSecretRequest { shared, salts })
+    }
+
+    /// HMAC-SHA-256(CredRandom, salt) for each salt, encrypted for the
+    /// platform. CredRandom differs with and without UV (§12.5).
+    fn hmac_secret_output(
+        &mut self,
+        credential: &Credential,
+        request: &HmacSecretRequest,
+        user_verified: bool,
+    ) -> CtapResult<Vec<u8>> {
+        let mut context = b"fidoseal hmac-secret CredRandom v1".to_vec();
+        context.push(u8::from(user_verified));
+        context.extend_from_slice(&credential.key_handle);
+        let cred_random = self.platform.keystore.derive_secret(&context)?;
+        let mut outputs = Zeroizing::new(Vec::with_capacity(request.salts.len()));
+        for salt in request.salts.chunks(32) {
+            outputs.extend_from_slice(&hmac_sha256(&cred_random.0, salt));
+        }
+        request.shared.encrypt(&outputs)
+    }
+
     fn sign_assertion(
         &mut self,
         credential: &Credential,
-        rp_id_hash: &[u8; 32],
-        flag_bits: u8,
-        client_data_hash: &[u8],
+        context: &AssertionContext,
         number_of_credentials: Option<usize>,
     ) -> CtapResult<Value> {
+        let user_verified = context.flag_bits & flags::USER_VERIFIED != 0;
+        let mut outputs = MapBuilder::new();
+        let mut any_output = false;
+        if let Some(request) = context.hmac_secret.as_ref().filter(|_| credential.extensions.hmac_secret) {
+            outputs = outputs.text("hmac-secret", cbor::bytes(self.hmac_secret_output(credential, request, user_verified)?));
+            any_output = true;
+        }
+        if context.cred_blob {
+            outputs = outputs.text("credBlob", cbor::bytes(credential.extensions.cred_blob.clone()));
+            any_output = true;
+        }
         let counter = self.next_signature_counter()?;
-        let auth_data = authenticator_data(rp_id_hash, flag_bits, counter, None);
+        let auth_data =
+            authenticator_data(&context.rp_id_hash, context.flag_bits, counter, None, any_output.then(|| outputs.build()));
         let mut signed = auth_data.clone();
-        signed.extend_from_slice(client_data_hash);
+        signed.extend_from_slice(&context.client_data_hash);
         let signature = self.platform.keystore.sign(credential.algorithm, &credential.key_handle, &signed)?;
         let descriptor = MapBuilder::new()
             .text("id", cbor::bytes(credential.credential_id.clone()))
             .text("type", "public-key")
             .build();
-        // Without user verification only the user handle is returned, never
-        // name or display name (§6.2.2, "user" member).
-        let user = credential
-            .resident
-            .as_ref()
-            .map(|r| MapBuilder::new().text("id", cbor::bytes(r.user_id.clone())).build());
+        // Name and display name only after user verification (§6.2.2 "user").
+        let user = credential.resident.as_ref().map(|r| {
+            let mut user = MapBuilder::new().text("id", cbor::bytes(r.user_id.clone()));
+            if user_verified {
+                user = user.text_opt("name", r.user_name.clone()).text_opt("displayName", r.user_display_name.clone());
+            }
+            user.build()
+        });
+        let large_blob_key = if context.large_blob_key && credential.extensions.large_blob_key {
+            Some(cbor::bytes(self.large_blob_key(&credential.credential_id)?.to_vec()))
+        } else {
+            None
+        };
         Ok(MapBuilder::new()
             .int(0x01, descriptor)
             .int(0x02, cbor::bytes(auth_data))
             .int(0x03, cbor::bytes(signature))
             .int_opt(0x04, user)
             .int_opt(0x05, number_of_credentials.map(|n| n as u64))
+            .int_opt(0x07, large_blob_key)
             .build())
     }
 }

@@ -6,6 +6,7 @@
 pub mod auth_data;
 pub mod authenticator;
 pub mod cbor;
+pub mod client_pin;
 pub mod credential;
 pub mod ctaphid;
 mod get_assertion;

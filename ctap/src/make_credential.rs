@@ -2,11 +2,12 @@
 
 use ciborium::value::Value;
 
-use crate::auth_data::{authenticator_data, flags, rp_id_hash, AttestedCredential};
-use crate::authenticator::{AttestationMode, Authenticator, RequestContext};
+use crate::auth_data::{authenticator_data, cose_key, flags, rp_id_hash, AttestedCredential};
+use crate::authenticator::{AttestationMode, Authenticator, RequestContext, MAX_CRED_BLOB_LENGTH};
 use crate::cbor::{self, truncate_utf8, MapBuilder};
+use crate::client_pin::permission;
 use crate::credential::{self, MAX_CREDENTIAL_ID_LEN};
-use crate::platform::{Algorithm, Operation, PresencePurpose, PresenceRequest, ResidentCredential};
+use crate::platform::{Algorithm, CredentialExtensions, Operation, PresencePurpose, PresenceRequest, ResidentCredential};
 use crate::request::MakeCredentialRequest;
 use crate::status::{CtapResult, StatusCode};
 
@@ -16,7 +17,8 @@ const MAX_STORED_STRING: usize = 64;
 impl Authenticator {
     pub(crate) fn make_credential(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Value> {
         let request = MakeCredentialRequest::parse(params)?;
-        self.check_pin_uv_auth(request.pin_uv_auth.as_ref())?;
+        // Steps 1–2: the zero-length probe and the protocol.
+        let protocol = self.pin_uv_auth_protocol(request.pin_uv_auth.as_ref(), ctx)?;
 
         // Step 3: the first requested algorithm the key store supports.
         let supported = self.platform.keystore.algorithms();
@@ -27,21 +29,53 @@ impl Authenticator {
             .find(|a| supported.contains(a))
             .ok_or(StatusCode::UnsupportedAlgorithm)?;
 
-        // Step 5: options. "up" cannot be false for makeCredential, and
-        // there is no built-in user verification yet.
-        if request.options.up == Some(false) || request.options.uv == Some(true) {
+        // Step 5: options. "up" cannot be false here; "uv" would need
+        // built-in verification, and is moot when a pinUvAuthParam is given.
+        if request.options.up == Some(false) {
+            return Err(StatusCode::InvalidOption);
+        }
+        if request.options.uv == Some(true) && protocol.is_none() {
             return Err(StatusCode::InvalidOption);
         }
         let discoverable = request.options.rk.unwrap_or(false);
+
+        // Steps 6–7: with a PIN set, discoverable credentials (and, under
+        // alwaysUv, every credential) need the PIN.
+        if protocol.is_none() && self.state.pin.is_some() && (discoverable || self.state.always_uv) {
+            return Err(StatusCode::PuatRequired);
+        }
+        if protocol.is_none() && self.state.always_uv {
+            return Err(StatusCode::PinNotSet);
+        }
         // Step 9: enterprise attestation is not offered ("ep" absent in getInfo).
         if request.enterprise_attestation.is_some() {
             return Err(StatusCode::InvalidParameter);
+        }
+        if request.extensions.large_blob_key && !discoverable {
+            // largeBlobKey only makes sense for discoverable credentials (§12.3).
+            return Err(StatusCode::InvalidOption);
         }
 
         let rp_id = request.rp.id.as_str();
         let rp_id_hash = rp_id_hash(rp_id);
 
-        // Step 11: a credential from the exclude list already lives here.
+        // Step 11: the pinUvAuthParam authenticates clientDataHash with a
+        // token that may make credentials for this rp.
+        let mut user_verified = false;
+        if let (Some(protocol), Some(auth)) = (protocol, request.pin_uv_auth.as_ref()) {
+            self.verify_pin_uv_auth_token(
+                protocol,
+                &request.client_data_hash,
+                &auth.param,
+                permission::MAKE_CREDENTIAL,
+                Some(rp_id),
+                ctx.now,
+            )?;
+            user_verified = true;
+        }
+
+        // Step 12: a credential from the exclude list already lives here
+        // (one that needs UV counts only when UV was done).
         for descriptor in request.exclude_list.iter().filter(|d| d.is_public_key) {
             let found = credential::resolve(
                 self.platform.keystore.as_mut(),
@@ -50,7 +84,7 @@ impl Authenticator {
                 &rp_id_hash,
                 &descriptor.id,
             )?;
-            if found.is_some() {
+            if found.is_some_and(|c| c.extensions.cred_protect < 3 || user_verified) {
                 self.require_presence(
                     &PresenceRequest { purpose: PresencePurpose::ConfirmExisting, rp_id: Some(rp_id), user_name: None },
                     ctx,
@@ -80,11 +114,21 @@ impl Authenticator {
             ctx,
         )?;
 
+        // Extensions (§12): what the credential keeps, and what we report.
+        let requested = &request.extensions;
+        let cred_blob = requested.cred_blob.as_ref().filter(|b| b.len() <= MAX_CRED_BLOB_LENGTH);
+        let extensions = CredentialExtensions {
+            cred_protect: requested.cred_protect.unwrap_or(1),
+            hmac_secret: requested.hmac_secret,
+            cred_blob: cred_blob.cloned().unwrap_or_default(),
+            large_blob_key: requested.large_blob_key,
+        };
+
         let created = self.platform.keystore.generate(algorithm)?;
         let credential_id = if discoverable {
             credential::random_resident_id()?
         } else {
-            let payload = credential::encode_payload(algorithm, &created.key_handle);
+            let payload = credential::encode_payload(algorithm, &created.key_handle, &extensions)?;
             self.platform.keystore.seal_credential_id(&rp_id_hash, &payload)?
         };
         if credential_id.len() > MAX_CREDENTIAL_ID_LEN {
@@ -104,18 +148,44 @@ impl Authenticator {
                 algorithm,
                 key_handle: created.key_handle.clone(),
                 created: u64::from(counter),
+                public_key_cose: cbor::encode(cose_key(&created.public_key)),
+                extensions: extensions.clone(),
             })?;
         }
 
+        let mut outputs = MapBuilder::new();
+        let mut any_output = false;
+        if let Some(level) = requested.cred_protect {
+            outputs = outputs.text("credProtect", u64::from(level));
+            any_output = true;
+        }
+        if requested.hmac_secret {
+            outputs = outputs.text("hmac-secret", true);
+            any_output = true;
+        }
+        if requested.cred_blob.is_some() {
+            outputs = outputs.text("credBlob", cred_blob.is_some());
+            any_output = true;
+        }
+        if requested.min_pin_length && self.state.min_pin_length_rp_ids.iter().any(|r| r == rp_id) {
+            outputs = outputs.text("minPinLength", u64::from(self.effective_min_pin_length()));
+            any_output = true;
+        }
+
+        let mut flag_bits = flags::USER_PRESENT;
+        if user_verified {
+            flag_bits |= flags::USER_VERIFIED;
+        }
         let auth_data = authenticator_data(
             &rp_id_hash,
-            flags::USER_PRESENT,
+            flag_bits,
             counter,
             Some(&AttestedCredential {
                 aaguid: &self.config.aaguid,
                 credential_id: &credential_id,
                 public_key: &created.public_key,
             }),
+            any_output.then(|| outputs.build()),
         );
         let (format, statement) = match self.config.attestation {
             AttestationMode::SelfAttestation => {
@@ -128,7 +198,27 @@ impl Authenticator {
             }
             AttestationMode::None => ("none", MapBuilder::new().build()),
         };
-        tracing::info!(rp_id, discoverable, "credential created");
-        Ok(MapBuilder::new().int(0x01, format).int(0x02, cbor::bytes(auth_data)).int(0x03, statement).build())
+        let large_blob_key = if extensions.large_blob_key {
+            Some(cbor::bytes(self.large_blob_key(&credential_id)?.to_vec()))
+        } else {
+            None
+        };
+        if user_verified {
+            self.clear_token_permissions_except_lbw();
+        }
+        tracing::info!(rp_id, discoverable, user_verified, "credential created");
+        Ok(MapBuilder::new()
+            .int(0x01, format)
+            .int(0x02, cbor::bytes(auth_data))
+            .int(0x03, statement)
+            .int_opt(0x05, large_blob_key)
+            .build())
+    }
+
+    /// A credential's largeBlobKey (§12.3), derived inside the key store.
+    pub(crate) fn large_blob_key(&mut self, credential_id: &[u8]) -> CtapResult<[u8; 32]> {
+        let mut context = b"fidoseal largeBlobKey v1".to_vec();
+        context.extend_from_slice(credential_id);
+        Ok(self.platform.keystore.derive_secret(&context)?.0)
     }
 }

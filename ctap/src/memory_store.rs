@@ -2,7 +2,7 @@
 //! benchmarks. The daemon's store (files in the state directory) follows
 //! the same rules; [`apply_save`] is shared so both replace and count alike.
 
-use crate::platform::{CredentialStore, ResidentCredential, StoreError};
+use crate::platform::{AuthenticatorState, CredentialStore, ResidentCredential, StoreError};
 
 /// Inserts `credential` into `credentials` as [`CredentialStore::save`]
 /// defines it: same rp ID and user ID replaces, otherwise it needs room.
@@ -29,11 +29,12 @@ pub struct MemoryCredentialStore {
     credentials: Vec<ResidentCredential>,
     capacity: usize,
     signature_counter: u32,
+    state: AuthenticatorState,
 }
 
 impl MemoryCredentialStore {
     pub fn new(capacity: usize) -> Self {
-        Self { credentials: Vec::new(), capacity, signature_counter: 0 }
+        Self { credentials: Vec::new(), capacity, signature_counter: 0, state: AuthenticatorState::default() }
     }
 }
 
@@ -65,8 +66,18 @@ impl CredentialStore for MemoryCredentialStore {
         Ok(self.signature_counter)
     }
 
+    fn load_state(&self) -> AuthenticatorState {
+        self.state.clone()
+    }
+
+    fn save_state(&mut self, state: &AuthenticatorState) -> Result<(), StoreError> {
+        self.state = state.clone();
+        Ok(())
+    }
+
     fn reset(&mut self) -> Result<(), StoreError> {
         self.credentials.clear();
+        self.state = AuthenticatorState::default();
         Ok(())
     }
 }

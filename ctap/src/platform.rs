@@ -79,6 +79,12 @@ pub trait KeyStore: Send {
     /// Reverses [`KeyStore::seal_credential_id`]; `NotAuthentic` for any ID
     /// that this store did not seal for this relying party.
     fn open_credential_id(&mut self, rp_id_hash: &[u8; 32], credential_id: &[u8]) -> Result<Vec<u8>, KeyStoreError>;
+    /// A keyed pseudo-random function held by the store: the same `context`
+    /// always gives the same 32 bytes here, and nothing related on another
+    /// store. Used for hmac-secret's CredRandom, the PIN verifier and
+    /// large-blob keys, so those secrets are as bound to the machine as the
+    /// credential keys.
+    fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, KeyStoreError>;
     /// authenticatorReset: forget every secret so that all earlier
     /// credential IDs and key handles become unusable.
     fn reset(&mut self) -> Result<(), KeyStoreError>;
@@ -100,6 +106,26 @@ pub struct ResidentCredential {
     pub key_handle: Vec<u8>,
     /// Creation order (newest first in getAssertion, CTAP 2.1 §6.2.2 step 7).
     pub created: u64,
+    /// The COSE_Key of the public key, for credential management.
+    #[serde(with = "serde_bytes", default)]
+    pub public_key_cose: Vec<u8>,
+    #[serde(default)]
+    pub extensions: CredentialExtensions,
+}
+
+/// What extensions a credential was made with (stored with discoverable
+/// credentials, sealed into the ID of the others).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CredentialExtensions {
+    /// credProtect level 1..=3 (CTAP 2.1 §12.1); 1 when not requested.
+    pub cred_protect: u8,
+    /// hmac-secret was requested: CredRandom is derived for this credential.
+    pub hmac_secret: bool,
+    /// credBlob (at most 32 bytes).
+    #[serde(with = "serde_bytes", default)]
+    pub cred_blob: Vec<u8>,
+    /// largeBlobKey was requested.
+    pub large_blob_key: bool,
 }
 
 impl std::fmt::Debug for ResidentCredential {
@@ -134,8 +160,56 @@ pub trait CredentialStore: Send {
     fn remaining_capacity(&self) -> usize;
     /// Increments and durably stores the signature counter, returning the new value.
     fn next_signature_counter(&mut self) -> Result<u32, StoreError>;
-    /// authenticatorReset: delete every credential.
+    /// The authenticator's persistent settings: PIN verifier, retries, config.
+    fn load_state(&self) -> AuthenticatorState;
+    fn save_state(&mut self, state: &AuthenticatorState) -> Result<(), StoreError>;
+    /// authenticatorReset: delete every credential, the PIN and the
+    /// settings. The signature counter keeps counting.
     fn reset(&mut self) -> Result<(), StoreError>;
+}
+
+/// Maximum PIN retries (CTAP 2.1 §6.5.2.2).
+pub const MAX_PIN_RETRIES: u8 = 8;
+/// Default minimum PIN length in Unicode code points (§6.4).
+pub const DEFAULT_MIN_PIN_LENGTH: u8 = 4;
+
+/// The authenticator's persistent settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct AuthenticatorState {
+    pub pin: Option<PinRecord>,
+    pub pin_retries: u8,
+    pub min_pin_length: u8,
+    /// setMinPINLength's forceChangePin, or a PIN shorter than a new minimum.
+    pub force_pin_change: bool,
+    pub always_uv: bool,
+    pub enterprise_attestation: bool,
+    /// rp IDs allowed to read the minimum PIN length (minPinLength extension).
+    pub min_pin_length_rp_ids: Vec<String>,
+}
+
+impl Default for AuthenticatorState {
+    fn default() -> Self {
+        Self {
+            pin: None,
+            pin_retries: MAX_PIN_RETRIES,
+            min_pin_length: DEFAULT_MIN_PIN_LENGTH,
+            force_pin_change: false,
+            always_uv: false,
+            enterprise_attestation: false,
+            min_pin_length_rp_ids: Vec::new(),
+        }
+    }
+}
+
+/// The PIN as stored: not the PIN hash itself but the key store's PRF of
+/// it, so a copied state directory is useless without the key store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PinRecord {
+    #[serde(with = "serde_bytes")]
+    pub verifier: Vec<u8>,
+    /// Length of the PIN in Unicode code points (for setMinPINLength).
+    pub code_points: u8,
 }
 
 /// What the user is asked to confirm.

@@ -43,6 +43,34 @@ pub struct PinUvAuth {
     pub protocol: Option<u64>,
 }
 
+/// Extension inputs of makeCredential (CTAP 2.1 §12).
+#[derive(Debug, Clone, Default)]
+pub struct MakeCredentialExtensions {
+    /// credProtect level 1..=3.
+    pub cred_protect: Option<u8>,
+    pub hmac_secret: bool,
+    pub cred_blob: Option<Vec<u8>>,
+    pub large_blob_key: bool,
+    pub min_pin_length: bool,
+}
+
+/// hmac-secret's getAssertion input (§12.5).
+#[derive(Debug, Clone)]
+pub struct HmacSecretInput {
+    pub key_agreement: Value,
+    pub salt_enc: Vec<u8>,
+    pub salt_auth: Vec<u8>,
+    pub protocol: Option<u64>,
+}
+
+/// Extension inputs of getAssertion.
+#[derive(Debug, Clone, Default)]
+pub struct GetAssertionExtensions {
+    pub hmac_secret: Option<HmacSecretInput>,
+    pub cred_blob: bool,
+    pub large_blob_key: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct MakeCredentialRequest {
     pub client_data_hash: Vec<u8>,
@@ -54,6 +82,7 @@ pub struct MakeCredentialRequest {
     pub options: Options,
     pub pin_uv_auth: Option<PinUvAuth>,
     pub enterprise_attestation: Option<u64>,
+    pub extensions: MakeCredentialExtensions,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +92,7 @@ pub struct GetAssertionRequest {
     pub allow_list: Vec<CredentialDescriptor>,
     pub options: Options,
     pub pin_uv_auth: Option<PinUvAuth>,
+    pub extensions: GetAssertionExtensions,
 }
 
 fn optional_text(map: &mut ParamMap, key: &str) -> CtapResult<Option<String>> {
@@ -153,14 +183,64 @@ fn pin_uv_auth(param: Option<Value>, protocol: Option<Value>) -> CtapResult<Opti
     }
 }
 
-fn extensions(value: Option<Value>) -> CtapResult<()> {
-    // No extension is implemented yet; the map must still be a map with text keys.
-    if let Some(v) = value {
-        for (key, _) in expect_map(v)?.into_entries() {
-            expect_text(key)?;
+/// The extensions map: text keys; unknown extensions are ignored (§6.1.1).
+fn extension_entries(value: Option<Value>) -> CtapResult<Vec<(String, Value)>> {
+    let Some(v) = value else { return Ok(Vec::new()) };
+    expect_map(v)?.into_entries().into_iter().map(|(k, v)| Ok((expect_text(k)?, v))).collect()
+}
+
+fn make_credential_extensions(value: Option<Value>) -> CtapResult<MakeCredentialExtensions> {
+    let mut out = MakeCredentialExtensions::default();
+    for (name, value) in extension_entries(value)? {
+        match name.as_str() {
+            "credProtect" => {
+                let level = expect_uint(value)?;
+                out.cred_protect = Some(match level {
+                    1..=3 => level as u8,
+                    _ => return Err(StatusCode::InvalidParameter),
+                });
+            }
+            "hmac-secret" => out.hmac_secret = expect_bool(value)?,
+            "credBlob" => out.cred_blob = Some(expect_bytes(value)?),
+            "largeBlobKey" => {
+                // Only `true` is meaningful (§12.3); false is an invalid option.
+                if !expect_bool(value)? {
+                    return Err(StatusCode::InvalidOption);
+                }
+                out.large_blob_key = true;
+            }
+            "minPinLength" => out.min_pin_length = expect_bool(value)?,
+            _ => {}
         }
     }
-    Ok(())
+    Ok(out)
+}
+
+fn hmac_secret_input(value: Value) -> CtapResult<HmacSecretInput> {
+    let mut map = expect_map(value)?;
+    let key_agreement = map.required(0x01)?;
+    let salt_enc = expect_bytes(map.required(0x02)?)?;
+    let salt_auth = expect_bytes(map.required(0x03)?)?;
+    let protocol = map.take(0x04).map(expect_uint).transpose()?;
+    Ok(HmacSecretInput { key_agreement, salt_enc, salt_auth, protocol })
+}
+
+fn get_assertion_extensions(value: Option<Value>) -> CtapResult<GetAssertionExtensions> {
+    let mut out = GetAssertionExtensions::default();
+    for (name, value) in extension_entries(value)? {
+        match name.as_str() {
+            "hmac-secret" => out.hmac_secret = Some(hmac_secret_input(value)?),
+            "credBlob" => out.cred_blob = expect_bool(value)?,
+            "largeBlobKey" => {
+                if !expect_bool(value)? {
+                    return Err(StatusCode::InvalidOption);
+                }
+                out.large_blob_key = true;
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 impl MakeCredentialRequest {
@@ -171,11 +251,21 @@ impl MakeCredentialRequest {
         let user = user_entity(map.required(0x03)?)?;
         let algorithms = algorithms(map.required(0x04)?)?;
         let exclude_list = map.take(0x05).map(descriptor_list).transpose()?.unwrap_or_default();
-        extensions(map.take(0x06))?;
+        let extensions = make_credential_extensions(map.take(0x06))?;
         let options = map.take(0x07).map(options).transpose()?.unwrap_or_default();
         let pin_uv_auth = pin_uv_auth(map.take(0x08), map.take(0x09))?;
         let enterprise_attestation = map.take(0x0A).map(expect_uint).transpose()?;
-        Ok(Self { client_data_hash, rp, user, algorithms, exclude_list, options, pin_uv_auth, enterprise_attestation })
+        Ok(Self {
+            client_data_hash,
+            rp,
+            user,
+            algorithms,
+            exclude_list,
+            options,
+            pin_uv_auth,
+            enterprise_attestation,
+            extensions,
+        })
     }
 }
 
@@ -185,9 +275,9 @@ impl GetAssertionRequest {
         let rp_id = expect_text(map.required(0x01)?)?;
         let client_data_hash = client_data_hash(map.required(0x02)?)?;
         let allow_list = map.take(0x03).map(descriptor_list).transpose()?.unwrap_or_default();
-        extensions(map.take(0x04))?;
+        let extensions = get_assertion_extensions(map.take(0x04))?;
         let options = map.take(0x05).map(options).transpose()?.unwrap_or_default();
         let pin_uv_auth = pin_uv_auth(map.take(0x06), map.take(0x07))?;
-        Ok(Self { rp_id, client_data_hash, allow_list, options, pin_uv_auth })
+        Ok(Self { rp_id, client_data_hash, allow_list, options, pin_uv_auth, extensions })
     }
 }

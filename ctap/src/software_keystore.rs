@@ -27,12 +27,13 @@ pub struct SoftwareKeyStore {
     master: Secret32,
     key_wrapping: Aes256Gcm,
     credential_id_sealing: Aes256Gcm,
+    secret_derivation: Secret32,
 }
 
 impl SoftwareKeyStore {
     pub fn new(master: Secret32) -> Self {
-        let (key_wrapping, credential_id_sealing) = derive_keys(&master);
-        Self { master, key_wrapping, credential_id_sealing }
+        let (key_wrapping, credential_id_sealing, secret_derivation) = derive_keys(&master);
+        Self { master, key_wrapping, credential_id_sealing, secret_derivation }
     }
 
     /// A fresh random master secret.
@@ -48,14 +49,16 @@ impl SoftwareKeyStore {
     }
 }
 
-fn derive_keys(master: &Secret32) -> (Aes256Gcm, Aes256Gcm) {
+fn derive_keys(master: &Secret32) -> (Aes256Gcm, Aes256Gcm, Secret32) {
     let hkdf = Hkdf::<Sha256>::new(None, &master.0);
     let mut wrap = Zeroizing::new([0u8; 32]);
     let mut seal = Zeroizing::new([0u8; 32]);
+    let mut derive = Secret32([0u8; 32]);
     // 32-byte outputs are far below HKDF-SHA-256's limit; expand cannot fail.
     let _ = hkdf.expand(b"fidoseal key wrapping", wrap.as_mut());
     let _ = hkdf.expand(b"fidoseal credential id sealing", seal.as_mut());
-    (Aes256Gcm::new((&*wrap).into()), Aes256Gcm::new((&*seal).into()))
+    let _ = hkdf.expand(b"fidoseal secret derivation", &mut derive.0);
+    (Aes256Gcm::new((&*wrap).into()), Aes256Gcm::new((&*seal).into()), derive)
 }
 
 fn random_nonce() -> Result<[u8; NONCE_LEN], KeyStoreError> {
@@ -149,6 +152,10 @@ impl KeyStore for SoftwareKeyStore {
         open(&self.credential_id_sealing, &aad, sealed).map(|p| p.to_vec())
     }
 
+    fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, KeyStoreError> {
+        Ok(Secret32(crate::pin_protocol::hmac_sha256(&self.secret_derivation.0, context)))
+    }
+
     fn reset(&mut self) -> Result<(), KeyStoreError> {
         *self = Self::new(Self::generate_master_secret()?);
         Ok(())
@@ -215,8 +222,12 @@ mod tests {
         let rp = [1u8; 32];
         let id = s.seal_credential_id(&rp, b"payload").unwrap();
         let created = s.generate(Algorithm::Es256).unwrap();
+        let derived = s.derive_secret(b"context").unwrap();
+        assert_eq!(derived.0, s.derive_secret(b"context").unwrap().0);
+        assert_ne!(derived.0, s.derive_secret(b"other").unwrap().0);
         s.reset().unwrap();
         assert_ne!(s.master_secret().0, [7; 32]);
+        assert_ne!(derived.0, s.derive_secret(b"context").unwrap().0);
         assert_eq!(s.open_credential_id(&rp, &id), Err(KeyStoreError::NotAuthentic));
         assert_eq!(s.sign(Algorithm::Es256, &created.key_handle, b"m"), Err(KeyStoreError::NotAuthentic));
     }

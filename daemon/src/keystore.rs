@@ -80,6 +80,10 @@ impl KeyStore for PersistentSoftwareKeyStore {
         self.inner.open_credential_id(rp_id_hash, credential_id)
     }
 
+    fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, KeyStoreError> {
+        self.inner.derive_secret(context)
+    }
+
     /// The new secret is on disk before it is used, so a crash leaves
     /// either the old key store or the new one, never a mix.
     fn reset(&mut self) -> Result<(), KeyStoreError> {

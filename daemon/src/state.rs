@@ -8,7 +8,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use fidoseal_ctap::memory_store::apply_save;
-use fidoseal_ctap::platform::{CredentialStore, ResidentCredential, StoreError};
+use fidoseal_ctap::platform::{AuthenticatorState, CredentialStore, ResidentCredential, StoreError};
 use serde::{Deserialize, Serialize};
 
 const CREDENTIALS_FILE: &str = "credentials.cbor";
@@ -39,6 +39,8 @@ struct CredentialFile {
     version: u32,
     signature_counter: u32,
     credentials: Vec<ResidentCredential>,
+    #[serde(default)]
+    state: AuthenticatorState,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,10 +133,22 @@ impl CredentialStore for FileCredentialStore {
         })
     }
 
+    fn load_state(&self) -> AuthenticatorState {
+        self.data.state.clone()
+    }
+
+    fn save_state(&mut self, state: &AuthenticatorState) -> Result<(), StoreError> {
+        self.update(|d| {
+            d.state = state.clone();
+            Ok(())
+        })
+    }
+
     fn reset(&mut self) -> Result<(), StoreError> {
         // The counter keeps counting: relying parties must never see it go back.
         self.update(|d| {
             d.credentials.clear();
+            d.state = AuthenticatorState::default();
             Ok(())
         })
     }
@@ -163,6 +177,8 @@ mod tests {
             algorithm: Algorithm::Es256,
             key_handle: vec![9; 60],
             created: u64::from(id),
+            public_key_cose: vec![0xa0],
+            extensions: Default::default(),
         }
     }
 

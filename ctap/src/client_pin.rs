@@ -1,0 +1,398 @@
+//! authenticatorClientPIN (CTAP 2.1 §6.5): PIN set/change, retries and the
+//! power-cycle rule, and the pinUvAuthToken with its permissions, rp ID
+//! binding and lifetime.
+
+use std::time::{Duration, Instant};
+
+use ciborium::value::Value;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::authenticator::{Authenticator, RequestContext};
+use crate::cbor::{self, expect_bytes, expect_text, expect_uint, MapBuilder, ParamMap};
+use crate::pin_protocol::{KeyAgreementKey, PinUvAuthProtocol, SharedSecret};
+use crate::platform::{PinRecord, MAX_PIN_RETRIES};
+use crate::status::{CtapResult, StatusCode};
+
+/// pinUvAuthToken permissions (§6.5.5.7).
+pub mod permission {
+    pub const MAKE_CREDENTIAL: u8 = 0x01;
+    pub const GET_ASSERTION: u8 = 0x02;
+    pub const CREDENTIAL_MANAGEMENT: u8 = 0x04;
+    pub const BIO_ENROLLMENT: u8 = 0x08;
+    pub const LARGE_BLOB_WRITE: u8 = 0x10;
+    pub const AUTHENTICATOR_CONFIG: u8 = 0x20;
+}
+
+/// clientPIN subcommands (§6.5.5).
+mod subcommand {
+    pub const GET_PIN_RETRIES: u64 = 0x01;
+    pub const GET_KEY_AGREEMENT: u64 = 0x02;
+    pub const SET_PIN: u64 = 0x03;
+    pub const CHANGE_PIN: u64 = 0x04;
+    pub const GET_PIN_TOKEN: u64 = 0x05;
+    pub const GET_PIN_UV_AUTH_TOKEN_USING_UV_WITH_PERMISSIONS: u64 = 0x06;
+    pub const GET_UV_RETRIES: u64 = 0x07;
+    pub const GET_PIN_UV_AUTH_TOKEN_USING_PIN_WITH_PERMISSIONS: u64 = 0x09;
+}
+
+/// Wrong PINs in a row before the authenticator wants a power cycle (§6.5.2.2).
+const MAX_CONSECUTIVE_MISMATCHES: u8 = 3;
+/// The longest a pinUvAuthToken stays usable (§6.5.2.1 "max usage time period").
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(600);
+/// A padded PIN is exactly 64 bytes, so a PIN is at most 63 bytes (§6.5.5.5).
+const PADDED_PIN_LEN: usize = 64;
+
+/// The pinUvAuthToken and its state (§6.5.2.1).
+pub(crate) struct PinUvAuthToken {
+    value: Zeroizing<[u8; 32]>,
+    pub(crate) permissions: u8,
+    pub(crate) rp_id: Option<String>,
+    issued: Option<Instant>,
+}
+
+impl PinUvAuthToken {
+    fn fresh() -> CtapResult<Self> {
+        let mut value = Zeroizing::new([0u8; 32]);
+        getrandom::fill(value.as_mut()).map_err(|_| StatusCode::Other)?;
+        Ok(Self { value, permissions: 0, rp_id: None, issued: None })
+    }
+
+    pub(crate) fn is_in_use(&self, now: Instant) -> bool {
+        self.issued.is_some_and(|t| now.saturating_duration_since(t) <= TOKEN_LIFETIME)
+    }
+}
+
+/// clientPIN state that lives only until the next power cycle.
+pub(crate) struct ClientPin {
+    key_agreement: KeyAgreementKey,
+    pub(crate) token: PinUvAuthToken,
+    consecutive_mismatches: u8,
+}
+
+impl ClientPin {
+    pub(crate) fn new() -> CtapResult<Self> {
+        Ok(Self {
+            key_agreement: KeyAgreementKey::generate()?,
+            token: PinUvAuthToken::fresh()?,
+            consecutive_mismatches: 0,
+        })
+    }
+
+    /// resetPinUvAuthToken(): every earlier token stops working.
+    pub(crate) fn reset_token(&mut self) -> CtapResult<()> {
+        self.token = PinUvAuthToken::fresh()?;
+        Ok(())
+    }
+
+    pub(crate) fn power_cycle_required(&self) -> bool {
+        self.consecutive_mismatches >= MAX_CONSECUTIVE_MISMATCHES
+    }
+}
+
+/// The parameters of a clientPIN request (§6.5.5.1).
+struct ClientPinRequest {
+    protocol: Option<PinUvAuthProtocol>,
+    subcommand: u64,
+    key_agreement: Option<Value>,
+    pin_uv_auth_param: Option<Vec<u8>>,
+    new_pin_enc: Option<Vec<u8>>,
+    pin_hash_enc: Option<Vec<u8>>,
+    permissions: Option<u64>,
+    rp_id: Option<String>,
+}
+
+impl ClientPinRequest {
+    fn parse(params: &[u8]) -> CtapResult<Self> {
+        let mut map = ParamMap::decode(params)?;
+        let protocol_id = map.take(0x01).map(expect_uint).transpose()?;
+        let subcommand = expect_uint(map.required(0x02)?)?;
+        let key_agreement = map.take(0x03);
+        let pin_uv_auth_param = map.take(0x04).map(expect_bytes).transpose()?;
+        let new_pin_enc = map.take(0x05).map(expect_bytes).transpose()?;
+        let pin_hash_enc = map.take(0x06).map(expect_bytes).transpose()?;
+        let permissions = map.take(0x09).map(expect_uint).transpose()?;
+        let rp_id = map.take(0x0A).map(expect_text).transpose()?;
+        let protocol = protocol_id.map(PinUvAuthProtocol::from_id).transpose()?;
+        Ok(Self { protocol, subcommand, key_agreement, pin_uv_auth_param, new_pin_enc, pin_hash_enc, permissions, rp_id })
+    }
+
+    fn protocol(&self) -> CtapResult<PinUvAuthProtocol> {
+        self.protocol.ok_or(StatusCode::MissingParameter)
+    }
+}
+
+fn required<T>(value: Option<T>) -> CtapResult<T> {
+    value.ok_or(StatusCode::MissingParameter)
+}
+
+/// LEFT(SHA-256(pin), 16): the PIN hash platforms send.
+fn pin_hash(pin: &[u8]) -> [u8; 16] {
+    let digest = Sha256::digest(pin);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
+impl Authenticator {
+    pub(crate) fn client_pin(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Option<Value>> {
+        let request = ClientPinRequest::parse(params)?;
+        match request.subcommand {
+            subcommand::GET_PIN_RETRIES => Ok(Some(
+                MapBuilder::new()
+                    .int(0x03, u64::from(self.state.pin_retries))
+                    .int(0x04, self.client_pin.power_cycle_required())
+                    .build(),
+            )),
+            subcommand::GET_KEY_AGREEMENT => {
+                request.protocol()?;
+                Ok(Some(MapBuilder::new().int(0x01, self.client_pin.key_agreement.cose_public_key()).build()))
+            }
+            subcommand::SET_PIN => self.set_pin(request).map(|()| None),
+            subcommand::CHANGE_PIN => self.change_pin(request).map(|()| None),
+            subcommand::GET_PIN_TOKEN => {
+                if request.permissions.is_some() || request.rp_id.is_some() {
+                    return Err(StatusCode::InvalidParameter);
+                }
+                // Legacy tokens may make credentials and assertions (§6.5.5.7.1).
+                self.pin_token(request, permission::MAKE_CREDENTIAL | permission::GET_ASSERTION, None, ctx).map(Some)
+            }
+            subcommand::GET_PIN_UV_AUTH_TOKEN_USING_PIN_WITH_PERMISSIONS => {
+                let permissions = required(request.permissions)?;
+                if permissions == 0 {
+                    return Err(StatusCode::InvalidParameter);
+                }
+                let permissions = u8::try_from(permissions).map_err(|_| StatusCode::UnauthorizedPermission)?;
+                if permissions & !self.supported_permissions() != 0 {
+                    return Err(StatusCode::UnauthorizedPermission);
+                }
+                let rp_id = request.rp_id.clone();
+                self.pin_token(request, permissions, rp_id, ctx).map(Some)
+            }
+            // No built-in user verification yet (the D-Bus agent brings it).
+            subcommand::GET_PIN_UV_AUTH_TOKEN_USING_UV_WITH_PERMISSIONS | subcommand::GET_UV_RETRIES => {
+                Err(StatusCode::InvalidSubcommand)
+            }
+            _ => Err(StatusCode::InvalidSubcommand),
+        }
+    }
+
+    /// Permissions this authenticator can grant.
+    pub(crate) fn supported_permissions(&self) -> u8 {
+        permission::MAKE_CREDENTIAL
+            | permission::GET_ASSERTION
+            | permission::CREDENTIAL_MANAGEMENT
+            | permission::LARGE_BLOB_WRITE
+            | permission::AUTHENTICATOR_CONFIG
+    }
+
+    fn shared_secret(&self, request: &mut ClientPinRequest) -> CtapResult<SharedSecret> {
+        let protocol = request.protocol()?;
+        let peer = required(request.key_agreement.take())?;
+        self.client_pin.key_agreement.shared_secret(protocol, peer)
+    }
+
+    /// §6.5.5.5 setPIN.
+    fn set_pin(&mut self, mut request: ClientPinRequest) -> CtapResult<()> {
+        request.protocol()?;
+        let new_pin_enc = required(request.new_pin_enc.take())?;
+        let auth = required(request.pin_uv_auth_param.take())?;
+        required(request.key_agreement.as_ref())?;
+        if self.state.pin.is_some() {
+            return Err(StatusCode::NotAllowed);
+        }
+        let shared = self.shared_secret(&mut request)?;
+        if !shared.verify(&new_pin_enc, &auth) {
+            return Err(StatusCode::PinAuthInvalid);
+        }
+        let record = self.new_pin_record(&shared, &new_pin_enc, None)?;
+        let mut state = self.state.clone();
+        state.pin = Some(record);
+        state.pin_retries = MAX_PIN_RETRIES;
+        state.force_pin_change = false;
+        self.save_state(state)?;
+        tracing::info!("PIN set");
+        Ok(())
+    }
+
+    /// §6.5.5.6 changePIN.
+    fn change_pin(&mut self, mut request: ClientPinRequest) -> CtapResult<()> {
+        request.protocol()?;
+        let new_pin_enc = required(request.new_pin_enc.take())?;
+        let pin_hash_enc = required(request.pin_hash_enc.take())?;
+        let auth = required(request.pin_uv_auth_param.take())?;
+        required(request.key_agreement.as_ref())?;
+        self.check_pin_blocked()?;
+        let shared = self.shared_secret(&mut request)?;
+        let mut message = new_pin_enc.clone();
+        message.extend_from_slice(&pin_hash_enc);
+        if !shared.verify(&message, &auth) {
+            return Err(StatusCode::PinAuthInvalid);
+        }
+        self.check_pin_hash(&shared, &pin_hash_enc)?;
+        let old_verifier = self.state.pin.as_ref().map(|p| p.verifier.clone());
+        let record = self.new_pin_record(&shared, &new_pin_enc, old_verifier.as_deref())?;
+        let mut state = self.state.clone();
+        state.pin = Some(record);
+        state.force_pin_change = false;
+        self.save_state(state)?;
+        self.client_pin.reset_token()?;
+        tracing::info!("PIN changed");
+        Ok(())
+    }
+
+    /// §6.5.5.7 getPinToken / getPinUvAuthTokenUsingPinWithPermissions.
+    fn pin_token(
+        &mut self,
+        mut request: ClientPinRequest,
+        permissions: u8,
+        rp_id: Option<String>,
+        _ctx: &RequestContext<'_>,
+    ) -> CtapResult<Value> {
+        request.protocol()?;
+        let pin_hash_enc = required(request.pin_hash_enc.take())?;
+        required(request.key_agreement.as_ref())?;
+        self.check_pin_blocked()?;
+        let shared = self.shared_secret(&mut request)?;
+        self.check_pin_hash(&shared, &pin_hash_enc)?;
+        if self.state.force_pin_change {
+            return Err(StatusCode::PinPolicyViolation);
+        }
+        self.client_pin.reset_token()?;
+        let token = &mut self.client_pin.token;
+        token.permissions = permissions;
+        token.rp_id = rp_id;
+        token.issued = Some(_ctx.now);
+        let encrypted = shared.encrypt(token.value.as_ref())?;
+        tracing::info!(permissions, rp_id = token.rp_id.as_deref(), "pinUvAuthToken issued");
+        Ok(MapBuilder::new().int(0x02, cbor::bytes(encrypted)).build())
+    }
+
+    fn check_pin_blocked(&self) -> CtapResult<()> {
+        if self.state.pin.is_none() {
+            return Err(StatusCode::PinNotSet);
+        }
+        if self.state.pin_retries == 0 {
+            return Err(StatusCode::PinBlocked);
+        }
+        if self.client_pin.power_cycle_required() {
+            return Err(StatusCode::PinAuthBlocked);
+        }
+        Ok(())
+    }
+
+    /// Checks pinHashEnc against the stored PIN (§6.5.5.6 steps 5–7). The
+    /// retry counter is decremented and stored before the comparison, so
+    /// cutting the power mid-check gains an attacker nothing.
+    fn check_pin_hash(&mut self, shared: &SharedSecret, pin_hash_enc: &[u8]) -> CtapResult<()> {
+        let mut state = self.state.clone();
+        state.pin_retries = state.pin_retries.saturating_sub(1);
+        self.save_state(state)?;
+        let candidate = shared.decrypt(pin_hash_enc).ok().filter(|h| h.len() == 16);
+        let stored = self.state.pin.as_ref().map(|p| p.verifier.clone()).unwrap_or_default();
+        let matches = match candidate {
+            Some(hash) => {
+                let verifier = self.pin_verifier(&hash)?;
+                bool::from(subtle::ConstantTimeEq::ct_eq(verifier.as_slice(), stored.as_slice()))
+            }
+            None => false,
+        };
+        if !matches {
+            self.client_pin.key_agreement = KeyAgreementKey::generate()?;
+            self.client_pin.consecutive_mismatches = self.client_pin.consecutive_mismatches.saturating_add(1);
+            tracing::warn!(retries_left = self.state.pin_retries, "wrong PIN");
+            if self.state.pin_retries == 0 {
+                return Err(StatusCode::PinBlocked);
+            }
+            if self.client_pin.power_cycle_required() {
+                return Err(StatusCode::PinAuthBlocked);
+            }
+            return Err(StatusCode::PinInvalid);
+        }
+        self.client_pin.consecutive_mismatches = 0;
+        let mut state = self.state.clone();
+        state.pin_retries = MAX_PIN_RETRIES;
+        self.save_state(state)
+    }
+
+    /// The stored form of a PIN hash: a PRF of it held by the key store.
+    fn pin_verifier(&mut self, hash: &[u8]) -> CtapResult<Zeroizing<Vec<u8>>> {
+        let mut context = b"fidoseal pin verifier v1".to_vec();
+        context.extend_from_slice(hash);
+        Ok(Zeroizing::new(self.platform.keystore.derive_secret(&context)?.0.to_vec()))
+    }
+
+    /// Decrypts and checks a new PIN (§6.5.5.5 steps 6–8): 64 padded bytes,
+    /// UTF-8, at least the minimum length in code points, at most 63 bytes.
+    fn new_pin_record(
+        &mut self,
+        shared: &SharedSecret,
+        new_pin_enc: &[u8],
+        current_verifier: Option<&[u8]>,
+    ) -> CtapResult<PinRecord> {
+        let padded = shared.decrypt(new_pin_enc)?;
+        if padded.len() != PADDED_PIN_LEN {
+            return Err(StatusCode::InvalidParameter);
+        }
+        let end = padded.iter().position(|&b| b == 0).ok_or(StatusCode::PinPolicyViolation)?;
+        let pin = &padded[..end];
+        let code_points = std::str::from_utf8(pin).map_err(|_| StatusCode::PinPolicyViolation)?.chars().count();
+        if code_points < usize::from(self.effective_min_pin_length()) {
+            return Err(StatusCode::PinPolicyViolation);
+        }
+        let verifier = self.pin_verifier(&pin_hash(pin))?;
+        if self.state.force_pin_change && current_verifier == Some(verifier.as_slice()) {
+            // A forced change must really change the PIN (§6.5.5.6 step 9).
+            return Err(StatusCode::PinPolicyViolation);
+        }
+        Ok(PinRecord { verifier: verifier.to_vec(), code_points: code_points as u8 })
+    }
+
+    /// The minimum PIN length in force: the authenticator's setting, raised
+    /// by policy where an administrator asks for more.
+    pub(crate) fn effective_min_pin_length(&self) -> u8 {
+        self.state.min_pin_length
+    }
+
+    /// Checks a pinUvAuthParam made with the pinUvAuthToken over `message`
+    /// and that the token may do `needed` for `rp_id` (§6.1.2 step 11,
+    /// §6.2.2 step 6). A token without an rp ID is bound to `rp_id` here.
+    pub(crate) fn verify_pin_uv_auth_token(
+        &mut self,
+        protocol: PinUvAuthProtocol,
+        message: &[u8],
+        param: &[u8],
+        needed: u8,
+        rp_id: Option<&str>,
+        now: Instant,
+    ) -> CtapResult<()> {
+        let token = &mut self.client_pin.token;
+        if !token.is_in_use(now) || !protocol.verify(token.value.as_ref(), message, param) {
+            return Err(StatusCode::PinAuthInvalid);
+        }
+        if token.permissions & needed != needed {
+            return Err(StatusCode::PinAuthInvalid);
+        }
+        if let Some(rp_id) = rp_id {
+            match &token.rp_id {
+                Some(bound) if bound != rp_id => return Err(StatusCode::PinAuthInvalid),
+                Some(_) => {}
+                None => token.rp_id = Some(rp_id.to_owned()),
+            }
+        }
+        Ok(())
+    }
+
+    /// After a makeCredential or getAssertion that used the token, only the
+    /// large-blob-write permission remains (§6.1.2 step 20, §6.2.2 step 12).
+    pub(crate) fn clear_token_permissions_except_lbw(&mut self) {
+        self.client_pin.token.permissions &= permission::LARGE_BLOB_WRITE;
+    }
+}
+
+impl Authenticator {
+    /// The key agreement key, for extensions that encrypt to the platform.
+    pub(crate) fn client_pin_key_agreement(&self) -> &KeyAgreementKey {
+        &self.client_pin.key_agreement
+    }
+}
