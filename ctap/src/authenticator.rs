@@ -196,7 +196,7 @@ impl Authenticator {
             return Err(StatusCode::NotAllowed);
         }
         self.require_presence(
-            &PresenceRequest { purpose: PresencePurpose::Reset, rp_id: None, user_name: None },
+            &PresenceRequest { purpose: PresencePurpose::Reset, ..Default::default() },
             ctx,
         )?;
         self.platform.keystore.reset()?;
@@ -210,7 +210,7 @@ impl Authenticator {
     /// authenticatorSelection (§6.9): the user touches the key to pick it.
     fn selection(&mut self, ctx: &RequestContext<'_>) -> CtapResult<()> {
         self.require_presence(
-            &PresenceRequest { purpose: PresencePurpose::Select, rp_id: None, user_name: None },
+            &PresenceRequest { purpose: PresencePurpose::Select, ..Default::default() },
             ctx,
         )
     }
@@ -235,14 +235,36 @@ impl Authenticator {
         }
     }
 
-    /// Asks the policy before any key is used.
-    pub(crate) fn check_policy(&self, operation: Operation, rp_id: &str, discoverable: bool) -> CtapResult<()> {
+    /// Asks the policy before any key is used, and enforces what it
+    /// requires. A refused relying party learns only OPERATION_DENIED.
+    pub(crate) fn check_policy(
+        &self,
+        operation: Operation,
+        rp_id: &str,
+        discoverable: bool,
+        user_verified: bool,
+    ) -> CtapResult<PolicyVerdict> {
         let verdict = self.platform.policy.decide(&PolicyRequest { operation, rp_id, discoverable });
-        tracing::info!(?operation, rp_id, discoverable, decision = ?verdict, "policy decision");
-        match verdict {
-            PolicyVerdict::Allow => Ok(()),
-            PolicyVerdict::Deny => Err(StatusCode::OperationDenied),
-        }
+        let decision = if !verdict.allow {
+            Err(StatusCode::OperationDenied)
+        } else if discoverable && !verdict.allow_discoverable {
+            Err(StatusCode::OperationDenied)
+        } else if verdict.require_user_verification && !user_verified {
+            // As under alwaysUv: ask for the PIN, or for one to be set.
+            Err(if self.state.pin.is_some() { StatusCode::PuatRequired } else { StatusCode::PinNotSet })
+        } else {
+            Ok(())
+        };
+        tracing::info!(
+            ?operation,
+            rp_id,
+            discoverable,
+            user_verified,
+            decision = if decision.is_ok() { "allow" } else { "deny" },
+            rule = verdict.rule,
+            "policy decision"
+        );
+        decision.map(|()| verdict)
     }
 
     /// The pinUvAuthParam steps shared by makeCredential and getAssertion
@@ -257,7 +279,7 @@ impl Authenticator {
         let Some(auth) = auth else { return Ok(None) };
         if auth.param.is_empty() {
             // Browsers ask "which key?" this way: touch, then tell whether a PIN is set.
-            self.require_presence(&PresenceRequest { purpose: PresencePurpose::Select, rp_id: None, user_name: None }, ctx)?;
+            self.require_presence(&PresenceRequest { purpose: PresencePurpose::Select, ..Default::default() }, ctx)?;
             return Err(if self.state.pin.is_some() { StatusCode::PinInvalid } else { StatusCode::PinNotSet });
         }
         let protocol = auth.protocol.ok_or(StatusCode::MissingParameter)?;

@@ -351,7 +351,7 @@ impl Authenticator {
     /// The minimum PIN length in force: the authenticator's setting, raised
     /// by policy where an administrator asks for more.
     pub(crate) fn effective_min_pin_length(&self) -> u8 {
-        self.state.min_pin_length
+        self.platform.policy.min_pin_length().map_or(self.state.min_pin_length, |p| p.max(self.state.min_pin_length))
     }
 
     /// Checks a pinUvAuthParam made with the pinUvAuthToken over `message`

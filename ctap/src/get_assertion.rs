@@ -120,7 +120,7 @@ impl Authenticator {
             None => None,
         };
 
-        self.check_policy(Operation::GetAssertion, rp_id, !from_allow_list)?;
+        let verdict = self.check_policy(Operation::GetAssertion, rp_id, !from_allow_list, user_verified)?;
 
         let mut flag_bits = 0;
         if user_presence {
@@ -129,7 +129,13 @@ impl Authenticator {
                 _ => None,
             };
             self.require_presence(
-                &PresenceRequest { purpose: PresencePurpose::Authenticate, rp_id: Some(rp_id), user_name },
+                &PresenceRequest {
+                    purpose: PresencePurpose::Authenticate,
+                    rp_id: Some(rp_id),
+                    user_name,
+                    message: verdict.prompt_message.as_deref(),
+                    timeout: verdict.prompt_timeout,
+                },
                 ctx,
             )?;
             flag_bits |= flags::USER_PRESENT;

@@ -7,7 +7,9 @@ use crate::authenticator::{AttestationMode, Authenticator, RequestContext, MAX_C
 use crate::cbor::{self, truncate_utf8, MapBuilder};
 use crate::client_pin::permission;
 use crate::credential::{self, MAX_CREDENTIAL_ID_LEN};
-use crate::platform::{Algorithm, CredentialExtensions, Operation, PresencePurpose, PresenceRequest, ResidentCredential};
+use crate::platform::{
+    Algorithm, AttestationPolicy, CredentialExtensions, Operation, PresencePurpose, PresenceRequest, ResidentCredential,
+};
 use crate::request::MakeCredentialRequest;
 use crate::status::{CtapResult, StatusCode};
 
@@ -86,14 +88,14 @@ impl Authenticator {
             )?;
             if found.is_some_and(|c| c.extensions.cred_protect < 3 || user_verified) {
                 self.require_presence(
-                    &PresenceRequest { purpose: PresencePurpose::ConfirmExisting, rp_id: Some(rp_id), user_name: None },
+                    &PresenceRequest { purpose: PresencePurpose::ConfirmExisting, rp_id: Some(rp_id), ..Default::default() },
                     ctx,
                 )?;
                 return Err(StatusCode::CredentialExcluded);
             }
         }
 
-        self.check_policy(Operation::MakeCredential, rp_id, discoverable)?;
+        let verdict = self.check_policy(Operation::MakeCredential, rp_id, discoverable, user_verified)?;
 
         // Refuse before asking for a touch when there is no room left.
         if discoverable && self.platform.credentials.remaining_capacity() == 0 {
@@ -110,7 +112,13 @@ impl Authenticator {
 
         let user_name = request.user.name.as_deref().or(request.user.display_name.as_deref());
         self.require_presence(
-            &PresenceRequest { purpose: PresencePurpose::Register, rp_id: Some(rp_id), user_name },
+            &PresenceRequest {
+                purpose: PresencePurpose::Register,
+                rp_id: Some(rp_id),
+                user_name,
+                message: verdict.prompt_message.as_deref(),
+                timeout: verdict.prompt_timeout,
+            },
             ctx,
         )?;
 
@@ -118,7 +126,8 @@ impl Authenticator {
         let requested = &request.extensions;
         let cred_blob = requested.cred_blob.as_ref().filter(|b| b.len() <= MAX_CRED_BLOB_LENGTH);
         let extensions = CredentialExtensions {
-            cred_protect: requested.cred_protect.unwrap_or(1),
+            // Policy may raise, never lower, the level asked for.
+            cred_protect: requested.cred_protect.unwrap_or(1).max(verdict.min_cred_protect.clamp(1, 3)),
             hmac_secret: requested.hmac_secret,
             cred_blob: cred_blob.cloned().unwrap_or_default(),
             large_blob_key: requested.large_blob_key,
@@ -155,8 +164,8 @@ impl Authenticator {
 
         let mut outputs = MapBuilder::new();
         let mut any_output = false;
-        if let Some(level) = requested.cred_protect {
-            outputs = outputs.text("credProtect", u64::from(level));
+        if requested.cred_protect.is_some() || extensions.cred_protect > 1 {
+            outputs = outputs.text("credProtect", u64::from(extensions.cred_protect));
             any_output = true;
         }
         if requested.hmac_secret {
@@ -187,7 +196,12 @@ impl Authenticator {
             }),
             any_output.then(|| outputs.build()),
         );
-        let (format, statement) = match self.config.attestation {
+        let attestation = match verdict.attestation {
+            Some(AttestationPolicy::None) => AttestationMode::None,
+            Some(AttestationPolicy::SelfAttestation) => AttestationMode::SelfAttestation,
+            None => self.config.attestation,
+        };
+        let (format, statement) = match attestation {
             AttestationMode::SelfAttestation => {
                 // Packed self attestation (WebAuthn §8.2): the credential key
                 // signs authData ‖ clientDataHash; no certificate.

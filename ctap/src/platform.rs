@@ -213,8 +213,9 @@ pub struct PinRecord {
 }
 
 /// What the user is asked to confirm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PresencePurpose {
+    #[default]
     Register,
     Authenticate,
     /// The credential already exists (excludeList): the touch only confirms it.
@@ -224,11 +225,14 @@ pub enum PresencePurpose {
     Reset,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PresenceRequest<'a> {
     pub purpose: PresencePurpose,
     pub rp_id: Option<&'a str>,
     pub user_name: Option<&'a str>,
+    /// From policy: a message to show, and how long to wait for an answer.
+    pub message: Option<&'a str>,
+    pub timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,18 +263,65 @@ pub enum Operation {
 pub struct PolicyRequest<'a> {
     pub operation: Operation,
     pub rp_id: &'a str,
+    /// A discoverable credential is to be made, or found without an allow list.
     pub discoverable: bool,
 }
 
+/// Which attestation a relying party gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttestationPolicy {
+    /// Format "none": nothing about the authenticator is revealed.
+    None,
+    /// "packed" self attestation.
+    SelfAttestation,
+}
+
+/// The decision for one request, with what it requires of the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PolicyVerdict {
-    Allow,
-    Deny,
+pub struct PolicyVerdict {
+    pub allow: bool,
+    /// A request without user verification is refused.
+    pub require_user_verification: bool,
+    pub allow_discoverable: bool,
+    /// credProtect level new credentials get at least (1..=3).
+    pub min_cred_protect: u8,
+    /// Overrides the configured attestation for this relying party.
+    pub attestation: Option<AttestationPolicy>,
+    /// How long the user has to answer a prompt.
+    pub prompt_timeout: Option<std::time::Duration>,
+    /// Shown in the prompt beside the relying party.
+    pub prompt_message: Option<String>,
+    /// Which rule decided, for the log ("file:line" or a name).
+    pub rule: String,
+}
+
+impl PolicyVerdict {
+    pub fn allow(rule: impl Into<String>) -> Self {
+        Self {
+            allow: true,
+            require_user_verification: false,
+            allow_discoverable: true,
+            min_cred_protect: 1,
+            attestation: None,
+            prompt_timeout: None,
+            prompt_message: None,
+            rule: rule.into(),
+        }
+    }
+
+    pub fn deny(rule: impl Into<String>) -> Self {
+        Self { allow: false, ..Self::allow(rule) }
+    }
 }
 
 /// May this relying party use the key this way? Asked before any key use.
 pub trait PolicyDecision: Send {
     fn decide(&self, request: &PolicyRequest<'_>) -> PolicyVerdict;
+    /// The minimum PIN length the policy demands, if any (never lowers the
+    /// authenticator's own minimum).
+    fn min_pin_length(&self) -> Option<u8> {
+        None
+    }
 }
 
 /// The policy of the walking skeleton: everything is allowed.
@@ -278,7 +329,7 @@ pub struct AllowAll;
 
 impl PolicyDecision for AllowAll {
     fn decide(&self, _request: &PolicyRequest<'_>) -> PolicyVerdict {
-        PolicyVerdict::Allow
+        PolicyVerdict::allow("built-in: allow all")
     }
 }
 

@@ -52,7 +52,7 @@ pub struct DenyList(pub Arc<Mutex<Vec<String>>>);
 impl PolicyDecision for DenyList {
     fn decide(&self, request: &PolicyRequest<'_>) -> PolicyVerdict {
         if self.0.lock().unwrap().iter().any(|rp| rp == request.rp_id) {
-            PolicyVerdict::Deny
+            PolicyVerdict::deny("test deny list")
         } else {
             AllowAll.decide(request)
         }
@@ -85,11 +85,16 @@ impl Device {
     }
 
     pub fn with_capacity(capacity: usize) -> Self {
+        Self::with_config(AuthenticatorConfig::default(), capacity)
+    }
+
+    /// A device whose authenticator uses `config` (e.g. "none" attestation).
+    pub fn with_config(config: AuthenticatorConfig, capacity: usize) -> Self {
         let prompt = ScriptedPrompt::approving();
         let denied_rps = DenyList::default();
         let now = Instant::now();
         let platform = software_platform(Box::new(prompt.clone()), Box::new(denied_rps.clone()), capacity);
-        let authenticator = Authenticator::new(AuthenticatorConfig::default(), platform, now);
+        let authenticator = Authenticator::new(config, platform, now);
         let hid = CtapHid::new(authenticator.device_version(), 0x1000);
         Self { hid, authenticator, prompt, denied_rps, now }
     }
