@@ -10,6 +10,9 @@ use ciborium::value::Value;
 use crate::cbor::{self, MapBuilder};
 use crate::ctaphid::{capability, DeviceVersion, MAX_MESSAGE_SIZE};
 use crate::client_pin::ClientPin;
+use crate::credential_management::PendingEnumeration;
+use crate::large_blobs::{PendingLargeBlobWrite, MAX_SERIALIZED_LARGE_BLOB_ARRAY};
+use crate::config_command::MAX_RP_IDS_FOR_SET_MIN_PIN_LENGTH;
 use crate::get_assertion::PendingAssertions;
 use crate::pin_protocol::PinUvAuthProtocol;
 use crate::platform::{
@@ -27,7 +30,10 @@ pub mod command {
     pub const CLIENT_PIN: u8 = 0x06;
     pub const RESET: u8 = 0x07;
     pub const GET_NEXT_ASSERTION: u8 = 0x08;
+    pub const CREDENTIAL_MANAGEMENT: u8 = 0x0A;
     pub const SELECTION: u8 = 0x0B;
+    pub const LARGE_BLOBS: u8 = 0x0C;
+    pub const CONFIG: u8 = 0x0D;
 }
 
 /// authenticatorReset is only honoured this soon after power-up (§6.6).
@@ -86,6 +92,8 @@ pub struct Authenticator {
     /// When the device was (re)created: "power-up" for the reset window.
     power_up: Instant,
     pub(crate) pending_assertions: Option<PendingAssertions>,
+    pub(crate) pending_enumeration: Option<PendingEnumeration>,
+    pub(crate) pending_large_blob: Option<PendingLargeBlobWrite>,
     /// Persistent settings, as last stored through the credential store.
     pub(crate) state: AuthenticatorState,
     /// PIN state that a power cycle resets.
@@ -100,7 +108,7 @@ impl Authenticator {
     pub fn new(config: AuthenticatorConfig, platform: Platform, power_up: Instant) -> Self {
         let state = platform.credentials.load_state();
         let client_pin = ClientPin::new().expect("the operating system's random number generator failed");
-        Self { config, platform, power_up, pending_assertions: None, state, client_pin }
+        Self { config, platform, power_up, pending_assertions: None, pending_enumeration: None, pending_large_blob: None, state, client_pin }
     }
 
     /// Version and capabilities for CTAPHID_INIT.
@@ -119,6 +127,13 @@ impl Authenticator {
             // getNextAssertion state lives only until the next other command.
             self.pending_assertions = None;
         }
+        if cmd != command::CREDENTIAL_MANAGEMENT {
+            self.pending_enumeration = None;
+        }
+        if cmd != command::LARGE_BLOBS {
+            // A large-blob write is only continued by the next command.
+            self.pending_large_blob = None;
+        }
         let result = match cmd {
             command::MAKE_CREDENTIAL => self.make_credential(params, ctx).map(Some),
             command::GET_ASSERTION => self.get_assertion(params, ctx).map(Some),
@@ -127,6 +142,9 @@ impl Authenticator {
             command::RESET => self.reset(ctx).map(|()| None),
             command::GET_NEXT_ASSERTION => self.get_next_assertion(ctx).map(Some),
             command::SELECTION => self.selection(ctx).map(|()| None),
+            command::CREDENTIAL_MANAGEMENT => self.credential_management(params, ctx),
+            command::LARGE_BLOBS => self.large_blobs(params, ctx),
+            command::CONFIG => self.config(params, ctx).map(|()| None),
             _ => Err(StatusCode::InvalidCommand),
         };
         match result {
@@ -158,6 +176,11 @@ impl Authenticator {
             .text("clientPin", self.state.pin.is_some())
             .text("pinUvAuthToken", true)
             .text("makeCredUvNotRqd", !self.state.always_uv)
+            .text("credMgmt", true)
+            .text("largeBlobs", true)
+            .text("authnrCfg", true)
+            .text("alwaysUv", self.state.always_uv)
+            .text("setMinPINLength", true)
             .build();
         let extensions = ["credBlob", "credProtect", "hmac-secret", "largeBlobKey", "minPinLength"]
             .into_iter()
@@ -165,7 +188,7 @@ impl Authenticator {
             .collect();
         let protocols = PinUvAuthProtocol::SUPPORTED.iter().map(|p| Value::from(p.id())).collect();
         MapBuilder::new()
-            .int(0x01, Value::Array(vec![Value::from("FIDO_2_0")]))
+            .int(0x01, Value::Array(vec![Value::from("FIDO_2_0"), Value::from("FIDO_2_1")]))
             .int(0x02, Value::Array(extensions))
             .int(0x03, cbor::bytes(self.config.aaguid.to_vec()))
             .int(0x04, options)
@@ -175,10 +198,12 @@ impl Authenticator {
             .int(0x08, crate::credential::MAX_CREDENTIAL_ID_LEN as u64)
             .int(0x09, Value::Array(vec![Value::from("usb")]))
             .int(0x0A, Value::Array(algorithms))
+            .int(0x0B, MAX_SERIALIZED_LARGE_BLOB_ARRAY as u64)
             .int(0x0C, self.state.force_pin_change)
             .int(0x0D, u64::from(self.effective_min_pin_length()))
             .int(0x0E, u64::from(self.config.firmware_version))
             .int(0x0F, MAX_CRED_BLOB_LENGTH as u64)
+            .int(0x10, MAX_RP_IDS_FOR_SET_MIN_PIN_LENGTH as u64)
             .int(0x14, self.platform.credentials.remaining_capacity() as u64)
             .build()
     }

@@ -76,6 +76,10 @@ impl Authenticator {
             user_verified = true;
         }
 
+        // Policy first: a refused rp learns nothing, not even which of its
+        // credentials live here.
+        let verdict = self.check_policy(Operation::MakeCredential, rp_id, discoverable, user_verified)?;
+
         // Step 12: a credential from the exclude list already lives here
         // (one that needs UV counts only when UV was done).
         for descriptor in request.exclude_list.iter().filter(|d| d.is_public_key) {
@@ -95,7 +99,6 @@ impl Authenticator {
             }
         }
 
-        let verdict = self.check_policy(Operation::MakeCredential, rp_id, discoverable, user_verified)?;
 
         // Refuse before asking for a touch when there is no room left.
         if discoverable && self.platform.credentials.remaining_capacity() == 0 {
@@ -134,11 +137,20 @@ impl Authenticator {
         };
 
         let created = self.platform.keystore.generate(algorithm)?;
+        let mut extensions = extensions;
         let credential_id = if discoverable {
             credential::random_resident_id()?
         } else {
             let payload = credential::encode_payload(algorithm, &created.key_handle, &extensions)?;
-            self.platform.keystore.seal_credential_id(&rp_id_hash, &payload)?
+            let mut id = self.platform.keystore.seal_credential_id(&rp_id_hash, &payload)?;
+            if id.len() > MAX_CREDENTIAL_ID_LEN && !extensions.cred_blob.is_empty() {
+                // A large key handle leaves no room for the blob in the ID:
+                // keep the credential, report credBlob as not stored (§12.2).
+                extensions.cred_blob.clear();
+                let payload = credential::encode_payload(algorithm, &created.key_handle, &extensions)?;
+                id = self.platform.keystore.seal_credential_id(&rp_id_hash, &payload)?;
+            }
+            id
         };
         if credential_id.len() > MAX_CREDENTIAL_ID_LEN {
             tracing::error!(len = credential_id.len(), "key store produced an over-long credential ID");
@@ -173,7 +185,7 @@ impl Authenticator {
             any_output = true;
         }
         if requested.cred_blob.is_some() {
-            outputs = outputs.text("credBlob", cred_blob.is_some());
+            outputs = outputs.text("credBlob", cred_blob.is_some() && !extensions.cred_blob.is_empty());
             any_output = true;
         }
         if requested.min_pin_length && self.state.min_pin_length_rp_ids.iter().any(|r| r == rp_id) {

@@ -43,6 +43,10 @@ impl CredentialStore for MemoryCredentialStore {
         Ok(self.credentials.iter().filter(|c| c.rp_id == rp_id).cloned().collect())
     }
 
+    fn all_credentials(&self) -> Result<Vec<ResidentCredential>, StoreError> {
+        Ok(self.credentials.clone())
+    }
+
     fn find(&self, credential_id: &[u8]) -> Result<Option<ResidentCredential>, StoreError> {
         Ok(self.credentials.iter().find(|c| c.credential_id == credential_id).cloned())
     }

@@ -151,6 +151,8 @@ pub enum StoreError {
 /// returns only once the change is durable.
 pub trait CredentialStore: Send {
     fn credentials_for_rp(&self, rp_id: &str) -> Result<Vec<ResidentCredential>, StoreError>;
+    /// Every discoverable credential (credential management).
+    fn all_credentials(&self) -> Result<Vec<ResidentCredential>, StoreError>;
     fn find(&self, credential_id: &[u8]) -> Result<Option<ResidentCredential>, StoreError>;
     /// Stores `credential`, replacing any credential of the same rp ID and
     /// user ID (CTAP 2.1 §6.1.2 step 15).
@@ -186,7 +188,15 @@ pub struct AuthenticatorState {
     pub enterprise_attestation: bool,
     /// rp IDs allowed to read the minimum PIN length (minPinLength extension).
     pub min_pin_length_rp_ids: Vec<String>,
+    /// The serialized large-blob array (CTAP 2.1 §6.10), integrity check included.
+    #[serde(with = "serde_bytes")]
+    pub large_blob_array: Vec<u8>,
 }
+
+/// The large-blob array of a fresh authenticator: an empty CBOR array and
+/// LEFT(SHA-256(0x80), 16) (CTAP 2.1 §6.10.2).
+pub const EMPTY_LARGE_BLOB_ARRAY: [u8; 17] =
+    [0x80, 0x76, 0xbe, 0x8b, 0x52, 0x8d, 0x00, 0x75, 0xf7, 0xaa, 0xe9, 0x8d, 0x6f, 0xa5, 0x7a, 0x6d, 0x3c];
 
 impl Default for AuthenticatorState {
     fn default() -> Self {
@@ -198,6 +208,7 @@ impl Default for AuthenticatorState {
             always_uv: false,
             enterprise_attestation: false,
             min_pin_length_rp_ids: Vec::new(),
+            large_blob_array: EMPTY_LARGE_BLOB_ARRAY.to_vec(),
         }
     }
 }

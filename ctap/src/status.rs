@@ -18,6 +18,7 @@ pub enum StatusCode {
     InvalidCbor = 0x12,
     MissingParameter = 0x14,
     LimitExceeded = 0x15,
+    LargeBlobStorageFull = 0x18,
     CredentialExcluded = 0x19,
     Processing = 0x21,
     InvalidCredential = 0x22,

@@ -1,0 +1,123 @@
+//! authenticatorLargeBlobs (CTAP 2.1 §6.10): the serialized large-blob
+//! array, read in fragments and replaced atomically after an
+//! integrity-checked, fragment-by-fragment write.
+
+use ciborium::value::Value;
+use sha2::{Digest, Sha256};
+
+use crate::authenticator::{Authenticator, RequestContext};
+use crate::cbor::{self, expect_bytes, expect_uint, MapBuilder, ParamMap};
+use crate::client_pin::permission;
+use crate::ctaphid::MAX_MESSAGE_SIZE;
+use crate::pin_protocol::PinUvAuthProtocol;
+use crate::status::{CtapResult, StatusCode};
+
+/// maxSerializedLargeBlobArray in getInfo (at least 1024 by the spec).
+pub const MAX_SERIALIZED_LARGE_BLOB_ARRAY: usize = 4096;
+/// maxFragmentLength = maxMsgSize − 64 (§6.10.1).
+const MAX_FRAGMENT_LENGTH: usize = MAX_MESSAGE_SIZE - 64;
+/// The array ends with LEFT(SHA-256(rest), 16).
+const INTEGRITY_LEN: usize = 16;
+
+/// A write in progress (§6.10.3 "expectedLength", "expectedNextOffset").
+pub(crate) struct PendingLargeBlobWrite {
+    expected_length: usize,
+    buffer: Vec<u8>,
+}
+
+impl Authenticator {
+    pub(crate) fn large_blobs(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Option<Value>> {
+        let mut map = ParamMap::decode(params)?;
+        let get = map.take(0x01).map(expect_uint).transpose()?;
+        let set = map.take(0x02).map(expect_bytes).transpose()?;
+        let offset = map.take(0x03).map(expect_uint).transpose()?;
+        let length = map.take(0x04).map(expect_uint).transpose()?;
+        let auth_param = map.take(0x05).map(expect_bytes).transpose()?;
+        let protocol = map.take(0x06).map(expect_uint).transpose()?;
+
+        let offset = usize::try_from(offset.ok_or(StatusCode::InvalidParameter)?).map_err(|_| StatusCode::InvalidParameter)?;
+        match (get, set) {
+            (Some(get), None) => {
+                if length.is_some() || auth_param.is_some() || protocol.is_some() {
+                    return Err(StatusCode::InvalidParameter);
+                }
+                let get = usize::try_from(get).map_err(|_| StatusCode::InvalidLength)?;
+                if get > MAX_FRAGMENT_LENGTH {
+                    return Err(StatusCode::InvalidLength);
+                }
+                let array = &self.state.large_blob_array;
+                if offset > array.len() {
+                    return Err(StatusCode::InvalidParameter);
+                }
+                let end = offset.saturating_add(get).min(array.len());
+                Ok(Some(MapBuilder::new().int(0x01, cbor::bytes(array[offset..end].to_vec())).build()))
+            }
+            (None, Some(fragment)) => {
+                self.large_blob_set(fragment, offset, length, auth_param, protocol, ctx).map(|()| None)
+            }
+            _ => Err(StatusCode::InvalidParameter),
+        }
+    }
+
+    fn large_blob_set(
+        &mut self,
+        fragment: Vec<u8>,
+        offset: usize,
+        length: Option<u64>,
+        auth_param: Option<Vec<u8>>,
+        protocol: Option<u64>,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<()> {
+        if fragment.len() > MAX_FRAGMENT_LENGTH {
+            return Err(StatusCode::InvalidLength);
+        }
+        if offset == 0 {
+            let length = usize::try_from(length.ok_or(StatusCode::InvalidParameter)?)
+                .map_err(|_| StatusCode::LargeBlobStorageFull)?;
+            if length > MAX_SERIALIZED_LARGE_BLOB_ARRAY {
+                return Err(StatusCode::LargeBlobStorageFull);
+            }
+            if length < 17 {
+                return Err(StatusCode::InvalidParameter);
+            }
+            self.pending_large_blob = Some(PendingLargeBlobWrite { expected_length: length, buffer: Vec::new() });
+        } else if length.is_some() {
+            return Err(StatusCode::InvalidParameter);
+        }
+        let expected_next = self.pending_large_blob.as_ref().map(|p| p.buffer.len());
+        if expected_next != Some(offset) {
+            return Err(StatusCode::InvalidSeq);
+        }
+        if self.state.pin.is_some() || self.state.always_uv {
+            let auth_param = auth_param.ok_or(StatusCode::PuatRequired)?;
+            let protocol = PinUvAuthProtocol::from_id(protocol.ok_or(StatusCode::MissingParameter)?)?;
+            // 32×0xff ‖ h'0c00' ‖ uint32LE(offset) ‖ SHA-256(set) (§6.10.3 step 5).
+            let mut message = vec![0xff; 32];
+            message.extend_from_slice(&[0x0c, 0x00]);
+            message.extend_from_slice(&(offset as u32).to_le_bytes());
+            message.extend_from_slice(&Sha256::digest(&fragment));
+            self.verify_pin_uv_auth_token(protocol, &message, &auth_param, permission::LARGE_BLOB_WRITE, None, ctx.now)?;
+        }
+        let Some(pending) = self.pending_large_blob.as_mut() else {
+            return Err(StatusCode::InvalidSeq);
+        };
+        if offset + fragment.len() > pending.expected_length {
+            return Err(StatusCode::InvalidParameter);
+        }
+        pending.buffer.extend_from_slice(&fragment);
+        if pending.buffer.len() < pending.expected_length {
+            return Ok(());
+        }
+        let Some(complete) = self.pending_large_blob.take() else {
+            return Err(StatusCode::Other);
+        };
+        let (body, check) = complete.buffer.split_at(complete.buffer.len() - INTEGRITY_LEN);
+        if Sha256::digest(body)[..INTEGRITY_LEN] != *check {
+            return Err(StatusCode::IntegrityFailure);
+        }
+        let mut state = self.state.clone();
+        state.large_blob_array = complete.buffer;
+        tracing::info!(bytes = state.large_blob_array.len(), "large-blob array replaced");
+        self.save_state(state)
+    }
+}
