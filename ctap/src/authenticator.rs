@@ -111,6 +111,18 @@ impl Authenticator {
         Self { config, platform, power_up, pending_assertions: None, pending_enumeration: None, pending_large_blob: None, state, client_pin }
     }
 
+    /// A re-plug: what a real key forgets when it loses power (the PIN
+    /// mismatch count, the key agreement key, tokens, pending state), and
+    /// the start of a new reset window.
+    pub fn power_cycle(&mut self, now: Instant) -> CtapResult<()> {
+        self.client_pin = ClientPin::new()?;
+        self.power_up = now;
+        self.pending_assertions = None;
+        self.pending_enumeration = None;
+        self.pending_large_blob = None;
+        Ok(())
+    }
+
     /// Version and capabilities for CTAPHID_INIT.
     pub fn device_version(&self) -> DeviceVersion {
         let [_, major, minor, build] = self.config.firmware_version.to_be_bytes();

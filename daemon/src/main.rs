@@ -1,7 +1,8 @@
 //! `fidoseald`: the fidoseal daemon. Creates a virtual USB HID FIDO2
 //! security key through /dev/uhid and answers it from the fidoseal
 //! authenticator, with the key store, prompt and policy the configuration
-//! names.
+//! names. SIGTERM/SIGINT remove the device and exit; SIGUSR1 unplugs and
+//! re-plugs it (a power cycle, as CTAP's reset and PIN rules know it).
 
 mod config;
 mod keystore;
@@ -12,6 +13,7 @@ mod uhid;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fidoseal_ctap::platform::{AllowAll, KeyStore, UserPrompt};
@@ -112,19 +114,34 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
     runtime.block_on(async {
         let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+        let mut replug = signal(SignalKind::user_defined1()).map_err(|e| format!("cannot handle SIGUSR1: {e}"))?;
 
-        let device = uhid::UhidDevice::create(&config.device.uhid_path, &device_info()).map_err(|e| {
-            format!("{e} (is the uhid module loaded? try `modprobe uhid`)")
-        })?;
-        let authenticator = Authenticator::new(authenticator_config, platform, Instant::now());
-        tracing::info!(uhid = %config.device.uhid_path.display(), "virtual FIDO device created");
-        let shutdown = async {
-            tokio::select! {
-                _ = terminate.recv() => tracing::info!("SIGTERM: removing the device"),
-                _ = interrupt.recv() => tracing::info!("SIGINT: removing the device"),
+        let authenticator = Arc::new(Mutex::new(Authenticator::new(authenticator_config, platform, Instant::now())));
+        loop {
+            let device = uhid::UhidDevice::create(&config.device.uhid_path, &device_info())
+                .map_err(|e| format!("{e} (is the uhid module loaded? try `modprobe uhid`)"))?;
+            tracing::info!(uhid = %config.device.uhid_path.display(), "virtual FIDO device created");
+            let stop = async {
+                tokio::select! {
+                    _ = terminate.recv() => { tracing::info!("SIGTERM: removing the device"); transport::Stop::Exit }
+                    _ = interrupt.recv() => { tracing::info!("SIGINT: removing the device"); transport::Stop::Exit }
+                    _ = replug.recv() => { tracing::info!("SIGUSR1: re-plugging the device"); transport::Stop::Replug }
+                }
+            };
+            let reason = transport::serve(device, Arc::clone(&authenticator), random_first_cid(), stop)
+                .await
+                .map_err(|e| e.to_string())?;
+            if reason == transport::Stop::Exit {
+                break;
             }
-        };
-        transport::serve(device, authenticator, random_first_cid(), shutdown).await.map_err(|e| e.to_string())?;
+            // Unplugged: give udev and clients a moment to see the device go.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            authenticator
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .power_cycle(Instant::now())
+                .map_err(|e| format!("cannot power-cycle the authenticator: {e}"))?;
+        }
         tracing::info!("device removed; exiting");
         Ok(())
     })

@@ -28,16 +28,25 @@ struct Running {
     signals: Arc<TransactionSignals>,
 }
 
-/// Serves `device` until `shutdown` completes, then removes the device.
+/// Why [`serve`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The daemon is shutting down.
+    Exit,
+    /// Unplug and plug the device again (a power cycle for CTAP's rules).
+    Replug,
+}
+
+/// Serves `device` until `stop` completes, then removes the device.
 pub async fn serve(
     device: UhidDevice,
-    authenticator: Authenticator,
+    authenticator: Arc<Mutex<Authenticator>>,
     first_cid: u32,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), TransportError> {
+    stop: impl Future<Output = Stop>,
+) -> Result<Stop, TransportError> {
     let device = Arc::new(device);
-    let mut hid = CtapHid::new(authenticator.device_version(), first_cid);
-    let authenticator = Arc::new(Mutex::new(authenticator));
+    let version = authenticator.lock().unwrap_or_else(|e| e.into_inner()).device_version();
+    let mut hid = CtapHid::new(version, first_cid);
 
     // Reading in a task of its own keeps each uhid event whole: the loop
     // below never cancels a read half-way through.
@@ -57,12 +66,12 @@ pub async fn serve(
 
     let (done_tx, mut done) = mpsc::channel::<(u32, Vec<u8>)>(1);
     let mut running: Option<Running> = None;
-    tokio::pin!(shutdown);
+    tokio::pin!(stop);
 
     let result = loop {
         let deadline = hid.next_deadline().map(TokioInstant::from_std);
         let actions = tokio::select! {
-            () = &mut shutdown => break Ok(()),
+            reason = &mut stop => break Ok(reason),
             event = events.recv() => match event {
                 None => break Err(TransportError::ReaderStopped),
                 Some(Ok(UhidEvent::Output(report))) => hid.receive(&report, std::time::Instant::now()),
@@ -274,8 +283,10 @@ mod tests {
         };
         let authenticator = Authenticator::new(AuthenticatorConfig::default(), platform, std::time::Instant::now());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let authenticator = Arc::new(Mutex::new(authenticator));
         let server = tokio::spawn(serve(device, authenticator, 0x100, async {
             let _ = stop_rx.await;
+            Stop::Exit
         }));
 
         assert_eq!(kernel.event().await.0, UHID_CREATE2);
@@ -328,7 +339,7 @@ mod tests {
         assert_eq!((cid, cmd, response), (channel, command::CBOR, vec![0x2D]));
 
         let _ = stop_tx.send(());
-        server.await.unwrap().unwrap();
+        assert_eq!(server.await.unwrap().unwrap(), Stop::Exit);
         assert_eq!(kernel.event().await.0, UHID_DESTROY);
     }
 }
