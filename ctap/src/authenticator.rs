@@ -126,7 +126,7 @@ impl Authenticator {
     /// Version and capabilities for CTAPHID_INIT.
     pub fn device_version(&self) -> DeviceVersion {
         let [_, major, minor, build] = self.config.firmware_version.to_be_bytes();
-        DeviceVersion { major, minor, build, capabilities: capability::WINK | capability::CBOR | capability::NMSG }
+        DeviceVersion { major, minor, build, capabilities: capability::WINK | capability::CBOR }
     }
 
     /// Handles a CTAPHID_CBOR message: a command byte and its parameters.
@@ -200,7 +200,7 @@ impl Authenticator {
             .collect();
         let protocols = PinUvAuthProtocol::SUPPORTED.iter().map(|p| Value::from(p.id())).collect();
         MapBuilder::new()
-            .int(0x01, Value::Array(vec![Value::from("FIDO_2_0"), Value::from("FIDO_2_1")]))
+            .int(0x01, Value::Array(vec![Value::from("U2F_V2"), Value::from("FIDO_2_0"), Value::from("FIDO_2_1")]))
             .int(0x02, Value::Array(extensions))
             .int(0x03, cbor::bytes(self.config.aaguid.to_vec()))
             .int(0x04, options)

@@ -89,11 +89,12 @@ pub fn random_resident_id() -> CtapResult<Vec<u8>> {
     Ok(id)
 }
 
-/// Finds the credential that `credential_id` names for `rp_id`, if it is ours.
+/// Finds the credential that `credential_id` names for the relying party
+/// with `rp_id_hash` (CTAP2's rp ID hash, or U2F's application parameter),
+/// if it is ours.
 pub fn resolve(
     keystore: &mut dyn KeyStore,
     credentials: &dyn CredentialStore,
-    rp_id: &str,
     rp_id_hash: &[u8; 32],
     credential_id: &[u8],
 ) -> CtapResult<Option<Credential>> {
@@ -105,7 +106,7 @@ pub fn resolve(
             tracing::error!(error = %e, "credential store lookup failed");
             StatusCode::Other
         })?;
-        return Ok(found.filter(|c| c.rp_id == rp_id).map(Credential::from));
+        return Ok(found.filter(|c| crate::auth_data::rp_id_hash(&c.rp_id) == *rp_id_hash).map(Credential::from));
     }
     match keystore.open_credential_id(rp_id_hash, credential_id) {
         Ok(payload) => Ok(decode_payload(&payload).map(|(algorithm, key_handle, extensions)| Credential {

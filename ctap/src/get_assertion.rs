@@ -90,7 +90,6 @@ impl Authenticator {
                 let credential = credential::resolve(
                     self.platform.keystore.as_mut(),
                     self.platform.credentials.as_ref(),
-                    rp_id,
                     &rp_id_hash,
                     &descriptor.id,
                 )?;

@@ -9,6 +9,7 @@ pub mod cbor;
 pub mod client_pin;
 mod config_command;
 pub mod credential;
+mod ctap1;
 mod credential_management;
 pub mod ctaphid;
 mod get_assertion;

@@ -86,7 +86,6 @@ impl Authenticator {
             let found = credential::resolve(
                 self.platform.keystore.as_mut(),
                 self.platform.credentials.as_ref(),
-                rp_id,
                 &rp_id_hash,
                 &descriptor.id,
             )?;

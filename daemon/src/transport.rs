@@ -159,8 +159,7 @@ fn spawn_request(
             let ctx = RequestContext { now: std::time::Instant::now(), channel: cid, signals: &signals };
             match request.kind {
                 RequestKind::Cbor => authenticator.process_cbor(&request.payload, &ctx),
-                // CTAPHID only dispatches MSG when CTAP1 is advertised, and it is not yet.
-                RequestKind::Msg => vec![0x6D, 0x00],
+                RequestKind::Msg => authenticator.process_apdu(&request.payload, &ctx),
             }
         }))
         .unwrap_or_else(|_| {

@@ -126,7 +126,7 @@ impl Device {
                     let ctx = RequestContext { now: self.now, channel: request.cid, signals: &signals };
                     let response = match request.kind {
                         ctaphid::RequestKind::Cbor => self.authenticator.process_cbor(&request.payload, &ctx),
-                        ctaphid::RequestKind::Msg => Vec::new(),
+                        ctaphid::RequestKind::Msg => self.authenticator.process_apdu(&request.payload, &ctx),
                     };
                     out.extend(self.hid.complete(request.cid, &response));
                 }

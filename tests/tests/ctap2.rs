@@ -452,11 +452,11 @@ fn get_info_reports_exact_versions_aaguid_options_and_limits() {
     for required in [0x01, 0x03, 0x04, 0x05, 0x09, 0x0A, 0x0E] {
         assert!(keys.contains(&required), "getInfo member {required:#04x} missing: {keys:02x?}");
     }
-    // FIDO_2_1 once its mandatory features are in (clientPIN with
-    // permissions, credMgmt, credProtect, selection); never FIDO_2_2.
+    // U2F_V2 (CTAPHID_MSG), and FIDO_2_1 once its mandatory features are in
+    // (clientPIN with permissions, credMgmt, credProtect, selection); never FIDO_2_2.
     assert_eq!(
         at(info, 0x01),
-        &Value::Array(vec![Value::from("FIDO_2_0"), Value::from("FIDO_2_1")]),
+        &Value::Array(vec![Value::from("U2F_V2"), Value::from("FIDO_2_0"), Value::from("FIDO_2_1")]),
         "versions"
     );
     let aaguid = at(info, 0x03).as_bytes().expect("aaguid is a byte string");

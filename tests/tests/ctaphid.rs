@@ -164,11 +164,9 @@ fn init_on_broadcast_allocates_distinct_channels_and_echoes_nonce() {
         assert!(seen.insert(cid), "channel {cid:#x} handed out twice");
         assert_eq!(p[19], 2, "CTAPHID protocol version");
         assert_eq!(&p[20..23], &[version.major, version.minor, version.build]);
-        assert_eq!(
-            p[23],
-            capability::CBOR | capability::WINK | capability::NMSG
-        );
-        assert_eq!(p[23], 0x0D);
+        // CTAPHID_MSG (U2F) is implemented, so NMSG is clear.
+        assert_eq!(p[23], capability::CBOR | capability::WINK);
+        assert_eq!(p[23], 0x05);
         assert!(p[24..].iter().all(|&b| b == 0), "padding is zero");
     }
     // Resyncing an existing channel keeps it and does not hand it out again.
@@ -352,25 +350,31 @@ fn empty_cbor_and_empty_msg_are_invalid_len() {
 }
 
 #[test]
-fn msg_is_invalid_cmd_while_u2f_is_not_implemented() {
+fn msg_reaches_the_authenticator_and_nmsg_devices_refuse_it() {
     let mut d = Device::new();
     let cid = d.init();
-    // U2F_VERSION APDU, then a longer (registration-sized) one.
-    let out = d.send(&init_packet(
-        cid,
-        command::MSG,
-        7,
-        &[0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00],
-    ));
-    assert_error(&out, cid, HidError::InvalidCommand);
-    let apdu = payload(73, 9);
-    let mut out = Vec::new();
-    for p in ctaphid::frame(cid, command::MSG, &apdu) {
-        out.extend(d.send(&p));
-    }
-    assert_error(&out, cid, HidError::InvalidCommand);
+    // U2F_VERSION APDU: answered by the authenticator as a CTAPHID_MSG.
+    let out = d.send(&init_packet(cid, command::MSG, 7, &[0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00]));
+    assert_eq!(
+        ctaphid::unframe(&out),
+        Some((cid, command::MSG, b"U2F_V2\x90\x00".to_vec()))
+    );
     assert!(!d.hid.is_processing());
-    ping_ok(&mut d, cid, 1);
+
+    // A device that advertises NMSG answers MSG with INVALID_CMD, whatever its size.
+    let t0 = Instant::now();
+    let mut hid = CtapHid::new(test_version(), 0x100);
+    let a = raw_init(&mut hid, t0);
+    assert_eq!(
+        sends(hid.receive(&init_packet(a, command::MSG, 4, &[0, 3, 0, 0]), t0)),
+        vec![error_packet(a, HidError::InvalidCommand)]
+    );
+    let mut out = Vec::new();
+    for p in ctaphid::frame(a, command::MSG, &payload(73, 9)) {
+        out.extend(sends(hid.receive(&p, t0)));
+    }
+    assert_eq!(out, vec![error_packet(a, HidError::InvalidCommand)]);
+    assert!(!hid.is_processing());
 }
 
 #[test]
