@@ -103,6 +103,10 @@ impl CredentialStore for FileCredentialStore {
         Ok(self.data.credentials.iter().filter(|c| c.rp_id == rp_id).cloned().collect())
     }
 
+    fn all_credentials(&self) -> Result<Vec<ResidentCredential>, StoreError> {
+        Ok(self.data.credentials.clone())
+    }
+
     fn find(&self, credential_id: &[u8]) -> Result<Option<ResidentCredential>, StoreError> {
         Ok(self.data.credentials.iter().find(|c| c.credential_id == credential_id).cloned())
     }
