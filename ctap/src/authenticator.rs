@@ -193,6 +193,7 @@ impl Authenticator {
             .text("authnrCfg", true)
             .text("alwaysUv", self.state.always_uv)
             .text("setMinPINLength", true)
+            .text_opt("uv", self.built_in_uv_available().then_some(true))
             .build();
         let extensions = ["credBlob", "credProtect", "hmac-secret", "largeBlobKey", "minPinLength"]
             .into_iter()
@@ -218,6 +219,12 @@ impl Authenticator {
             .int(0x10, MAX_RP_IDS_FOR_SET_MIN_PIN_LENGTH as u64)
             .int(0x14, self.platform.credentials.remaining_capacity() as u64)
             .build()
+    }
+
+    /// The authenticator is protected by some form of user verification: a
+    /// PIN, or built-in verification (§6.1.2 step 6).
+    pub(crate) fn is_protected(&self) -> bool {
+        self.state.pin.is_some() || self.built_in_uv_available()
     }
 
     /// Stores new persistent settings; memory follows only once they are durable.
@@ -266,9 +273,7 @@ impl Authenticator {
         tracing::info!(purpose = ?request.purpose, rp_id = request.rp_id, outcome = ?outcome, "user presence");
         match outcome {
             PromptOutcome::Approved => Ok(()),
-            PromptOutcome::Denied | PromptOutcome::Unavailable => Err(StatusCode::OperationDenied),
-            PromptOutcome::TimedOut => Err(StatusCode::UserActionTimeout),
-            PromptOutcome::Cancelled => Err(StatusCode::KeepaliveCancel),
+            refused => Err(crate::user_verification::refusal_status(refused)),
         }
     }
 

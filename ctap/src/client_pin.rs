@@ -169,12 +169,51 @@ impl Authenticator {
                 let rp_id = request.rp_id.clone();
                 self.pin_token(request, permissions, rp_id, ctx).map(Some)
             }
-            // No built-in user verification yet (the D-Bus agent brings it).
-            subcommand::GET_PIN_UV_AUTH_TOKEN_USING_UV_WITH_PERMISSIONS | subcommand::GET_UV_RETRIES => {
-                Err(StatusCode::InvalidSubcommand)
+            subcommand::GET_PIN_UV_AUTH_TOKEN_USING_UV_WITH_PERMISSIONS => self.uv_token(request, ctx).map(Some),
+            subcommand::GET_UV_RETRIES => {
+                if !self.platform.prompt.verification_available() {
+                    return Err(StatusCode::InvalidSubcommand);
+                }
+                Ok(Some(MapBuilder::new().int(0x05, u64::from(self.state.uv_retries)).build()))
             }
             _ => Err(StatusCode::InvalidSubcommand),
         }
+    }
+
+    /// §6.5.5.7.3 getPinUvAuthTokenUsingUvWithPermissions: the user
+    /// verifies through the prompt instead of the platform sending a PIN.
+    fn uv_token(&mut self, mut request: ClientPinRequest, ctx: &RequestContext<'_>) -> CtapResult<Value> {
+        request.protocol()?;
+        required(request.key_agreement.as_ref())?;
+        let permissions = required(request.permissions)?;
+        if permissions == 0 {
+            return Err(StatusCode::InvalidParameter);
+        }
+        let permissions = u8::try_from(permissions).map_err(|_| StatusCode::UnauthorizedPermission)?;
+        if permissions & !self.supported_permissions() != 0 {
+            return Err(StatusCode::UnauthorizedPermission);
+        }
+        if !self.platform.prompt.verification_available() {
+            return Err(StatusCode::NotAllowed);
+        }
+        let shared = self.shared_secret(&mut request)?;
+        let rp_id = request.rp_id.clone();
+        self.perform_built_in_uv(
+            &crate::platform::PresenceRequest {
+                purpose: crate::platform::PresencePurpose::Select,
+                rp_id: rp_id.as_deref(),
+                ..Default::default()
+            },
+            ctx,
+        )?;
+        self.client_pin.reset_token()?;
+        let token = &mut self.client_pin.token;
+        token.permissions = permissions;
+        token.rp_id = rp_id;
+        token.issued = Some(ctx.now);
+        let encrypted = shared.encrypt(token.value.as_ref())?;
+        tracing::info!(permissions, rp_id = token.rp_id.as_deref(), "pinUvAuthToken issued after built-in verification");
+        Ok(MapBuilder::new().int(0x02, cbor::bytes(encrypted)).build())
     }
 
     /// Permissions this authenticator can grant.
@@ -199,7 +238,9 @@ impl Authenticator {
         let auth = required(request.pin_uv_auth_param.take())?;
         required(request.key_agreement.as_ref())?;
         if self.state.pin.is_some() {
-            return Err(StatusCode::NotAllowed);
+            // §6.5.5.5 step 3: "If a PIN has already been set, return
+            // CTAP2_ERR_PIN_AUTH_INVALID".
+            return Err(StatusCode::PinAuthInvalid);
         }
         let shared = self.shared_secret(&mut request)?;
         if !shared.verify(&new_pin_enc, &auth) {
@@ -256,7 +297,9 @@ impl Authenticator {
         let shared = self.shared_secret(&mut request)?;
         self.check_pin_hash(&shared, &pin_hash_enc)?;
         if self.state.force_pin_change {
-            return Err(StatusCode::PinPolicyViolation);
+            // §6.5.5.7.1/§6.5.5.7.2: with forcePINChange set, the right PIN
+            // still gets CTAP2_ERR_PIN_INVALID until it is changed.
+            return Err(StatusCode::PinInvalid);
         }
         self.client_pin.reset_token()?;
         let token = &mut self.client_pin.token;
@@ -285,14 +328,26 @@ impl Authenticator {
     /// retry counter is decremented and stored before the comparison, so
     /// cutting the power mid-check gains an attacker nothing.
     fn check_pin_hash(&mut self, shared: &SharedSecret, pin_hash_enc: &[u8]) -> CtapResult<()> {
+        let candidate = shared.decrypt(pin_hash_enc).ok().filter(|h| h.len() == 16);
+        self.verify_pin_hash(candidate.as_ref().map(|h| h.as_slice()))
+    }
+
+    /// Checks a PIN the user typed into the prompt (built-in verification
+    /// with the authenticator's PIN), under the same retry rules.
+    pub(crate) fn check_typed_pin(&mut self, pin: &str) -> CtapResult<()> {
+        self.check_pin_blocked()?;
+        self.verify_pin_hash(Some(&pin_hash(pin.as_bytes())))
+    }
+
+    /// The retry rules around one PIN comparison (§6.5.5.6 steps 5–7).
+    fn verify_pin_hash(&mut self, candidate: Option<&[u8]>) -> CtapResult<()> {
         let mut state = self.state.clone();
         state.pin_retries = state.pin_retries.saturating_sub(1);
         self.save_state(state)?;
-        let candidate = shared.decrypt(pin_hash_enc).ok().filter(|h| h.len() == 16);
         let stored = self.state.pin.as_ref().map(|p| p.verifier.clone()).unwrap_or_default();
         let matches = match candidate {
             Some(hash) => {
-                let verifier = self.pin_verifier(&hash)?;
+                let verifier = self.pin_verifier(hash)?;
                 bool::from(subtle::ConstantTimeEq::ct_eq(verifier.as_slice(), stored.as_slice()))
             }
             None => false,

@@ -45,6 +45,15 @@ pub(crate) struct PendingAssertions {
     last_used: Instant,
 }
 
+/// How a discoverable credential is shown when the user picks one.
+fn account_label(credential: &Credential) -> String {
+    let Some(r) = &credential.resident else { return String::new() };
+    r.user_display_name
+        .clone()
+        .or_else(|| r.user_name.clone())
+        .unwrap_or_else(|| r.user_id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 impl Authenticator {
     pub(crate) fn get_assertion(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Value> {
         let request = GetAssertionRequest::parse(params)?;
@@ -54,13 +63,16 @@ impl Authenticator {
         if request.options.rk.is_some() {
             return Err(StatusCode::UnsupportedOption);
         }
-        if request.options.uv == Some(true) && protocol.is_none() {
+        let uv_requested = request.options.uv == Some(true) && protocol.is_none();
+        if uv_requested && !self.built_in_uv_available() {
             return Err(StatusCode::InvalidOption);
         }
         let user_presence = request.options.up.unwrap_or(true);
-        // Step 5: alwaysUv wants UV for every assertion the user is asked for.
-        if self.state.always_uv && user_presence && protocol.is_none() {
-            return Err(if self.state.pin.is_some() { StatusCode::PuatRequired } else { StatusCode::PinNotSet });
+        // Step 5: alwaysUv wants UV for every assertion the user is asked
+        // for; with clientPin supported the answer is PUAT_REQUIRED whether
+        // or not a PIN is set yet (steps 5.1.1 and 5.4).
+        if self.state.always_uv && user_presence && protocol.is_none() && !uv_requested {
+            return Err(StatusCode::PuatRequired);
         }
         let rp_id = request.rp_id.as_str();
         let rp_id_hash = rp_id_hash(rp_id);
@@ -93,14 +105,14 @@ impl Authenticator {
                     &rp_id_hash,
                     &descriptor.id,
                 )?;
-                if let Some(c) = credential.filter(|c| user_verified || c.extensions.cred_protect < 3) {
+                if let Some(c) = credential.filter(|c| user_verified || uv_requested || c.extensions.cred_protect < 3) {
                     found.push(c);
                     break;
                 }
             }
         } else {
             let mut residents = self.platform.credentials.credentials_for_rp(rp_id)?;
-            residents.retain(|c| user_verified || c.extensions.cred_protect < 2);
+            residents.retain(|c| user_verified || uv_requested || c.extensions.cred_protect < 2);
             residents.sort_by(|a, b| b.created.cmp(&a.created));
             found.extend(residents.into_iter().map(Credential::from));
         }
@@ -119,24 +131,48 @@ impl Authenticator {
             None => None,
         };
 
-        let verdict = self.check_policy(Operation::GetAssertion, rp_id, !from_allow_list, user_verified)?;
+        let verdict =
+            self.check_policy(Operation::GetAssertion, rp_id, !from_allow_list, user_verified || uv_requested)?;
 
+        let user_name = match found.as_slice() {
+            [only] => only.resident.as_ref().and_then(|r| r.user_name.clone()),
+            _ => None,
+        };
+        let prompt = PresenceRequest {
+            purpose: PresencePurpose::Authenticate,
+            rp_id: Some(rp_id),
+            user_name: user_name.as_deref(),
+            message: verdict.prompt_message.as_deref(),
+            timeout: verdict.prompt_timeout,
+        };
+        // Built-in verification proves presence too; choosing one of several
+        // passkeys in the agent is itself a user action.
+        let mut user_present = false;
+        if uv_requested {
+            self.perform_built_in_uv(&prompt, ctx)?;
+            user_verified = true;
+            user_present = true;
+        }
+        if found.len() > 1 && user_presence {
+            let accounts: Vec<String> = found.iter().map(account_label).collect();
+            ctx.signals.set_waiting_for_user(true);
+            let choice = self.platform.prompt.select_credential(&prompt, &accounts, ctx.signals);
+            ctx.signals.set_waiting_for_user(false);
+            match choice {
+                None => {}
+                Some(Ok(index)) if index < found.len() => {
+                    found = vec![found.swap_remove(index)];
+                    user_present = true;
+                }
+                Some(Ok(_)) => return Err(StatusCode::Other),
+                Some(Err(outcome)) => return Err(crate::user_verification::refusal_status(outcome)),
+            }
+        }
+        if user_presence && !user_present {
+            self.require_presence(&prompt, ctx)?;
+        }
         let mut flag_bits = 0;
         if user_presence {
-            let user_name = match found.as_slice() {
-                [only] => only.resident.as_ref().and_then(|r| r.user_name.as_deref()),
-                _ => None,
-            };
-            self.require_presence(
-                &PresenceRequest {
-                    purpose: PresencePurpose::Authenticate,
-                    rp_id: Some(rp_id),
-                    user_name,
-                    message: verdict.prompt_message.as_deref(),
-                    timeout: verdict.prompt_timeout,
-                },
-                ctx,
-            )?;
             flag_bits |= flags::USER_PRESENT;
         }
         if user_verified {
@@ -154,7 +190,10 @@ impl Authenticator {
         let total = found.len();
         let first = found.remove(0);
         let response = self.sign_assertion(&first, &context, (total > 1).then_some(total))?;
-        if user_verified {
+        if user_verified && user_presence {
+            // §6.2.2 step 9: only an assertion with "up" consumes the
+            // token's permissions; platforms pre-flight allow lists with
+            // up=false and the same token before the real request.
             self.clear_token_permissions_except_lbw();
         }
         if !found.is_empty() {

@@ -21,6 +21,7 @@ pub mod platform;
 pub mod request;
 pub mod software_keystore;
 pub mod status;
+mod user_verification;
 
 pub use authenticator::{AttestationMode, Authenticator, AuthenticatorConfig, Platform, RequestContext};
 pub use status::StatusCode;

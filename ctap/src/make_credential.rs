@@ -31,23 +31,29 @@ impl Authenticator {
             .find(|a| supported.contains(a))
             .ok_or(StatusCode::UnsupportedAlgorithm)?;
 
-        // Step 5: options. "up" cannot be false here; "uv" would need
-        // built-in verification, and is moot when a pinUvAuthParam is given.
+        // Step 5: options. "up" cannot be false here; "uv" asks for built-in
+        // verification, and is moot when a pinUvAuthParam is given.
         if request.options.up == Some(false) {
             return Err(StatusCode::InvalidOption);
         }
-        if request.options.uv == Some(true) && protocol.is_none() {
+        let uv_requested = request.options.uv == Some(true) && protocol.is_none();
+        if uv_requested && !self.built_in_uv_available() {
             return Err(StatusCode::InvalidOption);
         }
         let discoverable = request.options.rk.unwrap_or(false);
 
-        // Steps 6–7: with a PIN set, discoverable credentials (and, under
-        // alwaysUv, every credential) need the PIN.
-        if protocol.is_none() && self.state.pin.is_some() && (discoverable || self.state.always_uv) {
-            return Err(StatusCode::PuatRequired);
-        }
-        if protocol.is_none() && self.state.always_uv {
-            return Err(StatusCode::PinNotSet);
+        // Steps 6–7: a protected authenticator wants UV for discoverable
+        // credentials (makeCredUvNotRqd covers only the others), and for
+        // every credential under alwaysUv.
+        if protocol.is_none() && !uv_requested && (discoverable || self.state.always_uv) {
+            if self.is_protected() {
+                return Err(StatusCode::PuatRequired);
+            }
+            if self.state.always_uv {
+                // Step 6.2.1: alwaysUv on an authenticator without a PIN yet,
+                // clientPin supported: CTAP2_ERR_PUAT_REQUIRED.
+                return Err(StatusCode::PuatRequired);
+            }
         }
         // Step 9: enterprise attestation is not offered ("ep" absent in getInfo).
         if request.enterprise_attestation.is_some() {
@@ -78,7 +84,24 @@ impl Authenticator {
 
         // Policy first: a refused rp learns nothing, not even which of its
         // credentials live here.
-        let verdict = self.check_policy(Operation::MakeCredential, rp_id, discoverable, user_verified)?;
+        let verdict =
+            self.check_policy(Operation::MakeCredential, rp_id, discoverable, user_verified || uv_requested)?;
+
+        let user_name = request.user.name.as_deref().or(request.user.display_name.as_deref());
+        let prompt = PresenceRequest {
+            purpose: PresencePurpose::Register,
+            rp_id: Some(rp_id),
+            user_name,
+            message: verdict.prompt_message.as_deref(),
+            timeout: verdict.prompt_timeout,
+        };
+        // Built-in verification: the user verifies (and so is present) once.
+        let mut user_present = false;
+        if uv_requested {
+            self.perform_built_in_uv(&prompt, ctx)?;
+            user_verified = true;
+            user_present = true;
+        }
 
         // Step 12: a credential from the exclude list already lives here
         // (one that needs UV counts only when UV was done).
@@ -90,10 +113,16 @@ impl Authenticator {
                 &descriptor.id,
             )?;
             if found.is_some_and(|c| c.extensions.cred_protect < 3 || user_verified) {
-                self.require_presence(
-                    &PresenceRequest { purpose: PresencePurpose::ConfirmExisting, rp_id: Some(rp_id), ..Default::default() },
-                    ctx,
-                )?;
+                if !user_present {
+                    self.require_presence(
+                        &PresenceRequest {
+                            purpose: PresencePurpose::ConfirmExisting,
+                            rp_id: Some(rp_id),
+                            ..Default::default()
+                        },
+                        ctx,
+                    )?;
+                }
                 return Err(StatusCode::CredentialExcluded);
             }
         }
@@ -112,17 +141,9 @@ impl Authenticator {
             }
         }
 
-        let user_name = request.user.name.as_deref().or(request.user.display_name.as_deref());
-        self.require_presence(
-            &PresenceRequest {
-                purpose: PresencePurpose::Register,
-                rp_id: Some(rp_id),
-                user_name,
-                message: verdict.prompt_message.as_deref(),
-                timeout: verdict.prompt_timeout,
-            },
-            ctx,
-        )?;
+        if !user_present {
+            self.require_presence(&prompt, ctx)?;
+        }
 
         // Extensions (§12): what the credential keeps, and what we report.
         let requested = &request.extensions;

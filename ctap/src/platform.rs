@@ -172,6 +172,8 @@ pub trait CredentialStore: Send {
 
 /// Maximum PIN retries (CTAP 2.1 §6.5.2.2).
 pub const MAX_PIN_RETRIES: u8 = 8;
+/// Built-in user verification attempts before it blocks (CTAP 2.1 §6.5.2.3).
+pub const MAX_UV_RETRIES: u8 = 8;
 /// Default minimum PIN length in Unicode code points (§6.4).
 pub const DEFAULT_MIN_PIN_LENGTH: u8 = 4;
 
@@ -181,6 +183,8 @@ pub const DEFAULT_MIN_PIN_LENGTH: u8 = 4;
 pub struct AuthenticatorState {
     pub pin: Option<PinRecord>,
     pub pin_retries: u8,
+    /// Built-in user verification attempts left (getUVRetries).
+    pub uv_retries: u8,
     pub min_pin_length: u8,
     /// setMinPINLength's forceChangePin, or a PIN shorter than a new minimum.
     pub force_pin_change: bool,
@@ -203,6 +207,7 @@ impl Default for AuthenticatorState {
         Self {
             pin: None,
             pin_retries: MAX_PIN_RETRIES,
+            uv_retries: MAX_UV_RETRIES,
             min_pin_length: DEFAULT_MIN_PIN_LENGTH,
             force_pin_change: false,
             always_uv: false,
@@ -256,11 +261,55 @@ pub enum PromptOutcome {
     Unavailable,
 }
 
-/// Asks the user for presence (and later, verification).
+/// The result of asking the user to verify (built-in user verification).
+pub enum VerificationOutcome {
+    /// The prompt verified the user itself: a fingerprint through fprintd or
+    /// a password through PAM, checked by the daemon. Presence is implied.
+    Verified,
+    /// The user typed the authenticator's PIN; the core checks it against
+    /// its own PIN and retry counter.
+    Pin(zeroize::Zeroizing<String>),
+    /// The user tried and failed (no match, wrong password): one uvRetry is spent.
+    Failed,
+    /// Not verified for any other reason (denied, timed out, cancelled, no agent).
+    NotVerified(PromptOutcome),
+}
+
+/// Asks the user for presence and, where the daemon offers it, for
+/// verification and for a choice between passkeys.
 pub trait UserPrompt: Send {
     /// Blocks until the user answers, the prompt times out, or `signals`
     /// reports a cancellation from the host.
     fn request_presence(&mut self, request: &PresenceRequest<'_>, signals: &TransactionSignals) -> PromptOutcome;
+
+    /// Built-in user verification is configured and can be asked for now
+    /// (getInfo option "uv").
+    fn verification_available(&self) -> bool {
+        false
+    }
+
+    /// Asks the user to verify; `pin_available` says the authenticator has a
+    /// usable PIN the user may type instead of the other methods.
+    fn request_verification(
+        &mut self,
+        _request: &PresenceRequest<'_>,
+        _pin_available: bool,
+        _signals: &TransactionSignals,
+    ) -> VerificationOutcome {
+        VerificationOutcome::NotVerified(PromptOutcome::Unavailable)
+    }
+
+    /// Several discoverable credentials match and no allow list narrows
+    /// them: the user picks one of `accounts` (newest first). `None` when this
+    /// prompt offers no choice; the platform then gets numberOfCredentials.
+    fn select_credential(
+        &mut self,
+        _request: &PresenceRequest<'_>,
+        _accounts: &[String],
+        _signals: &TransactionSignals,
+    ) -> Option<Result<usize, PromptOutcome>> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

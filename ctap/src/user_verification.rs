@@ -1,0 +1,78 @@
+//! Built-in user verification through the prompt (CTAP 2.1 §6.5.2.3,
+//! "performBuiltInUv"): a fingerprint or password checked by the daemon, or
+//! the authenticator's PIN typed into the user's own session.
+
+use crate::authenticator::{Authenticator, RequestContext};
+use crate::platform::{PresenceRequest, PromptOutcome, VerificationOutcome, MAX_UV_RETRIES};
+use crate::status::{CtapResult, StatusCode};
+
+/// How a prompt's refusal ends a request (shared with user presence).
+pub(crate) fn refusal_status(outcome: PromptOutcome) -> StatusCode {
+    match outcome {
+        PromptOutcome::Approved => StatusCode::Other,
+        PromptOutcome::Denied | PromptOutcome::Unavailable => StatusCode::OperationDenied,
+        PromptOutcome::TimedOut => StatusCode::UserActionTimeout,
+        PromptOutcome::Cancelled => StatusCode::KeepaliveCancel,
+    }
+}
+
+impl Authenticator {
+    /// Built-in UV is configured, usable now, and not blocked.
+    pub(crate) fn built_in_uv_available(&self) -> bool {
+        self.platform.prompt.verification_available()
+    }
+
+    /// Asks the user to verify. Success also proves presence. A failed
+    /// attempt spends a uvRetry (or, for a typed PIN, a PIN retry).
+    pub(crate) fn perform_built_in_uv(&mut self, request: &PresenceRequest<'_>, ctx: &RequestContext<'_>) -> CtapResult<()> {
+        if self.state.uv_retries == 0 {
+            return Err(StatusCode::UvBlocked);
+        }
+        if ctx.signals.is_cancelled() {
+            return Err(StatusCode::KeepaliveCancel);
+        }
+        let pin_available = self.state.pin.is_some() && self.state.pin_retries > 0;
+        ctx.signals.set_waiting_for_user(true);
+        let outcome = self.platform.prompt.request_verification(request, pin_available, ctx.signals);
+        ctx.signals.set_waiting_for_user(false);
+        if ctx.signals.is_cancelled() {
+            return Err(StatusCode::KeepaliveCancel);
+        }
+        match outcome {
+            VerificationOutcome::Verified => {
+                tracing::info!(purpose = ?request.purpose, rp_id = request.rp_id, "user verified");
+                self.reset_uv_retries()
+            }
+            VerificationOutcome::Pin(pin) => match self.check_typed_pin(&pin) {
+                Ok(()) => {
+                    tracing::info!(purpose = ?request.purpose, rp_id = request.rp_id, "user verified with the PIN");
+                    Ok(())
+                }
+                // A wrong PIN typed into the agent reads as a failed verification.
+                Err(StatusCode::PinInvalid) => Err(StatusCode::UvInvalid),
+                Err(other) => Err(other),
+            },
+            VerificationOutcome::Failed => {
+                let mut state = self.state.clone();
+                state.uv_retries = state.uv_retries.saturating_sub(1);
+                let left = state.uv_retries;
+                self.save_state(state)?;
+                tracing::warn!(retries_left = left, "user verification failed");
+                Err(if left == 0 { StatusCode::UvBlocked } else { StatusCode::UvInvalid })
+            }
+            VerificationOutcome::NotVerified(outcome) => {
+                tracing::info!(purpose = ?request.purpose, rp_id = request.rp_id, ?outcome, "user not verified");
+                Err(refusal_status(outcome))
+            }
+        }
+    }
+
+    fn reset_uv_retries(&mut self) -> CtapResult<()> {
+        if self.state.uv_retries == MAX_UV_RETRIES {
+            return Ok(());
+        }
+        let mut state = self.state.clone();
+        state.uv_retries = MAX_UV_RETRIES;
+        self.save_state(state)
+    }
+}
