@@ -30,6 +30,10 @@ pub fn cose_key(public_key: &PublicKey) -> Value {
             .int(-2, cbor::bytes(x.to_vec()))
             .int(-3, cbor::bytes(y.to_vec()))
             .build(),
+        // kty OKP (1), alg EdDSA (-8), crv Ed25519 (6), x (RFC 8152 §13.2).
+        PublicKey::Ed25519(x) => {
+            MapBuilder::new().int(1, 1).int(3, -8).int(-1, 6).int(-2, cbor::bytes(x.to_vec())).build()
+        }
     }
 }
 

@@ -146,7 +146,9 @@ impl Authenticator {
         if key_handle.len() > MAX_CREDENTIAL_ID_LEN {
             return Err(StatusCode::Other);
         }
-        let PublicKey::P256 { x, y } = &created.public_key;
+        let PublicKey::P256 { x, y } = &created.public_key else {
+            return Err(StatusCode::Other);
+        };
         let mut user_public_key = Vec::with_capacity(65);
         user_public_key.push(0x04);
         user_public_key.extend_from_slice(x);

@@ -16,18 +16,22 @@ use crate::ctaphid::KeepaliveStatus;
 pub enum Algorithm {
     /// ECDSA with P-256 and SHA-256, COSE -7.
     Es256,
+    /// EdDSA with Ed25519, COSE -8 (software key store only: TPMs generally cannot).
+    EdDsa,
 }
 
 impl Algorithm {
     pub fn cose_id(self) -> i64 {
         match self {
             Algorithm::Es256 => -7,
+            Algorithm::EdDsa => -8,
         }
     }
 
     pub fn from_cose_id(id: i64) -> Option<Self> {
         match id {
             -7 => Some(Algorithm::Es256),
+            -8 => Some(Algorithm::EdDsa),
             _ => None,
         }
     }
@@ -38,6 +42,8 @@ impl Algorithm {
 pub enum PublicKey {
     /// Uncompressed P-256 point coordinates.
     P256 { x: [u8; 32], y: [u8; 32] },
+    /// An Ed25519 public key (RFC 8032 encoding).
+    Ed25519([u8; 32]),
 }
 
 /// A freshly generated credential key.
@@ -71,7 +77,8 @@ pub trait KeyStore: Send {
     fn algorithms(&self) -> Vec<Algorithm>;
     fn generate(&mut self, algorithm: Algorithm) -> Result<CreatedKey, KeyStoreError>;
     /// Signs `message` (authenticator data ‖ client data hash) with the key
-    /// behind `key_handle`; ES256 signatures are DER-encoded.
+    /// behind `key_handle`; ES256 signatures are DER-encoded, EdDSA ones the
+    /// 64 bytes of RFC 8032.
     fn sign(&mut self, algorithm: Algorithm, key_handle: &[u8], message: &[u8]) -> Result<Vec<u8>, KeyStoreError>;
     /// Authenticated encryption of a credential ID payload, bound to the
     /// relying party by `rp_id_hash` as associated data.

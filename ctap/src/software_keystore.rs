@@ -1,4 +1,5 @@
-//! The software key store: P-256 keys made by `p256`, private keys wrapped
+//! The software key store: P-256 keys made by `p256` and Ed25519 keys made
+//! by `ed25519-dalek`, private keys wrapped
 //! with AES-256-GCM under a key-encryption key derived from one master
 //! secret. For machines without a TPM and for tests; the daemon keeps the
 //! master secret in its state directory and says loudly that it uses this.
@@ -22,6 +23,9 @@ const TAG_LEN: usize = 16;
 /// Version byte in front of every sealed credential ID, also authenticated.
 const CREDENTIAL_ID_VERSION: u8 = 1;
 const KEY_HANDLE_AAD: &[u8] = b"fidoseal software key handle v1";
+/// Ed25519 handles are authenticated apart, so one algorithm's handle is
+/// never taken for the other's.
+const ED25519_KEY_HANDLE_AAD: &[u8] = b"fidoseal software ed25519 key handle v1";
 
 pub struct SoftwareKeyStore {
     master: Secret32,
@@ -101,7 +105,7 @@ impl KeyStore for SoftwareKeyStore {
     }
 
     fn algorithms(&self) -> Vec<Algorithm> {
-        vec![Algorithm::Es256]
+        vec![Algorithm::Es256, Algorithm::EdDsa]
     }
 
     fn generate(&mut self, algorithm: Algorithm) -> Result<CreatedKey, KeyStoreError> {
@@ -118,6 +122,14 @@ impl KeyStore for SoftwareKeyStore {
                 let key_handle = seal(&self.key_wrapping, KEY_HANDLE_AAD, scalar.as_slice())?;
                 Ok(CreatedKey { public_key, key_handle })
             }
+            Algorithm::EdDsa => {
+                let mut seed = Zeroizing::new([0u8; 32]);
+                getrandom::fill(seed.as_mut()).map_err(|e| KeyStoreError::Backend(format!("no randomness: {e}")))?;
+                let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+                let public_key = PublicKey::Ed25519(key.verifying_key().to_bytes());
+                let key_handle = seal(&self.key_wrapping, ED25519_KEY_HANDLE_AAD, seed.as_slice())?;
+                Ok(CreatedKey { public_key, key_handle })
+            }
         }
     }
 
@@ -127,6 +139,12 @@ impl KeyStore for SoftwareKeyStore {
                 let key = signing_key(self, key_handle)?;
                 let signature: Signature = key.sign(message);
                 Ok(signature.to_der().as_bytes().to_vec())
+            }
+            Algorithm::EdDsa => {
+                let seed = open(&self.key_wrapping, ED25519_KEY_HANDLE_AAD, key_handle)?;
+                let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| KeyStoreError::NotAuthentic)?;
+                let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+                Ok(ed25519_dalek::Signer::sign(&key, message).to_bytes().to_vec())
             }
         }
     }
@@ -175,7 +193,7 @@ mod tests {
     fn signatures_verify_with_the_public_key() {
         let mut s = store();
         let created = s.generate(Algorithm::Es256).unwrap();
-        let PublicKey::P256 { x, y } = created.public_key;
+        let PublicKey::P256 { x, y } = created.public_key else { panic!("a P-256 key") };
         let mut sec1 = vec![4u8];
         sec1.extend_from_slice(&x);
         sec1.extend_from_slice(&y);
@@ -183,6 +201,20 @@ mod tests {
         let der = s.sign(Algorithm::Es256, &created.key_handle, b"message").unwrap();
         let sig = Signature::from_der(&der).unwrap();
         vk.verify(b"message", &sig).unwrap();
+    }
+
+    #[test]
+    fn ed25519_signatures_verify_and_handles_do_not_cross_algorithms() {
+        let mut s = store();
+        let created = s.generate(Algorithm::EdDsa).unwrap();
+        let PublicKey::Ed25519(x) = created.public_key else { panic!("an Ed25519 key") };
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&x).unwrap();
+        let sig = s.sign(Algorithm::EdDsa, &created.key_handle, b"message").unwrap();
+        let sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
+        ed25519_dalek::Verifier::verify(&vk, b"message", &sig).unwrap();
+        assert_eq!(s.sign(Algorithm::Es256, &created.key_handle, b"m"), Err(KeyStoreError::NotAuthentic));
+        let p256 = s.generate(Algorithm::Es256).unwrap();
+        assert_eq!(s.sign(Algorithm::EdDsa, &p256.key_handle, b"m"), Err(KeyStoreError::NotAuthentic));
     }
 
     #[test]
