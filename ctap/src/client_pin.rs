@@ -158,14 +158,7 @@ impl Authenticator {
                 self.pin_token(request, permission::MAKE_CREDENTIAL | permission::GET_ASSERTION, None, ctx).map(Some)
             }
             subcommand::GET_PIN_UV_AUTH_TOKEN_USING_PIN_WITH_PERMISSIONS => {
-                let permissions = required(request.permissions)?;
-                if permissions == 0 {
-                    return Err(StatusCode::InvalidParameter);
-                }
-                let permissions = u8::try_from(permissions).map_err(|_| StatusCode::UnauthorizedPermission)?;
-                if permissions & !self.supported_permissions() != 0 {
-                    return Err(StatusCode::UnauthorizedPermission);
-                }
+                let permissions = self.requested_permissions(request.permissions)?;
                 let rp_id = request.rp_id.clone();
                 self.pin_token(request, permissions, rp_id, ctx).map(Some)
             }
@@ -185,14 +178,7 @@ impl Authenticator {
     fn uv_token(&mut self, mut request: ClientPinRequest, ctx: &RequestContext<'_>) -> CtapResult<Value> {
         request.protocol()?;
         required(request.key_agreement.as_ref())?;
-        let permissions = required(request.permissions)?;
-        if permissions == 0 {
-            return Err(StatusCode::InvalidParameter);
-        }
-        let permissions = u8::try_from(permissions).map_err(|_| StatusCode::UnauthorizedPermission)?;
-        if permissions & !self.supported_permissions() != 0 {
-            return Err(StatusCode::UnauthorizedPermission);
-        }
+        let permissions = self.requested_permissions(request.permissions)?;
         if !self.platform.prompt.verification_available() {
             return Err(StatusCode::NotAllowed);
         }
@@ -206,13 +192,39 @@ impl Authenticator {
             },
             ctx,
         )?;
+        self.issue_token(&shared, permissions, rp_id, ctx.now)
+    }
+
+    /// The permissions a token request asks for: present, not zero, and
+    /// all of them ones this authenticator grants (§6.5.5.7.2 steps 1–4).
+    fn requested_permissions(&self, permissions: Option<u64>) -> CtapResult<u8> {
+        let permissions = required(permissions)?;
+        if permissions == 0 {
+            return Err(StatusCode::InvalidParameter);
+        }
+        let permissions = u8::try_from(permissions).map_err(|_| StatusCode::UnauthorizedPermission)?;
+        if permissions & !self.supported_permissions() != 0 {
+            return Err(StatusCode::UnauthorizedPermission);
+        }
+        Ok(permissions)
+    }
+
+    /// resetPinUvAuthToken() and beginUsingPinUvAuthToken(): a new token
+    /// with these permissions, encrypted for the platform.
+    fn issue_token(
+        &mut self,
+        shared: &SharedSecret,
+        permissions: u8,
+        rp_id: Option<String>,
+        now: Instant,
+    ) -> CtapResult<Value> {
         self.client_pin.reset_token()?;
         let token = &mut self.client_pin.token;
         token.permissions = permissions;
         token.rp_id = rp_id;
-        token.issued = Some(ctx.now);
+        token.issued = Some(now);
         let encrypted = shared.encrypt(token.value.as_ref())?;
-        tracing::info!(permissions, rp_id = token.rp_id.as_deref(), "pinUvAuthToken issued after built-in verification");
+        tracing::info!(permissions, rp_id = token.rp_id.as_deref(), "pinUvAuthToken issued");
         Ok(MapBuilder::new().int(0x02, cbor::bytes(encrypted)).build())
     }
 
@@ -288,7 +300,7 @@ impl Authenticator {
         mut request: ClientPinRequest,
         permissions: u8,
         rp_id: Option<String>,
-        _ctx: &RequestContext<'_>,
+        ctx: &RequestContext<'_>,
     ) -> CtapResult<Value> {
         request.protocol()?;
         let pin_hash_enc = required(request.pin_hash_enc.take())?;
@@ -301,14 +313,7 @@ impl Authenticator {
             // still gets CTAP2_ERR_PIN_INVALID until it is changed.
             return Err(StatusCode::PinInvalid);
         }
-        self.client_pin.reset_token()?;
-        let token = &mut self.client_pin.token;
-        token.permissions = permissions;
-        token.rp_id = rp_id;
-        token.issued = Some(_ctx.now);
-        let encrypted = shared.encrypt(token.value.as_ref())?;
-        tracing::info!(permissions, rp_id = token.rp_id.as_deref(), "pinUvAuthToken issued");
-        Ok(MapBuilder::new().int(0x02, cbor::bytes(encrypted)).build())
+        self.issue_token(&shared, permissions, rp_id, ctx.now)
     }
 
     fn check_pin_blocked(&self) -> CtapResult<()> {
