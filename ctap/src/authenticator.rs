@@ -292,8 +292,9 @@ impl Authenticator {
         } else if discoverable && !verdict.allow_discoverable {
             Err(StatusCode::OperationDenied)
         } else if verdict.require_user_verification && !user_verified {
-            // As under alwaysUv: ask for the PIN, or for one to be set.
-            Err(if self.state.pin.is_some() { StatusCode::PuatRequired } else { StatusCode::PinNotSet })
+            // As under alwaysUv (§6.1.2 step 6, §6.2.2 step 5): the platform
+            // must come back with a pinUvAuthToken, setting a PIN first if need be.
+            Err(StatusCode::PuatRequired)
         } else {
             Ok(())
         };
@@ -321,7 +322,9 @@ impl Authenticator {
         let Some(auth) = auth else { return Ok(None) };
         if auth.param.is_empty() {
             // Browsers ask "which key?" this way: touch, then tell whether a PIN is set.
-            self.require_presence(&PresenceRequest { purpose: PresencePurpose::Select, ..Default::default() }, ctx)?;
+            // A refusal or a timeout is OPERATION_DENIED here (§6.1.2 step 1.2, §6.2.2 step 1.2).
+            self.require_presence(&PresenceRequest { purpose: PresencePurpose::Select, ..Default::default() }, ctx)
+                .map_err(|e| if e == StatusCode::UserActionTimeout { StatusCode::OperationDenied } else { e })?;
             return Err(if self.state.pin.is_some() { StatusCode::PinInvalid } else { StatusCode::PinNotSet });
         }
         let protocol = auth.protocol.ok_or(StatusCode::MissingParameter)?;

@@ -16,6 +16,8 @@ use fidoseal_ctap::platform::{
 use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use fidoseal_ctap::{Authenticator, AuthenticatorConfig, Platform, RequestContext};
 
+pub mod platform_client;
+
 /// A prompt that answers from a script (then `default`) and records what it was asked.
 #[derive(Clone)]
 pub struct ScriptedPrompt {

@@ -486,11 +486,14 @@ fn get_info_reports_exact_versions_aaguid_options_and_limits() {
     }
     assert_eq!(int(at(info, 0x05)), 7609, "maxMsgSize");
     assert_eq!(at(info, 0x09), &Value::Array(vec![Value::from("usb")]), "transports");
+    // What the software key store supports: ES256 first, then EdDSA.
     let algs = at(info, 0x0A).as_array().expect("algorithms array");
-    assert_eq!(algs.len(), 1);
-    assert_eq!(algs[0].as_map().unwrap().len(), 2);
-    assert_eq!(int(get_text(&algs[0], "alg").unwrap()), -7);
-    assert_eq!(get_text(&algs[0], "type"), Some(&Value::from("public-key")));
+    assert_eq!(algs.len(), 2);
+    for (entry, alg) in algs.iter().zip([-7, -8]) {
+        assert_eq!(entry.as_map().unwrap().len(), 2);
+        assert_eq!(int(get_text(entry, "alg").unwrap()), alg);
+        assert_eq!(get_text(entry, "type"), Some(&Value::from("public-key")));
+    }
     assert!(int(at(info, 0x0E)) >= 0, "firmwareVersion is an unsigned integer");
 }
 
@@ -704,9 +707,9 @@ fn make_credential_unsupported_algorithms_only_is_unsupported_algorithm() {
     let (mut d, cid) = device();
     let base = make_credential(RP, b"u1", "alice", false);
     let cases = [
-        ("EdDSA", vec![alg_entry((-8).into(), "public-key")]),
+        // The software store offers ES256 and EdDSA (tests/tests/eddsa.rs).
         ("RS256", vec![alg_entry((-257).into(), "public-key")]),
-        ("several", vec![alg_entry((-8).into(), "public-key"), alg_entry((-257).into(), "public-key"), alg_entry((-35).into(), "public-key")]),
+        ("several", vec![alg_entry((-36).into(), "public-key"), alg_entry((-257).into(), "public-key"), alg_entry((-35).into(), "public-key")]),
         ("ES256 of another type", vec![alg_entry((-7).into(), "secret-key")]),
         ("empty list", vec![]),
     ];
