@@ -47,17 +47,39 @@ impl UserPrompt for ScriptedPrompt {
     }
 }
 
-/// A policy that denies the listed rp IDs.
+/// A scripted policy: denies the rp IDs in the list, gives the verdicts in
+/// `verdicts` to their rp IDs, allows the rest, and demands `min_pin_length`.
 #[derive(Clone, Default)]
-pub struct DenyList(pub Arc<Mutex<Vec<String>>>);
+pub struct DenyList(
+    pub Arc<Mutex<Vec<String>>>,
+    pub Arc<Mutex<Vec<(String, PolicyVerdict)>>>,
+    pub Arc<Mutex<Option<u8>>>,
+);
+
+impl DenyList {
+    /// Gives `verdict` to every request for `rp_id`.
+    pub fn set_verdict(&self, rp_id: &str, verdict: PolicyVerdict) {
+        self.1.lock().unwrap().push((rp_id.to_owned(), verdict));
+    }
+
+    pub fn set_min_pin_length(&self, length: u8) {
+        *self.2.lock().unwrap() = Some(length);
+    }
+}
 
 impl PolicyDecision for DenyList {
     fn decide(&self, request: &PolicyRequest<'_>) -> PolicyVerdict {
         if self.0.lock().unwrap().iter().any(|rp| rp == request.rp_id) {
-            PolicyVerdict::deny("test deny list")
-        } else {
-            AllowAll.decide(request)
+            return PolicyVerdict::deny("test deny list");
         }
+        if let Some((_, verdict)) = self.1.lock().unwrap().iter().find(|(rp, _)| rp == request.rp_id) {
+            return verdict.clone();
+        }
+        AllowAll.decide(request)
+    }
+
+    fn min_pin_length(&self) -> Option<u8> {
+        *self.2.lock().unwrap()
     }
 }
 
