@@ -1,0 +1,185 @@
+//! `fidosealctl policy check` and `policy explain`, run as the real binary.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("fidosealctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        TempDir(path)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn ctl(args: &[&str]) -> (i32, String, String) {
+    let Output { status, stdout, stderr } =
+        Command::new(env!("CARGO_BIN_EXE_fidosealctl")).args(args).output().expect("fidosealctl runs");
+    (status.code().expect("exited"), String::from_utf8(stdout).unwrap(), String::from_utf8(stderr).unwrap())
+}
+
+fn example_dir() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/policy.d").display().to_string()
+}
+
+#[test]
+fn check_accepts_the_shipped_example() {
+    let (code, out, err) = ctl(&["policy", "check", "--dir", &example_dir()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("policy OK: 1 file, 2 rules\n"), "{out}");
+    assert!(out.contains("default action: deny ("), "{out}");
+}
+
+#[test]
+fn check_reports_every_problem_as_file_line_key_message_and_exits_1() {
+    let tmp = TempDir::new("check");
+    let a = tmp.write("10-a.toml", "[default]\naction = \"deny\"\nrequire_uv = true\n");
+    let b = tmp.write(
+        "20-b.toml",
+        "[[rule]]\nrp = [\"login.example.com\",\n      \"*example.com\"]\naction = \"allow\"\nmin_cred_protect = 4\n",
+    );
+    let (code, out, err) = ctl(&["policy", "check", "--dir", tmp.0.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(out, "");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("{}:3: default.require_uv: unknown field `require_uv`", a.display())),
+        "{err}"
+    );
+    assert!(lines[1].starts_with(&format!("{}:3: rule.rp: \"*example.com\": ", b.display())), "{err}");
+    assert!(
+        lines[2].starts_with(&format!("{}:5: rule.min_cred_protect: 4 is not a credProtect level", b.display())),
+        "{err}"
+    );
+    assert_eq!(lines[3], "policy is invalid: 3 problems");
+}
+
+#[test]
+fn check_reads_directories_in_the_order_given() {
+    let tmp = TempDir::new("order");
+    let usr = tmp.0.join("usr");
+    let etc = tmp.0.join("etc");
+    for d in [&usr, &etc] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let write = |dir: &Path, name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    write(&usr, "90-vendor.toml", "[default]\naction = \"allow\"\n");
+    write(&etc, "10-admin.toml", "[default]\naction = \"deny\"\n");
+    let missing = tmp.0.join("missing");
+    let (code, out, _) = ctl(&[
+        "policy",
+        "check",
+        "--dir",
+        usr.to_str().unwrap(),
+        "--dir",
+        etc.to_str().unwrap(),
+        "--dir",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("default action: deny ({}/10-admin.toml:2)", etc.display())), "{out}");
+    assert!(out.contains(&format!("{}: does not exist", missing.display())), "{out}");
+}
+
+#[test]
+fn explain_shows_the_decision_the_rule_and_the_losers() {
+    let dir = example_dir();
+    let (code, out, err) =
+        ctl(&["policy", "explain", "--rp", "Login.Example.COM.", "--operation", "make-credential", "--dir", &dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("rp ID:       login.example.com (given as \"Login.Example.COM.\")"), "{out}");
+    assert!(out.contains("decision:    allow\n"), "{out}");
+    assert!(out.contains("50-example.toml:16 (rp pattern login.example.com)"), "{out}");
+    assert!(out.contains("settings:    user verification; credProtect at least 3"), "{out}");
+    assert!(out.contains("message:     \"Sign in to Example Corp\""), "{out}");
+    assert!(out.contains("50-example.toml:25  allow (rp pattern *.example.com): less specific"), "{out}");
+
+    let (code, out, _) = ctl(&["policy", "explain", "--rp", "evilexample.com", "--dir", &dir]);
+    assert_eq!(code, 0);
+    assert!(out.contains("decision:    deny\n"), "{out}");
+    assert!(
+        out.contains("the default action, set at ") && out.contains("50-example.toml:14 (no rule matched)"),
+        "{out}"
+    );
+    assert!(out.contains("outcome:     refused: CTAP2_ERR_OPERATION_DENIED"), "{out}");
+}
+
+#[test]
+fn explain_matches_users_and_their_system_groups() {
+    let tmp = TempDir::new("users");
+    tmp.write(
+        "10.toml",
+        "[default]\naction = \"deny\"\n\
+         [[rule]]\nrp = [\"*\"]\ngroups = [\"root\"]\naction = \"allow\"\nallow_discoverable = false\n\
+         [[rule]]\nrp = [\"*\"]\nusers = [\"nobody-here\"]\ngroups = [\"testers\"]\naction = \"allow\"\n",
+    );
+    let dir = tmp.0.to_str().unwrap();
+    // root's groups come from the system: the group rule matches.
+    let (_, out, _) =
+        ctl(&["policy", "explain", "--rp", "a.example", "--user", "root", "--discoverable", "--dir", dir]);
+    assert!(out.contains("user:        root (groups: root"), "{out}");
+    assert!(out.contains("decision:    allow\n"), "{out}");
+    assert!(out.contains("outcome:     refused: discoverable credentials are not allowed here"), "{out}");
+    // No user: rules with users or groups never match.
+    let (_, out, _) = ctl(&["policy", "explain", "--rp", "a.example", "--dir", dir]);
+    assert!(out.contains("decision:    deny\n"), "{out}");
+    // A user this machine does not know: a warning, then name and --group only.
+    let (code, out, err) =
+        ctl(&["policy", "explain", "--rp", "a.example", "--user", "nobody-here", "--group", "testers", "--dir", dir]);
+    assert_eq!(code, 0);
+    assert!(err.contains("warning: no such user \"nobody-here\""), "{err}");
+    assert!(out.contains("decision:    allow\n"), "{out}");
+    assert!(out.contains("(rp pattern *, users nobody-here, groups testers)"), "{out}");
+}
+
+#[test]
+fn explain_on_an_invalid_policy_prints_the_errors_and_exits_1() {
+    let tmp = TempDir::new("explain-bad");
+    let bad = tmp.write("10.toml", "[default]\naction = \"maybe\"\n");
+    let (code, out, err) = ctl(&["policy", "explain", "--rp", "a.example", "--dir", tmp.0.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(out, "");
+    assert!(err.starts_with(&format!("{}:2: default.action: unknown variant `maybe`", bad.display())), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["policy"][..],
+        &["policy", "explain"],
+        &["policy", "explain", "--rp"],
+        &["policy", "explain", "--rp", "x", "--operation", "reset"],
+        &["policy", "explain", "--rp", "x", "--group", "g"],
+        &["policy", "check", "--bogus"],
+        &["frobnicate"],
+    ] {
+        let (code, _, err) = ctl(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("usage: fidosealctl"), "{args:?}: {err}");
+    }
+    let (code, out, _) = ctl(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("policy explain --rp ID"));
+}

@@ -1,0 +1,274 @@
+//! fidoseal's enterprise policy (DESIGN.md "Policy"; the format is in
+//! docs/policy.md).
+//!
+//! Administrators ship TOML files in layered directories:
+//! `/usr/share/fidoseal/policy.d/*.toml` (packages), then
+//! `/etc/fidoseal/policy.d/*.toml` (the administrator's), each directory in
+//! file-name order. `[default]` settings of a later file override earlier
+//! ones key by key; `[[rule]]`s accumulate. For a request, the most specific
+//! matching rule decides (exact rp ID, then longer wildcards, then `*`; then
+//! a user over a group over everyone; then a rule limited to some operations
+//! over one for all), a deny beats an allow of equal specificity, and among
+//! equals the later rule wins. No match: the default action.
+//!
+//! ```no_run
+//! use fidoseal_policy::{Operation, Policy, Principal, Request};
+//! let policy = Policy::load_dirs(&fidoseal_policy::DEFAULT_DIRS)?;
+//! let nobody = Principal::default();
+//! let decision = policy.evaluate(&Request {
+//!     rp_id: "login.example.com",
+//!     operation: Operation::GetAssertion,
+//!     principal: &nobody,
+//! });
+//! println!("{:?} by {}", decision.action, decision.rule_id);
+//! # Ok::<(), fidoseal_policy::PolicyError>(())
+//! ```
+
+mod compile;
+mod eval;
+mod file;
+mod load;
+mod principal;
+mod rp;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use eval::{Decision, Explanation, LossReason, Match, Request, Specificity, U2F_UNATTRIBUTABLE};
+pub use principal::{resolve_principal, Principal};
+pub use rp::{is_u2f_application, normalize_rp_id, RpPattern};
+
+/// The standard policy directories, in the order they are read.
+pub const DEFAULT_DIRS: [&str; 2] = ["/usr/share/fidoseal/policy.d", "/etc/fidoseal/policy.d"];
+
+/// Policy files larger than this are refused.
+pub const MAX_FILE_SIZE: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    MakeCredential,
+    GetAssertion,
+}
+
+impl Operation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::MakeCredential => "make-credential",
+            Operation::GetAssertion => "get-assertion",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Operation::MakeCredential => 1,
+            Operation::GetAssertion => 2,
+        }
+    }
+}
+
+/// Which attestation a relying party gets, where policy says.
+///
+/// `attestation = "enterprise"` is parsed and validated (the
+/// `[enterprise_attestation]` rp list, key and certificates) but refused at
+/// load: the authenticator cannot produce enterprise attestation yet, and a
+/// policy that asks for it is not quietly downgraded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Attestation {
+    /// Format "none".
+    None,
+    /// "packed" self attestation.
+    SelfAttestation,
+}
+
+impl fmt::Display for Attestation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Attestation::None => "none",
+            Attestation::SelfAttestation => "self",
+        })
+    }
+}
+
+/// What an allowed request must satisfy and how it is shown: a rule's own
+/// settings over the merged `[default]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Settings {
+    pub require_user_verification: bool,
+    pub allow_discoverable: bool,
+    /// 1..=3.
+    pub min_cred_protect: u8,
+    /// `None`: the daemon's configured attestation.
+    pub attestation: Option<Attestation>,
+    pub min_pin_length: Option<u8>,
+    pub prompt_timeout: Option<Duration>,
+    pub message: Option<Box<str>>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            require_user_verification: false,
+            allow_discoverable: true,
+            min_cred_protect: 1,
+            attestation: None,
+            min_pin_length: None,
+            prompt_timeout: None,
+            message: None,
+        }
+    }
+}
+
+/// One `[[rule]]`, normalized, with its effective settings.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// `path:line` of its `[[rule]]` header: what logs and explanations name.
+    pub id: Box<str>,
+    pub rp: Vec<RpPattern>,
+    /// Empty with `groups` empty: every user (and no user).
+    pub users: Vec<Box<str>>,
+    pub groups: Vec<Box<str>>,
+    /// Empty: every operation.
+    pub operations: Vec<Operation>,
+    pub action: Action,
+    pub settings: Settings,
+    /// Position in load order (later wins among equals).
+    pub order: u32,
+    operation_mask: u8,
+}
+
+/// The default action and settings, merged over all files.
+#[derive(Debug, Clone)]
+pub struct DefaultRule {
+    /// `path:line` of the `action` key that set the default action, or
+    /// "built-in default" when no file sets it (then every rp is allowed).
+    pub id: Box<str>,
+    pub action: Action,
+    pub settings: Settings,
+    /// For each `[default]` key that some file sets: `path:line` of the
+    /// file that set it last.
+    pub origins: Vec<(&'static str, Box<str>)>,
+}
+
+pub const BUILT_IN_DEFAULT: &str = "built-in default";
+
+/// A loaded, valid policy. Immutable: a reload builds a new one.
+#[derive(Debug)]
+pub struct Policy {
+    files: Vec<PathBuf>,
+    /// The directories read, and whether each existed.
+    dirs: Vec<(PathBuf, bool)>,
+    rules: Vec<Rule>,
+    default: DefaultRule,
+    index: Index,
+    enterprise_rp_ids: Vec<Box<str>>,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    exact: HashMap<Box<str>, Vec<u32>>,
+    wildcard: HashMap<Box<str>, Vec<u32>>,
+    any: Vec<u32>,
+}
+
+impl Policy {
+    /// The policy of no files at all: everything is allowed, as by a plain
+    /// security key.
+    pub fn empty() -> Self {
+        Self {
+            files: Vec::new(),
+            dirs: Vec::new(),
+            rules: Vec::new(),
+            default: DefaultRule {
+                id: BUILT_IN_DEFAULT.into(),
+                action: Action::Allow,
+                settings: Settings::default(),
+                origins: Vec::new(),
+            },
+            index: Index::default(),
+            enterprise_rp_ids: Vec::new(),
+        }
+    }
+
+    /// Files read, in order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Directories read, and whether each existed (a missing one is empty).
+    pub fn dirs(&self) -> &[(PathBuf, bool)] {
+        &self.dirs
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn default_rule(&self) -> &DefaultRule {
+        &self.default
+    }
+
+    /// rp IDs listed in `[enterprise_attestation]`.
+    pub fn enterprise_rp_ids(&self) -> &[Box<str>] {
+        &self.enterprise_rp_ids
+    }
+}
+
+/// One problem in a policy file, shown as `file:line: key: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    /// Dotted key path (`rule.min_cred_protect`), when the problem has one.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Why a policy was not loaded: every problem found, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyError {}
