@@ -212,7 +212,7 @@ impl Authenticator {
             .int(0x09, Value::Array(vec![Value::from("usb")]))
             .int(0x0A, Value::Array(algorithms))
             .int(0x0B, MAX_SERIALIZED_LARGE_BLOB_ARRAY as u64)
-            .int(0x0C, self.state.force_pin_change)
+            .int(0x0C, self.pin_change_required())
             .int(0x0D, u64::from(self.effective_min_pin_length()))
             .int(0x0E, u64::from(self.config.firmware_version))
             .int(0x0F, MAX_CRED_BLOB_LENGTH as u64)
@@ -243,6 +243,21 @@ impl Authenticator {
             &PresenceRequest { purpose: PresencePurpose::Reset, ..Default::default() },
             ctx,
         )?;
+        self.reset_now()
+    }
+
+    /// authenticatorReset's effect without its power-up window and touch:
+    /// for a reset the platform has authorized itself (fidoseald's
+    /// Manager1.Reset, behind polkit). Every credential, the PIN and the
+    /// settings are gone, and so are all key-store secrets.
+    pub fn reset_by_platform(&mut self) -> CtapResult<()> {
+        self.pending_assertions = None;
+        self.pending_enumeration = None;
+        self.pending_large_blob = None;
+        self.reset_now()
+    }
+
+    fn reset_now(&mut self) -> CtapResult<()> {
         self.platform.keystore.reset()?;
         self.platform.credentials.reset()?;
         self.state = self.platform.credentials.load_state();
@@ -301,6 +316,7 @@ impl Authenticator {
         tracing::info!(
             ?operation,
             rp_id,
+            user = self.platform.policy.user().as_deref(),
             discoverable,
             user_verified,
             decision = if decision.is_ok() { "allow" } else { "deny" },

@@ -308,7 +308,7 @@ impl Authenticator {
         self.check_pin_blocked()?;
         let shared = self.shared_secret(&mut request)?;
         self.check_pin_hash(&shared, &pin_hash_enc)?;
-        if self.state.force_pin_change {
+        if self.pin_change_required() {
             // §6.5.5.7.1/§6.5.5.7.2: with forcePINChange set, the right PIN
             // still gets CTAP2_ERR_PIN_INVALID until it is changed.
             return Err(StatusCode::PinInvalid);
@@ -401,11 +401,19 @@ impl Authenticator {
             return Err(StatusCode::PinPolicyViolation);
         }
         let verifier = self.pin_verifier(&pin_hash(pin))?;
-        if self.state.force_pin_change && current_verifier == Some(verifier.as_slice()) {
+        if self.pin_change_required() && current_verifier == Some(verifier.as_slice()) {
             // A forced change must really change the PIN (§6.5.5.6 step 9).
             return Err(StatusCode::PinPolicyViolation);
         }
         Ok(PinRecord { verifier: verifier.to_vec(), code_points: code_points as u8 })
+    }
+
+    /// The PIN must change before it is used again: setMinPINLength asked
+    /// for it, or the PIN is shorter than the minimum now in force (which
+    /// policy may have raised since the PIN was set).
+    pub(crate) fn pin_change_required(&self) -> bool {
+        self.state.force_pin_change
+            || self.state.pin.as_ref().is_some_and(|p| p.code_points < self.effective_min_pin_length())
     }
 
     /// The minimum PIN length in force: the authenticator's setting, raised

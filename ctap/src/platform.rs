@@ -329,6 +329,9 @@ pub enum Operation {
 #[derive(Debug, Clone)]
 pub struct PolicyRequest<'a> {
     pub operation: Operation,
+    /// The rp ID. CTAP1/U2F requests carry only the application parameter
+    /// (SHA-256 of the app ID), passed as 64 lowercase hex digits; policy
+    /// matches those against the hashes of its exact rp IDs.
     pub rp_id: &'a str,
     /// A discoverable credential is to be made, or found without an allow list.
     pub discoverable: bool,
@@ -387,6 +390,10 @@ pub trait PolicyDecision: Send {
     /// The minimum PIN length the policy demands, if any (never lowers the
     /// authenticator's own minimum).
     fn min_pin_length(&self) -> Option<u8> {
+        None
+    }
+    /// The user whose device this is, for the decision log.
+    fn user(&self) -> Option<String> {
         None
     }
 }

@@ -119,3 +119,19 @@ fn policy_minimum_pin_length_applies_to_new_pins_and_shows_in_get_info() {
     assert_eq!(pc::set_pin(&mut d, cid, pc::Protocol::Two, "12345"), 0x37, "PIN_POLICY_VIOLATION");
     assert_eq!(pc::set_pin(&mut d, cid, pc::Protocol::Two, "123456"), 0x00);
 }
+
+#[test]
+fn a_pin_shorter_than_a_raised_policy_minimum_must_change() {
+    use fidoseal_tests::platform_client as pc;
+    let mut d = Device::new();
+    let cid = d.init();
+    assert_eq!(pc::set_pin(&mut d, cid, pc::Protocol::Two, "1234"), 0x00);
+    assert!(pc::get_pin_token(&mut d, cid, pc::Protocol::Two, "1234").is_ok());
+    d.denied_rps.set_min_pin_length(6);
+    let (_, info) = d.ctap(cid, 0x04, None);
+    assert_eq!(responses::get(info.as_ref().unwrap(), 0x0C), Some(&Value::Bool(true)), "forcePINChange");
+    assert_eq!(pc::get_pin_token(&mut d, cid, pc::Protocol::Two, "1234").err(), Some(0x31));
+    assert_eq!(pc::change_pin(&mut d, cid, pc::Protocol::Two, "1234", "12345"), 0x37);
+    assert_eq!(pc::change_pin(&mut d, cid, pc::Protocol::Two, "1234", "123456"), 0x00);
+    assert!(pc::get_pin_token(&mut d, cid, pc::Protocol::Two, "123456").is_ok());
+}
