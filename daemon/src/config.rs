@@ -13,11 +13,15 @@ pub struct Config {
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     pub keystore: KeyStoreConfig,
+    /// `[prompt]`: who is asked for presence and verification (docs/dbus.md).
+    #[serde(default)]
     pub prompt: PromptConfig,
     #[serde(default)]
     pub authenticator: AuthenticatorSection,
     #[serde(default)]
     pub device: DeviceConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -30,6 +34,33 @@ fn default_state_dir() -> PathBuf {
 #[serde(deny_unknown_fields)]
 pub struct KeyStoreConfig {
     pub backend: KeyStoreBackend,
+    /// tpm only: the tpm2-tss TCTI string (default `device:/dev/tpmrm0`).
+    pub tcti: Option<String>,
+    /// tpm only: a file holding the owner hierarchy's authorization value,
+    /// if one is set on the TPM.
+    pub owner_auth_file: Option<PathBuf>,
+}
+
+impl KeyStoreConfig {
+    pub fn tpm_settings(&self) -> crate::tpm::TpmSettings {
+        crate::tpm::TpmSettings {
+            tcti: self.tcti.clone().unwrap_or_else(|| crate::tpm::DEFAULT_TCTI.into()),
+            owner_auth_file: self.owner_auth_file.clone(),
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.backend != KeyStoreBackend::Tpm && (self.tcti.is_some() || self.owner_auth_file.is_some()) {
+            return Err("[keystore] tcti and owner_auth_file apply only to backend = \"tpm\"".into());
+        }
+        if self.tcti.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err("[keystore] tcti is empty (the default is \"device:/dev/tpmrm0\")".into());
+        }
+        if let Some(path) = self.owner_auth_file.as_deref().filter(|p| !p.is_absolute()) {
+            return Err(format!("[keystore] owner_auth_file must be an absolute path, not {}", path.display()));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -37,19 +68,118 @@ pub struct KeyStoreConfig {
 pub enum KeyStoreBackend {
     /// P-256 keys wrapped by a key file in the state directory.
     Software,
+    /// Keys made by and kept in the TPM 2.0 (docs/tpm.md).
+    Tpm,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromptConfig {
+    #[serde(default)]
     pub mode: PromptMode,
+    /// Seconds the user has to answer a prompt; a policy rule's
+    /// `prompt_timeout` overrides it for its relying parties.
+    #[serde(default = "default_prompt_timeout")]
+    pub timeout: u64,
+    /// Built-in user verification the agent may offer, in order of
+    /// preference: "fingerprint" (fprintd), "password" (PAM), "pin" (the
+    /// authenticator's own PIN typed in the agent). Empty: no built-in UV.
+    #[serde(default = "default_uv_methods")]
+    pub uv_methods: Vec<UvMethod>,
+    /// The PAM service that checks the device user's password.
+    #[serde(default = "default_pam_service")]
+    pub pam_service: String,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+/// The longest prompt timeout, as for policy's `prompt_timeout`.
+pub const MAX_PROMPT_TIMEOUT_SECS: u64 = 600;
+
+fn default_prompt_timeout() -> u64 {
+    30
+}
+
+fn default_uv_methods() -> Vec<UvMethod> {
+    vec![UvMethod::Fingerprint, UvMethod::Password, UvMethod::Pin]
+}
+
+fn default_pam_service() -> String {
+    "fidoseal".into()
+}
+
+impl Default for PromptConfig {
+    fn default() -> Self {
+        Self {
+            mode: PromptMode::default(),
+            timeout: default_prompt_timeout(),
+            uv_methods: default_uv_methods(),
+            pam_service: default_pam_service(),
+        }
+    }
+}
+
+impl PromptConfig {
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout)
+    }
+
+    fn check(&self, device_user: Option<&str>) -> Result<(), String> {
+        if !(1..=MAX_PROMPT_TIMEOUT_SECS).contains(&self.timeout) {
+            return Err(format!("[prompt] timeout {} is out of range: seconds, 1 to {MAX_PROMPT_TIMEOUT_SECS}", self.timeout));
+        }
+        if let Some(twice) = self.uv_methods.iter().enumerate().find_map(|(i, m)| self.uv_methods[..i].contains(m).then_some(m)) {
+            return Err(format!("[prompt] uv_methods names {} twice", twice.name()));
+        }
+        let service = &self.pam_service;
+        if service.is_empty() || service.starts_with('.') || !service.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(format!("[prompt] pam_service {service:?} is not a PAM service name (a file name in /etc/pam.d)"));
+        }
+        if self.mode == PromptMode::Agent && device_user.is_none() {
+            return Err("[prompt] mode = \"agent\" needs [device] user: the user whose session agent answers prompts".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum PromptMode {
+    /// Ask the agent in the device user's desktop session over D-Bus.
+    #[default]
+    Agent,
     /// Every request is approved without asking anyone (tests, kiosks).
     AlwaysApprove,
+}
+
+impl PromptMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PromptMode::Agent => "agent",
+            PromptMode::AlwaysApprove => "always-approve",
+        }
+    }
+}
+
+/// A built-in user verification method, as named on the bus.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UvMethod {
+    Fingerprint,
+    Password,
+    Pin,
+}
+
+impl UvMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            UvMethod::Fingerprint => fidoseal_dbus::method::FINGERPRINT,
+            UvMethod::Password => fidoseal_dbus::method::PASSWORD,
+            UvMethod::Pin => fidoseal_dbus::method::PIN,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [UvMethod::Fingerprint, UvMethod::Password, UvMethod::Pin].into_iter().find(|m| m.name() == name)
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -76,6 +206,9 @@ pub struct DeviceConfig {
     /// The uhid character device.
     #[serde(default = "default_uhid_path")]
     pub uhid_path: PathBuf,
+    /// The user this device belongs to, for policy rules with `users` or
+    /// `groups`. None: such rules never match.
+    pub user: Option<String>,
 }
 
 fn default_uhid_path() -> PathBuf {
@@ -84,7 +217,26 @@ fn default_uhid_path() -> PathBuf {
 
 impl Default for DeviceConfig {
     fn default() -> Self {
-        Self { uhid_path: default_uhid_path() }
+        Self { uhid_path: default_uhid_path(), user: None }
+    }
+}
+
+/// `[policy]`: where the policy files are (docs/policy.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Read in this order, each directory's `*.toml` in file-name order.
+    #[serde(default = "default_policy_dirs")]
+    pub dirs: Vec<PathBuf>,
+}
+
+fn default_policy_dirs() -> Vec<PathBuf> {
+    fidoseal_policy::DEFAULT_DIRS.iter().map(PathBuf::from).collect()
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self { dirs: default_policy_dirs() }
     }
 }
 
@@ -107,6 +259,14 @@ impl Config {
         if !config.state_dir.is_absolute() {
             return Err(format!("state_dir must be an absolute path, not {}", config.state_dir.display()));
         }
+        config.keystore.check()?;
+        if let Some(dir) = config.policy.dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(format!("[policy] dirs must be absolute paths, not {}", dir.display()));
+        }
+        if let Some(user) = config.device.user.as_deref().filter(|u| u.is_empty() || u.contains(char::is_whitespace)) {
+            return Err(format!("[device] user {user:?} is not a user name"));
+        }
+        config.prompt.check(config.device.user.as_deref())?;
         Ok(config)
     }
 }
@@ -148,11 +308,88 @@ mod tests {
     #[test]
     fn missing_sections_and_unknown_keys_are_errors() {
         assert!(Config::parse("[prompt]\nmode = \"always-approve\"\n").unwrap_err().contains("keystore"));
-        assert!(Config::parse("[keystore]\nbackend = \"software\"\n").unwrap_err().contains("prompt"));
+        // [prompt] may be left out: agent mode, which needs [device] user.
+        assert!(Config::parse("[keystore]\nbackend = \"software\"\n").unwrap_err().contains("[device] user"));
         assert!(Config::parse(&format!("{MINIMAL}statedir = \"/x\"\n")).unwrap_err().contains("statedir"));
         assert!(Config::parse(&format!("{MINIMAL}[prompt2]\n")).is_err());
         assert!(Config::parse("[keystore]\nbackend = 1\n[prompt]\nmode = \"always-approve\"\n").is_err());
         assert!(Config::parse("not toml at all [").is_err());
+    }
+
+    #[test]
+    fn tpm_backend_with_default_and_explicit_tcti() {
+        let c = Config::parse("[keystore]\nbackend = \"tpm\"\n[prompt]\nmode = \"always-approve\"\n").unwrap();
+        assert_eq!(c.keystore.backend, KeyStoreBackend::Tpm);
+        assert_eq!(c.keystore.tpm_settings(), crate::tpm::TpmSettings::default());
+        assert_eq!(c.keystore.tpm_settings().tcti, "device:/dev/tpmrm0");
+        let c = Config::parse(
+            "[keystore]\nbackend = \"tpm\"\ntcti = \"swtpm:host=127.0.0.1,port=2321\"\nowner_auth_file = \"/etc/fidoseal/owner-auth\"\n\
+             [prompt]\nmode = \"always-approve\"\n",
+        )
+        .unwrap();
+        let settings = c.keystore.tpm_settings();
+        assert_eq!(settings.tcti, "swtpm:host=127.0.0.1,port=2321");
+        assert_eq!(settings.owner_auth_file, Some(PathBuf::from("/etc/fidoseal/owner-auth")));
+    }
+
+    #[test]
+    fn tpm_settings_are_refused_where_they_mean_nothing() {
+        let with = |extra: &str, backend: &str| {
+            Config::parse(&format!("[keystore]\nbackend = \"{backend}\"\n{extra}\n[prompt]\nmode = \"always-approve\"\n"))
+        };
+        assert!(with("tcti = \"device:/dev/tpmrm0\"", "software").unwrap_err().contains("only to backend"));
+        assert!(with("owner_auth_file = \"/x\"", "software").unwrap_err().contains("only to backend"));
+        assert!(with("tcti = \"\"", "tpm").unwrap_err().contains("empty"));
+        assert!(with("owner_auth_file = \"rel\"", "tpm").unwrap_err().contains("absolute"));
+        assert!(with("tcit = \"device:/dev/tpm0\"", "tpm").unwrap_err().contains("tcit"));
+    }
+
+    #[test]
+    fn policy_dirs_and_device_user() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.policy.dirs, [PathBuf::from("/usr/share/fidoseal/policy.d"), PathBuf::from("/etc/fidoseal/policy.d")]);
+        assert_eq!(c.device.user, None);
+        let c = Config::parse(&format!("{MINIMAL}[policy]\ndirs = [\"/tmp/x\"]\n[device]\nuser = \"alice\"\n")).unwrap();
+        assert_eq!(c.policy.dirs, [PathBuf::from("/tmp/x")]);
+        assert_eq!(c.device.user.as_deref(), Some("alice"));
+        assert!(Config::parse(&format!("{MINIMAL}[policy]\ndirs = []\n")).unwrap().policy.dirs.is_empty());
+        assert!(Config::parse(&format!("{MINIMAL}[policy]\ndirs = [\"rel\"]\n")).unwrap_err().contains("absolute"));
+        assert!(Config::parse(&format!("{MINIMAL}[policy]\ndir = [\"/x\"]\n")).unwrap_err().contains("dir"));
+        assert!(Config::parse(&format!("{MINIMAL}[device]\nuser = \"\"\n")).unwrap_err().contains("user"));
+    }
+
+    #[test]
+    fn prompt_defaults_to_the_agent() {
+        let c = Config::parse("[keystore]\nbackend = \"software\"\n[device]\nuser = \"alice\"\n").unwrap();
+        assert_eq!(c.prompt.mode, PromptMode::Agent);
+        assert_eq!(c.prompt.timeout(), std::time::Duration::from_secs(30));
+        assert_eq!(c.prompt.uv_methods, [UvMethod::Fingerprint, UvMethod::Password, UvMethod::Pin]);
+        assert_eq!(c.prompt.pam_service, "fidoseal");
+        let c = Config::parse("[keystore]\nbackend = \"software\"\n[device]\nuser = \"alice\"\n[prompt]\n").unwrap();
+        assert_eq!(c.prompt.mode, PromptMode::Agent);
+    }
+
+    #[test]
+    fn prompt_settings() {
+        let with = |prompt: &str| {
+            Config::parse(&format!("[keystore]\nbackend = \"software\"\n[device]\nuser = \"alice\"\n[prompt]\n{prompt}\n"))
+        };
+        let c = with("mode = \"agent\"\ntimeout = 12\nuv_methods = [\"pin\", \"fingerprint\"]\npam_service = \"fidoseal-x\"").unwrap();
+        assert_eq!(c.prompt.timeout, 12);
+        assert_eq!(c.prompt.uv_methods, [UvMethod::Pin, UvMethod::Fingerprint]);
+        assert_eq!(c.prompt.pam_service, "fidoseal-x");
+        assert!(with("uv_methods = []").unwrap().prompt.uv_methods.is_empty());
+        assert!(with("uv_methods = [\"retina\"]").unwrap_err().contains("retina"));
+        assert!(with("uv_methods = [\"pin\", \"pin\"]").unwrap_err().contains("twice"));
+        assert!(with("timeout = 0").unwrap_err().contains("out of range"));
+        assert!(with("timeout = 601").unwrap_err().contains("out of range"));
+        assert!(with("pam_service = \"../shadow\"").unwrap_err().contains("pam_service"));
+        assert!(with("pam_service = \"\"").unwrap_err().contains("pam_service"));
+        assert!(with("mode = \"telepathy\"").unwrap_err().contains("telepathy"));
+        // always-approve needs no device user.
+        assert!(Config::parse(MINIMAL).is_ok());
+        assert_eq!(UvMethod::from_name("password"), Some(UvMethod::Password));
+        assert_eq!(UvMethod::from_name("face"), None);
     }
 
     #[test]

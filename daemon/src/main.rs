@@ -5,22 +5,28 @@
 //! re-plugs it (a power cycle, as CTAP's reset and PIN rules know it).
 
 mod config;
+mod dbus_service;
 mod keystore;
+mod policy_service;
 mod prompt;
+mod prompt_agent;
+mod shared_credentials;
 mod state;
+mod tpm;
 mod transport;
 mod uhid;
+mod verification;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fidoseal_ctap::platform::{AllowAll, KeyStore, UserPrompt};
+use fidoseal_ctap::platform::{KeyStore, UserPrompt};
 use fidoseal_ctap::{AttestationMode, Authenticator, AuthenticatorConfig, Platform};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{Attestation, Config, KeyStoreBackend, PromptMode};
+use crate::config::{Attestation, Config, KeyStoreBackend};
 
 /// How many discoverable credentials the state directory holds.
 const RESIDENT_CAPACITY: usize = 256;
@@ -73,6 +79,8 @@ fn main() -> ExitCode {
 
 fn run(config_path: &std::path::Path) -> Result<(), String> {
     let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    // Fail closed: an invalid policy stops the daemon here.
+    let policy = policy_service::PolicyService::start(&config)?;
     state::prepare_state_dir(&config.state_dir)
         .map_err(|e| format!("cannot prepare state directory {}: {e}", config.state_dir.display()))?;
 
@@ -84,16 +92,24 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             );
             Box::new(keystore::PersistentSoftwareKeyStore::open(&config.state_dir).map_err(|e| e.to_string())?)
         }
-    };
-    let prompt: Box<dyn UserPrompt> = match config.prompt.mode {
-        PromptMode::AlwaysApprove => {
-            tracing::warn!("prompt mode always-approve: every request is approved without asking anyone");
-            Box::new(prompt::AlwaysApprove)
+        KeyStoreBackend::Tpm => {
+            Box::new(tpm::TpmKeyStore::open(&config.keystore.tpm_settings(), &config.state_dir).map_err(|e| e.to_string())?)
         }
     };
     let credentials =
         state::FileCredentialStore::open(&config.state_dir, RESIDENT_CAPACITY).map_err(|e| e.to_string())?;
     tracing::info!(resident_credentials = credentials.credential_count(), "state loaded");
+    // Shared with the D-Bus management interface (shared_credentials.rs).
+    let credentials = shared_credentials::SharedCredentialStore::new(credentials);
+    let agents = Arc::new(prompt_agent::AgentRegistry::new());
+    let agent_prompt = prompt_agent::AgentPrompt::for_config(&config, &agents, &credentials);
+    let prompt: Box<dyn UserPrompt> = match &agent_prompt {
+        Some(agent_prompt) => Box::new(agent_prompt.clone()),
+        None => {
+            tracing::warn!("prompt mode always-approve: every request is approved without asking anyone");
+            Box::new(prompt::AlwaysApprove)
+        }
+    };
 
     let authenticator_config = AuthenticatorConfig {
         attestation: match config.authenticator.attestation {
@@ -103,7 +119,7 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         firmware_version: firmware_version(),
         ..AuthenticatorConfig::default()
     };
-    let platform = Platform { keystore, credentials: Box::new(credentials), prompt, policy: Box::new(AllowAll) };
+    let platform = Platform { keystore, credentials: Box::new(credentials.clone()), prompt, policy: Box::new(policy.decision()) };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -115,8 +131,11 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
         let mut replug = signal(SignalKind::user_defined1()).map_err(|e| format!("cannot handle SIGUSR1: {e}"))?;
+        policy.watch()?;
 
         let authenticator = Arc::new(Mutex::new(Authenticator::new(authenticator_config, platform, Instant::now())));
+        let service = dbus_service::Service::from_config(&config, agents, credentials, Arc::clone(&authenticator), agent_prompt);
+        let _bus = dbus_service::DbusService::start_for_daemon(service).await?;
         loop {
             let device = uhid::UhidDevice::create(&config.device.uhid_path, &device_info())
                 .map_err(|e| format!("{e} (is the uhid module loaded? try `modprobe uhid`)"))?;

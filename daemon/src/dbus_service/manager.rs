@@ -1,0 +1,238 @@
+//! org.fidoseal.Manager1: status, the device user's passkeys, reset.
+//!
+//! Status and the passkey methods answer the device's user (and root);
+//! Reset needs polkit's org.fidoseal.reset for the calling connection
+//! (root is let through without asking, and that is logged).
+//!
+//! Passkeys are read and deleted through the daemon's shared credential
+//! store (shared_credentials.rs), not through the authenticator, whose
+//! lock is held for whole CTAP requests. Reset goes through the
+//! authenticator (`Authenticator::reset_by_platform`), since it must also
+//! forget the key store's secrets, the PIN held in memory and the PIN
+//! tokens; that waits for a running request to end.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fidoseal_ctap::platform::{CredentialStore, ResidentCredential};
+use fidoseal_dbus::{detail, Details, Error, POLKIT_ACTION_RESET};
+use zbus::message::Header;
+use zbus::names::UniqueName;
+use zbus::Connection;
+
+use super::caller::{self, Credentials};
+use super::{hex, unhex, Service};
+
+pub struct Manager {
+    service: Arc<Service>,
+}
+
+impl Manager {
+    pub fn new(service: Arc<Service>) -> Self {
+        Self { service }
+    }
+
+    /// The caller, if it is the device's user or root.
+    async fn owner_or_root(
+        &self,
+        method: &str,
+        header: &Header<'_>,
+        connection: &Connection,
+    ) -> Result<Credentials, Error> {
+        let (sender, credentials) = identify(method, header, connection).await?;
+        let device_uid = self.service.device_user.as_deref().and_then(caller::uid_of);
+        if Some(credentials.uid) == device_uid {
+            return Ok(credentials);
+        }
+        if credentials.uid == 0 {
+            tracing::info!(method, sender = %sender, "Manager1: root acts on the device user's passkeys");
+            return Ok(credentials);
+        }
+        tracing::warn!(method, sender = %sender, uid = credentials.uid, decision = "refused", "Manager1: not the device's user");
+        Err(Error::NotPermitted(format!("uid {} is not the device's user", credentials.uid)))
+    }
+
+    /// Runs a store operation on the blocking pool.
+    async fn with_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut crate::shared_credentials::SharedCredentialStore) -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let mut store = self.service.store.clone();
+        tokio::task::spawn_blocking(move || work(&mut store))
+            .await
+            .map_err(|e| Error::Failed(format!("store task failed: {e}")))
+    }
+
+    async fn passkey(&self, credential_id: &str) -> Result<ResidentCredential, Error> {
+        let Some(id) = unhex(credential_id) else {
+            return Err(Error::DoesNotExist(format!("{credential_id:?} is not a credential id (hex)")));
+        };
+        self.with_store(move |store| store.find(&id))
+            .await?
+            .map_err(|e| Error::Failed(e.to_string()))?
+            .ok_or_else(|| Error::DoesNotExist(format!("no passkey {credential_id}")))
+    }
+}
+
+async fn identify<'h>(
+    method: &str,
+    header: &'h Header<'_>,
+    connection: &Connection,
+) -> Result<(&'h UniqueName<'h>, Credentials), Error> {
+    let Some(sender) = header.sender() else {
+        return Err(Error::NotPermitted("the call has no sender".into()));
+    };
+    let credentials = caller::credentials(connection, sender).await.map_err(|e| {
+        tracing::warn!(method, sender = %sender, error = %e, "Manager1: cannot learn the caller's uid");
+        Error::Failed("cannot identify the caller".into())
+    })?;
+    Ok((sender, credentials))
+}
+
+#[zbus::interface(name = "org.fidoseal.Manager1")]
+impl Manager {
+    async fn status(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<Details, Error> {
+        self.owner_or_root("Status", &header, connection).await?;
+        let (count, remaining, state) = self
+            .with_store(|store| {
+                let count = store.all_credentials().map(|c| c.len());
+                (count, store.remaining_capacity(), store.load_state())
+            })
+            .await?;
+        let count = count.map_err(|e| Error::Failed(e.to_string()))?;
+        let uv_configured = match &self.service.prompt {
+            Some(prompt) => prompt.verification_ready(connection).await,
+            None => false,
+        };
+        let mut status = Details::new();
+        status.insert("version".into(), detail(env!("CARGO_PKG_VERSION")));
+        status.insert("keystore".into(), detail(self.service.keystore));
+        status.insert("prompt".into(), detail(self.service.prompt_mode.name()));
+        status.insert("agent_registered".into(), detail(self.service.registry.current().is_some()));
+        status.insert("pin_set".into(), detail(state.pin.is_some()));
+        status.insert("uv_configured".into(), detail(uv_configured));
+        status.insert("passkeys".into(), detail(u32::try_from(count).unwrap_or(u32::MAX)));
+        status.insert("remaining_passkeys".into(), detail(u32::try_from(remaining).unwrap_or(u32::MAX)));
+        status.insert("policy_files".into(), detail(policy_file_count(&self.service.policy_dirs)));
+        Ok(status)
+    }
+
+    async fn list_passkeys(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<Vec<(String, String, String, String)>, Error> {
+        let caller = self.owner_or_root("ListPasskeys", &header, connection).await?;
+        let mut credentials =
+            self.with_store(|store| store.all_credentials()).await?.map_err(|e| Error::Failed(e.to_string()))?;
+        credentials.sort_by(|a, b| b.created.cmp(&a.created));
+        tracing::info!(uid = caller.uid, passkeys = credentials.len(), "ListPasskeys");
+        Ok(credentials
+            .into_iter()
+            .map(|c| {
+                (
+                    hex(&c.credential_id),
+                    c.rp_id,
+                    c.user_name.unwrap_or_default(),
+                    c.user_display_name.unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    async fn show_passkey(
+        &self,
+        credential_id: &str,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<Details, Error> {
+        self.owner_or_root("ShowPasskey", &header, connection).await?;
+        let c = self.passkey(credential_id).await?;
+        let mut passkey: HashMap<String, _> = Details::new();
+        passkey.insert("rp_id".into(), detail(c.rp_id.as_str()));
+        passkey.insert("rp_name".into(), detail(c.rp_name.as_deref().unwrap_or("")));
+        passkey.insert("user_name".into(), detail(c.user_name.as_deref().unwrap_or("")));
+        passkey.insert("user_display_name".into(), detail(c.user_display_name.as_deref().unwrap_or("")));
+        passkey.insert("user_id".into(), detail(c.user_id.clone()));
+        passkey.insert("cred_protect".into(), detail(u32::from(c.extensions.cred_protect.max(1))));
+        passkey.insert("hmac_secret".into(), detail(c.extensions.hmac_secret));
+        passkey.insert("large_blob_key".into(), detail(c.extensions.large_blob_key));
+        Ok(passkey)
+    }
+
+    async fn delete_passkey(
+        &self,
+        credential_id: &str,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(), Error> {
+        let caller = self.owner_or_root("DeletePasskey", &header, connection).await?;
+        let passkey = self.passkey(credential_id).await?;
+        let id = passkey.credential_id.clone();
+        let deleted =
+            self.with_store(move |store| store.delete(&id)).await?.map_err(|e| Error::Failed(e.to_string()))?;
+        if !deleted {
+            return Err(Error::DoesNotExist(format!("no passkey {credential_id}")));
+        }
+        tracing::warn!(
+            uid = caller.uid,
+            rp_id = passkey.rp_id,
+            user = passkey.user_name.as_deref().unwrap_or(""),
+            credential = credential_id,
+            "DeletePasskey: passkey deleted"
+        );
+        Ok(())
+    }
+
+    async fn reset(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(), Error> {
+        let (sender, credentials) = identify("Reset", &header, connection).await?;
+        if credentials.uid == 0 {
+            tracing::warn!(sender = %sender, pid = credentials.pid, "Reset by root: polkit not asked");
+        } else {
+            match caller::polkit_allows(connection, sender, POLKIT_ACTION_RESET).await {
+                Ok(true) => {
+                    tracing::info!(sender = %sender, uid = credentials.uid, action = POLKIT_ACTION_RESET, "Reset authorized by polkit")
+                }
+                Ok(false) => {
+                    tracing::warn!(sender = %sender, uid = credentials.uid, decision = "refused", "Reset: polkit said no");
+                    return Err(Error::NotPermitted(format!("not authorized for {POLKIT_ACTION_RESET}")));
+                }
+                Err(reason) => {
+                    tracing::warn!(sender = %sender, uid = credentials.uid, reason, decision = "refused", "Reset: polkit could not be asked");
+                    return Err(Error::NotPermitted("polkit could not be asked".into()));
+                }
+            }
+        }
+        let authenticator = Arc::clone(&self.service.authenticator);
+        tokio::task::spawn_blocking(move || {
+            authenticator.lock().unwrap_or_else(|e| e.into_inner()).reset_by_platform()
+        })
+        .await
+        .map_err(|e| Error::Failed(format!("reset task failed: {e}")))?
+        .map_err(|status| {
+            tracing::error!(%status, "Reset failed");
+            Error::Failed(format!("reset failed: {status}"))
+        })?;
+        tracing::warn!(sender = %sender, uid = credentials.uid, "Reset: every credential and the PIN were deleted");
+        Ok(())
+    }
+}
+
+/// `*.toml` files in the policy directories (what the daemon reads).
+fn policy_file_count(dirs: &[std::path::PathBuf]) -> u32 {
+    let count = dirs
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|entries| entries.filter_map(Result::ok))
+        .filter(|e| e.path().extension().is_some_and(|x| x == "toml") && e.path().is_file())
+        .count();
+    u32::try_from(count).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,126 @@
+//! fidoseald on the system bus: owns org.fidoseal.Fidoseal1 and serves
+//! org.fidoseal.AgentManager1 and org.fidoseal.Manager1 at
+//! /org/fidoseal/Fidoseal1 (docs/dbus.md, dbus/interfaces/).
+//!
+//! The connection lives on the daemon's tokio runtime; method handlers run
+//! as tasks there (zbus spawns one per call) and never block: anything that
+//! takes a lock the authenticator may hold for a whole prompt (Reset), or
+//! writes files (DeletePasskey), goes to the blocking pool.
+
+mod agent_manager;
+pub mod caller;
+mod manager;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use fidoseal_ctap::Authenticator;
+use fidoseal_dbus::{BUS_NAME, OBJECT_PATH};
+use zbus::connection::Builder;
+use zbus::Connection;
+
+use crate::config::{Config, PromptMode};
+use crate::prompt_agent::{AgentPrompt, AgentRegistry, Bus};
+use crate::shared_credentials::SharedCredentialStore;
+
+/// What the two interfaces reach.
+pub struct Service {
+    pub registry: Arc<AgentRegistry>,
+    pub store: SharedCredentialStore,
+    /// For Reset: the authenticator's own reset path.
+    pub authenticator: Arc<Mutex<Authenticator>>,
+    /// The agent prompt, for Status's "uv_configured" (None: always-approve).
+    pub prompt: Option<AgentPrompt>,
+    /// `[device] user`: who may register an agent and manage passkeys.
+    pub device_user: Option<String>,
+    pub prompt_mode: PromptMode,
+    /// "tpm" or "software".
+    pub keystore: &'static str,
+    pub policy_dirs: Vec<PathBuf>,
+}
+
+impl Service {
+    /// The service of a daemon started with `config`.
+    pub fn from_config(
+        config: &Config,
+        registry: Arc<AgentRegistry>,
+        store: SharedCredentialStore,
+        authenticator: Arc<Mutex<Authenticator>>,
+        prompt: Option<AgentPrompt>,
+    ) -> Self {
+        Self {
+            registry,
+            store,
+            authenticator,
+            prompt,
+            device_user: config.device.user.clone(),
+            prompt_mode: config.prompt.mode,
+            keystore: match config.keystore.backend {
+                crate::config::KeyStoreBackend::Software => "software",
+                crate::config::KeyStoreBackend::Tpm => "tpm",
+            },
+            policy_dirs: config.policy.dirs.clone(),
+        }
+    }
+}
+
+/// The running service; dropping it leaves the bus.
+pub struct DbusService {
+    /// Held so that the name and the objects stay on the bus.
+    _connection: Connection,
+}
+
+impl DbusService {
+    /// Connects to the system bus (`DBUS_SYSTEM_BUS_ADDRESS`, else the
+    /// standard socket) — or to `address` (tests) —, owns the name and
+    /// serves both interfaces. Call from inside the tokio runtime.
+    pub async fn start(service: Service, address: Option<&str>) -> Result<Self, String> {
+        let registry = Arc::clone(&service.registry);
+        let service = Arc::new(service);
+        let builder = match address {
+            Some(address) => Builder::address(address),
+            None => Builder::system(),
+        }
+        .map_err(|e| format!("cannot reach the system bus: {e}"))?;
+        let connection = builder
+            .name(BUS_NAME)
+            .and_then(|b| b.serve_at(OBJECT_PATH, agent_manager::AgentManager::new(Arc::clone(&service))))
+            .and_then(|b| b.serve_at(OBJECT_PATH, manager::Manager::new(Arc::clone(&service))))
+            .map_err(|e| format!("cannot set up the D-Bus service: {e}"))?
+            .build()
+            .await
+            .map_err(|e| format!("cannot own {BUS_NAME} on the system bus: {e}"))?;
+        registry.attach(Bus { connection: connection.clone(), runtime: tokio::runtime::Handle::current() });
+        tracing::info!(name = BUS_NAME, path = OBJECT_PATH, unique_name = ?connection.unique_name().map(|n| n.as_str()), "D-Bus service started");
+        Ok(Self { _connection: connection })
+    }
+
+    /// The daemon's start: in agent mode the bus is required (without it
+    /// nobody could ever be asked); in always-approve mode it only carries
+    /// Manager1, and a missing bus is a warning.
+    pub async fn start_for_daemon(service: Service) -> Result<Option<Self>, String> {
+        let mode = service.prompt_mode;
+        match Self::start(service, None).await {
+            Ok(running) => Ok(Some(running)),
+            Err(e) if mode == PromptMode::AlwaysApprove => {
+                tracing::warn!(error = %e, "no D-Bus service (Manager1 unavailable); always-approve prompts need none");
+                Ok(None)
+            }
+            Err(e) => Err(format!("{e} (prompt mode agent needs the system bus)")),
+        }
+    }
+}
+
+/// Lower-case hex, as credential ids appear on the bus.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || text.is_empty() {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok())).collect()
+}

@@ -1,0 +1,367 @@
+//! The D-Bus service and the agent prompt against a real dbus-daemon that
+//! each test starts for itself: the system bus's default policy plus
+//! dbus/org.fidoseal.Fidoseal1.conf, on a socket in a temporary directory
+//! (the machine's own system bus is never touched). The test plays the
+//! session agent, fprintd, polkit and logind on that bus (fakes.rs), and
+//! other users through `setpriv … dbus-send`.
+//!
+//! Tests run on a one-worker runtime, as fidoseald does, and make the core's
+//! prompt calls from the blocking pool, as the transport does.
+
+mod agent;
+mod contract;
+mod fakes;
+mod manager;
+mod verification;
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fidoseal_ctap::memory_store::MemoryCredentialStore;
+use fidoseal_ctap::platform::{
+    AllowAll, AuthenticatorState, CredentialStore, PinRecord, PresencePurpose, PresenceRequest, PromptOutcome,
+    Secret32, TransactionSignals, UserPrompt, VerificationOutcome,
+};
+use fidoseal_ctap::software_keystore::SoftwareKeyStore;
+use fidoseal_ctap::{Authenticator, AuthenticatorConfig, Platform};
+use zbus::connection::Builder;
+use zbus::Connection;
+
+use super::{DbusService, Service};
+use crate::config::{PromptMode, UvMethod};
+use crate::prompt_agent::{AgentPrompt, AgentRegistry, PromptSettings};
+use crate::shared_credentials::SharedCredentialStore;
+use crate::verification::pam::PamVerifier;
+
+/// The uid `setpriv` gives to "another user" (nobody on Debian).
+pub const OTHER_UID: u32 = 65534;
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+/// A temporary directory, world-searchable so that other uids reach the
+/// bus socket in it.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("fidoseal-dbus-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The system bus's default policy (Debian 12's /usr/share/dbus-1/system.conf),
+/// the fake system services' holes, and our policy file.
+const BUS_CONFIG: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <listen>unix:path=@SOCKET@</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus" send_member="UpdateActivationEnvironment"/>
+    <!-- What fprintd's, polkit's and logind's own policy files open. -->
+    <allow send_destination="net.reactivated.Fprint"/>
+    <allow send_destination="org.freedesktop.PolicyKit1"/>
+    <allow send_destination="org.freedesktop.login1"/>
+  </policy>
+  <policy user="root">
+    <allow own="net.reactivated.Fprint"/>
+    <allow own="org.freedesktop.PolicyKit1"/>
+    <allow own="org.freedesktop.login1"/>
+  </policy>
+  <include>@FIDOSEAL_CONF@</include>
+</busconfig>
+"#;
+
+/// A dbus-daemon of the test's own, stopped on drop.
+pub struct TestBus {
+    pub address: String,
+    child: Child,
+    pub dir: TempDir,
+}
+
+impl TestBus {
+    pub fn start(name: &str) -> Self {
+        let dir = TempDir::new(name);
+        let socket = dir.path().join("bus");
+        let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dbus/org.fidoseal.Fidoseal1.conf");
+        let config = BUS_CONFIG.replace("@SOCKET@", &socket.display().to_string()).replace(
+            "@FIDOSEAL_CONF@",
+            &policy.canonicalize().expect("dbus/org.fidoseal.Fidoseal1.conf").display().to_string(),
+        );
+        let config_path = dir.path().join("bus.conf");
+        std::fs::write(&config_path, config).unwrap();
+        // Its complaints (it cannot raise the fd limit in a container) go to a
+        // file, shown if it does not start.
+        let log_path = dir.path().join("dbus-daemon.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = match Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config_path.display()))
+            .args(["--nofork", "--nopidfile", "--print-address=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("dbus-daemon is not installed: run scripts/install-deps (Debian package dbus)")
+            }
+            Err(e) => panic!("cannot start dbus-daemon: {e}"),
+        };
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        BufReader::new(stdout).read_line(&mut line).expect("dbus-daemon prints its address");
+        let address = line.trim().to_string();
+        assert!(
+            address.starts_with("unix:"),
+            "dbus-daemon did not start: {address:?}\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        // The socket must be reachable by other uids (setpriv tests).
+        let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777));
+        Self { address, child, dir }
+    }
+
+    pub async fn connect(&self) -> Connection {
+        Builder::address(self.address.as_str()).unwrap().build().await.unwrap()
+    }
+}
+
+impl Drop for TestBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a test changes about the daemon side.
+pub struct Options {
+    pub device_user: &'static str,
+    pub timeout: Duration,
+    pub uv_methods: Vec<UvMethod>,
+    /// A PAM service (name, file text) written into the bus's directory;
+    /// "@DIR@" in the text stands for that directory.
+    pub pam_service: Option<(&'static str, String)>,
+    /// A PIN is set before the authenticator starts.
+    pub pin_set: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            device_user: "root",
+            timeout: Duration::from_secs(5),
+            uv_methods: vec![UvMethod::Fingerprint, UvMethod::Password, UvMethod::Pin],
+            pam_service: None,
+            pin_set: false,
+        }
+    }
+}
+
+/// fidoseald's D-Bus side on a test bus: the service, its registry, a
+/// credential store and an authenticator, and the agent prompt.
+pub struct Harness {
+    pub registry: Arc<AgentRegistry>,
+    pub store: SharedCredentialStore,
+    pub authenticator: Arc<Mutex<Authenticator>>,
+    pub prompt: AgentPrompt,
+    /// Held: the service stays on the bus for the test.
+    pub _service: DbusService,
+    pub bus: TestBus,
+}
+
+impl Harness {
+    pub async fn start(name: &str, options: Options) -> Self {
+        let bus = TestBus::start(name);
+        let pam = match &options.pam_service {
+            Some((service, text)) => {
+                let text = text.replace("@DIR@", &bus.dir.path().display().to_string());
+                std::fs::write(bus.dir.path().join(service), text).unwrap();
+                PamVerifier::with_confdir(service, bus.dir.path())
+            }
+            None => PamVerifier::with_confdir("fidoseal-test-none", bus.dir.path()),
+        };
+        let registry = Arc::new(AgentRegistry::new());
+        let mut store = SharedCredentialStore::new(MemoryCredentialStore::new(8));
+        if options.pin_set {
+            let pin = Some(PinRecord { verifier: vec![1; 32], code_points: 4 });
+            store.save_state(&AuthenticatorState { pin, ..AuthenticatorState::default() }).unwrap();
+        }
+        let settings = PromptSettings {
+            timeout: options.timeout,
+            uv_methods: options.uv_methods,
+            device_user: options.device_user.into(),
+            pam,
+        };
+        let prompt = AgentPrompt::new(Arc::clone(&registry), settings, store.clone());
+        let platform = Platform {
+            keystore: Box::new(SoftwareKeyStore::new(Secret32([7; 32]))),
+            credentials: Box::new(store.clone()),
+            prompt: Box::new(prompt.clone()),
+            policy: Box::new(AllowAll),
+        };
+        let authenticator = Arc::new(Mutex::new(Authenticator::new(
+            AuthenticatorConfig::default(),
+            platform,
+            std::time::Instant::now(),
+        )));
+        let service = Service {
+            registry: Arc::clone(&registry),
+            store: store.clone(),
+            authenticator: Arc::clone(&authenticator),
+            prompt: Some(prompt.clone()),
+            device_user: Some(options.device_user.into()),
+            prompt_mode: PromptMode::Agent,
+            keystore: "software",
+            policy_dirs: Vec::new(),
+        };
+        let service =
+            DbusService::start(service, Some(&bus.address)).await.expect("the service starts on the test bus");
+        Self { registry, store, authenticator, prompt, _service: service, bus }
+    }
+
+    /// Waits until the registry holds an agent (Some) or none (None).
+    pub async fn wait_for_agent(&self, present: bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.registry.current().is_some() != present {
+            assert!(Instant::now() < deadline, "the registry never had present={present}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A prompt request as the core would make it.
+#[derive(Clone)]
+pub struct Ask {
+    pub purpose: PresencePurpose,
+    pub rp_id: &'static str,
+    pub user: Option<&'static str>,
+    pub message: Option<&'static str>,
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Ask {
+    fn default() -> Self {
+        Self {
+            purpose: PresencePurpose::Register,
+            rp_id: "example.com",
+            user: Some("alice"),
+            message: None,
+            timeout: None,
+        }
+    }
+}
+
+impl Ask {
+    fn with<T>(&self, f: impl FnOnce(&PresenceRequest<'_>) -> T) -> T {
+        f(&PresenceRequest {
+            purpose: self.purpose,
+            rp_id: Some(self.rp_id),
+            user_name: self.user,
+            message: self.message,
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// The core's calls, made on a blocking thread as the transport makes them.
+/// (The futures own a clone of the prompt, so they can be spawned.)
+pub fn presence(
+    prompt: &AgentPrompt,
+    ask: Ask,
+    signals: Arc<TransactionSignals>,
+) -> impl Future<Output = PromptOutcome> + 'static {
+    let mut prompt = prompt.clone();
+    async move { tokio::task::spawn_blocking(move || ask.with(|r| prompt.request_presence(r, &signals))).await.unwrap() }
+}
+
+pub fn verification(
+    prompt: &AgentPrompt,
+    ask: Ask,
+    pin_available: bool,
+    signals: Arc<TransactionSignals>,
+) -> impl Future<Output = VerificationOutcome> + 'static {
+    let mut prompt = prompt.clone();
+    async move {
+        tokio::task::spawn_blocking(move || ask.with(|r| prompt.request_verification(r, pin_available, &signals)))
+            .await
+            .unwrap()
+    }
+}
+
+pub async fn selection(
+    prompt: &AgentPrompt,
+    ask: Ask,
+    accounts: Vec<String>,
+    signals: Arc<TransactionSignals>,
+) -> Option<Result<usize, PromptOutcome>> {
+    let mut prompt = prompt.clone();
+    tokio::task::spawn_blocking(move || ask.with(|r| prompt.select_credential(r, &accounts, &signals))).await.unwrap()
+}
+
+pub async fn verification_available(prompt: &AgentPrompt) -> bool {
+    let prompt = prompt.clone();
+    tokio::task::spawn_blocking(move || prompt.verification_available()).await.unwrap()
+}
+
+/// `dbus-send --print-reply` on `address`, as root or (Some(uid)) under
+/// setpriv as another user. Returns whether it succeeded, and its output.
+pub async fn dbus_send(
+    address: &str,
+    uid: Option<u32>,
+    dest: &str,
+    path: &str,
+    method: &str,
+    args: &[&str],
+) -> (bool, String) {
+    let mut command = match uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([&format!("--reuid={uid}"), &format!("--regid={uid}"), "--clear-groups", "dbus-send"]);
+            c
+        }
+        None => Command::new("dbus-send"),
+    };
+    command.args([&format!("--bus={address}"), "--print-reply", &format!("--dest={dest}"), path, method]).args(args);
+    let output =
+        tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("setpriv and dbus-send run");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+pub fn signals() -> Arc<TransactionSignals> {
+    Arc::new(TransactionSignals::new())
+}

@@ -1,0 +1,829 @@
+//! The TPM 2.0 key store (`[keystore] backend = "tpm"`), through tss-esapi
+//! 7.7 and any tpm2-tss TCTI (`device:/dev/tpmrm0` in production,
+//! `swtpm:host=…,port=…` in tests). docs/tpm.md is the user-facing account.
+//!
+//! - Credential keys: `generate` asks the TPM for a fresh ECC P-256 signing
+//!   key under the storage primary (TPM2_Create); the key handle is the
+//!   compact blob of [`objects::KeyBlob`]. `sign` hashes authData ‖
+//!   clientDataHash with SHA-256 in software (the input is public, an
+//!   unrestricted key accepts an outside digest with a null ticket, and it
+//!   saves a round trip and TPM2_Hash's 1024-byte input limit), then
+//!   TPM2_Load → TPM2_Sign → TPM2_FlushContext, and DER-encodes (r, s).
+//! - Secrets: one TPM-generated HMAC-SHA-256 key per generation is the
+//!   store's PRF. `derive_secret(c)` = TPM2_HMAC(key, 0x02 ‖ c); the
+//!   AES-256-GCM key that seals credential IDs = TPM2_HMAC(key, 0x01 ‖ label),
+//!   computed once at start and kept in zeroizing memory. Both HMAC calls
+//!   run in a salted HMAC session with parameter encryption, so the PRF's
+//!   input (a PIN hash) and output never cross the bus to the TPM in the
+//!   clear. A copy of the state directory holds only TPM-encrypted blobs:
+//!   elsewhere nothing in it opens.
+//! - Credential IDs: `seal_credential_id` = `version | nonce(12) |
+//!   AES-256-GCM(payload) | tag(16)` with `version ‖ rp_id_hash` as
+//!   associated data (29 bytes of overhead). Forged, altered, foreign and
+//!   other-rp IDs fail the tag check in software, before any TPM command.
+//! - Reset: a new generation (so a new primary, under which no old blob
+//!   loads) and a new HMAC key, written to the state file before use.
+//! - The TPM cleared (or the state directory copied to another machine):
+//!   found at start by the primary's name, which no longer matches. The
+//!   daemon says so, keeps the old files aside, resets the credential state
+//!   (its credentials and PIN depended on the lost keys) and starts over.
+//! - Errors: a lost connection (TCTI error, TPM restarted, object gone) is
+//!   retried once on a new connection; lockout, memory and failure are
+//!   logged with what to do and returned as [`KeyStoreError`]s; the daemon
+//!   keeps serving.
+//!
+//! The primary stays loaded between requests (re-creating an ECC primary
+//! costs tens of milliseconds on hardware TPMs); every other object is
+//! flushed after use, so at most three transient objects are ever loaded
+//! (during reset) and nothing leaks.
+
+mod errors;
+/// `pub` for the benchmark (benches/tpm_sign.rs).
+pub mod objects;
+mod state_file;
+#[cfg(test)]
+pub mod swtpm;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Once;
+
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::{Aes256Gcm, KeyInit};
+use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, PublicKey, Secret32};
+use sha2::{Digest as _, Sha256};
+use tss_esapi::attributes::SessionAttributesBuilder;
+use tss_esapi::constants::{CapabilityType, PropertyTag, SessionType, StartupType};
+use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{
+    Auth, CapabilityData, Digest, MaxBuffer, Private, Public, Signature, SignatureScheme, SymmetricDefinition,
+};
+use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::{Context, TctiNameConf};
+use zeroize::Zeroizing;
+
+use self::errors::{classify, describe, Fault};
+use self::objects::KeyBlob;
+use self::state_file::Persisted;
+
+/// The kernel's TPM resource manager.
+pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+/// The key store's file in the state directory.
+pub const STATE_FILE: &str = "tpm-keystore";
+const CREDENTIALS_FILE: &str = "credentials.cbor";
+
+const CREDENTIAL_ID_VERSION: u8 = 0x54; // 'T': never the software store's 1
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+/// Domain separation of the PRF's inputs.
+const PRF_SEALING_KEY: u8 = 0x01;
+const PRF_DERIVE: u8 = 0x02;
+const PRF_DERIVE_HASHED: u8 = 0x03;
+const SEALING_KEY_LABEL: &[u8] = b"fidoseal credential id sealing key v1";
+/// Longer `derive_secret` contexts are hashed first (TPM2_HMAC takes at most
+/// 1024 bytes per call).
+const MAX_DIRECT_CONTEXT: usize = 512;
+
+/// How to reach the TPM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmSettings {
+    /// A tpm2-tss TCTI string: `device:/dev/tpmrm0`, `swtpm:host=…,port=…`,
+    /// `mssim:…` or `tabrmd:…`.
+    pub tcti: String,
+    /// A file holding the owner hierarchy's authorization value, if the
+    /// administrator set one (`tpm2_changeauth -c owner`); one trailing
+    /// newline is ignored.
+    pub owner_auth_file: Option<PathBuf>,
+}
+
+impl Default for TpmSettings {
+    fn default() -> Self {
+        Self { tcti: DEFAULT_TCTI.into(), owner_auth_file: None }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TpmSetupError {
+    /// No TPM at the configured TCTI, or it does not answer.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{path} is damaged ({reason}); refusing to replace it, since every TPM credential depends on it — restore it from a backup or move it away to start over")]
+    Damaged { path: PathBuf, reason: String },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("TPM key store: {0}")]
+    Tpm(String),
+}
+
+/// How the store came up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    /// The state file was there and this TPM still has its keys.
+    Reopened,
+    /// First start on this state directory.
+    Created,
+    /// The TPM no longer has the keys of the state file (cleared, or the
+    /// state directory comes from another machine): every credential made
+    /// before is gone; the old files were kept under the names given.
+    StartedOver { kept: Vec<PathBuf> },
+}
+
+/// An open connection with the storage primary loaded.
+struct Connection {
+    ctx: Context,
+    primary: KeyHandle,
+}
+
+/// Where the TPM is and which primary is ours.
+struct Tpm {
+    tcti: TctiNameConf,
+    tcti_text: String,
+    owner_auth: Option<Zeroizing<Vec<u8>>>,
+    generation: [u8; 32],
+    primary_name: Vec<u8>,
+    conn: Option<Connection>,
+}
+
+enum OpError {
+    Tpm {
+        step: &'static str,
+        error: tss_esapi::Error,
+    },
+    /// The key handle was not made by this TPM under this primary.
+    NotOurs,
+    Internal(String),
+}
+
+fn at(step: &'static str) -> impl FnOnce(tss_esapi::Error) -> OpError {
+    move |error| OpError::Tpm { step, error }
+}
+
+pub struct TpmKeyStore {
+    tpm: Tpm,
+    path: PathBuf,
+    hmac_public: Public,
+    hmac_private: Private,
+    sealing_key: Zeroizing<[u8; 32]>,
+    #[allow(dead_code)]
+    startup: Startup,
+}
+
+impl std::fmt::Debug for TpmKeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TpmKeyStore").field("tcti", &self.tpm.tcti_text).finish_non_exhaustive()
+    }
+}
+
+/// ESYS and the TCTIs log to stderr by default (every failed TPM command is
+/// a "WARNING:esys:…" line): silence them unless the administrator asked.
+fn quiet_tss_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TSS2_LOG").is_none() {
+            // Before the first tpm2-tss call of this process, which reads it.
+            std::env::set_var("TSS2_LOG", "all+none");
+        }
+    });
+}
+
+fn unreachable_hint(tcti: &str) -> String {
+    let how = if let Some(path) = tcti.strip_prefix("device:") {
+        let path = if path.is_empty() { "/dev/tpm0" } else { path };
+        let missing = if Path::new(path).exists() { String::new() } else { format!("{path} does not exist. ") };
+        format!(
+            "{missing}Is there a TPM 2.0 (`ls -l /dev/tpm*`; in a virtual machine add a TPM device, e.g. QEMU's tpm-tis or tpm-crb \
+             backed by swtpm), is its driver loaded (`modprobe tpm_tis` or `modprobe tpm_crb`; /dev/tpmrm0 is the kernel's resource \
+             manager, present since Linux 4.12), may fidoseald open {path} (root, or the tss group), and is libtss2-tcti-device0 installed?"
+        )
+    } else {
+        "Is the TPM (or swtpm) listening there, and is the TCTI's libtss2-tcti-* package installed?".to_string()
+    };
+    format!(
+        "{how} Or set [keystore] tcti to the TPM to use. fidoseald never falls back to the software key store by itself: \
+         to use it, set [keystore] backend = \"software\"."
+    )
+}
+
+fn random32() -> Result<[u8; 32], KeyStoreError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| KeyStoreError::Backend(format!("no randomness: {e}")))?;
+    Ok(bytes)
+}
+
+/// Creates (re-creates) the storage primary of a generation.
+fn create_primary(ctx: &mut Context, generation: &[u8; 32]) -> Result<(KeyHandle, Vec<u8>), OpError> {
+    let template = objects::primary_template(generation).map_err(at("building the primary template"))?;
+    let created = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
+            c.create_primary(Hierarchy::Owner, template, None, None, None, None)
+        })
+        .map_err(at("TPM2_CreatePrimary"))?;
+    let handle = created.key_handle;
+    match ctx.tr_get_name(handle.into()) {
+        Ok(name) => Ok((handle, name.value().to_vec())),
+        Err(error) => {
+            let _ = ctx.flush_context(handle.into());
+            Err(OpError::Tpm { step: "reading the primary's name", error })
+        }
+    }
+}
+
+/// TPM2_Create of a new object under `parent`.
+fn create_object(ctx: &mut Context, parent: KeyHandle, template: Public) -> Result<(Public, Private), OpError> {
+    let created = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| c.create(parent, template, None, None, None, None))
+        .map_err(at("TPM2_Create"))?;
+    Ok((created.out_public, created.out_private))
+}
+
+/// TPM2_HMAC with the store's PRF key: load, HMAC in a salted session with
+/// command and response parameter encryption, flush.
+fn tpm_hmac(
+    ctx: &mut Context,
+    parent: KeyHandle,
+    public: &Public,
+    private: &Private,
+    data: &[u8],
+) -> Result<Zeroizing<[u8; 32]>, OpError> {
+    let key = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| c.load(parent, private.clone(), public.clone()))
+        .map_err(at("TPM2_Load of the HMAC key"))?;
+    let result = encrypted_hmac(ctx, parent, key, data);
+    let flushed = ctx.flush_context(key.into()).map_err(at("TPM2_FlushContext of the HMAC key"));
+    let out = result?;
+    flushed?;
+    Ok(out)
+}
+
+fn encrypted_hmac(
+    ctx: &mut Context,
+    salt_key: KeyHandle,
+    key: KeyHandle,
+    data: &[u8],
+) -> Result<Zeroizing<[u8; 32]>, OpError> {
+    let buffer = MaxBuffer::try_from(data.to_vec()).map_err(at("building the HMAC input"))?;
+    let session = ctx
+        .execute_without_session(|c| {
+            c.start_auth_session(
+                Some(salt_key),
+                None,
+                None,
+                SessionType::Hmac,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+        })
+        .map_err(at("TPM2_StartAuthSession"))?
+        .ok_or_else(|| OpError::Internal("TPM2_StartAuthSession returned no session".into()))?;
+    let (attributes, mask) = SessionAttributesBuilder::new().with_decrypt(true).with_encrypt(true).build();
+    let result = ctx
+        .tr_sess_set_attributes(session, attributes, mask)
+        .map_err(at("setting the session attributes"))
+        .and_then(|()| {
+            ctx.execute_with_session(Some(session), |c| c.hmac(key.into(), buffer, HashingAlgorithm::Sha256))
+                .map_err(at("TPM2_HMAC"))
+        });
+    let flushed =
+        ctx.flush_context(SessionHandle::from(session).into()).map_err(at("TPM2_FlushContext of the session"));
+    let digest = result?;
+    flushed?;
+    let bytes: [u8; 32] = digest
+        .value()
+        .try_into()
+        .map_err(|_| OpError::Internal(format!("TPM2_HMAC returned {} bytes, not 32", digest.value().len())))?;
+    Ok(Zeroizing::new(bytes))
+}
+
+#[allow(dead_code)]
+/// Transient objects loaded in the TPM as this connection sees them (all
+/// of the TPM's without a resource manager, only ours through /dev/tpmrm0).
+fn transient_handles(ctx: &mut Context) -> Result<usize, OpError> {
+    let (data, _) = ctx
+        .execute_without_session(|c| {
+            c.get_capability(CapabilityType::Handles, tss_esapi::constants::tss::TPM2_TRANSIENT_FIRST, 64)
+        })
+        .map_err(at("TPM2_GetCapability(handles)"))?;
+    match data {
+        CapabilityData::Handles(list) => Ok(list.into_inner().len()),
+        _ => Err(OpError::Internal("TPM2_GetCapability answered with something else than handles".into())),
+    }
+}
+
+/// Opens a context, sets the owner auth, and starts the TPM up if nobody did.
+fn open_context(tcti: &TctiNameConf, tcti_text: &str, owner_auth: Option<&[u8]>) -> Result<(Context, String), String> {
+    quiet_tss_logs();
+    let mut ctx = Context::new(tcti.clone())
+        .map_err(|e| format!("cannot open the TPM through TCTI \"{tcti_text}\": {}", describe(&e)))?;
+    if let Some(auth) = owner_auth {
+        let auth =
+            Auth::try_from(auth.to_vec()).map_err(|_| "the owner auth value is longer than 64 bytes".to_string())?;
+        ctx.tr_set_auth(ObjectHandle::from(Hierarchy::Owner), auth)
+            .map_err(|e| format!("cannot set the owner auth value: {}", describe(&e)))?;
+    }
+    let manufacturer = match ctx.get_tpm_property(PropertyTag::Manufacturer) {
+        Ok(value) => value,
+        Err(e) if errors::raw_code(&e) == Some(0x100) => {
+            // TPM_RC_INITIALIZE: a bare TPM (swtpm without startup-clear).
+            ctx.startup(StartupType::Clear).map_err(|e| {
+                format!("the TPM at \"{tcti_text}\" needs TPM2_Startup, which failed: {}", describe(&e))
+            })?;
+            ctx.get_tpm_property(PropertyTag::Manufacturer)
+                .map_err(|e| format!("the TPM at \"{tcti_text}\" does not answer: {}", describe(&e)))?
+        }
+        Err(e) => return Err(format!("the TPM at \"{tcti_text}\" does not answer: {}", describe(&e))),
+    };
+    let manufacturer: String = manufacturer
+        .unwrap_or(0)
+        .to_be_bytes()
+        .iter()
+        .filter(|b| b.is_ascii_graphic())
+        .map(|&b| char::from(b))
+        .collect();
+    Ok((ctx, manufacturer))
+}
+
+impl Tpm {
+    /// The connection, re-established if it was lost.
+    fn connection(&mut self) -> Result<&mut Connection, KeyStoreError> {
+        if self.conn.is_none() {
+            let (mut ctx, _) = open_context(&self.tcti, &self.tcti_text, self.owner_auth.as_deref().map(Vec::as_slice))
+                .map_err(|message| {
+                    tracing::error!("TPM unreachable: {message}");
+                    KeyStoreError::Backend(format!("TPM unreachable: {message}"))
+                })?;
+            let (primary, name) = create_primary(&mut ctx, &self.generation).map_err(|e| match e {
+                OpError::Tpm { step, error } => report("reconnect", step, &error, classify(&error)),
+                OpError::NotOurs | OpError::Internal(_) => {
+                    KeyStoreError::Backend("cannot re-create the primary".into())
+                }
+            })?;
+            if name != self.primary_name {
+                let _ = ctx.flush_context(primary.into());
+                tracing::error!(
+                    tcti = %self.tcti_text,
+                    "the TPM's owner hierarchy changed while fidoseald was running (TPM cleared?): every credential is unusable; \
+                     restart fidoseald to start over"
+                );
+                return Err(KeyStoreError::Backend("the TPM was cleared while running; restart fidoseald".into()));
+            }
+            tracing::info!(tcti = %self.tcti_text, "reconnected to the TPM");
+            self.conn = Some(Connection { ctx, primary });
+        }
+        self.conn.as_mut().ok_or_else(|| KeyStoreError::Backend("no TPM connection".into()))
+    }
+
+    /// Runs `op` on the connection; a lost connection is re-established and
+    /// `op` tried once more (every operation here may safely run twice).
+    fn run<T>(
+        &mut self,
+        operation: &'static str,
+        mut op: impl FnMut(&mut Connection) -> Result<T, OpError>,
+    ) -> Result<T, KeyStoreError> {
+        for attempt in 0..2 {
+            let conn = self.connection()?;
+            let error = match op(conn) {
+                Ok(value) => return Ok(value),
+                Err(OpError::NotOurs) => return Err(KeyStoreError::NotAuthentic),
+                Err(OpError::Internal(message)) => {
+                    tracing::error!(operation, "TPM key store: {message}");
+                    return Err(KeyStoreError::Backend(message));
+                }
+                Err(OpError::Tpm { step, error }) => (step, error),
+            };
+            let (step, error) = error;
+            let fault = classify(&error);
+            if fault == Fault::Lost {
+                // Dropping the context flushes what it still can.
+                self.conn = None;
+                if attempt == 0 {
+                    tracing::warn!(operation, step, error = %describe(&error), "lost the TPM connection; reconnecting");
+                    continue;
+                }
+            }
+            return Err(report(operation, step, &error, fault));
+        }
+        Err(KeyStoreError::Backend("TPM connection lost twice".into()))
+    }
+}
+
+/// Logs a TPM failure with what to do about it, and turns it into the
+/// error the CTAP core maps to a status code.
+fn report(operation: &str, step: &str, error: &tss_esapi::Error, fault: Fault) -> KeyStoreError {
+    let detail = describe(error);
+    match fault {
+        Fault::Exhausted => {
+            tracing::error!(
+                operation, step, error = %detail,
+                "the TPM is out of memory for objects or sessions; without a resource manager another program may hold them \
+                 (use device:/dev/tpmrm0, not /dev/tpm0)"
+            );
+            KeyStoreError::Exhausted(format!("TPM out of memory in {step}: {detail}"))
+        }
+        Fault::Lockout => {
+            tracing::error!(
+                operation, step, error = %detail,
+                "the TPM is in dictionary-attack lockout; fidoseal's keys are noDA, so something else failed authorizations \
+                 (a wrong owner_auth_file?): wait for the lockout to expire or clear it with `tpm2_dictionarylockout -c`"
+            );
+            KeyStoreError::Backend(format!("TPM in dictionary-attack lockout ({step})"))
+        }
+        Fault::Busy => {
+            tracing::warn!(operation, step, error = %detail, "the TPM is busy; the client may try again");
+            KeyStoreError::Backend(format!("TPM busy in {step}: {detail}"))
+        }
+        Fault::Failed => {
+            tracing::error!(operation, step, error = %detail, "the TPM is in failure mode; the machine needs a reboot");
+            KeyStoreError::Backend(format!("TPM failure mode ({step})"))
+        }
+        Fault::Lost => {
+            tracing::error!(operation, step, error = %detail, "the TPM is unreachable");
+            KeyStoreError::Backend(format!("TPM unreachable in {step}: {detail}"))
+        }
+        Fault::Refused | Fault::Other => {
+            tracing::error!(operation, step, error = %detail, "TPM command failed");
+            KeyStoreError::Backend(format!("{step} failed: {detail}"))
+        }
+    }
+}
+
+fn setup_error(what: &str, error: OpError) -> TpmSetupError {
+    match error {
+        OpError::Tpm { step, error } => {
+            let extra = match (errors::raw_code(&error).map(|c| c & 0xfff), classify(&error)) {
+                // TPM_RC_BAD_AUTH / AUTH_FAIL on the owner hierarchy
+                (Some(0x9a2 | 0x1a2 | 0x98e | 0x18e), _) => {
+                    " (the owner hierarchy has an authorization value: give it in [keystore] owner_auth_file)"
+                }
+                (_, Fault::Lockout) => {
+                    " (the TPM is in dictionary-attack lockout: wait, or `tpm2_dictionarylockout -c`)"
+                }
+                _ => "",
+            };
+            TpmSetupError::Tpm(format!("{what}: {step} failed: {}{extra}", describe(&error)))
+        }
+        OpError::NotOurs => TpmSetupError::Tpm(format!("{what}: the TPM refused a blob of the state file")),
+        OpError::Internal(message) => TpmSetupError::Tpm(format!("{what}: {message}")),
+    }
+}
+
+/// Reads the owner auth file: its bytes, without one trailing newline.
+fn read_owner_auth(path: &Path) -> Result<Zeroizing<Vec<u8>>, TpmSetupError> {
+    let mut bytes =
+        Zeroizing::new(std::fs::read(path).map_err(|source| TpmSetupError::Read { path: path.into(), source })?);
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    Ok(bytes)
+}
+
+/// A generation's objects: the loaded primary, what goes into the state
+/// file, the PRF key and the sealing key derived from it.
+struct Generation {
+    primary: KeyHandle,
+    persisted: Persisted,
+    hmac_public: Public,
+    hmac_private: Private,
+    sealing_key: Zeroizing<[u8; 32]>,
+}
+
+/// A new generation: primary, PRF key, sealing key. Leaves the new primary
+/// loaded; the caller persists before use.
+fn new_generation(ctx: &mut Context) -> Result<Generation, OpError> {
+    let generation = random32().map_err(|e| OpError::Internal(e.to_string()))?;
+    let (primary, primary_name) = create_primary(ctx, &generation)?;
+    let result = (|| {
+        let template = objects::hmac_key_template().map_err(at("building the HMAC key template"))?;
+        let (hmac_public, hmac_private) = create_object(ctx, primary, template)?;
+        let sealing_key = sealing_key(ctx, primary, &hmac_public, &hmac_private)?;
+        let persisted = Persisted {
+            generation,
+            primary_name,
+            hmac_public: hmac_public.marshall().map_err(at("marshalling the HMAC key's public area"))?,
+            hmac_private: hmac_private.value().to_vec(),
+        };
+        Ok(Generation { primary, persisted, hmac_public, hmac_private, sealing_key })
+    })();
+    if result.is_err() {
+        let _ = ctx.flush_context(primary.into());
+    }
+    result
+}
+
+fn sealing_key(
+    ctx: &mut Context,
+    primary: KeyHandle,
+    public: &Public,
+    private: &Private,
+) -> Result<Zeroizing<[u8; 32]>, OpError> {
+    let mut input = vec![PRF_SEALING_KEY];
+    input.extend_from_slice(SEALING_KEY_LABEL);
+    tpm_hmac(ctx, primary, public, private, &input)
+}
+
+fn unix_time() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl TpmKeyStore {
+    /// Opens the TPM key store of `state_dir`: reaches the TPM, re-creates
+    /// the primary, checks that it is the one the state file was made
+    /// under, and derives the sealing key; creates everything on first start.
+    pub fn open(settings: &TpmSettings, state_dir: &Path) -> Result<Self, TpmSetupError> {
+        let tcti_text = settings.tcti.clone();
+        let tcti = TctiNameConf::from_str(&tcti_text).map_err(|_| {
+            TpmSetupError::Unreachable(format!(
+                "[keystore] tcti = \"{tcti_text}\" is not a TCTI fidoseald understands: use \"device:/dev/tpmrm0\", \
+                 \"swtpm:host=HOST,port=PORT\", \"mssim:host=HOST,port=PORT\" or \"tabrmd:…\""
+            ))
+        })?;
+        let owner_auth = settings.owner_auth_file.as_deref().map(read_owner_auth).transpose()?;
+        let path = state_dir.join(STATE_FILE);
+        let persisted = match std::fs::read(&path) {
+            Ok(bytes) => Some(
+                Persisted::decode(&bytes).map_err(|reason| TpmSetupError::Damaged { path: path.clone(), reason })?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(TpmSetupError::Read { path, source }),
+        };
+        let (mut ctx, manufacturer) = open_context(&tcti, &tcti_text, owner_auth.as_deref().map(Vec::as_slice))
+            .map_err(|message| TpmSetupError::Unreachable(format!("{message}. {}", unreachable_hint(&tcti_text))))?;
+
+        let mut startup = Startup::Created;
+        if let Some(persisted) = persisted {
+            let (primary, name) = create_primary(&mut ctx, &persisted.generation)
+                .map_err(|e| setup_error("re-creating the primary", e))?;
+            if name == persisted.primary_name {
+                let hmac_public = Public::unmarshall(&persisted.hmac_public).map_err(|e| TpmSetupError::Damaged {
+                    path: path.clone(),
+                    reason: format!("HMAC key public area: {e}"),
+                })?;
+                let hmac_private = Private::try_from(persisted.hmac_private.clone()).map_err(|e| {
+                    TpmSetupError::Damaged { path: path.clone(), reason: format!("HMAC key blob: {e}") }
+                })?;
+                let sealing_key = sealing_key(&mut ctx, primary, &hmac_public, &hmac_private)
+                    .map_err(|e| setup_error("loading the key store's HMAC key", e))?;
+                tracing::info!(
+                    tcti = %tcti_text, manufacturer = %manufacturer, state = %path.display(),
+                    "TPM key store ready: credential keys are made by the TPM and never leave it"
+                );
+                return Ok(Self {
+                    tpm: Tpm {
+                        tcti,
+                        tcti_text,
+                        owner_auth,
+                        generation: persisted.generation,
+                        primary_name: persisted.primary_name,
+                        conn: Some(Connection { ctx, primary }),
+                    },
+                    path,
+                    hmac_public,
+                    hmac_private,
+                    sealing_key,
+                    startup: Startup::Reopened,
+                });
+            }
+            let _ = ctx.flush_context(primary.into());
+            let kept = Self::keep_aside_and_reset_credentials(state_dir, &path)?;
+            tracing::error!(
+                tcti = %tcti_text, kept = ?kept,
+                "THE TPM NO LONGER HAS THIS KEY STORE'S KEYS: the TPM was cleared (or its owner seed changed), or this state \
+                 directory comes from another machine. Every credential made before is gone for good, and so is the PIN; \
+                 fidoseald starts over with an empty key store. Register this security key again with every site."
+            );
+            startup = Startup::StartedOver { kept };
+        }
+
+        let Generation { primary, persisted, hmac_public, hmac_private, sealing_key } =
+            new_generation(&mut ctx).map_err(|e| setup_error("creating the key store", e))?;
+        if let Err(source) = crate::state::write_atomically(&path, &persisted.encode()) {
+            let _ = ctx.flush_context(primary.into());
+            return Err(TpmSetupError::Write { path, source });
+        }
+        if startup == Startup::Created && state_dir.join(CREDENTIALS_FILE).exists() {
+            tracing::warn!(
+                "a new TPM key store was created beside an existing {CREDENTIALS_FILE}: credentials and a PIN made with \
+                 another key store (software?) will not work with it"
+            );
+        }
+        tracing::info!(
+            tcti = %tcti_text, manufacturer = %manufacturer, state = %path.display(),
+            "created a new TPM key store: credential keys are made by the TPM and never leave it"
+        );
+        Ok(Self {
+            tpm: Tpm {
+                tcti,
+                tcti_text,
+                owner_auth,
+                generation: persisted.generation,
+                primary_name: persisted.primary_name,
+                conn: Some(Connection { ctx, primary }),
+            },
+            path,
+            hmac_public,
+            hmac_private,
+            sealing_key,
+            startup,
+        })
+    }
+
+    /// Before starting over: copies the state file and the credential state
+    /// aside (nothing is deleted), then resets the credential state, whose
+    /// credentials and PIN verifier depended on the lost keys. Crash-safe:
+    /// until the new state file replaces the old one, a restart does this again.
+    fn keep_aside_and_reset_credentials(state_dir: &Path, path: &Path) -> Result<Vec<PathBuf>, TpmSetupError> {
+        let suffix = format!("unusable-{}", unix_time());
+        let mut kept = Vec::new();
+        for file in [path.to_path_buf(), state_dir.join(CREDENTIALS_FILE)] {
+            if !file.exists() {
+                continue;
+            }
+            let aside = PathBuf::from(format!("{}.{suffix}", file.display()));
+            let bytes = std::fs::read(&file).map_err(|source| TpmSetupError::Read { path: file.clone(), source })?;
+            crate::state::write_atomically(&aside, &bytes)
+                .map_err(|source| TpmSetupError::Write { path: aside.clone(), source })?;
+            kept.push(aside);
+        }
+        if state_dir.join(CREDENTIALS_FILE).exists() {
+            use fidoseal_ctap::platform::CredentialStore as _;
+            let mut credentials = crate::state::FileCredentialStore::open(state_dir, usize::MAX)
+                .map_err(|e| TpmSetupError::Tpm(format!("cannot reset the credential state: {e}")))?;
+            credentials.reset().map_err(|e| TpmSetupError::Tpm(format!("cannot reset the credential state: {e}")))?;
+        }
+        Ok(kept)
+    }
+
+    /// How the store came up (logged by `open`; for tests and a future
+    /// status command).
+    #[allow(dead_code)]
+    pub fn startup(&self) -> &Startup {
+        &self.startup
+    }
+
+    /// Transient objects loaded in the TPM as seen by this store's
+    /// connection; 1 (the primary) between requests. For the handle-leak
+    /// tests and the benchmark.
+    #[allow(dead_code)]
+    pub fn transient_objects(&mut self) -> Result<usize, KeyStoreError> {
+        self.tpm.run("count handles", |conn| transient_handles(&mut conn.ctx))
+    }
+
+    fn sealing_cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new((&*self.sealing_key).into())
+    }
+}
+
+fn id_aad(rp_id_hash: &[u8; 32]) -> [u8; 33] {
+    let mut aad = [0u8; 33];
+    aad[0] = CREDENTIAL_ID_VERSION;
+    aad[1..].copy_from_slice(rp_id_hash);
+    aad
+}
+
+impl KeyStore for TpmKeyStore {
+    fn name(&self) -> &'static str {
+        "tpm"
+    }
+
+    fn algorithms(&self) -> Vec<Algorithm> {
+        vec![Algorithm::Es256]
+    }
+
+    fn generate(&mut self, algorithm: Algorithm) -> Result<CreatedKey, KeyStoreError> {
+        if !matches!(algorithm, Algorithm::Es256) {
+            return Err(KeyStoreError::UnsupportedAlgorithm(algorithm));
+        }
+        let blob = self.tpm.run("generate", |conn| {
+            let template = objects::credential_key_public(&[], &[]).map_err(at("building the key template"))?;
+            let (public, private) = create_object(&mut conn.ctx, conn.primary, template)?;
+            KeyBlob::from_created(&public, &private).map_err(OpError::Internal)
+        })?;
+        let (x, y) = blob
+            .coordinates()
+            .ok_or_else(|| KeyStoreError::Backend("the TPM returned a point that is not P-256".into()))?;
+        Ok(CreatedKey { public_key: PublicKey::P256 { x, y }, key_handle: blob.encode() })
+    }
+
+    fn sign(&mut self, algorithm: Algorithm, key_handle: &[u8], message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        if !matches!(algorithm, Algorithm::Es256) {
+            return Err(KeyStoreError::UnsupportedAlgorithm(algorithm));
+        }
+        let blob = KeyBlob::decode(key_handle).ok_or(KeyStoreError::NotAuthentic)?;
+        let public = blob.public().map_err(|_| KeyStoreError::NotAuthentic)?;
+        let private = blob.private().map_err(|_| KeyStoreError::NotAuthentic)?;
+        let digest = Sha256::digest(message);
+        self.tpm.run("sign", |conn| {
+            let parent = conn.primary;
+            let key = conn
+                .ctx
+                .execute_with_session(Some(AuthSession::Password), |c| c.load(parent, private.clone(), public.clone()))
+                .map_err(|error| match classify(&error) {
+                    // Integrity, size, value…: not made by this TPM under this primary.
+                    Fault::Refused => OpError::NotOurs,
+                    _ => OpError::Tpm { step: "TPM2_Load", error },
+                })?;
+            let signed = Digest::try_from(digest.to_vec())
+                .and_then(|digest| {
+                    let ticket = objects::null_hashcheck_ticket()?;
+                    conn.ctx.execute_with_session(Some(AuthSession::Password), |c| {
+                        c.sign(key, digest, SignatureScheme::Null, ticket)
+                    })
+                })
+                .map_err(at("TPM2_Sign"));
+            let flushed = conn.ctx.flush_context(key.into()).map_err(at("TPM2_FlushContext"));
+            let signature = signed?;
+            flushed?;
+            match signature {
+                Signature::EcDsa(ecdsa) => {
+                    objects::der_signature(ecdsa.signature_r().value(), ecdsa.signature_s().value())
+                        .ok_or_else(|| OpError::Internal("the TPM returned an invalid ECDSA signature".into()))
+                }
+                other => Err(OpError::Internal(format!("the TPM returned a {:?} signature", other.algorithm()))),
+            }
+        })
+    }
+
+    fn seal_credential_id(&mut self, rp_id_hash: &[u8; 32], payload: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|e| KeyStoreError::Backend(format!("no randomness: {e}")))?;
+        let aad = id_aad(rp_id_hash);
+        let ciphertext = self
+            .sealing_cipher()
+            .encrypt((&nonce).into(), Payload { msg: payload, aad: &aad })
+            .map_err(|_| KeyStoreError::Backend("encryption failed".into()))?;
+        let mut id = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
+        id.push(CREDENTIAL_ID_VERSION);
+        id.extend_from_slice(&nonce);
+        id.extend_from_slice(&ciphertext);
+        Ok(id)
+    }
+
+    fn open_credential_id(&mut self, rp_id_hash: &[u8; 32], credential_id: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        let Some((&CREDENTIAL_ID_VERSION, sealed)) = credential_id.split_first() else {
+            return Err(KeyStoreError::NotAuthentic);
+        };
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return Err(KeyStoreError::NotAuthentic);
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| KeyStoreError::NotAuthentic)?;
+        let aad = id_aad(rp_id_hash);
+        self.sealing_cipher()
+            .decrypt((&nonce).into(), Payload { msg: ciphertext, aad: &aad })
+            .map_err(|_| KeyStoreError::NotAuthentic)
+    }
+
+    fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, KeyStoreError> {
+        let mut input = Zeroizing::new(Vec::with_capacity(1 + context.len().min(MAX_DIRECT_CONTEXT)));
+        if context.len() <= MAX_DIRECT_CONTEXT {
+            input.push(PRF_DERIVE);
+            input.extend_from_slice(context);
+        } else {
+            input.push(PRF_DERIVE_HASHED);
+            input.extend_from_slice(&Sha256::digest(context));
+        }
+        let (public, private) = (&self.hmac_public, &self.hmac_private);
+        let out =
+            self.tpm.run("derive secret", |conn| tpm_hmac(&mut conn.ctx, conn.primary, public, private, &input))?;
+        Ok(Secret32(*out))
+    }
+
+    /// A new generation: new primary and PRF key, so that no earlier
+    /// credential ID opens and no earlier key blob loads. The new state file
+    /// is written before anything uses the new keys.
+    fn reset(&mut self) -> Result<(), KeyStoreError> {
+        let Generation { primary, persisted, hmac_public, hmac_private, sealing_key } =
+            self.tpm.run("reset", |conn| new_generation(&mut conn.ctx))?;
+        if let Err(e) = crate::state::write_atomically(&self.path, &persisted.encode()) {
+            if let Some(conn) = self.tpm.conn.as_mut() {
+                let _ = conn.ctx.flush_context(primary.into());
+            }
+            let message = format!("cannot write {}: {e}", self.path.display());
+            tracing::error!("TPM key store reset failed, the old keys stay in use: {message}");
+            return Err(KeyStoreError::Backend(message));
+        }
+        // `run` returned with the connection that holds the new primary.
+        if let Some(conn) = self.tpm.conn.as_mut() {
+            let old = std::mem::replace(&mut conn.primary, primary);
+            if let Err(e) = conn.ctx.flush_context(old.into()) {
+                tracing::warn!(error = %describe(&e), "could not flush the previous primary");
+            }
+        }
+        self.tpm.generation = persisted.generation;
+        self.tpm.primary_name = persisted.primary_name;
+        self.hmac_public = hmac_public;
+        self.hmac_private = hmac_private;
+        self.sealing_key = sealing_key;
+        tracing::info!("TPM key store reset: a new primary and secret; every earlier credential is unusable");
+        Ok(())
+    }
+}

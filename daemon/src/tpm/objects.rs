@@ -1,0 +1,321 @@
+//! The TPM objects of the key store: their fixed templates, and the compact
+//! key handle that carries a credential key from one use to the next.
+//!
+//! Three kinds of object, all under the owner hierarchy, all `fixedTPM`,
+//! `fixedParent`, `sensitiveDataOrigin` (the TPM made the secret), `userWithAuth`
+//! with an empty auth value, and `noDA` (STACK-NOTES: dictionary-attack
+//! lockout is TPM-wide; the CTAP PIN retry counter lives in the daemon):
+//!
+//! - the storage primary: ECC P-256, restricted decrypt, AES-128-CFB, its
+//!   `unique.x` a random 32-byte "generation" kept in the state file. The TPM
+//!   derives a primary key from the owner seed and the whole template, so the
+//!   same generation gives the same key after every restart, and a new
+//!   generation (authenticatorReset) gives a new parent under which no old
+//!   blob loads any more;
+//! - one HMAC-SHA-256 key (keyedhash) per generation: the store's PRF,
+//!   never outside the TPM in the clear;
+//! - one ECC P-256 ECDSA-SHA-256 signing key per credential.
+
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::structures::{
+    Digest, EccParameter, EccPoint, EccScheme, HashScheme, HashcheckTicket, KeyedHashScheme, Private, Public,
+    PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters, SymmetricDefinitionObject,
+};
+use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+
+/// First byte of a key handle: the compact form (`| 1` when y is odd)…
+const KEY_HANDLE_COMPACT: u8 = 0x50;
+/// …or the long form, for a TPM that returns unpadded coordinates.
+const KEY_HANDLE_LONG: u8 = 0x54;
+/// Largest TPM2B_PRIVATE we accept (sizeof(_PRIVATE) in tpm2-tss).
+const MAX_PRIVATE: usize = 1024;
+const P256_COORDINATE: usize = 32;
+
+fn attributes(restricted_decrypt: bool) -> tss_esapi::Result<tss_esapi::attributes::ObjectAttributes> {
+    ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(restricted_decrypt)
+        .with_decrypt(restricted_decrypt)
+        .with_sign_encrypt(!restricted_decrypt)
+        .build()
+}
+
+/// The storage primary's template for a generation.
+pub fn primary_template(generation: &[u8; 32]) -> tss_esapi::Result<Public> {
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes(true)?)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_restricted_decryption_key(
+                SymmetricDefinitionObject::AES_128_CFB,
+                EccCurve::NistP256,
+            )
+            .build()?,
+        )
+        .with_ecc_unique_identifier(EccPoint::new(
+            EccParameter::try_from(generation.to_vec())?,
+            EccParameter::try_from(vec![0u8; 32])?,
+        ))
+        .build()
+}
+
+/// The PRF key's template.
+pub fn hmac_key_template() -> tss_esapi::Result<Public> {
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::KeyedHash)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes(false)?)
+        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::HMAC_SHA_256))
+        .with_keyed_hash_unique_identifier(Digest::default())
+        .build()
+}
+
+/// A credential key's public area: the fixed template with the point the
+/// TPM generated (empty coordinates for TPM2_Create).
+pub fn credential_key_public(x: &[u8], y: &[u8]) -> tss_esapi::Result<Public> {
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes(false)?)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_unrestricted_signing_key(
+                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                EccCurve::NistP256,
+            )
+            .build()?,
+        )
+        .with_ecc_unique_identifier(EccPoint::new(
+            EccParameter::try_from(x.to_vec())?,
+            EccParameter::try_from(y.to_vec())?,
+        ))
+        .build()
+}
+
+/// "This digest was not made by the TPM": allowed for unrestricted keys.
+pub fn null_hashcheck_ticket() -> tss_esapi::Result<HashcheckTicket> {
+    HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
+        tag: TPM2_ST_HASHCHECK,
+        hierarchy: TPM2_RH_NULL,
+        digest: Default::default(),
+    })
+}
+
+/// A credential key as the TPM wrapped it: its public point and its
+/// TPM2B_PRIVATE (the sensitive area encrypted and integrity-protected with
+/// the primary's seed; useless to anyone but this TPM under this primary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyBlob {
+    pub x: Vec<u8>,
+    pub y: Vec<u8>,
+    pub private: Vec<u8>,
+}
+
+impl KeyBlob {
+    /// Takes the blob out of TPM2_Create's answer, checking that the public
+    /// area is exactly our template (so that it can be rebuilt from x, y).
+    pub fn from_created(public: &Public, private: &Private) -> Result<Self, String> {
+        let Public::Ecc { unique, .. } = public else {
+            return Err("TPM2_Create returned a non-ECC public area".into());
+        };
+        let blob = KeyBlob {
+            x: unique.x().value().to_vec(),
+            y: unique.y().value().to_vec(),
+            private: private.value().to_vec(),
+        };
+        let rebuilt = blob.public().map_err(|e| format!("cannot rebuild the public area: {e}"))?;
+        if &rebuilt != public {
+            return Err("TPM2_Create returned a public area that differs from the template".into());
+        }
+        Ok(blob)
+    }
+
+    pub fn public(&self) -> tss_esapi::Result<Public> {
+        credential_key_public(&self.x, &self.y)
+    }
+
+    pub fn private(&self) -> tss_esapi::Result<Private> {
+        Private::try_from(self.private.clone())
+    }
+
+    /// The P-256 coordinates left-padded to 32 bytes (TPMs may drop leading zeros).
+    pub fn coordinates(&self) -> Option<([u8; 32], [u8; 32])> {
+        Some((pad32(&self.x)?, pad32(&self.y)?))
+    }
+
+    /// The key handle. Compact form, whenever the TPM gave 32-byte
+    /// coordinates (always, in practice): `0x50 | y parity` ‖ x ‖ TPM2B_PRIVATE
+    /// contents, y being recomputed from x on use — 159 bytes on swtpm
+    /// (private 126 = integrity 2+32, IV 2+16, encrypted sensitive 2+72).
+    /// Long form otherwise: `0x54 | len(x) | x | len(y) | y | private`, so
+    /// that the public area is rebuilt byte for byte as the TPM made it.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(3 + self.x.len() + self.y.len() + self.private.len());
+        if self.x.len() == P256_COORDINATE && self.y.len() == P256_COORDINATE {
+            out.push(KEY_HANDLE_COMPACT | (self.y[P256_COORDINATE - 1] & 1));
+            out.extend_from_slice(&self.x);
+        } else {
+            out.push(KEY_HANDLE_LONG);
+            out.push(self.x.len() as u8);
+            out.extend_from_slice(&self.x);
+            out.push(self.y.len() as u8);
+            out.extend_from_slice(&self.y);
+        }
+        out.extend_from_slice(&self.private);
+        out
+    }
+
+    /// Parses a key handle; `None` for anything this store did not make
+    /// (including an x that is not on the curve).
+    pub fn decode(handle: &[u8]) -> Option<Self> {
+        let (&format, rest) = handle.split_first()?;
+        let (x, y, private) = match format {
+            KEY_HANDLE_COMPACT | 0x51 => {
+                if rest.len() <= P256_COORDINATE {
+                    return None;
+                }
+                let (x, private) = rest.split_at(P256_COORDINATE);
+                (x.to_vec(), decompress_y(x, format & 1 == 1)?, private)
+            }
+            KEY_HANDLE_LONG => {
+                let (&x_len, rest) = rest.split_first()?;
+                let x_len = usize::from(x_len);
+                if x_len == 0 || x_len > P256_COORDINATE || rest.len() < x_len + 1 {
+                    return None;
+                }
+                let (x, rest) = rest.split_at(x_len);
+                let (&y_len, rest) = rest.split_first()?;
+                let y_len = usize::from(y_len);
+                if y_len == 0 || y_len > P256_COORDINATE || rest.len() <= y_len {
+                    return None;
+                }
+                let (y, private) = rest.split_at(y_len);
+                (x.to_vec(), y.to_vec(), private)
+            }
+            _ => return None,
+        };
+        if private.len() > MAX_PRIVATE {
+            return None;
+        }
+        Some(KeyBlob { x, y, private: private.to_vec() })
+    }
+}
+
+/// The y coordinate of the P-256 point with this x and y parity.
+fn decompress_y(x: &[u8], odd: bool) -> Option<Vec<u8>> {
+    let mut sec1 = [0u8; 33];
+    sec1[0] = if odd { 3 } else { 2 };
+    sec1[1..].copy_from_slice(x);
+    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).ok()?;
+    let point = key.to_sec1_point(false);
+    Some(point.y()?.to_vec())
+}
+
+fn pad32(value: &[u8]) -> Option<[u8; 32]> {
+    if value.len() > 32 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    out[32 - value.len()..].copy_from_slice(value);
+    Some(out)
+}
+
+/// DER `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` from the
+/// TPM's big-endian r and s (of any length up to 32 bytes).
+pub fn der_signature(r: &[u8], s: &[u8]) -> Option<Vec<u8>> {
+    let r = pad32(r)?;
+    let s = pad32(s)?;
+    let signature = p256::ecdsa::Signature::from_scalars(r, s).ok()?;
+    Some(signature.to_der().as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn real_point(seed: u8) -> (Vec<u8>, Vec<u8>) {
+        let key = p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap();
+        let point = p256::ecdsa::VerifyingKey::from(&key).to_sec1_point(false);
+        (point.x().unwrap().to_vec(), point.y().unwrap().to_vec())
+    }
+
+    #[test]
+    fn compact_key_handles_round_trip_for_both_parities() {
+        let mut parities = std::collections::HashSet::new();
+        for seed in 1..=8 {
+            let (x, y) = real_point(seed);
+            parities.insert(y[31] & 1);
+            let blob = KeyBlob { x, y, private: vec![3; 126] };
+            let encoded = blob.encode();
+            assert_eq!(encoded.len(), 1 + 32 + 126);
+            assert_eq!(KeyBlob::decode(&encoded), Some(blob));
+        }
+        assert_eq!(parities.len(), 2, "both parities were tried");
+    }
+
+    #[test]
+    fn key_handles_reject_garbage() {
+        let (x, y) = real_point(1);
+        let compact = KeyBlob { x: x.clone(), y, private: vec![3; 126] }.encode();
+        assert_eq!(KeyBlob::decode(&compact[..33]), None, "no private part");
+        let mut off_curve = compact.clone();
+        // Some x has no point; flipping bits until one fails shows the check.
+        let mut rejected = false;
+        for bit in 0..64 {
+            off_curve[1 + bit / 8] ^= 1 << (bit % 8);
+            if KeyBlob::decode(&off_curve).is_none() {
+                rejected = true;
+                break;
+            }
+        }
+        assert!(rejected, "an x that is not on the curve is refused");
+        assert_eq!(KeyBlob::decode(&[]), None);
+        assert_eq!(KeyBlob::decode(&[0x52; 100]), None);
+        // A software key store handle is not ours either.
+        assert_eq!(KeyBlob::decode(&[1u8; 60]), None);
+    }
+
+    #[test]
+    fn long_key_handles_keep_short_coordinates_exactly() {
+        let blob = KeyBlob { x: vec![1; 32], y: vec![2; 31], private: vec![3; 108] };
+        let encoded = blob.encode();
+        assert_eq!(encoded[0], KEY_HANDLE_LONG);
+        assert_eq!(encoded.len(), 3 + 32 + 31 + 108);
+        assert_eq!(KeyBlob::decode(&encoded), Some(blob.clone()));
+        assert_eq!(blob.coordinates().unwrap().1[0], 0, "short coordinates are left-padded");
+        assert_eq!(KeyBlob::decode(&encoded[..40]), None);
+        assert_eq!(KeyBlob::decode(&encoded[..2 + 32 + 1 + 31]), None, "no private part");
+        let mut long_x = encoded;
+        long_x[1] = 33;
+        assert_eq!(KeyBlob::decode(&long_x), None);
+    }
+
+    #[test]
+    fn the_credential_template_is_what_the_issue_asks_for() {
+        let public = credential_key_public(&[], &[]).unwrap();
+        let a = public.object_attributes();
+        assert!(a.fixed_tpm() && a.fixed_parent() && a.sensitive_data_origin() && a.user_with_auth());
+        assert!(a.no_da() && a.sign_encrypt() && !a.decrypt() && !a.restricted());
+        let primary = primary_template(&[7; 32]).unwrap();
+        let p = primary.object_attributes();
+        assert!(p.fixed_tpm() && p.fixed_parent() && p.restricted() && p.decrypt() && !p.sign_encrypt());
+        assert_ne!(primary, primary_template(&[8; 32]).unwrap(), "the generation is part of the template");
+    }
+
+    #[test]
+    fn der_signatures_are_minimal() {
+        let der = der_signature(&[0x80; 32], &[1; 31]).unwrap();
+        let parsed = p256::ecdsa::Signature::from_der(&der).unwrap();
+        assert_eq!(parsed.r().to_bytes().as_slice(), &[0x80; 32]);
+        assert_eq!(der[3], 33, "r with its high bit set gets a 0x00 prefix");
+        assert!(der_signature(&[0; 32], &[1; 32]).is_none(), "r = 0 is not a signature");
+        assert!(der_signature(&[1; 33], &[1; 32]).is_none());
+    }
+}
