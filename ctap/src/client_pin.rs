@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, expect_bytes, expect_text, expect_uint, MapBuilder, ParamMap};
 use crate::pin_protocol::{KeyAgreementKey, PinUvAuthProtocol, SharedSecret};
-use crate::platform::{PinRecord, MAX_PIN_RETRIES};
+use crate::platform::{PinRecord, PresencePurpose, PresenceRequest, MAX_PIN_RETRIES};
 use crate::status::{CtapResult, StatusCode};
 
 /// pinUvAuthToken permissions (§6.5.5.7).
@@ -40,6 +40,9 @@ mod subcommand {
 const MAX_CONSECUTIVE_MISMATCHES: u8 = 3;
 /// The longest a pinUvAuthToken stays usable (§6.5.2.1 "max usage time period").
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(600);
+/// How long after issuance a built-in-UV token still stands for user
+/// presence (§6.5.2.1 "initial usage time limit").
+const TOKEN_PRESENCE_LIMIT: Duration = Duration::from_secs(30);
 /// A padded PIN is exactly 64 bytes, so a PIN is at most 63 bytes (§6.5.5.5).
 const PADDED_PIN_LEN: usize = 64;
 
@@ -49,13 +52,16 @@ pub(crate) struct PinUvAuthToken {
     pub(crate) permissions: u8,
     pub(crate) rp_id: Option<String>,
     issued: Option<Instant>,
+    /// The user was present when the token was issued (built-in UV), so
+    /// the first use soon after needs no second touch (§6.5.2.1 userPresent).
+    user_present: bool,
 }
 
 impl PinUvAuthToken {
     fn fresh() -> CtapResult<Self> {
         let mut value = Zeroizing::new([0u8; 32]);
         getrandom::fill(value.as_mut()).map_err(|_| StatusCode::Other)?;
-        Ok(Self { value, permissions: 0, rp_id: None, issued: None })
+        Ok(Self { value, permissions: 0, rp_id: None, issued: None, user_present: false })
     }
 
     pub(crate) fn is_in_use(&self, now: Instant) -> bool {
@@ -184,15 +190,18 @@ impl Authenticator {
         }
         let shared = self.shared_secret(&mut request)?;
         let rp_id = request.rp_id.clone();
-        self.perform_built_in_uv(
-            &crate::platform::PresenceRequest {
-                purpose: crate::platform::PresencePurpose::Select,
-                rp_id: rp_id.as_deref(),
-                ..Default::default()
-            },
-            ctx,
-        )?;
-        self.issue_token(&shared, permissions, rp_id, ctx.now)
+        // Tell the user what the token is for, as far as its permissions say.
+        let purpose = if permissions & permission::MAKE_CREDENTIAL != 0 {
+            PresencePurpose::Register
+        } else if permissions & permission::GET_ASSERTION != 0 {
+            PresencePurpose::Authenticate
+        } else {
+            PresencePurpose::Select
+        };
+        self.perform_built_in_uv(&PresenceRequest { purpose, rp_id: rp_id.as_deref(), ..Default::default() }, ctx)?;
+        let token = self.issue_token(&shared, permissions, rp_id, ctx.now)?;
+        self.client_pin.token.user_present = true;
+        Ok(token)
     }
 
     /// The permissions a token request asks for: present, not zero, and
@@ -452,9 +461,18 @@ impl Authenticator {
     }
 
     /// After a makeCredential or getAssertion that used the token, only the
-    /// large-blob-write permission remains (§6.1.2 step 20, §6.2.2 step 12).
+    /// large-blob-write permission remains (§6.1.2 step 20, §6.2.2 step 12),
+    /// and the token no longer stands for presence.
     pub(crate) fn clear_token_permissions_except_lbw(&mut self) {
         self.client_pin.token.permissions &= permission::LARGE_BLOB_WRITE;
+        self.client_pin.token.user_present = false;
+    }
+
+    /// The token was issued after built-in UV moments ago: the user is
+    /// present, and makeCredential/getAssertion need not ask again.
+    pub(crate) fn token_proves_presence(&self, now: Instant) -> bool {
+        let token = &self.client_pin.token;
+        token.user_present && token.issued.is_some_and(|t| now.saturating_duration_since(t) <= TOKEN_PRESENCE_LIMIT)
     }
 }
 

@@ -90,6 +90,7 @@ impl Authenticator {
             )?;
             user_verified = true;
         }
+        let token_presence = user_verified && self.token_proves_presence(ctx.now);
 
         // Step 7: locate credentials. With an allow list, the first of ours;
         // without, every discoverable credential of the rp, newest first.
@@ -147,7 +148,7 @@ impl Authenticator {
         };
         // Built-in verification proves presence too; choosing one of several
         // passkeys in the agent is itself a user action.
-        let mut user_present = false;
+        let mut user_present = token_presence;
         if uv_requested {
             self.perform_built_in_uv(&prompt, ctx)?;
             user_verified = true;

@@ -81,6 +81,7 @@ impl Authenticator {
             )?;
             user_verified = true;
         }
+        let token_presence = user_verified && self.token_proves_presence(ctx.now);
 
         // Policy first: a refused rp learns nothing, not even which of its
         // credentials live here.
@@ -96,7 +97,7 @@ impl Authenticator {
             timeout: verdict.prompt_timeout,
         };
         // Built-in verification: the user verifies (and so is present) once.
-        let mut user_present = false;
+        let mut user_present = token_presence;
         if uv_requested {
             self.perform_built_in_uv(&prompt, ctx)?;
             user_verified = true;

@@ -11,24 +11,59 @@ use fidoseal_ctap::ctaphid::{self, Action, CtapHid, Packet, BROADCAST_CID};
 use fidoseal_ctap::memory_store::MemoryCredentialStore;
 use fidoseal_ctap::platform::{
     AllowAll, PolicyDecision, PolicyRequest, PolicyVerdict, PresencePurpose, PresenceRequest, PromptOutcome,
-    Secret32, TransactionSignals, UserPrompt,
+    Secret32, TransactionSignals, UserPrompt, VerificationOutcome,
 };
 use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use fidoseal_ctap::{Authenticator, AuthenticatorConfig, Platform, RequestContext};
 
 pub mod platform_client;
 
-/// A prompt that answers from a script (then `default`) and records what it was asked.
+/// What the scripted prompt answers to a verification request.
+#[derive(Debug, Clone)]
+pub enum ScriptedVerification {
+    Verified,
+    Pin(String),
+    Failed,
+    Refused(PromptOutcome),
+}
+
+/// A prompt that answers from a script (then `default`) and records what it
+/// was asked. Built-in verification is offered only once `verifications` is
+/// `Some`; passkey selection only once `selection` is `Some`.
 #[derive(Clone)]
 pub struct ScriptedPrompt {
     pub script: Arc<Mutex<VecDeque<PromptOutcome>>>,
     pub default: PromptOutcome,
     pub asked: Arc<Mutex<Vec<(PresencePurpose, Option<String>)>>>,
+    pub verifications: Arc<Mutex<Option<VecDeque<ScriptedVerification>>>>,
+    /// The index the user picks, or the refusal.
+    pub selection: Arc<Mutex<Option<Result<usize, PromptOutcome>>>>,
+    /// (purpose, accounts offered) of every selection asked.
+    pub selections_asked: Arc<Mutex<Vec<Vec<String>>>>,
+    /// Purposes of every verification asked, with whether a PIN was available.
+    pub verifications_asked: Arc<Mutex<Vec<(PresencePurpose, bool)>>>,
 }
 
 impl ScriptedPrompt {
     pub fn approving() -> Self {
-        Self { script: Default::default(), default: PromptOutcome::Approved, asked: Default::default() }
+        Self {
+            script: Default::default(),
+            default: PromptOutcome::Approved,
+            asked: Default::default(),
+            verifications: Default::default(),
+            selection: Default::default(),
+            selections_asked: Default::default(),
+            verifications_asked: Default::default(),
+        }
+    }
+
+    /// Offers built-in verification, answering with `answers` in turn.
+    pub fn offer_verification(&self, answers: Vec<ScriptedVerification>) {
+        *self.verifications.lock().unwrap() = Some(answers.into());
+    }
+
+    pub fn offer_selection(&self, answer: Result<usize, PromptOutcome>) {
+        *self.selection.lock().unwrap() = Some(answer);
     }
 
     pub fn push(&self, outcome: PromptOutcome) {
@@ -44,6 +79,40 @@ impl UserPrompt for ScriptedPrompt {
     fn request_presence(&mut self, request: &PresenceRequest<'_>, _signals: &TransactionSignals) -> PromptOutcome {
         self.asked.lock().unwrap().push((request.purpose, request.rp_id.map(str::to_owned)));
         self.script.lock().unwrap().pop_front().unwrap_or(self.default)
+    }
+
+    fn verification_available(&self) -> bool {
+        self.verifications.lock().unwrap().is_some()
+    }
+
+    fn request_verification(
+        &mut self,
+        request: &PresenceRequest<'_>,
+        pin_available: bool,
+        _signals: &TransactionSignals,
+    ) -> VerificationOutcome {
+        self.verifications_asked.lock().unwrap().push((request.purpose, pin_available));
+        let answer = self.verifications.lock().unwrap().as_mut().and_then(VecDeque::pop_front);
+        match answer {
+            Some(ScriptedVerification::Verified) => VerificationOutcome::Verified,
+            Some(ScriptedVerification::Pin(pin)) => VerificationOutcome::Pin(pin.into()),
+            Some(ScriptedVerification::Failed) => VerificationOutcome::Failed,
+            Some(ScriptedVerification::Refused(outcome)) => VerificationOutcome::NotVerified(outcome),
+            None => VerificationOutcome::NotVerified(PromptOutcome::Unavailable),
+        }
+    }
+
+    fn select_credential(
+        &mut self,
+        _request: &PresenceRequest<'_>,
+        accounts: &[String],
+        _signals: &TransactionSignals,
+    ) -> Option<Result<usize, PromptOutcome>> {
+        let answer = *self.selection.lock().unwrap();
+        if answer.is_some() {
+            self.selections_asked.lock().unwrap().push(accounts.to_vec());
+        }
+        answer
     }
 }
 

@@ -1,0 +1,190 @@
+//! Built-in user verification through the prompt (fingerprint or password
+//! checked by the daemon, or the PIN typed in the user's session) and the
+//! user's choice among several passkeys.
+
+use std::time::Duration;
+
+use ciborium::value::Value;
+use fidoseal_ctap::platform::{PresencePurpose, PromptOutcome};
+use fidoseal_tests::platform_client::{self as pc, Protocol};
+use fidoseal_tests::requests::{self, text_map};
+use fidoseal_tests::{responses, Device, ScriptedVerification as V};
+
+const UV_INVALID: u8 = 0x3F;
+const UV_BLOCKED: u8 = 0x3C;
+
+fn uv_option() -> (i64, Value) {
+    (7, text_map(&[("uv", Value::Bool(true))]))
+}
+
+fn uv_rk_options() -> (i64, Value) {
+    (7, text_map(&[("uv", Value::Bool(true)), ("rk", Value::Bool(true))]))
+}
+
+fn flags(body: &Value) -> u8 {
+    responses::bytes(responses::get(body, 2))[32]
+}
+
+fn uv_retries(d: &mut Device, cid: u32) -> u64 {
+    let (status, body) = d.ctap(cid, 0x06, Some(requests::int_map(vec![(2, Value::from(7))])));
+    assert_eq!(status, 0);
+    u64::try_from(responses::get(body.as_ref().unwrap(), 5).unwrap().as_integer().unwrap()).unwrap()
+}
+
+fn info_option(d: &mut Device, cid: u32, name: &str) -> Option<bool> {
+    let (_, info) = d.ctap(cid, 0x04, None);
+    responses::get(info.as_ref().unwrap(), 4).and_then(|o| responses::get_text(o, name)).and_then(Value::as_bool)
+}
+
+#[test]
+fn get_info_says_uv_only_when_the_prompt_can_verify() {
+    let mut d = Device::new();
+    let cid = d.init();
+    assert_eq!(info_option(&mut d, cid, "uv"), None);
+    let (status, _) = d.ctap(cid, 0x01, Some(requests::make_credential("uv.example", b"u", "u", vec![uv_option()])));
+    assert_eq!(status, 0x2C, "uv=true without built-in verification is INVALID_OPTION");
+    d.prompt.offer_verification(vec![]);
+    assert_eq!(info_option(&mut d, cid, "uv"), Some(true));
+}
+
+#[test]
+fn verified_user_gets_the_uv_flag_with_one_prompt() {
+    let mut d = Device::new();
+    let cid = d.init();
+    d.prompt.offer_verification(vec![V::Verified, V::Verified]);
+    let (status, body) =
+        d.ctap(cid, 0x01, Some(requests::make_credential("uv.example", b"u", "alice", vec![uv_rk_options()])));
+    assert_eq!(status, 0);
+    assert_eq!(flags(body.as_ref().unwrap()) & 0x05, 0x05, "UP and UV");
+    assert!(d.prompt.asked().is_empty(), "verification stands for presence: no second prompt");
+    // Discovery with UV returns the user's name.
+    let (status, body) = d.ctap(cid, 0x02, Some(requests::get_assertion("uv.example", &[], vec![(5, text_map(&[("uv", Value::Bool(true))]))])));
+    assert_eq!(status, 0);
+    let body = body.unwrap();
+    assert_eq!(flags(&body) & 0x05, 0x05);
+    let user = responses::get(&body, 4).unwrap();
+    assert_eq!(responses::get_text(user, "name"), Some(&Value::from("alice")));
+    assert_eq!(d.prompt.verifications_asked.lock().unwrap()[0].0, PresencePurpose::Register);
+}
+
+#[test]
+fn failures_spend_uv_retries_until_blocked_and_success_restores_them() {
+    let mut d = Device::new();
+    let cid = d.init();
+    d.prompt.offer_verification(vec![V::Failed, V::Verified]);
+    assert_eq!(uv_retries(&mut d, cid), 8);
+    let req = || Some(requests::make_credential("uv.example", b"u", "u", vec![uv_option()]));
+    assert_eq!(d.ctap(cid, 0x01, req()).0, UV_INVALID);
+    assert_eq!(uv_retries(&mut d, cid), 7);
+    assert_eq!(d.ctap(cid, 0x01, req()).0, 0);
+    assert_eq!(uv_retries(&mut d, cid), 8, "a success restores the retries");
+    d.prompt.offer_verification(vec![V::Failed; 8]);
+    for _ in 0..7 {
+        assert_eq!(d.ctap(cid, 0x01, req()).0, UV_INVALID);
+    }
+    assert_eq!(d.ctap(cid, 0x01, req()).0, UV_BLOCKED);
+    d.prompt.offer_verification(vec![V::Verified]);
+    assert_eq!(d.ctap(cid, 0x01, req()).0, UV_BLOCKED, "blocked: the prompt is not even asked");
+    assert_eq!(d.prompt.verifications_asked.lock().unwrap().len(), 10);
+}
+
+#[test]
+fn a_pin_typed_in_the_session_is_checked_against_the_authenticator_pin() {
+    let mut d = Device::new();
+    let cid = d.init();
+    assert_eq!(pc::set_pin(&mut d, cid, Protocol::Two, "4321"), 0);
+    d.prompt.offer_verification(vec![V::Pin("4321".into()), V::Pin("0000".into())]);
+    let req = || Some(requests::make_credential("uv.example", b"u", "u", vec![uv_rk_options()]));
+    let (status, body) = d.ctap(cid, 0x01, req());
+    assert_eq!(status, 0, "rk with UV through the prompt needs no pinUvAuthParam");
+    assert_eq!(flags(body.as_ref().unwrap()) & 0x04, 0x04);
+    assert!(d.prompt.verifications_asked.lock().unwrap()[0].1, "the prompt was told a PIN is available");
+    assert_eq!(d.ctap(cid, 0x01, req()).0, UV_INVALID);
+    assert_eq!(pc::get_pin_retries(&mut d, cid).0, 7, "a wrong typed PIN spends a PIN retry");
+}
+
+#[test]
+fn refusals_of_verification_end_the_request_like_presence_refusals() {
+    let mut d = Device::new();
+    let cid = d.init();
+    d.prompt.offer_verification(vec![
+        V::Refused(PromptOutcome::Denied),
+        V::Refused(PromptOutcome::TimedOut),
+        V::Refused(PromptOutcome::Cancelled),
+    ]);
+    let req = || Some(requests::make_credential("uv.example", b"u", "u", vec![uv_option()]));
+    assert_eq!(d.ctap(cid, 0x01, req()).0, 0x27);
+    assert_eq!(d.ctap(cid, 0x01, req()).0, 0x2F);
+    assert_eq!(d.ctap(cid, 0x01, req()).0, 0x2D);
+    assert_eq!(uv_retries(&mut d, cid), 8, "a refusal is not a failed attempt");
+}
+
+#[test]
+fn uv_token_needs_no_second_touch_when_used_at_once() {
+    for protocol in [Protocol::One, Protocol::Two] {
+        let mut d = Device::new();
+        let cid = d.init();
+        d.prompt.offer_verification(vec![V::Verified, V::Verified]);
+        let ss = pc::key_agreement(&mut d, cid, protocol);
+        let token = pc::request_token(&mut d, cid, &ss, pc::uv_token_request(&ss, 0x01, Some("uv.example"))).unwrap();
+        assert_eq!(d.prompt.verifications_asked.lock().unwrap()[0].0, PresencePurpose::Register);
+        let param = token.param(&[0x11; 32]);
+        let auth = vec![(8, Value::Bytes(param)), (9, Value::from(protocol.id()))];
+        let (status, body) = d.ctap(cid, 0x01, Some(requests::make_credential("uv.example", b"u", "u", auth)));
+        assert_eq!(status, 0);
+        assert_eq!(flags(body.as_ref().unwrap()) & 0x05, 0x05);
+        assert!(d.prompt.asked().is_empty(), "presence came with the verification");
+
+        // A token used later than the initial usage limit asks for a touch.
+        let ss = pc::key_agreement(&mut d, cid, protocol);
+        let token = pc::request_token(&mut d, cid, &ss, pc::uv_token_request(&ss, 0x01, Some("uv.example"))).unwrap();
+        d.advance(Duration::from_secs(31));
+        let param = token.param(&[0x11; 32]);
+        let auth = vec![(8, Value::Bytes(param)), (9, Value::from(protocol.id()))];
+        let (status, _) = d.ctap(cid, 0x01, Some(requests::make_credential("uv.example", b"v", "v", auth)));
+        assert_eq!(status, 0);
+        assert_eq!(d.prompt.asked().len(), 1, "a touch was asked after 31 s");
+    }
+}
+
+#[test]
+fn uv_token_is_refused_without_built_in_verification_or_when_blocked() {
+    let mut d = Device::new();
+    let cid = d.init();
+    let ss = pc::key_agreement(&mut d, cid, Protocol::Two);
+    assert_eq!(pc::request_token(&mut d, cid, &ss, pc::uv_token_request(&ss, 0x01, None)).err(), Some(0x30));
+    d.prompt.offer_verification(vec![V::Failed; 8]);
+    for _ in 0..8 {
+        let _ = pc::request_token(&mut d, cid, &ss, pc::uv_token_request(&ss, 0x02, None));
+    }
+    assert_eq!(pc::request_token(&mut d, cid, &ss, pc::uv_token_request(&ss, 0x02, None)).err(), Some(UV_BLOCKED));
+}
+
+#[test]
+fn the_user_picks_one_of_several_passkeys() {
+    let mut d = Device::new();
+    let cid = d.init();
+    for (id, name) in [(b"a", "alice"), (b"b", "bob")] {
+        let (status, _) = d.ctap(cid, 0x01, Some(requests::make_credential("pick.example", id, name, vec![requests::rk()])));
+        assert_eq!(status, 0);
+    }
+    d.prompt.offer_selection(Ok(1));
+    let asked = d.prompt.asked().len();
+    let (status, body) = d.ctap(cid, 0x02, Some(requests::get_assertion("pick.example", &[], vec![])));
+    assert_eq!(status, 0);
+    let body = body.unwrap();
+    assert_eq!(responses::get(&body, 5), None, "one assertion: no numberOfCredentials");
+    let user = responses::get(&body, 4).unwrap();
+    assert_eq!(responses::get_text(user, "id"), Some(&Value::Bytes(b"a".to_vec())), "the older passkey, second in the list");
+    assert_eq!(d.prompt.selections_asked.lock().unwrap()[0], vec!["bob".to_owned(), "alice".to_owned()]);
+    assert_eq!(d.prompt.asked().len(), asked, "choosing was the user's presence");
+    assert_eq!(d.ctap(cid, 0x08, None).0, 0x30, "nothing left for getNextAssertion");
+
+    d.prompt.offer_selection(Err(PromptOutcome::Denied));
+    assert_eq!(d.ctap(cid, 0x02, Some(requests::get_assertion("pick.example", &[], vec![]))).0, 0x27);
+    // A silent probe (up=false) never asks the user to choose.
+    let silent = vec![(5, text_map(&[("up", Value::Bool(false))]))];
+    let (status, body) = d.ctap(cid, 0x02, Some(requests::get_assertion("pick.example", &[], silent)));
+    assert_eq!(status, 0);
+    assert_eq!(responses::get(body.as_ref().unwrap(), 5), Some(&Value::from(2)));
+}
