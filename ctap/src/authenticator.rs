@@ -302,9 +302,7 @@ impl Authenticator {
         user_verified: bool,
     ) -> CtapResult<PolicyVerdict> {
         let verdict = self.platform.policy.decide(&PolicyRequest { operation, rp_id, discoverable });
-        let decision = if !verdict.allow {
-            Err(StatusCode::OperationDenied)
-        } else if discoverable && !verdict.allow_discoverable {
+        let decision = if !verdict.allow || (discoverable && !verdict.allow_discoverable) {
             Err(StatusCode::OperationDenied)
         } else if verdict.require_user_verification && !user_verified {
             // As under alwaysUv (§6.1.2 step 6, §6.2.2 step 5): the platform

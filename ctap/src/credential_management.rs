@@ -132,7 +132,7 @@ impl Authenticator {
                 if credentials.is_empty() {
                     return Err(StatusCode::NoCredentials);
                 }
-                credentials.sort_by(|a, b| b.created.cmp(&a.created));
+                credentials.sort_by_key(|c| std::cmp::Reverse(c.created));
                 let total = credentials.len();
                 self.pending_enumeration = Some(PendingEnumeration::Credentials(credentials));
                 self.next_credential(Some(total)).map(Some)

@@ -276,7 +276,7 @@ impl CtapHid {
         }
         let mut actions = Vec::new();
         let reply_cid = if cid == BROADCAST_CID {
-            if self.next_cid >= BROADCAST_CID {
+            if self.next_cid == BROADCAST_CID {
                 return error(cid, HidError::Other);
             }
             let new_cid = self.next_cid;

@@ -114,7 +114,7 @@ impl Authenticator {
         } else {
             let mut residents = self.platform.credentials.credentials_for_rp(rp_id)?;
             residents.retain(|c| user_verified || uv_requested || c.extensions.cred_protect < 2);
-            residents.sort_by(|a, b| b.created.cmp(&a.created));
+            residents.sort_by_key(|c| std::cmp::Reverse(c.created));
             found.extend(residents.into_iter().map(Credential::from));
         }
         if found.is_empty() {

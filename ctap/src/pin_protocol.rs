@@ -158,7 +158,7 @@ impl SharedSecret {
     /// encrypt(key, demPlaintext): AES-256-CBC; protocol one with a zero IV,
     /// protocol two with a random IV in front of the ciphertext.
     pub fn encrypt(&self, plaintext: &[u8]) -> CtapResult<Vec<u8>> {
-        if plaintext.len() % 16 != 0 {
+        if !plaintext.len().is_multiple_of(16) {
             return Err(StatusCode::Other);
         }
         let mut iv = [0u8; 16];
@@ -192,7 +192,7 @@ impl SharedSecret {
                 (iv, body)
             }
         };
-        if body.is_empty() || body.len() % 16 != 0 {
+        if body.is_empty() || !body.len().is_multiple_of(16) {
             return Err(StatusCode::InvalidParameter);
         }
         let mut buffer = Zeroizing::new(body.to_vec());

@@ -27,6 +27,9 @@ pub enum ScriptedVerification {
     Refused(PromptOutcome),
 }
 
+/// What the scripted prompt was asked: the purpose and the rp ID.
+pub type Asked = Arc<Mutex<Vec<(PresencePurpose, Option<String>)>>>;
+
 /// A prompt that answers from a script (then `default`) and records what it
 /// was asked. Built-in verification is offered only once `verifications` is
 /// `Some`; passkey selection only once `selection` is `Some`.
@@ -34,7 +37,7 @@ pub enum ScriptedVerification {
 pub struct ScriptedPrompt {
     pub script: Arc<Mutex<VecDeque<PromptOutcome>>>,
     pub default: PromptOutcome,
-    pub asked: Arc<Mutex<Vec<(PresencePurpose, Option<String>)>>>,
+    pub asked: Asked,
     pub verifications: Arc<Mutex<Option<VecDeque<ScriptedVerification>>>>,
     /// The index the user picks, or the refusal.
     pub selection: Arc<Mutex<Option<Result<usize, PromptOutcome>>>>,

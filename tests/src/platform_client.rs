@@ -660,6 +660,16 @@ pub fn parse_auth_data(data: &[u8]) -> AuthData {
     }
 }
 
+/// getPinUvAuthTokenUsingUvWithPermissions (0x06): the user verifies on
+/// the authenticator's side (built-in UV) instead of the platform sending a PIN.
+pub fn uv_token_request(ss: &SharedSecret, permissions: u8, rp_id: Option<&str>) -> Value {
+    let mut extra = vec![(9, Value::from(permissions))];
+    if let Some(rp) = rp_id {
+        extra.push((0x0A, Value::from(rp)));
+    }
+    client_pin_map(ss, 0x06, extra)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -780,12 +790,3 @@ mod tests {
     }
 }
 
-/// getPinUvAuthTokenUsingUvWithPermissions (0x06): the user verifies on
-/// the authenticator's side (built-in UV) instead of the platform sending a PIN.
-pub fn uv_token_request(ss: &SharedSecret, permissions: u8, rp_id: Option<&str>) -> Value {
-    let mut extra = vec![(9, Value::from(permissions))];
-    if let Some(rp) = rp_id {
-        extra.push((0x0A, Value::from(rp)));
-    }
-    client_pin_map(ss, 0x06, extra)
-}

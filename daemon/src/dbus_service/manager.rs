@@ -129,7 +129,7 @@ impl Manager {
         let caller = self.owner_or_root("ListPasskeys", &header, connection).await?;
         let mut credentials =
             self.with_store(|store| store.all_credentials()).await?.map_err(|e| Error::Failed(e.to_string()))?;
-        credentials.sort_by(|a, b| b.created.cmp(&a.created));
+        credentials.sort_by_key(|c| std::cmp::Reverse(c.created));
         tracing::info!(uid = caller.uid, passkeys = credentials.len(), "ListPasskeys");
         Ok(credentials
             .into_iter()
