@@ -31,6 +31,9 @@ pub mod command {
     pub const RESET: u8 = 0x07;
     pub const GET_NEXT_ASSERTION: u8 = 0x08;
     pub const CREDENTIAL_MANAGEMENT: u8 = 0x0A;
+    /// The FIDO_2_1_PRE command byte of credential management, which
+    /// libfido2 1.12 and OpenSSH still send (CTAP 2.1 §6.8, "credentialMgmtPreview").
+    pub const CREDENTIAL_MANAGEMENT_PREVIEW: u8 = 0x41;
     pub const SELECTION: u8 = 0x0B;
     pub const LARGE_BLOBS: u8 = 0x0C;
     pub const CONFIG: u8 = 0x0D;
@@ -139,7 +142,7 @@ impl Authenticator {
             // getNextAssertion state lives only until the next other command.
             self.pending_assertions = None;
         }
-        if cmd != command::CREDENTIAL_MANAGEMENT {
+        if cmd != command::CREDENTIAL_MANAGEMENT && cmd != command::CREDENTIAL_MANAGEMENT_PREVIEW {
             self.pending_enumeration = None;
         }
         if cmd != command::LARGE_BLOBS {
@@ -154,7 +157,9 @@ impl Authenticator {
             command::RESET => self.reset(ctx).map(|()| None),
             command::GET_NEXT_ASSERTION => self.get_next_assertion(ctx).map(Some),
             command::SELECTION => self.selection(ctx).map(|()| None),
-            command::CREDENTIAL_MANAGEMENT => self.credential_management(params, ctx),
+            command::CREDENTIAL_MANAGEMENT | command::CREDENTIAL_MANAGEMENT_PREVIEW => {
+                self.credential_management(params, ctx)
+            }
             command::LARGE_BLOBS => self.large_blobs(params, ctx),
             command::CONFIG => self.config(params, ctx).map(|()| None),
             _ => Err(StatusCode::InvalidCommand),

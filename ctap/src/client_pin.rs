@@ -144,6 +144,9 @@ impl Authenticator {
     pub(crate) fn client_pin(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Option<Value>> {
         let request = ClientPinRequest::parse(params)?;
         match request.subcommand {
+            // Without a PIN there are no retries to count (what python-fido2's
+            // device tests and real keys answer).
+            subcommand::GET_PIN_RETRIES if self.state.pin.is_none() => Err(StatusCode::PinNotSet),
             subcommand::GET_PIN_RETRIES => Ok(Some(
                 MapBuilder::new()
                     .int(0x03, u64::from(self.state.pin_retries))

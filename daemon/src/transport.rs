@@ -5,7 +5,9 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use fidoseal_ctap::ctaphid::{Action, CtapHid, KeepaliveStatus, Request, RequestKind};
 use fidoseal_ctap::platform::TransactionSignals;
@@ -14,6 +16,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant as TokioInstant;
 
 use crate::uhid::{UhidDevice, UhidError, UhidEvent};
+
+/// Events the reader thread may hold for the loop.
+const READER_QUEUE: usize = 1024;
+/// How often the reader thread looks up from poll(2) to see if it should stop.
+const READER_POLL: Duration = Duration::from_millis(100);
+/// Reports sent back to back before a short pause.
+const ANSWER_BURST: usize = 32;
+const ANSWER_PAUSE: Duration = Duration::from_millis(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -48,21 +58,29 @@ pub async fn serve(
     let version = authenticator.lock().unwrap_or_else(|e| e.into_inner()).device_version();
     let mut hid = CtapHid::new(version, first_cid);
 
-    // Reading in a task of its own keeps each uhid event whole: the loop
-    // below never cancels a read half-way through.
-    let (event_tx, mut events) = mpsc::channel::<Result<UhidEvent, UhidError>>(64);
+    // Reading on an OS thread of its own: the kernel keeps only a few dozen
+    // output reports per uhid device and drops the rest, so the reader must
+    // never wait behind the async loop (a 7609-byte message is 130 reports).
+    let (event_tx, mut events) = mpsc::channel::<Result<UhidEvent, UhidError>>(READER_QUEUE);
+    let stop_reader = Arc::new(AtomicBool::new(false));
     let reader = {
         let device = Arc::clone(&device);
-        tokio::spawn(async move {
-            loop {
-                let event = device.read_event().await;
+        let stop_reader = Arc::clone(&stop_reader);
+        std::thread::Builder::new().name("uhid-reader".into()).spawn(move || {
+            while !stop_reader.load(Ordering::Relaxed) {
+                let event = match device.read_event_blocking(READER_POLL) {
+                    Ok(None) => continue,
+                    Ok(Some(event)) => Ok(event),
+                    Err(e) => Err(e),
+                };
                 let fatal = matches!(&event, Err(e) if !e.is_recoverable());
-                if event_tx.send(event).await.is_err() || fatal {
+                if event_tx.blocking_send(event).is_err() || fatal {
                     break;
                 }
             }
         })
-    };
+    }
+    .map_err(|e| TransportError::Uhid(UhidError::Io(e)))?;
 
     let (done_tx, mut done) = mpsc::channel::<(u32, Vec<u8>)>(1);
     let mut running: Option<Running> = None;
@@ -91,9 +109,14 @@ pub async fn serve(
             },
             Some((cid, response)) = done.recv() => {
                 running = None;
-                for packet in hid.complete(cid, &response) {
-                    if let Err(e) = device.send_input(&packet).await {
+                for (index, packet) in hid.complete(cid, &response).iter().enumerate() {
+                    if let Err(e) = device.send_input(packet).await {
                         tracing::warn!(error = %e, "could not send a report");
+                    }
+                    // hidraw buffers 64 reports per reader: pace long answers
+                    // so a slow client does not lose the end of one.
+                    if index % ANSWER_BURST == ANSWER_BURST - 1 {
+                        tokio::time::sleep(ANSWER_PAUSE).await;
                     }
                 }
                 Vec::new()
@@ -128,8 +151,10 @@ pub async fn serve(
     if let Some(r) = &running {
         r.signals.cancel();
     }
-    reader.abort();
-    let _ = reader.await;
+    stop_reader.store(true, Ordering::Relaxed);
+    // Drain what the reader may still be handing over, so it cannot block.
+    events.close();
+    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     match Arc::try_unwrap(device) {
         Ok(device) => device.destroy()?,
         Err(_) => tracing::warn!("uhid device still in use at shutdown; it goes away with the process"),

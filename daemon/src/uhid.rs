@@ -344,6 +344,47 @@ impl UhidDevice {
     /// here and skipped. After an error for which [`UhidError::is_recoverable`]
     /// holds (one bad event), reading may continue. Cancel-safe, except that a
     /// pending report reply may be lost (the kernel then times out after 5 s).
+    /// Like [`read_event`](Self::read_event), for a dedicated OS thread:
+    /// waits with poll(2) up to `timeout` and returns `Ok(None)` when no event
+    /// came. The kernel queues only a few dozen output reports per device, so
+    /// a reader that never waits behind the async loop keeps long messages
+    /// from being dropped.
+    pub fn read_event_blocking(&self, timeout: std::time::Duration) -> Result<Option<UhidEvent>, UhidError> {
+        let fd = self.fd.as_raw_fd();
+        let mut buf = Box::new([0u8; EVENT_SIZE]);
+        loop {
+            let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: one valid pollfd for the duration of the call; the fd is owned by self.
+            let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
+            if ready < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(UhidError::Io(err));
+            }
+            if ready == 0 {
+                return Ok(None);
+            }
+            let n = match read_raw(fd, &mut buf[..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(UhidError::Io(e)),
+            };
+            if n == 0 {
+                return Err(UhidError::Eof);
+            }
+            let reply = match decode_event(&buf[..n])? {
+                Decoded::Event(ev) => return Ok(Some(ev)),
+                Decoded::GetReport { id, .. } => encode_get_report_reply(id, REPORT_REPLY_ERR),
+                Decoded::SetReport { id, .. } => encode_set_report_reply(id, REPORT_REPLY_ERR),
+            };
+            write_raw(fd, &reply)?;
+        }
+    }
+
+    #[cfg(test)]
     pub async fn read_event(&self) -> Result<UhidEvent, UhidError> {
         let mut buf = Box::new([0u8; EVENT_SIZE]);
         loop {

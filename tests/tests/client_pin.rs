@@ -864,3 +864,11 @@ fn get_assertion_returns_user_name_and_display_name_only_after_uv() {
         assert_eq!(get_text(returned, "displayName"), Some(&Value::from("Alice Example")));
     }
 }
+
+#[test]
+fn get_pin_retries_without_a_pin_is_pin_not_set() {
+    let mut d = Device::new();
+    let cid = d.init();
+    let (status, _) = d.ctap(cid, 0x06, Some(fidoseal_tests::requests::int_map(vec![(2, Value::from(1))])));
+    assert_eq!(status, 0x35);
+}

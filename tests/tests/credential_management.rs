@@ -369,3 +369,24 @@ fn unknown_subcommands_are_invalid_subcommand() {
         assert_eq!(cm(&mut d, cid, None, sub_command, None).0, st::INVALID_SUBCOMMAND, "{sub_command:#04x}");
     }
 }
+
+#[test]
+fn the_preview_command_byte_0x41_is_served_like_0x0a() {
+    // libfido2 1.12 (Debian 12) and OpenSSH send credential management as
+    // the FIDO_2_1_PRE command 0x41.
+    let (mut d, cid, _) = populated(Protocol::Two);
+    let token = cm_token(&mut d, cid, Protocol::Two, None);
+    let request = pc::cred_mgmt_request(Some(&token), sub::GET_CREDS_METADATA, None);
+    let (status, body) = d.ctap(cid, 0x41, Some(request));
+    assert_eq!(status, st::OK);
+    assert_eq!(int(get(body.as_ref().unwrap(), 1)), 3);
+    let (status, _) = d.ctap(cid, 0x41, Some(int_map(vec![(1, Value::from(sub::GET_CREDS_METADATA))])));
+    assert_eq!(status, 0x36, "PUAT_REQUIRED without a token, as with 0x0A");
+    // An enumeration begun with 0x41 continues with 0x41.
+    let token = cm_token(&mut d, cid, Protocol::Two, None);
+    let (status, body) = d.ctap(cid, 0x41, Some(pc::cred_mgmt_request(Some(&token), sub::ENUMERATE_RPS_BEGIN, None)));
+    assert_eq!(status, st::OK);
+    assert_eq!(int(get(body.as_ref().unwrap(), 5)), 2);
+    let (status, _) = d.ctap(cid, 0x41, Some(pc::cred_mgmt_request(None, sub::ENUMERATE_RPS_GET_NEXT_RP, None)));
+    assert_eq!(status, st::OK);
+}

@@ -1490,7 +1490,8 @@ fn unknown_commands_are_invalid_command() {
         (0x0C, &["largeBlobs"]),
         (0x0D, &["authnrCfg"]),
         (0x40, &["userVerificationMgmtPreview"]),
-        (0x41, &["credentialMgmtPreview"]),
+        // The preview byte is served beside credMgmt: libfido2 1.12 sends it.
+        (0x41, &["credentialMgmtPreview", "credMgmt"]),
     ];
     let advertised = |command: u8| {
         features.iter().any(|(c, ids)| *c == command && ids.iter().any(|id| info_option(&info, id).is_some()))
