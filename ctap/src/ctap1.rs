@@ -192,6 +192,12 @@ impl Authenticator {
         let mut app = [0u8; 32];
         app.copy_from_slice(application);
 
+        // Policy before the key handle is even opened (the rp is known by
+        // its application parameter only).
+        let rp_label = hex(&app);
+        if let Err(status) = self.check_policy(Operation::GetAssertion, &rp_label, false, false) {
+            return refusal(status);
+        }
         let found = credential::resolve(
             self.platform.keystore.as_mut(),
             self.platform.credentials.as_ref(),
@@ -211,10 +217,6 @@ impl Authenticator {
             control::DONT_ENFORCE_USER_PRESENCE_AND_SIGN => false,
             _ => return status_only(status_word::WRONG_DATA),
         };
-        let rp_label = credential.resident.as_ref().map(|r| r.rp_id.clone()).unwrap_or_else(|| hex(&app));
-        if let Err(status) = self.check_policy(Operation::GetAssertion, &rp_label, false, false) {
-            return refusal(status);
-        }
         if user_presence {
             if let Err(status) = self.require_presence(
                 &PresenceRequest { purpose: PresencePurpose::Authenticate, rp_id: Some(&rp_label), ..Default::default() },

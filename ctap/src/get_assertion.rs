@@ -92,11 +92,16 @@ impl Authenticator {
         }
         let token_presence = user_verified && self.token_proves_presence(ctx.now);
 
+        // Policy first: a refused rp learns nothing, not even whether any of
+        // its credentials live here, and no credential ID is opened for it.
+        let from_allow_list = !request.allow_list.is_empty();
+        let verdict =
+            self.check_policy(Operation::GetAssertion, rp_id, !from_allow_list, user_verified || uv_requested)?;
+
         // Step 7: locate credentials. With an allow list, the first of ours;
         // without, every discoverable credential of the rp, newest first.
         // credProtect (§12.1) hides level 3 without UV, and level 2 from
         // discovery without UV.
-        let from_allow_list = !request.allow_list.is_empty();
         let mut found: Vec<Credential> = Vec::new();
         if from_allow_list {
             for descriptor in request.allow_list.iter().filter(|d| d.is_public_key) {
@@ -132,8 +137,6 @@ impl Authenticator {
             None => None,
         };
 
-        let verdict =
-            self.check_policy(Operation::GetAssertion, rp_id, !from_allow_list, user_verified || uv_requested)?;
 
         let user_name = match found.as_slice() {
             [only] => only.resident.as_ref().and_then(|r| r.user_name.clone()),

@@ -823,6 +823,10 @@ fn make_credential_policy_deny_is_operation_denied_without_prompt() {
     assert!(d.prompt.asked().is_empty());
     // Other relying parties are unaffected.
     register(&mut d, cid, OTHER_RP, b"u1", "alice", false);
+    // The denied rp is refused before any lookup; allowed again, it has nothing stored.
+    let r = call(&mut d, cid, GET_ASSERTION, Some(&get_assertion(RP, &[], vec![])));
+    assert_eq!(r.status, st::OPERATION_DENIED);
+    d.denied_rps.0.lock().unwrap().clear();
     let r = call(&mut d, cid, GET_ASSERTION, Some(&get_assertion(RP, &[], vec![])));
     assert_eq!(r.status, st::NO_CREDENTIALS);
 }

@@ -135,3 +135,15 @@ fn a_pin_shorter_than_a_raised_policy_minimum_must_change() {
     assert_eq!(pc::change_pin(&mut d, cid, pc::Protocol::Two, "1234", "123456"), 0x00);
     assert!(pc::get_pin_token(&mut d, cid, pc::Protocol::Two, "123456").is_ok());
 }
+
+#[test]
+fn a_denied_rp_is_refused_before_any_credential_is_looked_up() {
+    let mut d = Device::new();
+    let cid = d.init();
+    d.denied_rps.0.lock().unwrap().push("nothing.example".into());
+    // No credential exists: still OPERATION_DENIED, never NO_CREDENTIALS.
+    let (status, _) = d.ctap(cid, 0x02, Some(requests::get_assertion("nothing.example", &[], vec![])));
+    assert_eq!(status, OPERATION_DENIED);
+    let (status, _) = d.ctap(cid, 0x02, Some(requests::get_assertion("nothing.example", &[&[7u8; 90]], vec![])));
+    assert_eq!(status, OPERATION_DENIED);
+}
