@@ -69,6 +69,13 @@ impl PinUvAuthToken {
     }
 }
 
+/// What a request's pinUvAuthParam proved.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TokenUse {
+    pub(crate) user_verified: bool,
+    pub(crate) user_present: bool,
+}
+
 /// clientPIN state that lives only until the next power cycle.
 pub(crate) struct ClientPin {
     key_agreement: KeyAgreementKey,
@@ -463,6 +470,26 @@ impl Authenticator {
         Ok(())
     }
 
+    /// makeCredential step 11 / getAssertion step 6: when the request
+    /// carries a pinUvAuthParam, it must authenticate clientDataHash with a
+    /// token that may do `needed` for `rp_id`. Returns whether the user was
+    /// verified, and whether the token also stands for their presence.
+    pub(crate) fn verify_request_token(
+        &mut self,
+        protocol: Option<PinUvAuthProtocol>,
+        auth: Option<&crate::request::PinUvAuth>,
+        client_data_hash: &[u8],
+        needed: u8,
+        rp_id: &str,
+        now: Instant,
+    ) -> CtapResult<TokenUse> {
+        let (Some(protocol), Some(auth)) = (protocol, auth) else {
+            return Ok(TokenUse::default());
+        };
+        self.verify_pin_uv_auth_token(protocol, client_data_hash, &auth.param, needed, Some(rp_id), now)?;
+        Ok(TokenUse { user_verified: true, user_present: self.token_proves_presence(now) })
+    }
+
     /// After a makeCredential or getAssertion that used the token, only the
     /// large-blob-write permission remains (§6.1.2 step 20, §6.2.2 step 12),
     /// and the token no longer stands for presence.
@@ -473,7 +500,7 @@ impl Authenticator {
 
     /// The token was issued after built-in UV moments ago: the user is
     /// present, and makeCredential/getAssertion need not ask again.
-    pub(crate) fn token_proves_presence(&self, now: Instant) -> bool {
+    fn token_proves_presence(&self, now: Instant) -> bool {
         let token = &self.client_pin.token;
         token.user_present && token.issued.is_some_and(|t| now.saturating_duration_since(t) <= TOKEN_PRESENCE_LIMIT)
     }

@@ -78,19 +78,16 @@ impl Authenticator {
         let rp_id_hash = rp_id_hash(rp_id);
 
         // Step 6: the pinUvAuthParam proves UV for this rp.
-        let mut user_verified = false;
-        if let (Some(protocol), Some(auth)) = (protocol, request.pin_uv_auth.as_ref()) {
-            self.verify_pin_uv_auth_token(
-                protocol,
-                &request.client_data_hash,
-                &auth.param,
-                permission::GET_ASSERTION,
-                Some(rp_id),
-                ctx.now,
-            )?;
-            user_verified = true;
-        }
-        let token_presence = user_verified && self.token_proves_presence(ctx.now);
+        let token = self.verify_request_token(
+            protocol,
+            request.pin_uv_auth.as_ref(),
+            &request.client_data_hash,
+            permission::GET_ASSERTION,
+            rp_id,
+            ctx.now,
+        )?;
+        let mut user_verified = token.user_verified;
+        let token_presence = token.user_present;
 
         // Policy first: a refused rp learns nothing, not even whether any of
         // its credentials live here, and no credential ID is opened for it.

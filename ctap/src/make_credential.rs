@@ -69,19 +69,16 @@ impl Authenticator {
 
         // Step 11: the pinUvAuthParam authenticates clientDataHash with a
         // token that may make credentials for this rp.
-        let mut user_verified = false;
-        if let (Some(protocol), Some(auth)) = (protocol, request.pin_uv_auth.as_ref()) {
-            self.verify_pin_uv_auth_token(
-                protocol,
-                &request.client_data_hash,
-                &auth.param,
-                permission::MAKE_CREDENTIAL,
-                Some(rp_id),
-                ctx.now,
-            )?;
-            user_verified = true;
-        }
-        let token_presence = user_verified && self.token_proves_presence(ctx.now);
+        let token = self.verify_request_token(
+            protocol,
+            request.pin_uv_auth.as_ref(),
+            &request.client_data_hash,
+            permission::MAKE_CREDENTIAL,
+            rp_id,
+            ctx.now,
+        )?;
+        let mut user_verified = token.user_verified;
+        let token_presence = token.user_present;
 
         // Policy first: a refused rp learns nothing, not even which of its
         // credentials live here.
