@@ -198,6 +198,11 @@ impl Authenticator {
             .text("authnrCfg", true)
             .text("alwaysUv", self.state.always_uv)
             .text("setMinPINLength", true)
+            // "ep" only while the policy can sign enterprise attestation.
+            .text_opt(
+                "ep",
+                self.platform.policy.enterprise_attestation_capable().then_some(self.state.enterprise_attestation),
+            )
             .text_opt("uv", self.built_in_uv_available().then_some(true))
             .build();
         let extensions = ["credBlob", "credProtect", "hmac-secret", "largeBlobKey", "minPinLength"]

@@ -1,6 +1,8 @@
-//! authenticatorConfig (CTAP 2.1 §6.11): toggleAlwaysUv and
-//! setMinPINLength. Enterprise attestation is not offered ("ep" is absent
-//! from getInfo), so enableEnterpriseAttestation is refused.
+//! authenticatorConfig (CTAP 2.1 §6.11): enableEnterpriseAttestation,
+//! toggleAlwaysUv and setMinPINLength. The authenticator is enterprise
+//! attestation capable only while the policy holds the administrator's
+//! attestation key (`[enterprise_attestation]`, docs/policy.md); otherwise
+//! "ep" is absent from getInfo and enableEnterpriseAttestation is refused.
 
 use ciborium::value::Value;
 
@@ -45,7 +47,7 @@ impl Authenticator {
         }
 
         match sub_command {
-            subcommand::ENABLE_ENTERPRISE_ATTESTATION => Err(StatusCode::InvalidCommand),
+            subcommand::ENABLE_ENTERPRISE_ATTESTATION => self.enable_enterprise_attestation(),
             subcommand::TOGGLE_ALWAYS_UV => {
                 let mut state = self.state.clone();
                 state.always_uv = !state.always_uv;
@@ -55,6 +57,20 @@ impl Authenticator {
             subcommand::SET_MIN_PIN_LENGTH => self.set_min_pin_length(raw_params),
             _ => Err(StatusCode::InvalidSubcommand),
         }
+    }
+
+    /// §6.11.2: enabled until authenticatorReset; enabling twice is fine.
+    fn enable_enterprise_attestation(&mut self) -> CtapResult<()> {
+        if !self.platform.policy.enterprise_attestation_capable() {
+            return Err(StatusCode::InvalidCommand);
+        }
+        if self.state.enterprise_attestation {
+            return Ok(());
+        }
+        let mut state = self.state.clone();
+        state.enterprise_attestation = true;
+        tracing::info!("enterprise attestation enabled");
+        self.save_state(state)
     }
 
     /// §6.11.4: the minimum only grows; a PIN now too short must change.

@@ -8,13 +8,20 @@ use crate::cbor::{self, truncate_utf8, MapBuilder};
 use crate::client_pin::permission;
 use crate::credential::{self, MAX_CREDENTIAL_ID_LEN};
 use crate::platform::{
-    Algorithm, AttestationPolicy, CredentialExtensions, Operation, PresencePurpose, PresenceRequest, ResidentCredential,
+    Algorithm, AttestationPolicy, CredentialExtensions, EnterpriseAttestationKey, Operation, PresencePurpose, PresenceRequest, ResidentCredential,
 };
 use crate::request::MakeCredentialRequest;
 use crate::status::{CtapResult, StatusCode};
 
 /// Stored rp and user strings are cut at 64 bytes (§6.1.2 step 15).
 const MAX_STORED_STRING: usize = 64;
+
+/// The attestation statement a new credential gets.
+enum Statement {
+    None,
+    SelfAttestation,
+    Enterprise(std::sync::Arc<EnterpriseAttestationKey>),
+}
 
 impl Authenticator {
     pub(crate) fn make_credential(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Value> {
@@ -55,10 +62,23 @@ impl Authenticator {
                 return Err(StatusCode::PuatRequired);
             }
         }
-        // Step 9: enterprise attestation is not offered ("ep" absent in getInfo).
-        if request.enterprise_attestation.is_some() {
-            return Err(StatusCode::InvalidParameter);
-        }
+        // Step 9: enterprise attestation, asked for with 1 (vendor-facilitated)
+        // or 2 (platform-managed), only when capable and enabled. Whether this
+        // rp gets it is the policy's: fidoseal's list is the administrator's
+        // `[enterprise_attestation]`, and it decides for both kinds (a
+        // platform's own list cannot widen it).
+        let enterprise_requested = match request.enterprise_attestation {
+            None => false,
+            Some(kind) => {
+                if !self.enterprise_attestation_enabled() {
+                    return Err(StatusCode::InvalidParameter);
+                }
+                if kind != 1 && kind != 2 {
+                    return Err(StatusCode::InvalidOption);
+                }
+                true
+            }
+        };
         if request.extensions.large_blob_key && !discoverable {
             // largeBlobKey only makes sense for discoverable credentials (§12.3).
             return Err(StatusCode::InvalidOption);
@@ -226,21 +246,38 @@ impl Authenticator {
             }),
             any_output.then(|| outputs.build()),
         );
-        let attestation = match verdict.attestation {
-            Some(AttestationPolicy::None) => AttestationMode::None,
-            Some(AttestationPolicy::SelfAttestation) => AttestationMode::SelfAttestation,
-            None => self.config.attestation,
+        let configured = |mode: AttestationMode| match mode {
+            AttestationMode::SelfAttestation => Statement::SelfAttestation,
+            AttestationMode::None => Statement::None,
         };
-        let (format, statement) = match attestation {
-            AttestationMode::SelfAttestation => {
+        let statement_kind = match verdict.attestation {
+            Some(AttestationPolicy::Enterprise(key)) if enterprise_requested => Statement::Enterprise(key),
+            Some(AttestationPolicy::Enterprise(_)) | None => configured(self.config.attestation),
+            Some(AttestationPolicy::None) => Statement::None,
+            Some(AttestationPolicy::SelfAttestation) => Statement::SelfAttestation,
+        };
+        let enterprise_attested = matches!(statement_kind, Statement::Enterprise(_));
+        let mut signed = auth_data.clone();
+        signed.extend_from_slice(&request.client_data_hash);
+        let (format, statement) = match statement_kind {
+            Statement::SelfAttestation => {
                 // Packed self attestation (WebAuthn §8.2): the credential key
                 // signs authData ‖ clientDataHash; no certificate.
-                let mut signed = auth_data.clone();
-                signed.extend_from_slice(&request.client_data_hash);
                 let sig = self.platform.keystore.sign(algorithm, &created.key_handle, &signed)?;
                 ("packed", MapBuilder::new().text("alg", algorithm.cose_id()).text("sig", cbor::bytes(sig)).build())
             }
-            AttestationMode::None => ("none", MapBuilder::new().build()),
+            Statement::Enterprise(key) => {
+                // Packed with a certificate chain (WebAuthn §8.2): the
+                // administrator's attestation key signs the same bytes.
+                let x5c = key.certificates().iter().map(|der| cbor::bytes(der.clone())).collect();
+                let statement = MapBuilder::new()
+                    .text("alg", Algorithm::Es256.cose_id())
+                    .text("sig", cbor::bytes(key.sign(&signed)))
+                    .text("x5c", Value::Array(x5c))
+                    .build();
+                ("packed", statement)
+            }
+            Statement::None => ("none", MapBuilder::new().build()),
         };
         let large_blob_key = if extensions.large_blob_key {
             Some(cbor::bytes(self.large_blob_key(&credential_id)?.to_vec()))
@@ -250,13 +287,21 @@ impl Authenticator {
         if user_verified {
             self.clear_token_permissions_except_lbw();
         }
-        tracing::info!(rp_id, discoverable, user_verified, "credential created");
+        tracing::info!(rp_id, discoverable, user_verified, enterprise_attested, "credential created");
         Ok(MapBuilder::new()
             .int(0x01, format)
             .int(0x02, cbor::bytes(auth_data))
             .int(0x03, statement)
+            // epAtt (§6.1.2 step 19): present only when asked for, true only
+            // when the statement is an enterprise attestation.
+            .int_opt(0x04, enterprise_requested.then_some(Value::Bool(enterprise_attested)))
             .int_opt(0x05, large_blob_key)
             .build())
+    }
+
+    /// Capable (the policy holds a key) and enabled (authenticatorConfig).
+    pub(crate) fn enterprise_attestation_enabled(&self) -> bool {
+        self.state.enterprise_attestation && self.platform.policy.enterprise_attestation_capable()
     }
 
     /// A credential's largeBlobKey (§12.3), derived inside the key store.

@@ -3,7 +3,7 @@
 //! prompt and a policy decision. The daemon gives TPM, files, D-Bus and
 //! policy files; tests and benchmarks give software keys, memory and scripts.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -338,12 +338,58 @@ pub struct PolicyRequest<'a> {
 }
 
 /// Which attestation a relying party gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttestationPolicy {
     /// Format "none": nothing about the authenticator is revealed.
     None,
     /// "packed" self attestation.
     SelfAttestation,
+    /// This relying party may receive enterprise attestation (CTAP 2.1
+    /// §7.1) signed with this key, when the client asks for it and it is
+    /// enabled; any other request gets the configured attestation.
+    Enterprise(Arc<EnterpriseAttestationKey>),
+}
+
+/// The administrator's enterprise attestation key and certificate chain.
+/// Enterprise attestation may identify the device uniquely, so it goes only
+/// to the relying parties the administrator lists (CTAP 2.1 §7.1).
+pub struct EnterpriseAttestationKey {
+    signing_key: p256::ecdsa::SigningKey,
+    /// DER, the attestation certificate first (the attStmt's `x5c`).
+    certificates: Vec<Vec<u8>>,
+}
+
+impl EnterpriseAttestationKey {
+    /// `certificates[0]` must be the certificate of `signing_key` (the
+    /// policy loader checks it; the core trusts its caller).
+    pub fn new(signing_key: p256::ecdsa::SigningKey, certificates: Vec<Vec<u8>>) -> Self {
+        Self { signing_key, certificates }
+    }
+
+    /// An ES256 signature, DER-encoded as WebAuthn's packed format wants.
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        use p256::ecdsa::signature::Signer;
+        let signature: p256::ecdsa::Signature = self.signing_key.sign(message);
+        signature.to_der().as_bytes().to_vec()
+    }
+
+    pub fn certificates(&self) -> &[Vec<u8>] {
+        &self.certificates
+    }
+}
+
+impl PartialEq for EnterpriseAttestationKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.signing_key.verifying_key() == other.signing_key.verifying_key() && self.certificates == other.certificates
+    }
+}
+
+impl Eq for EnterpriseAttestationKey {}
+
+impl std::fmt::Debug for EnterpriseAttestationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnterpriseAttestationKey").field("certificates", &self.certificates.len()).finish_non_exhaustive()
+    }
 }
 
 /// The decision for one request, with what it requires of the request.
@@ -395,6 +441,11 @@ pub trait PolicyDecision: Send {
     /// The user whose device this is, for the decision log.
     fn user(&self) -> Option<String> {
         None
+    }
+    /// The policy holds an enterprise attestation key: the authenticator is
+    /// enterprise attestation capable ("ep" in getInfo).
+    fn enterprise_attestation_capable(&self) -> bool {
+        false
     }
 }
 

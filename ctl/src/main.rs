@@ -148,7 +148,8 @@ fn or_default_dirs(dirs: Vec<PathBuf>) -> Vec<PathBuf> {
 
 /// Loads the policy, or prints every problem and returns the exit code.
 fn load(dirs: &[PathBuf]) -> Result<Policy, ExitCode> {
-    Policy::load_dirs(dirs).map_err(|error| {
+    let aaguid = fidoseal_ctap::authenticator::FIDOSEAL_AAGUID;
+    Policy::load_dirs(dirs).and_then(|p| p.check_authenticator_aaguid(&aaguid).map(|()| p)).map_err(|error| {
         for diagnostic in &error.diagnostics {
             eprintln!("{diagnostic}");
         }

@@ -21,8 +21,11 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use fidoseal_ctap::platform::{AttestationPolicy, Operation, PolicyDecision, PolicyRequest, PolicyVerdict};
-use fidoseal_policy::{resolve_principal, Action, Attestation, Policy, Principal, Request};
+use fidoseal_ctap::authenticator::FIDOSEAL_AAGUID;
+use fidoseal_ctap::platform::{
+    AttestationPolicy, EnterpriseAttestationKey, Operation, PolicyDecision, PolicyRequest, PolicyVerdict,
+};
+use fidoseal_policy::{resolve_principal, Action, Attestation, Policy, PolicyError, Principal, Request};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 
 use crate::config::Config;
@@ -37,6 +40,8 @@ struct Snapshot {
     policy: Policy,
     principal: Principal,
     min_pin_length: Option<u8>,
+    /// `[enterprise_attestation]`'s key and chain, for verdicts.
+    enterprise: Option<Arc<EnterpriseAttestationKey>>,
     generation: u64,
 }
 
@@ -73,7 +78,7 @@ impl PolicyService {
             tracing::warn!("[policy] dirs is empty: no policy, every relying party may use the key");
         }
         let principal = principal_for(user.as_deref());
-        let policy = Policy::load_dirs(&dirs).map_err(|e| {
+        let policy = load_policy(&dirs).map_err(|e| {
             for diagnostic in &e.diagnostics {
                 tracing::error!(error = %diagnostic, "invalid policy");
             }
@@ -100,7 +105,7 @@ impl PolicyService {
     /// each problem is logged.
     pub fn reload(&self, reason: &str) -> Result<(), String> {
         let _one_at_a_time = self.shared.reloading.lock().unwrap_or_else(PoisonError::into_inner);
-        match Policy::load_dirs(&self.shared.dirs) {
+        match load_policy(&self.shared.dirs) {
             Ok(policy) => {
                 let principal = principal_for(self.shared.user.as_deref());
                 let snapshot = self.install(policy, principal);
@@ -185,9 +190,21 @@ impl PolicyService {
     }
 }
 
+/// The policy files, and what only the authenticator can check: that an
+/// enterprise attestation certificate names this authenticator's AAGUID.
+fn load_policy(dirs: &[PathBuf]) -> Result<Policy, PolicyError> {
+    let policy = Policy::load_dirs(dirs)?;
+    policy.check_authenticator_aaguid(&FIDOSEAL_AAGUID)?;
+    Ok(policy)
+}
+
 fn snapshot(policy: Policy, principal: Principal, generation: u64) -> Snapshot {
     let min_pin_length = policy.min_pin_length(&principal).map(|(n, _)| n);
-    Snapshot { policy, principal, min_pin_length, generation }
+    // The core's copy of the key, made once per policy.
+    let enterprise = policy.enterprise_attestation().map(|e| {
+        Arc::new(EnterpriseAttestationKey::new(e.signing_key().clone(), e.certificates().to_vec()))
+    });
+    Snapshot { policy, principal, min_pin_length, enterprise, generation }
 }
 
 fn principal_for(user: Option<&str>) -> Principal {
@@ -212,6 +229,7 @@ fn log_loaded(snapshot: &Snapshot, dirs: &[PathBuf], reason: &str) {
         user = snapshot.principal.user.as_deref().unwrap_or("-"),
         groups = ?snapshot.principal.groups,
         min_pin_length = snapshot.min_pin_length,
+        enterprise_attestation_rp_ids = ?policy.enterprise_rp_ids(),
         "policy loaded"
     );
 }
@@ -241,9 +259,11 @@ impl PolicyHandle {
             require_user_verification: s.require_user_verification,
             allow_discoverable: s.allow_discoverable,
             min_cred_protect: s.min_cred_protect,
-            attestation: s.attestation.map(|a| match a {
-                Attestation::None => AttestationPolicy::None,
-                Attestation::SelfAttestation => AttestationPolicy::SelfAttestation,
+            attestation: s.attestation.and_then(|a| match a {
+                Attestation::None => Some(AttestationPolicy::None),
+                Attestation::SelfAttestation => Some(AttestationPolicy::SelfAttestation),
+                // A valid policy has the key whenever a rule says enterprise.
+                Attestation::Enterprise => snapshot.enterprise.clone().map(AttestationPolicy::Enterprise),
             }),
             prompt_timeout: s.prompt_timeout,
             prompt_message: s.message.as_deref().map(String::from),
@@ -275,6 +295,10 @@ impl PolicyDecision for PolicyHandle {
 
     fn user(&self) -> Option<String> {
         self.shared.snapshot().principal.user.clone()
+    }
+
+    fn enterprise_attestation_capable(&self) -> bool {
+        self.shared.snapshot().enterprise.is_some()
     }
 }
 
@@ -546,6 +570,53 @@ mod tests {
         assert!(!handle.decide(&request("a.example")).allow);
         assert!(handle.decide(&request("b.example")).allow);
         assert_eq!(handle.min_pin_length(), Some(8));
+    }
+
+    /// `[enterprise_attestation]` with the policy crate's test key and
+    /// chain; `leaf` picks the attestation certificate.
+    fn enterprise_section(dir: &TempDir, leaf: &str) -> String {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/data/enterprise");
+        let key = dir.0.join("ea.key");
+        std::fs::copy(data.join("attestation-sec1.key"), &key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        format!(
+            "[enterprise_attestation]\nrp_ids = [\"idp.example\"]\nkey = {:?}\ncertificates = [{:?}, {:?}]\n",
+            key.display().to_string(),
+            data.join(leaf).display().to_string(),
+            data.join("root-ca.pem").display().to_string()
+        )
+    }
+
+    #[test]
+    fn enterprise_rules_carry_the_key_and_a_reload_without_it_drops_the_capability() {
+        let keys = TempDir::new("ea-keys");
+        let dir = TempDir::new("ea");
+        let rule = "[[rule]]\nrp = [\"idp.example\"]\naction = \"allow\"\nattestation = \"enterprise\"\n";
+        dir.write("50-ea.toml", &(enterprise_section(&keys, "attestation.pem") + rule));
+        let service = PolicyService::load(vec![dir.0.clone()], None).unwrap();
+        let handle = service.decision();
+        assert!(handle.enterprise_attestation_capable());
+        match handle.decide(&request("idp.example")).attestation {
+            Some(AttestationPolicy::Enterprise(key)) => assert_eq!(key.certificates().len(), 2),
+            other => panic!("want the enterprise key, got {other:?}"),
+        }
+        assert_eq!(handle.decide(&request("other.example")).attestation, None);
+
+        // A certificate for another AAGUID: refused on reload, the last good stays.
+        dir.write("50-ea.toml", &(enterprise_section(&keys, "other-aaguid.pem") + rule));
+        let err = service.reload("test").unwrap_err();
+        assert!(err.contains("50-ea.toml:4: enterprise_attestation.certificates: ") && err.contains("AAGUID"), "{err}");
+        assert!(handle.enterprise_attestation_capable());
+
+        // The section removed: no longer capable ("ep" leaves getInfo).
+        dir.write("50-ea.toml", ALLOW_A);
+        service.reload("test").unwrap();
+        assert!(!handle.enterprise_attestation_capable());
+
+        // At start, the same AAGUID mismatch stops the daemon.
+        dir.write("50-ea.toml", &(enterprise_section(&keys, "other-aaguid.pem") + rule));
+        let err = PolicyService::load(vec![dir.0.clone()], None).err().expect("refused");
+        assert!(err.contains("AAGUID"), "{err}");
     }
 
     fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {

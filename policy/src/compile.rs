@@ -7,9 +7,13 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
+use zeroize::Zeroizing;
+
+use crate::enterprise::{self, EnterpriseAttestation};
 
 use crate::file::{self, RawAction, RawAttestation, RawOperation, RawSettings};
 use crate::{
@@ -150,7 +154,10 @@ fn check_settings(raw: RawSettings, table: &str, here: &Here<'_>, errors: &mut V
             RawAttestation::SelfAttestation => {
                 partial.attestation = Some((Attestation::SelfAttestation, here.id(&v.span())));
             }
-            RawAttestation::Enterprise => partial.enterprise = Some(v.span()),
+            RawAttestation::Enterprise => {
+                partial.enterprise = Some(v.span());
+                partial.attestation = Some((Attestation::Enterprise, here.id(&v.span())));
+            }
         }
     }
     if let Some(v) = raw.min_pin_length {
@@ -270,16 +277,11 @@ fn check_rp_list(
         .collect()
 }
 
-/// An enterprise attestation section, checked.
-struct Enterprise {
-    rp_ids: Vec<Box<str>>,
-}
-
 fn check_enterprise(
     raw: Spanned<file::RawEnterprise>,
     here: &Here<'_>,
     errors: &mut Vec<Diagnostic>,
-) -> Option<Enterprise> {
+) -> Option<EnterpriseAttestation> {
     let before = errors.len();
     let raw = raw.into_inner();
     let mut rp_ids = Vec::new();
@@ -293,20 +295,46 @@ fn check_enterprise(
             )),
         }
     }
-    check_pem_file(&raw.key, "enterprise_attestation.key", PemKind::PrivateKey, here, errors);
+    let key_pem = read_pem_file(&raw.key, "enterprise_attestation.key", PemKind::PrivateKey, here, errors);
     let span = raw.certificates.span();
     let certificates = raw.certificates.into_inner();
     if certificates.is_empty() {
         errors.push(here.diag(
-            Some(span),
+            Some(span.clone()),
             "enterprise_attestation.certificates",
             "list the attestation certificate first, then its chain",
         ));
     }
+    let mut certificate_pems = Vec::with_capacity(certificates.len());
     for cert in &certificates {
-        check_pem_file(cert, "enterprise_attestation.certificates", PemKind::Certificate, here, errors);
+        let key = "enterprise_attestation.certificates";
+        if let Some(pem) = read_pem_file(cert, key, PemKind::Certificate, here, errors) {
+            certificate_pems.push((PathBuf::from(cert.get_ref()), pem.to_string()));
+        }
     }
-    (errors.len() == before).then_some(Enterprise { rp_ids })
+    if errors.len() != before {
+        return None;
+    }
+    let key_pem = key_pem?;
+    let origin = (here.path.to_path_buf(), file::line_of(here.text, span.start));
+    match crate::enterprise::load(origin, rp_ids, Path::new(raw.key.get_ref()), &key_pem, &certificate_pems) {
+        Ok(section) => Some(section),
+        Err(problems) => {
+            for problem in problems {
+                errors.push(match problem {
+                    enterprise::Problem::Key(message) => {
+                        here.diag(Some(raw.key.span()), "enterprise_attestation.key", message)
+                    }
+                    enterprise::Problem::Certificate(index, message) => here.diag(
+                        certificates.get(index).map(Spanned::span),
+                        "enterprise_attestation.certificates",
+                        message,
+                    ),
+                });
+            }
+            None
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -315,8 +343,20 @@ enum PemKind {
     Certificate,
 }
 
-fn check_pem_file(path: &Spanned<String>, key: &str, kind: PemKind, here: &Here<'_>, errors: &mut Vec<Diagnostic>) {
-    let mut fail = |message: String| errors.push(here.diag(Some(path.span()), key, message));
+/// Reads a PEM file named in the policy after checking where it is, who may
+/// read it (a private key: its owner only) and its size. `None` after
+/// recording the problem.
+fn read_pem_file(
+    path: &Spanned<String>,
+    key: &str,
+    kind: PemKind,
+    here: &Here<'_>,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Zeroizing<String>> {
+    let mut fail = |message: String| {
+        errors.push(here.diag(Some(path.span()), key, message));
+        None
+    };
     let name = Path::new(path.get_ref());
     if !name.is_absolute() {
         return fail(format!("{} must be an absolute path", name.display()));
@@ -333,7 +373,7 @@ fn check_pem_file(path: &Spanned<String>, key: &str, kind: PemKind, here: &Here<
         return fail(format!("{} is too large for a PEM file", name.display()));
     }
     let text = match std::fs::read(name) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Ok(bytes) => Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned()),
         Err(e) => return fail(format!("cannot read {}: {e}", name.display())),
     };
     let looks_right = match kind {
@@ -342,8 +382,9 @@ fn check_pem_file(path: &Spanned<String>, key: &str, kind: PemKind, here: &Here<
     };
     if !looks_right {
         let want = if kind == PemKind::PrivateKey { "a PEM private key" } else { "a PEM certificate" };
-        fail(format!("{} does not contain {want}", name.display()));
+        return fail(format!("{} does not contain {want}", name.display()));
     }
+    Some(text)
 }
 
 /// A rule as checked, before the final `[default]` is known.
@@ -364,7 +405,7 @@ pub(crate) fn compile(sources: &[Source], dirs: Vec<(PathBuf, bool)>) -> Result<
     let mut default_action: Option<(Action, Box<str>)> = None;
     let mut default_settings = Partial::default();
     let mut pending: Vec<Pending> = Vec::new();
-    let mut enterprise: Option<Enterprise> = None;
+    let mut enterprise: Option<EnterpriseAttestation> = None;
     // Where [default] asked for enterprise attestation (refused below).
     let mut default_enterprise: Option<(usize, Range<usize>)> = None;
 
@@ -472,7 +513,7 @@ pub(crate) fn compile(sources: &[Source], dirs: Vec<(PathBuf, bool)>) -> Result<
             )),
             Some(section) => {
                 for (pattern, rp_span) in &rule.rp {
-                    let listed = matches!(pattern, RpPattern::Exact(id) if section.rp_ids.contains(id));
+                    let listed = matches!(pattern, RpPattern::Exact(id) if section.rp_ids().contains(id));
                     if !listed {
                         errors.push(here.diag(
                             Some(rp_span.clone()),
@@ -486,14 +527,6 @@ pub(crate) fn compile(sources: &[Source], dirs: Vec<(PathBuf, bool)>) -> Result<
                 }
             }
         }
-        // Valid or not, the authenticator cannot do it yet: refuse rather
-        // than quietly hand out a different attestation.
-        errors.push(here.diag(
-            Some(span.clone()),
-            key,
-            "enterprise attestation is not supported by this version of fidoseal (the authenticator \
-             cannot produce it yet); use attestation = \"self\" or \"none\" for now",
-        ));
     }
 
     if !errors.is_empty() {
@@ -563,7 +596,7 @@ pub(crate) fn compile(sources: &[Source], dirs: Vec<(PathBuf, bool)>) -> Result<
         rules,
         default,
         index,
-        enterprise_rp_ids: enterprise.map(|e| e.rp_ids).unwrap_or_default(),
+        enterprise: enterprise.map(Arc::new),
     })
 }
 

@@ -25,6 +25,7 @@
 //! ```
 
 mod compile;
+mod enterprise;
 mod eval;
 mod file;
 mod load;
@@ -34,8 +35,10 @@ mod rp;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+pub use enterprise::EnterpriseAttestation;
 pub use eval::{Decision, Explanation, LossReason, Match, Request, Specificity, U2F_UNATTRIBUTABLE};
 pub use principal::{resolve_principal, Principal};
 pub use rp::{is_u2f_application, normalize_rp_id, RpPattern};
@@ -85,16 +88,17 @@ impl Operation {
 
 /// Which attestation a relying party gets, where policy says.
 ///
-/// `attestation = "enterprise"` is parsed and validated (the
-/// `[enterprise_attestation]` rp list, key and certificates) but refused at
-/// load: the authenticator cannot produce enterprise attestation yet, and a
-/// policy that asks for it is not quietly downgraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Attestation {
     /// Format "none".
     None,
     /// "packed" self attestation.
     SelfAttestation,
+    /// Enterprise attestation (CTAP 2.1 §7.1) with the key and chain of
+    /// `[enterprise_attestation]`, when the client asks for it; otherwise
+    /// the daemon's configured attestation. Only on rules whose rp IDs are
+    /// all listed there (checked at load).
+    Enterprise,
 }
 
 impl fmt::Display for Attestation {
@@ -102,6 +106,7 @@ impl fmt::Display for Attestation {
         f.write_str(match self {
             Attestation::None => "none",
             Attestation::SelfAttestation => "self",
+            Attestation::Enterprise => "enterprise",
         })
     }
 }
@@ -177,7 +182,7 @@ pub struct Policy {
     rules: Vec<Rule>,
     default: DefaultRule,
     index: Index,
-    enterprise_rp_ids: Vec<Box<str>>,
+    enterprise: Option<Arc<EnterpriseAttestation>>,
 }
 
 #[derive(Debug, Default)]
@@ -202,7 +207,7 @@ impl Policy {
                 origins: Vec::new(),
             },
             index: Index::default(),
-            enterprise_rp_ids: Vec::new(),
+            enterprise: None,
         }
     }
 
@@ -226,7 +231,21 @@ impl Policy {
 
     /// rp IDs listed in `[enterprise_attestation]`.
     pub fn enterprise_rp_ids(&self) -> &[Box<str>] {
-        &self.enterprise_rp_ids
+        self.enterprise.as_deref().map_or(&[], EnterpriseAttestation::rp_ids)
+    }
+
+    /// What only the authenticator knows: its AAGUID must be the one the
+    /// enterprise attestation certificate names, if it names one.
+    pub fn check_authenticator_aaguid(&self, aaguid: &[u8; 16]) -> Result<(), PolicyError> {
+        match self.enterprise.as_deref().map(|e| e.check_aaguid(aaguid)) {
+            Some(Err(diagnostic)) => Err(PolicyError { diagnostics: vec![diagnostic] }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The `[enterprise_attestation]` key and chain, when a file has a valid one.
+    pub fn enterprise_attestation(&self) -> Option<&Arc<EnterpriseAttestation>> {
+        self.enterprise.as_ref()
     }
 }
 

@@ -126,6 +126,8 @@ pub struct DenyList(
     pub Arc<Mutex<Vec<String>>>,
     pub Arc<Mutex<Vec<(String, PolicyVerdict)>>>,
     pub Arc<Mutex<Option<u8>>>,
+    /// The policy holds an enterprise attestation key.
+    pub Arc<Mutex<bool>>,
 );
 
 impl DenyList {
@@ -136,6 +138,10 @@ impl DenyList {
 
     pub fn set_min_pin_length(&self, length: u8) {
         *self.2.lock().unwrap() = Some(length);
+    }
+
+    pub fn set_enterprise_attestation_capable(&self, capable: bool) {
+        *self.3.lock().unwrap() = capable;
     }
 }
 
@@ -152,6 +158,10 @@ impl PolicyDecision for DenyList {
 
     fn min_pin_length(&self) -> Option<u8> {
         *self.2.lock().unwrap()
+    }
+
+    fn enterprise_attestation_capable(&self) -> bool {
+        *self.3.lock().unwrap()
     }
 }
 

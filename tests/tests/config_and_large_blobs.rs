@@ -234,7 +234,7 @@ fn more_than_eight_min_pin_length_rp_ids_is_invalid_length() {
 }
 
 #[test]
-fn enable_enterprise_attestation_is_invalid_command() {
+fn enable_enterprise_attestation_without_a_policy_key_is_invalid_command() {
     for protocol in Protocol::BOTH {
         let (mut d, cid) = device_with_pin(protocol);
         let t = token(&mut d, cid, protocol, permission::ACFG);

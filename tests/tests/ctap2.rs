@@ -757,7 +757,7 @@ fn make_credential_up_false_and_uv_true_are_invalid_option() {
 }
 
 #[test]
-fn make_credential_enterprise_attestation_is_invalid_parameter() {
+fn make_credential_enterprise_attestation_without_a_policy_key_is_invalid_parameter() {
     let (mut d, cid) = device();
     let base = make_credential(RP, b"u1", "alice", false);
     let cases = [1, 2]
