@@ -181,6 +181,16 @@ fn check(args: &CheckArgs) -> ExitCode {
     }
     let default = policy.default_rule();
     println!("default action: {} ({})", default.action, default.id);
+    if let Some(ea) = policy.enterprise_attestation() {
+        let rp_ids: Vec<&str> = ea.rp_ids().iter().map(|r| &**r).collect();
+        println!(
+            "enterprise attestation: for {}; key {}; {} certificate{} (checked against the key)",
+            rp_ids.join(", "),
+            ea.key_path().display(),
+            ea.certificates().len(),
+            if ea.certificates().len() == 1 { "" } else { "s" }
+        );
+    }
     ExitCode::SUCCESS
 }
 
