@@ -183,3 +183,54 @@ fn usage_errors_exit_2() {
     assert_eq!(code, 0);
     assert!(out.contains("policy explain --rp ID"));
 }
+
+/// `[enterprise_attestation]` with the policy crate's test key (copied 0600)
+/// and chain; `certificate` picks the attestation certificate.
+fn enterprise_policy(tmp: &TempDir, certificate: &str) -> PathBuf {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/data/enterprise");
+    let keys = tmp.0.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let key = keys.join("ea.key");
+    std::fs::copy(data.join("attestation-pkcs8.key"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let dir = tmp.0.join("policy.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = format!(
+        "[enterprise_attestation]\nrp_ids = [\"login.example.com\"]\nkey = {:?}\ncertificates = [{:?}, {:?}]\n\
+         [[rule]]\nrp = [\"login.example.com\"]\naction = \"allow\"\nattestation = \"enterprise\"\n",
+        key.display().to_string(),
+        data.join(certificate).display().to_string(),
+        data.join("root-ca.pem").display().to_string()
+    );
+    let file = dir.join("50-ea.toml");
+    std::fs::write(&file, text).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    dir
+}
+
+#[test]
+fn check_shows_the_enterprise_section_and_refuses_a_certificate_for_another_aaguid() {
+    let tmp = TempDir::new("enterprise");
+    let dir = enterprise_policy(&tmp, "attestation.pem");
+    let (code, out, err) = ctl(&["policy", "check", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "enterprise attestation: for login.example.com; key {}; 2 certificates",
+            tmp.0.join("keys/ea.key").display()
+        )),
+        "{out}"
+    );
+    let (code, out, _) = ctl(&["policy", "explain", "--dir", dir.to_str().unwrap(), "--rp", "login.example.com"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("attestation enterprise"), "{out}");
+
+    // Only fidosealctl and the daemon know fidoseal's AAGUID: checked here too.
+    let dir = enterprise_policy(&tmp, "other-aaguid.pem");
+    let (code, out, err) = ctl(&["policy", "check", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let file = dir.join("50-ea.toml");
+    assert!(err.starts_with(&format!("{}:4: enterprise_attestation.certificates: ", file.display())), "{err}");
+    assert!(err.contains("AAGUID"), "{err}");
+}
