@@ -1,5 +1,7 @@
 //! authenticatorMakeCredential (CTAP 2.1 §6.1).
 
+use std::sync::Arc;
+
 use ciborium::value::Value;
 
 use crate::auth_data::{authenticator_data, cose_key, flags, rp_id_hash, AttestedCredential};
@@ -8,7 +10,8 @@ use crate::cbor::{self, truncate_utf8, MapBuilder};
 use crate::client_pin::permission;
 use crate::credential::{self, MAX_CREDENTIAL_ID_LEN};
 use crate::platform::{
-    Algorithm, AttestationPolicy, CredentialExtensions, EnterpriseAttestationKey, Operation, PresencePurpose, PresenceRequest, ResidentCredential,
+    Algorithm, AttestationPolicy, CredentialExtensions, EnterpriseAttestationKey, Operation, PresencePurpose,
+    PresenceRequest, ResidentCredential,
 };
 use crate::request::MakeCredentialRequest;
 use crate::status::{CtapResult, StatusCode};
@@ -20,7 +23,7 @@ const MAX_STORED_STRING: usize = 64;
 enum Statement {
     None,
     SelfAttestation,
-    Enterprise(std::sync::Arc<EnterpriseAttestationKey>),
+    Enterprise(Arc<EnterpriseAttestationKey>),
 }
 
 impl Authenticator {
@@ -292,7 +295,7 @@ impl Authenticator {
             .int(0x01, format)
             .int(0x02, cbor::bytes(auth_data))
             .int(0x03, statement)
-            // epAtt (§6.1.2 step 19): present only when asked for, true only
+            // epAtt (§6.1, response member 0x04): present only when asked for, true only
             // when the statement is an enterprise attestation.
             .int_opt(0x04, enterprise_requested.then_some(Value::Bool(enterprise_attested)))
             .int_opt(0x05, large_blob_key)
