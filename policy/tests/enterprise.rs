@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::{write_mode, TempDir};
 use fidoseal_policy::{Attestation, Operation, Policy, PolicyError, Principal, Request};
@@ -25,7 +25,7 @@ fn key(dir: &TempDir, name: &str, mode: u32) -> PathBuf {
     write_mode(dir.path(), name, &text, mode)
 }
 
-fn section(key: &PathBuf, certificates: &[PathBuf]) -> String {
+fn section(key: &Path, certificates: &[PathBuf]) -> String {
     let certs: Vec<String> = certificates.iter().map(|c| format!("{:?}", c.display().to_string())).collect();
     format!(
         "[enterprise_attestation]\nrp_ids = [\"idp.example.com\", \"login.example.org\"]\nkey = {:?}\ncertificates = [{}]\n",

@@ -119,7 +119,7 @@ fn assert_enterprise_statement(body: &Value, chain: &[Vec<u8>]) {
     // The credential is an ordinary one; its own key did not sign.
     let credential_key = responses::parse_registration(body).public_key;
     assert!(!responses::verify(&credential_key, &auth_data, &CLIENT_DATA_HASH, &sig));
-    assert_eq!(&auth_data[37 + 0..37 + 16], &FIDOSEAL_AAGUID, "AAGUID the certificate names");
+    assert_eq!(&auth_data[37..37 + 16], &FIDOSEAL_AAGUID, "AAGUID the certificate names");
     assert_eq!(get(body, 4), Some(&Value::Bool(true)), "epAtt");
 }
 
