@@ -14,7 +14,6 @@ use toml::Spanned;
 use zeroize::Zeroizing;
 
 use crate::enterprise::{self, EnterpriseAttestation};
-
 use crate::file::{self, RawAction, RawAttestation, RawOperation, RawSettings};
 use crate::{
     Action, Attestation, DefaultRule, Diagnostic, Index, Operation, Policy, PolicyError, RpPattern, Rule, Settings,
@@ -317,7 +316,7 @@ fn check_enterprise(
     }
     let key_pem = key_pem?;
     let origin = (here.path.to_path_buf(), file::line_of(here.text, span.start));
-    match crate::enterprise::load(origin, rp_ids, Path::new(raw.key.get_ref()), &key_pem, &certificate_pems) {
+    match enterprise::load(origin, rp_ids, Path::new(raw.key.get_ref()), &key_pem, &certificate_pems) {
         Ok(section) => Some(section),
         Err(problems) => {
             for problem in problems {
