@@ -353,23 +353,27 @@ impl UhidDevice {
         let fd = self.fd.as_raw_fd();
         let mut buf = Box::new([0u8; EVENT_SIZE]);
         loop {
-            let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-            let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-            // SAFETY: one valid pollfd for the duration of the call; the fd is owned by self.
-            let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
-            if ready < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(UhidError::Io(err));
-            }
-            if ready == 0 {
-                return Ok(None);
-            }
+            // Read first and poll only when nothing is queued: during a burst
+            // of output reports that is one system call per report, not two.
             let n = match read_raw(fd, &mut buf[..]) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+                    // SAFETY: one valid pollfd for the duration of the call; the fd is owned by self.
+                    let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
+                    if ready < 0 {
+                        let err = io::Error::last_os_error();
+                        if err.kind() == io::ErrorKind::Interrupted {
+                            continue;
+                        }
+                        return Err(UhidError::Io(err));
+                    }
+                    if ready == 0 {
+                        return Ok(None);
+                    }
+                    continue;
+                }
                 Err(e) => return Err(UhidError::Io(e)),
             };
             if n == 0 {
