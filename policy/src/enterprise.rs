@@ -135,7 +135,9 @@ pub(crate) fn load(
         return Err(problems);
     }
     let Some(signing_key) = signing_key else { return Err(problems) };
-    let Some((leaf_file, leaf)) = chain.first() else { return Err(problems) };
+    let Some((leaf_file, leaf)) = chain.first() else {
+        return Err(vec![Problem::Certificate(0, "list the attestation certificate first, then its chain".into())]);
+    };
     let leaf_path = &certificate_pems[*leaf_file].0;
 
     let mut leaf_problem = |message: String| {
