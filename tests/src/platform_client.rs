@@ -25,9 +25,18 @@ pub mod command {
     pub const GET_INFO: u8 = 0x04;
     pub const CLIENT_PIN: u8 = 0x06;
     pub const RESET: u8 = 0x07;
+    pub const GET_NEXT_ASSERTION: u8 = 0x08;
     pub const CREDENTIAL_MANAGEMENT: u8 = 0x0A;
+    pub const SELECTION: u8 = 0x0B;
     pub const LARGE_BLOBS: u8 = 0x0C;
     pub const CONFIG: u8 = 0x0D;
+}
+
+/// authenticatorConfig subcommands (§6.11).
+pub mod config_subcommand {
+    pub const ENABLE_ENTERPRISE_ATTESTATION: u8 = 0x01;
+    pub const TOGGLE_ALWAYS_UV: u8 = 0x02;
+    pub const SET_MIN_PIN_LENGTH: u8 = 0x03;
 }
 
 /// clientPIN subcommands (§6.5.5).

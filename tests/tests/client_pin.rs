@@ -21,27 +21,7 @@ use fidoseal_tests::platform_client::{
 use fidoseal_tests::requests::{self, int_map, text_map};
 use fidoseal_tests::responses::{self, get, get_text};
 use fidoseal_tests::{DenyList, Device, ScriptedPrompt};
-
-/// Status bytes (CTAP 2.1 §8.2).
-mod st {
-    pub const OK: u8 = 0x00;
-    pub const INVALID_PARAMETER: u8 = 0x02;
-    pub const CBOR_UNEXPECTED_TYPE: u8 = 0x11;
-    pub const MISSING_PARAMETER: u8 = 0x14;
-    pub const CREDENTIAL_EXCLUDED: u8 = 0x19;
-    pub const OPERATION_DENIED: u8 = 0x27;
-    pub const INVALID_OPTION: u8 = 0x2C;
-    pub const NOT_ALLOWED: u8 = 0x30;
-    pub const PIN_INVALID: u8 = 0x31;
-    pub const PIN_BLOCKED: u8 = 0x32;
-    pub const PIN_AUTH_INVALID: u8 = 0x33;
-    pub const PIN_AUTH_BLOCKED: u8 = 0x34;
-    pub const PIN_NOT_SET: u8 = 0x35;
-    pub const PUAT_REQUIRED: u8 = 0x36;
-    pub const PIN_POLICY_VIOLATION: u8 = 0x37;
-    pub const INVALID_SUBCOMMAND: u8 = 0x3E;
-    pub const UNAUTHORIZED_PERMISSION: u8 = 0x40;
-}
+use fidoseal_tests::status as st;
 
 const RP: &str = "example.com";
 const OTHER_RP: &str = "other.example";

@@ -8,30 +8,8 @@ use fidoseal_tests::platform_client::{self as pc, command, ga_auth, mc_auth, per
 use fidoseal_tests::requests::{self, int_map, text_map};
 use fidoseal_tests::responses::{self, get, get_text};
 use fidoseal_tests::Device;
-
-/// Status bytes (CTAP 2.1 §8.2).
-mod st {
-    pub const OK: u8 = 0x00;
-    pub const INVALID_COMMAND: u8 = 0x01;
-    pub const INVALID_PARAMETER: u8 = 0x02;
-    pub const INVALID_LENGTH: u8 = 0x03;
-    pub const INVALID_SEQ: u8 = 0x04;
-    pub const LARGE_BLOB_STORAGE_FULL: u8 = 0x18;
-    pub const NO_CREDENTIALS: u8 = 0x2E;
-    pub const PIN_INVALID: u8 = 0x31;
-    pub const PIN_AUTH_INVALID: u8 = 0x33;
-    pub const PIN_NOT_SET: u8 = 0x35;
-    pub const PUAT_REQUIRED: u8 = 0x36;
-    pub const PIN_POLICY_VIOLATION: u8 = 0x37;
-    pub const INTEGRITY_FAILURE: u8 = 0x3D;
-}
-
-/// authenticatorConfig subcommands (§6.11).
-mod sub {
-    pub const ENABLE_ENTERPRISE_ATTESTATION: u8 = 0x01;
-    pub const TOGGLE_ALWAYS_UV: u8 = 0x02;
-    pub const SET_MIN_PIN_LENGTH: u8 = 0x03;
-}
+use fidoseal_tests::platform_client::config_subcommand as sub;
+use fidoseal_tests::status as st;
 
 const RP: &str = "example.com";
 const PIN: &str = "123456";

@@ -8,19 +8,8 @@ use fidoseal_tests::platform_client::{self as pc, command, ga_auth, mc_auth, per
 use fidoseal_tests::requests::{self, int_map, text_map};
 use fidoseal_tests::responses::{self, get, get_text};
 use fidoseal_tests::Device;
+use fidoseal_tests::status as st;
 use p256::ecdsa::VerifyingKey;
-
-/// Status bytes (CTAP 2.1 §8.2).
-mod st {
-    pub const OK: u8 = 0x00;
-    pub const INVALID_PARAMETER: u8 = 0x02;
-    pub const MISSING_PARAMETER: u8 = 0x14;
-    pub const NO_CREDENTIALS: u8 = 0x2E;
-    pub const NOT_ALLOWED: u8 = 0x30;
-    pub const PIN_AUTH_INVALID: u8 = 0x33;
-    pub const PUAT_REQUIRED: u8 = 0x36;
-    pub const INVALID_SUBCOMMAND: u8 = 0x3E;
-}
 
 /// credMgmt subcommands (§6.8).
 mod sub {

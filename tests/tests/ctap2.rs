@@ -13,42 +13,15 @@ use fidoseal_ctap::authenticator::FIDOSEAL_AAGUID;
 use fidoseal_ctap::ctaphid;
 use fidoseal_ctap::platform::{PresencePurpose, PromptOutcome};
 use fidoseal_ctap::{AttestationMode, AuthenticatorConfig};
+use fidoseal_tests::platform_client::command::{
+    CLIENT_PIN, GET_ASSERTION, GET_INFO, GET_NEXT_ASSERTION, MAKE_CREDENTIAL, RESET, SELECTION,
+};
 use fidoseal_tests::requests::{self, descriptor, int_map, text_map};
 use fidoseal_tests::responses::{self, get, get_text};
+use fidoseal_tests::status as st;
 use fidoseal_tests::Device;
 use p256::ecdsa::VerifyingKey;
 use sha2::{Digest, Sha256};
-
-/// Status bytes (CTAP 2.1 §8.2), spelled out rather than taken from the crate under test.
-mod st {
-    pub const OK: u8 = 0x00;
-    pub const INVALID_COMMAND: u8 = 0x01;
-    pub const INVALID_PARAMETER: u8 = 0x02;
-    pub const INVALID_LENGTH: u8 = 0x03;
-    pub const CBOR_UNEXPECTED_TYPE: u8 = 0x11;
-    pub const INVALID_CBOR: u8 = 0x12;
-    pub const MISSING_PARAMETER: u8 = 0x14;
-    pub const CREDENTIAL_EXCLUDED: u8 = 0x19;
-    pub const UNSUPPORTED_ALGORITHM: u8 = 0x26;
-    pub const OPERATION_DENIED: u8 = 0x27;
-    pub const KEY_STORE_FULL: u8 = 0x28;
-    pub const UNSUPPORTED_OPTION: u8 = 0x2B;
-    pub const INVALID_OPTION: u8 = 0x2C;
-    pub const KEEPALIVE_CANCEL: u8 = 0x2D;
-    pub const NO_CREDENTIALS: u8 = 0x2E;
-    pub const USER_ACTION_TIMEOUT: u8 = 0x2F;
-    pub const NOT_ALLOWED: u8 = 0x30;
-    pub const PIN_AUTH_INVALID: u8 = 0x33;
-}
-
-/// CTAP2 command bytes (CTAP 2.1 §6).
-const MAKE_CREDENTIAL: u8 = 0x01;
-const GET_ASSERTION: u8 = 0x02;
-const GET_INFO: u8 = 0x04;
-const CLIENT_PIN: u8 = 0x06;
-const RESET: u8 = 0x07;
-const GET_NEXT_ASSERTION: u8 = 0x08;
-const SELECTION: u8 = 0x0B;
 
 const RP: &str = "example.com";
 const OTHER_RP: &str = "other.example";

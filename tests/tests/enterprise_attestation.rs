@@ -14,25 +14,16 @@ use ciborium::value::Value;
 use fidoseal_ctap::authenticator::{AttestationMode, AuthenticatorConfig, FIDOSEAL_AAGUID};
 use fidoseal_ctap::platform::{AttestationPolicy, EnterpriseAttestationKey, PolicyVerdict};
 use fidoseal_policy::Policy;
+use fidoseal_tests::platform_client::config_subcommand::ENABLE_ENTERPRISE_ATTESTATION;
 use fidoseal_tests::platform_client::{self as pc, command, permission, PinToken, Protocol};
 use fidoseal_tests::requests;
 use fidoseal_tests::responses::{self, get, get_text};
 use fidoseal_tests::Device;
+use fidoseal_tests::status as st;
 use p256::ecdsa::VerifyingKey;
 use x509_cert::der::{Decode, Encode};
 use x509_cert::Certificate;
 
-mod st {
-    pub const OK: u8 = 0x00;
-    pub const INVALID_COMMAND: u8 = 0x01;
-    pub const INVALID_PARAMETER: u8 = 0x02;
-    pub const CBOR_UNEXPECTED_TYPE: u8 = 0x11;
-    pub const INVALID_OPTION: u8 = 0x2C;
-    pub const PIN_AUTH_INVALID: u8 = 0x33;
-    pub const PUAT_REQUIRED: u8 = 0x36;
-}
-
-const ENABLE_ENTERPRISE_ATTESTATION: u8 = 0x01;
 const EA_RP: &str = "idp.example.com";
 const OTHER_RP: &str = "other.example.com";
 const PIN: &str = "123456";

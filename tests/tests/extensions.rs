@@ -10,18 +10,7 @@ use fidoseal_tests::platform_client::{
 use fidoseal_tests::requests::{self, int_map, text_map};
 use fidoseal_tests::responses::{self, get};
 use fidoseal_tests::Device;
-
-/// Status bytes (CTAP 2.1 §8.2).
-mod st {
-    pub const OK: u8 = 0x00;
-    pub const INVALID_PARAMETER: u8 = 0x02;
-    pub const INVALID_LENGTH: u8 = 0x03;
-    pub const CREDENTIAL_EXCLUDED: u8 = 0x19;
-    pub const UNSUPPORTED_OPTION: u8 = 0x2B;
-    pub const INVALID_OPTION: u8 = 0x2C;
-    pub const NO_CREDENTIALS: u8 = 0x2E;
-    pub const PIN_AUTH_INVALID: u8 = 0x33;
-}
+use fidoseal_tests::status as st;
 
 const RP: &str = "example.com";
 const OTHER_RP: &str = "other.example";

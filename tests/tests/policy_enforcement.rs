@@ -7,10 +7,8 @@ use std::time::Duration;
 use ciborium::value::Value;
 use fidoseal_ctap::platform::{AttestationPolicy, PolicyVerdict, PresencePurpose};
 use fidoseal_tests::requests::{self, text_map};
+use fidoseal_tests::status::{OPERATION_DENIED, PUAT_REQUIRED};
 use fidoseal_tests::{responses, Device};
-
-const OPERATION_DENIED: u8 = 0x27;
-const PUAT_REQUIRED: u8 = 0x36;
 
 fn verdict(change: impl FnOnce(&mut PolicyVerdict)) -> PolicyVerdict {
     let mut v = PolicyVerdict::allow("test rule");

@@ -8,10 +8,8 @@ use ciborium::value::Value;
 use fidoseal_ctap::platform::{PresencePurpose, PromptOutcome};
 use fidoseal_tests::platform_client::{self as pc, Protocol};
 use fidoseal_tests::requests::{self, text_map};
+use fidoseal_tests::status::{UV_BLOCKED, UV_INVALID};
 use fidoseal_tests::{responses, Device, ScriptedVerification as V};
-
-const UV_INVALID: u8 = 0x3F;
-const UV_BLOCKED: u8 = 0x3C;
 
 fn uv_option() -> (i64, Value) {
     (7, text_map(&[("uv", Value::Bool(true))]))
