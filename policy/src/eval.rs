@@ -16,15 +16,7 @@ use crate::{Action, Operation, Policy, Principal, RpPattern, Rule, Settings};
 pub const U2F_UNATTRIBUTABLE: &str =
     "built-in: a U2F request names its rp only by a hash, which wildcard rules cannot match";
 
-static NO_SETTINGS: Settings = Settings {
-    require_user_verification: false,
-    allow_discoverable: true,
-    min_cred_protect: 1,
-    attestation: None,
-    min_pin_length: None,
-    prompt_timeout: None,
-    message: None,
-};
+static NO_SETTINGS: Settings = Settings::BUILT_IN;
 
 /// What a request is matched on.
 #[derive(Debug, Clone, Copy)]

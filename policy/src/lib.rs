@@ -126,17 +126,22 @@ pub struct Settings {
     pub message: Option<Box<str>>,
 }
 
+impl Settings {
+    /// What applies where no file says otherwise: a plain security key's behaviour.
+    pub(crate) const BUILT_IN: Settings = Settings {
+        require_user_verification: false,
+        allow_discoverable: true,
+        min_cred_protect: 1,
+        attestation: None,
+        min_pin_length: None,
+        prompt_timeout: None,
+        message: None,
+    };
+}
+
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            require_user_verification: false,
-            allow_discoverable: true,
-            min_cred_protect: 1,
-            attestation: None,
-            min_pin_length: None,
-            prompt_timeout: None,
-            message: None,
-        }
+        Self::BUILT_IN
     }
 }
 
