@@ -108,12 +108,7 @@ start_daemon_with() {
     [ -x "$DAEMON" ] || fail "daemon binary $DAEMON missing"
     printf '%s\n' "$1" >"$CONFIG"
     show "$CONFIG" "fidoseald configuration"
-    log "\$ RUST_LOG=debug $DAEMON --config $CONFIG >>$DLOG 2>&1 &"
-    printf '\n===== start %s (guest %ss) =====\n' "$(date -u +%FT%TZ)" "$SECONDS" >>"$DLOG"
-    RUST_LOG=debug NO_COLOR=1 "$DAEMON" --config "$CONFIG" </dev/null >>"$DLOG" 2>&1 &
-    DPID=$!
-    log "    daemon pid $DPID"
-    wait_node
+    launch_daemon
 }
 
 # wait_log PATTERN [SECONDS] [FILE]: FILE (default the daemon log) gets a

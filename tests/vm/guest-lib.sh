@@ -149,7 +149,13 @@ backend = "software"
 [prompt]
 mode = "always-approve"
 EOF
-    log "\$ RUST_LOG=debug $DAEMON --config $CONFIG >>$DLOG 2>&1 &   (state_dir $STATE, empty)"
+    launch_daemon "   (state_dir $STATE, empty)"
+}
+
+# launch_daemon [NOTE]: starts $DAEMON on $CONFIG in the background, logging
+# to $DLOG; sets DPID and waits for its hidraw node (DEV).
+launch_daemon() {
+    log "\$ RUST_LOG=debug $DAEMON --config $CONFIG >>$DLOG 2>&1 &${1:-}"
     printf '\n===== start %s (guest %ss) =====\n' "$(date -u +%FT%TZ)" "$SECONDS" >>"$DLOG"
     RUST_LOG=debug NO_COLOR=1 "$DAEMON" --config "$CONFIG" </dev/null >>"$DLOG" 2>&1 &
     DPID=$!
