@@ -142,7 +142,11 @@ impl DaemonWatch {
 }
 
 /// RegisterAgent with the daemon that owns the name now (addressed by its
-/// unique name, so a call can never reach a later owner by mistake).
+/// unique name, so a call can never reach a later owner by mistake). A
+/// refusal (org.fidoseal.Error.NotPermitted: not the device's user, or not
+/// from an active login session) is tried again each time logind reports a
+/// change, so switching back to this session registers the agent without a
+/// daemon restart.
 async fn register(conn: Connection, owner: OwnedUniqueName, path: ObjectPath<'static>) {
     let proxy = match AgentManager1Proxy::builder(&conn).destination(owner.clone()) {
         Ok(b) => match b.build().await {
@@ -151,20 +155,64 @@ async fn register(conn: Connection, owner: OwnedUniqueName, path: ObjectPath<'st
         },
         Err(e) => return tracing::error!("cannot build the AgentManager1 proxy: {e}"),
     };
+    // Followed from before the first attempt: a change between a refusal
+    // and the wait for one is not missed.
+    let session_changes = match SessionChanges::follow(&conn).await {
+        Ok(changes) => Some(changes),
+        Err(e) => {
+            tracing::debug!("cannot follow logind's signals: {e}");
+            None
+        }
+    };
+    let mut refusals = 0u32;
+    loop {
+        let refusal = match register_with_backoff(&proxy, &owner, &path).await {
+            Attempt::Registered => return,
+            Attempt::GaveUp(error) => {
+                return tracing::error!(daemon = %owner, error, "could not register with fidoseald; waiting for it to restart")
+            }
+            Attempt::Refused(refusal) => refusal,
+        };
+        refusals += 1;
+        let Some(changes) = session_changes.as_ref() else {
+            return tracing::error!(daemon = %owner, error = %refusal, "fidoseald refused the registration; waiting for it to restart");
+        };
+        if refusals == 1 {
+            tracing::error!(
+                daemon = %owner,
+                error = %refusal,
+                "fidoseald refused the registration; trying again when a login session changes"
+            );
+        } else {
+            tracing::info!(daemon = %owner, error = %refusal, refusals, "fidoseald refused the registration again");
+        }
+        if !changes.next().await {
+            return tracing::error!(daemon = %owner, "logind's signals ended; waiting for fidoseald to restart");
+        }
+        tracing::info!(daemon = %owner, "a login session changed; registering again");
+    }
+}
+
+enum Attempt {
+    Registered,
+    /// NotPermitted: permanent until something about the caller changes.
+    Refused(zbus::Error),
+    /// Every attempt failed otherwise (no AgentManager1, AlreadyExists held on).
+    GaveUp(String),
+}
+
+async fn register_with_backoff(proxy: &AgentManager1Proxy<'_>, owner: &OwnedUniqueName, path: &ObjectPath<'_>) -> Attempt {
     let mut last_error = String::new();
     for (attempt, delay) in REGISTER_BACKOFF_MS.iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(*delay)).await;
-        match proxy.register_agent(&path).await {
+        match proxy.register_agent(path).await {
             Ok(()) => {
                 tracing::info!(daemon = %owner, path = %path, "registered with fidoseald");
-                return;
+                return Attempt::Registered;
             }
             Err(e) => {
-                let name = error_name(&e).unwrap_or_default();
-                if name == "org.fidoseal.Error.NotPermitted" {
-                    // Permanent for this daemon: not this user's or session's key.
-                    tracing::error!(daemon = %owner, error = %e, "fidoseald refused the registration");
-                    return;
+                if error_name(&e).as_deref() == Some("org.fidoseal.Error.NotPermitted") {
+                    return Attempt::Refused(e);
                 }
                 // AlreadyExists is retried: the holder is often this agent's
                 // previous run, whose connection the daemon has not yet seen close.
@@ -173,5 +221,64 @@ async fn register(conn: Connection, owner: OwnedUniqueName, path: ObjectPath<'st
             }
         }
     }
-    tracing::error!(daemon = %owner, error = %last_error, "could not register with fidoseald; waiting for it to restart");
+    Attempt::GaveUp(last_error)
+}
+
+const LOGIND: &str = "org.freedesktop.login1";
+
+/// logind's signals, drained as they come by a task of their own (a zbus
+/// stream that is not read holds up the whole connection once its queue is
+/// full) and kept as "something changed since the last look".
+struct SessionChanges {
+    changed: Arc<tokio::sync::Notify>,
+    ended: Arc<std::sync::atomic::AtomicBool>,
+    /// Ends with the stream, or when this value is dropped.
+    drain: tokio::task::JoinHandle<()>,
+}
+
+impl SessionChanges {
+    /// Every signal logind sends: a session's Active or State changing, a
+    /// seat's ActiveSession, sessions and users coming and going. Only the
+    /// owner of org.freedesktop.login1 matches, so another client cannot fake
+    /// one (and a retry it caused would only be refused again: the daemon
+    /// decides).
+    async fn follow(conn: &Connection) -> zbus::Result<SessionChanges> {
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender(LOGIND)?
+            .path_namespace("/org/freedesktop/login1")?
+            .build();
+        let mut stream = zbus::MessageStream::for_match_rule(rule, conn, None).await?;
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (notify, end) = (Arc::clone(&changed), Arc::clone(&ended));
+        let drain = tokio::spawn(async move {
+            while stream.next().await.is_some() {
+                notify.notify_one();
+            }
+            end.store(true, std::sync::atomic::Ordering::Release);
+            notify.notify_one();
+        });
+        Ok(SessionChanges { changed, ended, drain })
+    }
+
+    /// Waits for a change, then for a quiet moment: one session switch is a
+    /// burst of signals, and a retry per signal would only repeat itself.
+    /// False when the signals ended (the bus connection is gone).
+    async fn next(&self) -> bool {
+        const QUIET: Duration = Duration::from_millis(300);
+        self.changed.notified().await;
+        while !self.has_ended() && tokio::time::timeout(QUIET, self.changed.notified()).await.is_ok() {}
+        !self.has_ended()
+    }
+
+    fn has_ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for SessionChanges {
+    fn drop(&mut self) {
+        self.drain.abort();
+    }
 }

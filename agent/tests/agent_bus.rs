@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fidoseal_dbus::{detail, Agent1Proxy, Details, Error, BUS_NAME, DEFAULT_AGENT_PATH, OBJECT_PATH};
@@ -109,11 +110,19 @@ struct Registration {
 
 struct FakeManager {
     tx: mpsc::UnboundedSender<Registration>,
+    /// RegisterAgent calls to refuse with NotPermitted before accepting.
+    refusals: Arc<AtomicU32>,
+    attempts: Arc<AtomicU32>,
 }
 
 #[zbus::interface(name = "org.fidoseal.AgentManager1")]
 impl FakeManager {
     async fn register_agent(&self, #[zbus(header)] hdr: Header<'_>, agent: ObjectPath<'_>) -> Result<(), Error> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let refuse = self.refusals.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if refuse {
+            return Err(Error::NotPermitted("session 3 is not the active session of its seat".into()));
+        }
         let sender = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
         let _ = self.tx.send(Registration { sender, path: agent.to_string() });
         Ok(())
@@ -128,19 +137,23 @@ impl FakeManager {
 struct FakeDaemon {
     conn: zbus::Connection,
     registrations: mpsc::UnboundedReceiver<Registration>,
+    refusals: Arc<AtomicU32>,
+    attempts: Arc<AtomicU32>,
 }
 
 impl FakeDaemon {
     async fn connect(bus: &Bus) -> FakeDaemon {
         let (tx, registrations) = mpsc::unbounded_channel();
+        let (refusals, attempts) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let manager = FakeManager { tx, refusals: Arc::clone(&refusals), attempts: Arc::clone(&attempts) };
         let conn = zbus::connection::Builder::address(bus.address.as_str())
             .unwrap()
-            .serve_at(OBJECT_PATH, FakeManager { tx })
+            .serve_at(OBJECT_PATH, manager)
             .unwrap()
             .build()
             .await
             .unwrap();
-        FakeDaemon { conn, registrations }
+        FakeDaemon { conn, registrations, refusals, attempts }
     }
 
     async fn start(bus: &Bus) -> FakeDaemon {
@@ -413,6 +426,61 @@ async fn re_registers_when_the_daemon_restarts() {
     drop(bus);
 }
 
+/// A session's Active property changing, as logind announces it.
+async fn emit_session_active(conn: &zbus::Connection, active: bool) {
+    let changed = std::collections::HashMap::from([("Active", zbus::zvariant::Value::from(active))]);
+    conn.emit_signal(
+        None::<()>,
+        "/org/freedesktop/login1/session/_33",
+        "org.freedesktop.DBus.Properties",
+        "PropertiesChanged",
+        &("org.freedesktop.login1.Session", changed, Vec::<String>::new()),
+    )
+    .await
+    .unwrap();
+}
+
+/// Registered from an inactive session (refused), the agent registers when
+/// logind says a session changed: switching back to the desktop is enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_then_registers_when_a_login_session_changes() {
+    let dir = test_dir("session-change");
+    let bus = Bus::start(&dir);
+    let mut daemon = FakeDaemon::connect(&bus).await;
+    daemon.refusals.store(2, Ordering::SeqCst);
+    daemon.conn.request_name(BUS_NAME).await.unwrap();
+    let agent = AgentProc::start(&dir, &bus, &[]);
+    agent.wait_log("fidoseald refused the registration; trying again when a login session changes").await;
+    assert_eq!(daemon.attempts.load(Ordering::SeqCst), 1, "a refusal is not retried on a timer");
+
+    // The same signal from a client that is not logind changes nothing.
+    let impostor = bus.connect().await;
+    emit_session_active(&impostor, true).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(daemon.attempts.load(Ordering::SeqCst), 1, "a signal not from logind is ignored");
+    // logind (whoever owns its name) reports a change: one more attempt,
+    // refused again (the session is still not the active one) ...
+    let logind = bus.connect().await;
+    logind.request_name("org.freedesktop.login1").await.unwrap();
+    emit_session_active(&logind, false).await;
+    agent.wait_log("fidoseald refused the registration again").await;
+    assert_eq!(daemon.attempts.load(Ordering::SeqCst), 2);
+    // ... then the switch back: a burst of signals, one registration.
+    for _ in 0..3 {
+        emit_session_active(&logind, true).await;
+    }
+    let reg = daemon.registration().await;
+    assert_eq!(reg.path, DEFAULT_AGENT_PATH);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(daemon.attempts.load(Ordering::SeqCst), 3);
+    assert!(daemon.registrations.try_recv().is_err(), "registered once");
+    // The agent serves the daemon it registered with.
+    std::fs::write(dir.join("script"), "ok\n").unwrap();
+    daemon.agent(&reg).await.request_presence(1, details("example.com", "sign-in")).await.expect("served");
+    drop(agent);
+    drop(bus);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_allow_and_deny() {
     let env = Env::start("presence").await;
@@ -524,7 +592,7 @@ async fn cancel_while_the_pinentry_hangs() {
     agent.cancel(9).await.unwrap();
     let answer = tokio::time::timeout(PROMPT, call).await.expect("answered at once after Cancel").unwrap();
     assert_eq!(error_name(answer), "org.fidoseal.Error.Canceled");
-    assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
+    assert!(start.elapsed() < PROMPT, "took {:?}", start.elapsed());
     wait_dead(pid).await;
 
     // A Cancel for a request with nothing open is harmless.
@@ -666,12 +734,13 @@ async fn show_failure_appears_on_the_next_dialog_or_alone() {
     assert!(env.pinentry_log().contains("SETERROR Wrong PIN. (7 attempts left)"));
     assert_eq!(env.pinentry_pids().len(), 1, "no separate window when a dialog follows");
 
-    // No dialog follows: the message gets its own window.
-    env.script(&["ok"]);
+    // No dialog follows: the message gets its own window, and ShowFailure
+    // does not wait for the user to close it (the window never closes here).
+    env.script(&["hang"]);
     let (shown, took) = timed(agent.show_failure(6, "Fingerprint not recognised.", 2)).await;
     shown.unwrap();
-    assert!(took < Duration::from_millis(250), "ShowFailure does not wait for the user");
-    env.wait_pinentry("ACTION MESSAGE ok").await;
+    assert!(took < PROMPT, "ShowFailure does not wait for the user");
+    env.wait_pinentry("ACTION MESSAGE hang").await;
     assert!(env.pinentry_log().contains("SETDESC Fingerprint not recognised. (2 attempts left)"));
 }
 
