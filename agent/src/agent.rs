@@ -121,6 +121,21 @@ impl Agent {
     }
 }
 
+/// AgentManager1.CancelRequest to the daemon that asked (its unique name):
+/// the user stopped a request the agent had already answered.
+async fn cancel_request(conn: &zbus::Connection, daemon: &str, request: u64) {
+    let call = async {
+        let manager = fidoseal_dbus::AgentManager1Proxy::builder(conn).destination(daemon.to_owned())?.build().await?;
+        manager.cancel_request(request).await
+    };
+    match tokio::time::timeout(Duration::from_secs(2), call).await {
+        Ok(Ok(())) => tracing::debug!(request, "CancelRequest sent"),
+        // The request may have ended meanwhile, or the daemon left.
+        Ok(Err(e)) => tracing::info!(request, error = %e, "CancelRequest was not taken"),
+        Err(_) => tracing::warn!(request, "CancelRequest was not answered in time"),
+    }
+}
+
 fn with_failure(failure: Option<&str>, text: String) -> String {
     match failure {
         Some(f) => format!("{f}\n\n{text}"),
@@ -297,6 +312,7 @@ impl Agent {
         request: u64,
         details: Details,
         methods: Vec<String>,
+        #[zbus(connection)] conn: &zbus::Connection,
     ) -> Result<(String, Secret), Error> {
         let (sender, serial) = self.caller(&hdr, "RequestVerification", request).await?;
         let info = RequestInfo::from_details(&details);
@@ -339,7 +355,9 @@ impl Agent {
 
         if chosen == method::FINGERPRINT {
             // Answer now so the daemon runs fprintd; keep "touch the sensor"
-            // up until Cancel, the next call for this request, or the deadline.
+            // up until Cancel, the next call for this request, or the
+            // deadline. Its button (or closing the window) stops the scan:
+            // the agent tells the daemon with AgentManager1.CancelRequest.
             let text = with_failure(
                 failure.as_deref(),
                 format!("{}\n\nTouch the fingerprint sensor.", info.verification_context()),
@@ -347,7 +365,7 @@ impl Agent {
             let shown = async {
                 dlg.set("SETTITLE", TITLE).await?;
                 dlg.set("SETDESC", &text).await?;
-                dlg.set("SETOK", "_Hide").await?;
+                dlg.set("SETOK", "_Cancel").await?;
                 dlg.set_timeout_from_deadline().await
             }
             .await;
@@ -355,12 +373,14 @@ impl Agent {
                 return Err(refusal(request, "RequestVerification", &info, e.into()));
             }
             self.requests.set_linger(&ticket);
+            let (conn, daemon) = (conn.clone(), sender);
             tokio::spawn(async move {
                 let ticket = ticket;
                 match dlg.message().await {
                     Ok(()) => {
-                        tracing::debug!(request = ticket.request, "fingerprint prompt hidden by the user");
-                        dlg.close()
+                        tracing::info!(request = ticket.request, outcome = "canceled", "fingerprint prompt cancelled by the user");
+                        dlg.close();
+                        cancel_request(&conn, &daemon, ticket.request).await;
                     }
                     Err(DialogError::Failed(reason)) => {
                         tracing::warn!(request = ticket.request, reason = %reason, "fingerprint prompt failed")

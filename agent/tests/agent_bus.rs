@@ -113,6 +113,8 @@ struct FakeManager {
     /// RegisterAgent calls to refuse with NotPermitted before accepting.
     refusals: Arc<AtomicU32>,
     attempts: Arc<AtomicU32>,
+    /// CancelRequest calls, by request id.
+    stopped: mpsc::UnboundedSender<u64>,
 }
 
 #[zbus::interface(name = "org.fidoseal.AgentManager1")]
@@ -131,6 +133,11 @@ impl FakeManager {
     async fn unregister_agent(&self, _agent: ObjectPath<'_>) -> Result<(), Error> {
         Ok(())
     }
+
+    async fn cancel_request(&self, request: u64) -> Result<(), Error> {
+        let _ = self.stopped.send(request);
+        Ok(())
+    }
 }
 
 /// A fake fidoseald: owns the name (or waits in its queue), serves AgentManager1.
@@ -139,13 +146,16 @@ struct FakeDaemon {
     registrations: mpsc::UnboundedReceiver<Registration>,
     refusals: Arc<AtomicU32>,
     attempts: Arc<AtomicU32>,
+    stopped: mpsc::UnboundedReceiver<u64>,
 }
 
 impl FakeDaemon {
     async fn connect(bus: &Bus) -> FakeDaemon {
         let (tx, registrations) = mpsc::unbounded_channel();
+        let (stop_tx, stopped) = mpsc::unbounded_channel();
         let (refusals, attempts) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
-        let manager = FakeManager { tx, refusals: Arc::clone(&refusals), attempts: Arc::clone(&attempts) };
+        let manager =
+            FakeManager { tx, refusals: Arc::clone(&refusals), attempts: Arc::clone(&attempts), stopped: stop_tx };
         let conn = zbus::connection::Builder::address(bus.address.as_str())
             .unwrap()
             .serve_at(OBJECT_PATH, manager)
@@ -153,7 +163,7 @@ impl FakeDaemon {
             .build()
             .await
             .unwrap();
-        FakeDaemon { conn, registrations, refusals, attempts }
+        FakeDaemon { conn, registrations, refusals, attempts, stopped }
     }
 
     async fn start(bus: &Bus) -> FakeDaemon {
@@ -554,7 +564,7 @@ async fn verification_lets_the_user_pick_a_method() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fingerprint_answers_at_once_and_cancel_closes_its_prompt() {
-    let env = Env::start("fingerprint").await;
+    let mut env = Env::start("fingerprint").await;
     let agent = env.proxy().await;
     env.script(&["hang"]);
     let (got, took) = timed(agent.request_verification(7, details("example.com", "sign-in"), &["fingerprint"])).await;
@@ -575,6 +585,29 @@ async fn fingerprint_answers_at_once_and_cancel_closes_its_prompt() {
     let got = agent.request_verification(8, details("example.com", "sign-in"), &["pin"]).await.unwrap();
     assert_eq!(got.1, "1234");
     wait_dead(pid).await;
+    // Closed by the daemon, not by the user: nothing to stop.
+    assert!(env.daemon.stopped.try_recv().is_err(), "no CancelRequest for a prompt the daemon closed");
+}
+
+/// The fingerprint prompt's button is Cancel: the user stops the scan, and
+/// the agent tells the daemon that asked (AgentManager1.CancelRequest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_the_fingerprint_prompt_stops_the_request() {
+    let mut env = Env::start("finger-stop").await;
+    let agent = env.proxy().await;
+    // The window closed by hand ...
+    env.script(&["cancel"]);
+    agent.request_verification(32, details("example.com", "sign-in"), &["fingerprint"]).await.unwrap();
+    env.wait_pinentry("ACTION MESSAGE cancel").await;
+    assert!(env.pinentry_log().contains("SETOK _Cancel"));
+    let stopped = tokio::time::timeout(SOON, env.daemon.stopped.recv()).await.expect("CancelRequest sent");
+    assert_eq!(stopped, Some(32));
+
+    env.script(&["ok"]);
+    agent.request_verification(33, details("example.com", "sign-in"), &["fingerprint"]).await.unwrap();
+    let stopped = tokio::time::timeout(SOON, env.daemon.stopped.recv()).await.expect("CancelRequest sent");
+    assert_eq!(stopped, Some(33), "... or its Cancel button");
+    assert!(env.daemon.stopped.try_recv().is_err(), "once per request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

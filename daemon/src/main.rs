@@ -26,7 +26,7 @@ use fidoseal_ctap::platform::{KeyStore, UserPrompt};
 use fidoseal_ctap::{AttestationMode, Authenticator, AuthenticatorConfig, Platform};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{Attestation, Config, KeyStoreBackend};
+use crate::config::{Attestation, Config, KeyStoreBackend, PromptMode};
 
 /// How many discoverable credentials the state directory holds.
 const RESIDENT_CAPACITY: usize = 256;
@@ -135,7 +135,12 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
 
         let authenticator = Arc::new(Mutex::new(Authenticator::new(authenticator_config, platform, Instant::now())));
         let service = dbus_service::Service::from_config(&config, agents, credentials, Arc::clone(&authenticator), agent_prompt);
-        let _bus = dbus_service::DbusService::start_for_daemon(service).await?;
+        let mut bus = dbus_service::DbusService::start_for_daemon(service).await?;
+        // Agent mode cannot ask anyone without the bus: off it, the daemon
+        // exits with a failure and systemd (Restart=on-failure) starts it
+        // again, on the new bus. Always-approve mode keeps serving the key.
+        let exit_when_off_the_bus = config.prompt.mode == PromptMode::Agent;
+        let mut off_the_bus: Option<String> = None;
         loop {
             let device = uhid::UhidDevice::create(&config.device.uhid_path, &device_info())
                 .map_err(|e| format!("{e} (is the uhid module loaded? try `modprobe uhid`)"))?;
@@ -145,6 +150,11 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
                     _ = terminate.recv() => { tracing::info!("SIGTERM: removing the device"); transport::Stop::Exit }
                     _ = interrupt.recv() => { tracing::info!("SIGINT: removing the device"); transport::Stop::Exit }
                     _ = replug.recv() => { tracing::info!("SIGUSR1: re-plugging the device"); transport::Stop::Replug }
+                    reason = bus_lost(&mut bus, exit_when_off_the_bus) => {
+                        tracing::error!(reason, "off the system bus: nobody can be asked; removing the device and exiting");
+                        off_the_bus = Some(reason);
+                        transport::Stop::Exit
+                    }
                 }
             };
             let reason = transport::serve(device, Arc::clone(&authenticator), random_first_cid(), stop)
@@ -161,9 +171,25 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
                 .power_cycle(Instant::now())
                 .map_err(|e| format!("cannot power-cycle the authenticator: {e}"))?;
         }
+        if let Some(reason) = off_the_bus {
+            return Err(format!("{reason} (exiting so that systemd starts fidoseald again)"));
+        }
         tracing::info!("device removed; exiting");
         Ok(())
     })
+}
+
+/// Completes when the daemon should stop for being off the bus (agent mode
+/// only); in always-approve mode the loss is logged once and the key goes on.
+async fn bus_lost(bus: &mut Option<dbus_service::DbusService>, fatal: bool) -> String {
+    let Some(service) = bus.as_mut() else { return std::future::pending().await };
+    let reason = service.lost().await;
+    if fatal {
+        return reason;
+    }
+    tracing::warn!(reason, "off the system bus: Manager1 is gone until fidoseald restarts; the key goes on");
+    *bus = None;
+    std::future::pending().await
 }
 
 fn device_info() -> uhid::DeviceInfo {

@@ -75,6 +75,7 @@ pub fn detail<'a>(value: impl Into<Value<'a>>) -> OwnedValue {
 pub trait AgentManager1 {
     fn register_agent(&self, agent: &ObjectPath<'_>) -> zbus::Result<()>;
     fn unregister_agent(&self, agent: &ObjectPath<'_>) -> zbus::Result<()>;
+    fn cancel_request(&self, request: u64) -> zbus::Result<()>;
 }
 
 #[proxy(interface = "org.fidoseal.Agent1")]

@@ -106,6 +106,21 @@ impl AgentManager {
         }
     }
 
+    /// The user closed a dialog whose answer the agent had already given
+    /// (the fingerprint prompt): stop what the daemon does for `request`.
+    async fn cancel_request(&self, request: u64, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
+        let Some(sender) = header.sender() else {
+            return Err(Error::NotPermitted("the call has no sender".into()));
+        };
+        if self.service.registry.stop_by_user(sender.as_str(), request) {
+            tracing::info!(sender = %sender, request, decision = "stopped", "CancelRequest: the user stopped the request");
+            Ok(())
+        } else {
+            tracing::warn!(sender = %sender, request, decision = "refused", "CancelRequest: not the registered agent, or no such request");
+            Err(Error::NotPermitted(format!("{sender} may not cancel request {request}")))
+        }
+    }
+
     async fn unregister_agent(&self, agent: ObjectPath<'_>, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
         let Some(sender) = header.sender() else {
             return Err(Error::NotPermitted("the call has no sender".into()));

@@ -70,6 +70,8 @@ impl Service {
 pub struct DbusService {
     /// Held so that the name and the objects stay on the bus.
     _connection: Connection,
+    /// NameLost for our name; it fails and ends when the connection closes.
+    name_lost: zbus::MessageStream,
 }
 
 impl DbusService {
@@ -92,9 +94,32 @@ impl DbusService {
             .build()
             .await
             .map_err(|e| format!("cannot own {BUS_NAME} on the system bus: {e}"))?;
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender("org.freedesktop.DBus")
+            .and_then(|b| b.interface("org.freedesktop.DBus"))
+            .and_then(|b| b.member("NameLost"))
+            .and_then(|b| b.arg(0, BUS_NAME))
+            .map(|b| b.build())
+            .map_err(|e| format!("cannot build the NameLost rule: {e}"))?;
+        let name_lost = zbus::MessageStream::for_match_rule(rule, &connection, None)
+            .await
+            .map_err(|e| format!("cannot follow NameLost on the system bus: {e}"))?;
         registry.attach(Bus { connection: connection.clone(), runtime: tokio::runtime::Handle::current() });
         tracing::info!(name = BUS_NAME, path = OBJECT_PATH, unique_name = ?connection.unique_name().map(|n| n.as_str()), "D-Bus service started");
-        Ok(Self { _connection: connection })
+        Ok(Self { _connection: connection, name_lost })
+    }
+
+    /// Completes when the daemon is off the bus: the connection closed or
+    /// failed (dbus-daemon restarted or died), or the name was taken away.
+    /// Says which.
+    pub async fn lost(&mut self) -> String {
+        use futures_lite::StreamExt;
+        match self.name_lost.next().await {
+            Some(Ok(_)) => format!("lost the name {BUS_NAME} on the system bus"),
+            Some(Err(e)) => format!("the system bus connection failed: {e}"),
+            None => "the system bus connection closed".to_owned(),
+        }
     }
 
     /// The daemon's start: in agent mode the bus is required (without it

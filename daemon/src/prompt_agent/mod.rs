@@ -73,6 +73,8 @@ pub struct AgentPrompt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Abandoned {
     HostCancelled,
+    /// The agent's CancelRequest: the user closed the dialog.
+    UserStopped,
     TimedOut,
     AgentGone,
 }
@@ -81,6 +83,8 @@ impl Abandoned {
     fn outcome(self) -> PromptOutcome {
         match self {
             Abandoned::HostCancelled => PromptOutcome::Cancelled,
+            // The user's no, as when a dialog is closed before it answers.
+            Abandoned::UserStopped => PromptOutcome::Denied,
             Abandoned::TimedOut => PromptOutcome::TimedOut,
             Abandoned::AgentGone => PromptOutcome::Unavailable,
         }
@@ -185,9 +189,11 @@ impl AgentPrompt {
         work: impl Future<Output = T>,
     ) -> Result<T, Abandoned> {
         let mut changes = self.registry.subscribe();
+        let mut stopped = self.registry.subscribe_stopped();
         tokio::select! {
             biased;
             () = host_cancelled(signals) => Err(Abandoned::HostCancelled),
+            () = stopped_by_user(&mut stopped, asking.id) => Err(Abandoned::UserStopped),
             () = agent_gone(&mut changes, asking.agent.generation) => Err(Abandoned::AgentGone),
             () = tokio::time::sleep_until(asking.deadline) => Err(Abandoned::TimedOut),
             value = work => Ok(value),
@@ -528,6 +534,18 @@ fn refusal(error: zbus::Error, what: &str, asking: &Asking<'_>) -> PromptOutcome
 async fn host_cancelled(signals: &TransactionSignals) {
     while !signals.is_cancelled() {
         tokio::time::sleep(CANCEL_POLL).await;
+    }
+}
+
+/// Completes when the agent has stopped `request` (AgentManager1.CancelRequest).
+async fn stopped_by_user(stopped: &mut watch::Receiver<u64>, request: u64) {
+    loop {
+        if *stopped.borrow_and_update() == request {
+            return;
+        }
+        if stopped.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

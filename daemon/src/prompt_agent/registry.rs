@@ -46,6 +46,10 @@ pub struct AgentRegistry {
     changes: watch::Sender<u64>,
     generations: AtomicU64,
     requests: AtomicU64,
+    /// The last request id the registered agent stopped (CancelRequest: the
+    /// user closed a dialog the daemon still works behind, the fingerprint
+    /// prompt). Ids only grow, so "this one" is an equality test.
+    stopped_by_user: watch::Sender<u64>,
     bus: OnceLock<Bus>,
 }
 
@@ -62,6 +66,7 @@ impl AgentRegistry {
             changes: watch::Sender::new(0),
             generations: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            stopped_by_user: watch::Sender::new(0),
             bus: OnceLock::new(),
         }
     }
@@ -135,6 +140,25 @@ impl AgentRegistry {
     /// The current generation (0: no agent) and its changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// CancelRequest from `owner`: only the registered agent's connection
+    /// may stop a request, and only one the daemon has asked (an id it gave
+    /// out). False (and nothing stopped) otherwise.
+    pub fn stop_by_user(&self, owner: &str, request: u64) -> bool {
+        let agent = self.lock();
+        let asked = request != 0 && request <= self.requests.load(Ordering::Relaxed);
+        let from_the_agent = agent.as_ref().is_some_and(|a| a.owner.as_str() == owner);
+        if !(asked && from_the_agent) {
+            return false;
+        }
+        self.stopped_by_user.send_replace(request);
+        true
+    }
+
+    /// The last request the agent stopped, and its changes.
+    pub fn subscribe_stopped(&self) -> watch::Receiver<u64> {
+        self.stopped_by_user.subscribe()
     }
 }
 

@@ -284,3 +284,15 @@ async fn the_bus_policy_keeps_other_users_out() {
         dbus_send(&h.bus.address, Some(OTHER_UID), BUS_NAME, OBJECT_PATH, "org.fidoseal.Manager1.Status", &[]).await;
     assert!(!ok && output.contains("org.fidoseal.Error.NotPermitted"), "{output}");
 }
+
+/// fidoseald notices losing the bus (main.rs then exits in agent mode, for
+/// systemd to start it again on the new bus).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn losing_the_bus_is_noticed() {
+    let mut h = Harness::start("bus-lost", Options::default()).await;
+    let lost = tokio::time::timeout(Duration::from_millis(300), h.service.lost()).await;
+    assert!(lost.is_err(), "on the bus: nothing lost");
+    h.bus.kill();
+    let reason = tokio::time::timeout(Duration::from_secs(5), h.service.lost()).await.expect("noticed at once");
+    assert!(reason.contains("system bus connection"), "{reason}");
+}

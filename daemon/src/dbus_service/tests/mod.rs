@@ -158,6 +158,12 @@ impl TestBus {
     pub async fn connect(&self) -> Connection {
         Builder::address(self.address.as_str()).unwrap().build().await.unwrap()
     }
+
+    /// The bus dies (as when dbus-daemon is restarted under a running daemon).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for TestBus {
@@ -199,7 +205,7 @@ pub struct Harness {
     pub authenticator: Arc<Mutex<Authenticator>>,
     pub prompt: AgentPrompt,
     /// Held: the service stays on the bus for the test.
-    pub _service: DbusService,
+    pub service: DbusService,
     pub bus: TestBus,
 }
 
@@ -250,7 +256,7 @@ impl Harness {
         };
         let service =
             DbusService::start(service, Some(&bus.address)).await.expect("the service starts on the test bus");
-        Self { registry, store, authenticator, prompt, _service: service, bus }
+        Self { registry, store, authenticator, prompt, service, bus }
     }
 
     /// Waits until the registry holds an agent (Some) or none (None).

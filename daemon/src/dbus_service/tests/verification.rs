@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use fidoseal_ctap::platform::{AuthenticatorState, CredentialStore, PinRecord, PromptOutcome, VerificationOutcome};
 
+use fidoseal_dbus::AgentManager1Proxy;
+
 use super::fakes::{Agent, Answer, Event, Fprintd, FprintdScript};
-use super::{selection, signals, verification, verification_available, Ask, Harness, Options};
+use super::{presence, selection, signals, verification, verification_available, Ask, Harness, Options};
 use crate::config::UvMethod;
 use crate::prompt_agent::{AgentPrompt, PromptSettings};
 use crate::verification::pam::PamVerifier;
@@ -193,6 +195,41 @@ async fn a_host_cancel_stops_the_scan() {
     assert!(matches!(asking.await.unwrap(), VerificationOutcome::NotVerified(PromptOutcome::Cancelled)));
     assert_eq!(fprintd.calls(), CLAIM_TO_RELEASE);
     assert!(matches!(agent.next_event().await, Event::Cancel(_)));
+}
+
+/// The user closes "touch the sensor": the agent's CancelRequest stops the
+/// scan, and the ceremony ends as the user's no (OPERATION_DENIED), not as
+/// a host cancel or a failed finger (no UV retry spent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn the_user_stops_the_scan_from_the_agent() {
+    let h = Harness::start("finger-user-stop", only(UvMethod::Fingerprint)).await;
+    let fprintd = Fprintd::start(&h.bus, FprintdScript::answering(&[])).await;
+    let mut agent = Agent::registered(&h.bus, Answer::Method("fingerprint", "")).await;
+    let host = signals();
+    let asking = tokio::spawn(verification(&h.prompt, Ask::default(), false, Arc::clone(&host)));
+    let Event::Verification(request, _, _) = agent.next_event().await else { panic!("expected RequestVerification") };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Nobody but the registered agent may stop it, nor stop an id never given out.
+    let intruder = AgentManager1Proxy::new(&h.bus.connect().await).await.unwrap();
+    let manager = AgentManager1Proxy::new(&agent.connection.clone()).await.unwrap();
+    let refused = intruder.cancel_request(request).await.unwrap_err();
+    assert!(matches!(fidoseal_dbus::Error::from(refused), fidoseal_dbus::Error::NotPermitted(_)));
+    let unknown = manager.cancel_request(request + 1000).await.unwrap_err();
+    assert!(matches!(fidoseal_dbus::Error::from(unknown), fidoseal_dbus::Error::NotPermitted(_)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!asking.is_finished(), "the scan goes on after refused CancelRequests");
+
+    manager.cancel_request(request).await.expect("the agent may stop its request");
+    let outcome = tokio::time::timeout(Duration::from_secs(3), asking).await.expect("stopped at once").unwrap();
+    assert!(matches!(outcome, VerificationOutcome::NotVerified(PromptOutcome::Denied)));
+    assert!(!host.is_cancelled());
+    assert_eq!(fprintd.calls(), CLAIM_TO_RELEASE);
+    assert!(matches!(agent.next_event().await, Event::Cancel(r) if r == request));
+    // The stop was for that request only: the next one is asked as usual,
+    // and stopping an ended request again changes nothing.
+    manager.cancel_request(request).await.expect("a no-op, not an error");
+    assert_eq!(presence(&h.prompt, Ask::default(), signals()).await, PromptOutcome::Approved);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
