@@ -8,7 +8,7 @@ use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, Se
 use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use zeroize::Zeroizing;
 
-use crate::state::write_atomically;
+use crate::state::{write_atomically, KeyStoreBinding};
 
 const MASTER_SECRET_FILE: &str = "software-master-key";
 
@@ -28,12 +28,23 @@ pub enum KeyStoreSetupError {
 pub struct PersistentSoftwareKeyStore {
     inner: SoftwareKeyStore,
     path: PathBuf,
+    /// The master secret was made by this start (there was none).
+    created: bool,
+}
+
+/// What ties a credential state to `store` (state.rs, bind_key_store): a
+/// PRF output for a context used for nothing else, cut to 16 bytes. It
+/// tells key stores apart and reveals nothing of their other outputs.
+pub fn binding(store: &mut dyn KeyStore) -> Result<KeyStoreBinding, KeyStoreError> {
+    let derived = store.derive_secret(b"fidoseal key store binding v1")?;
+    Ok(KeyStoreBinding { name: store.name().to_owned(), fingerprint: derived.0[..16].to_vec() })
 }
 
 impl PersistentSoftwareKeyStore {
     /// Loads the master secret from the state directory, creating it on first start.
     pub fn open(state_dir: &Path) -> Result<Self, KeyStoreSetupError> {
         let path = state_dir.join(MASTER_SECRET_FILE);
+        let mut created = false;
         let secret = match std::fs::read(&path) {
             Ok(bytes) => {
                 let bytes = Zeroizing::new(bytes);
@@ -47,11 +58,17 @@ impl PersistentSoftwareKeyStore {
                 write_atomically(&path, &secret.0)
                     .map_err(|source| KeyStoreSetupError::Write { path: path.clone(), source })?;
                 tracing::info!(path = %path.display(), "created a new software master key");
+                created = true;
                 secret
             }
             Err(source) => return Err(KeyStoreSetupError::Read { path, source }),
         };
-        Ok(Self { inner: SoftwareKeyStore::new(secret), path })
+        Ok(Self { inner: SoftwareKeyStore::new(secret), path, created })
+    }
+
+    /// This start made the master secret (none was there).
+    pub fn just_created(&self) -> bool {
+        self.created
     }
 }
 
@@ -99,6 +116,23 @@ impl KeyStore for PersistentSoftwareKeyStore {
 mod tests {
     use super::*;
     use crate::state::prepare_state_dir;
+
+    #[test]
+    fn the_binding_tells_key_stores_apart() {
+        let dir = std::env::temp_dir().join(format!("fidoseal-ks-binding-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        prepare_state_dir(&dir).unwrap();
+        let mut first = PersistentSoftwareKeyStore::open(&dir).unwrap();
+        assert!(first.just_created());
+        let bound = binding(&mut first).unwrap();
+        assert_eq!((bound.name.as_str(), bound.fingerprint.len()), ("software", 16));
+        let mut reopened = PersistentSoftwareKeyStore::open(&dir).unwrap();
+        assert!(!reopened.just_created());
+        assert_eq!(binding(&mut reopened).unwrap(), bound, "the same store, the same binding");
+        reopened.reset().unwrap();
+        assert_ne!(binding(&mut reopened).unwrap(), bound, "a new master secret is another store");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn master_secret_persists_and_reset_replaces_it() {

@@ -84,20 +84,40 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
     state::prepare_state_dir(&config.state_dir)
         .map_err(|e| format!("cannot prepare state directory {}: {e}", config.state_dir.display()))?;
 
-    let keystore: Box<dyn KeyStore> = match config.keystore.backend {
+    let (mut keystore, key_store_created): (Box<dyn KeyStore>, bool) = match config.keystore.backend {
         KeyStoreBackend::Software => {
             tracing::warn!(
                 state_dir = %config.state_dir.display(),
                 "SOFTWARE KEY STORE: private keys are protected only by a key file in the state directory, not by a TPM"
             );
-            Box::new(keystore::PersistentSoftwareKeyStore::open(&config.state_dir).map_err(|e| e.to_string())?)
+            let store = keystore::PersistentSoftwareKeyStore::open(&config.state_dir).map_err(|e| e.to_string())?;
+            let created = store.just_created();
+            (Box::new(store), created)
         }
         KeyStoreBackend::Tpm => {
-            Box::new(tpm::TpmKeyStore::open(&config.keystore.tpm_settings(), &config.state_dir).map_err(|e| e.to_string())?)
+            let store =
+                tpm::TpmKeyStore::open(&config.keystore.tpm_settings(), &config.state_dir).map_err(|e| e.to_string())?;
+            let created = *store.startup() != tpm::Startup::Reopened;
+            (Box::new(store), created)
         }
     };
-    let credentials =
+    let mut credentials =
         state::FileCredentialStore::open(&config.state_dir, RESIDENT_CAPACITY).map_err(|e| e.to_string())?;
+    let binding = keystore::binding(&mut *keystore).map_err(|e| format!("cannot identify the key store: {e}"))?;
+    let key_store_name = binding.name.clone();
+    match credentials.bind_key_store(binding, key_store_created).map_err(|e| e.to_string())? {
+        state::Binding::Same => {}
+        state::Binding::Recorded => tracing::info!(key_store = key_store_name, "credential state tied to this key store"),
+        state::Binding::SetAside { kept, previous } => tracing::error!(
+            key_store = key_store_name,
+            previous,
+            kept = %kept.display(),
+            "THE CREDENTIAL STATE BELONGS TO ANOTHER KEY STORE (the [keystore] backend was switched, or the state \
+             directory comes from elsewhere): its passkeys and PIN cannot work with this one. It was copied aside and \
+             reset; the signature counter goes on. Register this security key again with every site, or switch the \
+             backend back and restore the copy."
+        ),
+    }
     tracing::info!(resident_credentials = credentials.credential_count(), "state loaded");
     // Shared with the D-Bus management interface (shared_credentials.rs).
     let credentials = shared_credentials::SharedCredentialStore::new(credentials);

@@ -171,7 +171,6 @@ pub struct TpmKeyStore {
     hmac_public: Public,
     hmac_private: Private,
     sealing_key: Zeroizing<[u8; 32]>,
-    #[allow(dead_code)]
     startup: Startup,
 }
 
@@ -530,10 +529,6 @@ fn sealing_key(
     tpm_hmac(ctx, primary, public, private, &input)
 }
 
-fn unix_time() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 impl TpmKeyStore {
     /// Opens the TPM key store of `state_dir`: reaches the TPM, re-creates
     /// the primary, checks that it is the one the state file was made
@@ -609,12 +604,8 @@ impl TpmKeyStore {
             let _ = ctx.flush_context(primary.into());
             return Err(TpmSetupError::Write { path, source });
         }
-        if startup == Startup::Created && state_dir.join(CREDENTIALS_FILE).exists() {
-            tracing::warn!(
-                "a new TPM key store was created beside an existing {CREDENTIALS_FILE}: credentials and a PIN made with \
-                 another key store (software?) will not work with it"
-            );
-        }
+        // A credential state beside a new store belongs to another key store:
+        // main.rs sets it aside (state::FileCredentialStore::bind_key_store).
         tracing::info!(
             tcti = %tcti_text, manufacturer = %manufacturer, state = %path.display(),
             "created a new TPM key store: credential keys are made by the TPM and never leave it"
@@ -641,7 +632,7 @@ impl TpmKeyStore {
     /// credentials and PIN verifier depended on the lost keys. Crash-safe:
     /// until the new state file replaces the old one, a restart does this again.
     fn keep_aside_and_reset_credentials(state_dir: &Path, path: &Path) -> Result<Vec<PathBuf>, TpmSetupError> {
-        let suffix = format!("unusable-{}", unix_time());
+        let suffix = format!("unusable-{}", crate::state::unix_time());
         let mut kept = Vec::new();
         for file in [path.to_path_buf(), state_dir.join(CREDENTIALS_FILE)] {
             if !file.exists() {
@@ -662,9 +653,8 @@ impl TpmKeyStore {
         Ok(kept)
     }
 
-    /// How the store came up (logged by `open`; for tests and a future
-    /// status command).
-    #[allow(dead_code)]
+    /// How the store came up (logged by `open`; main.rs ties the credential
+    /// state to the store by it).
     pub fn startup(&self) -> &Startup {
         &self.startup
     }
