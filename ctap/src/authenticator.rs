@@ -104,14 +104,28 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// A freshly powered-up authenticator.
-    ///
-    /// Panics only if the operating system cannot provide random numbers
-    /// for the PIN key agreement key, in which case no key can work.
-    pub fn new(config: AuthenticatorConfig, platform: Platform, power_up: Instant) -> Self {
+    /// A freshly powered-up authenticator; fails only if the operating
+    /// system cannot provide random numbers for the PIN key agreement key,
+    /// in which case no key can work (the daemon refuses to start).
+    pub fn try_new(config: AuthenticatorConfig, platform: Platform, power_up: Instant) -> CtapResult<Self> {
         let state = platform.credentials.load_state();
-        let client_pin = ClientPin::new().expect("the operating system's random number generator failed");
-        Self { config, platform, power_up, pending_assertions: None, pending_enumeration: None, pending_large_blob: None, state, client_pin }
+        let client_pin = ClientPin::new()?;
+        Ok(Self {
+            config,
+            platform,
+            power_up,
+            pending_assertions: None,
+            pending_enumeration: None,
+            pending_large_blob: None,
+            state,
+            client_pin,
+        })
+    }
+
+    /// [`Authenticator::try_new`] for tests and tools, where a machine without
+    /// random numbers may panic.
+    pub fn new(config: AuthenticatorConfig, platform: Platform, power_up: Instant) -> Self {
+        Self::try_new(config, platform, power_up).expect("the operating system's random number generator failed")
     }
 
     /// A re-plug: what a real key forgets when it loses power (the PIN

@@ -153,7 +153,9 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         let mut replug = signal(SignalKind::user_defined1()).map_err(|e| format!("cannot handle SIGUSR1: {e}"))?;
         policy.watch()?;
 
-        let authenticator = Arc::new(Mutex::new(Authenticator::new(authenticator_config, platform, Instant::now())));
+        let authenticator = Authenticator::try_new(authenticator_config, platform, Instant::now())
+            .map_err(|e| format!("cannot start the authenticator (no random numbers from the system?): {e:?}"))?;
+        let authenticator = Arc::new(Mutex::new(authenticator));
         let service = dbus_service::Service::from_config(&config, agents, credentials, Arc::clone(&authenticator), agent_prompt);
         let mut bus = dbus_service::DbusService::start_for_daemon(service).await?;
         // Agent mode cannot ask anyone without the bus: off it, the daemon
