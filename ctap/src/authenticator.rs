@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ciborium::value::Value;
 
 use crate::cbor::{self, MapBuilder};
-use crate::ctaphid::{capability, DeviceVersion, MAX_MESSAGE_SIZE};
+use crate::ctaphid::{capability, DeviceVersion, ADVERTISED_MAX_MSG_SIZE};
 use crate::client_pin::ClientPin;
 use crate::credential_management::PendingEnumeration;
 use crate::large_blobs::{PendingLargeBlobWrite, MAX_SERIALIZED_LARGE_BLOB_ARRAY};
@@ -86,8 +86,11 @@ pub struct RequestContext<'a> {
 
 /// Largest credBlob stored (§12.2 maxCredBlobLength; at least 32).
 pub const MAX_CRED_BLOB_LENGTH: usize = 32;
-/// Credential descriptors accepted in one list (getInfo maxCredentialCountInList).
-pub const MAX_CREDENTIAL_COUNT_IN_LIST: usize = 16;
+/// getInfo's maxCredentialCountInList: clients split longer allow and
+/// exclude lists into batches of this many, so that a batch of the longest
+/// IDs (4 × (255 + 24 bytes of descriptor)) and a full request around it fit
+/// in maxMsgSize ([`ADVERTISED_MAX_MSG_SIZE`]). Longer lists are still read.
+pub const MAX_CREDENTIAL_COUNT_IN_LIST: usize = 4;
 
 pub struct Authenticator {
     pub(crate) config: AuthenticatorConfig,
@@ -229,7 +232,7 @@ impl Authenticator {
             .int(0x02, Value::Array(extensions))
             .int(0x03, cbor::bytes(self.config.aaguid.to_vec()))
             .int(0x04, options)
-            .int(0x05, MAX_MESSAGE_SIZE as u64)
+            .int(0x05, ADVERTISED_MAX_MSG_SIZE as u64)
             .int(0x06, Value::Array(protocols))
             .int(0x07, MAX_CREDENTIAL_COUNT_IN_LIST as u64)
             .int(0x08, crate::credential::MAX_CREDENTIAL_ID_LEN as u64)

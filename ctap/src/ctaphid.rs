@@ -16,6 +16,14 @@ const INIT_DATA_SIZE: usize = PACKET_SIZE - 7;
 const CONT_DATA_SIZE: usize = PACKET_SIZE - 5;
 /// 57 + 128 × 59 = 7609 bytes: one INIT and sequence numbers 0..=127 (§11.2.4).
 pub const MAX_MESSAGE_SIZE: usize = INIT_DATA_SIZE + 128 * CONT_DATA_SIZE;
+/// getInfo's maxMsgSize (CTAP 2.1 §6.4): 57 + 29 × 59 = 1768 bytes, a
+/// message of at most 30 output reports. The kernel's uhid keeps only 32
+/// output reports per device and drops the next ones while the daemon is
+/// not scheduled (there is no back-pressure on the writer); clients keep
+/// requests within maxMsgSize, so a whole request always fits in that queue
+/// (two slots spare for a CANCEL or another channel). The transport still
+/// takes up to [`MAX_MESSAGE_SIZE`] from a client that sends more.
+pub const ADVERTISED_MAX_MSG_SIZE: usize = INIT_DATA_SIZE + 29 * CONT_DATA_SIZE;
 /// The broadcast channel, used only by CTAPHID_INIT to allocate a channel.
 pub const BROADCAST_CID: u32 = 0xffff_ffff;
 /// Maximum pause between packets of one message before ERR_MSG_TIMEOUT.

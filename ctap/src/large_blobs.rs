@@ -8,14 +8,14 @@ use sha2::{Digest, Sha256};
 use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, expect_bytes, expect_uint, MapBuilder, ParamMap};
 use crate::client_pin::permission;
-use crate::ctaphid::MAX_MESSAGE_SIZE;
+use crate::ctaphid::ADVERTISED_MAX_MSG_SIZE;
 use crate::pin_protocol::PinUvAuthProtocol;
 use crate::status::{CtapResult, StatusCode};
 
 /// maxSerializedLargeBlobArray in getInfo (at least 1024 by the spec).
 pub const MAX_SERIALIZED_LARGE_BLOB_ARRAY: usize = 4096;
 /// maxFragmentLength = maxMsgSize − 64 (§6.10.1).
-const MAX_FRAGMENT_LENGTH: usize = MAX_MESSAGE_SIZE - 64;
+const MAX_FRAGMENT_LENGTH: usize = ADVERTISED_MAX_MSG_SIZE - 64;
 /// The array ends with LEFT(SHA-256(rest), 16).
 const INTEGRITY_LEN: usize = 16;
 

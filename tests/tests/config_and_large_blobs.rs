@@ -230,10 +230,23 @@ fn large_blobs(d: &mut Device, cid: u32, params: Value) -> (u8, Option<Value>) {
     d.ctap(cid, command::LARGE_BLOBS, Some(params))
 }
 
+/// maxFragmentLength = maxMsgSize − 64 (§6.10.1), with maxMsgSize 57 + 29 × 59.
+const MAX_FRAGMENT: usize = 57 + 29 * 59 - 64;
+
+/// The whole serialized array, read as a platform does: fragments of
+/// maxFragmentLength until a shorter one.
 fn read_array(d: &mut Device, cid: u32) -> Vec<u8> {
-    let (status, body) = large_blobs(d, cid, pc::large_blobs_get(4096, 0));
-    assert_eq!(status, st::OK);
-    responses::bytes(get(&body.unwrap(), 1))
+    let mut array = Vec::new();
+    loop {
+        let (status, body) = large_blobs(d, cid, pc::large_blobs_get(MAX_FRAGMENT as u64, array.len() as u64));
+        assert_eq!(status, st::OK);
+        let fragment = responses::bytes(get(&body.unwrap(), 1));
+        let done = fragment.len() < MAX_FRAGMENT;
+        array.extend(fragment);
+        if done {
+            return array;
+        }
+    }
 }
 
 /// A serialized array of about `size` bytes.
@@ -246,12 +259,23 @@ fn sample_array(size: usize) -> Vec<u8> {
     pc::serialized_large_blob_array(&Value::Array(vec![entry]))
 }
 
-/// Writes `array` in two fragments; returns the status of each.
+/// Writes `array` in at least two fragments (halves, or maxFragmentLength
+/// each when halves would be longer); returns the status of the first and
+/// of the last (those between must be OK).
 fn write_in_two(d: &mut Device, cid: u32, token: Option<&PinToken>, array: &[u8]) -> (u8, u8) {
-    let (first, second) = array.split_at(array.len() / 2);
-    let a = large_blobs(d, cid, pc::large_blobs_set(token, first, 0, Some(array.len() as u64))).0;
-    let b = large_blobs(d, cid, pc::large_blobs_set(token, second, first.len() as u64, None)).0;
-    (a, b)
+    let size = array.len().div_ceil(2).clamp(1, MAX_FRAGMENT);
+    let fragments: Vec<&[u8]> = array.chunks(size).collect();
+    let first = large_blobs(d, cid, pc::large_blobs_set(token, fragments[0], 0, Some(array.len() as u64))).0;
+    let mut offset = fragments[0].len();
+    let mut last = first;
+    for (i, fragment) in fragments.iter().enumerate().skip(1) {
+        last = large_blobs(d, cid, pc::large_blobs_set(token, fragment, offset as u64, None)).0;
+        offset += fragment.len();
+        if i + 1 < fragments.len() {
+            assert_eq!(last, st::OK, "fragment {i}");
+        }
+    }
+    (first, last)
 }
 
 #[test]
@@ -266,7 +290,11 @@ fn the_initial_large_blob_array_is_the_empty_array_and_its_hash() {
     assert_eq!(status, st::OK);
     assert_eq!(responses::bytes(get(&body.unwrap(), 1)), Vec::<u8>::new());
     assert_eq!(large_blobs(&mut d, cid, pc::large_blobs_get(10, 18)).0, st::INVALID_PARAMETER, "offset past the end");
-    assert_eq!(large_blobs(&mut d, cid, pc::large_blobs_get(7546, 0)).0, st::INVALID_LENGTH, "more than maxFragmentLength");
+    let over = (MAX_FRAGMENT + 1) as u64;
+    assert_eq!(large_blobs(&mut d, cid, pc::large_blobs_get(over, 0)).0, st::INVALID_LENGTH, "more than maxFragmentLength");
+    let set_over = pc::large_blobs_set(None, &vec![0; MAX_FRAGMENT + 1], 0, Some(4096));
+    assert_eq!(large_blobs(&mut d, cid, set_over).0, st::INVALID_LENGTH, "a set fragment over maxFragmentLength");
+    assert_eq!(large_blobs(&mut d, cid, pc::large_blobs_get(MAX_FRAGMENT as u64, 0)).0, st::OK);
 }
 
 #[test]
