@@ -5,34 +5,6 @@
 # NAME.verified, NAME.id (credential id, base64), NAME.pem (public key),
 # NAME.uid (user id, base64).
 
-# authdata_hex B64: the raw authenticator data, in hex, from the tools'
-# base64 of its CBOR byte string.
-authdata_hex() {
-    local hex h
-    hex="$(printf '%s' "$1" | base64 -d | od -An -v -tx1 | tr -d ' \n')"
-    h=$(( 0x${hex:0:2} ))
-    if [ "$h" -ge $(( 0x40 )) ] && [ "$h" -le $(( 0x57 )) ]; then hex="${hex:2}"
-    elif [ "$h" -eq $(( 0x58 )) ]; then hex="${hex:4}"
-    elif [ "$h" -eq $(( 0x59 )) ]; then hex="${hex:6}"
-    else echo "authenticator data is not a CBOR byte string (first byte $h)" >&2; return 1; fi
-    printf '%s' "$hex"
-}
-# ad_flags B64: the flags byte (decimal); UP 0x01, UV 0x04, AT 0x40, ED 0x80.
-ad_flags() { local a; a="$(authdata_hex "$1")"; echo $(( 0x${a:64:2} )); }
-# sign_count B64: the signature counter (decimal).
-sign_count() { local a; a="$(authdata_hex "$1")"; echo $(( 0x${a:66:8} )); }
-# b64len B64: decoded length in bytes.
-b64len() { printf '%s' "$1" | base64 -d | wc -c; }
-# hexflags N: "0x05 (UP UV)"
-hexflags() {
-    local f="$1" names=""
-    [ $(( f & 0x01 )) -eq 0 ] || names="$names UP"
-    [ $(( f & 0x04 )) -eq 0 ] || names="$names UV"
-    [ $(( f & 0x40 )) -eq 0 ] || names="$names AT"
-    [ $(( f & 0x80 )) -eq 0 ] || names="$names ED"
-    printf '0x%02x (%s)' "$f" "${names# }"
-}
-
 # cred_in NAME RP USER: writes NAME.in (cdh, rp, user name, user id) and NAME.uid.
 cred_in() {
     local uid; uid="$(b64rand 32)"
