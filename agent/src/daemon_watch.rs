@@ -143,10 +143,10 @@ impl DaemonWatch {
 
 /// RegisterAgent with the daemon that owns the name now (addressed by its
 /// unique name, so a call can never reach a later owner by mistake). A
-/// refusal (org.fidoseal.Error.NotPermitted: not the device's user, or not
-/// from an active login session) is tried again each time logind reports a
-/// change, so switching back to this session registers the agent without a
-/// daemon restart.
+/// refusal for the session (org.fidoseal.Error.NotActive) is tried again
+/// each time logind reports a change, so switching back to this session
+/// registers the agent without a daemon restart; NotPermitted (not the
+/// device's user) is final.
 async fn register(conn: Connection, owner: OwnedUniqueName, path: ObjectPath<'static>) {
     let proxy = match AgentManager1Proxy::builder(&conn).destination(owner.clone()) {
         Ok(b) => match b.build().await {
@@ -170,6 +170,9 @@ async fn register(conn: Connection, owner: OwnedUniqueName, path: ObjectPath<'st
             Attempt::Registered => return,
             Attempt::GaveUp(error) => {
                 return tracing::error!(daemon = %owner, error, "could not register with fidoseald; waiting for it to restart")
+            }
+            Attempt::Forbidden(error) => {
+                return tracing::error!(daemon = %owner, error = %error, "fidoseald refused the registration for good")
             }
             Attempt::Refused(refusal) => refusal,
         };
@@ -195,8 +198,10 @@ async fn register(conn: Connection, owner: OwnedUniqueName, path: ObjectPath<'st
 
 enum Attempt {
     Registered,
-    /// NotPermitted: permanent until something about the caller changes.
+    /// NotActive: the right user, not from an active session now.
     Refused(zbus::Error),
+    /// NotPermitted: not this user's key (final for this daemon).
+    Forbidden(zbus::Error),
     /// Every attempt failed otherwise (no AgentManager1, AlreadyExists held on).
     GaveUp(String),
 }
@@ -211,8 +216,10 @@ async fn register_with_backoff(proxy: &AgentManager1Proxy<'_>, owner: &OwnedUniq
                 return Attempt::Registered;
             }
             Err(e) => {
-                if error_name(&e).as_deref() == Some("org.fidoseal.Error.NotPermitted") {
-                    return Attempt::Refused(e);
+                match error_name(&e).as_deref() {
+                    Some("org.fidoseal.Error.NotActive") => return Attempt::Refused(e),
+                    Some("org.fidoseal.Error.NotPermitted") => return Attempt::Forbidden(e),
+                    _ => {}
                 }
                 // AlreadyExists is retried: the holder is often this agent's
                 // previous run, whose connection the daemon has not yet seen close.
@@ -237,11 +244,10 @@ struct SessionChanges {
 }
 
 impl SessionChanges {
-    /// Every signal logind sends: a session's Active or State changing, a
-    /// seat's ActiveSession, sessions and users coming and going. Only the
-    /// owner of org.freedesktop.login1 matches, so another client cannot fake
-    /// one (and a retry it caused would only be refused again: the daemon
-    /// decides).
+    /// logind's signals (only the owner of org.freedesktop.login1 matches,
+    /// so another client cannot fake one; and a retry it caused would only
+    /// be refused again: the daemon decides), of which those that
+    /// [`is_session_change`] counts.
     async fn follow(conn: &Connection) -> zbus::Result<SessionChanges> {
         let rule = zbus::MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
@@ -253,7 +259,10 @@ impl SessionChanges {
         let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (notify, end) = (Arc::clone(&changed), Arc::clone(&ended));
         let drain = tokio::spawn(async move {
-            while stream.next().await.is_some() {
+            while let Some(message) = stream.next().await {
+                if message.as_ref().is_ok_and(|m| !is_session_change(m)) {
+                    continue;
+                }
                 notify.notify_one();
             }
             end.store(true, std::sync::atomic::Ordering::Release);
@@ -274,6 +283,29 @@ impl SessionChanges {
 
     fn has_ended(&self) -> bool {
         self.ended.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// A logind signal that can change whether this agent may register: a
+/// session's or seat's activity (PropertiesChanged naming Active,
+/// ActiveSession or State), sessions and users coming and going. Idle hints
+/// and the like are left out: on a busy machine they would make every
+/// refused agent ask again and again.
+fn is_session_change(message: &zbus::Message) -> bool {
+    const RELEVANT: [&str; 3] = ["Active", "ActiveSession", "State"];
+    let header = message.header();
+    match header.member().map(|m| m.as_str()) {
+        Some("PropertiesChanged") => {
+            type Changed = (String, std::collections::HashMap<String, zbus::zvariant::OwnedValue>, Vec<String>);
+            match message.body().deserialize::<Changed>() {
+                Ok((_, changed, invalidated)) => {
+                    changed.keys().chain(invalidated.iter()).any(|name| RELEVANT.contains(&name.as_str()))
+                }
+                Err(_) => false,
+            }
+        }
+        Some("SessionNew" | "SessionRemoved" | "UserNew" | "UserRemoved") => true,
+        _ => false,
     }
 }
 

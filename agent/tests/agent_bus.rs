@@ -110,7 +110,8 @@ struct Registration {
 
 struct FakeManager {
     tx: mpsc::UnboundedSender<Registration>,
-    /// RegisterAgent calls to refuse with NotPermitted before accepting.
+    /// RegisterAgent calls to refuse (NotActive) before accepting; u32::MAX:
+    /// refuse every one with NotPermitted (not the device's user).
     refusals: Arc<AtomicU32>,
     attempts: Arc<AtomicU32>,
     /// CancelRequest calls, by request id.
@@ -121,9 +122,12 @@ struct FakeManager {
 impl FakeManager {
     async fn register_agent(&self, #[zbus(header)] hdr: Header<'_>, agent: ObjectPath<'_>) -> Result<(), Error> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
+        if self.refusals.load(Ordering::SeqCst) == u32::MAX {
+            return Err(Error::NotPermitted("uid 1001 is not the device's user alice".into()));
+        }
         let refuse = self.refusals.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         if refuse {
-            return Err(Error::NotPermitted("session 3 is not the active session of its seat".into()));
+            return Err(Error::NotActive("session 3 is not the active session of its seat".into()));
         }
         let sender = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
         let _ = self.tx.send(Registration { sender, path: agent.to_string() });
@@ -438,7 +442,11 @@ async fn re_registers_when_the_daemon_restarts() {
 
 /// A session's Active property changing, as logind announces it.
 async fn emit_session_active(conn: &zbus::Connection, active: bool) {
-    let changed = std::collections::HashMap::from([("Active", zbus::zvariant::Value::from(active))]);
+    emit_session_property(conn, "Active", active).await
+}
+
+async fn emit_session_property(conn: &zbus::Connection, property: &str, value: bool) {
+    let changed = std::collections::HashMap::from([(property, zbus::zvariant::Value::from(value))]);
     conn.emit_signal(
         None::<()>,
         "/org/freedesktop/login1/session/_33",
@@ -463,15 +471,17 @@ async fn refused_then_registers_when_a_login_session_changes() {
     agent.wait_log("fidoseald refused the registration; trying again when a login session changes").await;
     assert_eq!(daemon.attempts.load(Ordering::SeqCst), 1, "a refusal is not retried on a timer");
 
-    // The same signal from a client that is not logind changes nothing.
+    // The same signal from a client that is not logind changes nothing ...
     let impostor = bus.connect().await;
     emit_session_active(&impostor, true).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(daemon.attempts.load(Ordering::SeqCst), 1, "a signal not from logind is ignored");
-    // logind (whoever owns its name) reports a change: one more attempt,
-    // refused again (the session is still not the active one) ...
+    // ... nor does logind's idle hint.
     let logind = bus.connect().await;
     logind.request_name("org.freedesktop.login1").await.unwrap();
+    emit_session_property(&logind, "IdleHint", true).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(daemon.attempts.load(Ordering::SeqCst), 1, "neither another sender's signal nor an idle hint counts");
+    // logind reports a session's activity changing: one more attempt,
+    // refused again (the session is still not the active one) ...
     emit_session_active(&logind, false).await;
     agent.wait_log("fidoseald refused the registration again").await;
     assert_eq!(daemon.attempts.load(Ordering::SeqCst), 2);
@@ -487,6 +497,25 @@ async fn refused_then_registers_when_a_login_session_changes() {
     // The agent serves the daemon it registered with.
     std::fs::write(dir.join("script"), "ok\n").unwrap();
     daemon.agent(&reg).await.request_presence(1, details("example.com", "sign-in")).await.expect("served");
+    drop(agent);
+    drop(bus);
+}
+
+/// Not the device's user (NotPermitted): final, however the sessions change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_the_devices_user_is_final() {
+    let dir = test_dir("forbidden");
+    let bus = Bus::start(&dir);
+    let daemon = FakeDaemon::connect(&bus).await;
+    daemon.refusals.store(u32::MAX, Ordering::SeqCst);
+    daemon.conn.request_name(BUS_NAME).await.unwrap();
+    let agent = AgentProc::start(&dir, &bus, &[]);
+    agent.wait_log("fidoseald refused the registration for good").await;
+    let logind = bus.connect().await;
+    logind.request_name("org.freedesktop.login1").await.unwrap();
+    emit_session_active(&logind, true).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(daemon.attempts.load(Ordering::SeqCst), 1, "no retry for a refusal that no session change can undo");
     drop(agent);
     drop(bus);
 }

@@ -45,8 +45,12 @@ pub mod method {
 pub enum Error {
     #[zbus(error)]
     ZBus(zbus::Error),
-    /// The caller may not do this (wrong user, not in an active session, no polkit authorization).
+    /// The caller may not do this (wrong user, no polkit authorization).
     NotPermitted(String),
+    /// RegisterAgent from the device's user, but not from an active logind
+    /// session now (another user at the seat, a locked-out session): it may
+    /// succeed once the session is active again.
+    NotActive(String),
     /// Another connection holds the agent of this session.
     AlreadyExists(String),
     DoesNotExist(String),

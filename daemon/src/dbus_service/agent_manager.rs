@@ -42,7 +42,7 @@ impl AgentManager {
             tracing::warn!(sender = %sender, error = %e, "RegisterAgent: cannot learn the caller's uid");
             Error::Failed("cannot identify the caller".into())
         })?;
-        let refuse = |reason: String| {
+        let log_refusal = |reason: &str| {
             tracing::warn!(
                 sender = %sender,
                 uid = credentials.uid,
@@ -52,6 +52,9 @@ impl AgentManager {
                 reason,
                 "RegisterAgent"
             );
+        };
+        let refuse = |reason: String| {
+            log_refusal(&reason);
             Error::NotPermitted(reason)
         };
         let Some(user) = self.service.device_user.as_deref() else {
@@ -63,7 +66,12 @@ impl AgentManager {
         if credentials.uid != device_uid {
             return Err(refuse(format!("uid {} is not the device's user {user}", credentials.uid)));
         }
-        let session = caller::check_session(connection, credentials.pid, credentials.uid).await.map_err(&refuse)?;
+        // The right user in the wrong session state: NotActive, which the
+        // agent tries again when logind reports a change.
+        let session = caller::check_session(connection, credentials.pid, credentials.uid).await.map_err(|reason| {
+            log_refusal(&reason);
+            Error::NotActive(reason)
+        })?;
         let owner = OwnedUniqueName::from(sender.to_owned());
         let new_connection = self.service.registry.current().is_none_or(|a| a.owner != owner);
         match self.service.registry.register(

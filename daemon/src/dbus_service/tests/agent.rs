@@ -221,7 +221,7 @@ async fn logind_sessions_are_checked() {
     // An inactive session (another user at the seat) may not register.
     let err = agent.register().await.unwrap_err();
     assert!(
-        matches!(fidoseal_dbus::Error::from(err), fidoseal_dbus::Error::NotPermitted(m) if m.contains("not the active"))
+        matches!(fidoseal_dbus::Error::from(err), fidoseal_dbus::Error::NotActive(m) if m.contains("not the active"))
     );
     logind.active.store(true, std::sync::atomic::Ordering::SeqCst);
     agent.register().await.unwrap();
@@ -241,7 +241,7 @@ async fn a_user_service_agent_needs_an_active_user() {
     .await;
     let agent = Agent::start(&h.bus, Answer::Allow).await;
     let err = agent.register().await.unwrap_err();
-    assert!(matches!(fidoseal_dbus::Error::from(err), fidoseal_dbus::Error::NotPermitted(m) if m.contains("online")));
+    assert!(matches!(fidoseal_dbus::Error::from(err), fidoseal_dbus::Error::NotActive(m) if m.contains("online")));
     drop(agent);
     let h2 = Harness::start("logind-user-active", Options::default()).await;
     let _logind = Logind::start(
