@@ -193,8 +193,10 @@ impl AgentPrompt {
         tokio::select! {
             biased;
             () = host_cancelled(signals) => Err(Abandoned::HostCancelled),
-            () = stopped_by_user(&mut stopped, asking.id) => Err(Abandoned::UserStopped),
-            () = agent_gone(&mut changes, asking.agent.generation) => Err(Abandoned::AgentGone),
+            // The agent's CancelRequest for this request (AgentManager1).
+            () = watch_until(&mut stopped, |&id| id == asking.id) => Err(Abandoned::UserStopped),
+            // The registration this request went to is no longer current.
+            () = watch_until(&mut changes, |&generation| generation != asking.agent.generation) => Err(Abandoned::AgentGone),
             () = tokio::time::sleep_until(asking.deadline) => Err(Abandoned::TimedOut),
             value = work => Ok(value),
         }
@@ -537,28 +539,11 @@ async fn host_cancelled(signals: &TransactionSignals) {
     }
 }
 
-/// Completes when the agent has stopped `request` (AgentManager1.CancelRequest).
-async fn stopped_by_user(stopped: &mut watch::Receiver<u64>, request: u64) {
-    loop {
-        if *stopped.borrow_and_update() == request {
-            return;
-        }
-        if stopped.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// Completes when the registration `generation` is no longer current.
-async fn agent_gone(changes: &mut watch::Receiver<u64>, generation: u64) {
-    loop {
-        if *changes.borrow_and_update() != generation {
-            return;
-        }
-        if changes.changed().await.is_err() {
-            // The registry is gone with the daemon: nothing will change.
-            std::future::pending::<()>().await;
-        }
+/// Completes when the registry's `value` satisfies `done`, checked now and
+/// at every change; never once the registry is gone with the daemon.
+async fn watch_until(value: &mut watch::Receiver<u64>, done: impl FnMut(&u64) -> bool) {
+    if value.wait_for(done).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
