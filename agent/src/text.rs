@@ -123,6 +123,7 @@ impl RequestInfo {
             "select-key" if self.rp_id.is_empty() => "An application asks which security key to use".to_owned(),
             "select-key" => format!("{site} asks which security key to use"),
             "reset" => "Reset the security key: every passkey on it will be deleted".to_owned(),
+            "manage" => "An application asks to manage this security key: its passkeys or its settings".to_owned(),
             "" if self.rp_id.is_empty() => "An application asks to use this security key".to_owned(),
             "" => format!("Request from {site}"),
             other => format!("Request from {site} ({other})"),
@@ -148,13 +149,17 @@ impl RequestInfo {
     }
 
     /// The first lines of the verification dialogs. (A client asking for a
-    /// token, getPinUvAuthTokenUsingUvWithPermissions, may come as
-    /// "select-key" or without an action: no purpose is claimed then.)
+    /// token, getPinUvAuthTokenUsingUvWithPermissions, comes as "register",
+    /// "sign-in" or "manage" after the token's permissions; older daemons
+    /// sent "select-key" or no action: no purpose is claimed then.)
     pub fn verification_context(&self) -> String {
         let head = match (self.action.as_str(), self.rp_id.is_empty()) {
             ("register", _) => format!("Verify it's you to create a passkey for {}", self.site()),
             ("sign-in", _) => format!("Verify it's you to sign in to {}", self.site()),
             ("reset", _) => "Verify it's you to reset the security key".to_owned(),
+            ("manage", _) => {
+                "Verify it's you to manage this security key (list or delete passkeys, change its settings)".to_owned()
+            }
             (_, true) => "Verify it's you to use this security key".to_owned(),
             (_, false) => format!("Verify it's you to use this security key with {}", self.rp_id),
         };
@@ -223,6 +228,11 @@ mod tests {
         d.insert(details::RP_ID.into(), detail("example.com"));
         d.insert(details::ACTION.into(), detail("select-key"));
         assert_eq!(RequestInfo::from_details(&d).verification_context(), "Verify it's you to use this security key with example.com.");
+        let mut d = Details::new();
+        d.insert(details::ACTION.into(), detail("manage"));
+        let manage = RequestInfo::from_details(&d);
+        assert!(manage.verification_context().starts_with("Verify it's you to manage this security key"));
+        assert!(!manage.headline().contains("which security key"), "{}", manage.headline());
 
         let empty = RequestInfo::from_details(&Details::new());
         assert_eq!(empty.timeout, DEFAULT_TIMEOUT);

@@ -227,8 +227,13 @@ impl Authenticator {
             .map(Value::from)
             .collect();
         let protocols = PinUvAuthProtocol::SUPPORTED.iter().map(|p| Value::from(p.id())).collect();
+        let versions = ["U2F_V2", "FIDO_2_0", "FIDO_2_1"]
+            .into_iter()
+            .filter(|v| *v != "U2F_V2" || self.u2f_enabled())
+            .map(Value::from)
+            .collect();
         MapBuilder::new()
-            .int(0x01, Value::Array(vec![Value::from("U2F_V2"), Value::from("FIDO_2_0"), Value::from("FIDO_2_1")]))
+            .int(0x01, Value::Array(versions))
             .int(0x02, Value::Array(extensions))
             .int(0x03, cbor::bytes(self.config.aaguid.to_vec()))
             .int(0x04, options)
@@ -249,9 +254,12 @@ impl Authenticator {
     }
 
     /// The authenticator is protected by some form of user verification: a
-    /// PIN, or built-in verification (§6.1.2 step 6).
+    /// PIN is set, or built-in verification is configured (§6.1.2 step 6,
+    /// §6.10.3, §6.11.1). The one test for "may this change without a
+    /// token": configured, not merely usable now, so that built-in UV that
+    /// cannot be asked for at the moment (no agent) opens nothing.
     pub(crate) fn is_protected(&self) -> bool {
-        self.state.pin.is_some() || self.built_in_uv_available()
+        self.state.pin.is_some() || self.platform.prompt.verification_configured()
     }
 
     /// Stores new persistent settings; memory follows only once they are durable.
@@ -284,11 +292,21 @@ impl Authenticator {
         self.reset_now()
     }
 
+    /// The credential state goes first, the key store second. The PIN
+    /// verifier is derived by the key store: resetting the key store first
+    /// and then failing to write the state would keep a PIN that no PIN can
+    /// match any more, and every correct PIN would spend a retry. This way a
+    /// failed state write changes nothing, and a failed key-store reset
+    /// leaves a fresh state (no PIN, no passkeys) beside the old key store,
+    /// whose credential IDs keep opening until a reset completes.
     fn reset_now(&mut self) -> CtapResult<()> {
-        self.platform.keystore.reset()?;
         self.platform.credentials.reset()?;
         self.state = self.platform.credentials.load_state();
         self.client_pin = ClientPin::new()?;
+        if let Err(e) = self.platform.keystore.reset() {
+            tracing::error!(error = %e, "authenticator reset: passkeys and PIN are gone, but the key store kept its keys");
+            return Err(e.into());
+        }
         tracing::warn!("authenticator reset: every credential and the PIN are gone");
         Ok(())
     }
@@ -328,7 +346,19 @@ impl Authenticator {
         discoverable: bool,
         user_verified: bool,
     ) -> CtapResult<PolicyVerdict> {
-        let verdict = self.platform.policy.decide(&PolicyRequest { operation, rp_id, discoverable });
+        self.decide_policy(&PolicyRequest { operation, rp_id, discoverable, ctap1: false }, user_verified)
+    }
+
+    /// [`Self::check_policy`] for a CTAP1/U2F request, which names its rp
+    /// only by the application parameter (`application_hex`, 64 hex digits):
+    /// the one kind of request policy may match by hash.
+    pub(crate) fn check_u2f_policy(&self, operation: Operation, application_hex: &str) -> CtapResult<PolicyVerdict> {
+        self.decide_policy(&PolicyRequest { operation, rp_id: application_hex, discoverable: false, ctap1: true }, false)
+    }
+
+    fn decide_policy(&self, request: &PolicyRequest<'_>, user_verified: bool) -> CtapResult<PolicyVerdict> {
+        let PolicyRequest { operation, rp_id, discoverable, ctap1 } = *request;
+        let verdict = self.platform.policy.decide(request);
         let decision = if !verdict.allow || (discoverable && !verdict.allow_discoverable) {
             Err(StatusCode::OperationDenied)
         } else if verdict.require_user_verification && !user_verified {
@@ -341,6 +371,7 @@ impl Authenticator {
         tracing::info!(
             ?operation,
             rp_id,
+            ctap1,
             user = self.platform.policy.user().as_deref(),
             discoverable,
             user_verified,

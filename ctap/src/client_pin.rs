@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, expect_bytes, expect_text, expect_uint, MapBuilder, ParamMap};
 use crate::pin_protocol::{KeyAgreementKey, PinUvAuthProtocol, SharedSecret};
-use crate::platform::{PinRecord, PresencePurpose, PresenceRequest, MAX_PIN_RETRIES};
+use crate::platform::{PinRecord, PresencePurpose, PresenceRequest, MAX_PIN_RETRIES, MAX_UV_RETRIES};
 use crate::status::{CtapResult, StatusCode};
 
 /// pinUvAuthToken permissions (§6.5.5.7).
@@ -139,12 +139,24 @@ fn required<T>(value: Option<T>) -> CtapResult<T> {
     value.ok_or(StatusCode::MissingParameter)
 }
 
-/// LEFT(SHA-256(pin), 16): the PIN hash platforms send.
-fn pin_hash(pin: &[u8]) -> [u8; 16] {
-    let digest = Sha256::digest(pin);
-    let mut out = [0u8; 16];
+/// LEFT(SHA-256(pin), 16): the PIN hash platforms send. As good as the
+/// PIN to anyone who has it: zeroized when dropped.
+fn pin_hash(pin: &[u8]) -> Zeroizing<[u8; 16]> {
+    let mut digest = Sha256::digest(pin);
+    let mut out = Zeroizing::new([0u8; 16]);
     out.copy_from_slice(&digest[..16]);
+    zeroize::Zeroize::zeroize(digest.as_mut_slice());
     out
+}
+
+/// What the key store's PRF turns into the PIN verifier: a label and the
+/// PIN hash, so zeroized when dropped like the hash itself.
+fn pin_verifier_context(hash: &[u8]) -> Zeroizing<Vec<u8>> {
+    const LABEL: &[u8] = b"fidoseal pin verifier v1";
+    let mut context = Zeroizing::new(Vec::with_capacity(LABEL.len() + hash.len()));
+    context.extend_from_slice(LABEL);
+    context.extend_from_slice(hash);
+    context
 }
 
 impl Authenticator {
@@ -200,13 +212,18 @@ impl Authenticator {
         }
         let shared = self.shared_secret(&mut request)?;
         let rp_id = request.rp_id.clone();
-        // Tell the user what the token is for, as far as its permissions say.
-        let purpose = if permissions & permission::MAKE_CREDENTIAL != 0 {
+        // Tell the user what the token is for, as far as its permissions
+        // say; the most powerful first: a token that can delete passkeys or
+        // change settings is not asked for as "sign in".
+        let purpose = if permissions & (permission::CREDENTIAL_MANAGEMENT | permission::AUTHENTICATOR_CONFIG) != 0 {
+            PresencePurpose::Manage
+        } else if permissions & permission::MAKE_CREDENTIAL != 0 {
             PresencePurpose::Register
         } else if permissions & permission::GET_ASSERTION != 0 {
             PresencePurpose::Authenticate
         } else {
-            PresencePurpose::Select
+            // lbw alone (a bare be is refused as unsupported above).
+            PresencePurpose::Manage
         };
         self.perform_built_in_uv(&PresenceRequest { purpose, rp_id: rp_id.as_deref(), ..Default::default() }, ctx)?;
         let token = self.issue_token(&shared, permissions, rp_id, ctx.now)?;
@@ -360,7 +377,7 @@ impl Authenticator {
     /// with the authenticator's PIN), under the same retry rules.
     pub(crate) fn check_typed_pin(&mut self, pin: &str) -> CtapResult<()> {
         self.check_pin_blocked()?;
-        self.verify_pin_hash(Some(&pin_hash(pin.as_bytes())))
+        self.verify_pin_hash(Some(pin_hash(pin.as_bytes()).as_slice()))
     }
 
     /// The retry rules around one PIN comparison (§6.5.5.6 steps 5–7).
@@ -389,15 +406,18 @@ impl Authenticator {
             return Err(StatusCode::PinInvalid);
         }
         self.client_pin.consecutive_mismatches = 0;
+        // A correct PIN restores both counters in one write (§6.5.5.7.1 and
+        // §6.5.5.7.2: "reset the uvRetries counter"): built-in UV blocked by
+        // failed fingerprints or passwords works again once the PIN is used.
         let mut state = self.state.clone();
         state.pin_retries = MAX_PIN_RETRIES;
+        state.uv_retries = MAX_UV_RETRIES;
         self.save_state(state)
     }
 
     /// The stored form of a PIN hash: a PRF of it held by the key store.
     fn pin_verifier(&mut self, hash: &[u8]) -> CtapResult<Zeroizing<Vec<u8>>> {
-        let mut context = b"fidoseal pin verifier v1".to_vec();
-        context.extend_from_slice(hash);
+        let context = pin_verifier_context(hash);
         Ok(Zeroizing::new(self.platform.keystore.derive_secret(&context)?.0.to_vec()))
     }
 
@@ -419,7 +439,7 @@ impl Authenticator {
         if code_points < usize::from(self.effective_min_pin_length()) {
             return Err(StatusCode::PinPolicyViolation);
         }
-        let verifier = self.pin_verifier(&pin_hash(pin))?;
+        let verifier = self.pin_verifier(pin_hash(pin).as_slice())?;
         if self.pin_change_required() && current_verifier == Some(verifier.as_slice()) {
             // A forced change must really change the PIN (§6.5.5.6 step 9).
             return Err(StatusCode::PinPolicyViolation);
@@ -510,5 +530,22 @@ impl Authenticator {
     /// The key agreement key, for extensions that encrypt to the platform.
     pub(crate) fn client_pin_key_agreement(&self) -> &KeyAgreementKey {
         &self.client_pin.key_agreement
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes only values that wipe themselves on drop.
+    fn zeroized_on_drop<T: zeroize::Zeroize>(_: &Zeroizing<T>) {}
+
+    #[test]
+    fn the_pin_hash_and_the_verifier_context_are_zeroized_on_drop() {
+        let hash = pin_hash(b"1234");
+        zeroized_on_drop(&hash);
+        let context = pin_verifier_context(hash.as_slice());
+        zeroized_on_drop(&context);
+        assert!(context.starts_with(b"fidoseal pin verifier v1") && context.ends_with(hash.as_slice()));
     }
 }

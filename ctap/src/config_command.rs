@@ -29,12 +29,13 @@ impl Authenticator {
         let protocol = map.take(0x03).map(expect_uint).transpose()?;
         let auth_param = map.take(0x04).map(expect_bytes).transpose()?;
 
-        // A PIN protects configuration: the token must carry acfg and
-        // authenticate 32×0xff ‖ 0x0d ‖ subCommand ‖ subCommandParams. Without
-        // a PIN the subcommand runs as is, alwaysUv or not (§6.11.1: "not
-        // protected by some form of user verification and alwaysUv is true:
-        // invoke the subCommand"), so alwaysUv can be switched off again.
-        if self.state.pin.is_some() {
+        // A PIN or built-in UV protects configuration: the token must carry
+        // acfg and authenticate 32×0xff ‖ 0x0d ‖ subCommand ‖
+        // subCommandParams. On an unprotected key the subcommand runs as is,
+        // alwaysUv or not (§6.11.1: "not protected by some form of user
+        // verification and alwaysUv is true: invoke the subCommand"), so
+        // alwaysUv can be switched off again.
+        if self.is_protected() {
             let auth_param = auth_param.ok_or(StatusCode::PuatRequired)?;
             let protocol = PinUvAuthProtocol::from_id(protocol.ok_or(StatusCode::MissingParameter)?)?;
             let mut message = vec![0xff; 32];

@@ -16,6 +16,7 @@ use crate::status::StatusCode;
 mod status_word {
     pub const NO_ERROR: u16 = 0x9000;
     pub const CONDITIONS_NOT_SATISFIED: u16 = 0x6985;
+    pub const COMMAND_NOT_ALLOWED: u16 = 0x6986;
     pub const WRONG_DATA: u16 = 0x6A80;
     pub const WRONG_LENGTH: u16 = 0x6700;
     pub const CLA_NOT_SUPPORTED: u16 = 0x6E00;
@@ -89,8 +90,21 @@ fn refusal(status: StatusCode) -> Vec<u8> {
 }
 
 impl Authenticator {
+    /// CTAP1/U2F is served: not while alwaysUv is on (getInfo then drops
+    /// "U2F_V2" too).
+    pub(crate) fn u2f_enabled(&self) -> bool {
+        !self.state.always_uv
+    }
+
     /// Handles a CTAPHID_MSG: a U2F request APDU; returns the response APDU.
     pub fn process_apdu(&mut self, message: &[u8], ctx: &RequestContext<'_>) -> Vec<u8> {
+        if !self.u2f_enabled() {
+            // alwaysUv turns CTAP1/U2F off (CTAP 2.1 §7.2): U2F cannot
+            // verify the user, and AUTHENTICATE with P1 0x08 would sign
+            // without even a touch. Every APDU, VERSION included, is refused.
+            tracing::debug!("U2F request refused: alwaysUv is on");
+            return status_only(status_word::COMMAND_NOT_ALLOWED);
+        }
         let apdu = match parse_apdu(message) {
             Ok(a) => a,
             Err(sw) => return status_only(sw),
@@ -120,11 +134,12 @@ impl Authenticator {
         let mut app = [0u8; 32];
         app.copy_from_slice(application);
         let rp_label = hex(&app);
-        // A PIN protects registration on a CTAP2 key; U2F cannot give one (§10.3).
-        if self.state.pin.is_some() || self.state.always_uv {
+        // A PIN or built-in UV protects registration on a CTAP2 key; U2F
+        // cannot verify the user (§10.3).
+        if self.is_protected() {
             return status_only(status_word::CONDITIONS_NOT_SATISFIED);
         }
-        if let Err(status) = self.check_policy(Operation::MakeCredential, &rp_label, false, false) {
+        if let Err(status) = self.check_u2f_policy(Operation::MakeCredential, &rp_label) {
             return refusal(status);
         }
         if let Err(status) = self.require_presence(
@@ -195,7 +210,7 @@ impl Authenticator {
         // Policy before the key handle is even opened (the rp is known by
         // its application parameter only).
         let rp_label = hex(&app);
-        if let Err(status) = self.check_policy(Operation::GetAssertion, &rp_label, false, false) {
+        if let Err(status) = self.check_u2f_policy(Operation::GetAssertion, &rp_label) {
             return refusal(status);
         }
         let found = credential::resolve(

@@ -88,7 +88,8 @@ impl Authenticator {
         if expected_next != Some(offset) {
             return Err(StatusCode::InvalidSeq);
         }
-        if self.state.pin.is_some() || self.state.always_uv {
+        // §6.10.3 step 5: a protected key, or alwaysUv, wants an lbw token.
+        if self.is_protected() || self.state.always_uv {
             let auth_param = auth_param.ok_or(StatusCode::PuatRequired)?;
             let protocol = PinUvAuthProtocol::from_id(protocol.ok_or(StatusCode::MissingParameter)?)?;
             // 32×0xff ‖ h'0c00' ‖ uint32LE(offset) ‖ SHA-256(set) (§6.10.3 step 5).

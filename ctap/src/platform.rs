@@ -246,6 +246,9 @@ pub enum PresencePurpose {
     /// authenticatorSelection: "touch the key you want to use".
     Select,
     Reset,
+    /// A token to manage the key: list or delete passkeys (cm), change its
+    /// settings (acfg) or write its large blobs (lbw).
+    Manage,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -295,6 +298,15 @@ pub trait UserPrompt: Send {
         false
     }
 
+    /// Built-in user verification is configured, whether or not it can be
+    /// asked for at this moment (no agent in an active session, reader
+    /// unplugged): the key is then "protected by some form of user
+    /// verification" (CTAP 2.1 §6.11.1, §6.10.3) and its settings and
+    /// large blobs change only with a token, as with a PIN.
+    fn verification_configured(&self) -> bool {
+        self.verification_available()
+    }
+
     /// Asks the user to verify; `pin_available` says the authenticator has a
     /// usable PIN the user may type instead of the other methods.
     fn request_verification(
@@ -326,7 +338,7 @@ pub enum Operation {
     Reset,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct PolicyRequest<'a> {
     pub operation: Operation,
     /// The rp ID. CTAP1/U2F requests carry only the application parameter
@@ -335,6 +347,10 @@ pub struct PolicyRequest<'a> {
     pub rp_id: &'a str,
     /// A discoverable credential is to be made, or found without an allow list.
     pub discoverable: bool,
+    /// A CTAP1/U2F request: `rp_id` is the application parameter in hex.
+    /// Only then may policy match it by hash; a CTAP2 rp.id that looks like
+    /// a hash is an rp ID like any other.
+    pub ctap1: bool,
 }
 
 /// Which attestation a relying party gets.

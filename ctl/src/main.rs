@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! fidosealctl policy check [--dir DIR]...
-//! fidosealctl policy explain --rp ID [--user U] [--group G]... [--operation OP] [--discoverable] [--dir DIR]...
+//! fidosealctl policy explain --rp ID [--u2f] [--user U] [--group G]... [--operation OP] [--discoverable] [--dir DIR]...
 //! ```
 //!
 //! Without `--dir`, the standard directories are read
@@ -20,7 +20,7 @@ const USAGE: &str = "\
 usage: fidosealctl policy check [--dir DIR]...
        fidosealctl policy explain --rp ID [--user USER] [--group GROUP]...
                                   [--operation make-credential|get-assertion]
-                                  [--discoverable] [--dir DIR]...
+                                  [--discoverable] [--u2f] [--dir DIR]...
 
   check     read every policy file and report each problem as file:line: key: message
             (exit 1 if there is any)
@@ -34,6 +34,8 @@ usage: fidosealctl policy check [--dir DIR]...
   --group GROUP   add a group to the user's (repeatable), e.g. for a user not on this machine
   --operation OP  make-credential or get-assertion (default: get-assertion)
   --discoverable  a discoverable credential (passkey) is made or looked up
+  --u2f           a U2F (CTAP1) request: --rp is its application parameter, the
+                  SHA-256 of the app ID in 64 hex digits (only U2F is matched by hash)
 ";
 
 fn main() -> ExitCode {
@@ -98,6 +100,8 @@ struct ExplainArgs {
     groups: Vec<String>,
     operation: Operation,
     discoverable: bool,
+    /// A CTAP1/U2F request: `rp` is the application parameter in hex.
+    u2f: bool,
 }
 
 impl ExplainArgs {
@@ -108,6 +112,7 @@ impl ExplainArgs {
         let mut groups = Vec::new();
         let mut operation = Operation::GetAssertion;
         let mut discoverable = false;
+        let mut u2f = false;
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             match arg.as_str() {
@@ -123,6 +128,7 @@ impl ExplainArgs {
                     }
                 }
                 "--discoverable" => discoverable = true,
+                "--u2f" => u2f = true,
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -130,7 +136,10 @@ impl ExplainArgs {
         if !groups.is_empty() && user.is_none() {
             return Err("--group needs --user: rules with users or groups never match a device without a user".into());
         }
-        Ok(Self { dirs: or_default_dirs(dirs), rp, user, groups, operation, discoverable })
+        if u2f && !is_u2f_application(&rp.to_ascii_lowercase()) {
+            return Err("--u2f needs --rp to be a U2F application parameter: 64 hex digits".into());
+        }
+        Ok(Self { dirs: or_default_dirs(dirs), rp, user, groups, operation, discoverable, u2f })
     }
 }
 
@@ -214,7 +223,7 @@ fn explain(args: &ExplainArgs) -> ExitCode {
             principal
         }
     };
-    let request = Request { rp_id: &args.rp, operation: args.operation, principal: &principal };
+    let request = Request { rp_id: &args.rp, operation: args.operation, principal: &principal, ctap1: args.u2f };
     let explanation = policy.explain(&request);
     print!("{}", render(&policy, &explanation, args, &principal));
     ExitCode::SUCCESS
@@ -230,7 +239,7 @@ fn render(policy: &Policy, e: &Explanation<'_>, args: &ExplainArgs, principal: &
         "rp ID:       {}{}{}",
         e.rp_id,
         if e.rp_id != args.rp { format!(" (given as {:?})", args.rp) } else { String::new() },
-        if is_u2f_application(&e.rp_id) { " (a U2F application parameter: SHA-256 of the app ID)" } else { "" }
+        if args.u2f { " (a U2F application parameter: SHA-256 of the app ID)" } else { "" }
     );
     let _ = match &principal.user {
         None => writeln!(out, "user:        none (rules with users or groups do not match)"),
@@ -283,7 +292,7 @@ fn render(policy: &Policy, e: &Explanation<'_>, args: &ExplainArgs, principal: &
             let _ = writeln!(out, "PIN length:  at least {n} for this device ({origin})");
         }
     }
-    let u2f = is_u2f_application(&e.rp_id);
+    let u2f = args.u2f;
     let outcome = if u2f && d.action == Action::Deny {
         "refused: U2F status conditions-not-satisfied, before any key is used or anyone is asked"
     } else if u2f && s.require_user_verification {

@@ -126,6 +126,27 @@ fn explain_shows_the_decision_the_rule_and_the_losers() {
     assert!(out.contains("outcome:     refused: CTAP2_ERR_OPERATION_DENIED"), "{out}");
 }
 
+/// `--u2f` explains a CTAP1 request, matched by hash; the same 64 hex
+/// digits without it are a CTAP2 rp ID, which no hash matches.
+#[test]
+fn explain_tells_u2f_application_parameters_from_ctap2_rp_ids() {
+    let dir = example_dir();
+    // SHA-256("login.example.com").
+    let hash = "0c6ca0839c3a5683557833f618a2556665df2a088964787d53850b4ad4d3bedc";
+    let (code, out, err) = ctl(&["policy", "explain", "--rp", hash, "--u2f", "--dir", &dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("(a U2F application parameter: SHA-256 of the app ID)"), "{out}");
+    assert!(out.contains("50-example.toml:16 (rp pattern login.example.com)"), "{out}");
+    let (code, out, _) = ctl(&["policy", "explain", "--rp", hash, "--dir", &dir]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("U2F") && out.contains("decision:    deny\n"), "{out}");
+    let (code, out, _) = ctl(&["policy", "explain", "--rp", "https://login.example.com/app-id.json", "--dir", &dir]);
+    assert_eq!(code, 0);
+    assert!(out.contains("rp ID:       login.example.com (given as"), "{out}");
+    let (code, _, err) = ctl(&["policy", "explain", "--rp", "login.example.com", "--u2f", "--dir", &dir]);
+    assert_eq!(code, 2, "{err}");
+}
+
 #[test]
 fn explain_matches_users_and_their_system_groups() {
     let tmp = TempDir::new("users");

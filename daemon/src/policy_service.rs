@@ -249,7 +249,12 @@ impl PolicyHandle {
             Operation::Reset => return PolicyVerdict::allow("policy: reset is not governed by policy files"),
         };
         let decision =
-            snapshot.policy.evaluate(&Request { rp_id: request.rp_id, operation, principal: &snapshot.principal });
+            snapshot.policy.evaluate(&Request {
+            rp_id: request.rp_id,
+            operation,
+            principal: &snapshot.principal,
+            ctap1: request.ctap1,
+        });
         if decision.action == Action::Deny {
             return PolicyVerdict::deny(decision.rule_id);
         }
@@ -476,7 +481,7 @@ mod tests {
     }
 
     fn request(rp_id: &str) -> PolicyRequest<'_> {
-        PolicyRequest { operation: Operation::MakeCredential, rp_id, discoverable: false }
+        PolicyRequest { operation: Operation::MakeCredential, rp_id, discoverable: false, ctap1: false }
     }
 
     const ALLOW_A: &str = "[default]\naction = \"deny\"\n[[rule]]\nrp = [\"a.example\"]\naction = \"allow\"\n";
@@ -507,7 +512,7 @@ mod tests {
         assert_eq!(handle.min_pin_length(), Some(8));
         let v = handle.decide(&request("c.example"));
         assert_eq!(v, PolicyVerdict::deny(format!("{}:2", dir.0.join("50-b.toml").display())));
-        let v = handle.decide(&PolicyRequest { operation: Operation::Reset, rp_id: "", discoverable: false });
+        let v = handle.decide(&PolicyRequest { operation: Operation::Reset, rp_id: "", discoverable: false, ctap1: false });
         assert!(v.allow);
     }
 
@@ -793,6 +798,13 @@ mod tests {
             assert_eq!(u2f_register(&mut device, "denied.example"), CONDITIONS_NOT_SATISFIED);
             // A wildcard cannot be matched from a hash: refused, not guessed.
             assert_eq!(u2f_register(&mut device, "a.corp.example"), CONDITIONS_NOT_SATISFIED);
+            // Only U2F is matched by hash: a CTAP2 rp.id that is the hash of
+            // an allowed rp is an unknown rp, refused by the default.
+            let hash: String = {
+                use sha2::{Digest, Sha256};
+                Sha256::digest(b"allowed.example").iter().map(|b| format!("{b:02x}")).collect()
+            };
+            assert_eq!(make_credential(&mut device, &hash, false), OPERATION_DENIED);
         }
     }
 

@@ -22,7 +22,7 @@ pub const POLKIT_ACTION_RESET: &str = "org.fidoseal.reset";
 pub mod details {
     /// s: relying party ID, or "" for device actions.
     pub const RP_ID: &str = "rp_id";
-    /// s: "register" | "sign-in" | "confirm-existing" | "select-key" | "reset".
+    /// s: "register" | "sign-in" | "confirm-existing" | "select-key" | "reset" | "manage".
     pub const ACTION: &str = "action";
     /// s: the account name, if known.
     pub const USER: &str = "user";

@@ -563,9 +563,16 @@ pub(crate) fn compile(sources: &[Source], dirs: Vec<(PathBuf, bool)>) -> Result<
             match pattern {
                 RpPattern::Any => index.any.push(order),
                 RpPattern::Exact(id) => {
-                    index.exact.entry(id.clone()).or_default().push(order);
+                    // An AppID URL pattern stands for its host too (rp.rs).
+                    let host = crate::rp::app_id_host(id).map(Box::<str>::from);
+                    for key in std::iter::once(id.clone()).chain(host) {
+                        let ids = index.exact.entry(key).or_default();
+                        if !ids.contains(&order) {
+                            ids.push(order);
+                        }
+                    }
                     for application in crate::rp::u2f_applications(id) {
-                        let ids = index.exact.entry(application.into()).or_default();
+                        let ids = index.u2f.entry(application.into()).or_default();
                         if !ids.contains(&order) {
                             ids.push(order);
                         }
@@ -588,6 +595,7 @@ pub(crate) fn compile(sources: &[Source], dirs: Vec<(PathBuf, bool)>) -> Result<
         });
     }
     shrink(&mut index.exact);
+    shrink(&mut index.u2f);
     shrink(&mut index.wildcard);
     Ok(Policy {
         files: sources.iter().map(|s| s.path.clone()).collect(),

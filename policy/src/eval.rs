@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use crate::rp::{is_host_name, is_u2f_application, wildcard_rank, EXACT_RANK};
+use crate::rp::{is_host_name, wildcard_rank, EXACT_RANK};
 use crate::{Action, Operation, Policy, Principal, RpPattern, Rule, Settings};
 
 /// The rule ID of the refusal of a U2F request that only wildcard rules
@@ -26,6 +26,10 @@ pub struct Request<'a> {
     pub operation: Operation,
     /// The user the device belongs to, with their groups.
     pub principal: &'a Principal,
+    /// A CTAP1/U2F request: `rp_id` is the application parameter (SHA-256
+    /// of the app ID) in hex, matched against the hashes of exact rp IDs.
+    /// Only such requests are matched by hash.
+    pub ctap1: bool,
 }
 
 /// How specific a match is; compared field by field, in this order.
@@ -147,6 +151,14 @@ impl Policy {
                 f(rule, rp_rank, Specificity { rp: rp_rank, principal, operation });
             }
         };
+        if request.ctap1 {
+            // A U2F application parameter: exact rp IDs by hash, and `*`.
+            if let Some(ids) = self.index.u2f.get(rp_id) {
+                visit(ids, EXACT_RANK);
+            }
+            visit(&self.index.any, 0);
+            return;
+        }
         if let Some(ids) = self.index.exact.get(rp_id) {
             visit(ids, EXACT_RANK);
         }
@@ -166,8 +178,9 @@ impl Policy {
 
     /// The decision for a request.
     ///
-    /// A U2F request (the rp ID is the hex SHA-256 of the application ID)
-    /// matches exact patterns by hash, `*` and the default, but no wildcard.
+    /// A U2F request (`ctap1`: the rp ID is the hex SHA-256 of the
+    /// application ID) matches exact patterns by hash, `*` and the default,
+    /// but no wildcard; a CTAP2 request is never matched by hash.
     /// So that a client cannot slip past a wildcard rule by speaking U2F,
     /// such a request is refused when no exact rule matches it and some
     /// wildcard rule applies to this user and operation.
@@ -181,7 +194,7 @@ impl Policy {
             }
         });
         let exact = best.is_some_and(|(_, (specificity, _, _))| specificity.rp == EXACT_RANK);
-        if !exact && self.u2f_unattributable(&rp_id, request) {
+        if !exact && self.u2f_unattributable(request) {
             return self.u2f_refusal();
         }
         match best {
@@ -190,8 +203,8 @@ impl Policy {
         }
     }
 
-    fn u2f_unattributable(&self, rp_id: &str, request: &Request<'_>) -> bool {
-        is_u2f_application(rp_id)
+    fn u2f_unattributable(&self, request: &Request<'_>) -> bool {
+        request.ctap1
             && self.index.wildcard.values().flatten().any(|&id| {
                 self.rules.get(id as usize).is_some_and(|rule| {
                     rule.operation_rank(request.operation).is_some() && rule.principal_rank(request.principal).is_some()
@@ -225,12 +238,14 @@ impl Policy {
             if matches.iter().any(|m| std::ptr::eq(m.rule, rule)) {
                 return; // already seen through a more specific pattern
             }
-            let pattern = rule.rp.iter().find(|p| p.rank() == rp_rank && p.matches(&rp_id)).unwrap_or(&RpPattern::Any);
+            let pattern_matches = |p: &RpPattern| if request.ctap1 { p.matches_u2f(&rp_id) } else { p.matches(&rp_id) };
+            let pattern =
+                rule.rp.iter().find(|p| p.rank() == rp_rank && pattern_matches(p)).unwrap_or(&RpPattern::Any);
             matches.push(Match { rule, pattern, specificity, lost: None });
         });
         matches.sort_by_key(|m| std::cmp::Reverse(precedence(m.rule, m.specificity)));
         let exact = matches.first().is_some_and(|m| m.specificity.rp == EXACT_RANK);
-        if !exact && self.u2f_unattributable(&rp_id, request) {
+        if !exact && self.u2f_unattributable(request) {
             for m in &mut matches {
                 m.lost = Some(LossReason::U2fUnattributable);
             }

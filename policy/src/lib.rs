@@ -19,6 +19,7 @@
 //!     rp_id: "login.example.com",
 //!     operation: Operation::GetAssertion,
 //!     principal: &nobody,
+//!     ctap1: false,
 //! });
 //! println!("{:?} by {}", decision.action, decision.rule_id);
 //! # Ok::<(), fidoseal_policy::PolicyError>(())
@@ -192,7 +193,10 @@ pub struct Policy {
 
 #[derive(Debug, Default)]
 struct Index {
+    /// Exact rp IDs (an AppID URL pattern also under its host).
     exact: HashMap<Box<str>, Vec<u32>>,
+    /// U2F application parameters (hex) of exact rp IDs, for CTAP1 requests only.
+    u2f: HashMap<Box<str>, Vec<u32>>,
     wildcard: HashMap<Box<str>, Vec<u32>>,
     any: Vec<u32>,
 }

@@ -18,10 +18,17 @@
 //!   names.
 //!
 //! U2F (CTAP1) requests carry no rp ID, only the SHA-256 of the application
-//! ID, which the authenticator passes on as 64 lowercase hex digits. An exact
-//! pattern also matches the hash of its rp ID (what WebAuthn clients and
-//! libfido2 send over U2F) and of `https://` + its rp ID (a legacy U2F
-//! AppID). Wildcards cannot be matched from a hash: see [`crate::Policy::evaluate`].
+//! ID, which the authenticator passes on as 64 lowercase hex digits and
+//! flags as CTAP1. For those requests only, an exact pattern matches the
+//! hash of its rp ID (what WebAuthn clients and libfido2 send over U2F) and
+//! of `https://` + its rp ID (a legacy U2F AppID). A CTAP2 rp ID of 64 hex
+//! digits is an rp ID like any other: it matches no hash. Wildcards cannot
+//! be matched from a hash: see [`crate::Policy::evaluate`].
+//!
+//! An rp ID that is an AppID URL, `https://host[:port][/path]` (what U2F-era
+//! relying parties and some native tools send as a CTAP2 rp.id), stands for
+//! its host, in requests and in exact patterns alike: exact and wildcard
+//! rules for the host decide it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -95,14 +102,24 @@ impl RpPattern {
         }
     }
 
-    /// Whether `rp_id` (already normalized with [`normalize_rp_id`]) matches.
+    /// Whether the CTAP2 rp ID `rp_id` (already normalized with
+    /// [`normalize_rp_id`]) matches. An exact AppID URL pattern matches its host.
     pub fn matches(&self, rp_id: &str) -> bool {
         match self {
             RpPattern::Any => true,
-            RpPattern::Exact(exact) => {
-                **exact == *rp_id || (is_u2f_application(rp_id) && u2f_applications(exact).iter().any(|h| h == rp_id))
-            }
+            RpPattern::Exact(exact) => **exact == *rp_id || app_id_host(exact).is_some_and(|host| host == rp_id),
             RpPattern::Wildcard(suffix) => wildcard_matches(suffix, rp_id),
+        }
+    }
+
+    /// Whether the U2F application parameter `application` (64 lowercase
+    /// hex digits, from a CTAP1 request) matches: exact patterns by hash,
+    /// `*`, never a wildcard.
+    pub fn matches_u2f(&self, application: &str) -> bool {
+        match self {
+            RpPattern::Any => true,
+            RpPattern::Exact(exact) => u2f_applications(exact).iter().any(|h| h == application),
+            RpPattern::Wildcard(_) => false,
         }
     }
 }
@@ -153,12 +170,45 @@ pub(crate) fn u2f_applications(rp_id: &str) -> Vec<String> {
     out
 }
 
+/// The host an AppID URL stands for: `https://host[:port][/path][?…][#…]`
+/// with a valid host name, normalized like an rp ID. `None` for anything
+/// else, including URLs with user information (`https://a@b/`), which are
+/// compared as they are written.
+pub(crate) fn app_id_host(rp_id: &str) -> Option<String> {
+    let scheme = rp_id.get(..8)?;
+    if !scheme.eq_ignore_ascii_case("https://") {
+        return None;
+    }
+    let authority = rp_id[8..].split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return None;
+    }
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        Some(_) => return None,
+        None => authority,
+    };
+    if !looks_like_host(host) {
+        return None;
+    }
+    let host = normalize_plain_rp_id(host);
+    is_host_name(&host).then(|| host.into_owned())
+}
+
 /// Normalizes an rp ID from a request: lowercase, no trailing dot, A-labels
-/// for Unicode names. Borrows when the ID is already in that form (what
-/// browsers send), so the common case does not allocate. An ID that is not
-/// a valid internationalized name is lowercased and compared as it is: it
-/// can then only match an exact pattern written the same way, or `*`.
+/// for Unicode names, an AppID URL replaced by its host. Borrows when the ID
+/// is already in that form (what browsers send), so the common case does not
+/// allocate. An ID that is not a valid internationalized name is lowercased
+/// and compared as it is: it can then only match an exact pattern written
+/// the same way, or `*`.
 pub fn normalize_rp_id(rp_id: &str) -> Cow<'_, str> {
+    match app_id_host(rp_id) {
+        Some(host) => Cow::Owned(host),
+        None => normalize_plain_rp_id(rp_id),
+    }
+}
+
+fn normalize_plain_rp_id(rp_id: &str) -> Cow<'_, str> {
     let trimmed = rp_id.strip_suffix('.').unwrap_or(rp_id);
     if trimmed.is_ascii() {
         if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -290,6 +340,12 @@ mod tests {
         assert_eq!(normalize_rp_id("Login.Example.COM."), "login.example.com");
         assert_eq!(normalize_rp_id("bücher.example"), "xn--bcher-kva.example");
         assert_eq!(normalize_rp_id("ssh:"), "ssh:");
+        assert_eq!(normalize_rp_id("https://Login.Example.com:8443/app-id.json"), "login.example.com");
+        assert_eq!(normalize_rp_id("HTTPS://bücher.example/"), "xn--bcher-kva.example");
+        assert_eq!(normalize_rp_id("https://a@login.example.com/"), "https://a@login.example.com/");
+        assert_eq!(normalize_rp_id("https://[::1]/"), "https://[::1]/");
+        assert_eq!(normalize_rp_id("https:///x"), "https:///x");
+        assert!(p("https://login.example.com/app.json").matches("login.example.com"));
     }
 
     #[test]
@@ -324,9 +380,11 @@ mod tests {
         );
         assert!(apps.iter().all(|a| is_u2f_application(a)));
         let exact = p("login.example.com");
-        assert!(apps.iter().all(|a| exact.matches(a)));
-        assert!(!p("other.example.com").matches(&apps[0]));
-        assert!(!p("*.example.com").matches(&apps[0]));
+        assert!(apps.iter().all(|a| exact.matches_u2f(a)));
+        assert!(!apps.iter().any(|a| exact.matches(a)), "a CTAP2 rp ID is never matched by hash");
+        assert!(!p("other.example.com").matches_u2f(&apps[0]));
+        assert!(!p("*.example.com").matches_u2f(&apps[0]));
+        assert!(p("*").matches_u2f(&apps[0]));
         assert_eq!(u2f_applications("ssh:").len(), 1);
         assert!(!is_u2f_application("login.example.com"));
         assert!(!is_u2f_application(&"A".repeat(64)), "normalized hashes are lowercase");

@@ -70,6 +70,7 @@ fn a_valid_section_loads_the_key_and_the_chain_leaf_first() {
             rp_id: "IDP.example.com.",
             operation: Operation::MakeCredential,
             principal: &Principal::default(),
+            ctap1: false,
         });
         assert_eq!(decision.settings.attestation, Some(Attestation::Enterprise));
         assert_eq!(decision.settings.attestation.map(|a| a.to_string()).as_deref(), Some("enterprise"));
@@ -224,7 +225,7 @@ fn enterprise_goes_only_to_listed_rp_ids() {
     let principal = Principal::default();
     let ask = |rp_id| {
         policy
-            .evaluate(&Request { rp_id, operation: Operation::MakeCredential, principal: &principal })
+            .evaluate(&Request { rp_id, operation: Operation::MakeCredential, principal: &principal, ctap1: false })
             .settings
             .attestation
     };
@@ -243,4 +244,29 @@ fn a_later_file_replaces_the_section_whole() {
     let ea = policy.enterprise_attestation().unwrap();
     assert_eq!(ea.rp_ids(), ["login.example.org".into()] as [Box<str>; 1]);
     assert_eq!(ea.certificates().len(), 1);
+}
+
+/// Enterprise attestation goes to the listed rp, never to a CTAP2 rp.id
+/// that merely equals the SHA-256 of it (only U2F names rps by hash, and
+/// U2F has no enterprise attestation).
+#[test]
+fn a_ctap2_rp_id_equal_to_the_hash_of_a_listed_rp_gets_no_enterprise_attestation() {
+    use sha2::{Digest, Sha256};
+    let dir = TempDir::new("ea-hash");
+    let key = key(&dir, "attestation-sec1.key", 0o600);
+    let text = format!("[default]\naction = \"deny\"\n{}{ENTERPRISE_RULE}", section(&key, &[data("attestation.pem")]));
+    let policy = load(&text).unwrap();
+    let principal = Principal::default();
+    for name in ["idp.example.com", "https://idp.example.com"] {
+        let hash: String = Sha256::digest(name.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let d = policy.evaluate(&Request { rp_id: &hash, operation: Operation::MakeCredential, principal: &principal, ctap1: false });
+        assert_eq!((d.action, d.settings.attestation), (fidoseal_policy::Action::Deny, None), "{name}");
+    }
+    let d = policy.evaluate(&Request {
+        rp_id: "https://idp.example.com/app-id.json",
+        operation: Operation::MakeCredential,
+        principal: &principal,
+        ctap1: false,
+    });
+    assert_eq!(d.settings.attestation, Some(Attestation::Enterprise), "an AppID URL is its host");
 }

@@ -8,7 +8,7 @@ use fidoseal_policy::{Action, Operation, Policy, Principal, Request};
 
 fn decide<'p>(policy: &'p Policy, rp_id: &str) -> fidoseal_policy::Decision<'p> {
     static NOBODY: Principal = Principal { user: None, groups: Vec::new() };
-    policy.evaluate(&Request { rp_id, operation: Operation::MakeCredential, principal: &NOBODY })
+    policy.evaluate(&Request { rp_id, operation: Operation::MakeCredential, principal: &NOBODY, ctap1: false })
 }
 
 #[test]

@@ -122,7 +122,7 @@ fn table_of_requests() {
         (".", &nobody, mc, Action::Deny, 0),
     ];
     for &(rp_id, principal, operation, action, rule) in table {
-        let d = policy.evaluate(&Request { rp_id, operation, principal });
+        let d = policy.evaluate(&Request { rp_id, operation, principal, ctap1: false });
         let want_rule = if rule == 0 { default.clone() } else { line_of_rule(rule) };
         assert_eq!((d.action, d.rule_id), (action, want_rule.as_str()), "{rp_id} for {principal:?} {operation:?}");
     }
@@ -136,18 +136,19 @@ fn settings_come_from_the_deciding_rule_over_the_default() {
         rp_id: "login.example.com",
         operation: Operation::MakeCredential,
         principal: &nobody,
+        ctap1: false,
     });
     assert_eq!(d.settings.min_cred_protect, 2);
     assert!(!d.settings.require_user_verification, "the exact rule does not inherit the wildcard's UV");
     let d =
-        policy.evaluate(&Request { rp_id: "a.example.com", operation: Operation::MakeCredential, principal: &nobody });
+        policy.evaluate(&Request { rp_id: "a.example.com", operation: Operation::MakeCredential, principal: &nobody, ctap1: false });
     assert!(d.settings.require_user_verification);
     let alice = Principal::user("alice", ["alice"]);
     let d =
-        policy.evaluate(&Request { rp_id: "a.example.com", operation: Operation::MakeCredential, principal: &alice });
+        policy.evaluate(&Request { rp_id: "a.example.com", operation: Operation::MakeCredential, principal: &alice, ctap1: false });
     assert_eq!(d.settings.message.as_deref(), Some("Hello alice"));
     let d =
-        policy.evaluate(&Request { rp_id: "same.example", operation: Operation::MakeCredential, principal: &nobody });
+        policy.evaluate(&Request { rp_id: "same.example", operation: Operation::MakeCredential, principal: &nobody, ctap1: false });
     assert_eq!(d.settings.prompt_timeout, Some(std::time::Duration::from_secs(20)), "the later rule wins");
 }
 
@@ -168,6 +169,7 @@ fn deny_beats_allow_at_equal_specificity_in_either_order() {
                 rp_id: "x.example",
                 operation: Operation::GetAssertion,
                 principal: &nobody,
+                ctap1: false,
             });
             assert_eq!(d.action, Action::Deny, "{first} then {second}, split {split}");
         }
@@ -184,7 +186,7 @@ fn a_more_specific_allow_beats_a_broader_deny() {
     .unwrap();
     let staff = Principal::user("u", ["staff"]);
     let eval =
-        |rp_id| policy.evaluate(&Request { rp_id, operation: Operation::MakeCredential, principal: &staff }).action;
+        |rp_id| policy.evaluate(&Request { rp_id, operation: Operation::MakeCredential, principal: &staff, ctap1: false }).action;
     assert_eq!(eval("a.corp.example.com"), Action::Allow);
     assert_eq!(eval("a.example.com"), Action::Deny, "rp specificity comes before the principal's");
     assert_eq!(eval("other.org"), Action::Allow);
@@ -200,11 +202,11 @@ fn rules_with_users_or_groups_never_match_a_device_without_a_user() {
     let nobody = Principal::default();
     let not_a_user = Principal { user: None, groups: vec!["root".into()] };
     for principal in [&nobody, &not_a_user] {
-        let d = policy.evaluate(&Request { rp_id: "a.example", operation: Operation::GetAssertion, principal });
+        let d = policy.evaluate(&Request { rp_id: "a.example", operation: Operation::GetAssertion, principal, ctap1: false });
         assert_eq!(d.action, Action::Deny);
     }
     let root = Principal::user("root", ["root"]);
-    let d = policy.evaluate(&Request { rp_id: "a.example", operation: Operation::GetAssertion, principal: &root });
+    let d = policy.evaluate(&Request { rp_id: "a.example", operation: Operation::GetAssertion, principal: &root, ctap1: false });
     assert_eq!(d.action, Action::Allow);
 }
 
@@ -213,7 +215,7 @@ fn explain_names_the_winner_and_why_each_other_rule_lost() {
     let policy = policy();
     let bob = Principal::user("bob", ["contractors"]);
     let e =
-        policy.explain(&Request { rp_id: "Login.Example.com.", operation: Operation::MakeCredential, principal: &bob });
+        policy.explain(&Request { rp_id: "Login.Example.com.", operation: Operation::MakeCredential, principal: &bob, ctap1: false });
     assert_eq!(e.rp_id, "login.example.com");
     assert_eq!(e.decision.rule_id, line_of_rule(2));
     let summary: Vec<(String, Option<LossReason>, String)> =
@@ -231,13 +233,14 @@ fn explain_names_the_winner_and_why_each_other_rule_lost() {
         rp_id: "conflict.example",
         operation: Operation::MakeCredential,
         principal: &nobody,
+        ctap1: false,
     });
     assert_eq!(e.matches[1].lost, Some(LossReason::DenyBeatsAllow));
     let e =
-        policy.explain(&Request { rp_id: "same.example", operation: Operation::MakeCredential, principal: &nobody });
+        policy.explain(&Request { rp_id: "same.example", operation: Operation::MakeCredential, principal: &nobody, ctap1: false });
     assert_eq!(e.matches[1].lost, Some(LossReason::EarlierThanWinner));
     let e =
-        policy.explain(&Request { rp_id: "nothing.example", operation: Operation::MakeCredential, principal: &nobody });
+        policy.explain(&Request { rp_id: "nothing.example", operation: Operation::MakeCredential, principal: &nobody, ctap1: false });
     assert!(e.matches.is_empty());
     assert_eq!(e.decision.rule_id, format!("{FILE}:3"));
 }
@@ -247,7 +250,7 @@ fn no_files_allow_everything_by_the_built_in_default() {
     let policy = Policy::empty();
     let nobody = Principal::default();
     let d =
-        policy.evaluate(&Request { rp_id: "any.example", operation: Operation::MakeCredential, principal: &nobody });
+        policy.evaluate(&Request { rp_id: "any.example", operation: Operation::MakeCredential, principal: &nobody, ctap1: false });
     assert_eq!((d.action, d.rule_id), (Action::Allow, fidoseal_policy::BUILT_IN_DEFAULT));
 }
 
@@ -408,7 +411,7 @@ fn property_index_agrees_with_a_linear_scan() {
             } else {
                 (Operation::GetAssertion, "get-assertion")
             };
-            let request = Request { rp_id: &rp_id, operation, principal: &principal };
+            let request = Request { rp_id: &rp_id, operation, principal: &principal, ctap1: false };
             let decision = policy.evaluate(&request);
             let expected = oracle(&rules, &rp_id, &principal, op_name);
             assert_eq!(
@@ -438,11 +441,12 @@ fn property_case_and_trailing_dot_never_change_a_decision() {
             let variant = scramble_case(&mut rng, &rp_id);
             let principal = random_principal(&mut rng);
             let a =
-                policy.evaluate(&Request { rp_id: &rp_id, operation: Operation::GetAssertion, principal: &principal });
+                policy.evaluate(&Request { rp_id: &rp_id, operation: Operation::GetAssertion, principal: &principal, ctap1: false });
             let b = policy.evaluate(&Request {
                 rp_id: &variant,
                 operation: Operation::GetAssertion,
                 principal: &principal,
+                ctap1: false,
             });
             assert_eq!(a.rule_id, b.rule_id, "{rp_id} vs {variant}");
         }
@@ -462,7 +466,7 @@ fn property_a_wildcard_matches_only_names_under_its_suffix() {
         let rp_id = random_host(&mut rng, 4);
         let nobody = Principal::default();
         let allowed =
-            policy.evaluate(&Request { rp_id: &rp_id, operation: Operation::GetAssertion, principal: &nobody }).action
+            policy.evaluate(&Request { rp_id: &rp_id, operation: Operation::GetAssertion, principal: &nobody, ctap1: false }).action
                 == Action::Allow;
         assert_eq!(allowed, rp_id.ends_with(&format!(".{suffix}")), "*.{suffix} vs {rp_id}");
     }
@@ -479,7 +483,7 @@ fn sha256_hex(text: &str) -> String {
 fn u2f_requests_match_exact_rules_by_hash_and_are_refused_where_only_a_wildcard_could_decide() {
     let nobody = Principal::default();
     let eval = |policy: &Policy, rp_id: &str| {
-        let d = policy.evaluate(&Request { rp_id, operation: Operation::MakeCredential, principal: &nobody });
+        let d = policy.evaluate(&Request { rp_id, operation: Operation::MakeCredential, principal: &nobody, ctap1: true });
         (d.action, d.rule_id.to_string())
     };
     // The enterprise shape: deny by default, an exact IdP and a wildcard.
@@ -508,6 +512,7 @@ fn u2f_requests_match_exact_rules_by_hash_and_are_refused_where_only_a_wildcard_
         rp_id: &sha256_hex("x.evil.example"),
         operation: Operation::MakeCredential,
         principal: &nobody,
+        ctap1: true,
     });
     assert_eq!(e.decision.rule_id, fidoseal_policy::U2F_UNATTRIBUTABLE);
 
@@ -522,4 +527,84 @@ fn u2f_requests_match_exact_rules_by_hash_and_are_refused_where_only_a_wildcard_
         (Action::Allow, fidoseal_policy::BUILT_IN_DEFAULT.into())
     );
     assert_eq!(eval(&policy, &sha256_hex("ssh:")), (Action::Deny, "/p/u2f.toml:5".into()));
+}
+
+/// Only a CTAP1 request names its rp by a hash. A CTAP2 rp.id of 64 hex
+/// digits is just an odd rp ID: that it equals SHA-256 of an allowed rp
+/// must not make it that rp (a page cannot choose such an rp.id, but any
+/// local program talking CTAP2 can).
+#[test]
+fn a_ctap2_rp_id_equal_to_the_hash_of_an_allowed_rp_does_not_match_it() {
+    let nobody = Principal::default();
+    let policy = Policy::from_sources(&[(
+        "/p/hash.toml",
+        "[default]\naction = \"deny\"\n[[rule]]\nrp = [\"login.example.com\"]\naction = \"allow\"\n\
+         [[rule]]\nrp = [\"*.example.com\"]\naction = \"allow\"\n",
+    )])
+    .unwrap();
+    for app_id in ["login.example.com", "https://login.example.com"] {
+        let hash = sha256_hex(app_id);
+        for operation in [Operation::MakeCredential, Operation::GetAssertion] {
+            let ctap2 = policy.evaluate(&Request { rp_id: &hash, operation, principal: &nobody, ctap1: false });
+            assert_eq!((ctap2.action, ctap2.rule_id), (Action::Deny, "/p/hash.toml:2"), "CTAP2 {app_id}");
+            let ctap1 = policy.evaluate(&Request { rp_id: &hash, operation, principal: &nobody, ctap1: true });
+            assert_eq!((ctap1.action, ctap1.rule_id), (Action::Allow, "/p/hash.toml:3"), "CTAP1 {app_id}");
+        }
+        let e = policy.explain(&Request { rp_id: &hash, operation: Operation::MakeCredential, principal: &nobody, ctap1: false });
+        assert!(e.matches.is_empty(), "nothing matches a CTAP2 hash: {:?}", e.matches);
+    }
+    // A CTAP1 request is never judged by the host-name rules.
+    let hash = sha256_hex("a.example.com");
+    let d = policy.evaluate(&Request { rp_id: &hash, operation: Operation::GetAssertion, principal: &nobody, ctap1: true });
+    assert_eq!(d.rule_id, fidoseal_policy::U2F_UNATTRIBUTABLE);
+    // ... while a CTAP2 request with that odd rp ID is refused by the default, not as U2F.
+    let d = policy.evaluate(&Request { rp_id: &hash, operation: Operation::GetAssertion, principal: &nobody, ctap1: false });
+    assert_eq!(d.rule_id, "/p/hash.toml:2");
+}
+
+/// An rp.id that is an AppID URL (`https://host/path`, what U2F-era
+/// relying parties and some native tools send) is judged by its host, by
+/// exact and wildcard rules alike.
+#[test]
+fn an_app_id_url_rp_id_is_judged_by_its_host() {
+    let nobody = Principal::default();
+    let policy = Policy::from_sources(&[(
+        "/p/appid.toml",
+        "[default]\naction = \"deny\"\n[[rule]]\nrp = [\"login.example.com\"]\naction = \"allow\"\n\
+         [[rule]]\nrp = [\"*.corp.example\"]\naction = \"allow\"\n\
+         [[rule]]\nrp = [\"*.evil.example\"]\naction = \"deny\"\n[[rule]]\nrp = [\"*\"]\nusers = [\"alice\"]\naction = \"allow\"\n",
+    )])
+    .unwrap();
+    let alice = Principal::user("alice", Vec::<String>::new());
+    let eval = |rp_id: &str, principal: &Principal| {
+        let d = policy.evaluate(&Request { rp_id, operation: Operation::GetAssertion, principal, ctap1: false });
+        (d.action, d.rule_id.to_string())
+    };
+    let table: &[(&str, Action, &str)] = &[
+        ("https://login.example.com", Action::Allow, "/p/appid.toml:3"),
+        ("https://login.example.com/", Action::Allow, "/p/appid.toml:3"),
+        ("https://Login.Example.com/u2f/app-id.json", Action::Allow, "/p/appid.toml:3"),
+        ("https://login.example.com:8443/app-id.json?x=1", Action::Allow, "/p/appid.toml:3"),
+        ("https://a.corp.example/app-id.json", Action::Allow, "/p/appid.toml:6"),
+        ("https://b.a.corp.example#frag", Action::Allow, "/p/appid.toml:6"),
+        ("https://corp.example/app-id.json", Action::Deny, "/p/appid.toml:2"),
+        ("https://other.example/app-id.json", Action::Deny, "/p/appid.toml:2"),
+        // Not a host: compared as written.
+        ("https://user@login.example.com/", Action::Deny, "/p/appid.toml:2"),
+        ("http://login.example.com/", Action::Deny, "/p/appid.toml:2"),
+    ];
+    for (rp_id, action, rule) in table {
+        assert_eq!(eval(rp_id, &nobody), (*action, rule.to_string()), "{rp_id}");
+    }
+    // A wildcard deny is not escaped by writing the rp as a URL.
+    assert_eq!(eval("https://x.evil.example/app.json", &alice), (Action::Deny, "/p/appid.toml:9".into()));
+    assert_eq!(eval("x.evil.example", &alice), (Action::Deny, "/p/appid.toml:9".into()));
+    let e = policy.explain(&Request {
+        rp_id: "https://a.corp.example/app-id.json",
+        operation: Operation::MakeCredential,
+        principal: &nobody,
+        ctap1: false,
+    });
+    assert_eq!(e.rp_id, "a.corp.example");
+    assert_eq!(e.matches.first().map(|m| m.pattern.to_string()), Some("*.corp.example".into()));
 }

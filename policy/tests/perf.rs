@@ -84,6 +84,7 @@ fn evaluate_100k_requests_against_1000_rules() {
             rp_id: &rp_ids[i % rp_ids.len()],
             operation: if i % 2 == 0 { Operation::MakeCredential } else { Operation::GetAssertion },
             principal: &principals[i % principals.len()],
+            ctap1: false,
         })
         .collect();
 

@@ -45,6 +45,9 @@ pub struct ScriptedPrompt {
     pub selections_asked: Arc<Mutex<Vec<Vec<String>>>>,
     /// Purposes of every verification asked, with whether a PIN was available.
     pub verifications_asked: Arc<Mutex<Vec<(PresencePurpose, bool)>>>,
+    /// Built-in verification is configured even while it is not offered
+    /// (the daemon's uv_methods with no agent in an active session).
+    pub verification_configured: Arc<Mutex<bool>>,
 }
 
 impl ScriptedPrompt {
@@ -57,6 +60,7 @@ impl ScriptedPrompt {
             selection: Default::default(),
             selections_asked: Default::default(),
             verifications_asked: Default::default(),
+            verification_configured: Default::default(),
         }
     }
 
@@ -86,6 +90,10 @@ impl UserPrompt for ScriptedPrompt {
 
     fn verification_available(&self) -> bool {
         self.verifications.lock().unwrap().is_some()
+    }
+
+    fn verification_configured(&self) -> bool {
+        *self.verification_configured.lock().unwrap() || self.verification_available()
     }
 
     fn request_verification(

@@ -344,7 +344,18 @@ fn eight_wrong_pins_across_power_cycles_block_the_pin_for_good() {
 /// A credential store shared between two authenticators, as the daemon's
 /// state directory is shared between two runs.
 #[derive(Clone)]
-struct SharedStore(Arc<Mutex<MemoryCredentialStore>>);
+struct SharedStore(Arc<Mutex<MemoryCredentialStore>>, Arc<Mutex<bool>>);
+
+impl SharedStore {
+    fn new(capacity: usize) -> Self {
+        Self(Arc::new(Mutex::new(MemoryCredentialStore::new(capacity))), Arc::default())
+    }
+
+    /// From now on `reset` fails, as a full or read-only disk would make it.
+    fn fail_resets(&self) {
+        *self.1.lock().unwrap() = true;
+    }
+}
 
 impl CredentialStore for SharedStore {
     fn credentials_for_rp(&self, rp_id: &str) -> Result<Vec<ResidentCredential>, StoreError> {
@@ -375,6 +386,9 @@ impl CredentialStore for SharedStore {
         self.0.lock().unwrap().save_state(state)
     }
     fn reset(&mut self) -> Result<(), StoreError> {
+        if *self.1.lock().unwrap() {
+            return Err(StoreError::Io("test: the disk is full".into()));
+        }
         self.0.lock().unwrap().reset()
     }
 }
@@ -400,7 +414,7 @@ fn device_over(store: &SharedStore) -> (Device, u32) {
 #[test]
 fn pin_retries_persist_in_the_store_across_power_cycles_and_restarts() {
     for protocol in Protocol::BOTH {
-        let store = SharedStore(Arc::new(Mutex::new(MemoryCredentialStore::new(10))));
+        let store = SharedStore::new(10);
         let (mut d, cid) = device_over(&store);
         assert_eq!(pc::set_pin(&mut d, cid, protocol, PIN), st::OK);
         assert_eq!(pc::get_pin_token(&mut d, cid, protocol, WRONG_PIN).err(), Some(st::PIN_INVALID));
@@ -420,6 +434,41 @@ fn pin_retries_persist_in_the_store_across_power_cycles_and_restarts() {
         assert!(pc::get_pin_token(&mut d, cid, protocol, PIN).is_ok());
         assert_eq!(retries(&mut d, cid), 8);
         assert_eq!(store.load_state().pin_retries, 8);
+    }
+}
+
+/// authenticatorReset whose credential-state write fails must leave the
+/// PIN and the key store that checks it together: the old PIN still
+/// verifies, no retry is spent, the credentials still work, and a reset
+/// once the disk is fine completes.
+#[test]
+fn a_reset_that_cannot_write_the_state_leaves_the_pin_working() {
+    for protocol in Protocol::BOTH {
+        let store = SharedStore::new(10);
+        let (mut d, cid) = device_over(&store);
+        assert_eq!(pc::set_pin(&mut d, cid, protocol, PIN), st::OK);
+        let t = pc::get_pin_token(&mut d, cid, protocol, PIN).unwrap();
+        let (status, body) = d.ctap(cid, command::MAKE_CREDENTIAL, Some(requests::make_credential(RP, b"u", "a", mc_auth(&t))));
+        assert_eq!(status, st::OK);
+        let id = responses::parse_registration(&body.unwrap()).credential_id;
+
+        store.fail_resets();
+        assert_ne!(d.ctap(cid, command::RESET, None).0, st::OK, "the reset failed and says so");
+        for _ in 0..3 {
+            assert!(pc::get_pin_token(&mut d, cid, protocol, PIN).is_ok(), "{protocol:?}: the PIN still verifies");
+        }
+        assert_eq!(retries(&mut d, cid), 8, "no retry was spent");
+        let t = pc::get_pin_token(&mut d, cid, protocol, PIN).unwrap();
+        let request = requests::get_assertion(RP, &[&id], ga_auth(&t));
+        assert_eq!(d.ctap(cid, command::GET_ASSERTION, Some(request)).0, st::OK, "the credential still works");
+
+        *store.1.lock().unwrap() = false;
+        let now = d.now;
+        d.authenticator.power_cycle(now).unwrap();
+        assert_eq!(d.ctap(cid, command::RESET, None).0, st::OK);
+        assert_eq!(pc::get_pin_token(&mut d, cid, protocol, PIN).err(), Some(st::PIN_NOT_SET));
+        let request = requests::get_assertion(RP, &[&id], vec![]);
+        assert_eq!(d.ctap(cid, command::GET_ASSERTION, Some(request)).0, st::NO_CREDENTIALS, "gone after the reset");
     }
 }
 

@@ -457,3 +457,64 @@ fn reset_clears_the_pin_the_config_and_the_large_blobs() {
         assert_eq!(pc::get_pin_retries(&mut d, cid).0, 8);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Built-in user verification protects the key as a PIN does
+
+/// A device with built-in UV (fingerprint or password through the prompt)
+/// and no PIN.
+fn device_with_built_in_uv() -> (Device, u32) {
+    let (d, cid) = device();
+    d.prompt.offer_verification(vec![fidoseal_tests::ScriptedVerification::Verified; 4]);
+    (d, cid)
+}
+
+fn uv_token(d: &mut Device, cid: u32, permissions: u8) -> PinToken {
+    let ss = pc::key_agreement(d, cid, Protocol::Two);
+    pc::request_token(d, cid, &ss, pc::uv_token_request(&ss, permissions, None)).expect("UV token")
+}
+
+/// §6.11.1, §6.10.3 step 5: "protected by some form of user verification"
+/// is a PIN *or* built-in UV. With built-in UV and no PIN, nobody may
+/// toggle alwaysUv, enable enterprise attestation, raise the minimum PIN
+/// length or overwrite the large-blob array without a token.
+#[test]
+fn with_built_in_uv_and_no_pin_config_and_large_blob_writes_need_a_token() {
+    let (mut d, cid) = device_with_built_in_uv();
+    d.denied_rps.set_enterprise_attestation_capable(true);
+    assert_eq!(info_option(&get_info(&mut d, cid), "clientPin"), Some(false));
+    assert_eq!(config(&mut d, cid, None, sub::TOGGLE_ALWAYS_UV, None), st::PUAT_REQUIRED);
+    assert_eq!(config(&mut d, cid, None, sub::ENABLE_ENTERPRISE_ATTESTATION, None), st::PUAT_REQUIRED);
+    assert_eq!(config(&mut d, cid, None, sub::SET_MIN_PIN_LENGTH, Some(min_length_params(63))), st::PUAT_REQUIRED);
+    let array = sample_array(40);
+    let write = pc::large_blobs_set(None, &array, 0, Some(array.len() as u64));
+    assert_eq!(large_blobs(&mut d, cid, write).0, st::PUAT_REQUIRED);
+    let info = get_info(&mut d, cid);
+    assert_eq!((info_option(&info, "alwaysUv"), info_option(&info, "ep")), (Some(false), Some(false)));
+    assert_eq!(min_pin_length(&mut d, cid), 4);
+    assert_eq!(read_array(&mut d, cid), hex(EMPTY_ARRAY));
+    // A discoverable credential wants the token too (§6.1.2 step 6).
+    assert_eq!(make_credential(&mut d, cid, true, vec![]), st::PUAT_REQUIRED);
+
+    // The owner verifies and gets tokens with acfg and lbw.
+    let t = uv_token(&mut d, cid, permission::ACFG | permission::LBW);
+    assert_eq!(config(&mut d, cid, Some(&t), sub::TOGGLE_ALWAYS_UV, None), st::OK);
+    assert_eq!(write_in_two(&mut d, cid, Some(&t), &array), (st::OK, st::OK));
+    assert_eq!(read_array(&mut d, cid), array);
+    assert_eq!(info_option(&get_info(&mut d, cid), "alwaysUv"), Some(true));
+}
+
+/// Configured built-in UV protects the key even while it cannot be asked
+/// for (no agent in an active session): being away from the seat must
+/// not open the key's settings to anyone who can open its hidraw node.
+#[test]
+fn configured_built_in_uv_protects_the_key_while_it_is_not_offered() {
+    let (mut d, cid) = device();
+    *d.prompt.verification_configured.lock().unwrap() = true;
+    assert_eq!(info_option(&get_info(&mut d, cid), "uv"), None, "not offered now");
+    assert_eq!(config(&mut d, cid, None, sub::TOGGLE_ALWAYS_UV, None), st::PUAT_REQUIRED);
+    let array = sample_array(40);
+    let write = pc::large_blobs_set(None, &array, 0, Some(array.len() as u64));
+    assert_eq!(large_blobs(&mut d, cid, write).0, st::PUAT_REQUIRED);
+    assert_eq!(info_option(&get_info(&mut d, cid), "alwaysUv"), Some(false));
+}

@@ -203,3 +203,52 @@ fn u2f_credentials_work_in_ctap2_and_back() {
     assert_eq!(sw, 0x9000);
     verify_authentication(&made.public_key, &app("shared.example"), &body);
 }
+
+/// CTAP 2.1 §7.2 (alwaysUv): U2F cannot verify the user, so while alwaysUv
+/// is on every CTAP1 request is refused — register, authenticate in all
+/// three modes (0x08 would otherwise sign with no touch at all) and
+/// version — and getInfo stops listing U2F_V2.
+#[test]
+fn always_uv_turns_u2f_off() {
+    use fidoseal_tests::platform_client::{command as ctap2, config_subcommand};
+    let mut d = Device::new();
+    let cid = d.init();
+    let application = app("u2f.example");
+    let reg = register(&mut d, cid, &application);
+    let toggle = fidoseal_tests::platform_client::config_request(None, config_subcommand::TOGGLE_ALWAYS_UV, None);
+    assert_eq!(d.ctap(cid, ctap2::CONFIG, Some(toggle.clone())).0, 0);
+
+    let asked = d.prompt.asked().len();
+    const COMMAND_NOT_ALLOWED: u16 = 0x6986;
+    for p1 in [0x03, 0x07, 0x08] {
+        assert_eq!(authenticate(&mut d, cid, p1, &application, &reg.key_handle), (vec![], COMMAND_NOT_ALLOWED), "P1 {p1:#04x}");
+    }
+    let mut data = CHALLENGE.to_vec();
+    data.extend_from_slice(&application);
+    assert_eq!(msg(&mut d, cid, &apdu(0x01, 0, &data)), (vec![], COMMAND_NOT_ALLOWED), "register");
+    assert_eq!(msg(&mut d, cid, &[0, 3, 0, 0]), (vec![], COMMAND_NOT_ALLOWED), "version");
+    assert_eq!(d.prompt.asked().len(), asked, "nobody was asked");
+    let (_, info) = d.ctap(cid, 0x04, None);
+    let versions = responses::get(info.as_ref().unwrap(), 1).unwrap().as_array().unwrap().clone();
+    assert_eq!(versions, [ciborium::value::Value::from("FIDO_2_0"), "FIDO_2_1".into()]);
+
+    // alwaysUv off again: U2F is back, with the same key handle.
+    assert_eq!(d.ctap(cid, ctap2::CONFIG, Some(toggle)).0, 0);
+    assert_eq!(authenticate(&mut d, cid, 0x03, &application, &reg.key_handle).1, 0x9000);
+    let (_, info) = d.ctap(cid, 0x04, None);
+    let versions = responses::get(info.as_ref().unwrap(), 1).unwrap().as_array().unwrap().clone();
+    assert!(versions.contains(&"U2F_V2".into()));
+}
+
+/// A key protected by built-in UV (no PIN) refuses U2F registration as a
+/// key with a PIN does: U2F cannot verify the user (CTAP 2.1 §10.3).
+#[test]
+fn built_in_uv_refuses_u2f_registration_like_a_pin() {
+    let mut d = Device::new();
+    let cid = d.init();
+    *d.prompt.verification_configured.lock().unwrap() = true;
+    let mut data = CHALLENGE.to_vec();
+    data.extend_from_slice(&app("u2f.example"));
+    assert_eq!(msg(&mut d, cid, &apdu(0x01, 0, &data)), (vec![], 0x6985));
+    assert!(d.prompt.asked().is_empty());
+}

@@ -145,3 +145,152 @@ fn a_denied_rp_is_refused_before_any_credential_is_looked_up() {
     let (status, _) = d.ctap(cid, 0x02, Some(requests::get_assertion("nothing.example", &[&[7u8; 90]], vec![])));
     assert_eq!(status, OPERATION_DENIED);
 }
+
+// ---------------------------------------------------------------------------
+// CTAP1 and CTAP2 requests reach the policy told apart
+
+/// A policy that records every request it is asked about.
+#[derive(Clone, Default)]
+struct Recording(std::sync::Arc<std::sync::Mutex<Vec<(String, bool)>>>);
+
+impl fidoseal_ctap::platform::PolicyDecision for Recording {
+    fn decide(&self, request: &fidoseal_ctap::platform::PolicyRequest<'_>) -> PolicyVerdict {
+        self.0.lock().unwrap().push((request.rp_id.to_owned(), request.ctap1));
+        PolicyVerdict::allow("recorded")
+    }
+}
+
+/// The real policy crate behind the core, mapped the way fidoseald maps it.
+struct RealPolicy(fidoseal_policy::Policy, Option<std::sync::Arc<fidoseal_ctap::platform::EnterpriseAttestationKey>>);
+
+impl fidoseal_ctap::platform::PolicyDecision for RealPolicy {
+    fn decide(&self, request: &fidoseal_ctap::platform::PolicyRequest<'_>) -> PolicyVerdict {
+        use fidoseal_policy::{Action, Attestation, Operation as PolicyOperation, Principal, Request};
+        let operation = match request.operation {
+            fidoseal_ctap::platform::Operation::MakeCredential => PolicyOperation::MakeCredential,
+            fidoseal_ctap::platform::Operation::GetAssertion => PolicyOperation::GetAssertion,
+            fidoseal_ctap::platform::Operation::Reset => return PolicyVerdict::allow("reset"),
+        };
+        let principal = Principal::default();
+        let d = self.0.evaluate(&Request { rp_id: request.rp_id, operation, principal: &principal, ctap1: request.ctap1 });
+        if d.action == Action::Deny {
+            return PolicyVerdict::deny(d.rule_id);
+        }
+        verdict(|v| {
+            v.rule = d.rule_id.to_string();
+            v.attestation = match d.settings.attestation {
+                Some(Attestation::Enterprise) => self.1.clone().map(AttestationPolicy::Enterprise),
+                Some(Attestation::None) => Some(AttestationPolicy::None),
+                Some(Attestation::SelfAttestation) => Some(AttestationPolicy::SelfAttestation),
+                None => None,
+            };
+        })
+    }
+
+    fn enterprise_attestation_capable(&self) -> bool {
+        self.1.is_some()
+    }
+}
+
+fn device_with_policy(policy: Box<dyn fidoseal_ctap::platform::PolicyDecision>) -> (Device, u32) {
+    let mut d = Device::new();
+    let prompt = Box::new(d.prompt.clone());
+    d.authenticator = fidoseal_ctap::Authenticator::new(
+        fidoseal_ctap::AuthenticatorConfig::default(),
+        fidoseal_tests::software_platform(prompt, policy, 10),
+        d.now,
+    );
+    let cid = d.init();
+    (d, cid)
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// U2F_REGISTER for `app_id`; returns the status word.
+fn u2f_register(d: &mut Device, cid: u32, app_id: &str) -> u16 {
+    use sha2::{Digest, Sha256};
+    let mut apdu = vec![0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 64];
+    apdu.extend_from_slice(&[0x22; 32]);
+    apdu.extend_from_slice(&Sha256::digest(app_id.as_bytes()));
+    apdu.extend_from_slice(&[0x00, 0x00]);
+    let (_, _, answer) = d.transact(cid, fidoseal_ctap::ctaphid::command::MSG, &apdu);
+    u16::from_be_bytes([answer[answer.len() - 2], answer[answer.len() - 1]])
+}
+
+#[test]
+fn the_policy_is_told_which_requests_are_ctap1() {
+    let recording = Recording::default();
+    let (mut d, cid) = device_with_policy(Box::new(recording.clone()));
+    assert_eq!(u2f_register(&mut d, cid, "u2f.example"), 0x9000);
+    let hash = sha256_hex("u2f.example");
+    let (status, _) = d.ctap(cid, 0x01, Some(requests::make_credential(&hash, b"u", "u", vec![])));
+    assert_eq!(status, 0);
+    assert_eq!(*recording.0.lock().unwrap(), [(hash.clone(), true), (hash, false)]);
+}
+
+/// A CTAP2 rp.id of 64 hex digits equal to SHA-256 of an allowed rp is not
+/// that rp: under default-deny it is refused, and it never gets the
+/// allowed rp's enterprise attestation; U2F for the allowed rp still works.
+#[test]
+fn a_ctap2_rp_id_that_is_the_hash_of_an_allowed_rp_is_not_that_rp() {
+    use fidoseal_tests::platform_client::{self as pc, config_subcommand, permission, Protocol};
+    let (key, policy) = enterprise_policy();
+    let (mut d, cid) = device_with_policy(Box::new(RealPolicy(policy, Some(key))));
+    // U2F names the rp by hash: that is how U2F for the rp is allowed
+    // (registration first: a key with a PIN refuses U2F registration).
+    for name in [EA_RP, &format!("https://{EA_RP}")] {
+        assert_eq!(u2f_register(&mut d, cid, name), 0x9000, "U2F {name}");
+    }
+    assert_eq!(u2f_register(&mut d, cid, "other.example"), 0x6985, "default deny");
+    assert_eq!(pc::set_pin(&mut d, cid, Protocol::Two, "123456"), 0);
+    let t = pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, Protocol::Two, "123456", permission::ACFG, None).unwrap();
+    let enable = pc::config_request(Some(&t), config_subcommand::ENABLE_ENTERPRISE_ATTESTATION, None);
+    assert_eq!(d.ctap(cid, 0x0D, Some(enable)).0, 0);
+
+    for name in [EA_RP, &format!("https://{EA_RP}")] {
+        let hash = sha256_hex(name);
+        let t = pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, Protocol::Two, "123456", permission::MC, None).unwrap();
+        let mut extra = pc::mc_auth(&t);
+        extra.push((0x0A, Value::from(1)));
+        let (status, _) = d.ctap(cid, 0x01, Some(requests::make_credential(&hash, b"u", "u", extra)));
+        assert_eq!(status, OPERATION_DENIED, "CTAP2 rp.id {hash} (SHA-256 of {name})");
+    }
+    // The rp itself gets its enterprise attestation.
+    let t = pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, Protocol::Two, "123456", permission::MC, None).unwrap();
+    let mut extra = pc::mc_auth(&t);
+    extra.push((0x0A, Value::from(1)));
+    let (status, body) = d.ctap(cid, 0x01, Some(requests::make_credential(EA_RP, b"u", "u", extra)));
+    assert_eq!(status, 0);
+    assert_eq!(responses::get(body.as_ref().unwrap(), 4), Some(&Value::Bool(true)), "epAtt");
+}
+
+const EA_RP: &str = "idp.example.com";
+
+/// The policy crate's enterprise test key behind a default-deny policy
+/// that allows [`EA_RP`] with enterprise attestation.
+fn enterprise_policy() -> (std::sync::Arc<fidoseal_ctap::platform::EnterpriseAttestationKey>, fidoseal_policy::Policy) {
+    use std::os::unix::fs::PermissionsExt;
+    let data = |name: &str| {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/data/enterprise").join(name)
+    };
+    let dir = std::env::temp_dir().join(format!("fidoseal-policy-ea-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("attestation.key");
+    std::fs::copy(data("attestation-sec1.key"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = format!(
+        "[default]\naction = \"deny\"\n\
+         [enterprise_attestation]\nrp_ids = [\"{EA_RP}\"]\nkey = {:?}\ncertificates = [{:?}]\n\
+         [[rule]]\nrp = [\"{EA_RP}\"]\naction = \"allow\"\nattestation = \"enterprise\"\n",
+        key.display().to_string(),
+        data("attestation.pem").display().to_string(),
+    );
+    let policy = fidoseal_policy::Policy::from_sources(&[("/p/50.toml", text.as_str())]).expect("valid test policy");
+    let ea = policy.enterprise_attestation().unwrap().clone();
+    let _ = std::fs::remove_dir_all(&dir);
+    let key = fidoseal_ctap::platform::EnterpriseAttestationKey::new(ea.signing_key().clone(), ea.certificates().to_vec());
+    (std::sync::Arc::new(key), policy)
+}

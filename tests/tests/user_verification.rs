@@ -186,3 +186,66 @@ fn the_user_picks_one_of_several_passkeys() {
     assert_eq!(status, 0);
     assert_eq!(responses::get(body.as_ref().unwrap(), 5), Some(&Value::from(2)));
 }
+
+/// CTAP 2.1 §6.5.5.7.1/§6.5.5.7.2: a correct PIN restores uvRetries too, so
+/// built-in UV blocked by failures works again once the PIN is used
+/// (docs/dbus.md and the PAM file promise it). Both counters go back in one
+/// stored write: a crash between them cannot leave one restored.
+#[test]
+fn a_correct_pin_restores_blocked_built_in_uv() {
+    let mut d = Device::new();
+    let cid = d.init();
+    assert_eq!(pc::set_pin(&mut d, cid, Protocol::Two, "4321"), 0);
+    d.prompt.offer_verification(vec![V::Failed; 8]);
+    let req = || Some(requests::make_credential("uv.example", b"u", "u", vec![uv_option()]));
+    for _ in 0..7 {
+        assert_eq!(d.ctap(cid, 0x01, req()).0, UV_INVALID);
+    }
+    assert_eq!(d.ctap(cid, 0x01, req()).0, UV_BLOCKED);
+    assert_eq!(uv_retries(&mut d, cid), 0);
+    assert!(pc::get_pin_token(&mut d, cid, Protocol::Two, "4321").is_ok());
+    assert_eq!(uv_retries(&mut d, cid), 8, "the PIN unblocked built-in UV");
+    d.prompt.offer_verification(vec![V::Verified]);
+    assert_eq!(d.ctap(cid, 0x01, req()).0, 0);
+
+    // The same through getPinUvAuthTokenUsingPinWithPermissions.
+    d.prompt.offer_verification(vec![V::Failed; 8]);
+    for _ in 0..8 {
+        let _ = d.ctap(cid, 0x01, req());
+    }
+    assert_eq!(uv_retries(&mut d, cid), 0);
+    assert!(pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, Protocol::One, "4321", 0x01, None).is_ok());
+    assert_eq!(uv_retries(&mut d, cid), 8);
+
+    // And through the PIN typed into the agent after failed fingerprints.
+    d.prompt.offer_verification(vec![V::Failed, V::Failed, V::Pin("4321".into())]);
+    assert_eq!(d.ctap(cid, 0x01, req()).0, UV_INVALID);
+    assert_eq!(d.ctap(cid, 0x01, req()).0, UV_INVALID);
+    assert_eq!(uv_retries(&mut d, cid), 6);
+    assert_eq!(d.ctap(cid, 0x01, req()).0, 0);
+    assert_eq!(uv_retries(&mut d, cid), 8);
+}
+
+/// The UV-token prompt says what the token is for: a token that can
+/// delete passkeys (cm), change settings (acfg) or write large blobs
+/// (lbw) is not "select a key".
+#[test]
+fn uv_token_prompts_name_management_purposes() {
+    let mut d = Device::new();
+    let cid = d.init();
+    d.prompt.offer_verification(vec![V::Verified; 6]);
+    let cases = [
+        (0x01, PresencePurpose::Register),
+        (0x02, PresencePurpose::Authenticate),
+        (0x04, PresencePurpose::Manage),
+        (0x20, PresencePurpose::Manage),
+        (0x10, PresencePurpose::Manage),
+        (0x04 | 0x01, PresencePurpose::Manage),
+    ];
+    for (permissions, want) in cases {
+        let ss = pc::key_agreement(&mut d, cid, Protocol::Two);
+        pc::request_token(&mut d, cid, &ss, pc::uv_token_request(&ss, permissions, None)).unwrap();
+        let asked = d.prompt.verifications_asked.lock().unwrap().last().unwrap().0;
+        assert_eq!(asked, want, "permissions {permissions:#04x}");
+    }
+}

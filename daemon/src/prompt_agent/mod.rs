@@ -58,6 +58,22 @@ pub struct PromptSettings {
     pub pam: PamVerifier,
 }
 
+impl PromptSettings {
+    /// Built-in verification other than the PIN is configured: a
+    /// fingerprint, or a password with its PAM service installed. Whether
+    /// an agent is there to ask does not matter: the key is protected by it
+    /// (CTAP 2.1 §6.11.1), so its settings change only with a token. The
+    /// PIN typed into the agent protects only once a PIN is set, which the
+    /// core checks itself.
+    pub fn built_in_uv_configured(&self) -> bool {
+        self.uv_methods.iter().any(|method| match method {
+            UvMethod::Fingerprint => true,
+            UvMethod::Password => self.pam.available(),
+            UvMethod::Pin => false,
+        })
+    }
+}
+
 /// The [`UserPrompt`] of agent mode. Clones share everything (the
 /// authenticator holds one, the D-Bus service another for Status).
 #[derive(Clone)]
@@ -457,6 +473,10 @@ impl UserPrompt for AgentPrompt {
         bus.runtime.block_on(self.verification_ready(&bus.connection))
     }
 
+    fn verification_configured(&self) -> bool {
+        self.settings.built_in_uv_configured()
+    }
+
     fn request_verification(
         &mut self,
         request: &PresenceRequest<'_>,
@@ -554,6 +574,7 @@ fn action_name(purpose: PresencePurpose) -> &'static str {
         PresencePurpose::ConfirmExisting => "confirm-existing",
         PresencePurpose::Select => "select-key",
         PresencePurpose::Reset => "reset",
+        PresencePurpose::Manage => "manage",
     }
 }
 
@@ -590,5 +611,28 @@ fn outcome_name(outcome: &VerificationOutcome) -> &'static str {
         VerificationOutcome::Pin(_) => "pin",
         VerificationOutcome::Failed => "failed",
         VerificationOutcome::NotVerified(_) => "not-verified",
+    }
+}
+
+#[cfg(test)]
+mod configured_tests {
+    use super::*;
+
+    fn settings(uv_methods: Vec<UvMethod>, pam: PamVerifier) -> PromptSettings {
+        PromptSettings { timeout: Duration::from_secs(1), uv_methods, device_user: "alice".into(), pam }
+    }
+
+    #[test]
+    fn built_in_uv_is_configured_by_fingerprint_or_an_installed_password_service() {
+        let dir = std::env::temp_dir().join(format!("fidoseal-uv-configured-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = || PamVerifier::with_confdir("fidoseal-test", &dir);
+        assert!(!settings(vec![], missing()).built_in_uv_configured());
+        assert!(!settings(vec![UvMethod::Pin], missing()).built_in_uv_configured(), "the PIN counts once set");
+        assert!(settings(vec![UvMethod::Fingerprint], missing()).built_in_uv_configured());
+        assert!(!settings(vec![UvMethod::Password], missing()).built_in_uv_configured(), "no PAM service");
+        std::fs::write(dir.join("fidoseal-test"), "auth required pam_deny.so\n").unwrap();
+        assert!(settings(vec![UvMethod::Pin, UvMethod::Password], missing()).built_in_uv_configured());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -116,6 +116,12 @@ pub enum TpmSetupError {
     Damaged { path: PathBuf, reason: String },
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    /// The owner_auth_file may be read by group or others.
+    #[error(
+        "{path} ([keystore] owner_auth_file) has mode {mode:04o}: the TPM owner password must be readable by its \
+         owner only; run `chmod 600 {path}` (and keep it owned by root)"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("TPM key store: {0}")]
@@ -473,9 +479,24 @@ fn setup_error(what: &str, error: OpError) -> TpmSetupError {
 }
 
 /// Reads the owner auth file: its bytes, without one trailing newline.
+/// A file that group or others may read is refused, as the policy refuses
+/// such an enterprise attestation key: a password others can read protects
+/// nothing.
 fn read_owner_auth(path: &Path) -> Result<Zeroizing<Vec<u8>>, TpmSetupError> {
-    let mut bytes =
-        Zeroizing::new(std::fs::read(path).map_err(|source| TpmSetupError::Read { path: path.into(), source })?);
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let read_error = |source| TpmSetupError::Read { path: path.into(), source };
+    // The mode is checked on the file opened, not on the name.
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mode = file.metadata().map_err(read_error)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(TpmSetupError::Exposed { path: path.into(), mode: mode & 0o7777 });
+    }
+    // Sized up front (a growing Vec would leave unzeroized copies behind);
+    // an authorization value is at most a digest long, so 4 KiB is plenty.
+    const MAX_LEN: u64 = 4096;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_LEN as usize + 1));
+    file.take(MAX_LEN).read_to_end(&mut bytes).map_err(read_error)?;
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {

@@ -2,6 +2,7 @@
 //! own ports and state). Without swtpm these tests fail and say what to
 //! install.
 
+use std::os::unix::fs::PermissionsExt;
 use std::str::FromStr;
 
 use fidoseal_ctap::credential::{encode_payload, MAX_CREDENTIAL_ID_LEN};
@@ -519,6 +520,31 @@ fn no_reachable_tpm_is_an_error_that_says_what_to_do() {
     std::fs::remove_dir_all(state).unwrap();
 }
 
+/// The owner hierarchy's password is as secret as the enterprise
+/// attestation key: a file that group or others may read is refused before
+/// the TPM is even contacted, with the file and the fix named.
+#[test]
+fn an_owner_auth_file_readable_by_others_is_refused() {
+    let state = temp_dir("owner-auth-mode");
+    let auth_file = state.join("owner-auth");
+    std::fs::write(&auth_file, b"owner secret\n").unwrap();
+    // No TPM listens there: only the file check can answer.
+    let settings = TpmSettings { tcti: "swtpm:host=127.0.0.1,port=1".into(), owner_auth_file: Some(auth_file.clone()) };
+    for mode in [0o644, 0o640, 0o604, 0o660] {
+        std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = TpmKeyStore::open(&settings, &state).unwrap_err();
+        let text = err.to_string();
+        assert!(!matches!(err, TpmSetupError::Unreachable(_)), "{mode:o}: refused before the TPM: {text}");
+        assert!(text.contains(&auth_file.display().to_string()) && text.contains("chmod 600"), "{text}");
+    }
+    for mode in [0o600, 0o400] {
+        std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = TpmKeyStore::open(&settings, &state).unwrap_err();
+        assert!(matches!(err, TpmSetupError::Unreachable(_)), "{mode:o}: the file passes, the TPM is next: {err}");
+    }
+    std::fs::remove_dir_all(state).unwrap();
+}
+
 #[test]
 fn the_owner_auth_file_is_used() {
     let tpm = Swtpm::start();
@@ -534,6 +560,7 @@ fn the_owner_auth_file_is_used() {
     assert!(err.contains("owner_auth_file"), "{err}");
     let auth_file = state.join("owner-auth");
     std::fs::write(&auth_file, b"owner secret\n").unwrap();
+    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let with_auth = TpmSettings { tcti: tpm.tcti(), owner_auth_file: Some(auth_file.clone()) };
     let mut store = TpmKeyStore::open(&with_auth, &state).unwrap();
     let created = store.generate(Algorithm::Es256).unwrap();
