@@ -304,7 +304,7 @@ impl Authenticator {
         self.state = self.platform.credentials.load_state();
         self.client_pin = ClientPin::new()?;
         if let Err(e) = self.platform.keystore.reset() {
-            tracing::error!(error = %e, "authenticator reset: passkeys and PIN are gone, but the key store kept its keys");
+            tracing::error!(error = %e, "authenticator reset: passkeys and PIN are gone, the key store kept its keys");
             return Err(e.into());
         }
         tracing::warn!("authenticator reset: every credential and the PIN are gone");
@@ -353,7 +353,12 @@ impl Authenticator {
     /// only by the application parameter (`application_hex`, 64 hex digits):
     /// the one kind of request policy may match by hash.
     pub(crate) fn check_u2f_policy(&self, operation: Operation, application_hex: &str) -> CtapResult<PolicyVerdict> {
-        self.decide_policy(&PolicyRequest { operation, rp_id: application_hex, discoverable: false, ctap1: true }, false)
+        self.decide_policy(&PolicyRequest {
+            operation,
+            rp_id: application_hex,
+            discoverable: false,
+            ctap1: true,
+        }, false)
     }
 
     fn decide_policy(&self, request: &PolicyRequest<'_>, user_verified: bool) -> CtapResult<PolicyVerdict> {

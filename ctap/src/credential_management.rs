@@ -169,7 +169,12 @@ impl Authenticator {
             .filter(|c| {
                 self.platform
                     .policy
-                    .decide(&PolicyRequest { operation: Operation::GetAssertion, rp_id: &c.rp_id, discoverable: true, ctap1: false })
+                    .decide(&PolicyRequest {
+                        operation: Operation::GetAssertion,
+                        rp_id: &c.rp_id,
+                        discoverable: true,
+                        ctap1: false,
+                    })
                     .allow
             })
             .collect())

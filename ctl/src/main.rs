@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! fidosealctl policy check [--dir DIR]...
-//! fidosealctl policy explain --rp ID [--u2f] [--user U] [--group G]... [--operation OP] [--discoverable] [--dir DIR]...
+//! fidosealctl policy explain --rp ID [--u2f] [--user U] [--group G]... [--operation OP] [--discoverable]
+//!                            [--dir DIR]...
 //! ```
 //!
 //! Without `--dir`, the standard directories are read

@@ -248,8 +248,7 @@ impl PolicyHandle {
             // files do not govern it (yet).
             Operation::Reset => return PolicyVerdict::allow("policy: reset is not governed by policy files"),
         };
-        let decision =
-            snapshot.policy.evaluate(&Request {
+        let decision = snapshot.policy.evaluate(&Request {
             rp_id: request.rp_id,
             operation,
             principal: &snapshot.principal,
@@ -265,11 +264,11 @@ impl PolicyHandle {
             allow_discoverable: s.allow_discoverable,
             min_cred_protect: s.min_cred_protect,
             attestation: s.attestation.and_then(|a| match a {
-                Attestation::None => Some(AttestationPolicy::None),
-                Attestation::SelfAttestation => Some(AttestationPolicy::SelfAttestation),
-                // A valid policy has the key whenever a rule says enterprise.
-                Attestation::Enterprise => snapshot.enterprise.clone().map(AttestationPolicy::Enterprise),
-            }),
+            Attestation::None => Some(AttestationPolicy::None),
+            Attestation::SelfAttestation => Some(AttestationPolicy::SelfAttestation),
+            // A valid policy has the key whenever a rule says enterprise.
+            Attestation::Enterprise => snapshot.enterprise.clone().map(AttestationPolicy::Enterprise),
+        }),
             prompt_timeout: s.prompt_timeout,
             prompt_message: s.message.as_deref().map(String::from),
             rule: decision.rule_id.to_string(),
@@ -512,7 +511,12 @@ mod tests {
         assert_eq!(handle.min_pin_length(), Some(8));
         let v = handle.decide(&request("c.example"));
         assert_eq!(v, PolicyVerdict::deny(format!("{}:2", dir.0.join("50-b.toml").display())));
-        let v = handle.decide(&PolicyRequest { operation: Operation::Reset, rp_id: "", discoverable: false, ctap1: false });
+        let v = handle.decide(&PolicyRequest {
+            operation: Operation::Reset,
+            rp_id: "",
+            discoverable: false,
+            ctap1: false,
+        });
         assert!(v.allow);
     }
 

@@ -259,7 +259,12 @@ fn a_ctap2_rp_id_equal_to_the_hash_of_a_listed_rp_gets_no_enterprise_attestation
     let principal = Principal::default();
     for name in ["idp.example.com", "https://idp.example.com"] {
         let hash: String = Sha256::digest(name.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-        let d = policy.evaluate(&Request { rp_id: &hash, operation: Operation::MakeCredential, principal: &principal, ctap1: false });
+        let d = policy.evaluate(&Request {
+            rp_id: &hash,
+            operation: Operation::MakeCredential,
+            principal: &principal,
+            ctap1: false,
+        });
         assert_eq!((d.action, d.settings.attestation), (fidoseal_policy::Action::Deny, None), "{name}");
     }
     let d = policy.evaluate(&Request {

@@ -140,15 +140,27 @@ fn settings_come_from_the_deciding_rule_over_the_default() {
     });
     assert_eq!(d.settings.min_cred_protect, 2);
     assert!(!d.settings.require_user_verification, "the exact rule does not inherit the wildcard's UV");
-    let d =
-        policy.evaluate(&Request { rp_id: "a.example.com", operation: Operation::MakeCredential, principal: &nobody, ctap1: false });
+    let d = policy.evaluate(&Request {
+        rp_id: "a.example.com",
+        operation: Operation::MakeCredential,
+        principal: &nobody,
+        ctap1: false,
+    });
     assert!(d.settings.require_user_verification);
     let alice = Principal::user("alice", ["alice"]);
-    let d =
-        policy.evaluate(&Request { rp_id: "a.example.com", operation: Operation::MakeCredential, principal: &alice, ctap1: false });
+    let d = policy.evaluate(&Request {
+        rp_id: "a.example.com",
+        operation: Operation::MakeCredential,
+        principal: &alice,
+        ctap1: false,
+    });
     assert_eq!(d.settings.message.as_deref(), Some("Hello alice"));
-    let d =
-        policy.evaluate(&Request { rp_id: "same.example", operation: Operation::MakeCredential, principal: &nobody, ctap1: false });
+    let d = policy.evaluate(&Request {
+        rp_id: "same.example",
+        operation: Operation::MakeCredential,
+        principal: &nobody,
+        ctap1: false,
+    });
     assert_eq!(d.settings.prompt_timeout, Some(std::time::Duration::from_secs(20)), "the later rule wins");
 }
 
@@ -185,8 +197,12 @@ fn a_more_specific_allow_beats_a_broader_deny() {
     )])
     .unwrap();
     let staff = Principal::user("u", ["staff"]);
-    let eval =
-        |rp_id| policy.evaluate(&Request { rp_id, operation: Operation::MakeCredential, principal: &staff, ctap1: false }).action;
+    let eval = |rp_id| policy.evaluate(&Request {
+        rp_id,
+        operation: Operation::MakeCredential,
+        principal: &staff,
+        ctap1: false,
+    }).action;
     assert_eq!(eval("a.corp.example.com"), Action::Allow);
     assert_eq!(eval("a.example.com"), Action::Deny, "rp specificity comes before the principal's");
     assert_eq!(eval("other.org"), Action::Allow);
@@ -202,11 +218,21 @@ fn rules_with_users_or_groups_never_match_a_device_without_a_user() {
     let nobody = Principal::default();
     let not_a_user = Principal { user: None, groups: vec!["root".into()] };
     for principal in [&nobody, &not_a_user] {
-        let d = policy.evaluate(&Request { rp_id: "a.example", operation: Operation::GetAssertion, principal, ctap1: false });
+        let d = policy.evaluate(&Request {
+            rp_id: "a.example",
+            operation: Operation::GetAssertion,
+            principal,
+            ctap1: false,
+        });
         assert_eq!(d.action, Action::Deny);
     }
     let root = Principal::user("root", ["root"]);
-    let d = policy.evaluate(&Request { rp_id: "a.example", operation: Operation::GetAssertion, principal: &root, ctap1: false });
+    let d = policy.evaluate(&Request {
+        rp_id: "a.example",
+        operation: Operation::GetAssertion,
+        principal: &root,
+        ctap1: false,
+    });
     assert_eq!(d.action, Action::Allow);
 }
 
@@ -214,8 +240,12 @@ fn rules_with_users_or_groups_never_match_a_device_without_a_user() {
 fn explain_names_the_winner_and_why_each_other_rule_lost() {
     let policy = policy();
     let bob = Principal::user("bob", ["contractors"]);
-    let e =
-        policy.explain(&Request { rp_id: "Login.Example.com.", operation: Operation::MakeCredential, principal: &bob, ctap1: false });
+    let e = policy.explain(&Request {
+        rp_id: "Login.Example.com.",
+        operation: Operation::MakeCredential,
+        principal: &bob,
+        ctap1: false,
+    });
     assert_eq!(e.rp_id, "login.example.com");
     assert_eq!(e.decision.rule_id, line_of_rule(2));
     let summary: Vec<(String, Option<LossReason>, String)> =
@@ -236,11 +266,19 @@ fn explain_names_the_winner_and_why_each_other_rule_lost() {
         ctap1: false,
     });
     assert_eq!(e.matches[1].lost, Some(LossReason::DenyBeatsAllow));
-    let e =
-        policy.explain(&Request { rp_id: "same.example", operation: Operation::MakeCredential, principal: &nobody, ctap1: false });
+    let e = policy.explain(&Request {
+        rp_id: "same.example",
+        operation: Operation::MakeCredential,
+        principal: &nobody,
+        ctap1: false,
+    });
     assert_eq!(e.matches[1].lost, Some(LossReason::EarlierThanWinner));
-    let e =
-        policy.explain(&Request { rp_id: "nothing.example", operation: Operation::MakeCredential, principal: &nobody, ctap1: false });
+    let e = policy.explain(&Request {
+        rp_id: "nothing.example",
+        operation: Operation::MakeCredential,
+        principal: &nobody,
+        ctap1: false,
+    });
     assert!(e.matches.is_empty());
     assert_eq!(e.decision.rule_id, format!("{FILE}:3"));
 }
@@ -249,8 +287,12 @@ fn explain_names_the_winner_and_why_each_other_rule_lost() {
 fn no_files_allow_everything_by_the_built_in_default() {
     let policy = Policy::empty();
     let nobody = Principal::default();
-    let d =
-        policy.evaluate(&Request { rp_id: "any.example", operation: Operation::MakeCredential, principal: &nobody, ctap1: false });
+    let d = policy.evaluate(&Request {
+        rp_id: "any.example",
+        operation: Operation::MakeCredential,
+        principal: &nobody,
+        ctap1: false,
+    });
     assert_eq!((d.action, d.rule_id), (Action::Allow, fidoseal_policy::BUILT_IN_DEFAULT));
 }
 
@@ -440,8 +482,12 @@ fn property_case_and_trailing_dot_never_change_a_decision() {
             let rp_id = random_host(&mut rng, 4);
             let variant = scramble_case(&mut rng, &rp_id);
             let principal = random_principal(&mut rng);
-            let a =
-                policy.evaluate(&Request { rp_id: &rp_id, operation: Operation::GetAssertion, principal: &principal, ctap1: false });
+            let a = policy.evaluate(&Request {
+                rp_id: &rp_id,
+                operation: Operation::GetAssertion,
+                principal: &principal,
+                ctap1: false,
+            });
             let b = policy.evaluate(&Request {
                 rp_id: &variant,
                 operation: Operation::GetAssertion,
@@ -465,8 +511,12 @@ fn property_a_wildcard_matches_only_names_under_its_suffix() {
         .unwrap();
         let rp_id = random_host(&mut rng, 4);
         let nobody = Principal::default();
-        let allowed =
-            policy.evaluate(&Request { rp_id: &rp_id, operation: Operation::GetAssertion, principal: &nobody, ctap1: false }).action
+        let allowed = policy.evaluate(&Request {
+            rp_id: &rp_id,
+            operation: Operation::GetAssertion,
+            principal: &nobody,
+            ctap1: false,
+        }).action
                 == Action::Allow;
         assert_eq!(allowed, rp_id.ends_with(&format!(".{suffix}")), "*.{suffix} vs {rp_id}");
     }
@@ -483,7 +533,12 @@ fn sha256_hex(text: &str) -> String {
 fn u2f_requests_match_exact_rules_by_hash_and_are_refused_where_only_a_wildcard_could_decide() {
     let nobody = Principal::default();
     let eval = |policy: &Policy, rp_id: &str| {
-        let d = policy.evaluate(&Request { rp_id, operation: Operation::MakeCredential, principal: &nobody, ctap1: true });
+        let d = policy.evaluate(&Request {
+            rp_id,
+            operation: Operation::MakeCredential,
+            principal: &nobody,
+            ctap1: true,
+        });
         (d.action, d.rule_id.to_string())
     };
     // The enterprise shape: deny by default, an exact IdP and a wildcard.
@@ -550,15 +605,30 @@ fn a_ctap2_rp_id_equal_to_the_hash_of_an_allowed_rp_does_not_match_it() {
             let ctap1 = policy.evaluate(&Request { rp_id: &hash, operation, principal: &nobody, ctap1: true });
             assert_eq!((ctap1.action, ctap1.rule_id), (Action::Allow, "/p/hash.toml:3"), "CTAP1 {app_id}");
         }
-        let e = policy.explain(&Request { rp_id: &hash, operation: Operation::MakeCredential, principal: &nobody, ctap1: false });
+        let e = policy.explain(&Request {
+            rp_id: &hash,
+            operation: Operation::MakeCredential,
+            principal: &nobody,
+            ctap1: false,
+        });
         assert!(e.matches.is_empty(), "nothing matches a CTAP2 hash: {:?}", e.matches);
     }
     // A CTAP1 request is never judged by the host-name rules.
     let hash = sha256_hex("a.example.com");
-    let d = policy.evaluate(&Request { rp_id: &hash, operation: Operation::GetAssertion, principal: &nobody, ctap1: true });
+    let d = policy.evaluate(&Request {
+        rp_id: &hash,
+        operation: Operation::GetAssertion,
+        principal: &nobody,
+        ctap1: true,
+    });
     assert_eq!(d.rule_id, fidoseal_policy::U2F_UNATTRIBUTABLE);
     // ... while a CTAP2 request with that odd rp ID is refused by the default, not as U2F.
-    let d = policy.evaluate(&Request { rp_id: &hash, operation: Operation::GetAssertion, principal: &nobody, ctap1: false });
+    let d = policy.evaluate(&Request {
+        rp_id: &hash,
+        operation: Operation::GetAssertion,
+        principal: &nobody,
+        ctap1: false,
+    });
     assert_eq!(d.rule_id, "/p/hash.toml:2");
 }
 
@@ -572,7 +642,8 @@ fn an_app_id_url_rp_id_is_judged_by_its_host() {
         "/p/appid.toml",
         "[default]\naction = \"deny\"\n[[rule]]\nrp = [\"login.example.com\"]\naction = \"allow\"\n\
          [[rule]]\nrp = [\"*.corp.example\"]\naction = \"allow\"\n\
-         [[rule]]\nrp = [\"*.evil.example\"]\naction = \"deny\"\n[[rule]]\nrp = [\"*\"]\nusers = [\"alice\"]\naction = \"allow\"\n",
+         [[rule]]\nrp = [\"*.evil.example\"]\naction = \"deny\"\n\
+         [[rule]]\nrp = [\"*\"]\nusers = [\"alice\"]\naction = \"allow\"\n",
     )])
     .unwrap();
     let alice = Principal::user("alice", Vec::<String>::new());

@@ -448,7 +448,8 @@ fn a_reset_that_cannot_write_the_state_leaves_the_pin_working() {
         let (mut d, cid) = device_over(&store);
         assert_eq!(pc::set_pin(&mut d, cid, protocol, PIN), st::OK);
         let t = pc::get_pin_token(&mut d, cid, protocol, PIN).unwrap();
-        let (status, body) = d.ctap(cid, command::MAKE_CREDENTIAL, Some(requests::make_credential(RP, b"u", "a", mc_auth(&t))));
+        let request = requests::make_credential(RP, b"u", "a", mc_auth(&t));
+        let (status, body) = d.ctap(cid, command::MAKE_CREDENTIAL, Some(request));
         assert_eq!(status, st::OK);
         let id = responses::parse_registration(&body.unwrap()).credential_id;
 

@@ -221,7 +221,8 @@ fn always_uv_turns_u2f_off() {
     let asked = d.prompt.asked().len();
     const COMMAND_NOT_ALLOWED: u16 = 0x6986;
     for p1 in [0x03, 0x07, 0x08] {
-        assert_eq!(authenticate(&mut d, cid, p1, &application, &reg.key_handle), (vec![], COMMAND_NOT_ALLOWED), "P1 {p1:#04x}");
+        let answer = authenticate(&mut d, cid, p1, &application, &reg.key_handle);
+        assert_eq!(answer, (vec![], COMMAND_NOT_ALLOWED), "P1 {p1:#04x}");
     }
     let mut data = CHALLENGE.to_vec();
     data.extend_from_slice(&application);

@@ -172,7 +172,12 @@ impl fidoseal_ctap::platform::PolicyDecision for RealPolicy {
             fidoseal_ctap::platform::Operation::Reset => return PolicyVerdict::allow("reset"),
         };
         let principal = Principal::default();
-        let d = self.0.evaluate(&Request { rp_id: request.rp_id, operation, principal: &principal, ctap1: request.ctap1 });
+        let d = self.0.evaluate(&Request {
+            rp_id: request.rp_id,
+            operation,
+            principal: &principal,
+            ctap1: request.ctap1,
+        });
         if d.action == Action::Deny {
             return PolicyVerdict::deny(d.rule_id);
         }
@@ -246,20 +251,20 @@ fn a_ctap2_rp_id_that_is_the_hash_of_an_allowed_rp_is_not_that_rp() {
     }
     assert_eq!(u2f_register(&mut d, cid, "other.example"), 0x6985, "default deny");
     assert_eq!(pc::set_pin(&mut d, cid, Protocol::Two, "123456"), 0);
-    let t = pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, Protocol::Two, "123456", permission::ACFG, None).unwrap();
+    let t = token(&mut d, cid, permission::ACFG);
     let enable = pc::config_request(Some(&t), config_subcommand::ENABLE_ENTERPRISE_ATTESTATION, None);
     assert_eq!(d.ctap(cid, 0x0D, Some(enable)).0, 0);
 
     for name in [EA_RP, &format!("https://{EA_RP}")] {
         let hash = sha256_hex(name);
-        let t = pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, Protocol::Two, "123456", permission::MC, None).unwrap();
+        let t = token(&mut d, cid, permission::MC);
         let mut extra = pc::mc_auth(&t);
         extra.push((0x0A, Value::from(1)));
         let (status, _) = d.ctap(cid, 0x01, Some(requests::make_credential(&hash, b"u", "u", extra)));
         assert_eq!(status, OPERATION_DENIED, "CTAP2 rp.id {hash} (SHA-256 of {name})");
     }
     // The rp itself gets its enterprise attestation.
-    let t = pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, Protocol::Two, "123456", permission::MC, None).unwrap();
+    let t = token(&mut d, cid, permission::MC);
     let mut extra = pc::mc_auth(&t);
     extra.push((0x0A, Value::from(1)));
     let (status, body) = d.ctap(cid, 0x01, Some(requests::make_credential(EA_RP, b"u", "u", extra)));
@@ -268,6 +273,11 @@ fn a_ctap2_rp_id_that_is_the_hash_of_an_allowed_rp_is_not_that_rp() {
 }
 
 const EA_RP: &str = "idp.example.com";
+
+fn token(d: &mut Device, cid: u32, permissions: u8) -> fidoseal_tests::platform_client::PinToken {
+    use fidoseal_tests::platform_client::{self as pc, Protocol};
+    pc::get_pin_uv_auth_token_with_permissions(d, cid, Protocol::Two, "123456", permissions, None).unwrap()
+}
 
 /// The policy crate's enterprise test key behind a default-deny policy
 /// that allows [`EA_RP`] with enterprise attestation.
@@ -291,6 +301,7 @@ fn enterprise_policy() -> (std::sync::Arc<fidoseal_ctap::platform::EnterpriseAtt
     let policy = fidoseal_policy::Policy::from_sources(&[("/p/50.toml", text.as_str())]).expect("valid test policy");
     let ea = policy.enterprise_attestation().unwrap().clone();
     let _ = std::fs::remove_dir_all(&dir);
-    let key = fidoseal_ctap::platform::EnterpriseAttestationKey::new(ea.signing_key().clone(), ea.certificates().to_vec());
+    let key =
+        fidoseal_ctap::platform::EnterpriseAttestationKey::new(ea.signing_key().clone(), ea.certificates().to_vec());
     (std::sync::Arc::new(key), policy)
 }
