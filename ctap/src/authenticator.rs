@@ -408,7 +408,9 @@ impl Authenticator {
         PinUvAuthProtocol::from_id(protocol).map(Some)
     }
 
-    pub(crate) fn next_signature_counter(&mut self) -> CtapResult<u32> {
-        Ok(self.platform.credentials.next_signature_counter()?)
+    /// The next value of `credential_id`'s own signature counter, durable
+    /// before it is used (one small write).
+    pub(crate) fn next_signature_counter(&mut self, credential_id: &[u8]) -> CtapResult<u32> {
+        Ok(self.platform.credentials.next_signature_counter(credential_id)?)
     }
 }

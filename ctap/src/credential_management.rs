@@ -8,7 +8,7 @@ use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, expect_bytes, expect_map, expect_text, expect_uint, MapBuilder, ParamMap};
 use crate::client_pin::permission;
 use crate::pin_protocol::PinUvAuthProtocol;
-use crate::platform::{Operation, PolicyRequest, ResidentCredential};
+use crate::platform::{Operation, PolicyRequest, RelyingParty, ResidentCredential};
 use crate::status::{CtapResult, StatusCode};
 
 mod subcommand {
@@ -23,7 +23,7 @@ mod subcommand {
 
 /// Enumeration state, kept only until the next other command.
 pub(crate) enum PendingEnumeration {
-    RelyingParties(Vec<ResidentCredential>),
+    RelyingParties(Vec<RelyingParty>),
     Credentials(Vec<ResidentCredential>),
 }
 
@@ -94,7 +94,7 @@ impl Authenticator {
                 if token_rp.is_some() {
                     return Err(StatusCode::PinAuthInvalid);
                 }
-                let existing = self.visible_credentials()?.len();
+                let existing: usize = self.visible_relying_parties()?.iter().map(|rp| rp.credentials).sum();
                 Ok(Some(
                     MapBuilder::new()
                         .int(0x01, existing as u64)
@@ -106,12 +106,7 @@ impl Authenticator {
                 if token_rp.is_some() {
                     return Err(StatusCode::PinAuthInvalid);
                 }
-                let mut rps: Vec<ResidentCredential> = Vec::new();
-                for credential in self.visible_credentials()? {
-                    if !rps.iter().any(|r| r.rp_id == credential.rp_id) {
-                        rps.push(credential);
-                    }
-                }
+                let rps = self.visible_relying_parties()?;
                 if rps.is_empty() {
                     return Err(StatusCode::NoCredentials);
                 }
@@ -124,11 +119,12 @@ impl Authenticator {
                 if token_rp.as_deref().is_some_and(|rp| rp_id_hash(rp).as_slice() != wanted.as_slice()) {
                     return Err(StatusCode::PinAuthInvalid);
                 }
-                let mut credentials: Vec<ResidentCredential> = self
-                    .visible_credentials()?
-                    .into_iter()
-                    .filter(|c| rp_id_hash(&c.rp_id).as_slice() == wanted.as_slice())
-                    .collect();
+                let wanted: [u8; 32] = wanted.as_slice().try_into().map_err(|_| StatusCode::NoCredentials)?;
+                let mut credentials = self.platform.credentials.credentials_for_rp(&wanted)?;
+                // One rp: the policy decides for all of them at once.
+                if credentials.first().is_some_and(|c| !self.visible(&c.rp_id)) {
+                    credentials.clear();
+                }
                 if credentials.is_empty() {
                     return Err(StatusCode::NoCredentials);
                 }
@@ -161,31 +157,29 @@ impl Authenticator {
         }
     }
 
-    /// Discoverable credentials the policy lets this machine's user see.
-    fn visible_credentials(&self) -> CtapResult<Vec<ResidentCredential>> {
-        let all = self.platform.credentials.all_credentials()?;
-        Ok(all
-            .into_iter()
-            .filter(|c| {
-                self.platform
-                    .policy
-                    .decide(&PolicyRequest {
-                        operation: Operation::GetAssertion,
-                        rp_id: &c.rp_id,
-                        discoverable: true,
-                        ctap1: false,
-                    })
-                    .allow
-            })
-            .collect())
+    /// The policy lets this machine's user see the discoverable credentials of `rp_id`.
+    fn visible(&self, rp_id: &str) -> bool {
+        self.platform
+            .policy
+            .decide(&PolicyRequest { operation: Operation::GetAssertion, rp_id, discoverable: true, ctap1: false })
+            .allow
+    }
+
+    /// Relying parties with discoverable credentials the policy lets this
+    /// machine's user see (one store query, one policy decision per rp).
+    fn visible_relying_parties(&self) -> CtapResult<Vec<RelyingParty>> {
+        let mut rps = self.platform.credentials.relying_parties()?;
+        rps.retain(|rp| self.visible(&rp.rp_id));
+        Ok(rps)
     }
 
     /// The credential `id` names, if it is visible and the token may touch it.
     fn owned_credential(&self, id: &[u8], token_rp: Option<&str>) -> CtapResult<ResidentCredential> {
         let credential = self
-            .visible_credentials()?
-            .into_iter()
-            .find(|c| c.credential_id == id)
+            .platform
+            .credentials
+            .find(id)?
+            .filter(|c| self.visible(&c.rp_id))
             .ok_or(StatusCode::NoCredentials)?;
         if token_rp.is_some_and(|rp| rp != credential.rp_id) {
             return Err(StatusCode::PinAuthInvalid);

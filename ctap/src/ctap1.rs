@@ -241,7 +241,7 @@ impl Authenticator {
             }
         }
         let flag_bits = if user_presence { flags::USER_PRESENT } else { 0 };
-        let counter = match self.next_signature_counter() {
+        let counter = match self.next_signature_counter(&credential.credential_id) {
             Ok(c) => c,
             Err(status) => return refusal(status),
         };

@@ -114,7 +114,7 @@ impl Authenticator {
                 }
             }
         } else {
-            let mut residents = self.platform.credentials.credentials_for_rp(rp_id)?;
+            let mut residents = self.platform.credentials.credentials_for_rp(&rp_id_hash)?;
             residents.retain(|c| user_verified || uv_requested || c.extensions.cred_protect < 2);
             residents.sort_by_key(|c| std::cmp::Reverse(c.created));
             found.extend(residents.into_iter().map(Credential::from));
@@ -275,7 +275,7 @@ impl Authenticator {
             outputs = outputs.text("credBlob", cbor::bytes(credential.extensions.cred_blob.clone()));
             any_output = true;
         }
-        let counter = self.next_signature_counter()?;
+        let counter = self.next_signature_counter(&credential.credential_id)?;
         let auth_data =
             authenticator_data(&context.rp_id_hash, context.flag_bits, counter, None, any_output.then(|| outputs.build()));
         let mut signed = auth_data.clone();

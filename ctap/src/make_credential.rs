@@ -154,7 +154,7 @@ impl Authenticator {
             let replaces = self
                 .platform
                 .credentials
-                .credentials_for_rp(rp_id)?
+                .credentials_for_rp(&rp_id_hash)?
                 .iter()
                 .any(|c| c.user_id == request.user.id);
             if !replaces {
@@ -198,7 +198,10 @@ impl Authenticator {
             return Err(StatusCode::Other);
         }
 
-        let counter = self.next_signature_counter()?;
+        // A new credential's counter starts at the floor: nothing to write
+        // for it here, so a discoverable credential costs one insert and a
+        // non-discoverable one no write at all.
+        let counter = self.platform.credentials.initial_signature_counter();
         if discoverable {
             self.platform.credentials.save(ResidentCredential {
                 credential_id: credential_id.clone(),
@@ -209,7 +212,7 @@ impl Authenticator {
                 user_display_name: request.user.display_name.map(|s| truncate_utf8(s, MAX_STORED_STRING)),
                 algorithm,
                 key_handle: created.key_handle.clone(),
-                created: u64::from(counter),
+                created: self.platform.credentials.next_creation_order(),
                 public_key_cose: cbor::encode(cose_key(&created.public_key)),
                 extensions: extensions.clone(),
             })?;

@@ -154,26 +154,55 @@ pub enum StoreError {
     Io(String),
 }
 
-/// Discoverable credentials and the signature counter. Every mutating call
-/// returns only once the change is durable.
+/// A relying party with discoverable credentials, for credential
+/// management's enumeration (CTAP 2.1 §6.8.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelyingParty {
+    pub rp_id: String,
+    pub rp_name: Option<String>,
+    /// How many discoverable credentials it has.
+    pub credentials: usize,
+}
+
+/// Discoverable credentials, signature counters and the authenticator's
+/// settings. Every mutating call returns only once the change is durable.
+///
+/// Signature counters are per credential (WebAuthn §6.1.1 allows either;
+/// one global counter would tell every relying party how much the key is
+/// used elsewhere). A counter never goes back: new credentials start above
+/// the store's floor, which is at least every value given out before the
+/// last reset (and, after a migration, the old global counter).
 pub trait CredentialStore: Send {
-    fn credentials_for_rp(&self, rp_id: &str) -> Result<Vec<ResidentCredential>, StoreError>;
-    /// Every discoverable credential (credential management).
+    /// The discoverable credentials of the relying party whose rp ID hashes to `rp_id_hash`.
+    fn credentials_for_rp(&self, rp_id_hash: &[u8; 32]) -> Result<Vec<ResidentCredential>, StoreError>;
+    /// Every discoverable credential (the management interface's listing).
     fn all_credentials(&self) -> Result<Vec<ResidentCredential>, StoreError>;
+    /// Every relying party with discoverable credentials, with its count.
+    fn relying_parties(&self) -> Result<Vec<RelyingParty>, StoreError>;
     fn find(&self, credential_id: &[u8]) -> Result<Option<ResidentCredential>, StoreError>;
     /// Stores `credential`, replacing any credential of the same rp ID and
     /// user ID (CTAP 2.1 §6.1.2 step 15).
     fn save(&mut self, credential: ResidentCredential) -> Result<(), StoreError>;
     fn delete(&mut self, credential_id: &[u8]) -> Result<bool, StoreError>;
+    /// How many discoverable credentials there are.
+    fn credential_count(&self) -> usize;
     /// How many more discoverable credentials fit.
     fn remaining_capacity(&self) -> usize;
-    /// Increments and durably stores the signature counter, returning the new value.
-    fn next_signature_counter(&mut self) -> Result<u32, StoreError>;
+    /// A `created` value above every stored credential's (newest first in
+    /// getAssertion, CTAP 2.1 §6.2.2 step 7).
+    fn next_creation_order(&self) -> u64;
+    /// The counter a new credential reports at makeCredential: the floor,
+    /// which never decreases. Nothing is written.
+    fn initial_signature_counter(&self) -> u32;
+    /// Increments and durably stores the signature counter of
+    /// `credential_id` (starting above the floor), returning the new value.
+    fn next_signature_counter(&mut self, credential_id: &[u8]) -> Result<u32, StoreError>;
     /// The authenticator's persistent settings: PIN verifier, retries, config.
     fn load_state(&self) -> AuthenticatorState;
     fn save_state(&mut self, state: &AuthenticatorState) -> Result<(), StoreError>;
-    /// authenticatorReset: delete every credential, the PIN and the
-    /// settings. The signature counter keeps counting.
+    /// authenticatorReset: delete every credential and its counter, the PIN
+    /// and the settings. The floor rises to the highest counter given out,
+    /// so no counter ever goes back.
     fn reset(&mut self) -> Result<(), StoreError>;
 }
 

@@ -10,10 +10,10 @@
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
 use hkdf::Hkdf;
-use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::elliptic_curve::Generate;
-use sha2::Sha256;
+use p256::{NistP256, NonZeroScalar};
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, PublicKey, Secret32};
@@ -94,9 +94,20 @@ fn open(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u
         .map_err(|_| KeyStoreError::NotAuthentic)
 }
 
-fn signing_key(store: &SoftwareKeyStore, key_handle: &[u8]) -> Result<SigningKey, KeyStoreError> {
+/// The P-256 private scalar behind `key_handle`, wiped when dropped.
+fn secret_scalar(store: &SoftwareKeyStore, key_handle: &[u8]) -> Result<Zeroizing<NonZeroScalar>, KeyStoreError> {
     let scalar = open(&store.key_wrapping, KEY_HANDLE_AAD, key_handle)?;
-    SigningKey::from_slice(&scalar).map_err(|_| KeyStoreError::NotAuthentic)
+    NonZeroScalar::try_from(scalar.as_slice()).map(Zeroizing::new).map_err(|_| KeyStoreError::NotAuthentic)
+}
+
+/// ES256 over `message` with the scalar itself: RFC 6979 deterministic
+/// ECDSA, exactly what `SigningKey::sign` computes, but without building a
+/// `SigningKey`, whose constructor computes the public key (a second scalar
+/// multiplication that doubled the cost of every signature). Nothing is
+/// cached, so no prepared key outlives the call.
+fn sign_es256(scalar: &NonZeroScalar, message: &[u8]) -> Signature {
+    let digest = Sha256::digest(message);
+    ecdsa::hazmat::sign_prehashed_rfc6979::<NistP256, Sha256>(scalar, &digest, &[]).0
 }
 
 impl KeyStore for SoftwareKeyStore {
@@ -136,9 +147,8 @@ impl KeyStore for SoftwareKeyStore {
     fn sign(&mut self, algorithm: Algorithm, key_handle: &[u8], message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
         match algorithm {
             Algorithm::Es256 => {
-                let key = signing_key(self, key_handle)?;
-                let signature: Signature = key.sign(message);
-                Ok(signature.to_der().as_bytes().to_vec())
+                let scalar = secret_scalar(self, key_handle)?;
+                Ok(sign_es256(&scalar, message).to_der().as_bytes().to_vec())
             }
             Algorithm::EdDsa => {
                 let seed = open(&self.key_wrapping, ED25519_KEY_HANDLE_AAD, key_handle)?;
@@ -187,6 +197,15 @@ mod tests {
 
     fn store() -> SoftwareKeyStore {
         SoftwareKeyStore::new(Secret32([7; 32]))
+    }
+
+    /// Signing from the bare scalar gives what `SigningKey` (RFC 6979) gives.
+    #[test]
+    fn scalar_signatures_are_the_signing_keys() {
+        use p256::ecdsa::signature::Signer;
+        let key = SigningKey::try_generate().unwrap();
+        let expected: Signature = key.sign(b"authenticator data");
+        assert_eq!(sign_es256(key.as_nonzero_scalar(), b"authenticator data"), expected);
     }
 
     #[test]

@@ -182,11 +182,30 @@ impl UvMethod {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthenticatorSection {
     #[serde(default)]
     pub attestation: Attestation,
+    /// How many discoverable credentials (passkeys) the key holds; getInfo
+    /// reports what is left. Lowering it below the stored count deletes
+    /// nothing: new ones are refused until there is room.
+    #[serde(default = "default_discoverable_credentials")]
+    pub discoverable_credentials: usize,
+}
+
+/// Enough for a password manager's worth of passkeys; the store's cost per
+/// ceremony does not grow with it (docs/performance.md).
+pub const DEFAULT_DISCOVERABLE_CREDENTIALS: usize = 10_000;
+
+fn default_discoverable_credentials() -> usize {
+    DEFAULT_DISCOVERABLE_CREDENTIALS
+}
+
+impl Default for AuthenticatorSection {
+    fn default() -> Self {
+        Self { attestation: Attestation::default(), discoverable_credentials: DEFAULT_DISCOVERABLE_CREDENTIALS }
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -284,15 +303,18 @@ mod tests {
         assert_eq!(c.keystore.backend, KeyStoreBackend::Software);
         assert_eq!(c.prompt.mode, PromptMode::AlwaysApprove);
         assert_eq!(c.authenticator.attestation, Attestation::SelfAttestation);
+        assert_eq!(c.authenticator.discoverable_credentials, 10_000);
         assert_eq!(c.device.uhid_path, PathBuf::from("/dev/uhid"));
     }
 
     #[test]
     fn full_config() {
         let c = Config::parse(&format!(
-            "state_dir = \"/tmp/s\"\n{MINIMAL}[authenticator]\nattestation = \"none\"\n[device]\nuhid_path = \"/dev/x\"\n"
+            "state_dir = \"/tmp/s\"\n{MINIMAL}[authenticator]\nattestation = \"none\"\ndiscoverable_credentials = 50000\n\
+             [device]\nuhid_path = \"/dev/x\"\n"
         ))
         .unwrap();
+        assert_eq!(c.authenticator.discoverable_credentials, 50_000);
         assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
         assert_eq!(c.authenticator.attestation, Attestation::None);
         assert_eq!(c.device.uhid_path, PathBuf::from("/dev/x"));

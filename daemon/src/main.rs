@@ -28,9 +28,6 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Attestation, Config, KeyStoreBackend, PromptMode};
 
-/// How many discoverable credentials the state directory holds.
-const RESIDENT_CAPACITY: usize = 256;
-
 const USAGE: &str = "usage: fidoseald --config PATH\n\nA virtual FIDO2 security key through /dev/uhid.\n";
 
 fn parse_args() -> Result<PathBuf, String> {
@@ -102,7 +99,17 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         }
     };
     let mut credentials =
-        state::FileCredentialStore::open(&config.state_dir, RESIDENT_CAPACITY).map_err(|e| e.to_string())?;
+        state::CredentialDatabase::open(&config.state_dir, config.authenticator.discoverable_credentials)
+            .map_err(|e| e.to_string())?;
+    if let Some(migration) = credentials.migration() {
+        tracing::info!(
+            credentials = migration.credentials,
+            counter_floor = migration.counter_floor,
+            kept = %migration.backup.display(),
+            database = %credentials.path().display(),
+            "credential state migrated from credentials.cbor to the database (the old file is kept)"
+        );
+    }
     let binding = keystore::binding(&mut *keystore).map_err(|e| format!("cannot identify the key store: {e}"))?;
     let key_store_name = binding.name.clone();
     match credentials.bind_key_store(binding, key_store_created).map_err(|e| e.to_string())? {
@@ -118,7 +125,11 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
              backend back and restore the copy."
         ),
     }
-    tracing::info!(resident_credentials = credentials.credential_count(), "state loaded");
+    tracing::info!(
+        resident_credentials = fidoseal_ctap::platform::CredentialStore::credential_count(&credentials),
+        remaining = fidoseal_ctap::platform::CredentialStore::remaining_capacity(&credentials),
+        "state loaded"
+    );
     // Shared with the D-Bus management interface (shared_credentials.rs).
     let credentials = shared_credentials::SharedCredentialStore::new(credentials);
     let agents = Arc::new(prompt_agent::AgentRegistry::new());

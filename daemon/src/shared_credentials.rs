@@ -7,13 +7,13 @@
 //! authenticator's own lock is held for a whole CTAP request, prompt
 //! included (up to the prompt timeout), so `fidosealctl list` would hang
 //! behind a browser waiting for a touch. This lock is held only for one
-//! store call (at most one atomic file write). Each trait method locks on
+//! store call (at most one database transaction). Each trait method locks on
 //! its own, so the authenticator sees every change as if it had happened
 //! between two of its calls.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fidoseal_ctap::platform::{AuthenticatorState, CredentialStore, ResidentCredential, StoreError};
+use fidoseal_ctap::platform::{AuthenticatorState, CredentialStore, RelyingParty, ResidentCredential, StoreError};
 
 /// A cloneable handle on one credential store.
 #[derive(Clone)]
@@ -27,15 +27,31 @@ impl SharedCredentialStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Box<dyn CredentialStore>> {
-        // The store changes memory only after the file write succeeded
-        // (state.rs), so a panic elsewhere leaves it consistent.
+        // The store changes memory only after its commit succeeded
+        // (fidoseal-store), so a panic elsewhere leaves it consistent.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl CredentialStore for SharedCredentialStore {
-    fn credentials_for_rp(&self, rp_id: &str) -> Result<Vec<ResidentCredential>, StoreError> {
-        self.lock().credentials_for_rp(rp_id)
+    fn credentials_for_rp(&self, rp_id_hash: &[u8; 32]) -> Result<Vec<ResidentCredential>, StoreError> {
+        self.lock().credentials_for_rp(rp_id_hash)
+    }
+
+    fn relying_parties(&self) -> Result<Vec<RelyingParty>, StoreError> {
+        self.lock().relying_parties()
+    }
+
+    fn credential_count(&self) -> usize {
+        self.lock().credential_count()
+    }
+
+    fn next_creation_order(&self) -> u64 {
+        self.lock().next_creation_order()
+    }
+
+    fn initial_signature_counter(&self) -> u32 {
+        self.lock().initial_signature_counter()
     }
 
     fn all_credentials(&self) -> Result<Vec<ResidentCredential>, StoreError> {
@@ -58,8 +74,8 @@ impl CredentialStore for SharedCredentialStore {
         self.lock().remaining_capacity()
     }
 
-    fn next_signature_counter(&mut self) -> Result<u32, StoreError> {
-        self.lock().next_signature_counter()
+    fn next_signature_counter(&mut self, credential_id: &[u8]) -> Result<u32, StoreError> {
+        self.lock().next_signature_counter(credential_id)
     }
 
     fn load_state(&self) -> AuthenticatorState {
@@ -104,6 +120,6 @@ mod tests {
         assert_eq!(b.remaining_capacity(), 3);
         assert!(b.delete(&[1; 16]).unwrap());
         assert!(a.all_credentials().unwrap().is_empty());
-        assert_eq!(a.next_signature_counter().unwrap(), b.next_signature_counter().unwrap() - 1);
+        assert_eq!(a.next_signature_counter(b"id").unwrap(), b.next_signature_counter(b"id").unwrap() - 1);
     }
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use ciborium::value::Value;
 use fidoseal_ctap::ctaphid::{self, Action, CtapHid, Packet, BROADCAST_CID};
-use fidoseal_ctap::memory_store::MemoryCredentialStore;
+use fidoseal_store::CredentialDatabase;
 use fidoseal_ctap::platform::{
+    AuthenticatorState, CredentialStore, RelyingParty, ResidentCredential, StoreError,
     AllowAll, PolicyDecision, PolicyRequest, PolicyVerdict, PresencePurpose, PresenceRequest, PromptOutcome,
     Secret32, TransactionSignals, UserPrompt, VerificationOutcome,
 };
@@ -177,9 +178,89 @@ pub fn software_platform(prompt: Box<dyn UserPrompt>, policy: Box<dyn PolicyDeci
     let master = SoftwareKeyStore::generate_master_secret().unwrap_or(Secret32([1; 32]));
     Platform {
         keystore: Box::new(SoftwareKeyStore::new(master)),
-        credentials: Box::new(MemoryCredentialStore::new(capacity)),
+        credentials: Box::new(TemporaryDatabase::new(capacity)),
         prompt,
         policy,
+    }
+}
+
+/// The daemon's credential database (crate `fidoseal-store`) in a
+/// directory of its own, removed on drop: the in-process suites run on the
+/// store the daemon uses.
+pub struct TemporaryDatabase {
+    database: Option<CredentialDatabase>,
+    dir: std::path::PathBuf,
+}
+
+impl TemporaryDatabase {
+    pub fn new(capacity: usize) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("fidoseal-tests-store-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let database = CredentialDatabase::open(&dir, capacity).expect("a new credential database");
+        Self { database: Some(database), dir }
+    }
+
+    fn db(&self) -> &CredentialDatabase {
+        self.database.as_ref().expect("open until dropped")
+    }
+
+    fn db_mut(&mut self) -> &mut CredentialDatabase {
+        self.database.as_mut().expect("open until dropped")
+    }
+}
+
+impl Drop for TemporaryDatabase {
+    fn drop(&mut self) {
+        self.database = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl CredentialStore for TemporaryDatabase {
+    fn credentials_for_rp(&self, rp_id_hash: &[u8; 32]) -> Result<Vec<ResidentCredential>, StoreError> {
+        self.db().credentials_for_rp(rp_id_hash)
+    }
+    fn all_credentials(&self) -> Result<Vec<ResidentCredential>, StoreError> {
+        self.db().all_credentials()
+    }
+    fn relying_parties(&self) -> Result<Vec<RelyingParty>, StoreError> {
+        self.db().relying_parties()
+    }
+    fn find(&self, credential_id: &[u8]) -> Result<Option<ResidentCredential>, StoreError> {
+        self.db().find(credential_id)
+    }
+    fn save(&mut self, credential: ResidentCredential) -> Result<(), StoreError> {
+        self.db_mut().save(credential)
+    }
+    fn delete(&mut self, credential_id: &[u8]) -> Result<bool, StoreError> {
+        self.db_mut().delete(credential_id)
+    }
+    fn credential_count(&self) -> usize {
+        self.db().credential_count()
+    }
+    fn remaining_capacity(&self) -> usize {
+        self.db().remaining_capacity()
+    }
+    fn next_creation_order(&self) -> u64 {
+        self.db().next_creation_order()
+    }
+    fn initial_signature_counter(&self) -> u32 {
+        self.db().initial_signature_counter()
+    }
+    fn next_signature_counter(&mut self, credential_id: &[u8]) -> Result<u32, StoreError> {
+        self.db_mut().next_signature_counter(credential_id)
+    }
+    fn load_state(&self) -> AuthenticatorState {
+        self.db().load_state()
+    }
+    fn save_state(&mut self, state: &AuthenticatorState) -> Result<(), StoreError> {
+        self.db_mut().save_state(state)
+    }
+    fn reset(&mut self) -> Result<(), StoreError> {
+        self.db_mut().reset()
     }
 }
 

@@ -11,7 +11,8 @@ use ciborium::value::Value;
 use fidoseal_ctap::ctaphid::CtapHid;
 use fidoseal_ctap::memory_store::MemoryCredentialStore;
 use fidoseal_ctap::platform::{
-    AuthenticatorState, CredentialStore, PresencePurpose, PromptOutcome, ResidentCredential, Secret32, StoreError,
+    AuthenticatorState, CredentialStore, PresencePurpose, PromptOutcome, RelyingParty, ResidentCredential, Secret32,
+    StoreError,
 };
 use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use fidoseal_ctap::{Authenticator, AuthenticatorConfig, Platform};
@@ -358,8 +359,20 @@ impl SharedStore {
 }
 
 impl CredentialStore for SharedStore {
-    fn credentials_for_rp(&self, rp_id: &str) -> Result<Vec<ResidentCredential>, StoreError> {
-        self.0.lock().unwrap().credentials_for_rp(rp_id)
+    fn credentials_for_rp(&self, rp_id_hash: &[u8; 32]) -> Result<Vec<ResidentCredential>, StoreError> {
+        self.0.lock().unwrap().credentials_for_rp(rp_id_hash)
+    }
+    fn relying_parties(&self) -> Result<Vec<RelyingParty>, StoreError> {
+        self.0.lock().unwrap().relying_parties()
+    }
+    fn credential_count(&self) -> usize {
+        self.0.lock().unwrap().credential_count()
+    }
+    fn next_creation_order(&self) -> u64 {
+        self.0.lock().unwrap().next_creation_order()
+    }
+    fn initial_signature_counter(&self) -> u32 {
+        self.0.lock().unwrap().initial_signature_counter()
     }
     fn all_credentials(&self) -> Result<Vec<ResidentCredential>, StoreError> {
         self.0.lock().unwrap().all_credentials()
@@ -376,8 +389,8 @@ impl CredentialStore for SharedStore {
     fn remaining_capacity(&self) -> usize {
         self.0.lock().unwrap().remaining_capacity()
     }
-    fn next_signature_counter(&mut self) -> Result<u32, StoreError> {
-        self.0.lock().unwrap().next_signature_counter()
+    fn next_signature_counter(&mut self, credential_id: &[u8]) -> Result<u32, StoreError> {
+        self.0.lock().unwrap().next_signature_counter(credential_id)
     }
     fn load_state(&self) -> AuthenticatorState {
         self.0.lock().unwrap().load_state()

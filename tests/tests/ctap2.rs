@@ -544,26 +544,35 @@ fn make_credential_none_attestation_when_configured() {
     check_assertion(r.body(), RP, &reg.credential_id, &reg.public_key, UP);
 }
 
+/// Each credential has its own signature counter (WebAuthn §6.1.1): it
+/// strictly increases with every assertion, whatever the other credentials
+/// do, and one relying party learns nothing of the key's use elsewhere.
 #[test]
-fn signature_counter_strictly_increases_across_calls() {
+fn signature_counters_are_per_credential_and_strictly_increase() {
     let (mut d, cid) = device();
-    let mut counters = Vec::new();
     let a = register(&mut d, cid, RP, b"u1", "alice", false);
-    counters.push(a.counter);
     let b = register(&mut d, cid, RP, b"u2", "bob", true);
-    counters.push(b.counter);
+    let mut counters_a = vec![a.counter];
     for extra in [vec![], vec![(5, options(&[("up", false)]))], vec![]] {
         let r = call(&mut d, cid, GET_ASSERTION, Some(&get_assertion(RP, &[&a.id], extra)));
         assert_eq!(r.status, st::OK);
         let ad = parse_auth_data(&responses::bytes(get(r.body(), 2)));
-        counters.push(ad.counter);
+        counters_a.push(ad.counter);
     }
-    counters.push(register(&mut d, cid, OTHER_RP, b"u3", "carol", false).counter);
-    let r = call(&mut d, cid, GET_ASSERTION, Some(&get_assertion(RP, &[], vec![])));
-    assert_eq!(r.status, st::OK);
-    counters.push(check_assertion(r.body(), RP, &b.id, &b.key, UP));
-    assert!(counters[0] > 0);
-    assert!(counters.windows(2).all(|w| w[0] < w[1]), "counters {counters:?}");
+    let c = register(&mut d, cid, OTHER_RP, b"u3", "carol", false);
+    assert_eq!(c.counter, a.counter, "a new credential does not show how much others were used");
+    let mut counters_b = vec![b.counter];
+    for _ in 0..2 {
+        let r = call(&mut d, cid, GET_ASSERTION, Some(&get_assertion(RP, &[], vec![])));
+        assert_eq!(r.status, st::OK);
+        counters_b.push(check_assertion(r.body(), RP, &b.id, &b.key, UP));
+    }
+    let r = call(&mut d, cid, GET_ASSERTION, Some(&get_assertion(RP, &[&a.id], vec![])));
+    counters_a.push(check_assertion(r.body(), RP, &a.id, &a.key, UP));
+    assert!(counters_a[1] > 0);
+    assert!(counters_a.windows(2).all(|w| w[0] < w[1]), "counters of a {counters_a:?}");
+    assert!(counters_b.windows(2).all(|w| w[0] < w[1]), "counters of b {counters_b:?}");
+    assert_eq!(counters_b[1], counters_a[1], "b's first assertion: b's counter, untouched by a's use");
 }
 
 #[test]
@@ -1241,7 +1250,7 @@ fn get_assertion_discoverable_newest_first_then_get_next_assertion() {
     assert_eq!(int_keys(body), [1, 2, 3, 4], "no numberOfCredentials in getNextAssertion");
     let c2 = check_assertion(body, RP, &alice.id, &alice.key, UP);
     assert_eq!(user_id_of(body), b"user-alice");
-    assert!(c2 > c1);
+    assert_eq!(c2, c1, "per-credential counters: alice's first assertion counts like bob's");
     assert_eq!(d.prompt.asked().len(), before + 1, "getNextAssertion asks nobody");
 
     let r = call(&mut d, cid, GET_NEXT_ASSERTION, None);

@@ -75,7 +75,6 @@ use self::state_file::Persisted;
 pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
 /// The key store's file in the state directory.
 pub const STATE_FILE: &str = "tpm-keystore";
-const CREDENTIALS_FILE: &str = "credentials.cbor";
 
 const CREDENTIAL_ID_VERSION: u8 = 0x54; // 'T': never the software store's 1
 const NONCE_LEN: usize = 12;
@@ -626,7 +625,7 @@ impl TpmKeyStore {
             return Err(TpmSetupError::Write { path, source });
         }
         // A credential state beside a new store belongs to another key store:
-        // main.rs sets it aside (state::FileCredentialStore::bind_key_store).
+        // main.rs sets it aside (state::CredentialDatabase::bind_key_store).
         tracing::info!(
             tcti = %tcti_text, manufacturer = %manufacturer, state = %path.display(),
             "created a new TPM key store: credential keys are made by the TPM and never leave it"
@@ -655,21 +654,24 @@ impl TpmKeyStore {
     fn keep_aside_and_reset_credentials(state_dir: &Path, path: &Path) -> Result<Vec<PathBuf>, TpmSetupError> {
         let suffix = format!("unusable-{}", crate::state::unix_time());
         let mut kept = Vec::new();
-        for file in [path.to_path_buf(), state_dir.join(CREDENTIALS_FILE)] {
-            if !file.exists() {
-                continue;
-            }
-            let aside = PathBuf::from(format!("{}.{suffix}", file.display()));
-            let bytes = std::fs::read(&file).map_err(|source| TpmSetupError::Read { path: file.clone(), source })?;
+        if path.exists() {
+            let aside = PathBuf::from(format!("{}.{suffix}", path.display()));
+            let bytes = std::fs::read(path).map_err(|source| TpmSetupError::Read { path: path.to_path_buf(), source })?;
             crate::state::write_atomically(&aside, &bytes)
                 .map_err(|source| TpmSetupError::Write { path: aside.clone(), source })?;
             kept.push(aside);
         }
-        if state_dir.join(CREDENTIALS_FILE).exists() {
+        let credential_state = [crate::state::DATABASE_FILE, crate::state::LEGACY_FILE];
+        if credential_state.iter().any(|file| state_dir.join(file).exists()) {
             use fidoseal_ctap::platform::CredentialStore as _;
-            let mut credentials = crate::state::FileCredentialStore::open(state_dir, usize::MAX)
-                .map_err(|e| TpmSetupError::Tpm(format!("cannot reset the credential state: {e}")))?;
-            credentials.reset().map_err(|e| TpmSetupError::Tpm(format!("cannot reset the credential state: {e}")))?;
+            let failed = |e: &dyn std::fmt::Display| TpmSetupError::Tpm(format!("cannot reset the credential state: {e}"));
+            // Opening migrates an old credentials.cbor first (kept as
+            // credentials.cbor.migrated); the database is copied whole.
+            let mut credentials = crate::state::CredentialDatabase::open(state_dir, usize::MAX).map_err(|e| failed(&e))?;
+            let aside = PathBuf::from(format!("{}.{suffix}", credentials.path().display()));
+            credentials.copy_to(&aside).map_err(|e| failed(&e))?;
+            kept.push(aside);
+            credentials.reset().map_err(|e| failed(&e))?;
         }
         Ok(kept)
     }

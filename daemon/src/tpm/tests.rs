@@ -352,7 +352,7 @@ fn a_state_directory_copied_to_another_tpm_opens_nothing() {
     let created = store.generate(Algorithm::Es256).unwrap();
     let id = store.seal_credential_id(&RP, b"payload").unwrap();
     let secret = store.derive_secret(b"pin verifier").unwrap();
-    let mut credentials = crate::state::FileCredentialStore::open(&state, 10).unwrap();
+    let mut credentials = crate::state::CredentialDatabase::open(&state, 10).unwrap();
     credentials.save(resident(&created.key_handle)).unwrap();
 
     let copy = temp_dir("copied-elsewhere");
@@ -368,11 +368,11 @@ fn a_state_directory_copied_to_another_tpm_opens_nothing() {
     assert_eq!(thief.sign(Algorithm::Es256, &created.key_handle, b"m"), Err(KeyStoreError::NotAuthentic));
     assert_ne!(thief.derive_secret(b"pin verifier").unwrap().0, secret.0);
     // The credential state that depended on the lost keys was reset.
-    assert_eq!(crate::state::FileCredentialStore::open(&copy, 10).unwrap().credential_count(), 0);
+    assert_eq!(crate::state::CredentialDatabase::open(&copy, 10).unwrap().credential_count(), 0);
 
     // The original, on its own TPM, is untouched.
     assert_eq!(store.open_credential_id(&RP, &id).unwrap(), b"payload");
-    assert_eq!(crate::state::FileCredentialStore::open(&state, 10).unwrap().credential_count(), 1);
+    assert_eq!(crate::state::CredentialDatabase::open(&state, 10).unwrap().credential_count(), 1);
     drop((store, thief, tpm, elsewhere));
     std::fs::remove_dir_all(state).unwrap();
     std::fs::remove_dir_all(copy).unwrap();
@@ -432,7 +432,7 @@ fn the_private_key_never_reaches_the_state_directory() {
     let created = store.generate(Algorithm::Es256).unwrap();
     let payload = encode_payload(Algorithm::Es256, &created.key_handle, &CredentialExtensions::default()).unwrap();
     let id = store.seal_credential_id(&RP, &payload).unwrap();
-    let mut credentials = crate::state::FileCredentialStore::open(&state, 10).unwrap();
+    let mut credentials = crate::state::CredentialDatabase::open(&state, 10).unwrap();
     credentials.save(resident(&created.key_handle)).unwrap();
     store.sign(Algorithm::Es256, &created.key_handle, b"m").unwrap();
     let public = verifying_key(&created);

@@ -1,0 +1,447 @@
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use fidoseal_ctap::platform::{Algorithm, PinRecord};
+
+use super::*;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fidoseal-store-test-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn credential(rp: &str, user: &[u8], id: u8) -> ResidentCredential {
+    ResidentCredential {
+        credential_id: vec![id; 16],
+        rp_id: rp.into(),
+        rp_name: Some(format!("{rp} name")),
+        user_id: user.to_vec(),
+        user_name: Some("alice".into()),
+        user_display_name: None,
+        algorithm: Algorithm::Es256,
+        key_handle: vec![9; 60],
+        created: u64::from(id),
+        public_key_cose: vec![0xa0],
+        extensions: CredentialExtensions { cred_protect: 2, hmac_secret: true, cred_blob: vec![1, 2], large_blob_key: true },
+    }
+}
+
+fn bound_to(name: &str, byte: u8) -> KeyStoreBinding {
+    KeyStoreBinding { name: name.into(), fingerprint: vec![byte; 16] }
+}
+
+fn with_pin() -> AuthenticatorState {
+    let pin = Some(PinRecord { verifier: vec![5; 32], code_points: 4 });
+    AuthenticatorState { pin, pin_retries: 5, large_blob_array: vec![0x81, 0x01, 0, 0], ..AuthenticatorState::default() }
+}
+
+fn files_starting(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn credentials_state_and_counters_survive_reopen() {
+    let dir = temp_dir("reopen");
+    let mut store = CredentialDatabase::open(&dir, 10).unwrap();
+    store.save(credential("a.example", b"u1", 1)).unwrap();
+    store.save(credential("a.example", b"u2", 2)).unwrap();
+    store.save(credential("b.example", b"u1", 3)).unwrap();
+    store.save_state(&with_pin()).unwrap();
+    assert_eq!(store.next_signature_counter(&[1; 16]).unwrap(), 1);
+    assert_eq!(store.next_signature_counter(&[1; 16]).unwrap(), 2);
+    assert_eq!(store.next_signature_counter(&[2; 16]).unwrap(), 1, "each credential has its own counter");
+    assert_eq!(store.next_signature_counter(b"a non-discoverable id").unwrap(), 1);
+    assert_eq!(store.next_signature_counter(b"a non-discoverable id").unwrap(), 2);
+    drop(store);
+
+    let mut reopened = CredentialDatabase::open(&dir, 10).unwrap();
+    let mut a = reopened.credentials_for_rp(&rp_id_hash("a.example")).unwrap();
+    a.sort_by_key(|c| c.created);
+    assert_eq!(a, vec![credential("a.example", b"u1", 1), credential("a.example", b"u2", 2)]);
+    assert_eq!(reopened.find(&[3; 16]).unwrap(), Some(credential("b.example", b"u1", 3)));
+    assert_eq!(reopened.find(&[4; 16]).unwrap(), None);
+    assert_eq!(reopened.load_state(), with_pin());
+    assert_eq!(reopened.credential_count(), 3);
+    assert_eq!(reopened.remaining_capacity(), 7);
+    assert_eq!(reopened.next_creation_order(), 4);
+    assert_eq!(reopened.next_signature_counter(&[1; 16]).unwrap(), 3);
+    assert_eq!(reopened.next_signature_counter(b"a non-discoverable id").unwrap(), 3);
+    let rps = reopened.relying_parties().unwrap();
+    assert_eq!(
+        rps,
+        vec![
+            RelyingParty { rp_id: "a.example".into(), rp_name: Some("a.example name".into()), credentials: 2 },
+            RelyingParty { rp_id: "b.example".into(), rp_name: Some("b.example name".into()), credentials: 1 },
+        ]
+    );
+    for file in files_starting(&dir, DATABASE_FILE) {
+        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "{}", file.display());
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn replace_update_delete_and_capacity() {
+    let dir = temp_dir("rules");
+    let mut store = CredentialDatabase::open(&dir, 2).unwrap();
+    store.save(credential("a.example", b"u1", 1)).unwrap();
+    store.next_signature_counter(&[1; 16]).unwrap();
+    // Same rp and user: replaced, and the new credential's counter starts over.
+    store.save(credential("a.example", b"u1", 3)).unwrap();
+    assert_eq!(store.credential_count(), 1);
+    assert_eq!(store.find(&[1; 16]).unwrap(), None);
+    store.save(credential("b.example", b"u1", 4)).unwrap();
+    assert_eq!(store.save(credential("c.example", b"u1", 5)), Err(StoreError::Full));
+    assert_eq!(store.remaining_capacity(), 0);
+    // Updating user information of a stored credential needs no room and keeps its counter.
+    assert_eq!(store.next_signature_counter(&[4; 16]).unwrap(), 1);
+    let mut updated = credential("b.example", b"u1", 4);
+    updated.user_name = Some("bob".into());
+    store.save(updated.clone()).unwrap();
+    assert_eq!(store.find(&[4; 16]).unwrap(), Some(updated));
+    assert_eq!(store.next_signature_counter(&[4; 16]).unwrap(), 2);
+    assert!(store.delete(&[4; 16]).unwrap());
+    assert!(!store.delete(&[4; 16]).unwrap());
+    assert_eq!(store.remaining_capacity(), 1);
+    assert_eq!(CredentialDatabase::open(&dir, 2).unwrap().credential_count(), 1);
+    // A lower limit than what is stored: nothing is dropped, nothing fits.
+    let mut smaller = CredentialDatabase::open(&dir, 0).unwrap();
+    assert_eq!(smaller.remaining_capacity(), 0);
+    assert_eq!(smaller.save(credential("d.example", b"u1", 6)), Err(StoreError::Full));
+    assert_eq!(smaller.credential_count(), 1);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// Counters never go back: not for a credential, and not across reset
+/// (a credential that somehow survived it would still count upwards).
+#[test]
+fn counters_never_go_back_across_reset() {
+    let dir = temp_dir("reset");
+    let mut store = CredentialDatabase::open(&dir, 10).unwrap();
+    store.save(credential("a.example", b"u1", 1)).unwrap();
+    for _ in 0..5 {
+        store.next_signature_counter(&[1; 16]).unwrap();
+    }
+    for _ in 0..7 {
+        store.next_signature_counter(b"wrapped").unwrap();
+    }
+    assert_eq!(store.initial_signature_counter(), 0);
+    store.save_state(&with_pin()).unwrap();
+    store.reset().unwrap();
+    assert_eq!(store.credential_count(), 0);
+    assert_eq!(store.load_state(), AuthenticatorState::default());
+    assert_eq!(store.initial_signature_counter(), 7, "the floor is the highest counter given out");
+    assert_eq!(store.next_signature_counter(b"wrapped").unwrap(), 8);
+    assert_eq!(store.next_signature_counter(&[1; 16]).unwrap(), 8);
+    drop(store);
+    let mut reopened = CredentialDatabase::open(&dir, 10).unwrap();
+    assert_eq!(reopened.initial_signature_counter(), 7);
+    assert!(reopened.load_state().pin.is_none());
+    reopened.save(credential("b.example", b"u1", 2)).unwrap();
+    assert_eq!(reopened.next_signature_counter(&[2; 16]).unwrap(), 8);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// Every lookup a ceremony makes goes through an index, whatever the count.
+#[test]
+fn lookups_use_indexes() {
+    let dir = temp_dir("plans");
+    let store = CredentialDatabase::open(&dir, 10).unwrap();
+    let plan = |sql: &str| -> String {
+        let mut statement = store.connection.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows: Vec<String> = statement.query_map([], |r| r.get(3)).unwrap().map(|r| r.unwrap()).collect();
+        rows.join(" | ")
+    };
+    for (sql, index) in [
+        ("SELECT * FROM credentials WHERE credential_id = x'01'", "credentials_by_id"),
+        ("SELECT * FROM credentials WHERE rp_id_hash = x'01'", "credentials_by_rp_user"),
+        ("UPDATE credentials SET signature_counter = 1 WHERE credential_id = x'01'", "credentials_by_id"),
+        ("DELETE FROM credentials WHERE rp_id_hash = x'01' AND user_id = x'02' AND credential_id != x'03'", "credentials_by_rp_user"),
+        ("SELECT rp_id, count(*) FROM credentials GROUP BY rp_id_hash", "credentials_by_rp_user"),
+        ("SELECT value FROM signature_counters WHERE credential_id = x'01'", "PRIMARY KEY"),
+    ] {
+        let found = plan(sql);
+        assert!(found.contains(index), "{sql}: {found}");
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_failed_write_changes_nothing() {
+    let dir = temp_dir("busy");
+    let mut store = CredentialDatabase::open(&dir, 10).unwrap();
+    store.save(credential("a.example", b"u1", 1)).unwrap();
+    store.connection.busy_timeout(std::time::Duration::ZERO).unwrap();
+    // Another writer holds the database: our transaction cannot begin.
+    let other = Connection::open(dir.join(DATABASE_FILE)).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert!(matches!(store.save(credential("a.example", b"u2", 2)), Err(StoreError::Io(_))));
+    assert!(store.next_signature_counter(&[1; 16]).is_err());
+    assert!(store.save_state(&with_pin()).is_err());
+    assert!(store.reset().is_err());
+    assert_eq!(store.credential_count(), 1);
+    assert_eq!(store.load_state(), AuthenticatorState::default());
+    other.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(store.next_signature_counter(&[1; 16]).unwrap(), 1);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// A damaged database stops the start, names the file and the way out,
+/// and is left exactly as it was.
+#[test]
+fn damage_is_found_at_start_and_never_written_over() {
+    let dir = temp_dir("corrupt");
+    let path = dir.join(DATABASE_FILE);
+    // Not a database at all.
+    fs::write(&path, b"\xff\x00 this is not SQLite, it is garbage of some length ........................").unwrap();
+    let before = fs::read(&path).unwrap();
+    let error = CredentialDatabase::open(&dir, 10).err().expect("refused");
+    assert!(matches!(error, StateError::Corrupt { .. }), "{error}");
+    let message = error.to_string();
+    assert!(message.contains(&path.display().to_string()) && message.contains("restore it from a backup"), "{message}");
+    assert_eq!(fs::read(&path).unwrap(), before);
+    fs::remove_file(&path).unwrap();
+
+    // A real database with a damaged page in its credentials index.
+    let mut store = CredentialDatabase::open(&dir, 100).unwrap();
+    for i in 0..60u8 {
+        store.save(credential(&format!("rp{i}.example"), b"user", i)).unwrap();
+    }
+    drop(store); // the last connection checkpoints the log into the file
+    let mut bytes = fs::read(&path).unwrap();
+    let page_size = 4096;
+    assert!(bytes.len() > 3 * page_size, "several pages");
+    for b in &mut bytes[2 * page_size + 16..2 * page_size + 600] {
+        *b ^= 0x5a;
+    }
+    fs::write(&path, &bytes).unwrap();
+    let error = CredentialDatabase::open(&dir, 100).err().expect("refused");
+    assert!(matches!(error, StateError::Corrupt { .. }), "{error}");
+    assert_eq!(fs::read(&path).unwrap(), bytes, "the damaged file is left as it was");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_database_from_a_newer_fidoseal_is_refused() {
+    let dir = temp_dir("newer");
+    drop(CredentialDatabase::open(&dir, 10).unwrap());
+    Connection::open(dir.join(DATABASE_FILE)).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();
+    let error = CredentialDatabase::open(&dir, 10).err().expect("refused");
+    assert!(error.to_string().contains("newer"), "{error}");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_old_credentials_file_is_migrated_and_kept() {
+    let dir = temp_dir("migrate");
+    let old = [credential("a.example", b"u1", 1), credential("a.example", b"u2", 2), credential("b.example", b"u1", 3)];
+    migrate::write_legacy_file(&dir, 41, &old, &with_pin(), Some(&bound_to("tpm", 7)));
+    let legacy_bytes = fs::read(dir.join(LEGACY_FILE)).unwrap();
+
+    let mut store = CredentialDatabase::open(&dir, 10).unwrap();
+    let migration = store.migration().cloned().expect("migrated");
+    assert_eq!(migration.credentials, 3);
+    assert_eq!(migration.counter_floor, 41);
+    assert_eq!(migration.backup, dir.join("credentials.cbor.migrated"));
+    assert_eq!(fs::read(&migration.backup).unwrap(), legacy_bytes, "the old file is kept as it was");
+    assert!(!dir.join(LEGACY_FILE).exists());
+    assert!(files_starting(&dir, "credentials.db.migrating").is_empty());
+    let mut all = store.all_credentials().unwrap();
+    all.sort_by_key(|c| c.created);
+    assert_eq!(all, old.to_vec());
+    assert_eq!(store.load_state(), with_pin());
+    assert_eq!(store.bind_key_store(bound_to("tpm", 7), false).unwrap(), Binding::Same, "the binding came along");
+    // Relying parties saw the old global counter: every counter goes on above it.
+    assert_eq!(store.initial_signature_counter(), 41);
+    assert_eq!(store.next_signature_counter(&[1; 16]).unwrap(), 42);
+    assert_eq!(store.next_signature_counter(b"a non-discoverable id").unwrap(), 42);
+    drop(store);
+    let reopened = CredentialDatabase::open(&dir, 10).unwrap();
+    assert!(reopened.migration().is_none(), "once");
+    assert_eq!(reopened.credential_count(), 3);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// A migration that cannot finish leaves credentials.cbor as it was, no
+/// database behind, and says why.
+#[test]
+fn a_failed_migration_leaves_the_old_file() {
+    let dir = temp_dir("migrate-fail");
+    fs::write(dir.join(LEGACY_FILE), b"\xa1\x61garbage").unwrap();
+    let error = CredentialDatabase::open(&dir, 10).err().expect("refused");
+    assert!(matches!(error, StateError::Migration { .. }), "{error}");
+    assert!(error.to_string().contains("damaged"), "{error}");
+    assert_eq!(fs::read(dir.join(LEGACY_FILE)).unwrap(), b"\xa1\x61garbage");
+    assert_eq!(files_starting(&dir, DATABASE_FILE), Vec::<PathBuf>::new());
+
+    // Two credentials for one rp and user: importing would drop one.
+    let twins = [credential("a.example", b"u1", 1), credential("a.example", b"u1", 2)];
+    migrate::write_legacy_file(&dir, 3, &twins, &AuthenticatorState::default(), None);
+    let legacy_bytes = fs::read(dir.join(LEGACY_FILE)).unwrap();
+    let error = CredentialDatabase::open(&dir, 10).err().expect("refused");
+    assert!(matches!(error, StateError::Migration { .. }), "{error}");
+    assert_eq!(fs::read(dir.join(LEGACY_FILE)).unwrap(), legacy_bytes);
+    assert_eq!(files_starting(&dir, DATABASE_FILE), Vec::<PathBuf>::new());
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// A crash after the database was renamed into place but before the old
+/// file was kept aside: the database counts, the old file is kept aside.
+#[test]
+fn an_interrupted_migration_is_finished() {
+    let dir = temp_dir("migrate-interrupted");
+    migrate::write_legacy_file(&dir, 5, &[credential("a.example", b"u1", 1)], &AuthenticatorState::default(), None);
+    let legacy_bytes = fs::read(dir.join(LEGACY_FILE)).unwrap();
+    let mut store = CredentialDatabase::open(&dir, 10).unwrap();
+    store.save(credential("b.example", b"u1", 2)).unwrap();
+    drop(store);
+    fs::rename(dir.join("credentials.cbor.migrated"), dir.join(LEGACY_FILE)).unwrap();
+
+    let store = CredentialDatabase::open(&dir, 10).unwrap();
+    assert_eq!(store.credential_count(), 2, "the database, not the older file");
+    assert!(!dir.join(LEGACY_FILE).exists());
+    assert_eq!(fs::read(dir.join("credentials.cbor.migrated")).unwrap(), legacy_bytes);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_state_is_tied_to_its_key_store() {
+    let dir = temp_dir("binding-same");
+    let mut store = CredentialDatabase::open(&dir, 10).unwrap();
+    assert_eq!(store.bind_key_store(bound_to("software", 1), true).unwrap(), Binding::Recorded);
+    store.save(credential("a.example", b"u1", 1)).unwrap();
+    drop(store);
+    let mut reopened = CredentialDatabase::open(&dir, 10).unwrap();
+    assert_eq!(reopened.bind_key_store(bound_to("software", 1), false).unwrap(), Binding::Same);
+    assert_eq!(reopened.credential_count(), 1);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// The [keystore] backend switched: the passkeys and the PIN are copied
+/// aside and the state starts over; the counters go on above the old ones.
+#[test]
+fn another_key_stores_state_is_set_aside_and_reset() {
+    let dir = temp_dir("binding-other");
+    let mut store = CredentialDatabase::open(&dir, 10).unwrap();
+    store.bind_key_store(bound_to("software", 1), true).unwrap();
+    store.save(credential("a.example", b"u1", 1)).unwrap();
+    store.save_state(&with_pin()).unwrap();
+    assert_eq!(store.next_signature_counter(&[1; 16]).unwrap(), 1);
+    drop(store);
+
+    let mut reopened = CredentialDatabase::open(&dir, 10).unwrap();
+    let Binding::SetAside { kept, previous } = reopened.bind_key_store(bound_to("tpm", 2), false).unwrap() else {
+        panic!("not set aside")
+    };
+    assert_eq!(previous, "software");
+    assert_eq!(files_starting(&dir, "credentials.db.unusable-"), vec![kept.clone()]);
+    assert_eq!(fs::metadata(&kept).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(reopened.credential_count(), 0);
+    assert!(reopened.load_state().pin.is_none(), "no PIN that could never verify");
+    assert_eq!(reopened.next_signature_counter(&[1; 16]).unwrap(), 2, "the counter never goes back");
+    drop(reopened);
+    // The copy is the whole old state, a database of its own.
+    let copy_dir = temp_dir("binding-other-copy");
+    fs::copy(&kept, copy_dir.join(DATABASE_FILE)).unwrap();
+    let copy = CredentialDatabase::open(&copy_dir, 10).unwrap();
+    assert_eq!(copy.credential_count(), 1);
+    assert_eq!(copy.load_state(), with_pin());
+    // Tied to the new store from now on.
+    let mut again = CredentialDatabase::open(&dir, 10).unwrap();
+    assert_eq!(again.bind_key_store(bound_to("tpm", 2), false).unwrap(), Binding::Same);
+    fs::remove_dir_all(dir).unwrap();
+    fs::remove_dir_all(copy_dir).unwrap();
+}
+
+/// authenticatorReset gives the key store new secrets: the passkeys made
+/// after it must survive the next start.
+#[test]
+fn a_reset_state_is_tied_again_at_the_next_start() {
+    let dir = temp_dir("binding-reset");
+    let mut store = CredentialDatabase::open(&dir, 10).unwrap();
+    store.bind_key_store(bound_to("software", 1), true).unwrap();
+    store.save(credential("a.example", b"u1", 1)).unwrap();
+    store.reset().unwrap();
+    store.save(credential("b.example", b"u2", 2)).unwrap();
+    store.save_state(&with_pin()).unwrap();
+    drop(store);
+    let mut reopened = CredentialDatabase::open(&dir, 10).unwrap();
+    assert_eq!(reopened.bind_key_store(bound_to("software", 2), false).unwrap(), Binding::Recorded);
+    assert_eq!(reopened.credential_count(), 1);
+    assert!(reopened.load_state().pin.is_some());
+    assert!(files_starting(&dir, "credentials.db.unusable-").is_empty());
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_empty_state_just_changes_hands() {
+    let dir = temp_dir("binding-empty");
+    let mut store = CredentialDatabase::open(&dir, 10).unwrap();
+    store.bind_key_store(bound_to("tpm", 1), true).unwrap();
+    assert_eq!(store.bind_key_store(bound_to("tpm", 2), true).unwrap(), Binding::Recorded);
+    assert!(files_starting(&dir, "credentials.db.unusable-").is_empty(), "nothing to keep");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// States from before bindings (a migrated file without the record): kept
+/// with a key store that was already there, set aside beside one this
+/// start created (it cannot be theirs).
+#[test]
+fn unrecorded_states_follow_whether_the_key_store_is_new() {
+    let dir = temp_dir("binding-legacy");
+    let one = [credential("a.example", b"u1", 1)];
+    migrate::write_legacy_file(&dir, 0, &one, &AuthenticatorState::default(), None);
+    let mut store = CredentialDatabase::open(&dir, 10).unwrap();
+    assert_eq!(store.bind_key_store(bound_to("software", 1), false).unwrap(), Binding::Recorded);
+    assert_eq!(store.credential_count(), 1);
+    drop(store);
+    fs::remove_dir_all(&dir).unwrap();
+    fs::create_dir_all(&dir).unwrap();
+
+    migrate::write_legacy_file(&dir, 0, &one, &AuthenticatorState::default(), None);
+    let mut store = CredentialDatabase::open(&dir, 10).unwrap();
+    let outcome = store.bind_key_store(bound_to("tpm", 2), true).unwrap();
+    assert!(matches!(&outcome, Binding::SetAside { previous, .. } if previous.contains("not recorded")), "{outcome:?}");
+    assert_eq!(store.credential_count(), 0);
+    assert_eq!(files_starting(&dir, "credentials.db.unusable-").len(), 1);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// 10,000 discoverable credentials over 1,000 relying parties: all fit,
+/// getInfo's remaining count is the truth, and one rp's lookups see only its own.
+#[test]
+fn ten_thousand_credentials() {
+    let dir = temp_dir("ten-thousand");
+    let mut store = CredentialDatabase::open(&dir, 10_000).unwrap();
+    // One transaction for the fixture (the store's own path commits each).
+    let tx = store.connection.transaction().unwrap();
+    for i in 0..10_000u32 {
+        let mut c = credential(&format!("rp{}.example", i % 1000), &i.to_be_bytes(), 0);
+        c.credential_id = [i.to_be_bytes().as_slice(), &[0; 12]].concat();
+        c.created = u64::from(i) + 1;
+        upsert_credential(&tx, &c, 0).unwrap();
+    }
+    tx.commit().unwrap();
+    drop(store);
+    let mut store = CredentialDatabase::open(&dir, 10_000).unwrap();
+    assert_eq!(store.credential_count(), 10_000);
+    assert_eq!(store.remaining_capacity(), 0);
+    assert_eq!(store.save(credential("new.example", b"u", 1)), Err(StoreError::Full));
+    assert_eq!(store.credentials_for_rp(&rp_id_hash("rp7.example")).unwrap().len(), 10);
+    assert_eq!(store.relying_parties().unwrap().len(), 1000);
+    assert_eq!(store.next_creation_order(), 10_001);
+    let id = [4242u32.to_be_bytes().as_slice(), &[0; 12]].concat();
+    assert!(store.delete(&id).unwrap());
+    assert_eq!(store.remaining_capacity(), 1);
+    store.save(credential("new.example", b"u", 1)).unwrap();
+    assert_eq!(CredentialDatabase::open(&dir, 20_000).unwrap().remaining_capacity(), 10_000);
+    fs::remove_dir_all(dir).unwrap();
+}
