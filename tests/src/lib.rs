@@ -194,13 +194,22 @@ pub struct TemporaryDatabase {
 
 impl TemporaryDatabase {
     pub fn new(capacity: usize) -> Self {
+        Self::new_in(&std::env::temp_dir(), capacity)
+    }
+
+    /// In a new directory under `parent` (the benchmark uses a tmpfs).
+    pub fn new_in(parent: &std::path::Path, capacity: usize) -> Self {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("fidoseal-tests-store-{}-{n}", std::process::id()));
+        let dir = parent.join(format!("fidoseal-tests-store-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         let database = CredentialDatabase::open(&dir, capacity).expect("a new credential database");
         Self { database: Some(database), dir }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     fn db(&self) -> &CredentialDatabase {
@@ -285,10 +294,16 @@ impl Device {
 
     /// A device whose authenticator uses `config` (e.g. "none" attestation).
     pub fn with_config(config: AuthenticatorConfig, capacity: usize) -> Self {
+        Self::with_store(config, Box::new(TemporaryDatabase::new(capacity)))
+    }
+
+    /// A device over `credentials` (the benchmark compares stores).
+    pub fn with_store(config: AuthenticatorConfig, credentials: Box<dyn CredentialStore>) -> Self {
         let prompt = ScriptedPrompt::approving();
         let denied_rps = DenyList::default();
         let now = Instant::now();
-        let platform = software_platform(Box::new(prompt.clone()), Box::new(denied_rps.clone()), capacity);
+        let mut platform = software_platform(Box::new(prompt.clone()), Box::new(denied_rps.clone()), 0);
+        platform.credentials = credentials;
         let authenticator = Authenticator::new(config, platform, now);
         let hid = CtapHid::new(authenticator.device_version(), 0x1000);
         Self { hid, authenticator, prompt, denied_rps, now }

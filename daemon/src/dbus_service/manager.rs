@@ -99,11 +99,10 @@ impl Manager {
         self.owner_or_root("Status", &header, connection).await?;
         let (count, remaining, state) = self
             .with_store(|store| {
-                let count = store.all_credentials().map(|c| c.len());
-                (count, store.remaining_capacity(), store.load_state())
+                // Counted by the store (no listing of 10,000 passkeys for a number).
+                (store.credential_count(), store.remaining_capacity(), store.load_state())
             })
             .await?;
-        let count = count.map_err(|e| Error::Failed(e.to_string()))?;
         let uv_configured = match &self.service.prompt {
             Some(prompt) => prompt.verification_ready(connection).await,
             None => false,
