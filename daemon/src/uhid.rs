@@ -275,7 +275,6 @@ fn write_raw(fd: RawFd, ev: &[u8; EVENT_SIZE]) -> Result<(), UhidError> {
     }
 }
 
-#[cfg(test)]
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl with integer arguments on an fd the caller owns.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -284,6 +283,36 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A `SOCK_SEQPACKET` connection to the Unix socket at `path` (std has
+/// stream and datagram sockets only).
+fn connect_seqpacket(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= address.sun_path.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"));
+    }
+    for (slot, byte) in address.sun_path.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: plain socket(2) call; the fd is owned right after.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: address is a valid sockaddr_un of `length` bytes.
+    if unsafe { libc::connect(fd.as_raw_fd(), (&raw const address).cast(), length) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 /// A created uhid device. Dropping it closes the fd, which also destroys the device.
@@ -295,17 +324,25 @@ pub struct UhidDevice {
 impl UhidDevice {
     /// Opens `path` (normally `/dev/uhid`) non-blocking and creates the device.
     /// Must be called inside a tokio runtime with IO enabled.
+    /// A `path` that names a Unix socket is connected to instead (as a
+    /// `SOCK_SEQPACKET`, one event per message, like the character device):
+    /// the crash-consistency test (daemon/tests/crash_consistency.rs) plays
+    /// the kernel for the real binary that way, without a VM.
     pub fn create(path: &Path, info: &DeviceInfo) -> Result<Self, UhidError> {
+        use std::os::unix::fs::FileTypeExt;
         let ev = encode_create2(info)?; // validate before touching the device
+        let open_error = |source| UhidError::Open { path: path.to_owned(), source };
+        if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            let fd = connect_seqpacket(path).map_err(open_error)?;
+            set_nonblocking(fd.as_raw_fd())?;
+            return Self::register_and_create(fd, &ev);
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
-            .map_err(|source| UhidError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(open_error)?;
         Self::register_and_create(file.into(), &ev)
     }
 

@@ -18,6 +18,7 @@ use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use fidoseal_ctap::{Authenticator, AuthenticatorConfig, Platform, RequestContext};
 
 pub mod platform_client;
+pub mod seeds;
 
 /// What the scripted prompt answers to a verification request.
 #[derive(Debug, Clone)]
@@ -316,6 +317,7 @@ impl Device {
     /// Feeds one report; runs any complete request at once and returns
     /// every report the device sends in answer.
     pub fn send(&mut self, report: &[u8]) -> Vec<Packet> {
+        seeds::record_report(report);
         let actions = self.hid.receive(report, self.now);
         self.run(actions)
     }
@@ -332,6 +334,7 @@ impl Device {
                 Action::Send(p) => out.push(p),
                 Action::CancelProcessing => {}
                 Action::Process(request) => {
+                    seeds::record_request(&request);
                     let signals = TransactionSignals::new();
                     let ctx = RequestContext { now: self.now, channel: request.cid, signals: &signals };
                     let response = match request.kind {
