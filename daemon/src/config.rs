@@ -222,7 +222,8 @@ pub enum Attestation {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
-    /// The uhid character device.
+    /// The uhid character device; a Unix socket there is connected to
+    /// instead (tests that play the kernel, uhid.rs).
     #[serde(default = "default_uhid_path")]
     pub uhid_path: PathBuf,
     /// The user this device belongs to, for policy rules with `users` or
