@@ -345,7 +345,20 @@ impl Daemon {
         }
         self.transactions += 1;
         sent?;
-        let (cid, cmd, data) = self.kernel.answer()?;
+        let (cid, cmd, data) = loop {
+            let answer = self.kernel.answer()?;
+            // ERR_MSG_TIMEOUT: this process was not scheduled for 500 ms
+            // between two reports of the request (a loaded machine). The
+            // request was dropped unseen: send it again.
+            if answer.1 == hid::ERROR && answer.2 == [0x05] {
+                if self.killed {
+                    return Err(Gone);
+                }
+                self.kernel.send(self.cid, hid::CBOR, &message)?;
+                continue;
+            }
+            break answer;
+        };
         assert_eq!((cid, cmd), (self.cid, hid::CBOR), "the answer to our request: {data:?}");
         let body = (data.len() > 1).then(|| ciborium::de::from_reader(&data[1..]).expect("response CBOR"));
         Ok((data[0], body))
