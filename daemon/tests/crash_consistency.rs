@@ -18,12 +18,11 @@
 //!   answer reached us signs (signature checked), no deleted or replaced
 //!   credential comes back, the signature counter never goes back, and the
 //!   PIN retries never go up (nor down without a wrong PIN).
-//! - `damaged_state_files_stop_the_daemon_untouched`: credentials.cbor
-//!   (format-specific part: this is the CBOR file of the current store)
-//!   truncated at every byte offset, every byte inverted, and random
-//!   garbage; software-master-key truncated and lengthened. The daemon
-//!   refuses to start with a message naming the file and what to do, and
-//!   the file's bytes stay as they were.
+//! - `damaged_state_files_stop_the_daemon_untouched`: software-master-key
+//!   truncated and lengthened: the daemon refuses to start with a message
+//!   naming the file and what to do, and the file's bytes stay as they were.
+//!   (The every-offset damage of the earlier credentials.cbor is not yet
+//!   rewritten for the credential database.)
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -468,8 +467,9 @@ struct Model {
     slots: Vec<Slot>,
     /// Deleted (or replaced) credentials: they must never sign again.
     gone: Vec<Vec<u8>>,
-    /// The highest signature counter seen in any answer.
-    counter: u32,
+    /// The highest signature counter seen, per credential (each
+    /// credential counts on its own).
+    counters: std::collections::HashMap<Vec<u8>, u32>,
     pin: PinState,
     /// pinRetries as last read.
     retries: u64,
@@ -479,10 +479,11 @@ struct Model {
 }
 
 impl Model {
-    fn see_counter(&mut self, auth_data: &[u8], what: &str) {
+    fn see_counter(&mut self, id: &[u8], auth_data: &[u8], what: &str) {
         let counter = counter_of(auth_data);
-        assert!(counter > self.counter, "{what}: signature counter {counter} after {} (it went back)", self.counter);
-        self.counter = counter;
+        let last = self.counters.get(id).copied().unwrap_or(0);
+        assert!(counter > last || (counter == 0 && last == 0), "{what}: signature counter {counter} after {last} (it went back)");
+        self.counters.insert(id.to_vec(), counter);
     }
 
     fn current_pin(&self) -> Option<&'static str> {
@@ -508,7 +509,7 @@ fn assert_with(d: &mut Daemon, model: &mut Model, credential: &Credential) -> Re
         let auth_data = get(&body, 2).and_then(Value::as_bytes).expect("authData").clone();
         let signature = get(&body, 3).and_then(Value::as_bytes).expect("signature").clone();
         assert!(verify(&credential.key, &auth_data, &client_data_hash, &signature), "a valid signature");
-        model.see_counter(&auth_data, "getAssertion");
+        model.see_counter(&credential.id, &auth_data, "getAssertion");
     }
     Ok(status)
 }
@@ -626,7 +627,7 @@ fn make_credential(d: &mut Daemon, model: &mut Model, slot: usize) -> Result<(),
     let (status, body) = d.ctap(0x01, Some(&int_map(entries)))?;
     assert_eq!(status, OK, "makeCredential");
     let registered = parse_registration(&body.expect("makeCredential answer"));
-    model.see_counter(&registered.auth_data, "makeCredential");
+    model.see_counter(&registered.credential_id, &registered.auth_data, "makeCredential");
     if let Some(old) = old {
         model.gone.push(old.id);
     }
@@ -737,7 +738,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let mut model = Model {
         slots: vec![Slot::Empty; usize::from(USER_SLOTS)],
         gone: Vec::new(),
-        counter: 0,
+        counters: Default::default(),
         pin: PinState::NotSet,
         retries: 8,
         pin_in_flight: (false, false),
@@ -767,10 +768,10 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     daemon.stop();
     let live = model.slots.iter().filter(|s| matches!(s, Slot::Known(_))).count();
     eprintln!(
-        "{iterations} SIGKILLs ({killed_in_request} with an answer lost) in {:.1} s; signature counter {}, \
+        "{iterations} SIGKILLs ({killed_in_request} with an answer lost) in {:.1} s; highest signature counter {}, \
          {live} live and {} deleted credentials checked",
         started.elapsed().as_secs_f64(),
-        model.counter,
+        model.counters.values().max().copied().unwrap_or(0),
         model.gone.len()
     );
 }
@@ -780,7 +781,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
 
 enum Attempt {
     Refused { code: Option<i32>, stderr: String },
-    Started(Daemon),
+    Started(#[allow(dead_code)] Daemon),
 }
 
 /// Starts the daemon on the state as it is: it either exits (a refusal)
@@ -834,7 +835,7 @@ fn damaged_state_files_stop_the_daemon_untouched() {
     let mut model = Model {
         slots: vec![Slot::Empty; 1],
         gone: Vec::new(),
-        counter: 0,
+        counters: Default::default(),
         pin: PinState::NotSet,
         retries: 8,
         pin_in_flight: (false, false),
@@ -845,48 +846,10 @@ fn damaged_state_files_stop_the_daemon_untouched() {
     make_credential(&mut daemon, &mut model, 0).unwrap();
     daemon.stop();
 
-    let credentials = setup.state_dir.join("credentials.cbor");
-    let good = std::fs::read(&credentials).unwrap();
-    let mut rng = Rng::new();
+    // The credential database is refused by SQLite's quick_check (store/);
+    // its every-offset damage test is not written yet (docs/fuzzing.md).
     let started = Instant::now();
     let mut starts = 0;
-    for length in 0..good.len() {
-        expect_refusal(&setup, &credentials, &good[..length], &format!("truncated to {length} bytes"));
-        starts += 1;
-    }
-    for _ in 0..20 {
-        let length = 1 + rng.below(2 * good.len() as u64) as usize;
-        let garbage: Vec<u8> = (0..length).map(|_| rng.next() as u8).collect();
-        expect_refusal(&setup, &credentials, &garbage, &format!("{length} bytes of garbage"));
-        starts += 1;
-    }
-    // Every byte inverted. Where the format cannot tell (a byte inside a
-    // key handle, a name, the counter), the daemon may start: then its
-    // state must open (getInfo answers). Otherwise: an orderly refusal.
-    let mut undetected = 0;
-    for offset in 0..good.len() {
-        let mut damaged = good.clone();
-        damaged[offset] ^= 0xff;
-        std::fs::write(&credentials, &damaged).unwrap();
-        let what = format!("byte {offset} inverted");
-        match attempt_start(&setup) {
-            Attempt::Refused { code, stderr } => check_refusal(&credentials, &damaged, &what, code, &stderr),
-            Attempt::Started(mut daemon) => {
-                let _ = pin_is_set(&mut daemon).unwrap();
-                daemon.stop();
-                undetected += 1;
-            }
-        }
-        starts += 1;
-    }
-    std::fs::write(&credentials, &good).unwrap();
-    for entry in std::fs::read_dir(&setup.state_dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.to_string_lossy().contains(".unusable-") {
-            std::fs::remove_file(path).unwrap();
-        }
-    }
-
     let master = setup.state_dir.join("software-master-key");
     let key = std::fs::read(&master).unwrap();
     for length in (0..key.len()).chain([key.len() + 1, 64]) {
@@ -901,9 +864,5 @@ fn damaged_state_files_stop_the_daemon_untouched() {
     let mut daemon = setup.start();
     verify_after_start(&mut daemon, &mut model);
     daemon.stop();
-    eprintln!(
-        "{starts} starts on damaged files ({} bytes of credentials.cbor) in {:.1} s; {undetected} inversions not detectable by the format",
-        good.len(),
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("{starts} starts on damaged master keys in {:.1} s", started.elapsed().as_secs_f64());
 }
