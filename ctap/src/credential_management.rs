@@ -1,6 +1,7 @@
 //! authenticatorCredentialManagement (CTAP 2.1 §6.8): metadata, enumerate
 //! relying parties and their credentials, delete, update user information.
 
+use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 use ciborium::value::Value;
 
 use crate::auth_data::rp_id_hash;
@@ -137,7 +138,12 @@ impl Authenticator {
                 let id = params.and_then(|p| p.credential_id).ok_or(StatusCode::MissingParameter)?;
                 let credential = self.owned_credential(&id, token_rp.as_deref())?;
                 self.platform.credentials.delete(&credential.credential_id)?;
-                tracing::info!(rp_id = credential.rp_id, "discoverable credential deleted");
+                self.audit(
+                    AuditEvent::new(AuditKind::CredentialDeleted, AuditDecision::Allow)
+                        .rp(Some(&credential.rp_id))
+                        .credential(&credential.credential_id)
+                        .operation("credential-management"),
+                );
                 Ok(None)
             }
             subcommand::UPDATE_USER_INFORMATION => {

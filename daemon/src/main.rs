@@ -4,6 +4,7 @@
 //! names. SIGTERM/SIGINT remove the device and exit; SIGUSR1 unplugs and
 //! re-plugs it (a power cycle, as CTAP's reset and PIN rules know it).
 
+mod audit_log;
 mod config;
 mod dbus_service;
 mod keystore;
@@ -48,13 +49,9 @@ fn parse_args() -> Result<PathBuf, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Journald natively under systemd (the audit trail's fields), plain
+    // text elsewhere, colour only on a terminal (log/).
+    fidoseal_log::init("fidoseald", "info");
     let config_path = match parse_args() {
         Ok(p) => p,
         Err(message) => {

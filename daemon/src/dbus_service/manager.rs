@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use fidoseal_ctap::audit::{AuditDecision, AuditEvent, AuditKind};
 use fidoseal_ctap::platform::{CredentialStore, ResidentCredential};
 use fidoseal_dbus::{detail, Details, Error, POLKIT_ACTION_RESET};
 use zbus::message::Header;
@@ -177,12 +178,13 @@ impl Manager {
         if !deleted {
             return Err(Error::DoesNotExist(format!("no passkey {credential_id}")));
         }
-        tracing::warn!(
-            uid = caller.uid,
-            rp_id = passkey.rp_id,
-            user = passkey.user_name.as_deref().unwrap_or(""),
-            credential = credential_id,
-            "DeletePasskey: passkey deleted"
+        crate::audit_log::write(
+            &AuditEvent::new(AuditKind::CredentialDeleted, AuditDecision::Allow)
+                .rp(Some(&passkey.rp_id))
+                .user(self.service.device_user.clone())
+                .credential(&passkey.credential_id)
+                .operation("manager1-delete")
+                .reason(format!("deleted over D-Bus by uid {}", caller.uid)),
         );
         Ok(())
     }
@@ -212,7 +214,10 @@ impl Manager {
         }
         let authenticator = Arc::clone(&self.service.authenticator);
         tokio::task::spawn_blocking(move || {
-            authenticator.lock().unwrap_or_else(|e| e.into_inner()).reset_by_platform()
+            let mut authenticator = authenticator.lock().unwrap_or_else(|e| e.into_inner());
+            let result = authenticator.reset_by_platform();
+            crate::audit_log::drain(&mut authenticator);
+            result
         })
         .await
         .map_err(|e| Error::Failed(format!("reset task failed: {e}")))?
