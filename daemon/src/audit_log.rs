@@ -61,7 +61,7 @@ pub(crate) mod tests {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
-    use fidoseal_ctap::audit::{AuditKind, AuditEvent, AuditDecision};
+    use fidoseal_ctap::audit::{AuditDecision, AuditEvent, AuditKind};
     use tracing::field::{Field, Visit};
     use tracing_subscriber::layer::{Context, SubscriberExt};
     use tracing_subscriber::Layer;

@@ -23,7 +23,9 @@ use tracing_subscriber::EnvFilter;
 pub enum Destination {
     Journal,
     /// Text on stderr; `colour` only on a terminal.
-    Stderr { colour: bool },
+    Stderr {
+        colour: bool,
+    },
 }
 
 /// Sets the global subscriber. `default_filter` applies unless `RUST_LOG`

@@ -114,6 +114,8 @@ impl Manager {
         status.insert("prompt".into(), detail(self.service.prompt_mode.name()));
         status.insert("agent_registered".into(), detail(self.service.registry.current().is_some()));
         status.insert("pin_set".into(), detail(state.pin.is_some()));
+        status.insert("pin_retries".into(), detail(u32::from(state.pin_retries)));
+        status.insert("always_uv".into(), detail(state.always_uv));
         status.insert("uv_configured".into(), detail(uv_configured));
         status.insert("passkeys".into(), detail(u32::try_from(count).unwrap_or(u32::MAX)));
         status.insert("remaining_passkeys".into(), detail(u32::try_from(remaining).unwrap_or(u32::MAX)));
