@@ -5,6 +5,8 @@
 //! line on stderr and an exit code (never `process::exit` here).
 
 pub mod cli;
+// For callers that parse a command line themselves (the daemon's tests).
+pub use clap;
 pub mod journal;
 pub mod manager;
 pub mod policy;

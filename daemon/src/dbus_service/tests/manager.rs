@@ -10,7 +10,7 @@ use zbus::zvariant::OwnedValue;
 use super::fakes::{Agent, Answer, Polkit};
 use super::{dbus_send, Harness, Options, OTHER_UID};
 
-fn passkey(id: u8, rp_id: &str, user: &str, created: u64) -> ResidentCredential {
+pub(super) fn passkey(id: u8, rp_id: &str, user: &str, created: u64) -> ResidentCredential {
     ResidentCredential {
         credential_id: vec![id; 16],
         rp_id: rp_id.into(),

@@ -10,6 +10,7 @@
 
 mod agent;
 mod contract;
+mod ctl;
 mod fakes;
 mod manager;
 mod verification;
