@@ -1,6 +1,6 @@
 //! Writes the audit trail (fidoseal_ctap::audit): each event is one log
 //! event of target `fidoseal::audit` whose fields become journal fields
-//! under systemd (fidoseal-log sends them natively, without a prefix):
+//! under systemd (fidoseal-log sends these natively, without a prefix):
 //!
 //! `MESSAGE_ID` (one per kind, systemd/fidoseal.catalog), `FIDOSEAL_EVENT`,
 //! `FIDOSEAL_DECISION` (allow | deny), `FIDOSEAL_RP`, `FIDOSEAL_USER`,
@@ -15,7 +15,7 @@ use fidoseal_ctap::audit::{AuditDecision, AuditEvent};
 use fidoseal_ctap::Authenticator;
 
 /// The target of every audit event (`RUST_LOG=fidoseal::audit=info`).
-pub const TARGET: &str = "fidoseal::audit";
+pub const TARGET: &str = fidoseal_log::AUDIT_TARGET;
 
 pub fn write(event: &AuditEvent) {
     macro_rules! emit {

@@ -2,25 +2,33 @@
 //! finding 10):
 //!
 //! - under systemd, when stderr is the journal's stream (`JOURNAL_STREAM`
-//!   names stderr's device and inode, systemd.exec(5)), each event is sent
-//!   to journald natively, so its fields (`FIDOSEAL_RP=`, `MESSAGE_ID=`, ...)
-//!   are journal fields and its level is the entry's `PRIORITY=`;
+//!   names stderr's device and inode, systemd.exec(5)): the audit trail
+//!   (events of target [`AUDIT_TARGET`]) is sent to journald natively, so
+//!   its fields (`FIDOSEAL_RP=`, `MESSAGE_ID=`, ...) are journal fields;
+//!   everything else stays text lines on the stream, fields and all (as
+//!   `journalctl -u fidoseald` has always shown them), without colour codes
+//!   or timestamps (the journal has its own);
 //! - otherwise plain text on stderr, with colour only when stderr is a
 //!   terminal (a file, a pipe or a stream gets no escape codes).
 //!
-//! Field names reach the journal upper-cased and without a prefix
-//! (`rp_id` → `RP_ID`), so the audit trail's `fidoseal_rp` is `FIDOSEAL_RP`.
+//! Audit field names reach the journal upper-cased and without a prefix
+//! (`fidoseal_rp` → `FIDOSEAL_RP`, `message_id` → `MESSAGE_ID`).
 
 use std::io::IsTerminal;
 use std::os::fd::AsRawFd;
 
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// The target of the audit trail's events (daemon/src/audit_log.rs).
+pub const AUDIT_TARGET: &str = "fidoseal::audit";
 
 /// Where [`init`] sent the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
+    /// The audit trail natively to journald, the rest as text on the stream.
     Journal,
     /// Text on stderr; `colour` only on a terminal.
     Stderr {
@@ -34,9 +42,17 @@ pub fn init(identifier: &str, default_filter: &str) -> Destination {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     if stderr_is_the_journal() {
         match tracing_journald::layer() {
-            Ok(layer) => {
-                let layer = layer.with_field_prefix(None).with_syslog_identifier(identifier.to_string());
-                tracing_subscriber::registry().with(filter()).with(layer).init();
+            Ok(journald) => {
+                let audit = journald
+                    .with_field_prefix(None)
+                    .with_syslog_identifier(identifier.to_string())
+                    .with_filter(filter_fn(|meta| meta.target() == AUDIT_TARGET));
+                let text = tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(false)
+                    .without_time()
+                    .with_filter(filter_fn(|meta| meta.target() != AUDIT_TARGET));
+                tracing_subscriber::registry().with(filter()).with(audit).with(text).init();
                 return Destination::Journal;
             }
             // No journal socket (a container with the variable inherited):
@@ -46,8 +62,7 @@ pub fn init(identifier: &str, default_filter: &str) -> Destination {
     }
     let colour = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).with_ansi(colour);
-    // Under systemd (a stream the native protocol could not take) the
-    // journal adds its own timestamps.
+    // Under systemd the journal adds its own timestamps.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().init();
     } else {
