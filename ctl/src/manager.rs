@@ -129,7 +129,7 @@ fn tag_of(id_hex: &str) -> Option<String> {
         })
         .collect();
     bytes
-        .filter(|b| !b.is_empty() && id_hex.len() % 2 == 0)
+        .filter(|b| !b.is_empty() && id_hex.len().is_multiple_of(2))
         .map(|b| fidoseal_ctap::audit::credential_tag(&b))
 }
 
@@ -275,7 +275,7 @@ fn normalize_id(id: &str) -> Result<String, CtlError> {
         .filter(|c| !c.is_whitespace() && *c != ':')
         .collect::<String>()
         .to_ascii_lowercase();
-    if id.is_empty() || id.len() % 2 != 0 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if id.is_empty() || !id.len().is_multiple_of(2) || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(CtlError::Usage(format!(
             "{id:?} is not a credential ID: hex digits, as `fidosealctl passkeys list` prints them"
         )));

@@ -57,7 +57,7 @@ pub fn drain_shared(authenticator: &Mutex<Authenticator>) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
@@ -66,9 +66,11 @@ pub(crate) mod tests {
     use tracing_subscriber::layer::{Context, SubscriberExt};
     use tracing_subscriber::Layer;
 
+    type Record = (String, tracing::Level, BTreeMap<String, String>);
+
     /// Records every event's target, level and fields, as journald would get them.
     #[derive(Clone, Default)]
-    pub struct Recorder(pub Arc<Mutex<Vec<(String, tracing::Level, BTreeMap<String, String>)>>>);
+    struct Recorder(Arc<Mutex<Vec<Record>>>);
 
     struct Fields(BTreeMap<String, String>);
 
@@ -94,13 +96,8 @@ pub(crate) mod tests {
     }
 
     impl Recorder {
-        /// The fields of the audit events recorded so far.
-        pub fn audit(&self) -> Vec<BTreeMap<String, String>> {
-            self.0.lock().unwrap().iter().filter(|(t, _, _)| t == super::TARGET).map(|(_, _, f)| f.clone()).collect()
-        }
-
         /// Runs `f` with this recorder as the thread's subscriber.
-        pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        fn run<T>(&self, f: impl FnOnce() -> T) -> T {
             let subscriber = tracing_subscriber::registry().with(self.clone());
             tracing::subscriber::with_default(subscriber, f)
         }
