@@ -69,8 +69,8 @@ fn parse_args() -> Result<Option<Options>, String> {
     Ok(Some(Options { pinentry, verbose }))
 }
 
-/// Journald natively under systemd, plain text without colour codes on
-/// anything but a terminal (fidoseal-log, the daemon's rules).
+/// Plain text on stderr, without colour codes on anything but a terminal
+/// and without timestamps in the journal (fidoseal-log, the daemon's rules).
 fn init_logging(verbose: bool) {
     fidoseal_log::init("fidoseal-agent", if verbose { "debug" } else { "info" });
 }
