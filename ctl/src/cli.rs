@@ -42,6 +42,28 @@ pub enum Command {
     /// systemd/fidoseal.catalog) through journalctl. Reading the system
     /// journal needs root or the systemd-journal or adm group.
     Log(LogArgs),
+    /// Print this authenticator's FIDO metadata statement (MDS3 JSON).
+    ///
+    /// Built from fidoseald's configuration: the key store (keyProtection,
+    /// algorithms), the user verification methods, the attestation, the
+    /// enterprise attestation root, and the getInfo answer.
+    Metadata(MetadataArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyStoreArg {
+    Tpm,
+    Software,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MetadataArgs {
+    /// fidoseald's configuration file.
+    #[arg(long, value_name = "PATH", default_value = "/etc/fidoseal/fidoseald.toml")]
+    pub config: PathBuf,
+    /// The key store, instead of the configuration's [keystore] backend.
+    #[arg(long, value_enum)]
+    pub keystore: Option<KeyStoreArg>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -9,6 +9,7 @@ pub mod cli;
 pub use clap;
 pub mod journal;
 pub mod manager;
+pub mod metadata;
 pub mod policy;
 
 use std::io::Write;
@@ -35,6 +36,9 @@ pub enum CtlError {
     /// Any other error from the daemon.
     #[error("fidoseald: {0}")]
     Daemon(String),
+    /// fidoseald's configuration or policy could not be read.
+    #[error("{0}")]
+    Config(String),
     /// journalctl could not be run or failed.
     #[error("{0}")]
     Journal(String),
@@ -74,6 +78,7 @@ pub fn run_on_bus(
         Command::Policy(PolicyCommand::Check(args)) => policy::check(args, out, err),
         Command::Policy(PolicyCommand::Explain(args)) => policy::explain(args, out, err),
         Command::Log(args) => journal::log(args, out),
+        Command::Metadata(args) => metadata::metadata(args, out),
         Command::Status(args) => {
             manager::with_manager(bus, |m| async move { manager::status(m, args, out).await })
         }

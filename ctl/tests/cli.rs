@@ -501,3 +501,29 @@ fn check_shows_the_enterprise_section_and_refuses_a_certificate_for_another_aagu
     );
     assert!(err.contains("AAGUID"), "{err}");
 }
+
+/// `metadata` prints an MDS3 statement as JSON (its fields are checked in
+/// src/metadata.rs); without a readable configuration it needs --keystore.
+#[test]
+fn metadata_prints_the_statement() {
+    let (code, out, err) = ctl(&[
+        "metadata",
+        "--config",
+        "/nonexistent/fidoseald.toml",
+        "--keystore",
+        "tpm",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"keyProtection\": [\n    \"hardware\",\n    \"tpm\"\n  ]"),
+        "{out}"
+    );
+    assert!(out.contains("\"protocolFamily\": \"fido2\""), "{out}");
+    let (code, _, err) = ctl(&["metadata", "--config", "/nonexistent/fidoseald.toml"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("fidosealctl: cannot read /nonexistent/fidoseald.toml: ")
+            && err.contains("--keystore"),
+        "{err}"
+    );
+}
