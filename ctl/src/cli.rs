@@ -59,7 +59,11 @@ pub enum KeyStoreArg {
 #[derive(Debug, clap::Args)]
 pub struct MetadataArgs {
     /// fidoseald's configuration file.
-    #[arg(long, value_name = "PATH", default_value = "/etc/fidoseal/fidoseald.toml")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/etc/fidoseal/fidoseald.toml"
+    )]
     pub config: PathBuf,
     /// The key store, instead of the configuration's [keystore] backend.
     #[arg(long, value_enum)]

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
 
 use fidoseal_dbus::{Details, Manager1Proxy};
 use serde_json::{json, Value as Json};
@@ -172,12 +173,41 @@ pub fn render_status(status: &BTreeMap<String, Json>) -> String {
     out
 }
 
+/// fidoseal's hidraw nodes, found through sysfs: the uhid device fidoseald
+/// creates has the physical path "fidoseal" (HID_PHYS in its uevent).
+pub fn device_nodes(sysfs_hidraw: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(sysfs_hidraw) else {
+        return Vec::new();
+    };
+    let mut nodes: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            std::fs::read_to_string(entry.path().join("device/uevent")).is_ok_and(|uevent| {
+                uevent
+                    .lines()
+                    .any(|l| l == "HID_PHYS=fidoseal" || l.starts_with("HID_PHYS=fidoseal/"))
+            })
+        })
+        .map(|entry| format!("/dev/{}", entry.file_name().to_string_lossy()))
+        .collect();
+    nodes.sort();
+    nodes
+}
+
 pub async fn status(
     manager: Manager1Proxy<'static>,
     args: &StatusArgs,
     out: &mut dyn Write,
 ) -> Result<(), CtlError> {
-    let status = details_json(&manager.status().await.map_err(from_dbus)?);
+    let mut status = details_json(&manager.status().await.map_err(from_dbus)?);
+    let nodes = device_nodes(Path::new("/sys/class/hidraw"));
+    status.entry("device".into()).or_insert_with(|| {
+        if nodes.is_empty() {
+            json!("none found")
+        } else {
+            json!(nodes.join(", "))
+        }
+    });
     if args.json {
         writeln!(
             out,
@@ -496,6 +526,23 @@ mod tests {
             not_verified.contains("verification through fidoseal-agent"),
             "{not_verified}"
         );
+    }
+
+    #[test]
+    fn device_nodes_are_found_by_their_physical_path() {
+        let dir = std::env::temp_dir().join(format!("fidoseal-hidraw-{}", std::process::id()));
+        for (node, phys) in [
+            ("hidraw0", "usb-0000:00:14.0-1/input0"),
+            ("hidraw3", "fidoseal"),
+            ("hidraw1", "fidoseal/0"),
+        ] {
+            std::fs::create_dir_all(dir.join(node).join("device")).unwrap();
+            let uevent = format!("HID_ID=0003:00001209:00000001\nHID_PHYS={phys}\n");
+            std::fs::write(dir.join(node).join("device/uevent"), uevent).unwrap();
+        }
+        assert_eq!(device_nodes(&dir), ["/dev/hidraw1", "/dev/hidraw3"]);
+        assert!(device_nodes(&dir.join("missing")).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -58,10 +58,12 @@ pub fn facts_from_config(args: &MetadataArgs) -> Result<Facts, CtlError> {
     let tpm = match (args.keystore, backend) {
         (Some(KeyStoreArg::Tpm), _) | (None, Some("tpm")) => true,
         (Some(KeyStoreArg::Software), _) | (None, Some("software")) => false,
-        (None, other) => return Err(CtlError::Config(format!(
+        (None, other) => {
+            return Err(CtlError::Config(format!(
             "{}: [keystore] backend is {other:?}, not \"tpm\" or \"software\" (or give --keystore)",
             args.config.display()
-        ))),
+        )))
+        }
     };
     let uv_methods = match section("prompt")
         .and_then(|p| p.get("uv_methods"))
