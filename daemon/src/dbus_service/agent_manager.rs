@@ -60,7 +60,7 @@ impl AgentManager {
         let Some(user) = self.service.device_user.as_deref() else {
             return Err(refuse("this device has no [device] user".into()));
         };
-        let Some(device_uid) = caller::uid_of(user) else {
+        let Some(device_uid) = (self.service.user_lookup)(user) else {
             return Err(refuse(format!("the device's user {user:?} does not exist")));
         };
         if credentials.uid != device_uid {

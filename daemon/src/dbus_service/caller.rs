@@ -32,6 +32,9 @@ pub async fn credentials(connection: &Connection, sender: &UniqueName<'_>) -> zb
     Ok(Credentials { uid, pid })
 }
 
+/// How a user name becomes a uid (the system's user database, or a test's).
+pub type UserLookup = std::sync::Arc<dyn Fn(&str) -> Option<u32> + Send + Sync>;
+
 /// The uid of a user name, from the system's user database.
 pub fn uid_of(user: &str) -> Option<u32> {
     let name = CString::new(user).ok()?;

@@ -40,7 +40,7 @@ impl Manager {
         connection: &Connection,
     ) -> Result<Credentials, Error> {
         let (sender, credentials) = identify(method, header, connection).await?;
-        let device_uid = self.service.device_user.as_deref().and_then(caller::uid_of);
+        let device_uid = self.service.device_user.as_deref().and_then(|user| (self.service.user_lookup)(user));
         if Some(credentials.uid) == device_uid {
             return Ok(credentials);
         }

@@ -35,6 +35,8 @@ pub struct Service {
     pub prompt: Option<AgentPrompt>,
     /// `[device] user`: who may register an agent and manage passkeys.
     pub device_user: Option<String>,
+    /// How `device_user` becomes a uid.
+    pub user_lookup: caller::UserLookup,
     pub prompt_mode: PromptMode,
     /// "tpm" or "software".
     pub keystore: &'static str,
@@ -56,6 +58,7 @@ impl Service {
             authenticator,
             prompt,
             device_user: config.device.user.clone(),
+            user_lookup: Arc::new(caller::uid_of),
             prompt_mode: config.prompt.mode,
             keystore: match config.keystore.backend {
                 crate::config::KeyStoreBackend::Software => "software",

@@ -11,7 +11,9 @@
 mod agent;
 mod contract;
 mod fakes;
+mod device_user;
 mod manager;
+mod replug;
 mod verification;
 
 use std::future::Future;
@@ -25,14 +27,15 @@ use std::time::{Duration, Instant};
 
 use fidoseal_ctap::memory_store::MemoryCredentialStore;
 use fidoseal_ctap::platform::{
-    AllowAll, AuthenticatorState, CredentialStore, PinRecord, PresencePurpose, PresenceRequest, PromptOutcome,
-    Secret32, TransactionSignals, UserPrompt, VerificationOutcome,
+    AuthenticatorState, CredentialStore, PinRecord, PolicyDecision, PolicyRequest, PolicyVerdict, PresencePurpose,
+    PresenceRequest, PromptOutcome, Secret32, TransactionSignals, UserPrompt, VerificationOutcome,
 };
 use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use fidoseal_ctap::{Authenticator, AuthenticatorConfig, Platform};
 use zbus::connection::Builder;
 use zbus::Connection;
 
+use super::caller::UserLookup;
 use super::{DbusService, Service};
 use crate::config::{PromptMode, UvMethod};
 use crate::prompt_agent::{AgentPrompt, AgentRegistry, PromptSettings};
@@ -183,6 +186,26 @@ pub struct Options {
     pub pam_service: Option<(&'static str, String)>,
     /// A PIN is set before the authenticator starts.
     pub pin_set: bool,
+    /// Relying parties the policy denies (and so hides from credential
+    /// management); every other one is allowed.
+    pub hidden_rps: Vec<&'static str>,
+    /// The user database, in place of the system's (None: the system's).
+    pub user_lookup: Option<UserLookup>,
+    /// Manager1.Replug's minimum interval.
+    pub replug_interval: Duration,
+}
+
+/// A policy that denies the listed relying parties and allows the rest.
+pub struct HidingPolicy(pub Vec<&'static str>);
+
+impl PolicyDecision for HidingPolicy {
+    fn decide(&self, request: &PolicyRequest<'_>) -> PolicyVerdict {
+        if self.0.contains(&request.rp_id) {
+            PolicyVerdict::deny("test: hidden")
+        } else {
+            PolicyVerdict::allow("test: allowed")
+        }
+    }
 }
 
 impl Default for Options {
@@ -193,6 +216,9 @@ impl Default for Options {
             uv_methods: vec![UvMethod::Fingerprint, UvMethod::Password, UvMethod::Pin],
             pam_service: None,
             pin_set: false,
+            hidden_rps: Vec::new(),
+            user_lookup: None,
+            replug_interval: Duration::from_secs(10),
         }
     }
 }
@@ -237,7 +263,7 @@ impl Harness {
             keystore: Box::new(SoftwareKeyStore::new(Secret32([7; 32]))),
             credentials: Box::new(store.clone()),
             prompt: Box::new(prompt.clone()),
-            policy: Box::new(AllowAll),
+            policy: Box::new(HidingPolicy(options.hidden_rps.clone())),
         };
         let authenticator = Arc::new(Mutex::new(Authenticator::new(
             AuthenticatorConfig::default(),
@@ -250,6 +276,7 @@ impl Harness {
             authenticator: Arc::clone(&authenticator),
             prompt: Some(prompt.clone()),
             device_user: Some(options.device_user.into()),
+            user_lookup: options.user_lookup.clone().unwrap_or_else(|| Arc::new(super::caller::uid_of)),
             prompt_mode: PromptMode::Agent,
             keystore: "software",
             policy_dirs: Vec::new(),
@@ -257,6 +284,11 @@ impl Harness {
         let service =
             DbusService::start(service, Some(&bus.address)).await.expect("the service starts on the test bus");
         Self { registry, store, authenticator, prompt, service, bus }
+    }
+
+    /// How often the device loop re-plugged the device for Manager1.Replug.
+    pub fn device_loop_replugs(&self) -> usize {
+        0
     }
 
     /// Waits until the registry holds an agent (Some) or none (None).
@@ -267,6 +299,24 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// A harness whose PAM service accepts only the password "correct horse"
+/// (pam_exec hands the typed password to a script on its stdin), the only
+/// verification method.
+pub async fn with_password_check(name: &str, options: Options) -> Harness {
+    let service = "auth [success=1 default=ignore] pam_exec.so quiet expose_authtok @DIR@/check\n\
+                   auth requisite pam_deny.so\nauth required pam_permit.so\naccount required pam_permit.so\n"
+        .to_string();
+    let h = Harness::start(
+        name,
+        Options { uv_methods: vec![UvMethod::Password], pam_service: Some(("fidoseal-test", service)), ..options },
+    )
+    .await;
+    let script = h.bus.dir.path().join("check");
+    std::fs::write(&script, "#!/bin/sh\npw=$(tr -d '\\000')\n[ \"$pw\" = 'correct horse' ]\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    h
 }
 
 /// A prompt request as the core would make it.
