@@ -6,6 +6,7 @@
 
 mod config;
 mod dbus_service;
+mod device_user;
 mod keystore;
 mod policy_service;
 mod prompt;
@@ -151,6 +152,9 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         ..AuthenticatorConfig::default()
     };
     let platform = Platform { keystore, credentials: Box::new(credentials.clone()), prompt, policy: Box::new(policy.decision()) };
+    // Looked up here, before the runtime, and again on SIGHUP: never by a
+    // D-Bus handler (NSS may wait for LDAP or sssd).
+    let device_user = device_user::DeviceUser::resolve(config.device.user.clone());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -163,11 +167,19 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
         let mut replug = signal(SignalKind::user_defined1()).map_err(|e| format!("cannot handle SIGUSR1: {e}"))?;
         policy.watch()?;
+        device_user.resolve_on_hangup()?;
 
         let authenticator = Authenticator::try_new(authenticator_config, platform, Instant::now())
             .map_err(|e| format!("cannot start the authenticator (no random numbers from the system?): {e:?}"))?;
         let authenticator = Arc::new(Mutex::new(authenticator));
-        let service = dbus_service::Service::from_config(&config, agents, credentials, Arc::clone(&authenticator), agent_prompt);
+        let service = dbus_service::Service::from_config(
+            &config,
+            agents,
+            credentials,
+            Arc::clone(&authenticator),
+            agent_prompt,
+            Arc::clone(&device_user),
+        );
         let mut bus = dbus_service::DbusService::start_for_daemon(service).await?;
         // Agent mode cannot ask anyone without the bus: off it, the daemon
         // exits with a failure and systemd (Restart=on-failure) starts it

@@ -21,6 +21,7 @@ use zbus::names::UniqueName;
 use zbus::Connection;
 
 use super::caller::{self, Credentials};
+use crate::device_user::DeviceUid;
 use super::{hex, unhex, Service};
 
 pub struct Manager {
@@ -32,7 +33,9 @@ impl Manager {
         Self { service }
     }
 
-    /// The caller, if it is the device's user or root.
+    /// The caller, if it is the device's user or root. The device user's
+    /// uid was resolved outside the handlers (device_user.rs): nothing here
+    /// waits for the user database.
     async fn owner_or_root(
         &self,
         method: &str,
@@ -40,8 +43,8 @@ impl Manager {
         connection: &Connection,
     ) -> Result<Credentials, Error> {
         let (sender, credentials) = identify(method, header, connection).await?;
-        let device_uid = self.service.device_user.as_deref().and_then(|user| (self.service.user_lookup)(user));
-        if Some(credentials.uid) == device_uid {
+        let device_user = &self.service.device_user;
+        if device_user.is(credentials.uid) {
             return Ok(credentials);
         }
         if credentials.uid == 0 {
@@ -49,7 +52,11 @@ impl Manager {
             return Ok(credentials);
         }
         tracing::warn!(method, sender = %sender, uid = credentials.uid, decision = "refused", "Manager1: not the device's user");
-        Err(Error::NotPermitted(format!("uid {} is not the device's user", credentials.uid)))
+        let mut reason = format!("uid {} is not the device's user", credentials.uid);
+        if let (DeviceUid::Unknown, Some(name)) = (device_user.uid(), device_user.name()) {
+            reason.push_str(&format!(" ({name:?} is not in the user database yet)"));
+        }
+        Err(Error::NotPermitted(reason))
     }
 
     /// Runs a store operation on the blocking pool.

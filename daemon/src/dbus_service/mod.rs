@@ -22,6 +22,7 @@ use zbus::connection::Builder;
 use zbus::Connection;
 
 use crate::config::{Config, PromptMode};
+use crate::device_user::DeviceUser;
 use crate::prompt_agent::{AgentPrompt, AgentRegistry, Bus};
 use crate::shared_credentials::SharedCredentialStore;
 
@@ -33,10 +34,9 @@ pub struct Service {
     pub authenticator: Arc<Mutex<Authenticator>>,
     /// The agent prompt, for Status's "uv_configured" (None: always-approve).
     pub prompt: Option<AgentPrompt>,
-    /// `[device] user`: who may register an agent and manage passkeys.
-    pub device_user: Option<String>,
-    /// How `device_user` becomes a uid.
-    pub user_lookup: caller::UserLookup,
+    /// `[device] user`: who may register an agent and manage passkeys,
+    /// resolved to a uid outside the handlers (device_user.rs).
+    pub device_user: Arc<DeviceUser>,
     pub prompt_mode: PromptMode,
     /// "tpm" or "software".
     pub keystore: &'static str,
@@ -51,14 +51,14 @@ impl Service {
         store: SharedCredentialStore,
         authenticator: Arc<Mutex<Authenticator>>,
         prompt: Option<AgentPrompt>,
+        device_user: Arc<DeviceUser>,
     ) -> Self {
         Self {
             registry,
             store,
             authenticator,
             prompt,
-            device_user: config.device.user.clone(),
-            user_lookup: Arc::new(caller::uid_of),
+            device_user,
             prompt_mode: config.prompt.mode,
             keystore: match config.keystore.backend {
                 crate::config::KeyStoreBackend::Software => "software",

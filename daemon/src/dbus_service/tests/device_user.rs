@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use fidoseal_ctap::platform::PromptOutcome;
 use fidoseal_dbus::{Manager1Proxy, BUS_NAME, OBJECT_PATH};
 
-use crate::dbus_service::caller::UserLookup;
+use crate::device_user::UserLookup;
 use super::fakes::{Agent, Answer};
 use super::{dbus_send, presence, signals, Ask, Harness, Options, OTHER_UID};
 
@@ -86,4 +86,36 @@ async fn the_uid_resolved_at_start_decides() {
     let agent = Agent::start(&h.bus, Answer::Allow).await;
     let err = agent.register().await.expect_err("root is not the device user");
     assert!(matches!(fidoseal_dbus::Error::from(err), fidoseal_dbus::Error::NotPermitted(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn sighup_looks_the_user_up_again_off_the_runtime() {
+    let db = UserDatabase::default();
+    let h = Harness::start("nss-sighup", options(&db)).await;
+    h.device_user.resolve_on_hangup().unwrap();
+    // The directory now says 65534 for the device user, and says it slowly.
+    db.moved.store(true, Ordering::SeqCst);
+    db.slow.store(true, Ordering::SeqCst);
+    let lookups = db.lookups();
+    // SAFETY: raise(3) only sends a signal; tokio's handler for SIGHUP is
+    // installed above, so the default action (exit) cannot happen.
+    unsafe { libc::raise(libc::SIGHUP) };
+
+    // While it looks, the handlers answer at once, with the uid they had.
+    let started = Instant::now();
+    let agent = Agent::start(&h.bus, Answer::Allow).await;
+    agent.register().await.expect("root is still the device user meanwhile");
+    assert!(started.elapsed() < SLOW_LOOKUP, "RegisterAgent waited {:?}", started.elapsed());
+
+    // Once the answer is in, it decides.
+    let deadline = Instant::now() + SLOW_LOOKUP * 3;
+    while h.device_user.uid() != crate::device_user::DeviceUid::Known(OTHER_UID) {
+        assert!(Instant::now() < deadline, "SIGHUP did not look the user up again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(db.lookups(), lookups + 1, "one lookup for one SIGHUP");
+    let (ok, output) =
+        dbus_send(&h.bus.address, Some(OTHER_UID), BUS_NAME, OBJECT_PATH, "org.fidoseal.Manager1.ListPasskeys", &[])
+            .await;
+    assert!(ok, "{output}");
 }

@@ -35,8 +35,8 @@ use fidoseal_ctap::{Authenticator, AuthenticatorConfig, Platform};
 use zbus::connection::Builder;
 use zbus::Connection;
 
-use super::caller::UserLookup;
 use super::{DbusService, Service};
+use crate::device_user::{DeviceUser, UserLookup};
 use crate::config::{PromptMode, UvMethod};
 use crate::prompt_agent::{AgentPrompt, AgentRegistry, PromptSettings};
 use crate::shared_credentials::SharedCredentialStore;
@@ -230,6 +230,7 @@ pub struct Harness {
     pub store: SharedCredentialStore,
     pub authenticator: Arc<Mutex<Authenticator>>,
     pub prompt: AgentPrompt,
+    pub device_user: Arc<DeviceUser>,
     /// Held: the service stays on the bus for the test.
     pub service: DbusService,
     pub bus: TestBus,
@@ -252,6 +253,14 @@ impl Harness {
             let pin = Some(PinRecord { verifier: vec![1; 32], code_points: 4 });
             store.save_state(&AuthenticatorState { pin, ..AuthenticatorState::default() }).unwrap();
         }
+        // Resolved off the runtime, as fidoseald does before it starts one.
+        let (name, lookup) = (options.device_user.to_string(), options.user_lookup.clone());
+        let device_user = tokio::task::spawn_blocking(move || match lookup {
+            Some(lookup) => DeviceUser::resolve_with(Some(name), lookup),
+            None => DeviceUser::resolve(Some(name)),
+        })
+        .await
+        .unwrap();
         let settings = PromptSettings {
             timeout: options.timeout,
             uv_methods: options.uv_methods,
@@ -275,15 +284,14 @@ impl Harness {
             store: store.clone(),
             authenticator: Arc::clone(&authenticator),
             prompt: Some(prompt.clone()),
-            device_user: Some(options.device_user.into()),
-            user_lookup: options.user_lookup.clone().unwrap_or_else(|| Arc::new(super::caller::uid_of)),
+            device_user: Arc::clone(&device_user),
             prompt_mode: PromptMode::Agent,
             keystore: "software",
             policy_dirs: Vec::new(),
         };
         let service =
             DbusService::start(service, Some(&bus.address)).await.expect("the service starts on the test bus");
-        Self { registry, store, authenticator, prompt, service, bus }
+        Self { registry, store, authenticator, prompt, device_user, service, bus }
     }
 
     /// How often the device loop re-plugged the device for Manager1.Replug.
