@@ -22,6 +22,7 @@ use zbus::Connection;
 
 use super::caller::{self, Credentials};
 use crate::device_user::DeviceUid;
+use crate::replug::ReplugError;
 use super::{hex, unhex, Service};
 
 pub struct Manager {
@@ -229,6 +230,33 @@ impl Manager {
         })?;
         tracing::warn!(sender = %sender, uid = credentials.uid, "Reset: every credential and the PIN were deleted");
         Ok(())
+    }
+
+    /// Unplugs the device and plugs it in again: a power cycle (replug.rs).
+    /// It ends the block after three wrong PINs in a row (CTAP 2.1 §6.5.5.5),
+    /// which only a power cycle ends, so that the device's user does not
+    /// need root (SIGUSR1) or a restart after someone typed wrong PINs into
+    /// their key. Once per [`crate::replug::MIN_REPLUG_INTERVAL`].
+    async fn replug(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(), Error> {
+        let caller = self.owner_or_root("Replug", &header, connection).await?;
+        match self.service.replugger.replug().await {
+            Ok(()) => {
+                tracing::warn!(uid = caller.uid, pid = caller.pid, "Replug: the device was unplugged and plugged in again (a power cycle)");
+                Ok(())
+            }
+            Err(e @ ReplugError::TooSoon { .. }) => {
+                tracing::info!(uid = caller.uid, decision = "refused", reason = %e, "Replug");
+                Err(Error::RateLimited(e.to_string()))
+            }
+            Err(e) => {
+                tracing::error!(uid = caller.uid, error = %e, "Replug failed");
+                Err(Error::Failed(e.to_string()))
+            }
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use zbus::Connection;
 
 use crate::config::{Config, PromptMode};
 use crate::device_user::DeviceUser;
+use crate::replug::Replugger;
 use crate::prompt_agent::{AgentPrompt, AgentRegistry, Bus};
 use crate::shared_credentials::SharedCredentialStore;
 
@@ -37,6 +38,8 @@ pub struct Service {
     /// `[device] user`: who may register an agent and manage passkeys,
     /// resolved to a uid outside the handlers (device_user.rs).
     pub device_user: Arc<DeviceUser>,
+    /// For Replug: asks the device loop to unplug and re-plug the device.
+    pub replugger: Replugger,
     pub prompt_mode: PromptMode,
     /// "tpm" or "software".
     pub keystore: &'static str,
@@ -52,6 +55,7 @@ impl Service {
         authenticator: Arc<Mutex<Authenticator>>,
         prompt: Option<AgentPrompt>,
         device_user: Arc<DeviceUser>,
+        replugger: Replugger,
     ) -> Self {
         Self {
             registry,
@@ -59,6 +63,7 @@ impl Service {
             authenticator,
             prompt,
             device_user,
+            replugger,
             prompt_mode: config.prompt.mode,
             keystore: match config.keystore.backend {
                 crate::config::KeyStoreBackend::Software => "software",

@@ -21,7 +21,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -231,6 +231,8 @@ pub struct Harness {
     pub authenticator: Arc<Mutex<Authenticator>>,
     pub prompt: AgentPrompt,
     pub device_user: Arc<DeviceUser>,
+    /// Re-plugs done by the stand-in device loop.
+    replugs: Arc<AtomicUsize>,
     /// Held: the service stays on the bus for the test.
     pub service: DbusService,
     pub bus: TestBus,
@@ -279,24 +281,39 @@ impl Harness {
             platform,
             std::time::Instant::now(),
         )));
+        // The device loop of main.rs, without a uhid device: each request
+        // power-cycles the authenticator as a re-plug does, then answers.
+        let (replugger, mut requests) = crate::replug::channel(options.replug_interval);
+        let replugs = Arc::new(AtomicUsize::new(0));
+        let (device, done) = (Arc::clone(&authenticator), Arc::clone(&replugs));
+        tokio::spawn(async move {
+            loop {
+                let request = requests.next().await;
+                let device = Arc::clone(&device);
+                let result = tokio::task::spawn_blocking(move || crate::replug::power_cycle(&device)).await.unwrap();
+                done.fetch_add(1, Ordering::SeqCst);
+                request.finish(result);
+            }
+        });
         let service = Service {
             registry: Arc::clone(&registry),
             store: store.clone(),
             authenticator: Arc::clone(&authenticator),
             prompt: Some(prompt.clone()),
             device_user: Arc::clone(&device_user),
+            replugger,
             prompt_mode: PromptMode::Agent,
             keystore: "software",
             policy_dirs: Vec::new(),
         };
         let service =
             DbusService::start(service, Some(&bus.address)).await.expect("the service starts on the test bus");
-        Self { registry, store, authenticator, prompt, device_user, service, bus }
+        Self { registry, store, authenticator, prompt, device_user, replugs, service, bus }
     }
 
     /// How often the device loop re-plugged the device for Manager1.Replug.
     pub fn device_loop_replugs(&self) -> usize {
-        0
+        self.replugs.load(Ordering::SeqCst)
     }
 
     /// Waits until the registry holds an agent (Some) or none (None).
