@@ -184,6 +184,7 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             agent_prompt,
             Arc::clone(&device_user),
             replugger,
+            Box::new(policy.decision()),
         );
         let mut bus = dbus_service::DbusService::start_for_daemon(service).await?;
         // Agent mode cannot ask anyone without the bus: off it, the daemon

@@ -1,8 +1,11 @@
 //! org.fidoseal.Manager1: status, the device user's passkeys, reset.
 //!
-//! Status and the passkey methods answer the device's user (and root);
-//! Reset needs polkit's org.fidoseal.reset for the calling connection
-//! (root is let through without asking, and that is logged).
+//! Status, the passkey methods and Replug answer the device's user (and
+//! root); Reset needs polkit's org.fidoseal.reset for the calling
+//! connection (root is let through without asking, and that is logged).
+//! DeletePasskey also needs the user's verification in their agent, and
+//! the passkey methods show only what the policy lets credential
+//! management show.
 //!
 //! Passkeys are read and deleted through the daemon's shared credential
 //! store (shared_credentials.rs), not through the authenticator, whose
@@ -13,8 +16,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
-use fidoseal_ctap::platform::{CredentialStore, ResidentCredential};
+use fidoseal_ctap::platform::{CredentialStore, PresencePurpose, PresenceRequest, ResidentCredential, TransactionSignals};
+use fidoseal_ctap::{RequestContext, StatusCode};
 use fidoseal_dbus::{detail, Details, Error, POLKIT_ACTION_RESET};
 use zbus::message::Header;
 use zbus::names::UniqueName;
@@ -71,6 +76,7 @@ impl Manager {
             .map_err(|e| Error::Failed(format!("store task failed: {e}")))
     }
 
+    /// The passkey `credential_id` names, if the policy shows it.
     async fn passkey(&self, credential_id: &str) -> Result<ResidentCredential, Error> {
         let Some(id) = unhex(credential_id) else {
             return Err(Error::DoesNotExist(format!("{credential_id:?} is not a credential id (hex)")));
@@ -78,7 +84,56 @@ impl Manager {
         self.with_store(move |store| store.find(&id))
             .await?
             .map_err(|e| Error::Failed(e.to_string()))?
+            // Hidden as credential management hides it: not there at all.
+            .filter(|c| self.service.policy.shows_passkeys_of(&c.rp_id))
             .ok_or_else(|| Error::DoesNotExist(format!("no passkey {credential_id}")))
+    }
+
+    /// The device's user verifies, in their session's agent, that they
+    /// want `passkey` deleted: the authenticator's built-in UV, as for a
+    /// getPinUvAuthTokenUsingUvWithPermissions (password by PAM, finger by
+    /// fprintd, or the PIN, counted against the same retries). It waits
+    /// for a running CTAP request to end (the authenticator's lock).
+    async fn verify_user_to_delete(&self, passkey: &ResidentCredential) -> Result<(), Error> {
+        let authenticator = Arc::clone(&self.service.authenticator);
+        let rp_id = passkey.rp_id.clone();
+        let user_name = passkey.user_name.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            let signals = TransactionSignals::new();
+            let ctx = RequestContext { now: Instant::now(), channel: 0, signals: &signals };
+            let request = PresenceRequest {
+                purpose: PresencePurpose::DeletePasskey,
+                rp_id: Some(&rp_id),
+                user_name: user_name.as_deref(),
+                ..Default::default()
+            };
+            authenticator.lock().unwrap_or_else(|e| e.into_inner()).verify_user_for_platform(&request, &ctx)
+        })
+        .await
+        .map_err(|e| Error::Failed(format!("verification task failed: {e}")))?;
+        verified.map_err(|status| match status {
+            StatusCode::NotAllowed => Error::NotPermitted(
+                "deleting a passkey needs the user's verification, and none can be asked for now: no agent in an \
+                 active session of the device's user, or no method (a PIN, or [prompt] uv_methods password or \
+                 fingerprint) usable"
+                    .into(),
+            ),
+            StatusCode::UvBlocked => Error::NotPermitted(
+                "built-in user verification is blocked after too many failures: use the PIN once to unblock it".into(),
+            ),
+            StatusCode::PinBlocked | StatusCode::PinAuthBlocked => {
+                Error::NotPermitted(format!("the PIN is blocked ({status}): re-plug (Replug) or reset the key"))
+            }
+            StatusCode::UvInvalid | StatusCode::PinInvalid => {
+                Error::Rejected("the user was not verified (wrong password, PIN or finger)".into())
+            }
+            StatusCode::OperationDenied => {
+                Error::Rejected("the user did not confirm, or could not be asked to the end".into())
+            }
+            StatusCode::UserActionTimeout => Error::Canceled("no answer in time".into()),
+            StatusCode::KeepaliveCancel => Error::Canceled("the verification was cancelled".into()),
+            other => Error::Failed(format!("user verification failed: {other}")),
+        })
     }
 }
 
@@ -136,8 +191,15 @@ impl Manager {
         let caller = self.owner_or_root("ListPasskeys", &header, connection).await?;
         let mut credentials =
             self.with_store(|store| store.all_credentials()).await?.map_err(|e| Error::Failed(e.to_string()))?;
+        let all = credentials.len();
+        // Credential management's filter, one policy decision per rp.
+        let mut shown: HashMap<String, bool> = HashMap::new();
+        credentials.retain(|c| {
+            *shown.entry(c.rp_id.clone()).or_insert_with(|| self.service.policy.shows_passkeys_of(&c.rp_id))
+        });
         credentials.sort_by_key(|c| std::cmp::Reverse(c.created));
-        tracing::info!(uid = caller.uid, passkeys = credentials.len(), "ListPasskeys");
+        let hidden_by_policy = all - credentials.len();
+        tracing::info!(uid = caller.uid, passkeys = credentials.len(), hidden_by_policy, "ListPasskeys");
         Ok(credentials
             .into_iter()
             .map(|c| {
@@ -179,6 +241,19 @@ impl Manager {
     ) -> Result<(), Error> {
         let caller = self.owner_or_root("DeletePasskey", &header, connection).await?;
         let passkey = self.passkey(credential_id).await?;
+        // Whoever calls (any program of the user, a login over SSH, root):
+        // the user at the device confirms who they are first.
+        if let Err(e) = self.verify_user_to_delete(&passkey).await {
+            tracing::warn!(
+                uid = caller.uid,
+                rp_id = passkey.rp_id,
+                credential = credential_id,
+                decision = "refused",
+                error = ?e,
+                "DeletePasskey: the user was not verified; nothing deleted"
+            );
+            return Err(e);
+        }
         let id = passkey.credential_id.clone();
         let deleted =
             self.with_store(move |store| store.delete(&id)).await?.map_err(|e| Error::Failed(e.to_string()))?;

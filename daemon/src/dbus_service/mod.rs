@@ -4,8 +4,10 @@
 //!
 //! The connection lives on the daemon's tokio runtime; method handlers run
 //! as tasks there (zbus spawns one per call) and never block: anything that
-//! takes a lock the authenticator may hold for a whole prompt (Reset), or
-//! writes files (DeletePasskey), goes to the blocking pool.
+//! takes a lock the authenticator may hold for a whole prompt (Reset, the
+//! verification of DeletePasskey), or reads and writes the store, goes to
+//! the blocking pool; the device user's uid is resolved beforehand
+//! (device_user.rs).
 
 mod agent_manager;
 pub mod caller;
@@ -16,6 +18,7 @@ mod tests;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use fidoseal_ctap::platform::PolicyDecision;
 use fidoseal_ctap::Authenticator;
 use fidoseal_dbus::{BUS_NAME, OBJECT_PATH};
 use zbus::connection::Builder;
@@ -40,6 +43,9 @@ pub struct Service {
     pub device_user: Arc<DeviceUser>,
     /// For Replug: asks the device loop to unplug and re-plug the device.
     pub replugger: Replugger,
+    /// The policy, for what credential management may show
+    /// (`PolicyDecision::shows_passkeys_of`).
+    pub policy: Box<dyn PolicyDecision + Sync>,
     pub prompt_mode: PromptMode,
     /// "tpm" or "software".
     pub keystore: &'static str,
@@ -56,6 +62,7 @@ impl Service {
         prompt: Option<AgentPrompt>,
         device_user: Arc<DeviceUser>,
         replugger: Replugger,
+        policy: Box<dyn PolicyDecision + Sync>,
     ) -> Self {
         Self {
             registry,
@@ -64,6 +71,7 @@ impl Service {
             prompt,
             device_user,
             replugger,
+            policy,
             prompt_mode: config.prompt.mode,
             keystore: match config.keystore.backend {
                 crate::config::KeyStoreBackend::Software => "software",

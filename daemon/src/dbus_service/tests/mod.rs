@@ -302,6 +302,7 @@ impl Harness {
             prompt: Some(prompt.clone()),
             device_user: Arc::clone(&device_user),
             replugger,
+            policy: Box::new(HidingPolicy(options.hidden_rps.clone())),
             prompt_mode: PromptMode::Agent,
             keystore: "software",
             policy_dirs: Vec::new(),
