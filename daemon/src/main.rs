@@ -226,7 +226,12 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             }
             // Unplugged: give udev and clients a moment to see the device go.
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            replug::power_cycle(&authenticator)?;
+            // The cancelled request may still hold the authenticator for a
+            // moment (a PAM check ends on its own): wait off the runtime.
+            let device = Arc::clone(&authenticator);
+            tokio::task::spawn_blocking(move || replug::power_cycle(&device))
+                .await
+                .map_err(|e| format!("power-cycle task failed: {e}"))??;
         }
         if let Some(reason) = off_the_bus {
             return Err(format!("{reason} (exiting so that systemd starts fidoseald again)"));

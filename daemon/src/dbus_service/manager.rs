@@ -26,9 +26,9 @@ use zbus::names::UniqueName;
 use zbus::Connection;
 
 use super::caller::{self, Credentials};
+use super::{hex, unhex, Service};
 use crate::device_user::DeviceUid;
 use crate::replug::ReplugError;
-use super::{hex, unhex, Service};
 
 pub struct Manager {
     service: Arc<Service>,

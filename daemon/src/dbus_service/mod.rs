@@ -26,8 +26,8 @@ use zbus::Connection;
 
 use crate::config::{Config, PromptMode};
 use crate::device_user::DeviceUser;
-use crate::replug::Replugger;
 use crate::prompt_agent::{AgentPrompt, AgentRegistry, Bus};
+use crate::replug::Replugger;
 use crate::shared_credentials::SharedCredentialStore;
 
 /// What the two interfaces reach.
