@@ -249,7 +249,8 @@ mod tests {
         let delete = RequestInfo::from_details(&d);
         assert_eq!(
             delete.verification_context(),
-            "Verify it's you to delete your passkey for bank.example from this security key. This cannot be undone.\nAccount: alice"
+            "Verify it's you to delete your passkey for bank.example from this security key. \
+             This cannot be undone.\nAccount: alice"
         );
         assert!(delete.headline().starts_with("Delete your passkey for bank.example"), "{}", delete.headline());
 

@@ -74,7 +74,11 @@ impl Authenticator {
     /// typed into the agent checked and counted against the PIN retries;
     /// but no token is made. `NotAllowed`: no built-in verification can be
     /// asked for now (none configured, or nobody to ask).
-    pub fn verify_user_for_platform(&mut self, request: &PresenceRequest<'_>, ctx: &RequestContext<'_>) -> CtapResult<()> {
+    pub fn verify_user_for_platform(
+        &mut self,
+        request: &PresenceRequest<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<()> {
         if !self.built_in_uv_available() {
             return Err(StatusCode::NotAllowed);
         }

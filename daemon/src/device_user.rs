@@ -135,8 +135,7 @@ impl DeviceUser {
             Some(uid) => DeviceUid::Known(uid),
             None => DeviceUid::Unknown,
         };
-        let previous =
-            std::mem::replace(&mut *self.uid.write().unwrap_or_else(PoisonError::into_inner), resolved);
+        let previous = std::mem::replace(&mut *self.uid.write().unwrap_or_else(PoisonError::into_inner), resolved);
         match resolved {
             DeviceUid::Known(uid) if previous != resolved => {
                 tracing::info!(user = name, uid, reason, "device user resolved")

@@ -18,7 +18,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fidoseal_ctap::platform::{CredentialStore, PresencePurpose, PresenceRequest, ResidentCredential, TransactionSignals};
+use fidoseal_ctap::platform::{
+    CredentialStore, PresencePurpose, PresenceRequest, ResidentCredential, TransactionSignals,
+};
 use fidoseal_ctap::{RequestContext, StatusCode};
 use fidoseal_dbus::{detail, Details, Error, POLKIT_ACTION_RESET};
 use zbus::message::Header;
@@ -320,7 +322,11 @@ impl Manager {
         let caller = self.owner_or_root("Replug", &header, connection).await?;
         match self.service.replugger.replug().await {
             Ok(()) => {
-                tracing::warn!(uid = caller.uid, pid = caller.pid, "Replug: the device was unplugged and plugged in again (a power cycle)");
+                tracing::warn!(
+                    uid = caller.uid,
+                    pid = caller.pid,
+                    "Replug: the device was unplugged and plugged in again (a power cycle)"
+                );
                 Ok(())
             }
             Err(e @ ReplugError::TooSoon { .. }) => {

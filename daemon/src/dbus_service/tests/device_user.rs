@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use fidoseal_ctap::platform::PromptOutcome;
 use fidoseal_dbus::{Manager1Proxy, BUS_NAME, OBJECT_PATH};
 
-use crate::device_user::UserLookup;
 use super::fakes::{Agent, Answer};
 use super::{dbus_send, presence, signals, Ask, Harness, Options, OTHER_UID};
+use crate::device_user::UserLookup;
 
 /// A user database the test controls: it counts lookups, can be made as
 /// slow as an LDAP server that stopped answering, and can change its mind.

@@ -232,7 +232,9 @@ async fn deleting_a_passkey_needs_the_users_verification() {
     assert_eq!(store.all_credentials().unwrap().len(), 1);
     assert_eq!(h.store.load_state().uv_retries, 7);
     // The agent was asked, through the built-in UV path, for this deletion.
-    let Event::Verification(_, details, methods) = agent.next_event().await else { panic!("expected RequestVerification") };
+    let Event::Verification(_, details, methods) = agent.next_event().await else {
+        panic!("expected RequestVerification")
+    };
     assert_eq!(methods, ["password"]);
     assert_eq!(get::<String>(&details, "action").as_deref(), Some("delete-passkey"));
     assert_eq!(get::<String>(&details, "rp_id").as_deref(), Some("bank.example"));

@@ -109,11 +109,9 @@ async fn the_device_user_replugs_to_end_the_three_wrong_pins_block() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn replug_is_rate_limited() {
-    let h = Harness::start(
-        "replug-rate",
-        Options { replug_interval: Duration::from_millis(1500), ..Options::default() },
-    )
-    .await;
+    let h =
+        Harness::start("replug-rate", Options { replug_interval: Duration::from_millis(1500), ..Options::default() })
+            .await;
     let me = h.bus.connect().await;
     let manager = Manager1Proxy::new(&me).await.unwrap();
     manager.replug().await.expect("the first re-plug");
