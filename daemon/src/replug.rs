@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use fidoseal_ctap::Authenticator;
 use tokio::sync::{mpsc, oneshot};
 
-/// Manager1.Replug at most this often (SIGUSR1 is not limited).
+/// Manager1.Replug at most this often: the device stays plugged in at
+/// least this long after a re-plug (SIGUSR1 is not limited).
 pub const MIN_REPLUG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long Replug waits for the device to be back.
 const REPLUG_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,6 +25,8 @@ const REPLUG_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum ReplugError {
     #[error("the device was re-plugged {ago} s ago; try again in {wait} s")]
     TooSoon { ago: u64, wait: u64 },
+    #[error("the device is being re-plugged; try again in {0} s")]
+    InProgress(u64),
     #[error("the device is not served (the daemon is stopping)")]
     NoDevice,
     #[error("the device did not come back within {0:?}")]
@@ -49,8 +52,15 @@ impl ReplugRequest {
 pub struct Replugger {
     requests: mpsc::Sender<ReplugRequest>,
     min_interval: Duration,
-    /// When the last accepted Replug started.
-    last: Arc<Mutex<Option<Instant>>>,
+    last: Arc<Mutex<LastReplug>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LastReplug {
+    Never,
+    InProgress,
+    /// When the device was back (or the attempt failed).
+    Ended(Instant),
 }
 
 /// The device loop's end.
@@ -61,24 +71,35 @@ pub struct ReplugRequests {
 /// A connected pair; Replug may be accepted once per `min_interval`.
 pub fn channel(min_interval: Duration) -> (Replugger, ReplugRequests) {
     let (tx, rx) = mpsc::channel(1);
-    (Replugger { requests: tx, min_interval, last: Arc::new(Mutex::new(None)) }, ReplugRequests { requests: rx })
+    (
+        Replugger { requests: tx, min_interval, last: Arc::new(Mutex::new(LastReplug::Never)) },
+        ReplugRequests { requests: rx },
+    )
 }
 
 impl Replugger {
     /// Asks the device loop to re-plug and waits until it has. Refused (and
-    /// not counted) within `min_interval` of the last accepted re-plug.
+    /// not counted) while a re-plug runs and within `min_interval` of the
+    /// end of the last one.
     pub async fn replug(&self) -> Result<(), ReplugError> {
+        let wait_secs = |d: Duration| (d.as_secs_f64().ceil() as u64).max(1);
         {
             let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(at) = *last {
-                let ago = at.elapsed();
-                if ago < self.min_interval {
-                    let wait = (self.min_interval - ago).as_secs_f64().ceil() as u64;
-                    return Err(ReplugError::TooSoon { ago: ago.as_secs(), wait: wait.max(1) });
+            match *last {
+                LastReplug::InProgress => return Err(ReplugError::InProgress(wait_secs(self.min_interval))),
+                LastReplug::Ended(at) if at.elapsed() < self.min_interval => {
+                    let ago = at.elapsed();
+                    return Err(ReplugError::TooSoon { ago: ago.as_secs(), wait: wait_secs(self.min_interval - ago) });
                 }
+                LastReplug::Never | LastReplug::Ended(_) => *last = LastReplug::InProgress,
             }
-            *last = Some(Instant::now());
         }
+        let result = self.ask_device_loop().await;
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = LastReplug::Ended(Instant::now());
+        result
+    }
+
+    async fn ask_device_loop(&self) -> Result<(), ReplugError> {
         let (done, answer) = oneshot::channel();
         self.requests.send(ReplugRequest { done }).await.map_err(|_| ReplugError::NoDevice)?;
         match tokio::time::timeout(REPLUG_TIMEOUT, answer).await {
@@ -120,6 +141,27 @@ mod tests {
                 requests.next().await.finish(Ok(()));
             }
         });
+    }
+
+    #[tokio::test]
+    async fn none_while_one_runs() {
+        let (replugger, mut requests) = channel(Duration::from_millis(300));
+        let (release, released) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let request = requests.next().await;
+            let _ = released.await;
+            request.finish(Ok(()));
+        });
+        let first = tokio::spawn({
+            let replugger = replugger.clone();
+            async move { replugger.replug().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(replugger.replug().await, Err(ReplugError::InProgress(1)));
+        let _ = release.send(());
+        assert_eq!(first.await.unwrap(), Ok(()));
+        // The interval counts from the end of the re-plug.
+        assert!(matches!(replugger.replug().await, Err(ReplugError::TooSoon { .. })));
     }
 
     #[tokio::test]

@@ -329,7 +329,7 @@ impl Manager {
                 );
                 Ok(())
             }
-            Err(e @ ReplugError::TooSoon { .. }) => {
+            Err(e @ (ReplugError::TooSoon { .. } | ReplugError::InProgress(_))) => {
                 tracing::info!(uid = caller.uid, decision = "refused", reason = %e, "Replug");
                 Err(Error::RateLimited(e.to_string()))
             }
