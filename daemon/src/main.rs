@@ -182,9 +182,11 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             credentials,
             Arc::clone(&authenticator),
             agent_prompt,
-            Arc::clone(&device_user),
-            replugger,
-            Box::new(policy.decision()),
+            dbus_service::DeviceHandles {
+                device_user: Arc::clone(&device_user),
+                replugger,
+                policy: Box::new(policy.decision()),
+            },
         );
         let mut bus = dbus_service::DbusService::start_for_daemon(service).await?;
         // Agent mode cannot ask anyone without the bus: off it, the daemon

@@ -52,6 +52,15 @@ pub struct Service {
     pub policy_dirs: Vec<PathBuf>,
 }
 
+/// What Manager1 needs of the device it manages besides the
+/// authenticator and the store: whose it is, how to re-plug it, and the
+/// policy that decides which passkeys are shown.
+pub struct DeviceHandles {
+    pub device_user: Arc<DeviceUser>,
+    pub replugger: Replugger,
+    pub policy: Box<dyn PolicyDecision + Sync>,
+}
+
 impl Service {
     /// The service of a daemon started with `config`.
     pub fn from_config(
@@ -60,10 +69,9 @@ impl Service {
         store: SharedCredentialStore,
         authenticator: Arc<Mutex<Authenticator>>,
         prompt: Option<AgentPrompt>,
-        device_user: Arc<DeviceUser>,
-        replugger: Replugger,
-        policy: Box<dyn PolicyDecision + Sync>,
+        device: DeviceHandles,
     ) -> Self {
+        let DeviceHandles { device_user, replugger, policy } = device;
         Self {
             registry,
             store,
