@@ -63,6 +63,15 @@ enum LastReplug {
     Ended(Instant),
 }
 
+/// Marks the re-plug in progress as ended when dropped.
+struct EndsReplug<'a>(&'a Mutex<LastReplug>);
+
+impl Drop for EndsReplug<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = LastReplug::Ended(Instant::now());
+    }
+}
+
 /// The device loop's end.
 pub struct ReplugRequests {
     requests: mpsc::Receiver<ReplugRequest>,
@@ -94,9 +103,9 @@ impl Replugger {
                 LastReplug::Never | LastReplug::Ended(_) => *last = LastReplug::InProgress,
             }
         }
-        let result = self.ask_device_loop().await;
-        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = LastReplug::Ended(Instant::now());
-        result
+        // Ended however this ends, even if the caller's future is dropped.
+        let _ended = EndsReplug(&self.last);
+        self.ask_device_loop().await
     }
 
     async fn ask_device_loop(&self) -> Result<(), ReplugError> {
