@@ -9,7 +9,7 @@ use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, expect_bytes, expect_map, expect_text, expect_uint, MapBuilder, ParamMap};
 use crate::client_pin::permission;
 use crate::pin_protocol::PinUvAuthProtocol;
-use crate::platform::{Operation, PolicyRequest, RelyingParty, ResidentCredential};
+use crate::platform::{RelyingParty, ResidentCredential};
 use crate::status::{CtapResult, StatusCode};
 
 mod subcommand {
@@ -165,10 +165,7 @@ impl Authenticator {
 
     /// The policy lets this machine's user see the discoverable credentials of `rp_id`.
     fn visible(&self, rp_id: &str) -> bool {
-        self.platform
-            .policy
-            .decide(&PolicyRequest { operation: Operation::GetAssertion, rp_id, discoverable: true, ctap1: false })
-            .allow
+        self.platform.policy.shows_passkeys_of(rp_id)
     }
 
     /// Relying parties with discoverable credentials the policy lets this

@@ -74,6 +74,24 @@ impl Authenticator {
         }
     }
 
+    /// Built-in user verification the platform asks for itself, with no
+    /// CTAP request behind it (fidoseald's Manager1.DeletePasskey). The same
+    /// path as getPinUvAuthTokenUsingUvWithPermissions (§6.5.5.7.3): the
+    /// methods the prompt offers now, uvRetries spent and restored, a PIN
+    /// typed into the agent checked and counted against the PIN retries;
+    /// but no token is made. `NotAllowed`: no built-in verification can be
+    /// asked for now (none configured, or nobody to ask).
+    pub fn verify_user_for_platform(
+        &mut self,
+        request: &PresenceRequest<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<()> {
+        if !self.built_in_uv_available() {
+            return Err(StatusCode::NotAllowed);
+        }
+        self.perform_built_in_uv(request, ctx)
+    }
+
     fn reset_uv_retries(&mut self) -> CtapResult<()> {
         if self.state.uv_retries == MAX_UV_RETRIES {
             return Ok(());

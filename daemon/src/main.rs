@@ -1,16 +1,19 @@
 //! `fidoseald`: the fidoseal daemon. Creates a virtual USB HID FIDO2
 //! security key through /dev/uhid and answers it from the fidoseal
 //! authenticator, with the key store, prompt and policy the configuration
-//! names. SIGTERM/SIGINT remove the device and exit; SIGUSR1 unplugs and
-//! re-plugs it (a power cycle, as CTAP's reset and PIN rules know it).
+//! names. SIGTERM/SIGINT remove the device and exit; SIGUSR1 (or the
+//! device user's Manager1.Replug) unplugs and re-plugs it (a power cycle,
+//! as CTAP's reset and PIN rules know it).
 
 mod audit_log;
 mod config;
 mod dbus_service;
+mod device_user;
 mod keystore;
 mod policy_service;
 mod prompt;
 mod prompt_agent;
+mod replug;
 mod shared_credentials;
 mod state;
 mod tpm;
@@ -148,6 +151,9 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         ..AuthenticatorConfig::default()
     };
     let platform = Platform { keystore, credentials: Box::new(credentials.clone()), prompt, policy: Box::new(policy.decision()) };
+    // Looked up here, before the runtime, and again on SIGHUP: never by a
+    // D-Bus handler (NSS may wait for LDAP or sssd).
+    let device_user = device_user::DeviceUser::resolve(config.device.user.clone());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -160,26 +166,50 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
         let mut replug = signal(SignalKind::user_defined1()).map_err(|e| format!("cannot handle SIGUSR1: {e}"))?;
         policy.watch()?;
+        device_user.resolve_on_hangup()?;
 
         let authenticator = Authenticator::try_new(authenticator_config, platform, Instant::now())
             .map_err(|e| format!("cannot start the authenticator (no random numbers from the system?): {e:?}"))?;
         let authenticator = Arc::new(Mutex::new(authenticator));
-        let service = dbus_service::Service::from_config(&config, agents, credentials, Arc::clone(&authenticator), agent_prompt);
+        // Manager1.Replug asks the loop below for what SIGUSR1 does.
+        let (replugger, mut replug_requests) = replug::channel(replug::MIN_REPLUG_INTERVAL);
+        let service = dbus_service::Service::from_config(
+            &config,
+            agents,
+            credentials,
+            Arc::clone(&authenticator),
+            agent_prompt,
+            dbus_service::DeviceHandles {
+                device_user: Arc::clone(&device_user),
+                replugger,
+                policy: Box::new(policy.decision()),
+            },
+        );
         let mut bus = dbus_service::DbusService::start_for_daemon(service).await?;
         // Agent mode cannot ask anyone without the bus: off it, the daemon
         // exits with a failure and systemd (Restart=on-failure) starts it
         // again, on the new bus. Always-approve mode keeps serving the key.
         let exit_when_off_the_bus = config.prompt.mode == PromptMode::Agent;
         let mut off_the_bus: Option<String> = None;
+        // A Manager1.Replug being carried out: answered once the device is back.
+        let mut replug_asked: Option<replug::ReplugRequest> = None;
         loop {
             let device = uhid::UhidDevice::create(&config.device.uhid_path, &device_info())
                 .map_err(|e| format!("{e} (is the uhid module loaded? try `modprobe uhid`)"))?;
             tracing::info!(uhid = %config.device.uhid_path.display(), "virtual FIDO device created");
+            if let Some(request) = replug_asked.take() {
+                request.finish(Ok(()));
+            }
             let stop = async {
                 tokio::select! {
                     _ = terminate.recv() => { tracing::info!("SIGTERM: removing the device"); transport::Stop::Exit }
                     _ = interrupt.recv() => { tracing::info!("SIGINT: removing the device"); transport::Stop::Exit }
                     _ = replug.recv() => { tracing::info!("SIGUSR1: re-plugging the device"); transport::Stop::Replug }
+                    request = replug_requests.next() => {
+                        tracing::info!("Manager1.Replug: re-plugging the device");
+                        replug_asked = Some(request);
+                        transport::Stop::Replug
+                    }
                     reason = bus_lost(&mut bus, exit_when_off_the_bus) => {
                         tracing::error!(reason, "off the system bus: nobody can be asked; removing the device and exiting");
                         off_the_bus = Some(reason);
@@ -195,11 +225,12 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             }
             // Unplugged: give udev and clients a moment to see the device go.
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            authenticator
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .power_cycle(Instant::now())
-                .map_err(|e| format!("cannot power-cycle the authenticator: {e}"))?;
+            // The cancelled request may still hold the authenticator for a
+            // moment (a PAM check ends on its own): wait off the runtime.
+            let device = Arc::clone(&authenticator);
+            tokio::task::spawn_blocking(move || replug::power_cycle(&device))
+                .await
+                .map_err(|e| format!("power-cycle task failed: {e}"))??;
         }
         if let Some(reason) = off_the_bus {
             return Err(format!("{reason} (exiting so that systemd starts fidoseald again)"));

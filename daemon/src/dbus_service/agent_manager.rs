@@ -15,6 +15,7 @@ use zbus::Connection;
 
 use super::caller::{self, SessionCheck};
 use super::Service;
+use crate::device_user::DeviceUid;
 use crate::prompt_agent::registry::{AgentRegistry, RegisterError};
 
 pub struct AgentManager {
@@ -57,14 +58,27 @@ impl AgentManager {
             log_refusal(&reason);
             Error::NotPermitted(reason)
         };
-        let Some(user) = self.service.device_user.as_deref() else {
-            return Err(refuse("this device has no [device] user".into()));
-        };
-        let Some(device_uid) = caller::uid_of(user) else {
-            return Err(refuse(format!("the device's user {user:?} does not exist")));
-        };
-        if credentials.uid != device_uid {
-            return Err(refuse(format!("uid {} is not the device's user {user}", credentials.uid)));
+        // The uid resolved at start or on SIGHUP (device_user.rs): a slow
+        // user database never holds up this handler.
+        let device_user = &self.service.device_user;
+        match device_user.uid() {
+            DeviceUid::NotConfigured => return Err(refuse("this device has no [device] user".into())),
+            DeviceUid::Unknown => {
+                // Looked up again in the background; Failed (not
+                // NotPermitted), so that the agent tries again shortly.
+                device_user.is(credentials.uid);
+                let reason = format!(
+                    "the device's user {:?} is not in the user database (yet); looking again",
+                    device_user.name().unwrap_or("")
+                );
+                log_refusal(&reason);
+                return Err(Error::Failed(reason));
+            }
+            DeviceUid::Known(device_uid) if device_uid != credentials.uid => {
+                let user = device_user.name().unwrap_or("");
+                return Err(refuse(format!("uid {} is not the device's user {user}", credentials.uid)));
+            }
+            DeviceUid::Known(_) => {}
         }
         // The right user in the wrong session state: NotActive, which the
         // agent tries again when logind reports a change.

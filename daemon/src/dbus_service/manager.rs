@@ -1,8 +1,11 @@
 //! org.fidoseal.Manager1: status, the device user's passkeys, reset.
 //!
-//! Status and the passkey methods answer the device's user (and root);
-//! Reset needs polkit's org.fidoseal.reset for the calling connection
-//! (root is let through without asking, and that is logged).
+//! Status, the passkey methods and Replug answer the device's user (and
+//! root); Reset needs polkit's org.fidoseal.reset for the calling
+//! connection (root is let through without asking, and that is logged).
+//! DeletePasskey also needs the user's verification in their agent, and
+//! the passkey methods show only what the policy lets credential
+//! management show.
 //!
 //! Passkeys are read and deleted through the daemon's shared credential
 //! store (shared_credentials.rs), not through the authenticator, whose
@@ -13,9 +16,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use fidoseal_ctap::audit::{AuditDecision, AuditEvent, AuditKind};
-use fidoseal_ctap::platform::{CredentialStore, ResidentCredential};
+use fidoseal_ctap::platform::{
+    CredentialStore, PresencePurpose, PresenceRequest, ResidentCredential, TransactionSignals,
+};
+use fidoseal_ctap::{RequestContext, StatusCode};
 use fidoseal_dbus::{detail, Details, Error, POLKIT_ACTION_RESET};
 use zbus::message::Header;
 use zbus::names::UniqueName;
@@ -23,6 +30,8 @@ use zbus::Connection;
 
 use super::caller::{self, Credentials};
 use super::{hex, unhex, Service};
+use crate::device_user::DeviceUid;
+use crate::replug::ReplugError;
 
 pub struct Manager {
     service: Arc<Service>,
@@ -33,7 +42,9 @@ impl Manager {
         Self { service }
     }
 
-    /// The caller, if it is the device's user or root.
+    /// The caller, if it is the device's user or root. The device user's
+    /// uid was resolved outside the handlers (device_user.rs): nothing here
+    /// waits for the user database.
     async fn owner_or_root(
         &self,
         method: &str,
@@ -41,8 +52,8 @@ impl Manager {
         connection: &Connection,
     ) -> Result<Credentials, Error> {
         let (sender, credentials) = identify(method, header, connection).await?;
-        let device_uid = self.service.device_user.as_deref().and_then(caller::uid_of);
-        if Some(credentials.uid) == device_uid {
+        let device_user = &self.service.device_user;
+        if device_user.is(credentials.uid) {
             return Ok(credentials);
         }
         if credentials.uid == 0 {
@@ -50,7 +61,11 @@ impl Manager {
             return Ok(credentials);
         }
         tracing::warn!(method, sender = %sender, uid = credentials.uid, decision = "refused", "Manager1: not the device's user");
-        Err(Error::NotPermitted(format!("uid {} is not the device's user", credentials.uid)))
+        let mut reason = format!("uid {} is not the device's user", credentials.uid);
+        if let (DeviceUid::Unknown, Some(name)) = (device_user.uid(), device_user.name()) {
+            reason.push_str(&format!(" ({name:?} is not in the user database yet)"));
+        }
+        Err(Error::NotPermitted(reason))
     }
 
     /// Runs a store operation on the blocking pool.
@@ -64,6 +79,7 @@ impl Manager {
             .map_err(|e| Error::Failed(format!("store task failed: {e}")))
     }
 
+    /// The passkey `credential_id` names, if the policy shows it.
     async fn passkey(&self, credential_id: &str) -> Result<ResidentCredential, Error> {
         let Some(id) = unhex(credential_id) else {
             return Err(Error::DoesNotExist(format!("{credential_id:?} is not a credential id (hex)")));
@@ -71,7 +87,56 @@ impl Manager {
         self.with_store(move |store| store.find(&id))
             .await?
             .map_err(|e| Error::Failed(e.to_string()))?
+            // Hidden as credential management hides it: not there at all.
+            .filter(|c| self.service.policy.shows_passkeys_of(&c.rp_id))
             .ok_or_else(|| Error::DoesNotExist(format!("no passkey {credential_id}")))
+    }
+
+    /// The device's user verifies, in their session's agent, that they
+    /// want `passkey` deleted: the authenticator's built-in UV, as for a
+    /// getPinUvAuthTokenUsingUvWithPermissions (password by PAM, finger by
+    /// fprintd, or the PIN, counted against the same retries). It waits
+    /// for a running CTAP request to end (the authenticator's lock).
+    async fn verify_user_to_delete(&self, passkey: &ResidentCredential) -> Result<(), Error> {
+        let authenticator = Arc::clone(&self.service.authenticator);
+        let rp_id = passkey.rp_id.clone();
+        let user_name = passkey.user_name.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            let signals = TransactionSignals::new();
+            let ctx = RequestContext { now: Instant::now(), channel: 0, signals: &signals };
+            let request = PresenceRequest {
+                purpose: PresencePurpose::DeletePasskey,
+                rp_id: Some(&rp_id),
+                user_name: user_name.as_deref(),
+                ..Default::default()
+            };
+            authenticator.lock().unwrap_or_else(|e| e.into_inner()).verify_user_for_platform(&request, &ctx)
+        })
+        .await
+        .map_err(|e| Error::Failed(format!("verification task failed: {e}")))?;
+        verified.map_err(|status| match status {
+            StatusCode::NotAllowed => Error::NotPermitted(
+                "deleting a passkey needs the user's verification, and none can be asked for now: no agent in an \
+                 active session of the device's user, or no method (a PIN, or [prompt] uv_methods password or \
+                 fingerprint) usable"
+                    .into(),
+            ),
+            StatusCode::UvBlocked => Error::NotPermitted(
+                "built-in user verification is blocked after too many failures: use the PIN once to unblock it".into(),
+            ),
+            StatusCode::PinBlocked | StatusCode::PinAuthBlocked => {
+                Error::NotPermitted(format!("the PIN is blocked ({status}): re-plug (Replug) or reset the key"))
+            }
+            StatusCode::UvInvalid | StatusCode::PinInvalid => {
+                Error::Rejected("the user was not verified (wrong password, PIN or finger)".into())
+            }
+            StatusCode::OperationDenied => {
+                Error::Rejected("the user did not confirm, or could not be asked to the end".into())
+            }
+            StatusCode::UserActionTimeout => Error::Canceled("no answer in time".into()),
+            StatusCode::KeepaliveCancel => Error::Canceled("the verification was cancelled".into()),
+            other => Error::Failed(format!("user verification failed: {other}")),
+        })
     }
 }
 
@@ -131,8 +196,15 @@ impl Manager {
         let caller = self.owner_or_root("ListPasskeys", &header, connection).await?;
         let mut credentials =
             self.with_store(|store| store.all_credentials()).await?.map_err(|e| Error::Failed(e.to_string()))?;
+        let all = credentials.len();
+        // Credential management's filter, one policy decision per rp.
+        let mut shown: HashMap<String, bool> = HashMap::new();
+        credentials.retain(|c| {
+            *shown.entry(c.rp_id.clone()).or_insert_with(|| self.service.policy.shows_passkeys_of(&c.rp_id))
+        });
         credentials.sort_by_key(|c| std::cmp::Reverse(c.created));
-        tracing::info!(uid = caller.uid, passkeys = credentials.len(), "ListPasskeys");
+        let hidden_by_policy = all - credentials.len();
+        tracing::info!(uid = caller.uid, passkeys = credentials.len(), hidden_by_policy, "ListPasskeys");
         Ok(credentials
             .into_iter()
             .map(|c| {
@@ -174,6 +246,20 @@ impl Manager {
     ) -> Result<(), Error> {
         let caller = self.owner_or_root("DeletePasskey", &header, connection).await?;
         let passkey = self.passkey(credential_id).await?;
+        // Whoever calls (any program of the user, a login over SSH, root):
+        // the user at the device confirms who they are first.
+        if let Err(e) = self.verify_user_to_delete(&passkey).await {
+            // The audit trail, not a log line: it never holds a credential ID.
+            crate::audit_log::write(
+                &AuditEvent::new(AuditKind::CredentialDeleted, AuditDecision::Deny)
+                    .rp(Some(&passkey.rp_id))
+                    .user(self.service.device_user.name().map(str::to_owned))
+                    .credential(&passkey.credential_id)
+                    .operation("manager1-delete")
+                    .reason(format!("asked over D-Bus by uid {}; the user was not verified: {e}", caller.uid)),
+            );
+            return Err(e);
+        }
         let id = passkey.credential_id.clone();
         let deleted =
             self.with_store(move |store| store.delete(&id)).await?.map_err(|e| Error::Failed(e.to_string()))?;
@@ -183,7 +269,7 @@ impl Manager {
         crate::audit_log::write(
             &AuditEvent::new(AuditKind::CredentialDeleted, AuditDecision::Allow)
                 .rp(Some(&passkey.rp_id))
-                .user(self.service.device_user.clone())
+                .user(self.service.device_user.name().map(str::to_owned))
                 .credential(&passkey.credential_id)
                 .operation("manager1-delete")
                 .reason(format!("deleted over D-Bus by uid {}", caller.uid)),
@@ -229,6 +315,37 @@ impl Manager {
         })?;
         tracing::warn!(sender = %sender, uid = credentials.uid, "Reset: every credential and the PIN were deleted");
         Ok(())
+    }
+
+    /// Unplugs the device and plugs it in again: a power cycle (replug.rs).
+    /// It ends the block after three wrong PINs in a row (CTAP 2.1 §6.5.5.5),
+    /// which only a power cycle ends, so that the device's user does not
+    /// need root (SIGUSR1) or a restart after someone typed wrong PINs into
+    /// their key. Once per [`crate::replug::MIN_REPLUG_INTERVAL`].
+    async fn replug(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(), Error> {
+        let caller = self.owner_or_root("Replug", &header, connection).await?;
+        match self.service.replugger.replug().await {
+            Ok(()) => {
+                tracing::warn!(
+                    uid = caller.uid,
+                    pid = caller.pid,
+                    "Replug: the device was unplugged and plugged in again (a power cycle)"
+                );
+                Ok(())
+            }
+            Err(e @ (ReplugError::TooSoon { .. } | ReplugError::InProgress(_))) => {
+                tracing::info!(uid = caller.uid, decision = "refused", reason = %e, "Replug");
+                Err(Error::RateLimited(e.to_string()))
+            }
+            Err(e) => {
+                tracing::error!(uid = caller.uid, error = %e, "Replug failed");
+                Err(Error::Failed(e.to_string()))
+            }
+        }
     }
 }
 

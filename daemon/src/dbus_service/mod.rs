@@ -4,8 +4,10 @@
 //!
 //! The connection lives on the daemon's tokio runtime; method handlers run
 //! as tasks there (zbus spawns one per call) and never block: anything that
-//! takes a lock the authenticator may hold for a whole prompt (Reset), or
-//! writes files (DeletePasskey), goes to the blocking pool.
+//! takes a lock the authenticator may hold for a whole prompt (Reset, the
+//! verification of DeletePasskey), or reads and writes the store, goes to
+//! the blocking pool; the device user's uid is resolved beforehand
+//! (device_user.rs).
 
 mod agent_manager;
 pub mod caller;
@@ -16,13 +18,16 @@ mod tests;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use fidoseal_ctap::platform::PolicyDecision;
 use fidoseal_ctap::Authenticator;
 use fidoseal_dbus::{BUS_NAME, OBJECT_PATH};
 use zbus::connection::Builder;
 use zbus::Connection;
 
 use crate::config::{Config, PromptMode};
+use crate::device_user::DeviceUser;
 use crate::prompt_agent::{AgentPrompt, AgentRegistry, Bus};
+use crate::replug::Replugger;
 use crate::shared_credentials::SharedCredentialStore;
 
 /// What the two interfaces reach.
@@ -33,12 +38,27 @@ pub struct Service {
     pub authenticator: Arc<Mutex<Authenticator>>,
     /// The agent prompt, for Status's "uv_configured" (None: always-approve).
     pub prompt: Option<AgentPrompt>,
-    /// `[device] user`: who may register an agent and manage passkeys.
-    pub device_user: Option<String>,
+    /// `[device] user`: who may register an agent and manage passkeys,
+    /// resolved to a uid outside the handlers (device_user.rs).
+    pub device_user: Arc<DeviceUser>,
+    /// For Replug: asks the device loop to unplug and re-plug the device.
+    pub replugger: Replugger,
+    /// The policy, for what credential management may show
+    /// (`PolicyDecision::shows_passkeys_of`).
+    pub policy: Box<dyn PolicyDecision + Sync>,
     pub prompt_mode: PromptMode,
     /// "tpm" or "software".
     pub keystore: &'static str,
     pub policy_dirs: Vec<PathBuf>,
+}
+
+/// What Manager1 needs of the device it manages besides the
+/// authenticator and the store: whose it is, how to re-plug it, and the
+/// policy that decides which passkeys are shown.
+pub struct DeviceHandles {
+    pub device_user: Arc<DeviceUser>,
+    pub replugger: Replugger,
+    pub policy: Box<dyn PolicyDecision + Sync>,
 }
 
 impl Service {
@@ -49,13 +69,17 @@ impl Service {
         store: SharedCredentialStore,
         authenticator: Arc<Mutex<Authenticator>>,
         prompt: Option<AgentPrompt>,
+        device: DeviceHandles,
     ) -> Self {
+        let DeviceHandles { device_user, replugger, policy } = device;
         Self {
             registry,
             store,
             authenticator,
             prompt,
-            device_user: config.device.user.clone(),
+            device_user,
+            replugger,
+            policy,
             prompt_mode: config.prompt.mode,
             keystore: match config.keystore.backend {
                 crate::config::KeyStoreBackend::Software => "software",

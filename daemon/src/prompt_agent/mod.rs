@@ -575,6 +575,7 @@ fn action_name(purpose: PresencePurpose) -> &'static str {
         PresencePurpose::Select => "select-key",
         PresencePurpose::Reset => "reset",
         PresencePurpose::Manage => "manage",
+        PresencePurpose::DeletePasskey => "delete-passkey",
     }
 }
 

@@ -11,8 +11,9 @@ use fidoseal_ctl::cli::Cli;
 use fidoseal_ctl::CtlError;
 use serde_json::Value as Json;
 
+use super::fakes::{Agent, Answer};
 use super::manager::passkey;
-use super::{Harness, Options, OTHER_UID};
+use super::{with_password_check, Harness, Options, OTHER_UID};
 
 /// The child's entry: set when a test runs this binary again as another user.
 const CHILD_BUS: &str = "FIDOSEAL_CTL_TEST_BUS";
@@ -49,7 +50,7 @@ fn json(text: &str) -> Json {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn fidosealctl_lists_shows_and_deletes_the_users_own_passkeys() {
-    let h = Harness::start("ctl-passkeys", Options::default()).await;
+    let h = with_password_check("ctl-passkeys", Options::default()).await;
     let mut store = h.store.clone();
     store.save(passkey(1, "old.example", "alice", 1)).unwrap();
     store.save(passkey(2, "new.example", "bob", 2)).unwrap();
@@ -89,6 +90,14 @@ async fn fidosealctl_lists_shows_and_deletes_the_users_own_passkeys() {
     assert_eq!(code, 0);
     assert!(out.contains("key store:             software\n"), "{out}");
 
+    // Deleting needs the user's verification through their agent (issue 16
+    // finding 5): with no agent to ask, refused with the way out, nothing gone.
+    let (code, _, err) = ctl(&h, &["passkeys", "delete", &id1]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("fidosealctl: not permitted: ") && err.contains("verif"), "{err}");
+    assert_eq!(store.all_credentials().unwrap().len(), 2);
+
+    let _agent = Agent::registered(&h.bus, Answer::Method("password", "correct horse")).await;
     let (code, out, err) = ctl(&h, &["passkeys", "delete", &id1]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("deleted: old.example (alice)"), "{out}");

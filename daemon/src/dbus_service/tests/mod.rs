@@ -12,7 +12,9 @@ mod agent;
 mod contract;
 mod ctl;
 mod fakes;
+mod device_user;
 mod manager;
+mod replug;
 mod verification;
 
 use std::future::Future;
@@ -20,14 +22,14 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fidoseal_ctap::memory_store::MemoryCredentialStore;
 use fidoseal_ctap::platform::{
-    AllowAll, AuthenticatorState, CredentialStore, PinRecord, PresencePurpose, PresenceRequest, PromptOutcome,
-    Secret32, TransactionSignals, UserPrompt, VerificationOutcome,
+    AuthenticatorState, CredentialStore, PinRecord, PolicyDecision, PolicyRequest, PolicyVerdict, PresencePurpose,
+    PresenceRequest, PromptOutcome, Secret32, TransactionSignals, UserPrompt, VerificationOutcome,
 };
 use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use fidoseal_ctap::{Authenticator, AuthenticatorConfig, Platform};
@@ -35,6 +37,7 @@ use zbus::connection::Builder;
 use zbus::Connection;
 
 use super::{DbusService, Service};
+use crate::device_user::{DeviceUser, UserLookup};
 use crate::config::{PromptMode, UvMethod};
 use crate::prompt_agent::{AgentPrompt, AgentRegistry, PromptSettings};
 use crate::shared_credentials::SharedCredentialStore;
@@ -184,6 +187,26 @@ pub struct Options {
     pub pam_service: Option<(&'static str, String)>,
     /// A PIN is set before the authenticator starts.
     pub pin_set: bool,
+    /// Relying parties the policy denies (and so hides from credential
+    /// management); every other one is allowed.
+    pub hidden_rps: Vec<&'static str>,
+    /// The user database, in place of the system's (None: the system's).
+    pub user_lookup: Option<UserLookup>,
+    /// Manager1.Replug's minimum interval.
+    pub replug_interval: Duration,
+}
+
+/// A policy that denies the listed relying parties and allows the rest.
+pub struct HidingPolicy(pub Vec<&'static str>);
+
+impl PolicyDecision for HidingPolicy {
+    fn decide(&self, request: &PolicyRequest<'_>) -> PolicyVerdict {
+        if self.0.contains(&request.rp_id) {
+            PolicyVerdict::deny("test: hidden")
+        } else {
+            PolicyVerdict::allow("test: allowed")
+        }
+    }
 }
 
 impl Default for Options {
@@ -194,6 +217,9 @@ impl Default for Options {
             uv_methods: vec![UvMethod::Fingerprint, UvMethod::Password, UvMethod::Pin],
             pam_service: None,
             pin_set: false,
+            hidden_rps: Vec::new(),
+            user_lookup: None,
+            replug_interval: Duration::from_secs(10),
         }
     }
 }
@@ -205,6 +231,9 @@ pub struct Harness {
     pub store: SharedCredentialStore,
     pub authenticator: Arc<Mutex<Authenticator>>,
     pub prompt: AgentPrompt,
+    pub device_user: Arc<DeviceUser>,
+    /// Re-plugs done by the stand-in device loop.
+    replugs: Arc<AtomicUsize>,
     /// Held: the service stays on the bus for the test.
     pub service: DbusService,
     pub bus: TestBus,
@@ -227,6 +256,14 @@ impl Harness {
             let pin = Some(PinRecord { verifier: vec![1; 32], code_points: 4 });
             store.save_state(&AuthenticatorState { pin, ..AuthenticatorState::default() }).unwrap();
         }
+        // Resolved off the runtime, as fidoseald does before it starts one.
+        let (name, lookup) = (options.device_user.to_string(), options.user_lookup.clone());
+        let device_user = tokio::task::spawn_blocking(move || match lookup {
+            Some(lookup) => DeviceUser::resolve_with(Some(name), lookup),
+            None => DeviceUser::resolve(Some(name)),
+        })
+        .await
+        .unwrap();
         let settings = PromptSettings {
             timeout: options.timeout,
             uv_methods: options.uv_methods,
@@ -238,26 +275,47 @@ impl Harness {
             keystore: Box::new(SoftwareKeyStore::new(Secret32([7; 32]))),
             credentials: Box::new(store.clone()),
             prompt: Box::new(prompt.clone()),
-            policy: Box::new(AllowAll),
+            policy: Box::new(HidingPolicy(options.hidden_rps.clone())),
         };
         let authenticator = Arc::new(Mutex::new(Authenticator::new(
             AuthenticatorConfig::default(),
             platform,
             std::time::Instant::now(),
         )));
+        // The device loop of main.rs, without a uhid device: each request
+        // power-cycles the authenticator as a re-plug does, then answers.
+        let (replugger, mut requests) = crate::replug::channel(options.replug_interval);
+        let replugs = Arc::new(AtomicUsize::new(0));
+        let (device, done) = (Arc::clone(&authenticator), Arc::clone(&replugs));
+        tokio::spawn(async move {
+            loop {
+                let request = requests.next().await;
+                let device = Arc::clone(&device);
+                let result = tokio::task::spawn_blocking(move || crate::replug::power_cycle(&device)).await.unwrap();
+                done.fetch_add(1, Ordering::SeqCst);
+                request.finish(result);
+            }
+        });
         let service = Service {
             registry: Arc::clone(&registry),
             store: store.clone(),
             authenticator: Arc::clone(&authenticator),
             prompt: Some(prompt.clone()),
-            device_user: Some(options.device_user.into()),
+            device_user: Arc::clone(&device_user),
+            replugger,
+            policy: Box::new(HidingPolicy(options.hidden_rps.clone())),
             prompt_mode: PromptMode::Agent,
             keystore: "software",
             policy_dirs: Vec::new(),
         };
         let service =
             DbusService::start(service, Some(&bus.address)).await.expect("the service starts on the test bus");
-        Self { registry, store, authenticator, prompt, service, bus }
+        Self { registry, store, authenticator, prompt, device_user, replugs, service, bus }
+    }
+
+    /// How often the device loop re-plugged the device for Manager1.Replug.
+    pub fn device_loop_replugs(&self) -> usize {
+        self.replugs.load(Ordering::SeqCst)
     }
 
     /// Waits until the registry holds an agent (Some) or none (None).
@@ -268,6 +326,24 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// A harness whose PAM service accepts only the password "correct horse"
+/// (pam_exec hands the typed password to a script on its stdin), the only
+/// verification method.
+pub async fn with_password_check(name: &str, options: Options) -> Harness {
+    let service = "auth [success=1 default=ignore] pam_exec.so quiet expose_authtok @DIR@/check\n\
+                   auth requisite pam_deny.so\nauth required pam_permit.so\naccount required pam_permit.so\n"
+        .to_string();
+    let h = Harness::start(
+        name,
+        Options { uv_methods: vec![UvMethod::Password], pam_service: Some(("fidoseal-test", service)), ..options },
+    )
+    .await;
+    let script = h.bus.dir.path().join("check");
+    std::fs::write(&script, "#!/bin/sh\npw=$(tr -d '\\000')\n[ \"$pw\" = 'correct horse' ]\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    h
 }
 
 /// A prompt request as the core would make it.
