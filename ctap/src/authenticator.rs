@@ -479,6 +479,7 @@ pub(crate) fn purpose_name(purpose: PresencePurpose) -> &'static str {
         PresencePurpose::Select => "select-key",
         PresencePurpose::Reset => "reset",
         PresencePurpose::Manage => "manage",
+        PresencePurpose::DeletePasskey => "delete-passkey",
     }
 }
 
