@@ -68,6 +68,37 @@ impl Plan {
         }
     }
 
+    /// `op` against `baseline`, batch by batch in turn, so that a change of
+    /// the machine's load falls on both alike: the median over the batches
+    /// of the ratio op / baseline, with the median times of each.
+    fn paired(&self, mut op: impl FnMut(), mut baseline: impl FnMut()) -> (f64, Duration, Duration) {
+        for _ in 0..self.warmup {
+            op();
+            baseline();
+        }
+        let batch = |f: &mut dyn FnMut()| {
+            let start = Instant::now();
+            for _ in 0..self.per_batch {
+                f();
+            }
+            start.elapsed() / self.per_batch as u32
+        };
+        let mut ratios = Vec::new();
+        let (mut ops, mut bases) = (Vec::new(), Vec::new());
+        // Twice the batches of a plain measurement: each ratio takes two.
+        for _ in 0..self.batches * 2 {
+            let a = batch(&mut op);
+            let b = batch(&mut baseline);
+            ratios.push(a.as_secs_f64() / b.as_secs_f64());
+            ops.push(a);
+            bases.push(b);
+        }
+        ratios.sort_by(f64::total_cmp);
+        ops.sort();
+        bases.sort();
+        (ratios[ratios.len() / 2], ops[ops.len() / 2], bases[bases.len() / 2])
+    }
+
     /// Median over the batches of the mean time of one call of `op`.
     fn measure(&self, mut op: impl FnMut()) -> Duration {
         for _ in 0..self.warmup {
@@ -115,10 +146,6 @@ fn fmt(d: Duration) -> String {
     }
 }
 
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64()
-}
-
 fn main() {
     let plan = Plan::from_args();
     println!(
@@ -160,46 +187,49 @@ fn crypto_overhead(plan: &Plan) {
     let key = SigningKey::try_generate().expect("randomness");
     let message = [0x5a_u8; SIGNED_LEN];
 
-    let raw_sign = plan.measure(|| {
+    let raw_sign = || {
         let signature: Signature = black_box(&key).sign(black_box(&message));
         black_box(signature);
-    });
+    };
     // What the software key store did per signature before it signed from
     // the scalar: rebuild the key (which computes the public point), then sign.
     let scalar = key.to_bytes();
-    let raw_load_sign = plan.measure(|| {
+    let raw_load_sign = || {
         let key = SigningKey::from_slice(black_box(&scalar)).expect("valid scalar");
         let signature: Signature = key.sign(black_box(&message));
         black_box(signature);
-    });
-    let raw_keygen = plan.measure(|| {
-        // A new key and its public point, as a credential needs.
+    };
+    // A new key and its public point, as a credential needs, and the self
+    // attestation's signature: what makeCredential cannot do without.
+    let raw_keygen_sign = || {
         let key = SigningKey::try_generate().expect("randomness");
         black_box(VerifyingKey::from(&key).to_sec1_point(false));
-    });
-    let make = plan.measure(|| {
-        black_box(ceremony(&mut device, cid, black_box(&make_credential)));
-    });
-    let get = plan.measure(|| {
-        black_box(ceremony(&mut device, cid, black_box(&get_assertion)));
-    });
+        let signature: Signature = key.sign(black_box(&message));
+        black_box(signature);
+    };
+    // Each ceremony is measured in turn with its raw operations (batches
+    // alternate), so the ratios hold on a loaded machine too.
+    let (make_ratio, make, raw_make) =
+        plan.paired(|| drop(black_box(ceremony(&mut device, cid, black_box(&make_credential)))), raw_keygen_sign);
+    let (get_ratio, get, raw_get) =
+        plan.paired(|| drop(black_box(ceremony(&mut device, cid, black_box(&get_assertion)))), raw_sign);
+    let (old_ratio, old_path, _) = plan.paired(raw_load_sign, raw_sign);
 
     println!("== part 1: in process, software key store, memory credential store");
-    println!("raw sign ({SIGNED_LEN}-byte message): {}", fmt(raw_sign));
-    println!("raw key load from scalar + sign (the old signature path): {}", fmt(raw_load_sign));
-    println!("raw keygen: {}", fmt(raw_keygen));
-    // makeCredential makes a key and signs the self attestation with it.
+    println!("(each ratio: the median of per-batch ratios, ceremony and raw batches in turn)");
     println!(
-        "makeCredential: {}, raw keygen + sign: {}, ratio {:.2} (target <= 1.25)",
+        "makeCredential: {}, raw keygen + public point + sign: {}, ratio {make_ratio:.2} (target <= 1.25)",
         fmt(make),
-        fmt(raw_keygen + raw_sign),
-        ratio(make, raw_keygen + raw_sign)
+        fmt(raw_make)
     );
     println!(
-        "getAssertion: {}, raw sign: {}, ratio {:.2} (target <= 1.25)",
+        "getAssertion: {}, raw sign ({SIGNED_LEN}-byte message): {}, ratio {get_ratio:.2} (target <= 1.25)",
         fmt(get),
-        fmt(raw_sign),
-        ratio(get, raw_sign)
+        fmt(raw_get)
+    );
+    println!(
+        "the old signature path (key from scalar + sign): {}, ratio {old_ratio:.2} to a raw sign",
+        fmt(old_path)
     );
 }
 
@@ -241,15 +271,20 @@ fn populate(parent: &Path, credentials: usize) -> Populated {
     Populated { device, cid, dir, credential_id: first.credential_id, public_key: first.public_key, made: 0 }
 }
 
-struct ScaleFigures {
-    get_allow: Duration,
-    get_discover: Duration,
-    make: Duration,
-    enumerate: Duration,
-    open: Duration,
+/// A populated device's requests, checked once before they are measured.
+struct Requests {
+    get_allow: Vec<u8>,
+    get_discover: Vec<u8>,
 }
 
-fn measure_scale(plan: &Plan, p: &mut Populated) -> ScaleFigures {
+/// Credential management's enumeration of rp0, with a PIN token (set last:
+/// a PIN makes a discoverable makeCredential need a token too).
+struct Enumeration {
+    begin: Value,
+    next: Value,
+}
+
+fn prepare(p: &mut Populated) -> Requests {
     let cid = p.cid;
     let get_allow = cbor_message(0x02, &requests::get_assertion(&rp(0), &[&p.credential_id], vec![]));
     let answer = ceremony(&mut p.device, cid, &get_allow);
@@ -263,25 +298,16 @@ fn measure_scale(plan: &Plan, p: &mut Populated) -> ScaleFigures {
         ),
         "assertion verifies"
     );
-    let get_allow_time = plan.measure(|| {
-        black_box(ceremony(&mut p.device, cid, &get_allow));
-    });
     // Usernameless: all 10 credentials of rp0 are found, the newest signs.
     let get_discover = cbor_message(0x02, &requests::get_assertion(&rp(0), &[], vec![]));
     let answer = ceremony(&mut p.device, cid, &get_discover);
     let assertion: Value = ciborium::de::from_reader(&answer[1..]).expect("getAssertion response");
     assert_eq!(responses::get(&assertion, 5).and_then(Value::as_integer), Some(PER_RP.into()), "numberOfCredentials");
-    let get_discover_time = plan.measure(|| {
-        black_box(ceremony(&mut p.device, cid, &get_discover));
-    });
-    // A new discoverable credential each time (one inserted row).
-    let make_time = plan.measure(|| {
-        p.made += 1;
-        let user = format!("new-user-{}", p.made);
-        let request = requests::make_credential("new.example", user.as_bytes(), "new", vec![requests::rk()]);
-        black_box(ceremony(&mut p.device, cid, &cbor_message(0x01, &request)));
-    });
-    // Credential management: enumerate rp0's credentials (begin + 9 next).
+    Requests { get_allow, get_discover }
+}
+
+fn prepare_enumeration(p: &mut Populated) -> Enumeration {
+    let cid = p.cid;
     assert_eq!(pc::set_pin(&mut p.device, cid, Protocol::Two, "123456"), 0);
     let token = pc::get_pin_uv_auth_token_with_permissions(
         &mut p.device,
@@ -295,23 +321,25 @@ fn measure_scale(plan: &Plan, p: &mut Populated) -> ScaleFigures {
     let rp_hash = Value::Bytes(pc::sha256(rp(0).as_bytes()).to_vec());
     let begin = pc::cred_mgmt_request(Some(&token), 0x04, Some(Value::Map(vec![(Value::from(1), rp_hash)])));
     let next = pc::cred_mgmt_request(None, 0x05, None);
-    let enumerate_time = plan.measure(|| {
-        assert_eq!(p.device.ctap(cid, CREDENTIAL_MANAGEMENT, Some(begin.clone())).0, 0);
-        for _ in 1..PER_RP {
-            assert_eq!(p.device.ctap(cid, CREDENTIAL_MANAGEMENT, Some(next.clone())).0, 0);
-        }
-    });
-    // What a start does with the database: open, quick_check, load.
-    let open_plan = Plan { warmup: 1, batches: plan.batches, per_batch: 1 };
-    let open_time = open_plan.measure(|| {
-        black_box(CredentialDatabase::open(&p.dir, 100_000).expect("the database opens"));
-    });
-    ScaleFigures {
-        get_allow: get_allow_time,
-        get_discover: get_discover_time,
-        make: make_time,
-        enumerate: enumerate_time,
-        open: open_time,
+    Enumeration { begin, next }
+}
+
+fn get(p: &mut Populated, request: &[u8]) {
+    black_box(ceremony(&mut p.device, p.cid, request));
+}
+
+/// A new discoverable credential each time (one inserted row).
+fn make(p: &mut Populated) {
+    p.made += 1;
+    let user = format!("new-user-{}", p.made);
+    let request = requests::make_credential("new.example", user.as_bytes(), "new", vec![requests::rk()]);
+    black_box(ceremony(&mut p.device, p.cid, &cbor_message(0x01, &request)));
+}
+
+fn enumerate(p: &mut Populated, r: &Enumeration) {
+    assert_eq!(p.device.ctap(p.cid, CREDENTIAL_MANAGEMENT, Some(r.begin.clone())).0, 0);
+    for _ in 1..PER_RP {
+        assert_eq!(p.device.ctap(p.cid, CREDENTIAL_MANAGEMENT, Some(r.next.clone())).0, 0);
     }
 }
 
@@ -320,30 +348,47 @@ fn store_scale(plan: &Plan) {
     let shm = Path::new("/dev/shm");
     let parent = if shm.is_dir() { shm.to_owned() } else { std::env::temp_dir() };
     println!("== part 2: the credential database (on {}), 10 vs 10,000 discoverable credentials", parent.display());
+    println!("(each ratio: the median of per-batch ratios, 10,000 and 10 batches in turn)");
     let started = Instant::now();
     let mut small = populate(&parent, PER_RP);
     let mut large = populate(&parent, 10_000);
     println!("populated through makeCredential in {:.1} s", started.elapsed().as_secs_f64());
-    let s = measure_scale(plan, &mut small);
-    let l = measure_scale(plan, &mut large);
-    for (name, a, b) in [
-        ("getAssertion, allow list", s.get_allow, l.get_allow),
-        ("getAssertion, usernameless (rp with 10)", s.get_discover, l.get_discover),
-        ("makeCredential, discoverable", s.make, l.make),
-        ("credMgmt enumerate one rp (10 creds)", s.enumerate, l.enumerate),
-    ] {
-        println!("{name}: 10 credentials {}, 10,000 credentials {}, ratio {:.2} (target <= 1.5)", fmt(a), fmt(b), ratio(b, a));
+    let rs = prepare(&mut small);
+    let rl = prepare(&mut large);
+    let (s, l) = (&mut small, &mut large);
+    let figures = [
+        ("getAssertion, allow list", plan.paired(|| get(l, &rl.get_allow), || get(s, &rs.get_allow))),
+        (
+            "getAssertion, usernameless (rp with 10)",
+            plan.paired(|| get(l, &rl.get_discover), || get(s, &rs.get_discover)),
+        ),
+        ("makeCredential, discoverable", plan.paired(|| make(l), || make(s))),
+        ("credMgmt enumerate one rp (10 creds)", {
+            let (es, el) = (prepare_enumeration(s), prepare_enumeration(l));
+            plan.paired(|| enumerate(l, &el), || enumerate(s, &es))
+        }),
+    ];
+    for (name, (ratio, large_time, small_time)) in figures {
+        println!(
+            "{name}: 10 credentials {}, 10,000 credentials {}, ratio {ratio:.2} (target <= 1.5)",
+            fmt(small_time),
+            fmt(large_time)
+        );
     }
+    // What a start does with the database: open, quick_check, load.
+    let open_plan = Plan { warmup: 1, batches: plan.batches, per_batch: 1 };
+    let (open_ratio, open_large, open_small) = open_plan.paired(
+        || drop(black_box(CredentialDatabase::open(&large.dir, 100_000).expect("the database opens"))),
+        || drop(black_box(CredentialDatabase::open(&small.dir, 100_000).expect("the database opens"))),
+    );
     println!(
-        "database open at start (quick_check + load): empty-ish {}, 10,000 credentials {}, ratio {:.2}",
-        fmt(s.open),
-        fmt(l.open),
-        ratio(l.open, s.open)
+        "database open at start (quick_check + load): 10 credentials {}, 10,000 credentials {}, ratio {open_ratio:.2}",
+        fmt(open_small),
+        fmt(open_large)
     );
     let size = std::fs::metadata(large.dir.join(fidoseal_store::DATABASE_FILE)).map_or(0, |m| m.len())
         + std::fs::metadata(large.dir.join(format!("{}-wal", fidoseal_store::DATABASE_FILE))).map_or(0, |m| m.len());
     println!("database with 10,000 credentials: {:.1} MiB (file + WAL)", size as f64 / (1024.0 * 1024.0));
-    println!("getAssertion over the database vs raw sign: see part 1's raw sign; {} here", fmt(s.get_allow));
 
     // What durability costs on a real disk: one getAssertion's commit.
     let mut on_disk = Device::with_store(AuthenticatorConfig::default(), Box::new(TemporaryDatabase::new(100)));
