@@ -102,4 +102,5 @@ pub trait Manager1 {
     fn show_passkey(&self, credential_id: &str) -> zbus::Result<Details>;
     fn delete_passkey(&self, credential_id: &str) -> zbus::Result<()>;
     fn reset(&self) -> zbus::Result<()>;
+    fn list_devices(&self) -> zbus::Result<Vec<Details>>;
 }

@@ -1,6 +1,11 @@
-//! org.fidoseal.Manager1: status, the device user's passkeys, reset.
+//! org.fidoseal.Manager1: status, the device user's passkeys, reset, and
+//! the list of devices.
 //!
-//! Status and the passkey methods answer the device's user (and root);
+//! Every method acts on the caller's own device (per-user mode: the device
+//! of the caller's uid; single mode: the device of `[device] user`). Root
+//! acts on the only device there is; with several (per-user mode), root
+//! sees them all through ListDevices. Status and the passkey methods
+//! answer the device's user (and root);
 //! Reset needs polkit's org.fidoseal.reset for the calling connection
 //! (root is let through without asking, and that is logged).
 //!
@@ -22,6 +27,7 @@ use zbus::Connection;
 
 use super::caller::{self, Credentials};
 use super::{hex, unhex, Service};
+use crate::devices::UserDevice;
 
 pub struct Manager {
     service: Arc<Service>,
@@ -32,42 +38,46 @@ impl Manager {
         Self { service }
     }
 
-    /// The caller, if it is the device's user or root.
+    /// The caller and the device it acts on: its own (per-user mode: the
+    /// caller's uid's device; single mode: the device of `[device] user`),
+    /// or, for root, the only device there is.
     async fn owner_or_root(
         &self,
         method: &str,
         header: &Header<'_>,
         connection: &Connection,
-    ) -> Result<Credentials, Error> {
+    ) -> Result<(Credentials, Arc<UserDevice>), Error> {
         let (sender, credentials) = identify(method, header, connection).await?;
-        let device_uid = self.service.device_user.as_deref().and_then(caller::uid_of);
-        if Some(credentials.uid) == device_uid {
-            return Ok(credentials);
+        match self.service.devices.for_caller(credentials.uid) {
+            Ok(device) => {
+                if device.uid != Some(credentials.uid) {
+                    tracing::info!(method, sender = %sender, user = device.user.as_deref().unwrap_or("-"), "Manager1: root acts on the device user's passkeys");
+                }
+                Ok((credentials, device))
+            }
+            Err(reason) => {
+                tracing::warn!(method, sender = %sender, uid = credentials.uid, decision = "refused", reason, "Manager1: not the device's user");
+                Err(Error::NotPermitted(format!("uid {} is not the device's user ({reason})", credentials.uid)))
+            }
         }
-        if credentials.uid == 0 {
-            tracing::info!(method, sender = %sender, "Manager1: root acts on the device user's passkeys");
-            return Ok(credentials);
-        }
-        tracing::warn!(method, sender = %sender, uid = credentials.uid, decision = "refused", "Manager1: not the device's user");
-        Err(Error::NotPermitted(format!("uid {} is not the device's user", credentials.uid)))
     }
 
     /// Runs a store operation on the blocking pool.
     async fn with_store<T: Send + 'static>(
-        &self,
+        device: &UserDevice,
         work: impl FnOnce(&mut crate::shared_credentials::SharedCredentialStore) -> T + Send + 'static,
     ) -> Result<T, Error> {
-        let mut store = self.service.store.clone();
+        let mut store = device.store.clone();
         tokio::task::spawn_blocking(move || work(&mut store))
             .await
             .map_err(|e| Error::Failed(format!("store task failed: {e}")))
     }
 
-    async fn passkey(&self, credential_id: &str) -> Result<ResidentCredential, Error> {
+    async fn passkey(device: &UserDevice, credential_id: &str) -> Result<ResidentCredential, Error> {
         let Some(id) = unhex(credential_id) else {
             return Err(Error::DoesNotExist(format!("{credential_id:?} is not a credential id (hex)")));
         };
-        self.with_store(move |store| store.find(&id))
+        Self::with_store(device, move |store| store.find(&id))
             .await?
             .map_err(|e| Error::Failed(e.to_string()))?
             .ok_or_else(|| Error::DoesNotExist(format!("no passkey {credential_id}")))
@@ -96,14 +106,13 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] connection: &Connection,
     ) -> Result<Details, Error> {
-        self.owner_or_root("Status", &header, connection).await?;
-        let (count, remaining, state) = self
-            .with_store(|store| {
+        let (_, device) = self.owner_or_root("Status", &header, connection).await?;
+        let (count, remaining, state) = Self::with_store(&device, |store| {
                 // Counted by the store (no listing of 10,000 passkeys for a number).
                 (store.credential_count(), store.remaining_capacity(), store.load_state())
             })
             .await?;
-        let uv_configured = match &self.service.prompt {
+        let uv_configured = match &device.prompt {
             Some(prompt) => prompt.verification_ready(connection).await,
             None => false,
         };
@@ -111,12 +120,14 @@ impl Manager {
         status.insert("version".into(), detail(env!("CARGO_PKG_VERSION")));
         status.insert("keystore".into(), detail(self.service.keystore));
         status.insert("prompt".into(), detail(self.service.prompt_mode.name()));
-        status.insert("agent_registered".into(), detail(self.service.registry.current().is_some()));
+        status.insert("agent_registered".into(), detail(device.registry.current().is_some()));
         status.insert("pin_set".into(), detail(state.pin.is_some()));
         status.insert("uv_configured".into(), detail(uv_configured));
         status.insert("passkeys".into(), detail(u32::try_from(count).unwrap_or(u32::MAX)));
         status.insert("remaining_passkeys".into(), detail(u32::try_from(remaining).unwrap_or(u32::MAX)));
         status.insert("policy_files".into(), detail(policy_file_count(&self.service.policy_dirs)));
+        status.insert("device_mode".into(), detail(self.service.device_mode.name()));
+        status.insert("user".into(), detail(device.user.as_deref().unwrap_or("")));
         Ok(status)
     }
 
@@ -125,9 +136,9 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] connection: &Connection,
     ) -> Result<Vec<(String, String, String, String)>, Error> {
-        let caller = self.owner_or_root("ListPasskeys", &header, connection).await?;
+        let (caller, device) = self.owner_or_root("ListPasskeys", &header, connection).await?;
         let mut credentials =
-            self.with_store(|store| store.all_credentials()).await?.map_err(|e| Error::Failed(e.to_string()))?;
+            Self::with_store(&device, |store| store.all_credentials()).await?.map_err(|e| Error::Failed(e.to_string()))?;
         credentials.sort_by_key(|c| std::cmp::Reverse(c.created));
         tracing::info!(uid = caller.uid, passkeys = credentials.len(), "ListPasskeys");
         Ok(credentials
@@ -149,8 +160,8 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] connection: &Connection,
     ) -> Result<Details, Error> {
-        self.owner_or_root("ShowPasskey", &header, connection).await?;
-        let c = self.passkey(credential_id).await?;
+        let (_, device) = self.owner_or_root("ShowPasskey", &header, connection).await?;
+        let c = Self::passkey(&device, credential_id).await?;
         let mut passkey: HashMap<String, _> = Details::new();
         passkey.insert("rp_id".into(), detail(c.rp_id.as_str()));
         passkey.insert("rp_name".into(), detail(c.rp_name.as_deref().unwrap_or("")));
@@ -169,11 +180,11 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] connection: &Connection,
     ) -> Result<(), Error> {
-        let caller = self.owner_or_root("DeletePasskey", &header, connection).await?;
-        let passkey = self.passkey(credential_id).await?;
+        let (caller, device) = self.owner_or_root("DeletePasskey", &header, connection).await?;
+        let passkey = Self::passkey(&device, credential_id).await?;
         let id = passkey.credential_id.clone();
         let deleted =
-            self.with_store(move |store| store.delete(&id)).await?.map_err(|e| Error::Failed(e.to_string()))?;
+            Self::with_store(&device, move |store| store.delete(&id)).await?.map_err(|e| Error::Failed(e.to_string()))?;
         if !deleted {
             return Err(Error::DoesNotExist(format!("no passkey {credential_id}")));
         }
@@ -210,7 +221,11 @@ impl Manager {
                 }
             }
         }
-        let authenticator = Arc::clone(&self.service.authenticator);
+        let device = self.service.devices.for_caller(credentials.uid).map_err(|reason| {
+            tracing::warn!(sender = %sender, uid = credentials.uid, reason, decision = "refused", "Reset: no device of the caller's");
+            Error::NotPermitted(reason)
+        })?;
+        let authenticator = Arc::clone(&device.authenticator);
         tokio::task::spawn_blocking(move || {
             authenticator.lock().unwrap_or_else(|e| e.into_inner()).reset_by_platform()
         })
@@ -220,8 +235,41 @@ impl Manager {
             tracing::error!(%status, "Reset failed");
             Error::Failed(format!("reset failed: {status}"))
         })?;
-        tracing::warn!(sender = %sender, uid = credentials.uid, "Reset: every credential and the PIN were deleted");
+        tracing::warn!(sender = %sender, uid = credentials.uid, user = device.user.as_deref().unwrap_or("-"), "Reset: every credential and the PIN were deleted");
         Ok(())
+    }
+
+    /// Every device the caller may see: root sees all, a user their own.
+    async fn list_devices(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<Vec<Details>, Error> {
+        let (_, credentials) = identify("ListDevices", &header, connection).await?;
+        let visible: Vec<Arc<UserDevice>> = if credentials.uid == 0 {
+            self.service.devices.all()
+        } else {
+            self.service.devices.owned_by(credentials.uid).into_iter().collect()
+        };
+        let mut devices = Vec::with_capacity(visible.len());
+        for device in visible {
+            let node = tokio::task::spawn_blocking({
+                let device = Arc::clone(&device);
+                move || device.node()
+            })
+            .await
+            .map_err(|e| Error::Failed(format!("device lookup failed: {e}")))?;
+            let mut entry = Details::new();
+            entry.insert("uid".into(), detail(device.uid.unwrap_or(u32::MAX)));
+            entry.insert("user".into(), detail(device.user.as_deref().unwrap_or("")));
+            entry.insert("node".into(), detail(node.map(|n| n.display().to_string()).unwrap_or_default()));
+            entry.insert("uniq".into(), detail(device.uniq()));
+            entry.insert("sessions".into(), detail(device.sessions()));
+            entry.insert("agent_registered".into(), detail(device.registry.current().is_some()));
+            devices.push(entry);
+        }
+        tracing::info!(uid = credentials.uid, devices = devices.len(), "ListDevices");
+        Ok(devices)
     }
 }
 

@@ -14,28 +14,24 @@ mod manager;
 mod tests;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use fidoseal_ctap::Authenticator;
 use fidoseal_dbus::{BUS_NAME, OBJECT_PATH};
 use zbus::connection::Builder;
 use zbus::Connection;
 
-use crate::config::{Config, PromptMode};
-use crate::prompt_agent::{AgentPrompt, AgentRegistry, Bus};
-use crate::shared_credentials::SharedCredentialStore;
+use crate::config::{Config, DeviceMode, PromptMode};
+use crate::devices::Devices;
+use crate::prompt_agent::Bus;
 
 /// What the two interfaces reach.
 pub struct Service {
-    pub registry: Arc<AgentRegistry>,
-    pub store: SharedCredentialStore,
-    /// For Reset: the authenticator's own reset path.
-    pub authenticator: Arc<Mutex<Authenticator>>,
-    /// The agent prompt, for Status's "uv_configured" (None: always-approve).
-    pub prompt: Option<AgentPrompt>,
-    /// `[device] user`: who may register an agent and manage passkeys.
-    pub device_user: Option<String>,
+    /// Every device and whose it is: callers are resolved against it
+    /// (agents register with their own device's registry, Manager1 acts on
+    /// the caller's own device).
+    pub devices: Arc<Devices>,
     pub prompt_mode: PromptMode,
+    pub device_mode: DeviceMode,
     /// "tpm" or "software".
     pub keystore: &'static str,
     pub policy_dirs: Vec<PathBuf>,
@@ -43,20 +39,11 @@ pub struct Service {
 
 impl Service {
     /// The service of a daemon started with `config`.
-    pub fn from_config(
-        config: &Config,
-        registry: Arc<AgentRegistry>,
-        store: SharedCredentialStore,
-        authenticator: Arc<Mutex<Authenticator>>,
-        prompt: Option<AgentPrompt>,
-    ) -> Self {
+    pub fn from_config(config: &Config, devices: Arc<Devices>) -> Self {
         Self {
-            registry,
-            store,
-            authenticator,
-            prompt,
-            device_user: config.device.user.clone(),
+            devices,
             prompt_mode: config.prompt.mode,
+            device_mode: config.device.mode,
             keystore: match config.keystore.backend {
                 crate::config::KeyStoreBackend::Software => "software",
                 crate::config::KeyStoreBackend::Tpm => "tpm",
@@ -68,8 +55,9 @@ impl Service {
 
 /// The running service; dropping it leaves the bus.
 pub struct DbusService {
-    /// Held so that the name and the objects stay on the bus.
-    _connection: Connection,
+    /// Held so that the name and the objects stay on the bus; per-user
+    /// mode follows logind on it.
+    connection: Connection,
     /// NameLost for our name; it fails and ends when the connection closes.
     name_lost: zbus::MessageStream,
 }
@@ -79,7 +67,7 @@ impl DbusService {
     /// standard socket) — or to `address` (tests) —, owns the name and
     /// serves both interfaces. Call from inside the tokio runtime.
     pub async fn start(service: Service, address: Option<&str>) -> Result<Self, String> {
-        let registry = Arc::clone(&service.registry);
+        let devices = Arc::clone(&service.devices);
         let service = Arc::new(service);
         let builder = match address {
             Some(address) => Builder::address(address),
@@ -105,9 +93,13 @@ impl DbusService {
         let name_lost = zbus::MessageStream::for_match_rule(rule, &connection, None)
             .await
             .map_err(|e| format!("cannot follow NameLost on the system bus: {e}"))?;
-        registry.attach(Bus { connection: connection.clone(), runtime: tokio::runtime::Handle::current() });
+        devices.attach(Bus { connection: connection.clone(), runtime: tokio::runtime::Handle::current() });
         tracing::info!(name = BUS_NAME, path = OBJECT_PATH, unique_name = ?connection.unique_name().map(|n| n.as_str()), "D-Bus service started");
-        Ok(Self { _connection: connection, name_lost })
+        Ok(Self { connection, name_lost })
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.connection
     }
 
     /// Completes when the daemon is off the bus: the connection closed or

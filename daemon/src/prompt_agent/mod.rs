@@ -132,17 +132,25 @@ impl AgentPrompt {
         Self { registry, settings: Arc::new(settings), store, fingerprint_probe: Arc::new(Mutex::new(None)) }
     }
 
-    /// The agent prompt of `[prompt] mode = "agent"`; None in always-approve mode.
-    pub fn for_config(config: &Config, registry: &Arc<AgentRegistry>, store: &SharedCredentialStore) -> Option<Self> {
+    /// The agent prompt of `[prompt] mode = "agent"` for the device of
+    /// `user` (whose agent is asked, whose password and finger verify);
+    /// None in always-approve mode. `registry` must be that user's alone
+    /// (devices.rs): RegisterAgent admits only its uid there.
+    pub fn for_user(
+        config: &Config,
+        user: &str,
+        registry: &Arc<AgentRegistry>,
+        store: &SharedCredentialStore,
+    ) -> Option<Self> {
         if config.prompt.mode != PromptMode::Agent {
             return None;
         }
         let settings = PromptSettings {
             timeout: config.prompt.timeout(),
             uv_methods: config.prompt.uv_methods.clone(),
-            // Config::parse refuses agent mode without a user; an empty
-            // name matches nobody, so nothing could be approved.
-            device_user: config.device.user.clone().unwrap_or_default(),
+            // An empty name (single mode refuses agent mode without a user)
+            // matches nobody, so nothing could be approved.
+            device_user: user.to_owned(),
             pam: PamVerifier::new(&config.prompt.pam_service),
         };
         let methods: Vec<&str> = settings.uv_methods.iter().map(|m| m.name()).collect();
@@ -167,6 +175,13 @@ impl AgentPrompt {
             tracing::info!("no agent registered: nobody can be asked");
             return None;
         };
+        // The registry is the device owner's alone (RegisterAgent checks the
+        // uid); checked again here, since a prompt must never reach another
+        // user's agent.
+        if caller::uid_of(&self.settings.device_user) != Some(agent.uid) {
+            tracing::warn!(agent = %agent.owner, uid = agent.uid, user = self.settings.device_user, "the agent is not the device owner's: not asking");
+            return None;
+        }
         match caller::check_session(connection, agent.pid, agent.uid).await {
             Ok(_) => Some(agent),
             Err(reason) => {

@@ -34,7 +34,8 @@ use zbus::connection::Builder;
 use zbus::Connection;
 
 use super::{DbusService, Service};
-use crate::config::{PromptMode, UvMethod};
+use crate::config::{DeviceMode, PromptMode, UvMethod};
+use crate::devices::{Devices, UserDevice};
 use crate::prompt_agent::{AgentPrompt, AgentRegistry, PromptSettings};
 use crate::shared_credentials::SharedCredentialStore;
 use crate::verification::pam::PamVerifier;
@@ -244,13 +245,18 @@ impl Harness {
             platform,
             std::time::Instant::now(),
         )));
+        let device = UserDevice::new(
+            crate::dbus_service::caller::uid_of(options.device_user),
+            Some(options.device_user.into()),
+            Arc::clone(&registry),
+            store.clone(),
+            Arc::clone(&authenticator),
+            Some(prompt.clone()),
+        );
         let service = Service {
-            registry: Arc::clone(&registry),
-            store: store.clone(),
-            authenticator: Arc::clone(&authenticator),
-            prompt: Some(prompt.clone()),
-            device_user: Some(options.device_user.into()),
+            devices: Arc::new(Devices::single(Arc::new(device))),
             prompt_mode: PromptMode::Agent,
+            device_mode: DeviceMode::Single,
             keystore: "software",
             policy_dirs: Vec::new(),
         };
