@@ -171,6 +171,16 @@ impl Devices {
         Err(format!("uid {uid} has no device here"))
     }
 
+    /// The device a Reset authorized for `uid` (polkit, or root) acts on:
+    /// the caller's own; single mode's one device (the machine's key, as
+    /// an administrator's action); for root, the only device there is.
+    pub fn for_reset(&self, uid: u32) -> Result<Arc<UserDevice>, String> {
+        if let Some(device) = self.owned_by(uid).or_else(|| self.single.clone()) {
+            return Ok(device);
+        }
+        self.for_caller(uid)
+    }
+
     /// The registry where `uid`'s agent registers: the single device's (its
     /// user only), or `uid`'s own in per-user mode.
     pub fn registry_for(&self, uid: u32) -> Option<Arc<AgentRegistry>> {
@@ -252,6 +262,15 @@ impl DeviceFactory {
             .map_err(|e| format!("cannot prepare {}: {e}", migrate_users::user_dir(&self.state_dir, uid).display()))?;
         let mut keys = UserKeyStore::open(Arc::clone(&self.keystore), &dir, uid).map_err(|e| e.to_string())?;
         let created = keys.just_created();
+        if created || keys.is_legacy() {
+            tracing::info!(
+                uid,
+                user,
+                new = created,
+                inherited_single_user_state = keys.is_legacy(),
+                "the user's key context"
+            );
+        }
         let credentials = open_credentials(&dir, self.capacity, &mut keys, created, Some(user))?;
         let registry = devices.registry_for(uid).ok_or("no agent registry")?;
         let agent_prompt = AgentPrompt::for_user(config, user, &registry, &credentials);
@@ -488,26 +507,4 @@ impl Supervisor {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_hidraw_node_is_found_by_its_uniq() {
-        let dir = std::env::temp_dir().join(format!("fidoseal-hidraw-class-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        for (node, uniq) in [("hidraw0", "ABC123"), ("hidraw1", "fidoseal-uid-1001"), ("hidraw2", "fidoseal-uid-10012")] {
-            std::fs::create_dir_all(dir.join(node).join("device")).unwrap();
-            std::fs::write(
-                dir.join(node).join("device/uevent"),
-                format!("DRIVER=hid-generic\nHID_NAME=x\nHID_UNIQ={uniq}\nMODALIAS=hid:b0003\n"),
-            )
-            .unwrap();
-        }
-        std::fs::create_dir_all(dir.join("hidraw3")).unwrap();
-        assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-1001"), Some(PathBuf::from("/dev/hidraw1")));
-        assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-10012"), Some(PathBuf::from("/dev/hidraw2")));
-        assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-100"), None, "a prefix is not a match");
-        assert_eq!(hidraw_node_with_uniq(&dir.join("nope"), "x"), None);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-}
+mod tests;

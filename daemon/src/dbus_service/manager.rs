@@ -221,7 +221,7 @@ impl Manager {
                 }
             }
         }
-        let device = self.service.devices.for_caller(credentials.uid).map_err(|reason| {
+        let device = self.service.devices.for_reset(credentials.uid).map_err(|reason| {
             tracing::warn!(sender = %sender, uid = credentials.uid, reason, decision = "refused", "Reset: no device of the caller's");
             Error::NotPermitted(reason)
         })?;
