@@ -215,7 +215,7 @@ impl Devices {
         }
     }
 
-    fn insert(&self, device: Arc<UserDevice>) {
+    pub(crate) fn insert(&self, device: Arc<UserDevice>) {
         if let Some(uid) = device.uid {
             self.table().insert(uid, device);
         }

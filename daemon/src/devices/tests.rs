@@ -181,3 +181,42 @@ fn a_single_user_state_becomes_its_owners_with_nothing_lost() {
     assert_eq!(assert_status(&mut bob, "example.org", &[&server_side]), status::NO_CREDENTIALS);
     assert_eq!(assert_status(&mut bob, "example.com", &[]), status::NO_CREDENTIALS);
 }
+
+fn bare_device(uid: Option<u32>, user: &str, registry: Arc<AgentRegistry>) -> Arc<UserDevice> {
+    let mut platform =
+        fidoseal_tests::software_platform(Box::new(ScriptedPrompt::approving()), Box::new(DenyList::default()), 0);
+    let store = SharedCredentialStore::new(fidoseal_ctap::memory_store::MemoryCredentialStore::new(4));
+    platform.credentials = Box::new(store.clone());
+    let authenticator = Authenticator::new(AuthenticatorConfig::default(), platform, Instant::now());
+    Arc::new(UserDevice::new(uid, Some(user.into()), registry, store, Arc::new(Mutex::new(authenticator)), None))
+}
+
+#[test]
+fn callers_and_agents_are_routed_to_their_own_device() {
+    let devices = Devices::per_user();
+    let alice_registry = devices.registry_for(1001).unwrap();
+    let bob_registry = devices.registry_for(1002).unwrap();
+    assert!(!Arc::ptr_eq(&alice_registry, &bob_registry), "an agent of bob's is never alice's device's");
+    assert!(Arc::ptr_eq(&alice_registry, &devices.registry_for(1001).unwrap()), "one registry per uid");
+    devices.insert(bare_device(Some(1001), "alice", Arc::clone(&alice_registry)));
+    devices.insert(bare_device(Some(1002), "bob", bob_registry));
+    assert_eq!(devices.for_caller(1001).unwrap().user.as_deref(), Some("alice"));
+    assert_eq!(devices.for_caller(1002).unwrap().user.as_deref(), Some("bob"));
+    assert!(devices.for_caller(1003).is_err(), "no device, no one else's");
+    assert!(devices.for_caller(0).err().is_some_and(|e| e.contains("2 devices")), "root must say whose");
+    assert_eq!(devices.all().len(), 2);
+    assert_eq!(devices.owned_by(1001).unwrap().uniq(), "fidoseal-uid-1001");
+    devices.remove(1002);
+    assert_eq!(devices.for_caller(0).unwrap().user.as_deref(), Some("alice"), "root: the only device");
+
+    // Single mode: only [device] user's agent registers; root manages it.
+    let registry = Arc::new(AgentRegistry::new());
+    let single = Devices::single(bare_device(Some(1001), "alice", Arc::clone(&registry)));
+    assert!(Arc::ptr_eq(&single.registry_for(1001).unwrap(), &registry));
+    assert!(single.registry_for(1002).is_none());
+    assert!(single.for_caller(1002).is_err());
+    assert_eq!(single.for_caller(0).unwrap().user.as_deref(), Some("alice"));
+    assert_eq!(single.for_reset(1002).unwrap().user.as_deref(), Some("alice"), "a polkit-authorized admin");
+    let nobody = Devices::single(bare_device(None, "", Arc::new(AgentRegistry::new())));
+    assert_eq!(nobody.all()[0].uniq(), "fidoseal-0", "no owner: the udev rule leaves it to the seat");
+}

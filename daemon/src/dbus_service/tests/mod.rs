@@ -184,6 +184,8 @@ pub struct Options {
     pub pam_service: Option<(&'static str, String)>,
     /// A PIN is set before the authenticator starts.
     pub pin_set: bool,
+    /// Per-user mode: besides `device_user`'s device, one of this user's.
+    pub second_user: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -194,6 +196,7 @@ impl Default for Options {
             uv_methods: vec![UvMethod::Fingerprint, UvMethod::Password, UvMethod::Pin],
             pam_service: None,
             pin_set: false,
+            second_user: None,
         }
     }
 }
@@ -205,6 +208,8 @@ pub struct Harness {
     pub store: SharedCredentialStore,
     pub authenticator: Arc<Mutex<Authenticator>>,
     pub prompt: AgentPrompt,
+    /// Per-user mode (`Options::second_user`): the other user's device.
+    pub second: Option<Arc<UserDevice>>,
     /// Held: the service stays on the bus for the test.
     pub service: DbusService,
     pub bus: TestBus,
@@ -245,24 +250,52 @@ impl Harness {
             platform,
             std::time::Instant::now(),
         )));
-        let device = UserDevice::new(
+        let device = Arc::new(UserDevice::new(
             crate::dbus_service::caller::uid_of(options.device_user),
             Some(options.device_user.into()),
             Arc::clone(&registry),
             store.clone(),
             Arc::clone(&authenticator),
             Some(prompt.clone()),
-        );
+        ));
+        let (devices, second, device_mode) = match options.second_user {
+            None => (Devices::single(device), None, DeviceMode::Single),
+            Some(user) => {
+                let devices = Devices::per_user();
+                devices.insert(device);
+                let uid = crate::dbus_service::caller::uid_of(user).expect("the second user exists");
+                let registry = devices.registry_for(uid).expect("per-user registries");
+                let store = SharedCredentialStore::new(MemoryCredentialStore::new(8));
+                let platform = Platform {
+                    keystore: Box::new(SoftwareKeyStore::new(Secret32([8; 32]))),
+                    credentials: Box::new(store.clone()),
+                    prompt: Box::new(crate::prompt::AlwaysApprove),
+                    policy: Box::new(AllowAll),
+                };
+                let authenticator =
+                    Authenticator::new(AuthenticatorConfig::default(), platform, std::time::Instant::now());
+                let second = Arc::new(UserDevice::new(
+                    Some(uid),
+                    Some(user.into()),
+                    registry,
+                    store,
+                    Arc::new(Mutex::new(authenticator)),
+                    None,
+                ));
+                devices.insert(Arc::clone(&second));
+                (devices, Some(second), DeviceMode::PerUser)
+            }
+        };
         let service = Service {
-            devices: Arc::new(Devices::single(Arc::new(device))),
+            devices: Arc::new(devices),
             prompt_mode: PromptMode::Agent,
-            device_mode: DeviceMode::Single,
+            device_mode,
             keystore: "software",
             policy_dirs: Vec::new(),
         };
         let service =
             DbusService::start(service, Some(&bus.address)).await.expect("the service starts on the test bus");
-        Self { registry, store, authenticator, prompt, service, bus }
+        Self { registry, store, authenticator, prompt, second, service, bus }
     }
 
     /// Waits until the registry holds an agent (Some) or none (None).
