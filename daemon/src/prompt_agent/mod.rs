@@ -55,6 +55,9 @@ pub struct PromptSettings {
     pub uv_methods: Vec<UvMethod>,
     /// `[device] user`: whose password, whose finger.
     pub device_user: String,
+    /// Their uid (resolved when the device is made, off the async
+    /// runtime): the only uid whose agent is asked.
+    pub device_uid: Option<u32>,
     pub pam: PamVerifier,
 }
 
@@ -151,6 +154,7 @@ impl AgentPrompt {
             // An empty name (single mode refuses agent mode without a user)
             // matches nobody, so nothing could be approved.
             device_user: user.to_owned(),
+            device_uid: caller::uid_of(user),
             pam: PamVerifier::new(&config.prompt.pam_service),
         };
         let methods: Vec<&str> = settings.uv_methods.iter().map(|m| m.name()).collect();
@@ -178,7 +182,7 @@ impl AgentPrompt {
         // The registry is the device owner's alone (RegisterAgent checks the
         // uid); checked again here, since a prompt must never reach another
         // user's agent.
-        if caller::uid_of(&self.settings.device_user) != Some(agent.uid) {
+        if self.settings.device_uid != Some(agent.uid) {
             tracing::warn!(agent = %agent.owner, uid = agent.uid, user = self.settings.device_user, "the agent is not the device owner's: not asking");
             return None;
         }
@@ -634,7 +638,7 @@ mod configured_tests {
     use super::*;
 
     fn settings(uv_methods: Vec<UvMethod>, pam: PamVerifier) -> PromptSettings {
-        PromptSettings { timeout: Duration::from_secs(1), uv_methods, device_user: "alice".into(), pam }
+        PromptSettings { timeout: Duration::from_secs(1), uv_methods, device_user: "alice".into(), device_uid: None, pam }
     }
 
     #[test]

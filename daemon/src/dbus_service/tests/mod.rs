@@ -236,6 +236,7 @@ impl Harness {
             timeout: options.timeout,
             uv_methods: options.uv_methods,
             device_user: options.device_user.into(),
+            device_uid: crate::dbus_service::caller::uid_of(options.device_user),
             pam,
         };
         let prompt = AgentPrompt::new(Arc::clone(&registry), settings, store.clone());
