@@ -130,7 +130,12 @@ impl Devices {
     }
 
     pub fn per_user() -> Self {
-        Self { single: None, per_user: Mutex::new(BTreeMap::new()), registries: Mutex::new(HashMap::new()), bus: OnceLock::new() }
+        Self {
+            single: None,
+            per_user: Mutex::new(BTreeMap::new()),
+            registries: Mutex::new(HashMap::new()),
+            bus: OnceLock::new(),
+        }
     }
 
     fn table(&self) -> MutexGuard<'_, BTreeMap<u32, Arc<UserDevice>>> {
@@ -165,7 +170,10 @@ impl Devices {
             return match all.as_slice() {
                 [only] => Ok(Arc::clone(only)),
                 [] => Err("there is no device (no user has an admitted session)".into()),
-                _ => Err(format!("there are {} devices, one per user: act as their user (ListDevices shows them)", all.len())),
+                _ => Err(format!(
+                    "there are {} devices, one per user: act as their user (ListDevices shows them)",
+                    all.len()
+                )),
             };
         }
         Err(format!("uid {uid} has no device here"))
@@ -414,7 +422,11 @@ async fn serve_until_stopped(
             .await
             .map_err(|e| e.to_string())?;
         if reason == Stop::Exit {
-            tracing::info!(user = device.user.as_deref().unwrap_or("-"), uid = device.uid, "virtual FIDO device removed");
+            tracing::info!(
+                user = device.user.as_deref().unwrap_or("-"),
+                uid = device.uid,
+                "virtual FIDO device removed"
+            );
             return Ok(());
         }
         // Unplugged: give udev and clients a moment to see the device go.

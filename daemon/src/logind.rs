@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
+use zbus::Connection;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
-use zbus::Connection;
 
 use crate::config::SessionKind;
 
@@ -26,13 +26,16 @@ pub const RESCAN: Duration = Duration::from_secs(5);
 /// Signals come in bursts (a login is a dozen): one read after the burst.
 const SETTLE: Duration = Duration::from_millis(200);
 
+/// ListSessions' row: id, uid, user name, seat (empty: none), object path.
+type SessionRow = (String, u32, String, String, OwnedObjectPath);
+
 #[zbus::proxy(
     interface = "org.freedesktop.login1.Manager",
     default_service = "org.freedesktop.login1",
     default_path = "/org/freedesktop/login1"
 )]
 trait Manager {
-    fn list_sessions(&self) -> zbus::Result<Vec<(String, u32, String, String, OwnedObjectPath)>>;
+    fn list_sessions(&self) -> zbus::Result<Vec<SessionRow>>;
 }
 
 #[zbus::proxy(interface = "org.freedesktop.login1.Session", default_service = "org.freedesktop.login1")]
@@ -123,12 +126,14 @@ pub async fn list_sessions(connection: &Connection) -> Result<Vec<SessionInfo>, 
     let mut sessions = Vec::with_capacity(listed.len());
     for (id, uid, user, seat, path) in listed {
         let read = async {
-            let session = SessionProxy::builder(connection)
-                .path(path)?
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await?;
-            Ok::<_, zbus::Error>((session.remote().await?, session.kind().await?, session.class().await?, session.state().await?))
+            let session =
+                SessionProxy::builder(connection).path(path)?.cache_properties(CacheProperties::No).build().await?;
+            Ok::<_, zbus::Error>((
+                session.remote().await?,
+                session.kind().await?,
+                session.class().await?,
+                session.state().await?,
+            ))
         };
         match read.await {
             Ok((remote, kind, class, state)) => {
@@ -206,7 +211,11 @@ mod tests {
         assert_eq!(kind(session("1", 1, "seat0", false, "wayland", "greeter", "active")), None);
         assert_eq!(kind(session("1", 1, "seat0", false, "x11", "lock-screen", "active")), None);
         assert_eq!(kind(session("1", 1, "", false, "unspecified", "background", "active")), None);
-        assert_eq!(kind(session("1", 1, "seat0", false, "tty", "user", "closing")), None, "logged out, processes linger");
+        assert_eq!(
+            kind(session("1", 1, "seat0", false, "tty", "user", "closing")),
+            None,
+            "logged out, processes linger"
+        );
         assert_eq!(kind(session("1", 1, "seat0", false, "web", "user", "active")), None);
     }
 

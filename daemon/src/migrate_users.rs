@@ -27,7 +27,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::state::{DATABASE_FILE, LEGACY_FILE};
-use crate::user_keys::{UserKeyStore, KEY_CONTEXT_FILE};
+use crate::user_keys::{KEY_CONTEXT_FILE, UserKeyStore};
 
 pub const USERS_DIR: &str = "users";
 const STAGING_PREFIX: &str = ".migrating-";
@@ -126,7 +126,10 @@ fn pending_staging(users: &Path) -> Result<Option<(u32, PathBuf)>, MigrationErro
 /// (`owner`: `[device] user` and its uid), or finishes a move a crash
 /// interrupted. Errors stop the daemon: credentials are never dropped or
 /// given to a guessed user.
-pub fn migrate_single_user_state(state_dir: &Path, owner: Option<(&str, Option<u32>)>) -> Result<Migration, MigrationError> {
+pub fn migrate_single_user_state(
+    state_dir: &Path,
+    owner: Option<(&str, Option<u32>)>,
+) -> Result<Migration, MigrationError> {
     let files = single_user_files(state_dir).map_err(io("cannot read", state_dir))?;
     let users = state_dir.join(USERS_DIR);
     let staging = pending_staging(&users)?;
@@ -227,24 +230,35 @@ mod tests {
             Migration::Moved {
                 uid: 1001,
                 to: to.clone(),
-                files: names(&["credentials.cbor.migrated", "credentials.db", "credentials.db-shm", "credentials.db-wal"])
+                files: names(&[
+                    "credentials.cbor.migrated",
+                    "credentials.db",
+                    "credentials.db-shm",
+                    "credentials.db-wal"
+                ])
             }
         );
         assert_eq!(fs::read_to_string(to.join("credentials.db-wal")).unwrap(), "wal");
-        assert_eq!(fs::read_to_string(dir.join("software-master-key")).unwrap(), "key", "the machine's key store stays");
+        assert_eq!(
+            fs::read_to_string(dir.join("software-master-key")).unwrap(),
+            "key",
+            "the machine's key store stays"
+        );
         assert!(dir.join("tpm-keystore").exists() && !dir.join("credentials.db").exists());
         for d in [dir.join("users"), to.clone()] {
             assert_eq!(fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700, "{}", d.display());
         }
-        assert!(UserKeyStore::open(
-            std::sync::Arc::new(std::sync::Mutex::new(Box::new(
-                fidoseal_ctap::software_keystore::SoftwareKeyStore::new(fidoseal_ctap::platform::Secret32([1; 32]))
-            ))),
-            &to,
-            1001
-        )
-        .unwrap()
-        .is_legacy());
+        assert!(
+            UserKeyStore::open(
+                std::sync::Arc::new(std::sync::Mutex::new(Box::new(
+                    fidoseal_ctap::software_keystore::SoftwareKeyStore::new(fidoseal_ctap::platform::Secret32([1; 32]))
+                ))),
+                &to,
+                1001
+            )
+            .unwrap()
+            .is_legacy()
+        );
         assert_eq!(migrate_single_user_state(&dir, Some(("alice", Some(1001)))), Ok(Migration::Nothing), "done once");
         fs::remove_dir_all(dir).unwrap();
     }

@@ -65,7 +65,8 @@ impl UserKeyStore {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let context = new_context()?;
-                write_context(&path, &context).map_err(|source| KeyStoreSetupError::Write { path: path.clone(), source })?;
+                write_context(&path, &context)
+                    .map_err(|source| KeyStoreSetupError::Write { path: path.clone(), source })?;
                 (context, true)
             }
             Err(source) => return Err(KeyStoreSetupError::Read { path, source }),
@@ -250,7 +251,11 @@ mod tests {
         assert_eq!(b.open_credential_id(&rp, &b_id).unwrap(), b"b");
         assert_eq!(store.lock().unwrap().open_credential_id(&rp, &bare).unwrap(), b"bare");
         let mut reopened = UserKeyStore::open(Arc::clone(&store), &dir.join("a"), 1001).unwrap();
-        assert_eq!(reopened.open_credential_id(&rp, &a_id), Err(KeyStoreError::NotAuthentic), "the new context is on disk");
+        assert_eq!(
+            reopened.open_credential_id(&rp, &a_id),
+            Err(KeyStoreError::NotAuthentic),
+            "the new context is on disk"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -282,10 +287,7 @@ mod tests {
         let path = dir.join("a").join(KEY_CONTEXT_FILE);
         for damaged in [&b"junk"[..], b"fidoseal key context v1\nown 00\n", b"fidoseal key context v1\n", b""] {
             std::fs::write(&path, damaged).unwrap();
-            assert!(matches!(
-                UserKeyStore::open(shared(), &dir.join("a"), 1),
-                Err(KeyStoreSetupError::Damaged { .. })
-            ));
+            assert!(matches!(UserKeyStore::open(shared(), &dir.join("a"), 1), Err(KeyStoreSetupError::Damaged { .. })));
             assert_eq!(std::fs::read(&path).unwrap(), damaged, "never replaced");
         }
         std::fs::remove_dir_all(dir).unwrap();

@@ -2,33 +2,33 @@
 //! authenticator, driven over CTAPHID with the test crate's client; and the
 //! upgrade of a single-user state directory.
 
-    use super::*;
+use super::*;
 
-    #[test]
-    fn the_hidraw_node_is_found_by_its_uniq() {
-        let dir = std::env::temp_dir().join(format!("fidoseal-hidraw-class-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        for (node, uniq) in [("hidraw0", "ABC123"), ("hidraw1", "fidoseal-uid-1001"), ("hidraw2", "fidoseal-uid-10012")] {
-            std::fs::create_dir_all(dir.join(node).join("device")).unwrap();
-            std::fs::write(
-                dir.join(node).join("device/uevent"),
-                format!("DRIVER=hid-generic\nHID_NAME=x\nHID_UNIQ={uniq}\nMODALIAS=hid:b0003\n"),
-            )
-            .unwrap();
-        }
-        std::fs::create_dir_all(dir.join("hidraw3")).unwrap();
-        assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-1001"), Some(PathBuf::from("/dev/hidraw1")));
-        assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-10012"), Some(PathBuf::from("/dev/hidraw2")));
-        assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-100"), None, "a prefix is not a match");
-        assert_eq!(hidraw_node_with_uniq(&dir.join("nope"), "x"), None);
-        std::fs::remove_dir_all(dir).unwrap();
+#[test]
+fn the_hidraw_node_is_found_by_its_uniq() {
+    let dir = std::env::temp_dir().join(format!("fidoseal-hidraw-class-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (node, uniq) in [("hidraw0", "ABC123"), ("hidraw1", "fidoseal-uid-1001"), ("hidraw2", "fidoseal-uid-10012")] {
+        std::fs::create_dir_all(dir.join(node).join("device")).unwrap();
+        std::fs::write(
+            dir.join(node).join("device/uevent"),
+            format!("DRIVER=hid-generic\nHID_NAME=x\nHID_UNIQ={uniq}\nMODALIAS=hid:b0003\n"),
+        )
+        .unwrap();
     }
+    std::fs::create_dir_all(dir.join("hidraw3")).unwrap();
+    assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-1001"), Some(PathBuf::from("/dev/hidraw1")));
+    assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-10012"), Some(PathBuf::from("/dev/hidraw2")));
+    assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-100"), None, "a prefix is not a match");
+    assert_eq!(hidraw_node_with_uniq(&dir.join("nope"), "x"), None);
+    std::fs::remove_dir_all(dir).unwrap();
+}
 
 use fidoseal_ctap::ctaphid::CtapHid;
 use fidoseal_ctap::platform::CredentialStore;
 use fidoseal_tests::requests::{get_assertion, make_credential, rk};
 use fidoseal_tests::responses::{get, parse_registration, verify};
-use fidoseal_tests::{status, DenyList, Device, ScriptedPrompt};
+use fidoseal_tests::{DenyList, Device, ScriptedPrompt, status};
 
 const MAKE_CREDENTIAL: u8 = 0x01;
 const GET_ASSERTION: u8 = 0x02;
@@ -76,7 +76,13 @@ fn open(config: &Config, factory: &DeviceFactory, uid: u32, user: &str) -> (Devi
     let store = device.store.clone();
     let authenticator = Arc::into_inner(device.authenticator).expect("one holder").into_inner().unwrap();
     let hid = CtapHid::new(authenticator.device_version(), 0x1000);
-    let client = Device { hid, authenticator, prompt: ScriptedPrompt::approving(), denied_rps: DenyList::default(), now: Instant::now() };
+    let client = Device {
+        hid,
+        authenticator,
+        prompt: ScriptedPrompt::approving(),
+        denied_rps: DenyList::default(),
+        now: Instant::now(),
+    };
     (client, store)
 }
 
@@ -143,16 +149,23 @@ fn a_single_user_state_becomes_its_owners_with_nothing_lost() {
         let mut keys = keystore::PersistentSoftwareKeyStore::open(&dir.0).unwrap();
         let created = keys.just_created();
         let credentials = open_credentials(&dir.0, 50, &mut keys, created, Some("alice")).unwrap();
-        let mut platform = fidoseal_tests::software_platform(Box::new(ScriptedPrompt::approving()), Box::new(DenyList::default()), 0);
+        let mut platform =
+            fidoseal_tests::software_platform(Box::new(ScriptedPrompt::approving()), Box::new(DenyList::default()), 0);
         platform.keystore = Box::new(keys);
         platform.credentials = Box::new(credentials.clone());
         let authenticator = Authenticator::new(AuthenticatorConfig::default(), platform, Instant::now());
         let hid = CtapHid::new(authenticator.device_version(), 0x1000);
-        let mut single =
-            Device { hid, authenticator, prompt: ScriptedPrompt::approving(), denied_rps: DenyList::default(), now: Instant::now() };
+        let mut single = Device {
+            hid,
+            authenticator,
+            prompt: ScriptedPrompt::approving(),
+            denied_rps: DenyList::default(),
+            now: Instant::now(),
+        };
         let resident = register(&mut single, "example.com", "alice", true);
         let cid = single.init();
-        let (code, body) = single.ctap(cid, MAKE_CREDENTIAL, Some(make_credential("example.org", b"a", "alice", Vec::new())));
+        let (code, body) =
+            single.ctap(cid, MAKE_CREDENTIAL, Some(make_credential("example.org", b"a", "alice", Vec::new())));
         assert_eq!(code, status::OK);
         let registered = parse_registration(&body.unwrap());
         (resident, registered.credential_id, registered.public_key)
