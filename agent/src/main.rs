@@ -69,18 +69,10 @@ fn parse_args() -> Result<Option<Options>, String> {
     Ok(Some(Options { pinentry, verbose }))
 }
 
+/// Plain text on stderr, without colour codes on anything but a terminal
+/// and without timestamps in the journal (fidoseal-log, the daemon's rules).
 fn init_logging(verbose: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = if verbose { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    // Under systemd the journal adds its own timestamps.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
+    fidoseal_log::init("fidoseal-agent", if verbose { "debug" } else { "info" });
 }
 
 fn main() -> ExitCode {

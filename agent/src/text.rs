@@ -124,6 +124,7 @@ impl RequestInfo {
             "select-key" => format!("{site} asks which security key to use"),
             "reset" => "Reset the security key: every passkey on it will be deleted".to_owned(),
             "manage" => "An application asks to manage this security key: its passkeys or its settings".to_owned(),
+            "delete-passkey" => format!("Delete your passkey for {site} from this security key"),
             "" if self.rp_id.is_empty() => "An application asks to use this security key".to_owned(),
             "" => format!("Request from {site}"),
             other => format!("Request from {site} ({other})"),
@@ -138,6 +139,7 @@ impl RequestInfo {
             "confirm-existing" => "Confirm to let it know?",
             "select-key" => "Use this security key?",
             "reset" => "This cannot be undone. Reset?",
+            "delete-passkey" => "This cannot be undone. Delete it?",
             _ => "Allow it?",
         };
         format!("{}.{}\n\n{question}{}", self.headline(), self.account_line(), self.admin_note())
@@ -157,6 +159,12 @@ impl RequestInfo {
             ("register", _) => format!("Verify it's you to create a passkey for {}", self.site()),
             ("sign-in", _) => format!("Verify it's you to sign in to {}", self.site()),
             ("reset", _) => "Verify it's you to reset the security key".to_owned(),
+            // Manager1.DeletePasskey (fidosealctl delete): the daemon deletes
+            // only once the user is verified here.
+            ("delete-passkey", _) => format!(
+                "Verify it's you to delete your passkey for {} from this security key. This cannot be undone",
+                self.site()
+            ),
             ("manage", _) => {
                 "Verify it's you to manage this security key (list or delete passkeys, change its settings)".to_owned()
             }
@@ -233,6 +241,18 @@ mod tests {
         let manage = RequestInfo::from_details(&d);
         assert!(manage.verification_context().starts_with("Verify it's you to manage this security key"));
         assert!(!manage.headline().contains("which security key"), "{}", manage.headline());
+
+        let mut d = Details::new();
+        d.insert(details::RP_ID.into(), detail("bank.example"));
+        d.insert(details::ACTION.into(), detail("delete-passkey"));
+        d.insert(details::USER.into(), detail("alice"));
+        let delete = RequestInfo::from_details(&d);
+        assert_eq!(
+            delete.verification_context(),
+            "Verify it's you to delete your passkey for bank.example from this security key. \
+             This cannot be undone.\nAccount: alice"
+        );
+        assert!(delete.headline().starts_with("Delete your passkey for bank.example"), "{}", delete.headline());
 
         let empty = RequestInfo::from_details(&Details::new());
         assert_eq!(empty.timeout, DEFAULT_TIMEOUT);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use ciborium::value::Value;
 
+use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 use crate::cbor::{self, MapBuilder};
 use crate::ctaphid::{capability, DeviceVersion, ADVERTISED_MAX_MSG_SIZE};
 use crate::client_pin::ClientPin;
@@ -104,7 +105,13 @@ pub struct Authenticator {
     pub(crate) state: AuthenticatorState,
     /// PIN state that a power cycle resets.
     pub(crate) client_pin: ClientPin,
+    /// Audit events not yet taken by the platform ([`Self::take_audit_events`]).
+    audit: Vec<AuditEvent>,
 }
+
+/// Audit events kept for the platform at most: a platform that never takes
+/// them (tests, tools) keeps the newest this many.
+const MAX_PENDING_AUDIT_EVENTS: usize = 256;
 
 impl Authenticator {
     /// A freshly powered-up authenticator; fails only if the operating
@@ -122,6 +129,7 @@ impl Authenticator {
             pending_large_blob: None,
             state,
             client_pin,
+            audit: Vec::new(),
         })
     }
 
@@ -141,6 +149,23 @@ impl Authenticator {
         self.pending_enumeration = None;
         self.pending_large_blob = None;
         Ok(())
+    }
+
+    /// The audit events of the requests since the last call, oldest first
+    /// (audit.rs): the platform writes them to its log.
+    pub fn take_audit_events(&mut self) -> Vec<AuditEvent> {
+        std::mem::take(&mut self.audit)
+    }
+
+    /// Records an audit event; `user` defaults to the device's user.
+    pub(crate) fn audit(&mut self, mut event: AuditEvent) {
+        if event.user.is_none() {
+            event.user = self.platform.policy.user();
+        }
+        if self.audit.len() >= MAX_PENDING_AUDIT_EVENTS {
+            self.audit.remove(0);
+        }
+        self.audit.push(event);
     }
 
     /// Version and capabilities for CTAPHID_INIT.
@@ -300,14 +325,19 @@ impl Authenticator {
     /// leaves a fresh state (no PIN, no passkeys) beside the old key store,
     /// whose credential IDs keep opening until a reset completes.
     fn reset_now(&mut self) -> CtapResult<()> {
-        self.platform.credentials.reset()?;
+        let event = AuditEvent::new(AuditKind::Reset, AuditDecision::Deny).operation("reset");
+        if let Err(e) = self.platform.credentials.reset() {
+            self.audit(event.reason(format!("the credential state could not be reset: {e}")));
+            return Err(e.into());
+        }
         self.state = self.platform.credentials.load_state();
         self.client_pin = ClientPin::new()?;
         if let Err(e) = self.platform.keystore.reset() {
             tracing::error!(error = %e, "authenticator reset: passkeys and PIN are gone, the key store kept its keys");
+            self.audit(event.reason(format!("passkeys and PIN are gone, the key store kept its keys: {e}")));
             return Err(e.into());
         }
-        tracing::warn!("authenticator reset: every credential and the PIN are gone");
+        self.audit(AuditEvent { decision: AuditDecision::Allow, ..event }.reason("every credential and the PIN are gone"));
         Ok(())
     }
 
@@ -330,7 +360,13 @@ impl Authenticator {
         if ctx.signals.is_cancelled() {
             return Err(StatusCode::KeepaliveCancel);
         }
-        tracing::info!(purpose = ?request.purpose, rp_id = request.rp_id, outcome = ?outcome, "user presence");
+        let decision = if outcome == PromptOutcome::Approved { AuditDecision::Allow } else { AuditDecision::Deny };
+        self.audit(
+            AuditEvent::new(AuditKind::Presence, decision)
+                .rp(request.rp_id)
+                .operation(purpose_name(request.purpose))
+                .reason(prompt_outcome_name(outcome)),
+        );
         match outcome {
             PromptOutcome::Approved => Ok(()),
             refused => Err(crate::user_verification::refusal_status(refused)),
@@ -340,7 +376,7 @@ impl Authenticator {
     /// Asks the policy before any key is used, and enforces what it
     /// requires. A refused relying party learns only OPERATION_DENIED.
     pub(crate) fn check_policy(
-        &self,
+        &mut self,
         operation: Operation,
         rp_id: &str,
         discoverable: bool,
@@ -352,7 +388,7 @@ impl Authenticator {
     /// [`Self::check_policy`] for a CTAP1/U2F request, which names its rp
     /// only by the application parameter (`application_hex`, 64 hex digits):
     /// the one kind of request policy may match by hash.
-    pub(crate) fn check_u2f_policy(&self, operation: Operation, application_hex: &str) -> CtapResult<PolicyVerdict> {
+    pub(crate) fn check_u2f_policy(&mut self, operation: Operation, application_hex: &str) -> CtapResult<PolicyVerdict> {
         self.decide_policy(&PolicyRequest {
             operation,
             rp_id: application_hex,
@@ -361,7 +397,7 @@ impl Authenticator {
         }, false)
     }
 
-    fn decide_policy(&self, request: &PolicyRequest<'_>, user_verified: bool) -> CtapResult<PolicyVerdict> {
+    fn decide_policy(&mut self, request: &PolicyRequest<'_>, user_verified: bool) -> CtapResult<PolicyVerdict> {
         let PolicyRequest { operation, rp_id, discoverable, ctap1 } = *request;
         let verdict = self.platform.policy.decide(request);
         let decision = if !verdict.allow || (discoverable && !verdict.allow_discoverable) {
@@ -373,17 +409,25 @@ impl Authenticator {
         } else {
             Ok(())
         };
-        tracing::info!(
-            ?operation,
-            rp_id,
-            ctap1,
-            user = self.platform.policy.user().as_deref(),
-            discoverable,
-            user_verified,
-            decision = if decision.is_ok() { "allow" } else { "deny" },
-            rule = verdict.rule,
-            "policy decision"
-        );
+        let reason = match decision {
+            Ok(()) => None,
+            Err(_) if !verdict.allow => Some("refused by the policy"),
+            Err(StatusCode::OperationDenied) => Some("discoverable credentials are not allowed here"),
+            Err(_) => Some("user verification required"),
+        };
+        let mut event = AuditEvent::new(
+            AuditKind::PolicyDecision,
+            if decision.is_ok() { AuditDecision::Allow } else { AuditDecision::Deny },
+        )
+        .rp(Some(rp_id))
+        .rule(verdict.rule.clone())
+        .operation(operation_name(operation, ctap1))
+        .user_verified(user_verified);
+        if let Some(reason) = reason {
+            event = event.reason(reason);
+        }
+        tracing::debug!(discoverable, ctap1, "policy decision: {}", event.summary());
+        self.audit(event);
         decision.map(|()| verdict)
     }
 
@@ -412,5 +456,40 @@ impl Authenticator {
     /// before it is used (one small write).
     pub(crate) fn next_signature_counter(&mut self, credential_id: &[u8]) -> CtapResult<u32> {
         Ok(self.platform.credentials.next_signature_counter(credential_id)?)
+    }
+}
+
+/// `FIDOSEAL_OPERATION=` of a policy decision.
+pub(crate) fn operation_name(operation: Operation, ctap1: bool) -> &'static str {
+    match (operation, ctap1) {
+        (Operation::MakeCredential, false) => "make-credential",
+        (Operation::GetAssertion, false) => "get-assertion",
+        (Operation::MakeCredential, true) => "u2f-register",
+        (Operation::GetAssertion, true) => "u2f-authenticate",
+        (Operation::Reset, _) => "reset",
+    }
+}
+
+/// `FIDOSEAL_OPERATION=` of a prompt: what the user was asked for.
+pub(crate) fn purpose_name(purpose: PresencePurpose) -> &'static str {
+    match purpose {
+        PresencePurpose::Register => "register",
+        PresencePurpose::Authenticate => "sign-in",
+        PresencePurpose::ConfirmExisting => "confirm-existing",
+        PresencePurpose::Select => "select-key",
+        PresencePurpose::Reset => "reset",
+        PresencePurpose::Manage => "manage",
+        PresencePurpose::DeletePasskey => "delete-passkey",
+    }
+}
+
+/// `FIDOSEAL_REASON=` of a prompt's answer.
+pub(crate) fn prompt_outcome_name(outcome: PromptOutcome) -> &'static str {
+    match outcome {
+        PromptOutcome::Approved => "approved",
+        PromptOutcome::Denied => "the user said no",
+        PromptOutcome::TimedOut => "timed out",
+        PromptOutcome::Cancelled => "cancelled",
+        PromptOutcome::Unavailable => "nobody could be asked",
     }
 }

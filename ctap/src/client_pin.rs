@@ -2,6 +2,7 @@
 //! power-cycle rule, and the pinUvAuthToken with its permissions, rp ID
 //! binding and lifetime.
 
+use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 use std::time::{Duration, Instant};
 
 use ciborium::value::Value;
@@ -300,7 +301,7 @@ impl Authenticator {
         state.pin_retries = MAX_PIN_RETRIES;
         state.force_pin_change = false;
         self.save_state(state)?;
-        tracing::info!("PIN set");
+        self.audit(AuditEvent::new(AuditKind::PinSet, AuditDecision::Allow).operation("client-pin"));
         Ok(())
     }
 
@@ -326,7 +327,7 @@ impl Authenticator {
         state.force_pin_change = false;
         self.save_state(state)?;
         self.client_pin.reset_token()?;
-        tracing::info!("PIN changed");
+        self.audit(AuditEvent::new(AuditKind::PinChanged, AuditDecision::Allow).operation("client-pin"));
         Ok(())
     }
 
@@ -396,7 +397,12 @@ impl Authenticator {
         if !matches {
             self.client_pin.key_agreement = KeyAgreementKey::generate()?;
             self.client_pin.consecutive_mismatches = self.client_pin.consecutive_mismatches.saturating_add(1);
-            tracing::warn!(retries_left = self.state.pin_retries, "wrong PIN");
+            let retries_left = self.state.pin_retries;
+            self.audit(
+                AuditEvent::new(AuditKind::PinFailed, AuditDecision::Deny)
+                    .operation("client-pin")
+                    .reason(format!("wrong PIN, {retries_left} retries left")),
+            );
             if self.state.pin_retries == 0 {
                 return Err(StatusCode::PinBlocked);
             }

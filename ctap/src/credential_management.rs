@@ -1,6 +1,7 @@
 //! authenticatorCredentialManagement (CTAP 2.1 §6.8): metadata, enumerate
 //! relying parties and their credentials, delete, update user information.
 
+use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 use ciborium::value::Value;
 
 use crate::auth_data::rp_id_hash;
@@ -8,7 +9,7 @@ use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, expect_bytes, expect_map, expect_text, expect_uint, MapBuilder, ParamMap};
 use crate::client_pin::permission;
 use crate::pin_protocol::PinUvAuthProtocol;
-use crate::platform::{Operation, PolicyRequest, RelyingParty, ResidentCredential};
+use crate::platform::{RelyingParty, ResidentCredential};
 use crate::status::{CtapResult, StatusCode};
 
 mod subcommand {
@@ -137,7 +138,12 @@ impl Authenticator {
                 let id = params.and_then(|p| p.credential_id).ok_or(StatusCode::MissingParameter)?;
                 let credential = self.owned_credential(&id, token_rp.as_deref())?;
                 self.platform.credentials.delete(&credential.credential_id)?;
-                tracing::info!(rp_id = credential.rp_id, "discoverable credential deleted");
+                self.audit(
+                    AuditEvent::new(AuditKind::CredentialDeleted, AuditDecision::Allow)
+                        .rp(Some(&credential.rp_id))
+                        .credential(&credential.credential_id)
+                        .operation("credential-management"),
+                );
                 Ok(None)
             }
             subcommand::UPDATE_USER_INFORMATION => {
@@ -159,10 +165,7 @@ impl Authenticator {
 
     /// The policy lets this machine's user see the discoverable credentials of `rp_id`.
     fn visible(&self, rp_id: &str) -> bool {
-        self.platform
-            .policy
-            .decide(&PolicyRequest { operation: Operation::GetAssertion, rp_id, discoverable: true, ctap1: false })
-            .allow
+        self.platform.policy.shows_passkeys_of(rp_id)
     }
 
     /// Relying parties with discoverable credentials the policy lets this

@@ -6,6 +6,7 @@
 //! is the rp ID hash for a WebAuthn rp), so a credential registered one way
 //! can be used the other way as CTAP 2.1 §10.2 allows.
 
+use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 use crate::auth_data::flags;
 use crate::authenticator::{Authenticator, RequestContext};
 use crate::credential::{self, MAX_CREDENTIAL_ID_LEN};
@@ -188,7 +189,12 @@ impl Authenticator {
         response.extend_from_slice(&key_handle);
         response.extend_from_slice(&certificate);
         response.extend_from_slice(&signature);
-        tracing::info!(application = %hex(application), "U2F credential registered");
+        self.audit(
+            AuditEvent::new(AuditKind::CredentialCreated, AuditDecision::Allow)
+                .rp(Some(&hex(application)))
+                .credential(&key_handle)
+                .operation("u2f-register"),
+        );
         Ok(response)
     }
 
@@ -251,6 +257,13 @@ impl Authenticator {
         signed.extend_from_slice(challenge);
         match self.platform.keystore.sign(credential.algorithm, &credential.key_handle, &signed) {
             Ok(signature) => {
+                self.audit(
+                    AuditEvent::new(AuditKind::Assertion, AuditDecision::Allow)
+                        .rp(Some(&hex(&app)))
+                        .credential(&credential.credential_id)
+                        .operation("u2f-authenticate")
+                        .reason(if flag_bits & 0x01 != 0 { "user present" } else { "silent (presence not enforced)" }),
+                );
                 let mut response = vec![flag_bits];
                 response.extend_from_slice(&counter.to_be_bytes());
                 response.extend_from_slice(&signature);

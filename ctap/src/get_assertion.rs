@@ -2,6 +2,7 @@
 //! §6.2, §6.3), with the credProtect, hmac-secret, credBlob and
 //! largeBlobKey extensions.
 
+use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 use std::time::{Duration, Instant};
 
 use ciborium::value::Value;
@@ -28,6 +29,8 @@ struct HmacSecretRequest {
 
 /// What every assertion of one getAssertion shares.
 struct AssertionContext {
+    /// For the audit trail.
+    rp_id: String,
     rp_id_hash: [u8; 32],
     client_data_hash: Vec<u8>,
     flag_bits: u8,
@@ -181,6 +184,7 @@ impl Authenticator {
         }
 
         let context = AssertionContext {
+            rp_id: rp_id.to_string(),
             rp_id_hash,
             client_data_hash: request.client_data_hash,
             flag_bits,
@@ -201,7 +205,7 @@ impl Authenticator {
             self.pending_assertions =
                 Some(PendingAssertions { channel: ctx.channel, context, remaining: found, last_used: ctx.now });
         }
-        tracing::info!(rp_id, credentials = total, user_presence, user_verified, "assertion made");
+        tracing::debug!(rp_id, credentials = total, user_presence, user_verified, "assertion made");
         Ok(response)
     }
 
@@ -298,6 +302,14 @@ impl Authenticator {
         } else {
             None
         };
+        self.audit(
+            AuditEvent::new(AuditKind::Assertion, AuditDecision::Allow)
+                .rp(Some(&context.rp_id))
+                .credential(&credential.credential_id)
+                .operation("get-assertion")
+                .user_verified(user_verified)
+                .reason(if context.flag_bits & flags::USER_PRESENT != 0 { "user present" } else { "silent (up=false)" }),
+        );
         Ok(MapBuilder::new()
             .int(0x01, descriptor)
             .int(0x02, cbor::bytes(auth_data))

@@ -3,6 +3,7 @@
 //! ([`platform`]). The daemon plugs in uhid, the TPM, files, D-Bus and
 //! policy; tests and benchmarks plug in software keys and scripted prompts.
 
+pub mod audit;
 pub mod auth_data;
 pub mod authenticator;
 pub mod cbor;

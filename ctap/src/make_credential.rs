@@ -1,5 +1,6 @@
 //! authenticatorMakeCredential (CTAP 2.1 §6.1).
 
+use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 use std::sync::Arc;
 
 use ciborium::value::Value;
@@ -293,7 +294,20 @@ impl Authenticator {
         if user_verified {
             self.clear_token_permissions_except_lbw();
         }
-        tracing::info!(rp_id, discoverable, user_verified, enterprise_attested, "credential created");
+        tracing::debug!(rp_id, discoverable, user_verified, enterprise_attested, "credential created");
+        self.audit(
+            AuditEvent::new(AuditKind::CredentialCreated, AuditDecision::Allow)
+                .rp(Some(rp_id))
+                .credential(&credential_id)
+                .operation("make-credential")
+                .user_verified(user_verified)
+                .reason(match (discoverable, enterprise_attested) {
+                    (true, true) => "discoverable, enterprise attestation",
+                    (true, false) => "discoverable",
+                    (false, true) => "enterprise attestation",
+                    (false, false) => "server-side",
+                }),
+        );
         Ok(MapBuilder::new()
             .int(0x01, format)
             .int(0x02, cbor::bytes(auth_data))

@@ -278,6 +278,10 @@ pub enum PresencePurpose {
     /// A token to manage the key: list or delete passkeys (cm), change its
     /// settings (acfg) or write its large blobs (lbw).
     Manage,
+    /// The platform's own deletion of one passkey (`rp_id`, `user_name`),
+    /// verified by [`crate::Authenticator::verify_user_for_platform`]
+    /// (fidoseald's Manager1.DeletePasskey).
+    DeletePasskey,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -478,6 +482,15 @@ impl PolicyVerdict {
 /// May this relying party use the key this way? Asked before any key use.
 pub trait PolicyDecision: Send {
     fn decide(&self, request: &PolicyRequest<'_>) -> PolicyVerdict;
+    /// This machine's user may see (and delete) the discoverable
+    /// credentials of `rp_id`: the relying party may sign in with them.
+    /// Credential management's filter (a relying party the policy denies
+    /// is not enumerated), shared with fidoseald's Manager1 so that both
+    /// ways of managing the key show the same passkeys.
+    fn shows_passkeys_of(&self, rp_id: &str) -> bool {
+        self.decide(&PolicyRequest { operation: Operation::GetAssertion, rp_id, discoverable: true, ctap1: false })
+            .allow
+    }
     /// The minimum PIN length the policy demands, if any (never lowers the
     /// authenticator's own minimum).
     fn min_pin_length(&self) -> Option<u8> {

@@ -2,7 +2,8 @@
 //! "performBuiltInUv"): a fingerprint or password checked by the daemon, or
 //! the authenticator's PIN typed into the user's own session.
 
-use crate::authenticator::{Authenticator, RequestContext};
+use crate::audit::{AuditDecision, AuditEvent, AuditKind};
+use crate::authenticator::{prompt_outcome_name, purpose_name, Authenticator, RequestContext};
 use crate::platform::{PresenceRequest, PromptOutcome, VerificationOutcome, MAX_UV_RETRIES};
 use crate::status::{CtapResult, StatusCode};
 
@@ -38,14 +39,20 @@ impl Authenticator {
         if ctx.signals.is_cancelled() {
             return Err(StatusCode::KeepaliveCancel);
         }
+        let event = |decision, reason: String| {
+            AuditEvent::new(AuditKind::Verification, decision)
+                .rp(request.rp_id)
+                .operation(purpose_name(request.purpose))
+                .reason(reason)
+        };
         match outcome {
             VerificationOutcome::Verified => {
-                tracing::info!(purpose = ?request.purpose, rp_id = request.rp_id, "user verified");
+                self.audit(event(AuditDecision::Allow, "verified".into()));
                 self.reset_uv_retries()
             }
             VerificationOutcome::Pin(pin) => match self.check_typed_pin(&pin) {
                 Ok(()) => {
-                    tracing::info!(purpose = ?request.purpose, rp_id = request.rp_id, "user verified with the PIN");
+                    self.audit(event(AuditDecision::Allow, "verified with the PIN".into()));
                     Ok(())
                 }
                 // A wrong PIN typed into the agent reads as a failed verification.
@@ -57,14 +64,32 @@ impl Authenticator {
                 state.uv_retries = state.uv_retries.saturating_sub(1);
                 let left = state.uv_retries;
                 self.save_state(state)?;
-                tracing::warn!(retries_left = left, "user verification failed");
+                self.audit(event(AuditDecision::Deny, format!("not recognized, {left} retries left")));
                 Err(if left == 0 { StatusCode::UvBlocked } else { StatusCode::UvInvalid })
             }
             VerificationOutcome::NotVerified(outcome) => {
-                tracing::info!(purpose = ?request.purpose, rp_id = request.rp_id, ?outcome, "user not verified");
+                self.audit(event(AuditDecision::Deny, prompt_outcome_name(outcome).into()));
                 Err(refusal_status(outcome))
             }
         }
+    }
+
+    /// Built-in user verification the platform asks for itself, with no
+    /// CTAP request behind it (fidoseald's Manager1.DeletePasskey). The same
+    /// path as getPinUvAuthTokenUsingUvWithPermissions (§6.5.5.7.3): the
+    /// methods the prompt offers now, uvRetries spent and restored, a PIN
+    /// typed into the agent checked and counted against the PIN retries;
+    /// but no token is made. `NotAllowed`: no built-in verification can be
+    /// asked for now (none configured, or nobody to ask).
+    pub fn verify_user_for_platform(
+        &mut self,
+        request: &PresenceRequest<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<()> {
+        if !self.built_in_uv_available() {
+            return Err(StatusCode::NotAllowed);
+        }
+        self.perform_built_in_uv(request, ctx)
     }
 
     fn reset_uv_retries(&mut self) -> CtapResult<()> {

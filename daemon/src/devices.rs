@@ -18,14 +18,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
-use fidoseal_ctap::platform::{KeyStore, UserPrompt};
+use fidoseal_ctap::platform::{KeyStore, PolicyDecision, UserPrompt};
 use fidoseal_ctap::{AttestationMode, Authenticator, AuthenticatorConfig, Platform};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Attestation, Config};
+use crate::device_user::{DeviceOwner, DeviceUser};
 use crate::policy_service::PolicyService;
 use crate::prompt_agent::{AgentPrompt, AgentRegistry, Bus};
+use crate::replug::{self, ReplugRequests, Replugger};
 use crate::shared_credentials::SharedCredentialStore;
 use crate::transport::{self, Stop};
 use crate::user_keys::{SharedKeyStore, UserKeyStore};
@@ -44,8 +46,36 @@ pub struct UserDevice {
     pub authenticator: Arc<Mutex<Authenticator>>,
     /// None in always-approve mode.
     pub prompt: Option<AgentPrompt>,
+    /// Single mode: `[device] user` as a uid, resolved at start and on
+    /// SIGHUP, never in a D-Bus handler (device_user.rs, issue 16 finding
+    /// 7). None in per-user mode, where the owner is `uid`, from logind.
+    pub device_user: Option<Arc<DeviceUser>>,
+    /// For Manager1.Replug: asks this device's loop to re-plug it (rate
+    /// limited per device).
+    pub replugger: Replugger,
+    /// Taken by the device loop that answers `replugger`.
+    replug_requests: Mutex<Option<ReplugRequests>>,
+    /// The policy as it applies to the owner: what credential management
+    /// may show (`PolicyDecision::shows_passkeys_of`).
+    pub policy: Box<dyn PolicyDecision + Sync>,
     /// The admitted logind sessions that keep it (per-user mode).
     sessions: Mutex<Vec<String>>,
+}
+
+/// What Manager1 needs of a device besides its authenticator and store:
+/// whose it is (single mode), how to re-plug it, and the policy that
+/// decides which passkeys are shown.
+pub struct DeviceHandles {
+    pub device_user: Option<Arc<DeviceUser>>,
+    pub replug: (Replugger, ReplugRequests),
+    pub policy: Box<dyn PolicyDecision + Sync>,
+}
+
+impl DeviceHandles {
+    /// Re-plugs at most every [`replug::MIN_REPLUG_INTERVAL`].
+    pub fn new(device_user: Option<Arc<DeviceUser>>, policy: Box<dyn PolicyDecision + Sync>) -> Self {
+        Self { device_user, replug: replug::channel(replug::MIN_REPLUG_INTERVAL), policy }
+    }
 }
 
 impl UserDevice {
@@ -56,8 +86,37 @@ impl UserDevice {
         store: SharedCredentialStore,
         authenticator: Arc<Mutex<Authenticator>>,
         prompt: Option<AgentPrompt>,
+        handles: DeviceHandles,
     ) -> Self {
-        Self { uid, user, registry, store, authenticator, prompt, sessions: Mutex::new(Vec::new()) }
+        let DeviceHandles { device_user, replug: (replugger, replug_requests), policy } = handles;
+        Self {
+            uid,
+            user,
+            registry,
+            store,
+            authenticator,
+            prompt,
+            device_user,
+            replugger,
+            replug_requests: Mutex::new(Some(replug_requests)),
+            policy,
+            sessions: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether `uid` owns the device: single mode's `[device] user` as last
+    /// resolved (an unknown one is looked up again in the background), or
+    /// per-user mode's logind uid. Never looks anything up itself.
+    pub fn is_owner(&self, uid: u32) -> bool {
+        match &self.device_user {
+            Some(device_user) => device_user.is(uid),
+            None => self.uid == Some(uid),
+        }
+    }
+
+    /// The re-plug requests, for the one loop that serves the device.
+    pub fn take_replug_requests(&self) -> Option<ReplugRequests> {
+        self.replug_requests.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The HID `uniq` string: the owner's uid for the udev rule, or the
@@ -153,7 +212,7 @@ impl Devices {
     /// The device `uid`'s own (its owner), in either mode.
     pub fn owned_by(&self, uid: u32) -> Option<Arc<UserDevice>> {
         match &self.single {
-            Some(device) => (device.uid == Some(uid)).then(|| Arc::clone(device)),
+            Some(device) => device.is_owner(uid).then(|| Arc::clone(device)),
             None => self.table().get(&uid).cloned(),
         }
     }
@@ -193,7 +252,7 @@ impl Devices {
     /// user only), or `uid`'s own in per-user mode.
     pub fn registry_for(&self, uid: u32) -> Option<Arc<AgentRegistry>> {
         if let Some(device) = &self.single {
-            return (device.uid == Some(uid)).then(|| Arc::clone(&device.registry));
+            return device.is_owner(uid).then(|| Arc::clone(&device.registry));
         }
         let mut registries = self.registries.lock().unwrap_or_else(|e| e.into_inner());
         let registry = registries.entry(uid).or_insert_with(|| {
@@ -221,6 +280,11 @@ impl Devices {
         for registry in self.registries() {
             registry.attach(bus.clone());
         }
+    }
+
+    /// Single mode's one device (None in per-user mode).
+    pub fn single_device(&self) -> Option<&Arc<UserDevice>> {
+        self.single.as_ref()
     }
 
     pub(crate) fn insert(&self, device: Arc<UserDevice>) {
@@ -281,7 +345,7 @@ impl DeviceFactory {
         }
         let credentials = open_credentials(&dir, self.capacity, &mut keys, created, Some(user))?;
         let registry = devices.registry_for(uid).ok_or("no agent registry")?;
-        let agent_prompt = AgentPrompt::for_user(config, user, &registry, &credentials);
+        let agent_prompt = AgentPrompt::for_user(config, user, DeviceOwner::Uid(uid), &registry, &credentials);
         let prompt: Box<dyn UserPrompt> = match &agent_prompt {
             Some(agent_prompt) => Box::new(agent_prompt.clone()),
             None => Box::new(prompt::AlwaysApprove),
@@ -292,6 +356,8 @@ impl DeviceFactory {
             prompt,
             policy: Box::new(self.policy.decision_for(user)),
         };
+        // The owner is logind's uid: no user database lookup (finding 7).
+        let handles = DeviceHandles::new(None, Box::new(self.policy.decision_for(user)));
         let authenticator = Authenticator::try_new(self.authenticator.clone(), platform, now)
             .map_err(|e| format!("cannot start the authenticator (no random numbers from the system?): {e:?}"))?;
         Ok(Arc::new(UserDevice::new(
@@ -301,6 +367,7 @@ impl DeviceFactory {
             credentials,
             Arc::new(Mutex::new(authenticator)),
             agent_prompt,
+            handles,
         )))
     }
 }
@@ -397,6 +464,9 @@ async fn serve_until_stopped(
     uhid_path: &Path,
     commands: &mut watch::Receiver<Option<Stop>>,
 ) -> Result<(), String> {
+    let mut replug_requests = device.take_replug_requests();
+    // A Manager1.Replug being carried out: answered once the device is back.
+    let mut replug_asked: Option<replug::ReplugRequest> = None;
     loop {
         let uhid = uhid::UhidDevice::create(uhid_path, &device.info())
             .map_err(|e| format!("{e} (is the uhid module loaded? try `modprobe uhid`)"))?;
@@ -407,20 +477,51 @@ async fn serve_until_stopped(
             uniq = device.uniq(),
             "virtual FIDO device created"
         );
+        if let Some(request) = replug_asked.take() {
+            request.finish(Ok(()));
+        }
         commands.mark_unchanged();
+        let (asked_slot, requests_slot) = (&mut replug_asked, &mut replug_requests);
         let stop = async {
-            loop {
-                if commands.changed().await.is_err() {
-                    return Stop::Exit;
+            let asked = async {
+                match requests_slot.as_mut() {
+                    Some(requests) => requests.next().await,
+                    None => std::future::pending().await,
                 }
-                if let Some(stop) = *commands.borrow_and_update() {
-                    return stop;
+            };
+            tokio::pin!(asked);
+            loop {
+                tokio::select! {
+                    changed = commands.changed() => {
+                        if changed.is_err() {
+                            return Stop::Exit;
+                        }
+                        if let Some(stop) = *commands.borrow_and_update() {
+                            return stop;
+                        }
+                    }
+                    request = &mut asked => {
+                        tracing::info!(
+                            user = device.user.as_deref().unwrap_or("-"),
+                            uid = device.uid,
+                            "Manager1.Replug: re-plugging the device"
+                        );
+                        *asked_slot = Some(request);
+                        return Stop::Replug;
+                    }
                 }
             }
         };
-        let reason = transport::serve(uhid, Arc::clone(&device.authenticator), crate::random_first_cid(), stop)
-            .await
-            .map_err(|e| e.to_string())?;
+        let served = transport::serve(uhid, Arc::clone(&device.authenticator), crate::random_first_cid(), stop).await;
+        let reason = match served {
+            Ok(reason) => reason,
+            Err(e) => {
+                if let Some(request) = replug_asked.take() {
+                    request.finish(Err(e.to_string()));
+                }
+                return Err(e.to_string());
+            }
+        };
         if reason == Stop::Exit {
             tracing::info!(
                 user = device.user.as_deref().unwrap_or("-"),
@@ -431,12 +532,19 @@ async fn serve_until_stopped(
         }
         // Unplugged: give udev and clients a moment to see the device go.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        device
-            .authenticator
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .power_cycle(Instant::now())
-            .map_err(|e| format!("cannot power-cycle the authenticator: {e}"))?;
+        // The cancelled request may still hold the authenticator for a
+        // moment (a PAM check ends on its own): wait off the runtime.
+        let authenticator = Arc::clone(&device.authenticator);
+        let power_cycled = tokio::task::spawn_blocking(move || replug::power_cycle(&authenticator))
+            .await
+            .map_err(|e| format!("power-cycle task failed: {e}"))
+            .and_then(|r| r);
+        if let Err(e) = power_cycled {
+            if let Some(request) = replug_asked.take() {
+                request.finish(Err(e.clone()));
+            }
+            return Err(e);
+        }
     }
 }
 
@@ -496,7 +604,9 @@ impl Supervisor {
                     self.devices.insert(Arc::clone(&device));
                     self.running.insert(*uid, spawn(device, self.uhid_path.clone(), self.failed.clone()));
                 }
-                Err(e) => tracing::error!(uid, user = admitted_user.user, error = %e, "cannot start the user's device"),
+                Err(e) => {
+                    tracing::error!(uid, user = admitted_user.user, error = %e, "cannot start the user's device")
+                }
             }
         }
     }

@@ -3,11 +3,14 @@
 //! authenticator, with the key store, prompt and policy the configuration
 //! names: one key for `[device] user` (single mode), or one per user with
 //! an admitted logind session (per-user mode, devices.rs). SIGTERM/SIGINT
-//! remove the devices and exit; SIGUSR1 unplugs and re-plugs them (a power
-//! cycle, as CTAP's reset and PIN rules know it).
+//! remove the devices and exit; SIGUSR1 unplugs and re-plugs them, and a
+//! device's user's Manager1.Replug their own (a power cycle, as CTAP's
+//! reset and PIN rules know it).
 
+mod audit_log;
 mod config;
 mod dbus_service;
+mod device_user;
 mod devices;
 mod keystore;
 mod logind;
@@ -15,6 +18,7 @@ mod migrate_users;
 mod policy_service;
 mod prompt;
 mod prompt_agent;
+mod replug;
 mod shared_credentials;
 mod state;
 mod tpm;
@@ -54,13 +58,9 @@ fn parse_args() -> Result<PathBuf, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Journald natively under systemd (the audit trail's fields), plain
+    // text elsewhere, colour only on a terminal (log/).
+    fidoseal_log::init("fidoseald", "info");
     let config_path = match parse_args() {
         Ok(p) => p,
         Err(message) => {
@@ -89,7 +89,7 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
     let per_user = config.device.mode == DeviceMode::PerUser;
     if per_user {
         // Before the key store opens: it looks for a credential state beside it.
-        let owner = config.device.user.as_deref().map(|user| (user, dbus_service::caller::uid_of(user)));
+        let owner = config.device.user.as_deref().map(|user| (user, device_user::system_uid_of(user)));
         match migrate_users::migrate_single_user_state(&config.state_dir, owner).map_err(|e| e.to_string())? {
             migrate_users::Migration::Nothing => {}
             migrate_users::Migration::Moved { uid, to, files } => tracing::warn!(
@@ -113,8 +113,8 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             (Box::new(store), created)
         }
         KeyStoreBackend::Tpm => {
-            let store =
-                tpm::TpmKeyStore::open(&config.keystore.tpm_settings(), &config.state_dir).map_err(|e| e.to_string())?;
+            let store = tpm::TpmKeyStore::open(&config.keystore.tpm_settings(), &config.state_dir)
+                .map_err(|e| e.to_string())?;
             let created = *store.startup() != tpm::Startup::Reopened;
             (Box::new(store), created)
         }
@@ -143,18 +143,43 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             key_store_created,
             user.as_deref(),
         )?;
+        // Looked up here, before the runtime, and again on SIGHUP: never by
+        // a D-Bus handler (NSS may wait for LDAP or sssd).
+        let device_user = device_user::DeviceUser::resolve(user.clone());
         let registry = Arc::new(prompt_agent::AgentRegistry::new());
-        let agent_prompt =
-            prompt_agent::AgentPrompt::for_user(&config, user.as_deref().unwrap_or(""), &registry, &credentials);
+        let agent_prompt = prompt_agent::AgentPrompt::for_user(
+            &config,
+            user.as_deref().unwrap_or(""),
+            device_user::DeviceOwner::Configured(Arc::clone(&device_user)),
+            &registry,
+            &credentials,
+        );
         let prompt: Box<dyn UserPrompt> = match &agent_prompt {
             Some(agent_prompt) => Box::new(agent_prompt.clone()),
             None => Box::new(prompt::AlwaysApprove),
         };
-        let platform = Platform { keystore, credentials: Box::new(credentials.clone()), prompt, policy: Box::new(policy.decision()) };
+        let platform = Platform {
+            keystore,
+            credentials: Box::new(credentials.clone()),
+            prompt,
+            policy: Box::new(policy.decision()),
+        };
         let authenticator = Authenticator::try_new(devices::authenticator_config(&config), platform, Instant::now())
             .map_err(|e| format!("cannot start the authenticator (no random numbers from the system?): {e:?}"))?;
-        let uid = user.as_deref().and_then(dbus_service::caller::uid_of);
-        let device = devices::UserDevice::new(uid, user, registry, credentials, Arc::new(Mutex::new(authenticator)), agent_prompt);
+        let uid = match device_user.uid() {
+            device_user::DeviceUid::Known(uid) => Some(uid),
+            device_user::DeviceUid::NotConfigured | device_user::DeviceUid::Unknown => None,
+        };
+        let handles = devices::DeviceHandles::new(Some(device_user), Box::new(policy.decision()));
+        let device = devices::UserDevice::new(
+            uid,
+            user,
+            registry,
+            credentials,
+            Arc::new(Mutex::new(authenticator)),
+            agent_prompt,
+            handles,
+        );
         (Arc::new(devices::Devices::single(Arc::new(device))), None)
     };
     if config.prompt.mode != PromptMode::Agent {
@@ -172,6 +197,9 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
         let mut replug = signal(SignalKind::user_defined1()).map_err(|e| format!("cannot handle SIGUSR1: {e}"))?;
         policy.watch()?;
+        if let Some(device_user) = devices.single_device().and_then(|d| d.device_user.as_ref()) {
+            device_user.resolve_on_hangup()?;
+        }
 
         let service = dbus_service::Service::from_config(&config, Arc::clone(&devices));
         // Per-user mode follows logind on the bus: it cannot do without it.
@@ -258,7 +286,9 @@ async fn follow_sessions(supervisor: &mut devices::Supervisor, config: &Config, 
             let admitted = logind::admitted(&sessions, &config.device.sessions);
             supervisor.reconcile(config, &admitted).await;
         }
-        Err(e) => tracing::warn!(error = %e, "cannot read logind's sessions; devices stay as they are"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read logind's sessions; devices stay as they are")
+        }
     }
 }
 
@@ -272,7 +302,9 @@ async fn next_logind_change(changes: &mut Option<(logind::Changes, zbus::Connect
 /// Completes when the daemon should stop for being off the bus (agent mode
 /// only); in always-approve mode the loss is logged once and the key goes on.
 async fn bus_lost(bus: &mut Option<dbus_service::DbusService>, fatal: bool) -> String {
-    let Some(service) = bus.as_mut() else { return std::future::pending().await };
+    let Some(service) = bus.as_mut() else {
+        return std::future::pending().await;
+    };
     let reason = service.lost().await;
     if fatal {
         return reason;

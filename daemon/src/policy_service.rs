@@ -21,6 +21,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use fidoseal_ctap::audit::{AuditDecision, AuditEvent, AuditKind};
 use fidoseal_ctap::authenticator::FIDOSEAL_AAGUID;
 use fidoseal_ctap::platform::{
     AttestationPolicy, EnterpriseAttestationKey, Operation, PolicyDecision, PolicyRequest, PolicyVerdict,
@@ -117,10 +118,22 @@ impl PolicyService {
                 let principal = principal_for(self.shared.user.as_deref());
                 let snapshot = self.install(policy, principal);
                 log_loaded(&snapshot, &self.shared.dirs, reason);
+                crate::audit_log::write(
+                    &AuditEvent::new(AuditKind::PolicyReloaded, AuditDecision::Allow)
+                        .user(self.shared.user.clone())
+                        .rule(format!("generation {}", snapshot.generation))
+                        .reason(reason),
+                );
                 Ok(())
             }
             Err(e) => {
                 let kept = self.shared.snapshot().generation;
+                crate::audit_log::write(
+                    &AuditEvent::new(AuditKind::PolicyReloaded, AuditDecision::Deny)
+                        .user(self.shared.user.clone())
+                        .rule(format!("generation {kept} kept"))
+                        .reason(format!("{reason}: {} problem(s), the last good policy stays", e.diagnostics.len())),
+                );
                 for diagnostic in &e.diagnostics {
                     tracing::error!(
                         reason,

@@ -179,6 +179,7 @@ fn spawn_request(
         let cid = request.cid;
         // A bug in a command must cost one request, not the device: the
         // host gets an error answer and the daemon keeps serving.
+        let started = std::time::Instant::now();
         let response = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let mut authenticator = authenticator.lock().unwrap_or_else(|e| e.into_inner());
             let ctx = RequestContext { now: std::time::Instant::now(), channel: cid, signals: &signals };
@@ -191,8 +192,33 @@ fn spawn_request(
             tracing::error!("request handler panicked; answered CTAP1_ERR_OTHER");
             vec![StatusCode::Other.as_byte()]
         });
+        // The audit trail of this request (and of a panicked one, up to the panic).
+        crate::audit_log::drain_shared(&authenticator);
+        log_request(cid, &request, &response, started.elapsed());
         let _ = done.blocking_send((cid, response));
     });
+}
+
+/// `RUST_LOG=debug`: every request with its command, outcome and duration
+/// (no payload: it may hold a PIN's ciphertext or a credential ID).
+fn log_request(cid: u32, request: &Request, response: &[u8], elapsed: std::time::Duration) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    match request.kind {
+        RequestKind::Cbor => {
+            let command = request.payload.first().copied().unwrap_or(0);
+            let status = response.first().copied().unwrap_or(0);
+            tracing::debug!(cid, command = %format!("0x{command:02x}"), status = %format!("0x{status:02x}"), micros, "CTAP2 request");
+        }
+        RequestKind::Msg => {
+            let instruction = request.payload.get(1).copied().unwrap_or(0);
+            let status = response.len().checked_sub(2).map(|i| &response[i..]).unwrap_or(&[]);
+            let status: String = status.iter().map(|b| format!("{b:02x}")).collect();
+            tracing::debug!(cid, instruction = %format!("0x{instruction:02x}"), status, micros, "U2F request");
+        }
+    }
 }
 
 #[cfg(test)]

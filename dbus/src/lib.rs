@@ -22,7 +22,8 @@ pub const POLKIT_ACTION_RESET: &str = "org.fidoseal.reset";
 pub mod details {
     /// s: relying party ID, or "" for device actions.
     pub const RP_ID: &str = "rp_id";
-    /// s: "register" | "sign-in" | "confirm-existing" | "select-key" | "reset" | "manage".
+    /// s: "register" | "sign-in" | "confirm-existing" | "select-key" | "reset" | "manage" |
+    /// "delete-passkey" (Manager1.DeletePasskey: verification to delete the passkey of `rp_id`).
     pub const ACTION: &str = "action";
     /// s: the account name, if known.
     pub const USER: &str = "user";
@@ -58,6 +59,8 @@ pub enum Error {
     Rejected(String),
     /// The request was closed, or cancelled by the daemon.
     Canceled(String),
+    /// Asked again too soon (Manager1.Replug): the message says when to try again.
+    RateLimited(String),
     Failed(String),
 }
 
@@ -103,4 +106,5 @@ pub trait Manager1 {
     fn delete_passkey(&self, credential_id: &str) -> zbus::Result<()>;
     fn reset(&self) -> zbus::Result<()>;
     fn list_devices(&self) -> zbus::Result<Vec<Details>>;
+    fn replug(&self) -> zbus::Result<()>;
 }

@@ -22,8 +22,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use fidoseal_ctap::platform::{
-    Algorithm, AuthenticatorState, CredentialExtensions, CredentialStore, RelyingParty,
-    ResidentCredential, StoreError, EMPTY_LARGE_BLOB_ARRAY,
+    Algorithm, AuthenticatorState, CredentialExtensions, CredentialStore, RelyingParty, ResidentCredential, StoreError,
+    EMPTY_LARGE_BLOB_ARRAY,
 };
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
@@ -79,9 +79,7 @@ pub enum StateError {
 
 /// Seconds since the epoch, for the names of files set aside.
 pub fn unix_time() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn sql_error(e: rusqlite::Error) -> StoreError {
@@ -110,18 +108,13 @@ mod setting {
     pub const COUNTER_FLOOR: &str = "signature_counter_floor";
 }
 
-const CREDENTIAL_COLUMNS: &str =
-    "credential_id, rp_id, rp_name, user_id, user_name, user_display_name, algorithm, \
+const CREDENTIAL_COLUMNS: &str = "credential_id, rp_id, rp_name, user_id, user_name, user_display_name, algorithm, \
      key_handle, created, public_key_cose, cred_protect, hmac_secret, cred_blob, large_blob_key";
 
 fn credential_from_row(row: &Row<'_>) -> rusqlite::Result<ResidentCredential> {
     let algorithm: i64 = row.get(6)?;
     let algorithm = Algorithm::from_cose_id(algorithm).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            6,
-            rusqlite::types::Type::Integer,
-            "unknown algorithm".into(),
-        )
+        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Integer, "unknown algorithm".into())
     })?;
     Ok(ResidentCredential {
         credential_id: row.get(0)?,
@@ -149,11 +142,7 @@ fn rp_id_hash(rp_id: &str) -> [u8; 32] {
 
 /// Writes a credential row (a new one starts its counter at `counter`;
 /// an existing one keeps its counter).
-fn upsert_credential(
-    tx: &rusqlite::Transaction<'_>,
-    c: &ResidentCredential,
-    counter: u32,
-) -> rusqlite::Result<()> {
+fn upsert_credential(tx: &rusqlite::Transaction<'_>, c: &ResidentCredential, counter: u32) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO credentials (credential_id, rp_id_hash, rp_id, rp_name, user_id, user_name, user_display_name, \
              algorithm, key_handle, created, public_key_cose, cred_protect, hmac_secret, cred_blob, large_blob_key, \
@@ -186,13 +175,11 @@ fn upsert_credential(
     Ok(())
 }
 
-fn put_setting(
-    tx: &rusqlite::Transaction<'_>,
-    name: &str,
-    value: &dyn rusqlite::ToSql,
-) -> rusqlite::Result<()> {
-    tx.prepare_cached("INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value")?
-        .execute(params![name, value])?;
+fn put_setting(tx: &rusqlite::Transaction<'_>, name: &str, value: &dyn rusqlite::ToSql) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![name, value])?;
     Ok(())
 }
 
@@ -205,10 +192,7 @@ fn cbor<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 /// The settings row without the large-blob array, which has its own row
 /// (a PIN retry does not rewrite the blobs).
 fn authenticator_row(state: &AuthenticatorState) -> Result<Vec<u8>, StoreError> {
-    cbor(&AuthenticatorState {
-        large_blob_array: Vec::new(),
-        ..state.clone()
-    })
+    cbor(&AuthenticatorState { large_blob_array: Vec::new(), ..state.clone() })
 }
 
 /// Everything [`CredentialStore::reset`] clears, inside `tx`; returns the new floor.
@@ -220,18 +204,12 @@ fn reset_in(tx: &rusqlite::Transaction<'_>, floor: u32) -> rusqlite::Result<u32>
         [],
         |r| r.get(0),
     )?;
-    let floor = highest
-        .and_then(|h| u32::try_from(h).ok())
-        .map_or(floor, |h| h.max(floor));
+    let floor = highest.and_then(|h| u32::try_from(h).ok()).map_or(floor, |h| h.max(floor));
     tx.execute("DELETE FROM credentials", [])?;
     tx.execute("DELETE FROM signature_counters", [])?;
     tx.execute(
         "DELETE FROM settings WHERE name IN (?1, ?2, ?3)",
-        params![
-            setting::AUTHENTICATOR,
-            setting::LARGE_BLOB_ARRAY,
-            setting::KEY_STORE
-        ],
+        params![setting::AUTHENTICATOR, setting::LARGE_BLOB_ARRAY, setting::KEY_STORE],
     )?;
     put_setting(tx, setting::COUNTER_FLOOR, &floor)?;
     Ok(floor)
@@ -265,23 +243,16 @@ impl CredentialDatabase {
 
     /// Reads what is kept in memory.
     fn load(&mut self) -> Result<(), StateError> {
-        let corrupt = |path: &Path, reason: String| StateError::Corrupt {
-            path: path.to_owned(),
-            reason,
-        };
+        let corrupt = |path: &Path, reason: String| StateError::Corrupt { path: path.to_owned(), reason };
         let path = self.path.clone();
         let c = &self.connection;
         let (count, newest): (i64, Option<i64>) = c
-            .query_row("SELECT count(*), max(created) FROM credentials", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row("SELECT count(*), max(created) FROM credentials", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(|e| corrupt(&path, e.to_string()))?;
         let setting = |name: &str| -> Result<Option<rusqlite::types::Value>, StateError> {
-            c.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(|e| corrupt(&path, e.to_string()))
+            c.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| r.get(0))
+                .optional()
+                .map_err(|e| corrupt(&path, e.to_string()))
         };
         use rusqlite::types::Value;
         let floor = match setting(setting::COUNTER_FLOOR)? {
@@ -292,17 +263,10 @@ impl CredentialDatabase {
             Some(_) => return Err(corrupt(&path, "counter floor is not a number".into())),
         };
         let mut state = match setting(setting::AUTHENTICATOR)? {
-            Some(Value::Blob(bytes)) => {
-                ciborium::de::from_reader::<AuthenticatorState, _>(bytes.as_slice())
-                    .map_err(|e| corrupt(&path, format!("authenticator settings: {e}")))?
-            }
+            Some(Value::Blob(bytes)) => ciborium::de::from_reader::<AuthenticatorState, _>(bytes.as_slice())
+                .map_err(|e| corrupt(&path, format!("authenticator settings: {e}")))?,
             None => AuthenticatorState::default(),
-            Some(_) => {
-                return Err(corrupt(
-                    &path,
-                    "authenticator settings are not a blob".into(),
-                ))
-            }
+            Some(_) => return Err(corrupt(&path, "authenticator settings are not a blob".into())),
         };
         state.large_blob_array = match setting(setting::LARGE_BLOB_ARRAY)? {
             Some(Value::Blob(bytes)) => bytes,
@@ -340,10 +304,7 @@ impl CredentialDatabase {
         &mut self,
         change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let tx = self
-            .connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error)?;
+        let tx = self.connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_error)?;
         let result = change(&tx)?;
         tx.commit().map_err(sql_error)?;
         Ok(result)
@@ -352,32 +313,24 @@ impl CredentialDatabase {
     /// Credentials, a PIN or large blobs: something that a key store
     /// switch would make unusable.
     fn holds_key_store_data(&self) -> bool {
-        let blobs = !self.state.large_blob_array.is_empty()
-            && self.state.large_blob_array != EMPTY_LARGE_BLOB_ARRAY;
+        let blobs = !self.state.large_blob_array.is_empty() && self.state.large_blob_array != EMPTY_LARGE_BLOB_ARRAY;
         self.count > 0 || self.state.pin.is_some() || blobs
     }
 
     /// A consistent copy of the whole database at `target` (0600), taken
     /// with `VACUUM INTO`, for keeping a state aside before it is reset.
     pub fn copy_to(&self, target: &Path) -> Result<(), StateError> {
-        let write_error = |reason: String| StateError::Write {
-            path: target.to_owned(),
-            reason,
-        };
+        let write_error = |reason: String| StateError::Write { path: target.to_owned(), reason };
         OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(target)
             .map_err(|e| write_error(e.to_string()))?;
-        let target_text = target
-            .to_str()
-            .ok_or_else(|| write_error("not a UTF-8 path".into()))?;
+        let target_text = target.to_str().ok_or_else(|| write_error("not a UTF-8 path".into()))?;
         // VACUUM INTO wants a new or empty file: the empty one made above
         // fixes the mode. It is synced before the statement returns.
-        self.connection
-            .execute("VACUUM INTO ?1", [target_text])
-            .map_err(|e| write_error(e.to_string()))?;
+        self.connection.execute("VACUUM INTO ?1", [target_text]).map_err(|e| write_error(e.to_string()))?;
         Ok(())
     }
 
@@ -387,11 +340,7 @@ impl CredentialDatabase {
     /// this one (its PIN would never verify and burn the retries; its
     /// passkeys would be listed but fail): it is copied aside (nothing is
     /// deleted) and reset, keeping the signature counters' floor.
-    pub fn bind_key_store(
-        &mut self,
-        binding: KeyStoreBinding,
-        just_created: bool,
-    ) -> Result<Binding, StateError> {
+    pub fn bind_key_store(&mut self, binding: KeyStoreBinding, just_created: bool) -> Result<Binding, StateError> {
         let recorded = self.key_store.clone();
         if recorded.as_ref() == Some(&binding) {
             return Ok(Binding::Same);
@@ -401,10 +350,7 @@ impl CredentialDatabase {
             None => just_created,
         };
         let path = self.path.clone();
-        let write_error = |e: StoreError| StateError::Write {
-            path: path.clone(),
-            reason: e.to_string(),
-        };
+        let write_error = |e: StoreError| StateError::Write { path: path.clone(), reason: e.to_string() };
         let record = cbor(&binding).map_err(write_error)?;
         if !(foreign && self.holds_key_store_data()) {
             self.transaction(|tx| put_setting(tx, setting::KEY_STORE, &record).map_err(sql_error))
@@ -424,10 +370,7 @@ impl CredentialDatabase {
             .map_err(write_error)?;
         self.after_reset(floor);
         self.key_store = Some(binding);
-        let previous = recorded.map_or_else(
-            || "an earlier key store (not recorded)".to_owned(),
-            |b| b.name,
-        );
+        let previous = recorded.map_or_else(|| "an earlier key store (not recorded)".to_owned(), |b| b.name);
         Ok(Binding::SetAside { kept, previous })
     }
 
@@ -439,16 +382,10 @@ impl CredentialDatabase {
         self.key_store = None;
     }
 
-    fn select_credentials(
-        &self,
-        sql_where: &str,
-        param: &[u8],
-    ) -> Result<Vec<ResidentCredential>, StoreError> {
+    fn select_credentials(&self, sql_where: &str, param: &[u8]) -> Result<Vec<ResidentCredential>, StoreError> {
         let sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE {sql_where}");
         let mut statement = self.connection.prepare_cached(&sql).map_err(sql_error)?;
-        let rows = statement
-            .query_map([param], credential_from_row)
-            .map_err(sql_error)?;
+        let rows = statement.query_map([param], credential_from_row).map_err(sql_error)?;
         rows.collect::<Result<_, _>>().map_err(sql_error)
     }
 }
@@ -456,20 +393,12 @@ impl CredentialDatabase {
 /// Opens `path`, checks it before anything is written, and sets the
 /// connection up (WAL, synchronous=FULL, foreign keys, schema).
 fn open_connection(path: &Path) -> Result<Connection, StateError> {
-    let corrupt = |reason: String| StateError::Corrupt {
-        path: path.to_owned(),
-        reason,
-    };
+    let corrupt = |reason: String| StateError::Corrupt { path: path.to_owned(), reason };
     let connection = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
     )
-    .map_err(|e| StateError::Read {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    .map_err(|e| StateError::Read { path: path.to_owned(), reason: e.to_string() })?;
     // quick_check: the b-trees, pages and records, without the slower
     // index-content cross-check of integrity_check (milliseconds for
     // 10,000 credentials). A file that is not a database fails here too.
@@ -481,9 +410,8 @@ fn open_connection(path: &Path) -> Result<Connection, StateError> {
         return Err(corrupt(verdict.join("; ")));
     }
     whole_pages(path, &connection).map_err(corrupt)?;
-    let version: i32 = connection
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| corrupt(e.to_string()))?;
+    let version: i32 =
+        connection.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| corrupt(e.to_string()))?;
     if version > schema::VERSION {
         return Err(corrupt(format!(
             "schema version {version} is newer than this fidoseal's {} (a downgrade?)",
@@ -495,27 +423,18 @@ fn open_connection(path: &Path) -> Result<Connection, StateError> {
         // name (create_database, the migration): an empty or schema-less
         // file is damage (a truncation to nothing, a foreign file), never a
         // new database to fill, which would silently lose every credential.
-        return Err(corrupt(
-            "it holds no fidoseal schema: empty, or not made by fidoseal".into(),
-        ));
+        return Err(corrupt("it holds no fidoseal schema: empty, or not made by fidoseal".into()));
     }
     let setup = |c: &Connection| -> rusqlite::Result<()> {
         // WAL: a commit appends to the log and fsyncs it (synchronous=FULL),
         // one sequential write per ceremony; readers never block the writer.
         let mode: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(rusqlite::Error::InvalidParameterName(format!(
-                "journal mode stayed {mode}"
-            )));
+            return Err(rusqlite::Error::InvalidParameterName(format!("journal mode stayed {mode}")));
         }
-        c.execute_batch(
-            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
-        )
+        c.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;")
     };
-    setup(&connection).map_err(|e| StateError::Write {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    setup(&connection).map_err(|e| StateError::Write { path: path.to_owned(), reason: e.to_string() })?;
     Ok(connection)
 }
 
@@ -525,20 +444,12 @@ fn open_connection(path: &Path) -> Result<Connection, StateError> {
 /// in the file yet, so with a log only the whole-page rule applies.
 fn whole_pages(path: &Path, connection: &Connection) -> Result<(), String> {
     let length = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
-    let page_size: u64 = connection
-        .query_row("PRAGMA page_size", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    let page_count: u64 = connection
-        .query_row("PRAGMA page_count", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    let log_length = std::fs::metadata(format!("{}-wal", path.display()))
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let page_size: u64 = connection.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(|e| e.to_string())?;
+    let page_count: u64 = connection.query_row("PRAGMA page_count", [], |r| r.get(0)).map_err(|e| e.to_string())?;
+    let log_length = std::fs::metadata(format!("{}-wal", path.display())).map(|m| m.len()).unwrap_or(0);
     let expected = page_size.saturating_mul(page_count);
     if page_size == 0 || length % page_size != 0 || (log_length == 0 && length != expected) {
-        return Err(format!(
-            "{length} bytes where {page_count} pages of {page_size} bytes were expected: cut short"
-        ));
+        return Err(format!("{length} bytes where {page_count} pages of {page_size} bytes were expected: cut short"));
     }
     Ok(())
 }
@@ -547,10 +458,7 @@ fn whole_pages(path: &Path, connection: &Connection) -> Result<(), String> {
 /// its schema: built and synced as `credentials.db.creating` (0600: SQLite's
 /// -wal and -shm files copy the mode), then renamed into place.
 fn create_database(state_dir: &Path, path: &Path) -> Result<(), StateError> {
-    let write_error = |reason: String| StateError::Write {
-        path: path.to_owned(),
-        reason,
-    };
+    let write_error = |reason: String| StateError::Write { path: path.to_owned(), reason };
     let building = state_dir.join(format!("{DATABASE_FILE}.creating"));
     migrate::remove_database_files(&building);
     OpenOptions::new()
@@ -577,19 +485,14 @@ fn create_database(state_dir: &Path, path: &Path) -> Result<(), StateError> {
 }
 
 impl CredentialStore for CredentialDatabase {
-    fn credentials_for_rp(
-        &self,
-        rp_id_hash: &[u8; 32],
-    ) -> Result<Vec<ResidentCredential>, StoreError> {
+    fn credentials_for_rp(&self, rp_id_hash: &[u8; 32]) -> Result<Vec<ResidentCredential>, StoreError> {
         self.select_credentials("rp_id_hash = ?1", rp_id_hash)
     }
 
     fn all_credentials(&self) -> Result<Vec<ResidentCredential>, StoreError> {
         let sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials ORDER BY rp_id, created");
         let mut statement = self.connection.prepare_cached(&sql).map_err(sql_error)?;
-        let rows = statement
-            .query_map([], credential_from_row)
-            .map_err(sql_error)?;
+        let rows = statement.query_map([], credential_from_row).map_err(sql_error)?;
         rows.collect::<Result<_, _>>().map_err(sql_error)
     }
 
@@ -615,9 +518,7 @@ impl CredentialStore for CredentialDatabase {
     }
 
     fn find(&self, credential_id: &[u8]) -> Result<Option<ResidentCredential>, StoreError> {
-        Ok(self
-            .select_credentials("credential_id = ?1", credential_id)?
-            .pop())
+        Ok(self.select_credentials("credential_id = ?1", credential_id)?.pop())
     }
 
     fn save(&mut self, credential: ResidentCredential) -> Result<(), StoreError> {
@@ -625,9 +526,15 @@ impl CredentialStore for CredentialDatabase {
         let count = self.transaction(|tx| {
             // Same rp and user: the new credential replaces the old one (§6.1.2 step 15).
             let replaced = tx
-                .prepare_cached("DELETE FROM credentials WHERE rp_id_hash = ?1 AND user_id = ?2 AND credential_id != ?3")
+                .prepare_cached(
+                    "DELETE FROM credentials WHERE rp_id_hash = ?1 AND user_id = ?2 AND credential_id != ?3",
+                )
                 .and_then(|mut s| {
-                    s.execute(params![rp_id_hash(&credential.rp_id).as_slice(), credential.user_id, credential.credential_id])
+                    s.execute(params![
+                        rp_id_hash(&credential.rp_id).as_slice(),
+                        credential.user_id,
+                        credential.credential_id
+                    ])
                 })
                 .map_err(sql_error)?;
             let exists = tx
@@ -706,17 +613,11 @@ impl CredentialStore for CredentialDatabase {
 
     fn save_state(&mut self, state: &AuthenticatorState) -> Result<(), StoreError> {
         // Only the rows that changed: a PIN retry does not rewrite the blobs.
-        let settings = (AuthenticatorState {
-            large_blob_array: Vec::new(),
-            ..state.clone()
-        } != AuthenticatorState {
-            large_blob_array: Vec::new(),
-            ..self.state.clone()
-        })
+        let settings = (AuthenticatorState { large_blob_array: Vec::new(), ..state.clone() }
+            != AuthenticatorState { large_blob_array: Vec::new(), ..self.state.clone() })
         .then(|| authenticator_row(state))
         .transpose()?;
-        let blobs = (state.large_blob_array != self.state.large_blob_array)
-            .then_some(&state.large_blob_array);
+        let blobs = (state.large_blob_array != self.state.large_blob_array).then_some(&state.large_blob_array);
         if settings.is_none() && blobs.is_none() {
             return Ok(());
         }

@@ -17,8 +17,7 @@ use rusqlite::Connection;
 use serde::Deserialize;
 
 use crate::{
-    authenticator_row, cbor, put_setting, schema, setting, unix_time, upsert_credential,
-    KeyStoreBinding, StateError,
+    authenticator_row, cbor, put_setting, schema, setting, unix_time, upsert_credential, KeyStoreBinding, StateError,
 };
 
 /// The old state file.
@@ -54,34 +53,24 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Migrates `state_dir/credentials.cbor` into `database` if there is no
 /// database yet; finishes an interrupted migration if there is.
-pub(crate) fn migrate_if_needed(
-    state_dir: &Path,
-    database: &Path,
-) -> Result<Option<Migration>, StateError> {
+pub(crate) fn migrate_if_needed(state_dir: &Path, database: &Path) -> Result<Option<Migration>, StateError> {
     let legacy = state_dir.join(LEGACY_FILE);
     if !legacy.exists() {
         return Ok(None);
     }
-    let failed = |reason: String| StateError::Migration {
-        path: legacy.clone(),
-        reason,
-    };
+    let failed = |reason: String| StateError::Migration { path: legacy.clone(), reason };
     if database.exists() {
         // The database was renamed into place, the old file was not yet
         // kept aside: the database is the newer and complete state.
-        let backup =
-            keep_aside(state_dir, &legacy).map_err(|e| failed(format!("keeping it aside: {e}")))?;
+        let backup = keep_aside(state_dir, &legacy).map_err(|e| failed(format!("keeping it aside: {e}")))?;
         tracing::warn!(kept = %backup.display(), "a credentials.cbor beside credentials.db was kept aside (an interrupted migration)");
         return Ok(None);
     }
     let bytes = fs::read(&legacy).map_err(|e| failed(e.to_string()))?;
-    let old: CredentialFile = ciborium::de::from_reader(bytes.as_slice())
-        .map_err(|e| failed(format!("it is damaged: {e}")))?;
+    let old: CredentialFile =
+        ciborium::de::from_reader(bytes.as_slice()).map_err(|e| failed(format!("it is damaged: {e}")))?;
     if old.version != LEGACY_FORMAT_VERSION {
-        return Err(failed(format!(
-            "its format version {} is not {LEGACY_FORMAT_VERSION}",
-            old.version
-        )));
+        return Err(failed(format!("its format version {} is not {LEGACY_FORMAT_VERSION}", old.version)));
     }
     let building = state_dir.join(format!("{}.migrating", crate::DATABASE_FILE));
     let result = build(&building, &old).and_then(|()| {
@@ -92,15 +81,9 @@ pub(crate) fn migrate_if_needed(
         remove_database_files(&building);
         return Err(failed(reason));
     }
-    let backup = keep_aside(state_dir, &legacy).map_err(|e| StateError::Write {
-        path: legacy.clone(),
-        reason: format!("keeping it aside: {e}"),
-    })?;
-    Ok(Some(Migration {
-        credentials: old.credentials.len(),
-        backup,
-        counter_floor: old.signature_counter,
-    }))
+    let backup = keep_aside(state_dir, &legacy)
+        .map_err(|e| StateError::Write { path: legacy.clone(), reason: format!("keeping it aside: {e}") })?;
+    Ok(Some(Migration { credentials: old.credentials.len(), backup, counter_floor: old.signature_counter }))
 }
 
 /// Renames the old file to `credentials.cbor.migrated` (never over another).
@@ -125,16 +108,9 @@ pub(crate) fn remove_database_files(path: &Path) {
 /// and synced when this returns).
 fn build(path: &Path, old: &CredentialFile) -> Result<(), String> {
     remove_database_files(path);
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| e.to_string())?;
+    OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| e.to_string())?;
     let mut connection = Connection::open(path).map_err(|e| e.to_string())?;
-    connection
-        .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-        .map_err(|e| e.to_string())?;
+    connection.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;").map_err(|e| e.to_string())?;
     schema::create(&connection).map_err(|e| e.to_string())?;
     let tx = connection.transaction().map_err(|e| e.to_string())?;
     // Every credential's counter starts above the old global counter, the
@@ -144,16 +120,14 @@ fn build(path: &Path, old: &CredentialFile) -> Result<(), String> {
     }
     let row = authenticator_row(&old.state).map_err(|e| e.to_string())?;
     put_setting(&tx, setting::AUTHENTICATOR, &row).map_err(|e| e.to_string())?;
-    put_setting(&tx, setting::LARGE_BLOB_ARRAY, &old.state.large_blob_array)
-        .map_err(|e| e.to_string())?;
+    put_setting(&tx, setting::LARGE_BLOB_ARRAY, &old.state.large_blob_array).map_err(|e| e.to_string())?;
     put_setting(&tx, setting::COUNTER_FLOOR, &old.signature_counter).map_err(|e| e.to_string())?;
     if let Some(binding) = &old.key_store {
         let record = cbor(binding).map_err(|e| e.to_string())?;
         put_setting(&tx, setting::KEY_STORE, &record).map_err(|e| e.to_string())?;
     }
-    let imported: i64 = tx
-        .query_row("SELECT count(*) FROM credentials", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
+    let imported: i64 =
+        tx.query_row("SELECT count(*) FROM credentials", [], |r| r.get(0)).map_err(|e| e.to_string())?;
     if usize::try_from(imported).ok() != Some(old.credentials.len()) {
         // Two credentials with one rp and user (or one ID) in the old file:
         // one would be dropped silently. Refuse instead.
@@ -182,13 +156,7 @@ pub(crate) fn write_legacy_file(
         state: &'a AuthenticatorState,
         key_store: Option<&'a KeyStoreBinding>,
     }
-    let file = File {
-        version: 1,
-        signature_counter: counter,
-        credentials,
-        state,
-        key_store,
-    };
+    let file = File { version: 1, signature_counter: counter, credentials, state, key_store };
     let mut bytes = Vec::new();
     ciborium::ser::into_writer(&file, &mut bytes).unwrap();
     fs::write(state_dir.join(LEGACY_FILE), bytes).unwrap();

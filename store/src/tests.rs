@@ -6,8 +6,7 @@ use fidoseal_ctap::platform::{Algorithm, PinRecord};
 use super::*;
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("fidoseal-store-test-{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("fidoseal-store-test-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     dir
@@ -35,17 +34,11 @@ fn credential(rp: &str, user: &[u8], id: u8) -> ResidentCredential {
 }
 
 fn bound_to(name: &str, byte: u8) -> KeyStoreBinding {
-    KeyStoreBinding {
-        name: name.into(),
-        fingerprint: vec![byte; 16],
-    }
+    KeyStoreBinding { name: name.into(), fingerprint: vec![byte; 16] }
 }
 
 fn with_pin() -> AuthenticatorState {
-    let pin = Some(PinRecord {
-        verifier: vec![5; 32],
-        code_points: 4,
-    });
+    let pin = Some(PinRecord { verifier: vec![5; 32], code_points: 4 });
     AuthenticatorState {
         pin,
         pin_retries: 5,
@@ -74,76 +67,33 @@ fn credentials_state_and_counters_survive_reopen() {
     store.save_state(&with_pin()).unwrap();
     assert_eq!(store.next_signature_counter(&[1; 16]).unwrap(), 1);
     assert_eq!(store.next_signature_counter(&[1; 16]).unwrap(), 2);
-    assert_eq!(
-        store.next_signature_counter(&[2; 16]).unwrap(),
-        1,
-        "each credential has its own counter"
-    );
-    assert_eq!(
-        store
-            .next_signature_counter(b"a non-discoverable id")
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        store
-            .next_signature_counter(b"a non-discoverable id")
-            .unwrap(),
-        2
-    );
+    assert_eq!(store.next_signature_counter(&[2; 16]).unwrap(), 1, "each credential has its own counter");
+    assert_eq!(store.next_signature_counter(b"a non-discoverable id").unwrap(), 1);
+    assert_eq!(store.next_signature_counter(b"a non-discoverable id").unwrap(), 2);
     drop(store);
 
     let mut reopened = CredentialDatabase::open(&dir, 10).unwrap();
-    let mut a = reopened
-        .credentials_for_rp(&rp_id_hash("a.example"))
-        .unwrap();
+    let mut a = reopened.credentials_for_rp(&rp_id_hash("a.example")).unwrap();
     a.sort_by_key(|c| c.created);
-    assert_eq!(
-        a,
-        vec![
-            credential("a.example", b"u1", 1),
-            credential("a.example", b"u2", 2)
-        ]
-    );
-    assert_eq!(
-        reopened.find(&[3; 16]).unwrap(),
-        Some(credential("b.example", b"u1", 3))
-    );
+    assert_eq!(a, vec![credential("a.example", b"u1", 1), credential("a.example", b"u2", 2)]);
+    assert_eq!(reopened.find(&[3; 16]).unwrap(), Some(credential("b.example", b"u1", 3)));
     assert_eq!(reopened.find(&[4; 16]).unwrap(), None);
     assert_eq!(reopened.load_state(), with_pin());
     assert_eq!(reopened.credential_count(), 3);
     assert_eq!(reopened.remaining_capacity(), 7);
     assert_eq!(reopened.next_creation_order(), 4);
     assert_eq!(reopened.next_signature_counter(&[1; 16]).unwrap(), 3);
-    assert_eq!(
-        reopened
-            .next_signature_counter(b"a non-discoverable id")
-            .unwrap(),
-        3
-    );
+    assert_eq!(reopened.next_signature_counter(b"a non-discoverable id").unwrap(), 3);
     let rps = reopened.relying_parties().unwrap();
     assert_eq!(
         rps,
         vec![
-            RelyingParty {
-                rp_id: "a.example".into(),
-                rp_name: Some("a.example name".into()),
-                credentials: 2
-            },
-            RelyingParty {
-                rp_id: "b.example".into(),
-                rp_name: Some("b.example name".into()),
-                credentials: 1
-            },
+            RelyingParty { rp_id: "a.example".into(), rp_name: Some("a.example name".into()), credentials: 2 },
+            RelyingParty { rp_id: "b.example".into(), rp_name: Some("b.example name".into()), credentials: 1 },
         ]
     );
     for file in files_starting(&dir, DATABASE_FILE) {
-        assert_eq!(
-            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
-            0o600,
-            "{}",
-            file.display()
-        );
+        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "{}", file.display());
     }
     fs::remove_dir_all(dir).unwrap();
 }
@@ -159,10 +109,7 @@ fn replace_update_delete_and_capacity() {
     assert_eq!(store.credential_count(), 1);
     assert_eq!(store.find(&[1; 16]).unwrap(), None);
     store.save(credential("b.example", b"u1", 4)).unwrap();
-    assert_eq!(
-        store.save(credential("c.example", b"u1", 5)),
-        Err(StoreError::Full)
-    );
+    assert_eq!(store.save(credential("c.example", b"u1", 5)), Err(StoreError::Full));
     assert_eq!(store.remaining_capacity(), 0);
     // Updating user information of a stored credential needs no room and keeps its counter.
     assert_eq!(store.next_signature_counter(&[4; 16]).unwrap(), 1);
@@ -174,19 +121,11 @@ fn replace_update_delete_and_capacity() {
     assert!(store.delete(&[4; 16]).unwrap());
     assert!(!store.delete(&[4; 16]).unwrap());
     assert_eq!(store.remaining_capacity(), 1);
-    assert_eq!(
-        CredentialDatabase::open(&dir, 2)
-            .unwrap()
-            .credential_count(),
-        1
-    );
+    assert_eq!(CredentialDatabase::open(&dir, 2).unwrap().credential_count(), 1);
     // A lower limit than what is stored: nothing is dropped, nothing fits.
     let mut smaller = CredentialDatabase::open(&dir, 0).unwrap();
     assert_eq!(smaller.remaining_capacity(), 0);
-    assert_eq!(
-        smaller.save(credential("d.example", b"u1", 6)),
-        Err(StoreError::Full)
-    );
+    assert_eq!(smaller.save(credential("d.example", b"u1", 6)), Err(StoreError::Full));
     assert_eq!(smaller.credential_count(), 1);
     fs::remove_dir_all(dir).unwrap();
 }
@@ -209,11 +148,7 @@ fn counters_never_go_back_across_reset() {
     store.reset().unwrap();
     assert_eq!(store.credential_count(), 0);
     assert_eq!(store.load_state(), AuthenticatorState::default());
-    assert_eq!(
-        store.initial_signature_counter(),
-        7,
-        "the floor is the highest counter given out"
-    );
+    assert_eq!(store.initial_signature_counter(), 7, "the floor is the highest counter given out");
     assert_eq!(store.next_signature_counter(b"wrapped").unwrap(), 8);
     assert_eq!(store.next_signature_counter(&[1; 16]).unwrap(), 8);
     drop(store);
@@ -231,22 +166,18 @@ fn lookups_use_indexes() {
     let dir = temp_dir("plans");
     let store = CredentialDatabase::open(&dir, 10).unwrap();
     let plan = |sql: &str| -> String {
-        let mut statement = store
-            .connection
-            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .unwrap();
-        let rows: Vec<String> = statement
-            .query_map([], |r| r.get(3))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect();
+        let mut statement = store.connection.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows: Vec<String> = statement.query_map([], |r| r.get(3)).unwrap().map(|r| r.unwrap()).collect();
         rows.join(" | ")
     };
     for (sql, index) in [
         ("SELECT * FROM credentials WHERE credential_id = x'01'", "credentials_by_id"),
         ("SELECT * FROM credentials WHERE rp_id_hash = x'01'", "credentials_by_rp_user"),
         ("UPDATE credentials SET signature_counter = 1 WHERE credential_id = x'01'", "credentials_by_id"),
-        ("DELETE FROM credentials WHERE rp_id_hash = x'01' AND user_id = x'02' AND credential_id != x'03'", "credentials_by_rp_user"),
+        (
+            "DELETE FROM credentials WHERE rp_id_hash = x'01' AND user_id = x'02' AND credential_id != x'03'",
+            "credentials_by_rp_user",
+        ),
         ("SELECT rp_id, count(*) FROM credentials GROUP BY rp_id_hash", "credentials_by_rp_user"),
         ("SELECT value FROM signature_counters WHERE credential_id = x'01'", "PRIMARY KEY"),
     ] {
@@ -261,17 +192,11 @@ fn a_failed_write_changes_nothing() {
     let dir = temp_dir("busy");
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
     store.save(credential("a.example", b"u1", 1)).unwrap();
-    store
-        .connection
-        .busy_timeout(std::time::Duration::ZERO)
-        .unwrap();
+    store.connection.busy_timeout(std::time::Duration::ZERO).unwrap();
     // Another writer holds the database: our transaction cannot begin.
     let other = Connection::open(dir.join(DATABASE_FILE)).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
-    assert!(matches!(
-        store.save(credential("a.example", b"u2", 2)),
-        Err(StoreError::Io(_))
-    ));
+    assert!(matches!(store.save(credential("a.example", b"u2", 2)), Err(StoreError::Io(_))));
     assert!(store.next_signature_counter(&[1; 16]).is_err());
     assert!(store.save_state(&with_pin()).is_err());
     assert!(store.reset().is_err());
@@ -289,29 +214,19 @@ fn damage_is_found_at_start_and_never_written_over() {
     let dir = temp_dir("corrupt");
     let path = dir.join(DATABASE_FILE);
     // Not a database at all.
-    fs::write(
-        &path,
-        b"\xff\x00 this is not SQLite, it is garbage of some length ........................",
-    )
-    .unwrap();
+    fs::write(&path, b"\xff\x00 this is not SQLite, it is garbage of some length ........................").unwrap();
     let before = fs::read(&path).unwrap();
     let error = CredentialDatabase::open(&dir, 10).err().expect("refused");
     assert!(matches!(error, StateError::Corrupt { .. }), "{error}");
     let message = error.to_string();
-    assert!(
-        message.contains(&path.display().to_string())
-            && message.contains("restore it from a backup"),
-        "{message}"
-    );
+    assert!(message.contains(&path.display().to_string()) && message.contains("restore it from a backup"), "{message}");
     assert_eq!(fs::read(&path).unwrap(), before);
     fs::remove_file(&path).unwrap();
 
     // A real database with a damaged page in its credentials index.
     let mut store = CredentialDatabase::open(&dir, 100).unwrap();
     for i in 0..60u8 {
-        store
-            .save(credential(&format!("rp{i}.example"), b"user", i))
-            .unwrap();
+        store.save(credential(&format!("rp{i}.example"), b"user", i)).unwrap();
     }
     drop(store); // the last connection checkpoints the log into the file
     let mut bytes = fs::read(&path).unwrap();
@@ -323,11 +238,7 @@ fn damage_is_found_at_start_and_never_written_over() {
     fs::write(&path, &bytes).unwrap();
     let error = CredentialDatabase::open(&dir, 100).err().expect("refused");
     assert!(matches!(error, StateError::Corrupt { .. }), "{error}");
-    assert_eq!(
-        fs::read(&path).unwrap(),
-        bytes,
-        "the damaged file is left as it was"
-    );
+    assert_eq!(fs::read(&path).unwrap(), bytes, "the damaged file is left as it was");
     fs::remove_dir_all(dir).unwrap();
 }
 
@@ -335,10 +246,7 @@ fn damage_is_found_at_start_and_never_written_over() {
 fn a_database_from_a_newer_fidoseal_is_refused() {
     let dir = temp_dir("newer");
     drop(CredentialDatabase::open(&dir, 10).unwrap());
-    Connection::open(dir.join(DATABASE_FILE))
-        .unwrap()
-        .execute_batch("PRAGMA user_version = 99")
-        .unwrap();
+    Connection::open(dir.join(DATABASE_FILE)).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();
     let error = CredentialDatabase::open(&dir, 10).err().expect("refused");
     assert!(error.to_string().contains("newer"), "{error}");
     fs::remove_dir_all(dir).unwrap();
@@ -347,11 +255,7 @@ fn a_database_from_a_newer_fidoseal_is_refused() {
 #[test]
 fn an_old_credentials_file_is_migrated_and_kept() {
     let dir = temp_dir("migrate");
-    let old = [
-        credential("a.example", b"u1", 1),
-        credential("a.example", b"u2", 2),
-        credential("b.example", b"u1", 3),
-    ];
+    let old = [credential("a.example", b"u1", 1), credential("a.example", b"u2", 2), credential("b.example", b"u1", 3)];
     migrate::write_legacy_file(&dir, 41, &old, &with_pin(), Some(&bound_to("tpm", 7)));
     let legacy_bytes = fs::read(dir.join(LEGACY_FILE)).unwrap();
 
@@ -360,31 +264,18 @@ fn an_old_credentials_file_is_migrated_and_kept() {
     assert_eq!(migration.credentials, 3);
     assert_eq!(migration.counter_floor, 41);
     assert_eq!(migration.backup, dir.join("credentials.cbor.migrated"));
-    assert_eq!(
-        fs::read(&migration.backup).unwrap(),
-        legacy_bytes,
-        "the old file is kept as it was"
-    );
+    assert_eq!(fs::read(&migration.backup).unwrap(), legacy_bytes, "the old file is kept as it was");
     assert!(!dir.join(LEGACY_FILE).exists());
     assert!(files_starting(&dir, "credentials.db.migrating").is_empty());
     let mut all = store.all_credentials().unwrap();
     all.sort_by_key(|c| c.created);
     assert_eq!(all, old.to_vec());
     assert_eq!(store.load_state(), with_pin());
-    assert_eq!(
-        store.bind_key_store(bound_to("tpm", 7), false).unwrap(),
-        Binding::Same,
-        "the binding came along"
-    );
+    assert_eq!(store.bind_key_store(bound_to("tpm", 7), false).unwrap(), Binding::Same, "the binding came along");
     // Relying parties saw the old global counter: every counter goes on above it.
     assert_eq!(store.initial_signature_counter(), 41);
     assert_eq!(store.next_signature_counter(&[1; 16]).unwrap(), 42);
-    assert_eq!(
-        store
-            .next_signature_counter(b"a non-discoverable id")
-            .unwrap(),
-        42
-    );
+    assert_eq!(store.next_signature_counter(b"a non-discoverable id").unwrap(), 42);
     drop(store);
     let reopened = CredentialDatabase::open(&dir, 10).unwrap();
     assert!(reopened.migration().is_none(), "once");
@@ -405,10 +296,7 @@ fn a_failed_migration_leaves_the_old_file() {
     assert_eq!(files_starting(&dir, DATABASE_FILE), Vec::<PathBuf>::new());
 
     // Two credentials for one rp and user: importing would drop one.
-    let twins = [
-        credential("a.example", b"u1", 1),
-        credential("a.example", b"u1", 2),
-    ];
+    let twins = [credential("a.example", b"u1", 1), credential("a.example", b"u1", 2)];
     migrate::write_legacy_file(&dir, 3, &twins, &AuthenticatorState::default(), None);
     let legacy_bytes = fs::read(dir.join(LEGACY_FILE)).unwrap();
     let error = CredentialDatabase::open(&dir, 10).err().expect("refused");
@@ -423,13 +311,7 @@ fn a_failed_migration_leaves_the_old_file() {
 #[test]
 fn an_interrupted_migration_is_finished() {
     let dir = temp_dir("migrate-interrupted");
-    migrate::write_legacy_file(
-        &dir,
-        5,
-        &[credential("a.example", b"u1", 1)],
-        &AuthenticatorState::default(),
-        None,
-    );
+    migrate::write_legacy_file(&dir, 5, &[credential("a.example", b"u1", 1)], &AuthenticatorState::default(), None);
     let legacy_bytes = fs::read(dir.join(LEGACY_FILE)).unwrap();
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
     store.save(credential("b.example", b"u1", 2)).unwrap();
@@ -437,16 +319,9 @@ fn an_interrupted_migration_is_finished() {
     fs::rename(dir.join("credentials.cbor.migrated"), dir.join(LEGACY_FILE)).unwrap();
 
     let store = CredentialDatabase::open(&dir, 10).unwrap();
-    assert_eq!(
-        store.credential_count(),
-        2,
-        "the database, not the older file"
-    );
+    assert_eq!(store.credential_count(), 2, "the database, not the older file");
     assert!(!dir.join(LEGACY_FILE).exists());
-    assert_eq!(
-        fs::read(dir.join("credentials.cbor.migrated")).unwrap(),
-        legacy_bytes
-    );
+    assert_eq!(fs::read(dir.join("credentials.cbor.migrated")).unwrap(), legacy_bytes);
     fs::remove_dir_all(dir).unwrap();
 }
 
@@ -454,19 +329,11 @@ fn an_interrupted_migration_is_finished() {
 fn a_state_is_tied_to_its_key_store() {
     let dir = temp_dir("binding-same");
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
-    assert_eq!(
-        store.bind_key_store(bound_to("software", 1), true).unwrap(),
-        Binding::Recorded
-    );
+    assert_eq!(store.bind_key_store(bound_to("software", 1), true).unwrap(), Binding::Recorded);
     store.save(credential("a.example", b"u1", 1)).unwrap();
     drop(store);
     let mut reopened = CredentialDatabase::open(&dir, 10).unwrap();
-    assert_eq!(
-        reopened
-            .bind_key_store(bound_to("software", 1), false)
-            .unwrap(),
-        Binding::Same
-    );
+    assert_eq!(reopened.bind_key_store(bound_to("software", 1), false).unwrap(), Binding::Same);
     assert_eq!(reopened.credential_count(), 1);
     fs::remove_dir_all(dir).unwrap();
 }
@@ -484,30 +351,15 @@ fn another_key_stores_state_is_set_aside_and_reset() {
     drop(store);
 
     let mut reopened = CredentialDatabase::open(&dir, 10).unwrap();
-    let Binding::SetAside { kept, previous } =
-        reopened.bind_key_store(bound_to("tpm", 2), false).unwrap()
-    else {
+    let Binding::SetAside { kept, previous } = reopened.bind_key_store(bound_to("tpm", 2), false).unwrap() else {
         panic!("not set aside")
     };
     assert_eq!(previous, "software");
-    assert_eq!(
-        files_starting(&dir, "credentials.db.unusable-"),
-        vec![kept.clone()]
-    );
-    assert_eq!(
-        fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(files_starting(&dir, "credentials.db.unusable-"), vec![kept.clone()]);
+    assert_eq!(fs::metadata(&kept).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(reopened.credential_count(), 0);
-    assert!(
-        reopened.load_state().pin.is_none(),
-        "no PIN that could never verify"
-    );
-    assert_eq!(
-        reopened.next_signature_counter(&[1; 16]).unwrap(),
-        2,
-        "the counter never goes back"
-    );
+    assert!(reopened.load_state().pin.is_none(), "no PIN that could never verify");
+    assert_eq!(reopened.next_signature_counter(&[1; 16]).unwrap(), 2, "the counter never goes back");
     drop(reopened);
     // The copy is the whole old state, a database of its own.
     let copy_dir = temp_dir("binding-other-copy");
@@ -517,10 +369,7 @@ fn another_key_stores_state_is_set_aside_and_reset() {
     assert_eq!(copy.load_state(), with_pin());
     // Tied to the new store from now on.
     let mut again = CredentialDatabase::open(&dir, 10).unwrap();
-    assert_eq!(
-        again.bind_key_store(bound_to("tpm", 2), false).unwrap(),
-        Binding::Same
-    );
+    assert_eq!(again.bind_key_store(bound_to("tpm", 2), false).unwrap(), Binding::Same);
     fs::remove_dir_all(dir).unwrap();
     fs::remove_dir_all(copy_dir).unwrap();
 }
@@ -538,12 +387,7 @@ fn a_reset_state_is_tied_again_at_the_next_start() {
     store.save_state(&with_pin()).unwrap();
     drop(store);
     let mut reopened = CredentialDatabase::open(&dir, 10).unwrap();
-    assert_eq!(
-        reopened
-            .bind_key_store(bound_to("software", 2), false)
-            .unwrap(),
-        Binding::Recorded
-    );
+    assert_eq!(reopened.bind_key_store(bound_to("software", 2), false).unwrap(), Binding::Recorded);
     assert_eq!(reopened.credential_count(), 1);
     assert!(reopened.load_state().pin.is_some());
     assert!(files_starting(&dir, "credentials.db.unusable-").is_empty());
@@ -555,14 +399,8 @@ fn an_empty_state_just_changes_hands() {
     let dir = temp_dir("binding-empty");
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
     store.bind_key_store(bound_to("tpm", 1), true).unwrap();
-    assert_eq!(
-        store.bind_key_store(bound_to("tpm", 2), true).unwrap(),
-        Binding::Recorded
-    );
-    assert!(
-        files_starting(&dir, "credentials.db.unusable-").is_empty(),
-        "nothing to keep"
-    );
+    assert_eq!(store.bind_key_store(bound_to("tpm", 2), true).unwrap(), Binding::Recorded);
+    assert!(files_starting(&dir, "credentials.db.unusable-").is_empty(), "nothing to keep");
     fs::remove_dir_all(dir).unwrap();
 }
 
@@ -575,12 +413,7 @@ fn unrecorded_states_follow_whether_the_key_store_is_new() {
     let one = [credential("a.example", b"u1", 1)];
     migrate::write_legacy_file(&dir, 0, &one, &AuthenticatorState::default(), None);
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
-    assert_eq!(
-        store
-            .bind_key_store(bound_to("software", 1), false)
-            .unwrap(),
-        Binding::Recorded
-    );
+    assert_eq!(store.bind_key_store(bound_to("software", 1), false).unwrap(), Binding::Recorded);
     assert_eq!(store.credential_count(), 1);
     drop(store);
     fs::remove_dir_all(&dir).unwrap();
@@ -589,10 +422,7 @@ fn unrecorded_states_follow_whether_the_key_store_is_new() {
     migrate::write_legacy_file(&dir, 0, &one, &AuthenticatorState::default(), None);
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
     let outcome = store.bind_key_store(bound_to("tpm", 2), true).unwrap();
-    assert!(
-        matches!(&outcome, Binding::SetAside { previous, .. } if previous.contains("not recorded")),
-        "{outcome:?}"
-    );
+    assert!(matches!(&outcome, Binding::SetAside { previous, .. } if previous.contains("not recorded")), "{outcome:?}");
     assert_eq!(store.credential_count(), 0);
     assert_eq!(files_starting(&dir, "credentials.db.unusable-").len(), 1);
     fs::remove_dir_all(dir).unwrap();
@@ -617,29 +447,15 @@ fn ten_thousand_credentials() {
     let mut store = CredentialDatabase::open(&dir, 10_000).unwrap();
     assert_eq!(store.credential_count(), 10_000);
     assert_eq!(store.remaining_capacity(), 0);
-    assert_eq!(
-        store.save(credential("new.example", b"u", 1)),
-        Err(StoreError::Full)
-    );
-    assert_eq!(
-        store
-            .credentials_for_rp(&rp_id_hash("rp7.example"))
-            .unwrap()
-            .len(),
-        10
-    );
+    assert_eq!(store.save(credential("new.example", b"u", 1)), Err(StoreError::Full));
+    assert_eq!(store.credentials_for_rp(&rp_id_hash("rp7.example")).unwrap().len(), 10);
     assert_eq!(store.relying_parties().unwrap().len(), 1000);
     assert_eq!(store.next_creation_order(), 10_001);
     let id = [4242u32.to_be_bytes().as_slice(), &[0; 12]].concat();
     assert!(store.delete(&id).unwrap());
     assert_eq!(store.remaining_capacity(), 1);
     store.save(credential("new.example", b"u", 1)).unwrap();
-    assert_eq!(
-        CredentialDatabase::open(&dir, 20_000)
-            .unwrap()
-            .remaining_capacity(),
-        10_000
-    );
+    assert_eq!(CredentialDatabase::open(&dir, 20_000).unwrap().remaining_capacity(), 10_000);
     fs::remove_dir_all(dir).unwrap();
 }
 
@@ -664,10 +480,7 @@ fn small_database(dir: &Path) -> Vec<u8> {
     store.save(credential("b.example", b"u2", 2)).unwrap();
     store.save_state(&with_pin()).unwrap();
     drop(store);
-    assert!(
-        files_starting(dir, &format!("{DATABASE_FILE}-")).is_empty(),
-        "no log left behind"
-    );
+    assert!(files_starting(dir, &format!("{DATABASE_FILE}-")).is_empty(), "no log left behind");
     fs::read(dir.join(DATABASE_FILE)).unwrap()
 }
 
@@ -686,15 +499,8 @@ fn a_truncated_database_is_refused_at_every_length() {
             Err(other) => panic!("truncated to {length} of {} bytes: {other}", whole.len()),
             Ok(_) => panic!("truncated to {length} of {} bytes: opened", whole.len()),
         }
-        assert_eq!(
-            fs::read(&path).unwrap(),
-            &whole[..length],
-            "truncated to {length}: the file was changed"
-        );
-        assert!(
-            files_starting(&dir, &format!("{DATABASE_FILE}-")).is_empty(),
-            "truncated to {length}: a log was made"
-        );
+        assert_eq!(fs::read(&path).unwrap(), &whole[..length], "truncated to {length}: the file was changed");
+        assert!(files_starting(&dir, &format!("{DATABASE_FILE}-")).is_empty(), "truncated to {length}: a log was made");
     }
     fs::write(&path, &whole).unwrap();
     let store = CredentialDatabase::open(&dir, 10).expect("the whole file opens again");
@@ -723,16 +529,9 @@ fn a_damaged_byte_anywhere_never_panics_and_a_refusal_writes_nothing() {
         }
         if CredentialDatabase::open(&dir, 10).is_err() {
             refused += 1;
-            assert_eq!(
-                fs::read(&path).unwrap(),
-                damaged,
-                "damaged at {offset}: a refused file was changed"
-            );
+            assert_eq!(fs::read(&path).unwrap(), damaged, "damaged at {offset}: a refused file was changed");
         }
     }
-    eprintln!(
-        "{refused} of {} single-byte damages refused at start",
-        whole.len()
-    );
+    eprintln!("{refused} of {} single-byte damages refused at start", whole.len());
     fs::remove_dir_all(dir).unwrap();
 }

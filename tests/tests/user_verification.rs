@@ -249,3 +249,49 @@ fn uv_token_prompts_name_management_purposes() {
         assert_eq!(asked, want, "permissions {permissions:#04x}");
     }
 }
+
+/// The platform's own verification (fidoseald's Manager1.DeletePasskey):
+/// the built-in UV path of getPinUvAuthTokenUsingUv, with no token made.
+#[test]
+fn the_platform_verifies_the_user_through_the_built_in_uv_path() {
+    use fidoseal_ctap::platform::{PresenceRequest, TransactionSignals};
+    use fidoseal_ctap::{RequestContext, StatusCode};
+
+    fn verify(d: &mut Device) -> Result<(), StatusCode> {
+        let signals = TransactionSignals::new();
+        let ctx = RequestContext { now: d.now, channel: 0, signals: &signals };
+        let request = PresenceRequest {
+            purpose: PresencePurpose::DeletePasskey,
+            rp_id: Some("bank.example"),
+            user_name: Some("alice"),
+            ..Default::default()
+        };
+        d.authenticator.verify_user_for_platform(&request, &ctx)
+    }
+
+    let mut d = Device::new();
+    let cid = d.init();
+    // Nothing to verify with: refused, and nobody was asked.
+    assert_eq!(verify(&mut d), Err(StatusCode::NotAllowed));
+    assert!(d.prompt.verifications_asked.lock().unwrap().is_empty());
+    assert!(d.prompt.asked().is_empty(), "presence never stands in for verification");
+
+    d.prompt.offer_verification(vec![V::Failed, V::Refused(PromptOutcome::Denied), V::Verified]);
+    assert_eq!(verify(&mut d), Err(StatusCode::UvInvalid));
+    assert_eq!(uv_retries(&mut d, cid), 7, "a failure spends a uvRetry");
+    assert_eq!(verify(&mut d), Err(StatusCode::OperationDenied));
+    assert_eq!(verify(&mut d), Ok(()));
+    assert_eq!(uv_retries(&mut d, cid), 8, "a success restores them");
+    let asked = d.prompt.verifications_asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 3);
+    assert!(asked.iter().all(|(purpose, _)| *purpose == PresencePurpose::DeletePasskey), "{asked:?}");
+
+    // Blocked built-in UV stays blocked here too.
+    d.prompt.offer_verification(vec![V::Failed; 8]);
+    for _ in 0..7 {
+        assert_eq!(verify(&mut d), Err(StatusCode::UvInvalid));
+    }
+    assert_eq!(verify(&mut d), Err(StatusCode::UvBlocked));
+    d.prompt.offer_verification(vec![V::Verified]);
+    assert_eq!(verify(&mut d), Err(StatusCode::UvBlocked));
+}

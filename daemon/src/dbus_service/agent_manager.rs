@@ -17,6 +17,7 @@ use zbus::Connection;
 
 use super::caller::{self, SessionCheck};
 use super::Service;
+use crate::device_user::DeviceUid;
 use crate::prompt_agent::registry::{AgentRegistry, RegisterError};
 
 pub struct AgentManager {
@@ -59,8 +60,32 @@ impl AgentManager {
             log_refusal(&reason);
             Error::NotPermitted(reason)
         };
-        // Each user registers with their own device's registry: an agent is
-        // never asked about another user's device.
+        // Single mode: the uid resolved at start or on SIGHUP
+        // (device_user.rs), so that a slow user database never holds up
+        // this handler. Per-user mode: each user registers with their own
+        // device's registry (logind's uid): an agent is never asked about
+        // another user's device.
+        if let Some(device_user) = self.service.devices.single_device().and_then(|d| d.device_user.as_ref()) {
+            match device_user.uid() {
+                DeviceUid::NotConfigured => return Err(refuse("this device has no [device] user".into())),
+                DeviceUid::Unknown => {
+                    // Looked up again in the background; Failed (not
+                    // NotPermitted), so that the agent tries again shortly.
+                    device_user.is(credentials.uid);
+                    let reason = format!(
+                        "the device's user {:?} is not in the user database (yet); looking again",
+                        device_user.name().unwrap_or("")
+                    );
+                    log_refusal(&reason);
+                    return Err(Error::Failed(reason));
+                }
+                DeviceUid::Known(device_uid) if device_uid != credentials.uid => {
+                    let user = device_user.name().unwrap_or("");
+                    return Err(refuse(format!("uid {} is not the device's user {user}", credentials.uid)));
+                }
+                DeviceUid::Known(_) => {}
+            }
+        }
         let Some(registry) = self.service.devices.registry_for(credentials.uid) else {
             return Err(refuse(format!("uid {} is not the device's user", credentials.uid)));
         };

@@ -2,7 +2,6 @@
 //! logind session, and polkit's word on administrator actions.
 
 use std::collections::HashMap;
-use std::ffi::{CStr, CString};
 
 use zbus::fdo::DBusProxy;
 use zbus::names::{BusName, UniqueName};
@@ -30,29 +29,6 @@ pub async fn credentials(connection: &Connection, sender: &UniqueName<'_>) -> zb
     let uid = dbus.get_connection_unix_user(name.clone()).await?;
     let pid = dbus.get_connection_unix_process_id(name).await?;
     Ok(Credentials { uid, pid })
-}
-
-/// The uid of a user name, from the system's user database.
-pub fn uid_of(user: &str) -> Option<u32> {
-    let name = CString::new(user).ok()?;
-    let mut buffer = vec![0 as libc::c_char; 4096];
-    loop {
-        // SAFETY: getpwnam_r writes only into `entry` and `buffer`, whose
-        // sizes are given; `result` points at `entry` or is null.
-        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = unsafe { libc::getpwnam_r(name.as_ptr(), &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut result) };
-        if rc == libc::ERANGE && buffer.len() < 1 << 20 {
-            buffer.resize(buffer.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() {
-            return None;
-        }
-        // SAFETY: on success pw_name points into `buffer`, NUL-terminated.
-        let found = unsafe { CStr::from_ptr(entry.pw_name) };
-        return (found.to_bytes() == user.as_bytes()).then_some(entry.pw_uid);
-    }
 }
 
 #[zbus::proxy(
@@ -182,16 +158,4 @@ pub async fn polkit_allows(connection: &Connection, sender: &UniqueName<'_>, act
         tracing::debug!(action, "polkit wants a challenge the caller's agent did not answer");
     }
     Ok(authorized)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uids_of_users() {
-        assert_eq!(uid_of("root"), Some(0));
-        assert_eq!(uid_of("fidoseal-no-such-user"), None);
-        assert_eq!(uid_of("ro\0ot"), None);
-    }
 }

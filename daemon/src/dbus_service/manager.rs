@@ -4,10 +4,13 @@
 //! Every method acts on the caller's own device (per-user mode: the device
 //! of the caller's uid; single mode: the device of `[device] user`). Root
 //! acts on the only device there is; with several (per-user mode), root
-//! sees them all through ListDevices. Status and the passkey methods
-//! answer the device's user (and root);
-//! Reset needs polkit's org.fidoseal.reset for the calling connection
-//! (root is let through without asking, and that is logged).
+//! sees them all through ListDevices. Status, the passkey methods and
+//! Replug answer the device's user (and root); Reset needs polkit's
+//! org.fidoseal.reset for the calling connection (root is let through
+//! without asking, and that is logged). DeletePasskey also needs the
+//! device owner's verification in their agent, and the passkey methods
+//! show only what the policy lets credential management show for that
+//! owner.
 //!
 //! Passkeys are read and deleted through the daemon's shared credential
 //! store (shared_credentials.rs), not through the authenticator, whose
@@ -18,8 +21,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
-use fidoseal_ctap::platform::{CredentialStore, ResidentCredential};
+use fidoseal_ctap::audit::{AuditDecision, AuditEvent, AuditKind};
+use fidoseal_ctap::platform::{
+    CredentialStore, PresencePurpose, PresenceRequest, ResidentCredential, TransactionSignals,
+};
+use fidoseal_ctap::{RequestContext, StatusCode};
 use fidoseal_dbus::{detail, Details, Error, POLKIT_ACTION_RESET};
 use zbus::message::Header;
 use zbus::names::UniqueName;
@@ -27,7 +35,9 @@ use zbus::Connection;
 
 use super::caller::{self, Credentials};
 use super::{hex, unhex, Service};
+use crate::device_user::DeviceUid;
 use crate::devices::UserDevice;
+use crate::replug::ReplugError;
 
 pub struct Manager {
     service: Arc<Service>,
@@ -40,7 +50,9 @@ impl Manager {
 
     /// The caller and the device it acts on: its own (per-user mode: the
     /// caller's uid's device; single mode: the device of `[device] user`),
-    /// or, for root, the only device there is.
+    /// or, for root, the only device there is. The owner's uid is known
+    /// outside the handlers (device_user.rs, logind): nothing here waits
+    /// for the user database.
     async fn owner_or_root(
         &self,
         method: &str,
@@ -50,14 +62,21 @@ impl Manager {
         let (sender, credentials) = identify(method, header, connection).await?;
         match self.service.devices.for_caller(credentials.uid) {
             Ok(device) => {
-                if device.uid != Some(credentials.uid) {
+                if !device.is_owner(credentials.uid) {
                     tracing::info!(method, sender = %sender, user = device.user.as_deref().unwrap_or("-"), "Manager1: root acts on the device user's passkeys");
                 }
                 Ok((credentials, device))
             }
             Err(reason) => {
                 tracing::warn!(method, sender = %sender, uid = credentials.uid, decision = "refused", reason, "Manager1: not the device's user");
-                Err(Error::NotPermitted(format!("uid {} is not the device's user ({reason})", credentials.uid)))
+                let mut reason = format!("uid {} is not the device's user ({reason})", credentials.uid);
+                let single_user = self.service.devices.single_device().and_then(|d| d.device_user.as_ref());
+                if let Some(device_user) = single_user {
+                    if let (DeviceUid::Unknown, Some(name)) = (device_user.uid(), device_user.name()) {
+                        reason.push_str(&format!("; {name:?} is not in the user database yet"));
+                    }
+                }
+                Err(Error::NotPermitted(reason))
             }
         }
     }
@@ -73,6 +92,8 @@ impl Manager {
             .map_err(|e| Error::Failed(format!("store task failed: {e}")))
     }
 
+    /// The passkey `credential_id` names on `device`, if the policy shows
+    /// it to the device's owner.
     async fn passkey(device: &UserDevice, credential_id: &str) -> Result<ResidentCredential, Error> {
         let Some(id) = unhex(credential_id) else {
             return Err(Error::DoesNotExist(format!("{credential_id:?} is not a credential id (hex)")));
@@ -80,7 +101,57 @@ impl Manager {
         Self::with_store(device, move |store| store.find(&id))
             .await?
             .map_err(|e| Error::Failed(e.to_string()))?
+            // Hidden as credential management hides it: not there at all.
+            .filter(|c| device.policy.shows_passkeys_of(&c.rp_id))
             .ok_or_else(|| Error::DoesNotExist(format!("no passkey {credential_id}")))
+    }
+
+    /// The device's owner verifies, in their session's agent (the device's
+    /// own prompt asks only the owner's agent), that they
+    /// want `passkey` deleted: the authenticator's built-in UV, as for a
+    /// getPinUvAuthTokenUsingUvWithPermissions (password by PAM, finger by
+    /// fprintd, or the PIN, counted against the same retries). It waits
+    /// for a running CTAP request to end (the authenticator's lock).
+    async fn verify_user_to_delete(device: &UserDevice, passkey: &ResidentCredential) -> Result<(), Error> {
+        let authenticator = Arc::clone(&device.authenticator);
+        let rp_id = passkey.rp_id.clone();
+        let user_name = passkey.user_name.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            let signals = TransactionSignals::new();
+            let ctx = RequestContext { now: Instant::now(), channel: 0, signals: &signals };
+            let request = PresenceRequest {
+                purpose: PresencePurpose::DeletePasskey,
+                rp_id: Some(&rp_id),
+                user_name: user_name.as_deref(),
+                ..Default::default()
+            };
+            authenticator.lock().unwrap_or_else(|e| e.into_inner()).verify_user_for_platform(&request, &ctx)
+        })
+        .await
+        .map_err(|e| Error::Failed(format!("verification task failed: {e}")))?;
+        verified.map_err(|status| match status {
+            StatusCode::NotAllowed => Error::NotPermitted(
+                "deleting a passkey needs the user's verification, and none can be asked for now: no agent in an \
+                 active session of the device's user, or no method (a PIN, or [prompt] uv_methods password or \
+                 fingerprint) usable"
+                    .into(),
+            ),
+            StatusCode::UvBlocked => Error::NotPermitted(
+                "built-in user verification is blocked after too many failures: use the PIN once to unblock it".into(),
+            ),
+            StatusCode::PinBlocked | StatusCode::PinAuthBlocked => {
+                Error::NotPermitted(format!("the PIN is blocked ({status}): re-plug (Replug) or reset the key"))
+            }
+            StatusCode::UvInvalid | StatusCode::PinInvalid => {
+                Error::Rejected("the user was not verified (wrong password, PIN or finger)".into())
+            }
+            StatusCode::OperationDenied => {
+                Error::Rejected("the user did not confirm, or could not be asked to the end".into())
+            }
+            StatusCode::UserActionTimeout => Error::Canceled("no answer in time".into()),
+            StatusCode::KeepaliveCancel => Error::Canceled("the verification was cancelled".into()),
+            other => Error::Failed(format!("user verification failed: {other}")),
+        })
     }
 }
 
@@ -108,10 +179,10 @@ impl Manager {
     ) -> Result<Details, Error> {
         let (_, device) = self.owner_or_root("Status", &header, connection).await?;
         let (count, remaining, state) = Self::with_store(&device, |store| {
-                // Counted by the store (no listing of 10,000 passkeys for a number).
-                (store.credential_count(), store.remaining_capacity(), store.load_state())
-            })
-            .await?;
+            // Counted by the store (no listing of 10,000 passkeys for a number).
+            (store.credential_count(), store.remaining_capacity(), store.load_state())
+        })
+        .await?;
         let uv_configured = match &device.prompt {
             Some(prompt) => prompt.verification_ready(connection).await,
             None => false,
@@ -122,6 +193,8 @@ impl Manager {
         status.insert("prompt".into(), detail(self.service.prompt_mode.name()));
         status.insert("agent_registered".into(), detail(device.registry.current().is_some()));
         status.insert("pin_set".into(), detail(state.pin.is_some()));
+        status.insert("pin_retries".into(), detail(u32::from(state.pin_retries)));
+        status.insert("always_uv".into(), detail(state.always_uv));
         status.insert("uv_configured".into(), detail(uv_configured));
         status.insert("passkeys".into(), detail(u32::try_from(count).unwrap_or(u32::MAX)));
         status.insert("remaining_passkeys".into(), detail(u32::try_from(remaining).unwrap_or(u32::MAX)));
@@ -137,10 +210,17 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
     ) -> Result<Vec<(String, String, String, String)>, Error> {
         let (caller, device) = self.owner_or_root("ListPasskeys", &header, connection).await?;
-        let mut credentials =
-            Self::with_store(&device, |store| store.all_credentials()).await?.map_err(|e| Error::Failed(e.to_string()))?;
+        let mut credentials = Self::with_store(&device, |store| store.all_credentials())
+            .await?
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        let all = credentials.len();
+        // Credential management's filter, one policy decision per rp.
+        let mut shown: HashMap<String, bool> = HashMap::new();
+        credentials
+            .retain(|c| *shown.entry(c.rp_id.clone()).or_insert_with(|| device.policy.shows_passkeys_of(&c.rp_id)));
         credentials.sort_by_key(|c| std::cmp::Reverse(c.created));
-        tracing::info!(uid = caller.uid, passkeys = credentials.len(), "ListPasskeys");
+        let hidden_by_policy = all - credentials.len();
+        tracing::info!(uid = caller.uid, passkeys = credentials.len(), hidden_by_policy, "ListPasskeys");
         Ok(credentials
             .into_iter()
             .map(|c| {
@@ -182,18 +262,34 @@ impl Manager {
     ) -> Result<(), Error> {
         let (caller, device) = self.owner_or_root("DeletePasskey", &header, connection).await?;
         let passkey = Self::passkey(&device, credential_id).await?;
+        // Whoever calls (any program of the user, a login over SSH, root):
+        // the device's owner confirms who they are first, in their agent.
+        if let Err(e) = Self::verify_user_to_delete(&device, &passkey).await {
+            // The audit trail, not a log line: it never holds a credential ID.
+            crate::audit_log::write(
+                &AuditEvent::new(AuditKind::CredentialDeleted, AuditDecision::Deny)
+                    .rp(Some(&passkey.rp_id))
+                    .user(device.user.clone())
+                    .credential(&passkey.credential_id)
+                    .operation("manager1-delete")
+                    .reason(format!("asked over D-Bus by uid {}; the user was not verified: {e}", caller.uid)),
+            );
+            return Err(e);
+        }
         let id = passkey.credential_id.clone();
-        let deleted =
-            Self::with_store(&device, move |store| store.delete(&id)).await?.map_err(|e| Error::Failed(e.to_string()))?;
+        let deleted = Self::with_store(&device, move |store| store.delete(&id))
+            .await?
+            .map_err(|e| Error::Failed(e.to_string()))?;
         if !deleted {
             return Err(Error::DoesNotExist(format!("no passkey {credential_id}")));
         }
-        tracing::warn!(
-            uid = caller.uid,
-            rp_id = passkey.rp_id,
-            user = passkey.user_name.as_deref().unwrap_or(""),
-            credential = credential_id,
-            "DeletePasskey: passkey deleted"
+        crate::audit_log::write(
+            &AuditEvent::new(AuditKind::CredentialDeleted, AuditDecision::Allow)
+                .rp(Some(&passkey.rp_id))
+                .user(device.user.clone())
+                .credential(&passkey.credential_id)
+                .operation("manager1-delete")
+                .reason(format!("deleted over D-Bus by uid {}", caller.uid)),
         );
         Ok(())
     }
@@ -227,7 +323,10 @@ impl Manager {
         })?;
         let authenticator = Arc::clone(&device.authenticator);
         tokio::task::spawn_blocking(move || {
-            authenticator.lock().unwrap_or_else(|e| e.into_inner()).reset_by_platform()
+            let mut authenticator = authenticator.lock().unwrap_or_else(|e| e.into_inner());
+            let result = authenticator.reset_by_platform();
+            crate::audit_log::drain(&mut authenticator);
+            result
         })
         .await
         .map_err(|e| Error::Failed(format!("reset task failed: {e}")))?
@@ -270,6 +369,38 @@ impl Manager {
         }
         tracing::info!(uid = credentials.uid, devices = devices.len(), "ListDevices");
         Ok(devices)
+    }
+
+    /// Unplugs the caller's device and plugs it in again: a power cycle (replug.rs).
+    /// It ends the block after three wrong PINs in a row (CTAP 2.1 §6.5.5.5),
+    /// which only a power cycle ends, so that the device's user does not
+    /// need root (SIGUSR1) or a restart after someone typed wrong PINs into
+    /// their key. Once per [`crate::replug::MIN_REPLUG_INTERVAL`] per device.
+    async fn replug(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(), Error> {
+        let (caller, device) = self.owner_or_root("Replug", &header, connection).await?;
+        match device.replugger.replug().await {
+            Ok(()) => {
+                tracing::warn!(
+                    uid = caller.uid,
+                    pid = caller.pid,
+                    user = device.user.as_deref().unwrap_or("-"),
+                    "Replug: the device was unplugged and plugged in again (a power cycle)"
+                );
+                Ok(())
+            }
+            Err(e @ (ReplugError::TooSoon { .. } | ReplugError::InProgress(_))) => {
+                tracing::info!(uid = caller.uid, decision = "refused", reason = %e, "Replug");
+                Err(Error::RateLimited(e.to_string()))
+            }
+            Err(e) => {
+                tracing::error!(uid = caller.uid, error = %e, "Replug failed");
+                Err(Error::Failed(e.to_string()))
+            }
+        }
     }
 }
 

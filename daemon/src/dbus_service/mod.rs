@@ -4,8 +4,11 @@
 //!
 //! The connection lives on the daemon's tokio runtime; method handlers run
 //! as tasks there (zbus spawns one per call) and never block: anything that
-//! takes a lock the authenticator may hold for a whole prompt (Reset), or
-//! writes files (DeletePasskey), goes to the blocking pool.
+//! takes a lock the authenticator may hold for a whole prompt (Reset, the
+//! verification of DeletePasskey), or reads and writes the store, goes to
+//! the blocking pool; the device owner's uid is known beforehand (single
+//! mode: resolved at start and on SIGHUP, device_user.rs; per-user mode:
+//! logind's).
 
 mod agent_manager;
 pub mod caller;

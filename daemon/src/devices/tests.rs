@@ -28,7 +28,7 @@ use fidoseal_ctap::ctaphid::CtapHid;
 use fidoseal_ctap::platform::CredentialStore;
 use fidoseal_tests::requests::{get_assertion, make_credential, rk};
 use fidoseal_tests::responses::{get, parse_registration, verify};
-use fidoseal_tests::{DenyList, Device, ScriptedPrompt, status};
+use fidoseal_tests::{status, DenyList, Device, ScriptedPrompt};
 
 const MAKE_CREDENTIAL: u8 = 0x01;
 const GET_ASSERTION: u8 = 0x02;
@@ -201,7 +201,16 @@ fn bare_device(uid: Option<u32>, user: &str, registry: Arc<AgentRegistry>) -> Ar
     let store = SharedCredentialStore::new(fidoseal_ctap::memory_store::MemoryCredentialStore::new(4));
     platform.credentials = Box::new(store.clone());
     let authenticator = Authenticator::new(AuthenticatorConfig::default(), platform, Instant::now());
-    Arc::new(UserDevice::new(uid, Some(user.into()), registry, store, Arc::new(Mutex::new(authenticator)), None))
+    let handles = DeviceHandles::new(None, Box::new(DenyList::default()));
+    Arc::new(UserDevice::new(
+        uid,
+        Some(user.into()),
+        registry,
+        store,
+        Arc::new(Mutex::new(authenticator)),
+        None,
+        handles,
+    ))
 }
 
 #[test]

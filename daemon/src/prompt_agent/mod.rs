@@ -35,6 +35,7 @@ use zeroize::Zeroizing;
 pub use self::registry::{AgentRegistry, Bus, RegisteredAgent};
 use crate::config::{Config, PromptMode, UvMethod};
 use crate::dbus_service::caller;
+use crate::device_user::DeviceOwner;
 use crate::shared_credentials::SharedCredentialStore;
 use crate::verification::fprintd::{self, ScanResult};
 use crate::verification::pam::{PamResult, PamVerifier};
@@ -55,9 +56,9 @@ pub struct PromptSettings {
     pub uv_methods: Vec<UvMethod>,
     /// `[device] user`: whose password, whose finger.
     pub device_user: String,
-    /// Their uid (resolved when the device is made, off the async
-    /// runtime): the only uid whose agent is asked.
-    pub device_uid: Option<u32>,
+    /// Who they are by uid (never looked up on the async runtime,
+    /// device_user.rs): the only uid whose agent is asked. None: nobody's.
+    pub owner: Option<DeviceOwner>,
     pub pam: PamVerifier,
 }
 
@@ -142,6 +143,7 @@ impl AgentPrompt {
     pub fn for_user(
         config: &Config,
         user: &str,
+        owner: DeviceOwner,
         registry: &Arc<AgentRegistry>,
         store: &SharedCredentialStore,
     ) -> Option<Self> {
@@ -154,7 +156,7 @@ impl AgentPrompt {
             // An empty name (single mode refuses agent mode without a user)
             // matches nobody, so nothing could be approved.
             device_user: user.to_owned(),
-            device_uid: caller::uid_of(user),
+            owner: Some(owner),
             pam: PamVerifier::new(&config.prompt.pam_service),
         };
         let methods: Vec<&str> = settings.uv_methods.iter().map(|m| m.name()).collect();
@@ -182,7 +184,7 @@ impl AgentPrompt {
         // The registry is the device owner's alone (RegisterAgent checks the
         // uid); checked again here, since a prompt must never reach another
         // user's agent.
-        if self.settings.device_uid != Some(agent.uid) {
+        if !self.settings.owner.as_ref().is_some_and(|owner| owner.is(agent.uid)) {
             tracing::warn!(agent = %agent.owner, uid = agent.uid, user = self.settings.device_user, "the agent is not the device owner's: not asking");
             return None;
         }
@@ -263,7 +265,9 @@ impl AgentPrompt {
         request: &PresenceRequest<'_>,
         signals: &TransactionSignals,
     ) -> PromptOutcome {
-        let Some(asking) = self.open(connection, request).await else { return PromptOutcome::Unavailable };
+        let Some(asking) = self.open(connection, request).await else {
+            return PromptOutcome::Unavailable;
+        };
         log_asking(&asking, "RequestPresence", request);
         let details = request_details(request, asking.timeout);
         match self.ask(&asking, "RequestPresence", signals, asking.proxy.request_presence(asking.id, details)).await {
@@ -279,7 +283,9 @@ impl AgentPrompt {
         accounts: &[String],
         signals: &TransactionSignals,
     ) -> Result<usize, PromptOutcome> {
-        let Some(asking) = self.open(connection, request).await else { return Err(PromptOutcome::Unavailable) };
+        let Some(asking) = self.open(connection, request).await else {
+            return Err(PromptOutcome::Unavailable);
+        };
         log_asking(&asking, "SelectCredential", request);
         let details = request_details(request, asking.timeout);
         let labels: Vec<&str> = accounts.iter().map(String::as_str).collect();
@@ -488,7 +494,9 @@ impl UserPrompt for AgentPrompt {
     }
 
     fn verification_available(&self) -> bool {
-        let Some(bus) = self.registry.bus().cloned() else { return false };
+        let Some(bus) = self.registry.bus().cloned() else {
+            return false;
+        };
         bus.runtime.block_on(self.verification_ready(&bus.connection))
     }
 
@@ -594,6 +602,7 @@ fn action_name(purpose: PresencePurpose) -> &'static str {
         PresencePurpose::Select => "select-key",
         PresencePurpose::Reset => "reset",
         PresencePurpose::Manage => "manage",
+        PresencePurpose::DeletePasskey => "delete-passkey",
     }
 }
 
@@ -638,7 +647,7 @@ mod configured_tests {
     use super::*;
 
     fn settings(uv_methods: Vec<UvMethod>, pam: PamVerifier) -> PromptSettings {
-        PromptSettings { timeout: Duration::from_secs(1), uv_methods, device_user: "alice".into(), device_uid: None, pam }
+        PromptSettings { timeout: Duration::from_secs(1), uv_methods, device_user: "alice".into(), owner: None, pam }
     }
 
     #[test]

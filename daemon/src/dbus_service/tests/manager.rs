@@ -7,10 +7,10 @@ use fidoseal_ctap::RequestContext;
 use fidoseal_dbus::{Manager1Proxy, BUS_NAME, OBJECT_PATH};
 use zbus::zvariant::OwnedValue;
 
-use super::fakes::{Agent, Answer, Polkit};
-use super::{dbus_send, Harness, Options, OTHER_UID};
+use super::fakes::{Agent, Answer, Event, Polkit};
+use super::{dbus_send, with_password_check, Harness, Options, OTHER_UID};
 
-fn passkey(id: u8, rp_id: &str, user: &str, created: u64) -> ResidentCredential {
+pub(super) fn passkey(id: u8, rp_id: &str, user: &str, created: u64) -> ResidentCredential {
     ResidentCredential {
         credential_id: vec![id; 16],
         rp_id: rp_id.into(),
@@ -58,7 +58,8 @@ async fn client_pin_option(h: &Harness) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn the_device_user_manages_their_passkeys() {
-    let h = Harness::start("passkeys", Options::default()).await;
+    let h = with_password_check("passkeys", Options::default()).await;
+    let _agent = Agent::registered(&h.bus, Answer::Method("password", "correct horse")).await;
     let mut store = h.store.clone();
     store.save(passkey(1, "old.example", "alice", 1)).unwrap();
     store.save(passkey(2, "new.example", "bob", 2)).unwrap();
@@ -245,4 +246,96 @@ async fn per_user_callers_reach_their_own_device_only() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn error_of(err: zbus::Error) -> fidoseal_dbus::Error {
+    fidoseal_dbus::Error::from(err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn deleting_a_passkey_needs_the_users_verification() {
+    let h = with_password_check("delete-verify", Options::default()).await;
+    let mut store = h.store.clone();
+    store.save(passkey(1, "bank.example", "alice", 1)).unwrap();
+    let id = "01".repeat(16);
+    let me = h.bus.connect().await;
+    let manager = Manager1Proxy::new(&me).await.unwrap();
+
+    // Nobody to verify the user (no agent): refused, nothing deleted.
+    match error_of(manager.delete_passkey(&id).await.unwrap_err()) {
+        fidoseal_dbus::Error::NotPermitted(message) => {
+            assert!(message.contains("verification"), "{message}")
+        }
+        other => panic!("expected NotPermitted, got {other:?}"),
+    }
+    assert_eq!(store.all_credentials().unwrap().len(), 1);
+
+    // The user says no: refused, nothing deleted.
+    let agent = Agent::registered(&h.bus, Answer::Deny).await;
+    assert!(matches!(error_of(manager.delete_passkey(&id).await.unwrap_err()), fidoseal_dbus::Error::Rejected(_)));
+    assert_eq!(store.all_credentials().unwrap().len(), 1);
+    drop(agent);
+    h.wait_for_agent(false).await;
+
+    // A wrong password: refused by PAM, nothing deleted, one uvRetry spent.
+    let mut agent = Agent::registered(&h.bus, Answer::Method("password", "wrong horse")).await;
+    assert!(matches!(error_of(manager.delete_passkey(&id).await.unwrap_err()), fidoseal_dbus::Error::Rejected(_)));
+    assert_eq!(store.all_credentials().unwrap().len(), 1);
+    assert_eq!(h.store.load_state().uv_retries, 7);
+    // The agent was asked, through the built-in UV path, for this deletion.
+    let Event::Verification(_, details, methods) = agent.next_event().await else {
+        panic!("expected RequestVerification")
+    };
+    assert_eq!(methods, ["password"]);
+    assert_eq!(get::<String>(&details, "action").as_deref(), Some("delete-passkey"));
+    assert_eq!(get::<String>(&details, "rp_id").as_deref(), Some("bank.example"));
+    assert_eq!(get::<String>(&details, "user").as_deref(), Some("alice"));
+    drop(agent);
+    h.wait_for_agent(false).await;
+
+    // The right password: deleted, and the uvRetries are back.
+    let _agent = Agent::registered(&h.bus, Answer::Method("password", "correct horse")).await;
+    manager.delete_passkey(&id).await.expect("deleted after verification");
+    assert!(store.all_credentials().unwrap().is_empty());
+    assert_eq!(h.store.load_state().uv_retries, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn deleting_needs_a_configured_verification_method() {
+    // An agent, but no method to verify with (no PIN, no password, no finger).
+    let h = Harness::start("delete-no-uv", Options { uv_methods: Vec::new(), ..Options::default() }).await;
+    h.store.clone().save(passkey(1, "bank.example", "alice", 1)).unwrap();
+    let mut agent = Agent::registered(&h.bus, Answer::Allow).await;
+    let me = h.bus.connect().await;
+    let manager = Manager1Proxy::new(&me).await.unwrap();
+    let err = manager.delete_passkey(&"01".repeat(16)).await.unwrap_err();
+    assert!(matches!(error_of(err), fidoseal_dbus::Error::NotPermitted(_)));
+    assert_eq!(h.store.all_credentials().unwrap().len(), 1);
+    // Not even a presence prompt stands in for verification.
+    assert!(agent.drain(std::time::Duration::from_millis(200)).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn passkeys_the_policy_hides_from_credential_management_are_hidden_here() {
+    let h = with_password_check("hidden", Options { hidden_rps: vec!["hidden.example"], ..Options::default() }).await;
+    let _agent = Agent::registered(&h.bus, Answer::Method("password", "correct horse")).await;
+    let mut store = h.store.clone();
+    store.save(passkey(1, "hidden.example", "alice", 1)).unwrap();
+    store.save(passkey(2, "shown.example", "bob", 2)).unwrap();
+    let (hidden, shown) = ("01".repeat(16), "02".repeat(16));
+    let me = h.bus.connect().await;
+    let manager = Manager1Proxy::new(&me).await.unwrap();
+
+    let list = manager.list_passkeys().await.unwrap();
+    assert_eq!(list, [(shown.clone(), "shown.example".into(), "bob".into(), "bob display".into())]);
+    let err = manager.show_passkey(&hidden).await.unwrap_err();
+    assert!(matches!(error_of(err), fidoseal_dbus::Error::DoesNotExist(_)));
+    let err = manager.delete_passkey(&hidden).await.unwrap_err();
+    assert!(matches!(error_of(err), fidoseal_dbus::Error::DoesNotExist(_)));
+    assert_eq!(store.all_credentials().unwrap().len(), 2);
+    // Root sees what the device user sees: the filter is the policy's, not the caller's.
+    let (ok, output) =
+        dbus_send(&h.bus.address, None, BUS_NAME, OBJECT_PATH, "org.fidoseal.Manager1.ListPasskeys", &[]).await;
+    assert!(ok && output.contains("shown.example") && !output.contains("hidden.example"), "{output}");
+    manager.show_passkey(&shown).await.expect("a passkey the policy shows");
 }

@@ -10,8 +10,11 @@
 
 mod agent;
 mod contract;
+mod ctl;
+mod device_user;
 mod fakes;
 mod manager;
+mod replug;
 mod verification;
 
 use std::future::Future;
@@ -19,14 +22,14 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fidoseal_ctap::memory_store::MemoryCredentialStore;
 use fidoseal_ctap::platform::{
-    AllowAll, AuthenticatorState, CredentialStore, PinRecord, PresencePurpose, PresenceRequest, PromptOutcome,
-    Secret32, TransactionSignals, UserPrompt, VerificationOutcome,
+    AllowAll, AuthenticatorState, CredentialStore, PinRecord, PolicyDecision, PolicyRequest, PolicyVerdict,
+    PresencePurpose, PresenceRequest, PromptOutcome, Secret32, TransactionSignals, UserPrompt, VerificationOutcome,
 };
 use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use fidoseal_ctap::{Authenticator, AuthenticatorConfig, Platform};
@@ -35,7 +38,8 @@ use zbus::Connection;
 
 use super::{DbusService, Service};
 use crate::config::{DeviceMode, PromptMode, UvMethod};
-use crate::devices::{Devices, UserDevice};
+use crate::device_user::{DeviceOwner, DeviceUser, UserLookup};
+use crate::devices::{DeviceHandles, Devices, UserDevice};
 use crate::prompt_agent::{AgentPrompt, AgentRegistry, PromptSettings};
 use crate::shared_credentials::SharedCredentialStore;
 use crate::verification::pam::PamVerifier;
@@ -186,6 +190,26 @@ pub struct Options {
     pub pin_set: bool,
     /// Per-user mode: besides `device_user`'s device, one of this user's.
     pub second_user: Option<&'static str>,
+    /// Relying parties the policy denies (and so hides from credential
+    /// management); every other one is allowed.
+    pub hidden_rps: Vec<&'static str>,
+    /// The user database, in place of the system's (None: the system's).
+    pub user_lookup: Option<UserLookup>,
+    /// Manager1.Replug's minimum interval.
+    pub replug_interval: Duration,
+}
+
+/// A policy that denies the listed relying parties and allows the rest.
+pub struct HidingPolicy(pub Vec<&'static str>);
+
+impl PolicyDecision for HidingPolicy {
+    fn decide(&self, request: &PolicyRequest<'_>) -> PolicyVerdict {
+        if self.0.contains(&request.rp_id) {
+            PolicyVerdict::deny("test: hidden")
+        } else {
+            PolicyVerdict::allow("test: allowed")
+        }
+    }
 }
 
 impl Default for Options {
@@ -197,6 +221,9 @@ impl Default for Options {
             pam_service: None,
             pin_set: false,
             second_user: None,
+            hidden_rps: Vec::new(),
+            user_lookup: None,
+            replug_interval: Duration::from_secs(10),
         }
     }
 }
@@ -208,8 +235,13 @@ pub struct Harness {
     pub store: SharedCredentialStore,
     pub authenticator: Arc<Mutex<Authenticator>>,
     pub prompt: AgentPrompt,
+    pub device_user: Arc<DeviceUser>,
+    /// Re-plugs done by the stand-in device loop of the device user's device.
+    replugs: Arc<AtomicUsize>,
     /// Per-user mode (`Options::second_user`): the other user's device.
     pub second: Option<Arc<UserDevice>>,
+    /// Re-plugs done by the stand-in device loop of the second device.
+    pub second_replugs: Arc<AtomicUsize>,
     /// Held: the service stays on the bus for the test.
     pub service: DbusService,
     pub bus: TestBus,
@@ -232,11 +264,23 @@ impl Harness {
             let pin = Some(PinRecord { verifier: vec![1; 32], code_points: 4 });
             store.save_state(&AuthenticatorState { pin, ..AuthenticatorState::default() }).unwrap();
         }
+        // Resolved off the runtime, as fidoseald does before it starts one.
+        let (name, lookup) = (options.device_user.to_string(), options.user_lookup.clone());
+        let device_user = tokio::task::spawn_blocking(move || match lookup {
+            Some(lookup) => DeviceUser::resolve_with(Some(name), lookup),
+            None => DeviceUser::resolve(Some(name)),
+        })
+        .await
+        .unwrap();
         let settings = PromptSettings {
             timeout: options.timeout,
             uv_methods: options.uv_methods,
             device_user: options.device_user.into(),
-            device_uid: crate::dbus_service::caller::uid_of(options.device_user),
+            owner: if options.second_user.is_some() {
+                crate::device_user::system_uid_of(options.device_user).map(DeviceOwner::Uid)
+            } else {
+                Some(DeviceOwner::Configured(Arc::clone(&device_user)))
+            },
             pam,
         };
         let prompt = AgentPrompt::new(Arc::clone(&registry), settings, store.clone());
@@ -244,27 +288,38 @@ impl Harness {
             keystore: Box::new(SoftwareKeyStore::new(Secret32([7; 32]))),
             credentials: Box::new(store.clone()),
             prompt: Box::new(prompt.clone()),
-            policy: Box::new(AllowAll),
+            policy: Box::new(HidingPolicy(options.hidden_rps.clone())),
         };
         let authenticator = Arc::new(Mutex::new(Authenticator::new(
             AuthenticatorConfig::default(),
             platform,
             std::time::Instant::now(),
         )));
+        // Single mode: the owner is `[device] user`, resolved as fidoseald
+        // does; per-user mode: the uid logind gave (here the system's).
+        let per_user = options.second_user.is_some();
+        let first_uid = crate::device_user::system_uid_of(options.device_user);
+        let handles = DeviceHandles {
+            device_user: (!per_user).then(|| Arc::clone(&device_user)),
+            replug: crate::replug::channel(options.replug_interval),
+            policy: Box::new(HidingPolicy(options.hidden_rps.clone())),
+        };
         let device = Arc::new(UserDevice::new(
-            crate::dbus_service::caller::uid_of(options.device_user),
+            first_uid,
             Some(options.device_user.into()),
             Arc::clone(&registry),
             store.clone(),
             Arc::clone(&authenticator),
             Some(prompt.clone()),
+            handles,
         ));
+        let replugs = stand_in_device_loop(&device);
         let (devices, second, device_mode) = match options.second_user {
             None => (Devices::single(device), None, DeviceMode::Single),
             Some(user) => {
                 let devices = Devices::per_user();
                 devices.insert(device);
-                let uid = crate::dbus_service::caller::uid_of(user).expect("the second user exists");
+                let uid = crate::device_user::system_uid_of(user).expect("the second user exists");
                 let registry = devices.registry_for(uid).expect("per-user registries");
                 let store = SharedCredentialStore::new(MemoryCredentialStore::new(8));
                 let platform = Platform {
@@ -275,6 +330,11 @@ impl Harness {
                 };
                 let authenticator =
                     Authenticator::new(AuthenticatorConfig::default(), platform, std::time::Instant::now());
+                let handles = DeviceHandles {
+                    device_user: None,
+                    replug: crate::replug::channel(options.replug_interval),
+                    policy: Box::new(HidingPolicy(options.hidden_rps.clone())),
+                };
                 let second = Arc::new(UserDevice::new(
                     Some(uid),
                     Some(user.into()),
@@ -282,10 +342,16 @@ impl Harness {
                     store,
                     Arc::new(Mutex::new(authenticator)),
                     None,
+                    handles,
                 ));
+                let counted = stand_in_device_loop(&second);
                 devices.insert(Arc::clone(&second));
-                (devices, Some(second), DeviceMode::PerUser)
+                (devices, Some((second, counted)), DeviceMode::PerUser)
             }
+        };
+        let (second, second_replugs) = match second {
+            Some((device, replugs)) => (Some(device), replugs),
+            None => (None, Arc::new(AtomicUsize::new(0))),
         };
         let service = Service {
             devices: Arc::new(devices),
@@ -296,7 +362,12 @@ impl Harness {
         };
         let service =
             DbusService::start(service, Some(&bus.address)).await.expect("the service starts on the test bus");
-        Self { registry, store, authenticator, prompt, second, service, bus }
+        Self { registry, store, authenticator, prompt, device_user, replugs, second, second_replugs, service, bus }
+    }
+
+    /// How often the device loop re-plugged the device for Manager1.Replug.
+    pub fn device_loop_replugs(&self) -> usize {
+        self.replugs.load(Ordering::SeqCst)
     }
 
     /// Waits until the registry holds an agent (Some) or none (None).
@@ -307,6 +378,43 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// The device loop of devices.rs, without a uhid device: each Replug
+/// request power-cycles the device's authenticator as a re-plug does, then
+/// answers. Counts the re-plugs.
+fn stand_in_device_loop(device: &UserDevice) -> Arc<AtomicUsize> {
+    let mut requests = device.take_replug_requests().expect("the device's re-plug requests");
+    let replugs = Arc::new(AtomicUsize::new(0));
+    let (authenticator, done) = (Arc::clone(&device.authenticator), Arc::clone(&replugs));
+    tokio::spawn(async move {
+        loop {
+            let request = requests.next().await;
+            let authenticator = Arc::clone(&authenticator);
+            let result = tokio::task::spawn_blocking(move || crate::replug::power_cycle(&authenticator)).await.unwrap();
+            done.fetch_add(1, Ordering::SeqCst);
+            request.finish(result);
+        }
+    });
+    replugs
+}
+
+/// A harness whose PAM service accepts only the password "correct horse"
+/// (pam_exec hands the typed password to a script on its stdin), the only
+/// verification method.
+pub async fn with_password_check(name: &str, options: Options) -> Harness {
+    let service = "auth [success=1 default=ignore] pam_exec.so quiet expose_authtok @DIR@/check\n\
+                   auth requisite pam_deny.so\nauth required pam_permit.so\naccount required pam_permit.so\n"
+        .to_string();
+    let h = Harness::start(
+        name,
+        Options { uv_methods: vec![UvMethod::Password], pam_service: Some(("fidoseal-test", service)), ..options },
+    )
+    .await;
+    let script = h.bus.dir.path().join("check");
+    std::fs::write(&script, "#!/bin/sh\npw=$(tr -d '\\000')\n[ \"$pw\" = 'correct horse' ]\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    h
 }
 
 /// A prompt request as the core would make it.

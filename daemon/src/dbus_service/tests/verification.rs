@@ -1,7 +1,6 @@
 //! RequestVerification and SelectCredential: the PIN goes to the core, the
 //! password to PAM, the finger to fprintd; the agent only collects.
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,25 +18,8 @@ fn only(method: UvMethod) -> Options {
     Options { uv_methods: vec![method], ..Options::default() }
 }
 
-/// A harness whose PAM service accepts only the password "correct horse"
-/// (pam_exec hands the typed password to a script on its stdin).
 async fn with_password_check(name: &str) -> Harness {
-    let service = "auth [success=1 default=ignore] pam_exec.so quiet expose_authtok @DIR@/check\n\
-                   auth requisite pam_deny.so\nauth required pam_permit.so\naccount required pam_permit.so\n"
-        .to_string();
-    let h = Harness::start(
-        name,
-        Options {
-            uv_methods: vec![UvMethod::Password],
-            pam_service: Some(("fidoseal-test", service)),
-            ..Options::default()
-        },
-    )
-    .await;
-    let script = h.bus.dir.path().join("check");
-    std::fs::write(&script, "#!/bin/sh\npw=$(tr -d '\\000')\n[ \"$pw\" = 'correct horse' ]\n").unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    h
+    super::with_password_check(name, Options::default()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
@@ -278,7 +260,7 @@ async fn verification_is_available_when_a_method_is_usable() {
             timeout: Duration::from_secs(5),
             uv_methods: vec![UvMethod::Password],
             device_user: "root".into(),
-            device_uid: crate::dbus_service::caller::uid_of("root"),
+            owner: crate::device_user::system_uid_of("root").map(crate::device_user::DeviceOwner::Uid),
             pam: PamVerifier::with_confdir("fidoseal-test-pam", h5.bus.dir.path()),
         },
         h5.store.clone(),
