@@ -122,7 +122,7 @@ impl PromptConfig {
         std::time::Duration::from_secs(self.timeout)
     }
 
-    fn check(&self, device_user: Option<&str>) -> Result<(), String> {
+    fn check(&self) -> Result<(), String> {
         if !(1..=MAX_PROMPT_TIMEOUT_SECS).contains(&self.timeout) {
             return Err(format!("[prompt] timeout {} is out of range: seconds, 1 to {MAX_PROMPT_TIMEOUT_SECS}", self.timeout));
         }
@@ -132,9 +132,6 @@ impl PromptConfig {
         let service = &self.pam_service;
         if service.is_empty() || service.starts_with('.') || !service.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(format!("[prompt] pam_service {service:?} is not a PAM service name (a file name in /etc/pam.d)"));
-        }
-        if self.mode == PromptMode::Agent && device_user.is_none() {
-            return Err("[prompt] mode = \"agent\" needs [device] user: the user whose session agent answers prompts".into());
         }
         Ok(())
     }
@@ -222,13 +219,76 @@ pub enum Attestation {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
+    /// Who gets a device: one per admitted user ("per-user"), or one for
+    /// `user` ("single"). Left out: "single", so that a configuration
+    /// written before per-user devices keeps its meaning on upgrade; the
+    /// shipped configuration says "per-user".
+    #[serde(default)]
+    pub mode: DeviceMode,
+    /// per-user: the logind session kinds that give their user a device.
+    #[serde(default = "default_session_kinds")]
+    pub sessions: Vec<SessionKind>,
     /// The uhid character device; a Unix socket there is connected to
     /// instead (tests that play the kernel, uhid.rs).
     #[serde(default = "default_uhid_path")]
     pub uhid_path: PathBuf,
-    /// The user this device belongs to, for policy rules with `users` or
-    /// `groups`. None: such rules never match.
+    /// single: the user this device belongs to (their agent answers, their
+    /// policy rules apply; None: such rules never match). per-user: the
+    /// owner of a single-user state directory found at start, which
+    /// becomes their store (docs/packaging.md, "Migration").
     pub user: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceMode {
+    /// One device for `[device] user` (kiosks, tests, the behaviour before
+    /// per-user devices).
+    #[default]
+    Single,
+    /// A device, a store and a PIN for each user with an admitted logind
+    /// session (devices.rs).
+    PerUser,
+}
+
+impl DeviceMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceMode::Single => "single",
+            DeviceMode::PerUser => "per-user",
+        }
+    }
+}
+
+/// A kind of logind session (`loginctl show-session`: Remote, Seat, Type).
+/// Only sessions of class "user" count; greeters and lock screens never do.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionKind {
+    /// Local, on a seat, Type x11, wayland or mir: a desktop.
+    Graphical,
+    /// Local, on a seat, Type tty (or unspecified): a text console login.
+    Text,
+    /// Local without a seat: `su -l`, `machinectl shell`, a PAM session
+    /// started by a service.
+    Unseated,
+    /// Remote = yes: ssh and other network logins.
+    Remote,
+}
+
+impl SessionKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SessionKind::Graphical => "graphical",
+            SessionKind::Text => "text",
+            SessionKind::Unseated => "unseated",
+            SessionKind::Remote => "remote",
+        }
+    }
+}
+
+fn default_session_kinds() -> Vec<SessionKind> {
+    vec![SessionKind::Graphical, SessionKind::Text]
 }
 
 fn default_uhid_path() -> PathBuf {
@@ -237,7 +297,45 @@ fn default_uhid_path() -> PathBuf {
 
 impl Default for DeviceConfig {
     fn default() -> Self {
-        Self { uhid_path: default_uhid_path(), user: None }
+        Self {
+            mode: DeviceMode::default(),
+            sessions: default_session_kinds(),
+            uhid_path: default_uhid_path(),
+            user: None,
+        }
+    }
+}
+
+impl DeviceConfig {
+    fn check(&self, prompt: PromptMode) -> Result<(), String> {
+        if let Some(user) = self.user.as_deref().filter(|u| u.is_empty() || u.contains(char::is_whitespace)) {
+            return Err(format!("[device] user {user:?} is not a user name"));
+        }
+        match self.mode {
+            DeviceMode::Single => {
+                if self.sessions != default_session_kinds() {
+                    return Err("[device] sessions applies only to mode = \"per-user\"".into());
+                }
+                if prompt == PromptMode::Agent && self.user.is_none() {
+                    return Err(
+                        "[prompt] mode = \"agent\" with [device] mode = \"single\" needs [device] user: the user whose \
+                         session agent answers prompts (or set [device] mode = \"per-user\")"
+                            .into(),
+                    );
+                }
+            }
+            DeviceMode::PerUser => {
+                if self.sessions.is_empty() {
+                    return Err("[device] sessions is empty: nobody would get a device (the default is \
+                                [\"graphical\", \"text\"])"
+                        .into());
+                }
+                if let Some(twice) = self.sessions.iter().enumerate().find_map(|(i, k)| self.sessions[..i].contains(k).then_some(k)) {
+                    return Err(format!("[device] sessions names {} twice", twice.name()));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -283,10 +381,8 @@ impl Config {
         if let Some(dir) = config.policy.dirs.iter().find(|d| !d.is_absolute()) {
             return Err(format!("[policy] dirs must be absolute paths, not {}", dir.display()));
         }
-        if let Some(user) = config.device.user.as_deref().filter(|u| u.is_empty() || u.contains(char::is_whitespace)) {
-            return Err(format!("[device] user {user:?} is not a user name"));
-        }
-        config.prompt.check(config.device.user.as_deref())?;
+        config.device.check(config.prompt.mode)?;
+        config.prompt.check()?;
         Ok(config)
     }
 }
@@ -418,5 +514,40 @@ mod tests {
     #[test]
     fn relative_state_dir_is_refused() {
         assert!(Config::parse(&format!("state_dir = \"rel\"\n{MINIMAL}")).unwrap_err().contains("absolute"));
+    }
+
+    #[test]
+    fn device_mode_single_by_default_per_user_by_choice() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.device.mode, DeviceMode::Single, "a configuration from before per-user devices keeps its meaning");
+        let agent = "[keystore]\nbackend = \"software\"\n[device]\nmode = \"per-user\"\n";
+        let c = Config::parse(agent).unwrap();
+        assert_eq!(c.device.mode, DeviceMode::PerUser);
+        assert_eq!(c.prompt.mode, PromptMode::Agent, "per-user agent mode needs no [device] user");
+        assert_eq!(c.device.sessions, [SessionKind::Graphical, SessionKind::Text]);
+        assert_eq!(c.device.user, None);
+        let c = Config::parse(&format!("{agent}sessions = [\"remote\", \"graphical\", \"unseated\"]\nuser = \"alice\"\n")).unwrap();
+        assert_eq!(c.device.sessions, [SessionKind::Remote, SessionKind::Graphical, SessionKind::Unseated]);
+        assert_eq!(c.device.user.as_deref(), Some("alice"), "per-user: the owner of an old single-user state");
+    }
+
+    #[test]
+    fn bad_device_sections_say_what_is_wrong() {
+        let per_user = |extra: &str| {
+            Config::parse(&format!("[keystore]\nbackend = \"software\"\n[device]\nmode = \"per-user\"\n{extra}\n"))
+        };
+        assert!(per_user("sessions = []").unwrap_err().contains("nobody would get a device"));
+        assert!(per_user("sessions = [\"text\", \"text\"]").unwrap_err().contains("text twice"));
+        let err = per_user("sessions = [\"vnc\"]").unwrap_err();
+        assert!(err.contains("vnc") && err.contains("line 5"), "{err}");
+        assert!(per_user("sessions = \"text\"").is_err());
+        assert!(per_user("user = \"a b\"").unwrap_err().contains("not a user name"));
+        let err = Config::parse("[keystore]\nbackend = \"software\"\n[device]\nmode = \"everyone\"\n").unwrap_err();
+        assert!(err.contains("everyone") && err.contains("per-user"), "{err}");
+        let err = Config::parse(&format!("{MINIMAL}[device]\nsessions = [\"remote\"]\n")).unwrap_err();
+        assert!(err.contains("only to mode = \"per-user\""), "{err}");
+        let err = Config::parse("[keystore]\nbackend = \"software\"\n[device]\nmode = \"single\"\n").unwrap_err();
+        assert!(err.contains("needs [device] user"), "{err}");
+        assert!(per_user("session = [\"text\"]").unwrap_err().contains("session"));
     }
 }

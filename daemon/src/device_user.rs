@@ -151,6 +151,34 @@ impl DeviceUser {
     }
 }
 
+/// Whose a device is, as the handlers and the prompt check it without a
+/// lookup: single mode's `[device] user` as last resolved, or per-user
+/// mode's uid, which logind gave.
+#[derive(Clone)]
+pub enum DeviceOwner {
+    Configured(Arc<DeviceUser>),
+    Uid(u32),
+}
+
+impl std::fmt::Debug for DeviceOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Configured(user) => f.debug_tuple("Configured").field(&user.name()).field(&user.uid()).finish(),
+            Self::Uid(uid) => f.debug_tuple("Uid").field(uid).finish(),
+        }
+    }
+}
+
+impl DeviceOwner {
+    /// Whether `uid` is the owner (see [`DeviceUser::is`]).
+    pub fn is(&self, uid: u32) -> bool {
+        match self {
+            Self::Configured(user) => user.is(uid),
+            Self::Uid(owner) => *owner == uid,
+        }
+    }
+}
+
 /// The uid of a user name, from the system's user database. Blocks for as
 /// long as NSS takes: never call it on the runtime.
 pub fn system_uid_of(user: &str) -> Option<u32> {

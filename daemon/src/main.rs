@@ -1,15 +1,20 @@
-//! `fidoseald`: the fidoseal daemon. Creates a virtual USB HID FIDO2
-//! security key through /dev/uhid and answers it from the fidoseal
+//! `fidoseald`: the fidoseal daemon. Creates virtual USB HID FIDO2
+//! security keys through /dev/uhid and answers them from the fidoseal
 //! authenticator, with the key store, prompt and policy the configuration
-//! names. SIGTERM/SIGINT remove the device and exit; SIGUSR1 (or the
-//! device user's Manager1.Replug) unplugs and re-plugs it (a power cycle,
-//! as CTAP's reset and PIN rules know it).
+//! names: one key for `[device] user` (single mode), or one per user with
+//! an admitted logind session (per-user mode, devices.rs). SIGTERM/SIGINT
+//! remove the devices and exit; SIGUSR1 unplugs and re-plugs them, and a
+//! device's user's Manager1.Replug their own (a power cycle, as CTAP's
+//! reset and PIN rules know it).
 
 mod audit_log;
 mod config;
 mod dbus_service;
 mod device_user;
+mod devices;
 mod keystore;
+mod logind;
+mod migrate_users;
 mod policy_service;
 mod prompt;
 mod prompt_agent;
@@ -19,6 +24,7 @@ mod state;
 mod tpm;
 mod transport;
 mod uhid;
+mod user_keys;
 mod verification;
 
 use std::path::PathBuf;
@@ -27,10 +33,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fidoseal_ctap::platform::{KeyStore, UserPrompt};
-use fidoseal_ctap::{AttestationMode, Authenticator, AuthenticatorConfig, Platform};
+use fidoseal_ctap::{Authenticator, Platform};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{Attestation, Config, KeyStoreBackend, PromptMode};
+use crate::config::{Config, DeviceMode, KeyStoreBackend, PromptMode};
 
 const USAGE: &str = "usage: fidoseald --config PATH\n\nA virtual FIDO2 security key through /dev/uhid.\n";
 
@@ -80,6 +86,21 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
     let policy = policy_service::PolicyService::start(&config)?;
     state::prepare_state_dir(&config.state_dir)
         .map_err(|e| format!("cannot prepare state directory {}: {e}", config.state_dir.display()))?;
+    let per_user = config.device.mode == DeviceMode::PerUser;
+    if per_user {
+        // Before the key store opens: it looks for a credential state beside it.
+        let owner = config.device.user.as_deref().map(|user| (user, device_user::system_uid_of(user)));
+        match migrate_users::migrate_single_user_state(&config.state_dir, owner).map_err(|e| e.to_string())? {
+            migrate_users::Migration::Nothing => {}
+            migrate_users::Migration::Moved { uid, to, files } => tracing::warn!(
+                uid,
+                user = config.device.user.as_deref().unwrap_or("-"),
+                to = %to.display(),
+                files = ?files,
+                "per-user devices: the single-user state (every passkey, the PIN, the counters) is now this user's"
+            ),
+        }
+    }
 
     let (mut keystore, key_store_created): (Box<dyn KeyStore>, bool) = match config.keystore.backend {
         KeyStoreBackend::Software => {
@@ -92,68 +113,78 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             (Box::new(store), created)
         }
         KeyStoreBackend::Tpm => {
-            let store =
-                tpm::TpmKeyStore::open(&config.keystore.tpm_settings(), &config.state_dir).map_err(|e| e.to_string())?;
+            let store = tpm::TpmKeyStore::open(&config.keystore.tpm_settings(), &config.state_dir)
+                .map_err(|e| e.to_string())?;
             let created = *store.startup() != tpm::Startup::Reopened;
             (Box::new(store), created)
         }
     };
-    let mut credentials =
-        state::CredentialDatabase::open(&config.state_dir, config.authenticator.discoverable_credentials)
-            .map_err(|e| e.to_string())?;
-    if let Some(migration) = credentials.migration() {
-        tracing::info!(
-            credentials = migration.credentials,
-            counter_floor = migration.counter_floor,
-            kept = %migration.backup.display(),
-            database = %credentials.path().display(),
-            "credential state migrated from credentials.cbor to the database (the old file is kept)"
-        );
-    }
-    let binding = keystore::binding(&mut *keystore).map_err(|e| format!("cannot identify the key store: {e}"))?;
-    let key_store_name = binding.name.clone();
-    match credentials.bind_key_store(binding, key_store_created).map_err(|e| e.to_string())? {
-        state::Binding::Same => {}
-        state::Binding::Recorded => tracing::info!(key_store = key_store_name, "credential state tied to this key store"),
-        state::Binding::SetAside { kept, previous } => tracing::error!(
-            key_store = key_store_name,
-            previous,
-            kept = %kept.display(),
-            "THE CREDENTIAL STATE BELONGS TO ANOTHER KEY STORE (the [keystore] backend was switched, or the state \
-             directory comes from elsewhere): its passkeys and PIN cannot work with this one. It was copied aside and \
-             reset; the signature counter goes on. Register this security key again with every site, or switch the \
-             backend back and restore the copy."
-        ),
-    }
-    tracing::info!(
-        resident_credentials = fidoseal_ctap::platform::CredentialStore::credential_count(&credentials),
-        remaining = fidoseal_ctap::platform::CredentialStore::remaining_capacity(&credentials),
-        "state loaded"
-    );
-    // Shared with the D-Bus management interface (shared_credentials.rs).
-    let credentials = shared_credentials::SharedCredentialStore::new(credentials);
-    let agents = Arc::new(prompt_agent::AgentRegistry::new());
-    let agent_prompt = prompt_agent::AgentPrompt::for_config(&config, &agents, &credentials);
-    let prompt: Box<dyn UserPrompt> = match &agent_prompt {
-        Some(agent_prompt) => Box::new(agent_prompt.clone()),
-        None => {
-            tracing::warn!("prompt mode always-approve: every request is approved without asking anyone");
-            Box::new(prompt::AlwaysApprove)
-        }
-    };
 
-    let authenticator_config = AuthenticatorConfig {
-        attestation: match config.authenticator.attestation {
-            Attestation::SelfAttestation => AttestationMode::SelfAttestation,
-            Attestation::None => AttestationMode::None,
-        },
-        firmware_version: firmware_version(),
-        ..AuthenticatorConfig::default()
+    let (devices, factory) = if per_user {
+        tracing::info!(
+            sessions = ?config.device.sessions.iter().map(|k| k.name()).collect::<Vec<_>>(),
+            state = %config.state_dir.join(migrate_users::USERS_DIR).display(),
+            "per-user devices: one key, store and PIN for each user with an admitted logind session"
+        );
+        let factory = devices::DeviceFactory {
+            keystore: Arc::new(Mutex::new(keystore)),
+            policy: policy.clone(),
+            state_dir: config.state_dir.clone(),
+            capacity: config.authenticator.discoverable_credentials,
+            authenticator: devices::authenticator_config(&config),
+        };
+        (Arc::new(devices::Devices::per_user()), Some(factory))
+    } else {
+        let user = config.device.user.clone();
+        let credentials = devices::open_credentials(
+            &config.state_dir,
+            config.authenticator.discoverable_credentials,
+            &mut *keystore,
+            key_store_created,
+            user.as_deref(),
+        )?;
+        // Looked up here, before the runtime, and again on SIGHUP: never by
+        // a D-Bus handler (NSS may wait for LDAP or sssd).
+        let device_user = device_user::DeviceUser::resolve(user.clone());
+        let registry = Arc::new(prompt_agent::AgentRegistry::new());
+        let agent_prompt = prompt_agent::AgentPrompt::for_user(
+            &config,
+            user.as_deref().unwrap_or(""),
+            device_user::DeviceOwner::Configured(Arc::clone(&device_user)),
+            &registry,
+            &credentials,
+        );
+        let prompt: Box<dyn UserPrompt> = match &agent_prompt {
+            Some(agent_prompt) => Box::new(agent_prompt.clone()),
+            None => Box::new(prompt::AlwaysApprove),
+        };
+        let platform = Platform {
+            keystore,
+            credentials: Box::new(credentials.clone()),
+            prompt,
+            policy: Box::new(policy.decision()),
+        };
+        let authenticator = Authenticator::try_new(devices::authenticator_config(&config), platform, Instant::now())
+            .map_err(|e| format!("cannot start the authenticator (no random numbers from the system?): {e:?}"))?;
+        let uid = match device_user.uid() {
+            device_user::DeviceUid::Known(uid) => Some(uid),
+            device_user::DeviceUid::NotConfigured | device_user::DeviceUid::Unknown => None,
+        };
+        let handles = devices::DeviceHandles::new(Some(device_user), Box::new(policy.decision()));
+        let device = devices::UserDevice::new(
+            uid,
+            user,
+            registry,
+            credentials,
+            Arc::new(Mutex::new(authenticator)),
+            agent_prompt,
+            handles,
+        );
+        (Arc::new(devices::Devices::single(Arc::new(device))), None)
     };
-    let platform = Platform { keystore, credentials: Box::new(credentials.clone()), prompt, policy: Box::new(policy.decision()) };
-    // Looked up here, before the runtime, and again on SIGHUP: never by a
-    // D-Bus handler (NSS may wait for LDAP or sssd).
-    let device_user = device_user::DeviceUser::resolve(config.device.user.clone());
+    if config.prompt.mode != PromptMode::Agent {
+        tracing::warn!("prompt mode always-approve: every request is approved without asking anyone");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -166,84 +197,114 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
         let mut replug = signal(SignalKind::user_defined1()).map_err(|e| format!("cannot handle SIGUSR1: {e}"))?;
         policy.watch()?;
-        device_user.resolve_on_hangup()?;
+        if let Some(device_user) = devices.single_device().and_then(|d| d.device_user.as_ref()) {
+            device_user.resolve_on_hangup()?;
+        }
 
-        let authenticator = Authenticator::try_new(authenticator_config, platform, Instant::now())
-            .map_err(|e| format!("cannot start the authenticator (no random numbers from the system?): {e:?}"))?;
-        let authenticator = Arc::new(Mutex::new(authenticator));
-        // Manager1.Replug asks the loop below for what SIGUSR1 does.
-        let (replugger, mut replug_requests) = replug::channel(replug::MIN_REPLUG_INTERVAL);
-        let service = dbus_service::Service::from_config(
-            &config,
-            agents,
-            credentials,
-            Arc::clone(&authenticator),
-            agent_prompt,
-            dbus_service::DeviceHandles {
-                device_user: Arc::clone(&device_user),
-                replugger,
-                policy: Box::new(policy.decision()),
-            },
-        );
-        let mut bus = dbus_service::DbusService::start_for_daemon(service).await?;
-        // Agent mode cannot ask anyone without the bus: off it, the daemon
-        // exits with a failure and systemd (Restart=on-failure) starts it
-        // again, on the new bus. Always-approve mode keeps serving the key.
-        let exit_when_off_the_bus = config.prompt.mode == PromptMode::Agent;
-        let mut off_the_bus: Option<String> = None;
-        // A Manager1.Replug being carried out: answered once the device is back.
-        let mut replug_asked: Option<replug::ReplugRequest> = None;
-        loop {
-            let device = uhid::UhidDevice::create(&config.device.uhid_path, &device_info())
-                .map_err(|e| format!("{e} (is the uhid module loaded? try `modprobe uhid`)"))?;
-            tracing::info!(uhid = %config.device.uhid_path.display(), "virtual FIDO device created");
-            if let Some(request) = replug_asked.take() {
-                request.finish(Ok(()));
+        let service = dbus_service::Service::from_config(&config, Arc::clone(&devices));
+        // Per-user mode follows logind on the bus: it cannot do without it.
+        let mut bus = if per_user {
+            Some(dbus_service::DbusService::start(service, None).await.map_err(|e| format!("{e} (per-user devices follow logind on the system bus)"))?)
+        } else {
+            dbus_service::DbusService::start_for_daemon(service).await?
+        };
+        // Agent mode cannot ask anyone without the bus, nor follow logind:
+        // off it, the daemon exits with a failure and systemd
+        // (Restart=on-failure) starts it again, on the new bus.
+        // Always-approve single mode keeps serving the key.
+        let exit_when_off_the_bus = per_user || config.prompt.mode == PromptMode::Agent;
+        let (failed_tx, mut failed) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let mut supervisor = None;
+        let mut single = None;
+        let mut logind_changes = None;
+        match factory {
+            Some(factory) => {
+                let connection = bus.as_ref().map(|b| b.connection().clone()).ok_or("no system bus")?;
+                let changes = logind::Changes::follow(&connection).await?;
+                let mut s = devices::Supervisor::new(Arc::clone(&devices), factory, config.device.uhid_path.clone(), failed_tx);
+                follow_sessions(&mut s, &config, &connection).await;
+                logind_changes = Some((changes, connection));
+                supervisor = Some(s);
             }
-            let stop = async {
-                tokio::select! {
-                    _ = terminate.recv() => { tracing::info!("SIGTERM: removing the device"); transport::Stop::Exit }
-                    _ = interrupt.recv() => { tracing::info!("SIGINT: removing the device"); transport::Stop::Exit }
-                    _ = replug.recv() => { tracing::info!("SIGUSR1: re-plugging the device"); transport::Stop::Replug }
-                    request = replug_requests.next() => {
-                        tracing::info!("Manager1.Replug: re-plugging the device");
-                        replug_asked = Some(request);
-                        transport::Stop::Replug
-                    }
-                    reason = bus_lost(&mut bus, exit_when_off_the_bus) => {
-                        tracing::error!(reason, "off the system bus: nobody can be asked; removing the device and exiting");
-                        off_the_bus = Some(reason);
-                        transport::Stop::Exit
+            None => {
+                let device = devices.all().into_iter().next().ok_or("no device")?;
+                single = Some(devices::spawn(device, config.device.uhid_path.clone(), failed_tx));
+            }
+        }
+        let mut off_the_bus: Option<String> = None;
+        let mut failure: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => { tracing::info!("SIGTERM: removing the devices"); break; }
+                _ = interrupt.recv() => { tracing::info!("SIGINT: removing the devices"); break; }
+                _ = replug.recv() => {
+                    tracing::info!("SIGUSR1: re-plugging the devices");
+                    if let Some(s) = &supervisor { s.replug_all(); }
+                    if let Some(r) = &single { r.replug(); }
+                }
+                reason = bus_lost(&mut bus, exit_when_off_the_bus) => {
+                    tracing::error!(reason, "off the system bus: nobody can be asked; removing the devices and exiting");
+                    off_the_bus = Some(reason);
+                    break;
+                }
+                Some(reason) = failed.recv() => { failure = Some(reason); break; }
+                changed = next_logind_change(&mut logind_changes) => {
+                    match changed {
+                        Ok(()) => {
+                            if let (Some(s), Some((_, connection))) = (supervisor.as_mut(), logind_changes.as_ref()) {
+                                follow_sessions(s, &config, connection).await;
+                            }
+                        }
+                        Err(reason) => { off_the_bus = Some(reason); break; }
                     }
                 }
-            };
-            let reason = transport::serve(device, Arc::clone(&authenticator), random_first_cid(), stop)
-                .await
-                .map_err(|e| e.to_string())?;
-            if reason == transport::Stop::Exit {
-                break;
             }
-            // Unplugged: give udev and clients a moment to see the device go.
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            // The cancelled request may still hold the authenticator for a
-            // moment (a PAM check ends on its own): wait off the runtime.
-            let device = Arc::clone(&authenticator);
-            tokio::task::spawn_blocking(move || replug::power_cycle(&device))
-                .await
-                .map_err(|e| format!("power-cycle task failed: {e}"))??;
+        }
+        if let Some(mut s) = supervisor {
+            s.stop_all().await;
+        }
+        if let Some(running) = single {
+            // A device that already failed has nothing left to remove.
+            let _ = running.stop().await;
+        }
+        if let Some(reason) = failure {
+            return Err(reason);
         }
         if let Some(reason) = off_the_bus {
             return Err(format!("{reason} (exiting so that systemd starts fidoseald again)"));
         }
-        tracing::info!("device removed; exiting");
+        tracing::info!("devices removed; exiting");
         Ok(())
     })
+}
+
+/// Reads logind's sessions and makes the devices follow. A failed read
+/// changes nothing (logged); the next change or rescan tries again.
+async fn follow_sessions(supervisor: &mut devices::Supervisor, config: &Config, connection: &zbus::Connection) {
+    match logind::list_sessions(connection).await {
+        Ok(sessions) => {
+            let admitted = logind::admitted(&sessions, &config.device.sessions);
+            supervisor.reconcile(config, &admitted).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read logind's sessions; devices stay as they are")
+        }
+    }
+}
+
+async fn next_logind_change(changes: &mut Option<(logind::Changes, zbus::Connection)>) -> Result<(), String> {
+    match changes.as_mut() {
+        Some((changes, _)) => changes.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Completes when the daemon should stop for being off the bus (agent mode
 /// only); in always-approve mode the loss is logged once and the key goes on.
 async fn bus_lost(bus: &mut Option<dbus_service::DbusService>, fatal: bool) -> String {
-    let Some(service) = bus.as_mut() else { return std::future::pending().await };
+    let Some(service) = bus.as_mut() else {
+        return std::future::pending().await;
+    };
     let reason = service.lost().await;
     if fatal {
         return reason;
@@ -253,20 +314,8 @@ async fn bus_lost(bus: &mut Option<dbus_service::DbusService>, fatal: bool) -> S
     std::future::pending().await
 }
 
-fn device_info() -> uhid::DeviceInfo {
-    uhid::DeviceInfo {
-        name: "fidoseal virtual FIDO2 key".into(),
-        phys: "fidoseal".into(),
-        uniq: "fidoseal-0".into(),
-        // pid.codes, the open-source USB vendor ID; 0x0001 is its test product ID.
-        vendor: 0x1209,
-        product: 0x0001,
-        version: firmware_version(),
-    }
-}
-
 /// The crate version as 0x00MMmmpp.
-fn firmware_version() -> u32 {
+pub(crate) fn firmware_version() -> u32 {
     let part = |s: &str| s.parse::<u32>().unwrap_or(0) & 0xff;
     (part(env!("CARGO_PKG_VERSION_MAJOR")) << 16)
         | (part(env!("CARGO_PKG_VERSION_MINOR")) << 8)
@@ -275,7 +324,7 @@ fn firmware_version() -> u32 {
 
 /// Channel IDs start at a random place so that a client holding a channel
 /// from before a restart does not collide with a new one.
-fn random_first_cid() -> u32 {
+pub(crate) fn random_first_cid() -> u32 {
     let mut bytes = [0u8; 4];
     if getrandom::fill(&mut bytes).is_err() {
         return 1;

@@ -99,7 +99,14 @@ impl PolicyService {
 
     /// What the authenticator asks.
     pub fn decision(&self) -> PolicyHandle {
-        PolicyHandle { shared: Arc::clone(&self.shared) }
+        PolicyHandle { shared: Arc::clone(&self.shared), principal: None }
+    }
+
+    /// What the authenticator of `user`'s own device asks (per-user mode):
+    /// rules with `users` and `groups` match that user, whoever
+    /// `[device] user` is. Their groups are read now, once per device.
+    pub fn decision_for(&self, user: &str) -> PolicyHandle {
+        PolicyHandle { shared: Arc::clone(&self.shared), principal: Some(Arc::new(principal_for(Some(user)))) }
     }
 
     /// Reloads from the directories. On error the current policy stays and
@@ -250,10 +257,16 @@ fn log_loaded(snapshot: &Snapshot, dirs: &[PathBuf], reason: &str) {
 /// The [`PolicyDecision`] the authenticator holds.
 pub struct PolicyHandle {
     shared: Arc<Shared>,
+    /// The device's owner, when not `[device] user` (per-user mode).
+    principal: Option<Arc<Principal>>,
 }
 
 impl PolicyHandle {
-    fn verdict(snapshot: &Snapshot, request: &PolicyRequest<'_>) -> PolicyVerdict {
+    fn principal<'a>(&'a self, snapshot: &'a Snapshot) -> &'a Principal {
+        self.principal.as_deref().unwrap_or(&snapshot.principal)
+    }
+
+    fn verdict(snapshot: &Snapshot, principal: &Principal, request: &PolicyRequest<'_>) -> PolicyVerdict {
         let operation = match request.operation {
             Operation::MakeCredential => fidoseal_policy::Operation::MakeCredential,
             Operation::GetAssertion => fidoseal_policy::Operation::GetAssertion,
@@ -264,7 +277,7 @@ impl PolicyHandle {
         let decision = snapshot.policy.evaluate(&Request {
             rp_id: request.rp_id,
             operation,
-            principal: &snapshot.principal,
+            principal,
             ctap1: request.ctap1,
         });
         if decision.action == Action::Deny {
@@ -292,12 +305,13 @@ impl PolicyHandle {
 impl PolicyDecision for PolicyHandle {
     fn decide(&self, request: &PolicyRequest<'_>) -> PolicyVerdict {
         let snapshot = self.shared.snapshot();
-        let verdict = Self::verdict(&snapshot, request);
+        let principal = self.principal(&snapshot);
+        let verdict = Self::verdict(&snapshot, principal, request);
         // The core logs every decision at info; this adds who and which policy.
         tracing::debug!(
             rp_id = request.rp_id,
             operation = ?request.operation,
-            user = snapshot.principal.user.as_deref().unwrap_or("-"),
+            user = principal.user.as_deref().unwrap_or("-"),
             decision = if verdict.allow { "allow" } else { "deny" },
             rule = %verdict.rule,
             generation = snapshot.generation,
@@ -307,11 +321,16 @@ impl PolicyDecision for PolicyHandle {
     }
 
     fn min_pin_length(&self) -> Option<u8> {
-        self.shared.snapshot().min_pin_length
+        let snapshot = self.shared.snapshot();
+        match &self.principal {
+            Some(principal) => snapshot.policy.min_pin_length(principal).map(|(n, _)| n),
+            None => snapshot.min_pin_length,
+        }
     }
 
     fn user(&self) -> Option<String> {
-        self.shared.snapshot().principal.user.clone()
+        let snapshot = self.shared.snapshot();
+        self.principal(&snapshot).user.clone()
     }
 
     fn enterprise_attestation_capable(&self) -> bool {
@@ -565,6 +584,27 @@ mod tests {
         assert!(!nobody.decision().decide(&request("a.example")).allow);
         let unknown = PolicyService::load(vec![dir.0.clone()], Some("no-such-user-fidoseal".into())).unwrap();
         assert!(!unknown.decision().decide(&request("a.example")).allow);
+    }
+
+    #[test]
+    fn each_users_device_is_judged_for_its_owner() {
+        let dir = TempDir::new("per-user");
+        dir.write(
+            "10.toml",
+            "[default]\naction = \"deny\"\n[[rule]]\nrp = [\"*\"]\ngroups = [\"root\"]\naction = \"allow\"\n\
+             min_pin_length = 9\n",
+        );
+        // [device] user names someone else (per-user mode: the heir of an old state).
+        let service = PolicyService::load(vec![dir.0.clone()], Some("no-such-user-fidoseal".into())).unwrap();
+        let root = service.decision_for("root");
+        let stranger = service.decision_for("no-such-user-fidoseal-2");
+        assert!(root.decide(&request("a.example")).allow);
+        assert_eq!(root.user().as_deref(), Some("root"));
+        assert_eq!(root.min_pin_length(), Some(9));
+        assert!(!stranger.decide(&request("a.example")).allow);
+        assert_eq!(stranger.user().as_deref(), Some("no-such-user-fidoseal-2"));
+        assert_eq!(stranger.min_pin_length(), None);
+        assert!(!service.decision().decide(&request("a.example")).allow);
     }
 
     #[test]
@@ -839,8 +879,8 @@ mod tests {
         let policy_a = Policy::load_dirs(&[&dir.0]).unwrap();
         dir.write("50.toml", b);
         let policy_b = Policy::load_dirs(&[&dir.0]).unwrap();
-        let expected_a = PolicyHandle::verdict(&snapshot(policy_a, Principal::default(), 0), &request("x.example"));
-        let expected_b = PolicyHandle::verdict(&snapshot(policy_b, Principal::default(), 0), &request("x.example"));
+        let expected_a = PolicyHandle::verdict(&snapshot(policy_a, Principal::default(), 0), &Principal::default(), &request("x.example"));
+        let expected_b = PolicyHandle::verdict(&snapshot(policy_b, Principal::default(), 0), &Principal::default(), &request("x.example"));
         assert_ne!(expected_a, expected_b);
 
         let stop = Arc::new(AtomicBool::new(false));

@@ -105,5 +105,6 @@ pub trait Manager1 {
     fn show_passkey(&self, credential_id: &str) -> zbus::Result<Details>;
     fn delete_passkey(&self, credential_id: &str) -> zbus::Result<()>;
     fn reset(&self) -> zbus::Result<()>;
+    fn list_devices(&self) -> zbus::Result<Vec<Details>>;
     fn replug(&self) -> zbus::Result<()>;
 }

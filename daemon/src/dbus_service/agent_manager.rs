@@ -1,7 +1,9 @@
 //! org.fidoseal.AgentManager1: the session agent registers the object where
-//! it serves org.fidoseal.Agent1. Only the device's user, from an active
-//! logind session, may register; one agent at a time; an agent whose
-//! connection leaves the bus is forgotten (NameOwnerChanged).
+//! it serves org.fidoseal.Agent1. Only a device's user, from an active
+//! logind session, may register, and only for their own device (per-user
+//! mode: the registry of their uid, devices.rs); one agent per device at a
+//! time; an agent whose connection leaves the bus is forgotten
+//! (NameOwnerChanged).
 
 use std::sync::Arc;
 
@@ -58,28 +60,35 @@ impl AgentManager {
             log_refusal(&reason);
             Error::NotPermitted(reason)
         };
-        // The uid resolved at start or on SIGHUP (device_user.rs): a slow
-        // user database never holds up this handler.
-        let device_user = &self.service.device_user;
-        match device_user.uid() {
-            DeviceUid::NotConfigured => return Err(refuse("this device has no [device] user".into())),
-            DeviceUid::Unknown => {
-                // Looked up again in the background; Failed (not
-                // NotPermitted), so that the agent tries again shortly.
-                device_user.is(credentials.uid);
-                let reason = format!(
-                    "the device's user {:?} is not in the user database (yet); looking again",
-                    device_user.name().unwrap_or("")
-                );
-                log_refusal(&reason);
-                return Err(Error::Failed(reason));
+        // Single mode: the uid resolved at start or on SIGHUP
+        // (device_user.rs), so that a slow user database never holds up
+        // this handler. Per-user mode: each user registers with their own
+        // device's registry (logind's uid): an agent is never asked about
+        // another user's device.
+        if let Some(device_user) = self.service.devices.single_device().and_then(|d| d.device_user.as_ref()) {
+            match device_user.uid() {
+                DeviceUid::NotConfigured => return Err(refuse("this device has no [device] user".into())),
+                DeviceUid::Unknown => {
+                    // Looked up again in the background; Failed (not
+                    // NotPermitted), so that the agent tries again shortly.
+                    device_user.is(credentials.uid);
+                    let reason = format!(
+                        "the device's user {:?} is not in the user database (yet); looking again",
+                        device_user.name().unwrap_or("")
+                    );
+                    log_refusal(&reason);
+                    return Err(Error::Failed(reason));
+                }
+                DeviceUid::Known(device_uid) if device_uid != credentials.uid => {
+                    let user = device_user.name().unwrap_or("");
+                    return Err(refuse(format!("uid {} is not the device's user {user}", credentials.uid)));
+                }
+                DeviceUid::Known(_) => {}
             }
-            DeviceUid::Known(device_uid) if device_uid != credentials.uid => {
-                let user = device_user.name().unwrap_or("");
-                return Err(refuse(format!("uid {} is not the device's user {user}", credentials.uid)));
-            }
-            DeviceUid::Known(_) => {}
         }
+        let Some(registry) = self.service.devices.registry_for(credentials.uid) else {
+            return Err(refuse(format!("uid {} is not the device's user", credentials.uid)));
+        };
         // The right user in the wrong session state: NotActive, which the
         // agent tries again when logind reports a change.
         let session = caller::check_session(connection, credentials.pid, credentials.uid).await.map_err(|reason| {
@@ -87,8 +96,8 @@ impl AgentManager {
             Error::NotActive(reason)
         })?;
         let owner = OwnedUniqueName::from(sender.to_owned());
-        let new_connection = self.service.registry.current().is_none_or(|a| a.owner != owner);
-        match self.service.registry.register(
+        let new_connection = registry.current().is_none_or(|a| a.owner != owner);
+        match registry.register(
             owner.clone(),
             OwnedObjectPath::from(agent.to_owned()),
             credentials.uid,
@@ -111,7 +120,7 @@ impl AgentManager {
                     "RegisterAgent"
                 );
                 if new_connection {
-                    tokio::spawn(watch_agent(connection.clone(), Arc::clone(&self.service.registry), owner));
+                    tokio::spawn(watch_agent(connection.clone(), Arc::clone(&registry), owner));
                 }
                 Ok(())
             }
@@ -134,7 +143,8 @@ impl AgentManager {
         let Some(sender) = header.sender() else {
             return Err(Error::NotPermitted("the call has no sender".into()));
         };
-        if self.service.registry.stop_by_user(sender.as_str(), request) {
+        // Each registry checks that the sender is its registered agent.
+        if self.service.devices.registries().iter().any(|r| r.stop_by_user(sender.as_str(), request)) {
             tracing::info!(sender = %sender, request, decision = "stopped", "CancelRequest: the user stopped the request");
             Ok(())
         } else {
@@ -147,7 +157,7 @@ impl AgentManager {
         let Some(sender) = header.sender() else {
             return Err(Error::NotPermitted("the call has no sender".into()));
         };
-        if self.service.registry.unregister(sender.as_str(), agent.as_str()) {
+        if self.service.devices.registries().iter().any(|r| r.unregister(sender.as_str(), agent.as_str())) {
             tracing::info!(sender = %sender, agent = %agent, "UnregisterAgent: agent unregistered");
             Ok(())
         } else {

@@ -1,11 +1,16 @@
-//! org.fidoseal.Manager1: status, the device user's passkeys, reset.
+//! org.fidoseal.Manager1: status, the device user's passkeys, reset, and
+//! the list of devices.
 //!
-//! Status, the passkey methods and Replug answer the device's user (and
-//! root); Reset needs polkit's org.fidoseal.reset for the calling
-//! connection (root is let through without asking, and that is logged).
-//! DeletePasskey also needs the user's verification in their agent, and
-//! the passkey methods show only what the policy lets credential
-//! management show.
+//! Every method acts on the caller's own device (per-user mode: the device
+//! of the caller's uid; single mode: the device of `[device] user`). Root
+//! acts on the only device there is; with several (per-user mode), root
+//! sees them all through ListDevices. Status, the passkey methods and
+//! Replug answer the device's user (and root); Reset needs polkit's
+//! org.fidoseal.reset for the calling connection (root is let through
+//! without asking, and that is logged). DeletePasskey also needs the
+//! device owner's verification in their agent, and the passkey methods
+//! show only what the policy lets credential management show for that
+//! owner.
 //!
 //! Passkeys are read and deleted through the daemon's shared credential
 //! store (shared_credentials.rs), not through the authenticator, whose
@@ -31,6 +36,7 @@ use zbus::Connection;
 use super::caller::{self, Credentials};
 use super::{hex, unhex, Service};
 use crate::device_user::DeviceUid;
+use crate::devices::UserDevice;
 use crate::replug::ReplugError;
 
 pub struct Manager {
@@ -42,63 +48,72 @@ impl Manager {
         Self { service }
     }
 
-    /// The caller, if it is the device's user or root. The device user's
-    /// uid was resolved outside the handlers (device_user.rs): nothing here
-    /// waits for the user database.
+    /// The caller and the device it acts on: its own (per-user mode: the
+    /// caller's uid's device; single mode: the device of `[device] user`),
+    /// or, for root, the only device there is. The owner's uid is known
+    /// outside the handlers (device_user.rs, logind): nothing here waits
+    /// for the user database.
     async fn owner_or_root(
         &self,
         method: &str,
         header: &Header<'_>,
         connection: &Connection,
-    ) -> Result<Credentials, Error> {
+    ) -> Result<(Credentials, Arc<UserDevice>), Error> {
         let (sender, credentials) = identify(method, header, connection).await?;
-        let device_user = &self.service.device_user;
-        if device_user.is(credentials.uid) {
-            return Ok(credentials);
+        match self.service.devices.for_caller(credentials.uid) {
+            Ok(device) => {
+                if !device.is_owner(credentials.uid) {
+                    tracing::info!(method, sender = %sender, user = device.user.as_deref().unwrap_or("-"), "Manager1: root acts on the device user's passkeys");
+                }
+                Ok((credentials, device))
+            }
+            Err(reason) => {
+                tracing::warn!(method, sender = %sender, uid = credentials.uid, decision = "refused", reason, "Manager1: not the device's user");
+                let mut reason = format!("uid {} is not the device's user ({reason})", credentials.uid);
+                let single_user = self.service.devices.single_device().and_then(|d| d.device_user.as_ref());
+                if let Some(device_user) = single_user {
+                    if let (DeviceUid::Unknown, Some(name)) = (device_user.uid(), device_user.name()) {
+                        reason.push_str(&format!("; {name:?} is not in the user database yet"));
+                    }
+                }
+                Err(Error::NotPermitted(reason))
+            }
         }
-        if credentials.uid == 0 {
-            tracing::info!(method, sender = %sender, "Manager1: root acts on the device user's passkeys");
-            return Ok(credentials);
-        }
-        tracing::warn!(method, sender = %sender, uid = credentials.uid, decision = "refused", "Manager1: not the device's user");
-        let mut reason = format!("uid {} is not the device's user", credentials.uid);
-        if let (DeviceUid::Unknown, Some(name)) = (device_user.uid(), device_user.name()) {
-            reason.push_str(&format!(" ({name:?} is not in the user database yet)"));
-        }
-        Err(Error::NotPermitted(reason))
     }
 
     /// Runs a store operation on the blocking pool.
     async fn with_store<T: Send + 'static>(
-        &self,
+        device: &UserDevice,
         work: impl FnOnce(&mut crate::shared_credentials::SharedCredentialStore) -> T + Send + 'static,
     ) -> Result<T, Error> {
-        let mut store = self.service.store.clone();
+        let mut store = device.store.clone();
         tokio::task::spawn_blocking(move || work(&mut store))
             .await
             .map_err(|e| Error::Failed(format!("store task failed: {e}")))
     }
 
-    /// The passkey `credential_id` names, if the policy shows it.
-    async fn passkey(&self, credential_id: &str) -> Result<ResidentCredential, Error> {
+    /// The passkey `credential_id` names on `device`, if the policy shows
+    /// it to the device's owner.
+    async fn passkey(device: &UserDevice, credential_id: &str) -> Result<ResidentCredential, Error> {
         let Some(id) = unhex(credential_id) else {
             return Err(Error::DoesNotExist(format!("{credential_id:?} is not a credential id (hex)")));
         };
-        self.with_store(move |store| store.find(&id))
+        Self::with_store(device, move |store| store.find(&id))
             .await?
             .map_err(|e| Error::Failed(e.to_string()))?
             // Hidden as credential management hides it: not there at all.
-            .filter(|c| self.service.policy.shows_passkeys_of(&c.rp_id))
+            .filter(|c| device.policy.shows_passkeys_of(&c.rp_id))
             .ok_or_else(|| Error::DoesNotExist(format!("no passkey {credential_id}")))
     }
 
-    /// The device's user verifies, in their session's agent, that they
+    /// The device's owner verifies, in their session's agent (the device's
+    /// own prompt asks only the owner's agent), that they
     /// want `passkey` deleted: the authenticator's built-in UV, as for a
     /// getPinUvAuthTokenUsingUvWithPermissions (password by PAM, finger by
     /// fprintd, or the PIN, counted against the same retries). It waits
     /// for a running CTAP request to end (the authenticator's lock).
-    async fn verify_user_to_delete(&self, passkey: &ResidentCredential) -> Result<(), Error> {
-        let authenticator = Arc::clone(&self.service.authenticator);
+    async fn verify_user_to_delete(device: &UserDevice, passkey: &ResidentCredential) -> Result<(), Error> {
+        let authenticator = Arc::clone(&device.authenticator);
         let rp_id = passkey.rp_id.clone();
         let user_name = passkey.user_name.clone();
         let verified = tokio::task::spawn_blocking(move || {
@@ -162,14 +177,13 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] connection: &Connection,
     ) -> Result<Details, Error> {
-        self.owner_or_root("Status", &header, connection).await?;
-        let (count, remaining, state) = self
-            .with_store(|store| {
-                // Counted by the store (no listing of 10,000 passkeys for a number).
-                (store.credential_count(), store.remaining_capacity(), store.load_state())
-            })
-            .await?;
-        let uv_configured = match &self.service.prompt {
+        let (_, device) = self.owner_or_root("Status", &header, connection).await?;
+        let (count, remaining, state) = Self::with_store(&device, |store| {
+            // Counted by the store (no listing of 10,000 passkeys for a number).
+            (store.credential_count(), store.remaining_capacity(), store.load_state())
+        })
+        .await?;
+        let uv_configured = match &device.prompt {
             Some(prompt) => prompt.verification_ready(connection).await,
             None => false,
         };
@@ -177,7 +191,7 @@ impl Manager {
         status.insert("version".into(), detail(env!("CARGO_PKG_VERSION")));
         status.insert("keystore".into(), detail(self.service.keystore));
         status.insert("prompt".into(), detail(self.service.prompt_mode.name()));
-        status.insert("agent_registered".into(), detail(self.service.registry.current().is_some()));
+        status.insert("agent_registered".into(), detail(device.registry.current().is_some()));
         status.insert("pin_set".into(), detail(state.pin.is_some()));
         status.insert("pin_retries".into(), detail(u32::from(state.pin_retries)));
         status.insert("always_uv".into(), detail(state.always_uv));
@@ -185,6 +199,8 @@ impl Manager {
         status.insert("passkeys".into(), detail(u32::try_from(count).unwrap_or(u32::MAX)));
         status.insert("remaining_passkeys".into(), detail(u32::try_from(remaining).unwrap_or(u32::MAX)));
         status.insert("policy_files".into(), detail(policy_file_count(&self.service.policy_dirs)));
+        status.insert("device_mode".into(), detail(self.service.device_mode.name()));
+        status.insert("user".into(), detail(device.user.as_deref().unwrap_or("")));
         Ok(status)
     }
 
@@ -193,15 +209,15 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] connection: &Connection,
     ) -> Result<Vec<(String, String, String, String)>, Error> {
-        let caller = self.owner_or_root("ListPasskeys", &header, connection).await?;
-        let mut credentials =
-            self.with_store(|store| store.all_credentials()).await?.map_err(|e| Error::Failed(e.to_string()))?;
+        let (caller, device) = self.owner_or_root("ListPasskeys", &header, connection).await?;
+        let mut credentials = Self::with_store(&device, |store| store.all_credentials())
+            .await?
+            .map_err(|e| Error::Failed(e.to_string()))?;
         let all = credentials.len();
         // Credential management's filter, one policy decision per rp.
         let mut shown: HashMap<String, bool> = HashMap::new();
-        credentials.retain(|c| {
-            *shown.entry(c.rp_id.clone()).or_insert_with(|| self.service.policy.shows_passkeys_of(&c.rp_id))
-        });
+        credentials
+            .retain(|c| *shown.entry(c.rp_id.clone()).or_insert_with(|| device.policy.shows_passkeys_of(&c.rp_id)));
         credentials.sort_by_key(|c| std::cmp::Reverse(c.created));
         let hidden_by_policy = all - credentials.len();
         tracing::info!(uid = caller.uid, passkeys = credentials.len(), hidden_by_policy, "ListPasskeys");
@@ -224,8 +240,8 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] connection: &Connection,
     ) -> Result<Details, Error> {
-        self.owner_or_root("ShowPasskey", &header, connection).await?;
-        let c = self.passkey(credential_id).await?;
+        let (_, device) = self.owner_or_root("ShowPasskey", &header, connection).await?;
+        let c = Self::passkey(&device, credential_id).await?;
         let mut passkey: HashMap<String, _> = Details::new();
         passkey.insert("rp_id".into(), detail(c.rp_id.as_str()));
         passkey.insert("rp_name".into(), detail(c.rp_name.as_deref().unwrap_or("")));
@@ -244,16 +260,16 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] connection: &Connection,
     ) -> Result<(), Error> {
-        let caller = self.owner_or_root("DeletePasskey", &header, connection).await?;
-        let passkey = self.passkey(credential_id).await?;
+        let (caller, device) = self.owner_or_root("DeletePasskey", &header, connection).await?;
+        let passkey = Self::passkey(&device, credential_id).await?;
         // Whoever calls (any program of the user, a login over SSH, root):
-        // the user at the device confirms who they are first.
-        if let Err(e) = self.verify_user_to_delete(&passkey).await {
+        // the device's owner confirms who they are first, in their agent.
+        if let Err(e) = Self::verify_user_to_delete(&device, &passkey).await {
             // The audit trail, not a log line: it never holds a credential ID.
             crate::audit_log::write(
                 &AuditEvent::new(AuditKind::CredentialDeleted, AuditDecision::Deny)
                     .rp(Some(&passkey.rp_id))
-                    .user(self.service.device_user.name().map(str::to_owned))
+                    .user(device.user.clone())
                     .credential(&passkey.credential_id)
                     .operation("manager1-delete")
                     .reason(format!("asked over D-Bus by uid {}; the user was not verified: {e}", caller.uid)),
@@ -261,15 +277,16 @@ impl Manager {
             return Err(e);
         }
         let id = passkey.credential_id.clone();
-        let deleted =
-            self.with_store(move |store| store.delete(&id)).await?.map_err(|e| Error::Failed(e.to_string()))?;
+        let deleted = Self::with_store(&device, move |store| store.delete(&id))
+            .await?
+            .map_err(|e| Error::Failed(e.to_string()))?;
         if !deleted {
             return Err(Error::DoesNotExist(format!("no passkey {credential_id}")));
         }
         crate::audit_log::write(
             &AuditEvent::new(AuditKind::CredentialDeleted, AuditDecision::Allow)
                 .rp(Some(&passkey.rp_id))
-                .user(self.service.device_user.name().map(str::to_owned))
+                .user(device.user.clone())
                 .credential(&passkey.credential_id)
                 .operation("manager1-delete")
                 .reason(format!("deleted over D-Bus by uid {}", caller.uid)),
@@ -300,7 +317,11 @@ impl Manager {
                 }
             }
         }
-        let authenticator = Arc::clone(&self.service.authenticator);
+        let device = self.service.devices.for_reset(credentials.uid).map_err(|reason| {
+            tracing::warn!(sender = %sender, uid = credentials.uid, reason, decision = "refused", "Reset: no device of the caller's");
+            Error::NotPermitted(reason)
+        })?;
+        let authenticator = Arc::clone(&device.authenticator);
         tokio::task::spawn_blocking(move || {
             let mut authenticator = authenticator.lock().unwrap_or_else(|e| e.into_inner());
             let result = authenticator.reset_by_platform();
@@ -313,26 +334,60 @@ impl Manager {
             tracing::error!(%status, "Reset failed");
             Error::Failed(format!("reset failed: {status}"))
         })?;
-        tracing::warn!(sender = %sender, uid = credentials.uid, "Reset: every credential and the PIN were deleted");
+        tracing::warn!(sender = %sender, uid = credentials.uid, user = device.user.as_deref().unwrap_or("-"), "Reset: every credential and the PIN were deleted");
         Ok(())
     }
 
-    /// Unplugs the device and plugs it in again: a power cycle (replug.rs).
+    /// Every device the caller may see: root sees all, a user their own.
+    async fn list_devices(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<Vec<Details>, Error> {
+        let (_, credentials) = identify("ListDevices", &header, connection).await?;
+        let visible: Vec<Arc<UserDevice>> = if credentials.uid == 0 {
+            self.service.devices.all()
+        } else {
+            self.service.devices.owned_by(credentials.uid).into_iter().collect()
+        };
+        let mut devices = Vec::with_capacity(visible.len());
+        for device in visible {
+            let node = tokio::task::spawn_blocking({
+                let device = Arc::clone(&device);
+                move || device.node()
+            })
+            .await
+            .map_err(|e| Error::Failed(format!("device lookup failed: {e}")))?;
+            let mut entry = Details::new();
+            entry.insert("uid".into(), detail(device.uid.unwrap_or(u32::MAX)));
+            entry.insert("user".into(), detail(device.user.as_deref().unwrap_or("")));
+            entry.insert("node".into(), detail(node.map(|n| n.display().to_string()).unwrap_or_default()));
+            entry.insert("uniq".into(), detail(device.uniq()));
+            entry.insert("sessions".into(), detail(device.sessions()));
+            entry.insert("agent_registered".into(), detail(device.registry.current().is_some()));
+            devices.push(entry);
+        }
+        tracing::info!(uid = credentials.uid, devices = devices.len(), "ListDevices");
+        Ok(devices)
+    }
+
+    /// Unplugs the caller's device and plugs it in again: a power cycle (replug.rs).
     /// It ends the block after three wrong PINs in a row (CTAP 2.1 §6.5.5.5),
     /// which only a power cycle ends, so that the device's user does not
     /// need root (SIGUSR1) or a restart after someone typed wrong PINs into
-    /// their key. Once per [`crate::replug::MIN_REPLUG_INTERVAL`].
+    /// their key. Once per [`crate::replug::MIN_REPLUG_INTERVAL`] per device.
     async fn replug(
         &self,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] connection: &Connection,
     ) -> Result<(), Error> {
-        let caller = self.owner_or_root("Replug", &header, connection).await?;
-        match self.service.replugger.replug().await {
+        let (caller, device) = self.owner_or_root("Replug", &header, connection).await?;
+        match device.replugger.replug().await {
             Ok(()) => {
                 tracing::warn!(
                     uid = caller.uid,
                     pid = caller.pid,
+                    user = device.user.as_deref().unwrap_or("-"),
                     "Replug: the device was unplugged and plugged in again (a power cycle)"
                 );
                 Ok(())

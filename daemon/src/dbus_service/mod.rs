@@ -6,8 +6,9 @@
 //! as tasks there (zbus spawns one per call) and never block: anything that
 //! takes a lock the authenticator may hold for a whole prompt (Reset, the
 //! verification of DeletePasskey), or reads and writes the store, goes to
-//! the blocking pool; the device user's uid is resolved beforehand
-//! (device_user.rs).
+//! the blocking pool; the device owner's uid is known beforehand (single
+//! mode: resolved at start and on SIGHUP, device_user.rs; per-user mode:
+//! logind's).
 
 mod agent_manager;
 pub mod caller;
@@ -16,71 +17,36 @@ mod manager;
 mod tests;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use fidoseal_ctap::platform::PolicyDecision;
-use fidoseal_ctap::Authenticator;
 use fidoseal_dbus::{BUS_NAME, OBJECT_PATH};
 use zbus::connection::Builder;
 use zbus::Connection;
 
-use crate::config::{Config, PromptMode};
-use crate::device_user::DeviceUser;
-use crate::prompt_agent::{AgentPrompt, AgentRegistry, Bus};
-use crate::replug::Replugger;
-use crate::shared_credentials::SharedCredentialStore;
+use crate::config::{Config, DeviceMode, PromptMode};
+use crate::devices::Devices;
+use crate::prompt_agent::Bus;
 
 /// What the two interfaces reach.
 pub struct Service {
-    pub registry: Arc<AgentRegistry>,
-    pub store: SharedCredentialStore,
-    /// For Reset: the authenticator's own reset path.
-    pub authenticator: Arc<Mutex<Authenticator>>,
-    /// The agent prompt, for Status's "uv_configured" (None: always-approve).
-    pub prompt: Option<AgentPrompt>,
-    /// `[device] user`: who may register an agent and manage passkeys,
-    /// resolved to a uid outside the handlers (device_user.rs).
-    pub device_user: Arc<DeviceUser>,
-    /// For Replug: asks the device loop to unplug and re-plug the device.
-    pub replugger: Replugger,
-    /// The policy, for what credential management may show
-    /// (`PolicyDecision::shows_passkeys_of`).
-    pub policy: Box<dyn PolicyDecision + Sync>,
+    /// Every device and whose it is: callers are resolved against it
+    /// (agents register with their own device's registry, Manager1 acts on
+    /// the caller's own device).
+    pub devices: Arc<Devices>,
     pub prompt_mode: PromptMode,
+    pub device_mode: DeviceMode,
     /// "tpm" or "software".
     pub keystore: &'static str,
     pub policy_dirs: Vec<PathBuf>,
 }
 
-/// What Manager1 needs of the device it manages besides the
-/// authenticator and the store: whose it is, how to re-plug it, and the
-/// policy that decides which passkeys are shown.
-pub struct DeviceHandles {
-    pub device_user: Arc<DeviceUser>,
-    pub replugger: Replugger,
-    pub policy: Box<dyn PolicyDecision + Sync>,
-}
-
 impl Service {
     /// The service of a daemon started with `config`.
-    pub fn from_config(
-        config: &Config,
-        registry: Arc<AgentRegistry>,
-        store: SharedCredentialStore,
-        authenticator: Arc<Mutex<Authenticator>>,
-        prompt: Option<AgentPrompt>,
-        device: DeviceHandles,
-    ) -> Self {
-        let DeviceHandles { device_user, replugger, policy } = device;
+    pub fn from_config(config: &Config, devices: Arc<Devices>) -> Self {
         Self {
-            registry,
-            store,
-            authenticator,
-            prompt,
-            device_user,
-            replugger,
-            policy,
+            devices,
             prompt_mode: config.prompt.mode,
+            device_mode: config.device.mode,
             keystore: match config.keystore.backend {
                 crate::config::KeyStoreBackend::Software => "software",
                 crate::config::KeyStoreBackend::Tpm => "tpm",
@@ -92,8 +58,9 @@ impl Service {
 
 /// The running service; dropping it leaves the bus.
 pub struct DbusService {
-    /// Held so that the name and the objects stay on the bus.
-    _connection: Connection,
+    /// Held so that the name and the objects stay on the bus; per-user
+    /// mode follows logind on it.
+    connection: Connection,
     /// NameLost for our name; it fails and ends when the connection closes.
     name_lost: zbus::MessageStream,
 }
@@ -103,7 +70,7 @@ impl DbusService {
     /// standard socket) — or to `address` (tests) —, owns the name and
     /// serves both interfaces. Call from inside the tokio runtime.
     pub async fn start(service: Service, address: Option<&str>) -> Result<Self, String> {
-        let registry = Arc::clone(&service.registry);
+        let devices = Arc::clone(&service.devices);
         let service = Arc::new(service);
         let builder = match address {
             Some(address) => Builder::address(address),
@@ -129,9 +96,13 @@ impl DbusService {
         let name_lost = zbus::MessageStream::for_match_rule(rule, &connection, None)
             .await
             .map_err(|e| format!("cannot follow NameLost on the system bus: {e}"))?;
-        registry.attach(Bus { connection: connection.clone(), runtime: tokio::runtime::Handle::current() });
+        devices.attach(Bus { connection: connection.clone(), runtime: tokio::runtime::Handle::current() });
         tracing::info!(name = BUS_NAME, path = OBJECT_PATH, unique_name = ?connection.unique_name().map(|n| n.as_str()), "D-Bus service started");
-        Ok(Self { _connection: connection, name_lost })
+        Ok(Self { connection, name_lost })
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.connection
     }
 
     /// Completes when the daemon is off the bus: the connection closed or

@@ -35,6 +35,7 @@ use zeroize::Zeroizing;
 pub use self::registry::{AgentRegistry, Bus, RegisteredAgent};
 use crate::config::{Config, PromptMode, UvMethod};
 use crate::dbus_service::caller;
+use crate::device_user::DeviceOwner;
 use crate::shared_credentials::SharedCredentialStore;
 use crate::verification::fprintd::{self, ScanResult};
 use crate::verification::pam::{PamResult, PamVerifier};
@@ -55,6 +56,9 @@ pub struct PromptSettings {
     pub uv_methods: Vec<UvMethod>,
     /// `[device] user`: whose password, whose finger.
     pub device_user: String,
+    /// Who they are by uid (never looked up on the async runtime,
+    /// device_user.rs): the only uid whose agent is asked. None: nobody's.
+    pub owner: Option<DeviceOwner>,
     pub pam: PamVerifier,
 }
 
@@ -132,17 +136,27 @@ impl AgentPrompt {
         Self { registry, settings: Arc::new(settings), store, fingerprint_probe: Arc::new(Mutex::new(None)) }
     }
 
-    /// The agent prompt of `[prompt] mode = "agent"`; None in always-approve mode.
-    pub fn for_config(config: &Config, registry: &Arc<AgentRegistry>, store: &SharedCredentialStore) -> Option<Self> {
+    /// The agent prompt of `[prompt] mode = "agent"` for the device of
+    /// `user` (whose agent is asked, whose password and finger verify);
+    /// None in always-approve mode. `registry` must be that user's alone
+    /// (devices.rs): RegisterAgent admits only its uid there.
+    pub fn for_user(
+        config: &Config,
+        user: &str,
+        owner: DeviceOwner,
+        registry: &Arc<AgentRegistry>,
+        store: &SharedCredentialStore,
+    ) -> Option<Self> {
         if config.prompt.mode != PromptMode::Agent {
             return None;
         }
         let settings = PromptSettings {
             timeout: config.prompt.timeout(),
             uv_methods: config.prompt.uv_methods.clone(),
-            // Config::parse refuses agent mode without a user; an empty
-            // name matches nobody, so nothing could be approved.
-            device_user: config.device.user.clone().unwrap_or_default(),
+            // An empty name (single mode refuses agent mode without a user)
+            // matches nobody, so nothing could be approved.
+            device_user: user.to_owned(),
+            owner: Some(owner),
             pam: PamVerifier::new(&config.prompt.pam_service),
         };
         let methods: Vec<&str> = settings.uv_methods.iter().map(|m| m.name()).collect();
@@ -167,6 +181,13 @@ impl AgentPrompt {
             tracing::info!("no agent registered: nobody can be asked");
             return None;
         };
+        // The registry is the device owner's alone (RegisterAgent checks the
+        // uid); checked again here, since a prompt must never reach another
+        // user's agent.
+        if !self.settings.owner.as_ref().is_some_and(|owner| owner.is(agent.uid)) {
+            tracing::warn!(agent = %agent.owner, uid = agent.uid, user = self.settings.device_user, "the agent is not the device owner's: not asking");
+            return None;
+        }
         match caller::check_session(connection, agent.pid, agent.uid).await {
             Ok(_) => Some(agent),
             Err(reason) => {
@@ -244,7 +265,9 @@ impl AgentPrompt {
         request: &PresenceRequest<'_>,
         signals: &TransactionSignals,
     ) -> PromptOutcome {
-        let Some(asking) = self.open(connection, request).await else { return PromptOutcome::Unavailable };
+        let Some(asking) = self.open(connection, request).await else {
+            return PromptOutcome::Unavailable;
+        };
         log_asking(&asking, "RequestPresence", request);
         let details = request_details(request, asking.timeout);
         match self.ask(&asking, "RequestPresence", signals, asking.proxy.request_presence(asking.id, details)).await {
@@ -260,7 +283,9 @@ impl AgentPrompt {
         accounts: &[String],
         signals: &TransactionSignals,
     ) -> Result<usize, PromptOutcome> {
-        let Some(asking) = self.open(connection, request).await else { return Err(PromptOutcome::Unavailable) };
+        let Some(asking) = self.open(connection, request).await else {
+            return Err(PromptOutcome::Unavailable);
+        };
         log_asking(&asking, "SelectCredential", request);
         let details = request_details(request, asking.timeout);
         let labels: Vec<&str> = accounts.iter().map(String::as_str).collect();
@@ -469,7 +494,9 @@ impl UserPrompt for AgentPrompt {
     }
 
     fn verification_available(&self) -> bool {
-        let Some(bus) = self.registry.bus().cloned() else { return false };
+        let Some(bus) = self.registry.bus().cloned() else {
+            return false;
+        };
         bus.runtime.block_on(self.verification_ready(&bus.connection))
     }
 
@@ -620,7 +647,7 @@ mod configured_tests {
     use super::*;
 
     fn settings(uv_methods: Vec<UvMethod>, pam: PamVerifier) -> PromptSettings {
-        PromptSettings { timeout: Duration::from_secs(1), uv_methods, device_user: "alice".into(), pam }
+        PromptSettings { timeout: Duration::from_secs(1), uv_methods, device_user: "alice".into(), owner: None, pam }
     }
 
     #[test]

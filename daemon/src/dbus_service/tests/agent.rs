@@ -296,3 +296,17 @@ async fn losing_the_bus_is_noticed() {
     let reason = tokio::time::timeout(Duration::from_secs(5), h.service.lost()).await.expect("noticed at once");
     assert!(reason.contains("system bus connection"), "{reason}");
 }
+
+/// A prompt goes only to an agent of the device's owner: an agent that
+/// reached this device's registry with another uid (which RegisterAgent
+/// never lets happen) is not asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn an_agent_of_another_uid_is_never_asked() {
+    let h = Harness::start("other-uid", Options::default()).await;
+    let mut agent = Agent::start(&h.bus, Answer::Allow).await;
+    let owner = zbus::names::OwnedUniqueName::try_from(agent.unique_name()).unwrap();
+    let path = zbus::zvariant::OwnedObjectPath::try_from(DEFAULT_AGENT_PATH).unwrap();
+    h.registry.register(owner, path, OTHER_UID, std::process::id()).unwrap();
+    assert_eq!(presence(&h.prompt, Ask::default(), signals()).await, PromptOutcome::Unavailable);
+    assert!(agent.drain(Duration::from_millis(200)).await.is_empty(), "the other user's agent heard nothing");
+}

@@ -199,6 +199,55 @@ async fn root_resets_without_polkit() {
     assert!(!client_pin_option(&h).await);
 }
 
+/// Per-user mode: each caller sees and manages their own device only;
+/// root sees every device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn per_user_callers_reach_their_own_device_only() {
+    let h = Harness::start("per-user", Options { second_user: Some("nobody"), ..Options::default() }).await;
+    let nobodys = h.second.as_ref().expect("nobody's device");
+    h.store.clone().save(passkey(1, "root.example", "root-user", 1)).unwrap();
+    nobodys.store.clone().save(passkey(2, "nobody.example", "nobody-user", 1)).unwrap();
+    let call = |method: &'static str, args: Vec<String>| {
+        let address = h.bus.address.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let method = format!("org.fidoseal.Manager1.{method}");
+            dbus_send(&address, Some(OTHER_UID), BUS_NAME, OBJECT_PATH, &method, &args).await
+        }
+    };
+
+    // nobody: their passkeys, their status, their device.
+    let (ok, output) = call("ListPasskeys", Vec::new()).await;
+    assert!(ok && output.contains("nobody.example") && !output.contains("root.example"), "{output}");
+    let (ok, output) = call("Status", Vec::new()).await;
+    assert!(ok && output.contains("\"nobody\""), "{output}");
+    let (ok, output) = call("ListDevices", Vec::new()).await;
+    assert!(ok && output.contains("\"nobody\"") && !output.contains("\"root\""), "{output}");
+    assert!(output.contains("fidoseal-uid-65534"), "{output}");
+    // Root's passkey is not theirs to see or delete.
+    let root_id = hex(&[1; 16]);
+    let (ok, output) = call("ShowPasskey", vec![format!("string:{root_id}")]).await;
+    assert!(!ok && output.contains("DoesNotExist"), "{output}");
+    let (ok, output) = call("DeletePasskey", vec![format!("string:{root_id}")]).await;
+    assert!(!ok && output.contains("DoesNotExist"), "{output}");
+    assert_eq!(h.store.all_credentials().unwrap().len(), 1, "root's passkey stays");
+
+    // root: every device; its own passkeys.
+    let me = h.bus.connect().await;
+    let manager = Manager1Proxy::new(&me).await.unwrap();
+    let devices = manager.list_devices().await.unwrap();
+    let users: Vec<String> = devices.iter().filter_map(|d| get::<String>(d, "user")).collect();
+    assert_eq!(users, ["root", "nobody"]);
+    let listed = manager.list_passkeys().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].1, "root.example");
+    assert_eq!(get::<String>(&manager.status().await.unwrap(), "device_mode").as_deref(), Some("per-user"));
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn error_of(err: zbus::Error) -> fidoseal_dbus::Error {
     fidoseal_dbus::Error::from(err)
 }
@@ -214,7 +263,9 @@ async fn deleting_a_passkey_needs_the_users_verification() {
 
     // Nobody to verify the user (no agent): refused, nothing deleted.
     match error_of(manager.delete_passkey(&id).await.unwrap_err()) {
-        fidoseal_dbus::Error::NotPermitted(message) => assert!(message.contains("verification"), "{message}"),
+        fidoseal_dbus::Error::NotPermitted(message) => {
+            assert!(message.contains("verification"), "{message}")
+        }
         other => panic!("expected NotPermitted, got {other:?}"),
     }
     assert_eq!(store.all_credentials().unwrap().len(), 1);

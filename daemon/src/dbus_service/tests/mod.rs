@@ -11,8 +11,8 @@
 mod agent;
 mod contract;
 mod ctl;
-mod fakes;
 mod device_user;
+mod fakes;
 mod manager;
 mod replug;
 mod verification;
@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use fidoseal_ctap::memory_store::MemoryCredentialStore;
 use fidoseal_ctap::platform::{
-    AuthenticatorState, CredentialStore, PinRecord, PolicyDecision, PolicyRequest, PolicyVerdict, PresencePurpose,
-    PresenceRequest, PromptOutcome, Secret32, TransactionSignals, UserPrompt, VerificationOutcome,
+    AllowAll, AuthenticatorState, CredentialStore, PinRecord, PolicyDecision, PolicyRequest, PolicyVerdict,
+    PresencePurpose, PresenceRequest, PromptOutcome, Secret32, TransactionSignals, UserPrompt, VerificationOutcome,
 };
 use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use fidoseal_ctap::{Authenticator, AuthenticatorConfig, Platform};
@@ -37,8 +37,9 @@ use zbus::connection::Builder;
 use zbus::Connection;
 
 use super::{DbusService, Service};
-use crate::device_user::{DeviceUser, UserLookup};
-use crate::config::{PromptMode, UvMethod};
+use crate::config::{DeviceMode, PromptMode, UvMethod};
+use crate::device_user::{DeviceOwner, DeviceUser, UserLookup};
+use crate::devices::{DeviceHandles, Devices, UserDevice};
 use crate::prompt_agent::{AgentPrompt, AgentRegistry, PromptSettings};
 use crate::shared_credentials::SharedCredentialStore;
 use crate::verification::pam::PamVerifier;
@@ -187,6 +188,8 @@ pub struct Options {
     pub pam_service: Option<(&'static str, String)>,
     /// A PIN is set before the authenticator starts.
     pub pin_set: bool,
+    /// Per-user mode: besides `device_user`'s device, one of this user's.
+    pub second_user: Option<&'static str>,
     /// Relying parties the policy denies (and so hides from credential
     /// management); every other one is allowed.
     pub hidden_rps: Vec<&'static str>,
@@ -217,6 +220,7 @@ impl Default for Options {
             uv_methods: vec![UvMethod::Fingerprint, UvMethod::Password, UvMethod::Pin],
             pam_service: None,
             pin_set: false,
+            second_user: None,
             hidden_rps: Vec::new(),
             user_lookup: None,
             replug_interval: Duration::from_secs(10),
@@ -232,8 +236,12 @@ pub struct Harness {
     pub authenticator: Arc<Mutex<Authenticator>>,
     pub prompt: AgentPrompt,
     pub device_user: Arc<DeviceUser>,
-    /// Re-plugs done by the stand-in device loop.
+    /// Re-plugs done by the stand-in device loop of the device user's device.
     replugs: Arc<AtomicUsize>,
+    /// Per-user mode (`Options::second_user`): the other user's device.
+    pub second: Option<Arc<UserDevice>>,
+    /// Re-plugs done by the stand-in device loop of the second device.
+    pub second_replugs: Arc<AtomicUsize>,
     /// Held: the service stays on the bus for the test.
     pub service: DbusService,
     pub bus: TestBus,
@@ -268,6 +276,11 @@ impl Harness {
             timeout: options.timeout,
             uv_methods: options.uv_methods,
             device_user: options.device_user.into(),
+            owner: if options.second_user.is_some() {
+                crate::device_user::system_uid_of(options.device_user).map(DeviceOwner::Uid)
+            } else {
+                Some(DeviceOwner::Configured(Arc::clone(&device_user)))
+            },
             pam,
         };
         let prompt = AgentPrompt::new(Arc::clone(&registry), settings, store.clone());
@@ -282,35 +295,74 @@ impl Harness {
             platform,
             std::time::Instant::now(),
         )));
-        // The device loop of main.rs, without a uhid device: each request
-        // power-cycles the authenticator as a re-plug does, then answers.
-        let (replugger, mut requests) = crate::replug::channel(options.replug_interval);
-        let replugs = Arc::new(AtomicUsize::new(0));
-        let (device, done) = (Arc::clone(&authenticator), Arc::clone(&replugs));
-        tokio::spawn(async move {
-            loop {
-                let request = requests.next().await;
-                let device = Arc::clone(&device);
-                let result = tokio::task::spawn_blocking(move || crate::replug::power_cycle(&device)).await.unwrap();
-                done.fetch_add(1, Ordering::SeqCst);
-                request.finish(result);
-            }
-        });
-        let service = Service {
-            registry: Arc::clone(&registry),
-            store: store.clone(),
-            authenticator: Arc::clone(&authenticator),
-            prompt: Some(prompt.clone()),
-            device_user: Arc::clone(&device_user),
-            replugger,
+        // Single mode: the owner is `[device] user`, resolved as fidoseald
+        // does; per-user mode: the uid logind gave (here the system's).
+        let per_user = options.second_user.is_some();
+        let first_uid = crate::device_user::system_uid_of(options.device_user);
+        let handles = DeviceHandles {
+            device_user: (!per_user).then(|| Arc::clone(&device_user)),
+            replug: crate::replug::channel(options.replug_interval),
             policy: Box::new(HidingPolicy(options.hidden_rps.clone())),
+        };
+        let device = Arc::new(UserDevice::new(
+            first_uid,
+            Some(options.device_user.into()),
+            Arc::clone(&registry),
+            store.clone(),
+            Arc::clone(&authenticator),
+            Some(prompt.clone()),
+            handles,
+        ));
+        let replugs = stand_in_device_loop(&device);
+        let (devices, second, device_mode) = match options.second_user {
+            None => (Devices::single(device), None, DeviceMode::Single),
+            Some(user) => {
+                let devices = Devices::per_user();
+                devices.insert(device);
+                let uid = crate::device_user::system_uid_of(user).expect("the second user exists");
+                let registry = devices.registry_for(uid).expect("per-user registries");
+                let store = SharedCredentialStore::new(MemoryCredentialStore::new(8));
+                let platform = Platform {
+                    keystore: Box::new(SoftwareKeyStore::new(Secret32([8; 32]))),
+                    credentials: Box::new(store.clone()),
+                    prompt: Box::new(crate::prompt::AlwaysApprove),
+                    policy: Box::new(AllowAll),
+                };
+                let authenticator =
+                    Authenticator::new(AuthenticatorConfig::default(), platform, std::time::Instant::now());
+                let handles = DeviceHandles {
+                    device_user: None,
+                    replug: crate::replug::channel(options.replug_interval),
+                    policy: Box::new(HidingPolicy(options.hidden_rps.clone())),
+                };
+                let second = Arc::new(UserDevice::new(
+                    Some(uid),
+                    Some(user.into()),
+                    registry,
+                    store,
+                    Arc::new(Mutex::new(authenticator)),
+                    None,
+                    handles,
+                ));
+                let counted = stand_in_device_loop(&second);
+                devices.insert(Arc::clone(&second));
+                (devices, Some((second, counted)), DeviceMode::PerUser)
+            }
+        };
+        let (second, second_replugs) = match second {
+            Some((device, replugs)) => (Some(device), replugs),
+            None => (None, Arc::new(AtomicUsize::new(0))),
+        };
+        let service = Service {
+            devices: Arc::new(devices),
             prompt_mode: PromptMode::Agent,
+            device_mode,
             keystore: "software",
             policy_dirs: Vec::new(),
         };
         let service =
             DbusService::start(service, Some(&bus.address)).await.expect("the service starts on the test bus");
-        Self { registry, store, authenticator, prompt, device_user, replugs, service, bus }
+        Self { registry, store, authenticator, prompt, device_user, replugs, second, second_replugs, service, bus }
     }
 
     /// How often the device loop re-plugged the device for Manager1.Replug.
@@ -326,6 +378,25 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// The device loop of devices.rs, without a uhid device: each Replug
+/// request power-cycles the device's authenticator as a re-plug does, then
+/// answers. Counts the re-plugs.
+fn stand_in_device_loop(device: &UserDevice) -> Arc<AtomicUsize> {
+    let mut requests = device.take_replug_requests().expect("the device's re-plug requests");
+    let replugs = Arc::new(AtomicUsize::new(0));
+    let (authenticator, done) = (Arc::clone(&device.authenticator), Arc::clone(&replugs));
+    tokio::spawn(async move {
+        loop {
+            let request = requests.next().await;
+            let authenticator = Arc::clone(&authenticator);
+            let result = tokio::task::spawn_blocking(move || crate::replug::power_cycle(&authenticator)).await.unwrap();
+            done.fetch_add(1, Ordering::SeqCst);
+            request.finish(result);
+        }
+    });
+    replugs
 }
 
 /// A harness whose PAM service accepts only the password "correct horse"

@@ -117,11 +117,42 @@ async fn replug_is_rate_limited() {
     manager.replug().await.expect("the first re-plug");
     let err = manager.replug().await.expect_err("a second re-plug at once");
     match fidoseal_dbus::Error::from(err) {
-        fidoseal_dbus::Error::RateLimited(message) => assert!(message.contains("try again in"), "{message}"),
+        fidoseal_dbus::Error::RateLimited(message) => {
+            assert!(message.contains("try again in"), "{message}")
+        }
         other => panic!("expected RateLimited, got {other:?}"),
     }
     // Refused calls do not count: it works again once the interval is over.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     manager.replug().await.expect("a re-plug after the interval");
     assert_eq!(h.device_loop_replugs(), 2);
+}
+
+/// Per-user mode: Replug re-plugs the caller's own device only, and the
+/// rate limit is each device's: one user's re-plug neither re-plugs nor
+/// holds up another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn per_user_replug_is_the_callers_own_device_and_limit() {
+    let h = Harness::start(
+        "replug-per-user",
+        Options { second_user: Some("nobody"), replug_interval: Duration::from_secs(60), ..Options::default() },
+    )
+    .await;
+    let replug =
+        || dbus_send(&h.bus.address, Some(OTHER_UID), BUS_NAME, OBJECT_PATH, "org.fidoseal.Manager1.Replug", &[]);
+
+    let (ok, output) = replug().await;
+    assert!(ok, "{output}");
+    assert_eq!(h.second_replugs.load(std::sync::atomic::Ordering::SeqCst), 1, "nobody's device re-plugged");
+    assert_eq!(h.device_loop_replugs(), 0, "root's device untouched");
+    // Again within the interval: refused, for that device.
+    let (ok, output) = replug().await;
+    assert!(!ok && output.contains("RateLimited"), "{output}");
+    assert_eq!(h.second_replugs.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Root's own device has a limit of its own.
+    let me = h.bus.connect().await;
+    Manager1Proxy::new(&me).await.unwrap().replug().await.expect("root re-plugs its own device");
+    assert_eq!(h.device_loop_replugs(), 1);
+    assert_eq!(h.second_replugs.load(std::sync::atomic::Ordering::SeqCst), 1, "nobody's device not again");
 }

@@ -260,6 +260,7 @@ async fn verification_is_available_when_a_method_is_usable() {
             timeout: Duration::from_secs(5),
             uv_methods: vec![UvMethod::Password],
             device_user: "root".into(),
+            owner: crate::device_user::system_uid_of("root").map(crate::device_user::DeviceOwner::Uid),
             pam: PamVerifier::with_confdir("fidoseal-test-pam", h5.bus.dir.path()),
         },
         h5.store.clone(),
