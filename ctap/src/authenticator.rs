@@ -364,7 +364,7 @@ impl Authenticator {
         self.audit(
             AuditEvent::new(AuditKind::Presence, decision)
                 .rp(request.rp_id)
-                .operation(purpose_name(request.purpose))
+                .operation(request.purpose.name())
                 .reason(prompt_outcome_name(outcome)),
         );
         match outcome {
@@ -467,19 +467,6 @@ pub(crate) fn operation_name(operation: Operation, ctap1: bool) -> &'static str 
         (Operation::MakeCredential, true) => "u2f-register",
         (Operation::GetAssertion, true) => "u2f-authenticate",
         (Operation::Reset, _) => "reset",
-    }
-}
-
-/// `FIDOSEAL_OPERATION=` of a prompt: what the user was asked for.
-pub(crate) fn purpose_name(purpose: PresencePurpose) -> &'static str {
-    match purpose {
-        PresencePurpose::Register => "register",
-        PresencePurpose::Authenticate => "sign-in",
-        PresencePurpose::ConfirmExisting => "confirm-existing",
-        PresencePurpose::Select => "select-key",
-        PresencePurpose::Reset => "reset",
-        PresencePurpose::Manage => "manage",
-        PresencePurpose::DeletePasskey => "delete-passkey",
     }
 }
 

@@ -284,6 +284,22 @@ pub enum PresencePurpose {
     DeletePasskey,
 }
 
+impl PresencePurpose {
+    /// The purpose's name: the agent's `action` detail and the audit trail's
+    /// `FIDOSEAL_OPERATION=` of a prompt.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Register => "register",
+            Self::Authenticate => "sign-in",
+            Self::ConfirmExisting => "confirm-existing",
+            Self::Select => "select-key",
+            Self::Reset => "reset",
+            Self::Manage => "manage",
+            Self::DeletePasskey => "delete-passkey",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PresenceRequest<'a> {
     pub purpose: PresencePurpose,

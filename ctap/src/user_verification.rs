@@ -3,7 +3,7 @@
 //! the authenticator's PIN typed into the user's own session.
 
 use crate::audit::{AuditDecision, AuditEvent, AuditKind};
-use crate::authenticator::{prompt_outcome_name, purpose_name, Authenticator, RequestContext};
+use crate::authenticator::{prompt_outcome_name, Authenticator, RequestContext};
 use crate::platform::{PresenceRequest, PromptOutcome, VerificationOutcome, MAX_UV_RETRIES};
 use crate::status::{CtapResult, StatusCode};
 
@@ -42,7 +42,7 @@ impl Authenticator {
         let event = |decision, reason: String| {
             AuditEvent::new(AuditKind::Verification, decision)
                 .rp(request.rp_id)
-                .operation(purpose_name(request.purpose))
+                .operation(request.purpose.name())
                 .reason(reason)
         };
         match outcome {

@@ -262,18 +262,21 @@ impl Manager {
     ) -> Result<(), Error> {
         let (caller, device) = self.owner_or_root("DeletePasskey", &header, connection).await?;
         let passkey = Self::passkey(&device, credential_id).await?;
-        // Whoever calls (any program of the user, a login over SSH, root):
-        // the device's owner confirms who they are first, in their agent.
-        if let Err(e) = Self::verify_user_to_delete(&device, &passkey).await {
-            // The audit trail, not a log line: it never holds a credential ID.
+        let audit = |decision, reason: String| {
             crate::audit_log::write(
-                &AuditEvent::new(AuditKind::CredentialDeleted, AuditDecision::Deny)
+                &AuditEvent::new(AuditKind::CredentialDeleted, decision)
                     .rp(Some(&passkey.rp_id))
                     .user(device.user.clone())
                     .credential(&passkey.credential_id)
                     .operation("manager1-delete")
-                    .reason(format!("asked over D-Bus by uid {}; the user was not verified: {e}", caller.uid)),
+                    .reason(reason),
             );
+        };
+        // Whoever calls (any program of the user, a login over SSH, root):
+        // the device's owner confirms who they are first, in their agent.
+        if let Err(e) = Self::verify_user_to_delete(&device, &passkey).await {
+            // The audit trail, not a log line: it never holds a credential ID.
+            audit(AuditDecision::Deny, format!("asked over D-Bus by uid {}; the user was not verified: {e}", caller.uid));
             return Err(e);
         }
         let id = passkey.credential_id.clone();
@@ -283,14 +286,7 @@ impl Manager {
         if !deleted {
             return Err(Error::DoesNotExist(format!("no passkey {credential_id}")));
         }
-        crate::audit_log::write(
-            &AuditEvent::new(AuditKind::CredentialDeleted, AuditDecision::Allow)
-                .rp(Some(&passkey.rp_id))
-                .user(device.user.clone())
-                .credential(&passkey.credential_id)
-                .operation("manager1-delete")
-                .reason(format!("deleted over D-Bus by uid {}", caller.uid)),
-        );
+        audit(AuditDecision::Allow, format!("deleted over D-Bus by uid {}", caller.uid));
         Ok(())
     }
 

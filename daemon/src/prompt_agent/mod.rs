@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fidoseal_ctap::platform::{
-    CredentialStore, PresencePurpose, PresenceRequest, PromptOutcome, TransactionSignals, UserPrompt,
+    CredentialStore, PresenceRequest, PromptOutcome, TransactionSignals, UserPrompt,
     VerificationOutcome,
 };
 use fidoseal_dbus::{detail, details, Agent1Proxy, Details};
@@ -594,23 +594,11 @@ async fn watch_until(value: &mut watch::Receiver<u64>, done: impl FnMut(&u64) ->
     }
 }
 
-fn action_name(purpose: PresencePurpose) -> &'static str {
-    match purpose {
-        PresencePurpose::Register => "register",
-        PresencePurpose::Authenticate => "sign-in",
-        PresencePurpose::ConfirmExisting => "confirm-existing",
-        PresencePurpose::Select => "select-key",
-        PresencePurpose::Reset => "reset",
-        PresencePurpose::Manage => "manage",
-        PresencePurpose::DeletePasskey => "delete-passkey",
-    }
-}
-
 /// The details dictionary of every Agent1 request (dbus/interfaces/org.fidoseal.Agent1.xml).
 fn request_details(request: &PresenceRequest<'_>, timeout: Duration) -> Details {
     let mut d = Details::new();
     d.insert(details::RP_ID.into(), detail(request.rp_id.unwrap_or("")));
-    d.insert(details::ACTION.into(), detail(action_name(request.purpose)));
+    d.insert(details::ACTION.into(), detail(request.purpose.name()));
     if let Some(user) = request.user_name {
         d.insert(details::USER.into(), detail(user));
     }
@@ -627,7 +615,7 @@ fn log_asking(asking: &Asking<'_>, what: &str, request: &PresenceRequest<'_>) {
         request = asking.id,
         agent = %asking.agent.owner,
         rp_id = request.rp_id,
-        action = action_name(request.purpose),
+        action = request.purpose.name(),
         timeout_ms = asking.timeout.as_millis() as u64,
         "{what}"
     );
