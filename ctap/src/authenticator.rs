@@ -11,10 +11,9 @@ use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 use crate::cbor::{self, MapBuilder};
 use crate::ctaphid::{capability, DeviceVersion, ADVERTISED_MAX_MSG_SIZE};
 use crate::client_pin::ClientPin;
-use crate::credential_management::PendingEnumeration;
-use crate::large_blobs::{PendingLargeBlobWrite, MAX_SERIALIZED_LARGE_BLOB_ARRAY};
+use crate::large_blobs::MAX_SERIALIZED_LARGE_BLOB_ARRAY;
 use crate::config_command::MAX_RP_IDS_FOR_SET_MIN_PIN_LENGTH;
-use crate::get_assertion::PendingAssertions;
+use crate::pending::{Continuation, Pending};
 use crate::pin_protocol::PinUvAuthProtocol;
 use crate::platform::{
     AuthenticatorState, CredentialStore, KeyStore, Operation, PolicyDecision, PolicyRequest, PolicyVerdict,
@@ -98,9 +97,8 @@ pub struct Authenticator {
     pub(crate) platform: Platform,
     /// When the device was (re)created: "power-up" for the reset window.
     power_up: Instant,
-    pub(crate) pending_assertions: Option<PendingAssertions>,
-    pub(crate) pending_enumeration: Option<PendingEnumeration>,
-    pub(crate) pending_large_blob: Option<PendingLargeBlobWrite>,
+    /// The operation that spans requests, if one is under way (pending.rs).
+    pub(crate) pending: Option<Pending>,
     /// Persistent settings, as last stored through the credential store.
     pub(crate) state: AuthenticatorState,
     /// PIN state that a power cycle resets.
@@ -124,9 +122,7 @@ impl Authenticator {
             config,
             platform,
             power_up,
-            pending_assertions: None,
-            pending_enumeration: None,
-            pending_large_blob: None,
+            pending: None,
             state,
             client_pin,
             audit: Vec::new(),
@@ -145,9 +141,7 @@ impl Authenticator {
     pub fn power_cycle(&mut self, now: Instant) -> CtapResult<()> {
         self.client_pin = ClientPin::new()?;
         self.power_up = now;
-        self.pending_assertions = None;
-        self.pending_enumeration = None;
-        self.pending_large_blob = None;
+        self.pending = None;
         Ok(())
     }
 
@@ -180,16 +174,16 @@ impl Authenticator {
         let Some((&cmd, params)) = message.split_first() else {
             return vec![StatusCode::InvalidLength.as_byte()];
         };
-        if cmd != command::GET_NEXT_ASSERTION {
-            // getNextAssertion state lives only until the next other command.
-            self.pending_assertions = None;
-        }
-        if cmd != command::CREDENTIAL_MANAGEMENT && cmd != command::CREDENTIAL_MANAGEMENT_PREVIEW {
-            self.pending_enumeration = None;
-        }
-        if cmd != command::LARGE_BLOBS {
-            // A large-blob write is only continued by the next command.
-            self.pending_large_blob = None;
+        let continuation = match cmd {
+            command::GET_NEXT_ASSERTION => Some(Continuation::GetNextAssertion),
+            command::CREDENTIAL_MANAGEMENT | command::CREDENTIAL_MANAGEMENT_PREVIEW => {
+                Some(Continuation::CredentialManagement)
+            }
+            command::LARGE_BLOBS => Some(Continuation::LargeBlobs),
+            _ => None,
+        };
+        if self.pending.as_ref().is_some_and(|p| !p.continued_by(continuation, ctx.channel, ctx.now)) {
+            self.pending = None;
         }
         let result = match cmd {
             command::MAKE_CREDENTIAL => self.make_credential(params, ctx).map(Some),
@@ -311,9 +305,7 @@ impl Authenticator {
     /// Manager1.Reset, behind polkit). Every credential, the PIN and the
     /// settings are gone, and so are all key-store secrets.
     pub fn reset_by_platform(&mut self) -> CtapResult<()> {
-        self.pending_assertions = None;
-        self.pending_enumeration = None;
-        self.pending_large_blob = None;
+        self.pending = None;
         self.reset_now()
     }
 

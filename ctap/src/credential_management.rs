@@ -3,11 +3,13 @@
 
 use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 use ciborium::value::Value;
+use std::time::Instant;
 
 use crate::auth_data::rp_id_hash;
 use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, expect_bytes, expect_map, expect_text, expect_uint, MapBuilder, ParamMap};
 use crate::client_pin::permission;
+use crate::pending::{Pending, PendingOperation};
 use crate::pin_protocol::PinUvAuthProtocol;
 use crate::platform::{RelyingParty, ResidentCredential};
 use crate::status::{CtapResult, StatusCode};
@@ -22,7 +24,8 @@ mod subcommand {
     pub const UPDATE_USER_INFORMATION: u64 = 0x07;
 }
 
-/// Enumeration state, kept only until the next other command.
+/// What an enumeration has still to return (its channel and timer:
+/// pending.rs).
 pub(crate) enum PendingEnumeration {
     RelyingParties(Vec<RelyingParty>),
     Credentials(Vec<ResidentCredential>),
@@ -69,8 +72,10 @@ impl Authenticator {
         // The two "get next" subcommands continue an enumeration and are not
         // authenticated themselves (§6.8.3, §6.8.5).
         match sub_command {
-            subcommand::ENUMERATE_RPS_GET_NEXT_RP => return self.next_rp(None).map(Some),
-            subcommand::ENUMERATE_CREDENTIALS_GET_NEXT_CREDENTIAL => return self.next_credential(None).map(Some),
+            subcommand::ENUMERATE_RPS_GET_NEXT_RP => return self.next_rp(None, ctx.now).map(Some),
+            subcommand::ENUMERATE_CREDENTIALS_GET_NEXT_CREDENTIAL => {
+                return self.next_credential(None, ctx.now).map(Some)
+            }
             subcommand::GET_CREDS_METADATA
             | subcommand::ENUMERATE_RPS_BEGIN
             | subcommand::ENUMERATE_CREDENTIALS_BEGIN
@@ -112,8 +117,8 @@ impl Authenticator {
                     return Err(StatusCode::NoCredentials);
                 }
                 let total = rps.len();
-                self.pending_enumeration = Some(PendingEnumeration::RelyingParties(rps));
-                self.next_rp(Some(total)).map(Some)
+                self.begin_enumeration(PendingEnumeration::RelyingParties(rps), ctx);
+                self.next_rp(Some(total), ctx.now).map(Some)
             }
             subcommand::ENUMERATE_CREDENTIALS_BEGIN => {
                 let wanted = params.and_then(|p| p.rp_id_hash).ok_or(StatusCode::MissingParameter)?;
@@ -131,8 +136,8 @@ impl Authenticator {
                 }
                 credentials.sort_by_key(|c| std::cmp::Reverse(c.created));
                 let total = credentials.len();
-                self.pending_enumeration = Some(PendingEnumeration::Credentials(credentials));
-                self.next_credential(Some(total)).map(Some)
+                self.begin_enumeration(PendingEnumeration::Credentials(credentials), ctx);
+                self.next_credential(Some(total), ctx.now).map(Some)
             }
             subcommand::DELETE_CREDENTIAL => {
                 let id = params.and_then(|p| p.credential_id).ok_or(StatusCode::MissingParameter)?;
@@ -190,14 +195,34 @@ impl Authenticator {
         Ok(credential)
     }
 
-    fn next_rp(&mut self, total: Option<usize>) -> CtapResult<Value> {
-        let Some(PendingEnumeration::RelyingParties(rps)) = self.pending_enumeration.as_mut() else {
+    fn begin_enumeration(&mut self, enumeration: PendingEnumeration, ctx: &RequestContext<'_>) {
+        self.pending = Some(Pending::new(ctx.channel, ctx.now, PendingOperation::Enumeration(enumeration)));
+    }
+
+    /// The enumeration under way, its window started again; `None` (and
+    /// nothing pending) when there is none or it has run out.
+    fn step_enumeration(&mut self, now: Instant) -> Option<&mut PendingEnumeration> {
+        let exhausted = match self.pending.as_ref().map(|p| &p.operation) {
+            Some(PendingOperation::Enumeration(PendingEnumeration::RelyingParties(rps))) => rps.is_empty(),
+            Some(PendingOperation::Enumeration(PendingEnumeration::Credentials(credentials))) => credentials.is_empty(),
+            _ => return None,
+        };
+        if exhausted {
+            self.pending = None;
+            return None;
+        }
+        let pending = self.pending.as_mut()?;
+        pending.stepped(now);
+        match &mut pending.operation {
+            PendingOperation::Enumeration(enumeration) => Some(enumeration),
+            _ => None,
+        }
+    }
+
+    fn next_rp(&mut self, total: Option<usize>, now: Instant) -> CtapResult<Value> {
+        let Some(PendingEnumeration::RelyingParties(rps)) = self.step_enumeration(now) else {
             return Err(StatusCode::NotAllowed);
         };
-        if rps.is_empty() {
-            self.pending_enumeration = None;
-            return Err(StatusCode::NotAllowed);
-        }
         let rp = rps.remove(0);
         let entity = MapBuilder::new().text("id", rp.rp_id.clone()).text_opt("name", rp.rp_name.clone()).build();
         Ok(MapBuilder::new()
@@ -207,14 +232,10 @@ impl Authenticator {
             .build())
     }
 
-    fn next_credential(&mut self, total: Option<usize>) -> CtapResult<Value> {
-        let Some(PendingEnumeration::Credentials(credentials)) = self.pending_enumeration.as_mut() else {
+    fn next_credential(&mut self, total: Option<usize>, now: Instant) -> CtapResult<Value> {
+        let Some(PendingEnumeration::Credentials(credentials)) = self.step_enumeration(now) else {
             return Err(StatusCode::NotAllowed);
         };
-        if credentials.is_empty() {
-            self.pending_enumeration = None;
-            return Err(StatusCode::NotAllowed);
-        }
         let c = credentials.remove(0);
         let user = MapBuilder::new()
             .text("id", cbor::bytes(c.user_id.clone()))

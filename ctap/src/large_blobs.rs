@@ -9,6 +9,7 @@ use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, expect_bytes, expect_uint, MapBuilder, ParamMap};
 use crate::client_pin::permission;
 use crate::ctaphid::ADVERTISED_MAX_MSG_SIZE;
+use crate::pending::{Pending, PendingOperation};
 use crate::pin_protocol::PinUvAuthProtocol;
 use crate::status::{CtapResult, StatusCode};
 
@@ -19,7 +20,8 @@ const MAX_FRAGMENT_LENGTH: usize = ADVERTISED_MAX_MSG_SIZE - 64;
 /// The array ends with LEFT(SHA-256(rest), 16).
 const INTEGRITY_LEN: usize = 16;
 
-/// A write in progress (§6.10.3 "expectedLength", "expectedNextOffset").
+/// A write in progress (§6.10.3 "expectedLength", "expectedNextOffset"; its
+/// channel and timer: pending.rs).
 pub(crate) struct PendingLargeBlobWrite {
     expected_length: usize,
     buffer: Vec<u8>,
@@ -59,6 +61,13 @@ impl Authenticator {
         }
     }
 
+    fn pending_large_blob_write(&self) -> Option<&PendingLargeBlobWrite> {
+        match self.pending.as_ref().map(|p| &p.operation) {
+            Some(PendingOperation::LargeBlobWrite(write)) => Some(write),
+            _ => None,
+        }
+    }
+
     fn large_blob_set(
         &mut self,
         fragment: Vec<u8>,
@@ -80,11 +89,12 @@ impl Authenticator {
             if length < 17 {
                 return Err(StatusCode::InvalidParameter);
             }
-            self.pending_large_blob = Some(PendingLargeBlobWrite { expected_length: length, buffer: Vec::new() });
+            let write = PendingLargeBlobWrite { expected_length: length, buffer: Vec::new() };
+            self.pending = Some(Pending::new(ctx.channel, ctx.now, PendingOperation::LargeBlobWrite(write)));
         } else if length.is_some() {
             return Err(StatusCode::InvalidParameter);
         }
-        let expected_next = self.pending_large_blob.as_ref().map(|p| p.buffer.len());
+        let expected_next = self.pending_large_blob_write().map(|p| p.buffer.len());
         if expected_next != Some(offset) {
             return Err(StatusCode::InvalidSeq);
         }
@@ -99,17 +109,21 @@ impl Authenticator {
             message.extend_from_slice(&Sha256::digest(&fragment));
             self.verify_pin_uv_auth_token(protocol, &message, &auth_param, permission::LARGE_BLOB_WRITE, None, ctx.now)?;
         }
-        let Some(pending) = self.pending_large_blob.as_mut() else {
+        let Some(pending) = self.pending.as_mut() else {
             return Err(StatusCode::InvalidSeq);
         };
-        if offset + fragment.len() > pending.expected_length {
+        let PendingOperation::LargeBlobWrite(write) = &mut pending.operation else {
+            return Err(StatusCode::InvalidSeq);
+        };
+        if offset + fragment.len() > write.expected_length {
             return Err(StatusCode::InvalidParameter);
         }
-        pending.buffer.extend_from_slice(&fragment);
-        if pending.buffer.len() < pending.expected_length {
+        write.buffer.extend_from_slice(&fragment);
+        if write.buffer.len() < write.expected_length {
+            pending.stepped(ctx.now);
             return Ok(());
         }
-        let Some(complete) = self.pending_large_blob.take() else {
+        let Some(Pending { operation: PendingOperation::LargeBlobWrite(complete), .. }) = self.pending.take() else {
             return Err(StatusCode::Other);
         };
         let (body, check) = complete.buffer.split_at(complete.buffer.len() - INTEGRITY_LEN);

@@ -17,6 +17,7 @@ mod get_assertion;
 mod large_blobs;
 mod make_credential;
 pub mod memory_store;
+mod pending;
 pub mod pin_protocol;
 pub mod platform;
 pub mod request;
