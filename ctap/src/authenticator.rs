@@ -13,7 +13,8 @@ use crate::ctaphid::{capability, DeviceVersion, ADVERTISED_MAX_MSG_SIZE};
 use crate::client_pin::ClientPin;
 use crate::large_blobs::MAX_SERIALIZED_LARGE_BLOB_ARRAY;
 use crate::config_command::MAX_RP_IDS_FOR_SET_MIN_PIN_LENGTH;
-use crate::pending::{Continuation, Pending};
+use crate::command::Command;
+use crate::pending::Pending;
 use crate::pin_protocol::PinUvAuthProtocol;
 use crate::platform::{
     AuthenticatorState, CredentialStore, KeyStore, Operation, PolicyDecision, PolicyRequest, PolicyVerdict,
@@ -174,32 +175,12 @@ impl Authenticator {
         let Some((&cmd, params)) = message.split_first() else {
             return vec![StatusCode::InvalidLength.as_byte()];
         };
-        let continuation = match cmd {
-            command::GET_NEXT_ASSERTION => Some(Continuation::GetNextAssertion),
-            command::CREDENTIAL_MANAGEMENT | command::CREDENTIAL_MANAGEMENT_PREVIEW => {
-                Some(Continuation::CredentialManagement)
-            }
-            command::LARGE_BLOBS => Some(Continuation::LargeBlobs),
-            _ => None,
-        };
+        // Every message but the one continuing it ends a pending operation.
+        let continuation = Command::continuation(cmd);
         if self.pending.as_ref().is_some_and(|p| !p.continued_by(continuation, ctx.channel, ctx.now)) {
             self.pending = None;
         }
-        let result = match cmd {
-            command::MAKE_CREDENTIAL => self.make_credential(params, ctx).map(Some),
-            command::GET_ASSERTION => self.get_assertion(params, ctx).map(Some),
-            command::GET_INFO => Ok(Some(self.get_info())),
-            command::CLIENT_PIN => self.client_pin(params, ctx),
-            command::RESET => self.reset(ctx).map(|()| None),
-            command::GET_NEXT_ASSERTION => self.get_next_assertion(ctx).map(Some),
-            command::SELECTION => self.selection(ctx).map(|()| None),
-            command::CREDENTIAL_MANAGEMENT | command::CREDENTIAL_MANAGEMENT_PREVIEW => {
-                self.credential_management(params, ctx)
-            }
-            command::LARGE_BLOBS => self.large_blobs(params, ctx),
-            command::CONFIG => self.config(params, ctx).map(|()| None),
-            _ => Err(StatusCode::InvalidCommand),
-        };
+        let result = Command::parse(cmd, params).and_then(|command| self.dispatch(command, ctx));
         match result {
             Ok(Some(value)) => {
                 let mut out = vec![StatusCode::Success.as_byte()];
@@ -211,6 +192,21 @@ impl Authenticator {
                 tracing::debug!(command = cmd, %status, "CTAP2 command failed");
                 vec![status.as_byte()]
             }
+        }
+    }
+
+    fn dispatch(&mut self, command: Command, ctx: &RequestContext<'_>) -> CtapResult<Option<Value>> {
+        match command {
+            Command::MakeCredential(request) => self.make_credential(*request, ctx).map(Some),
+            Command::GetAssertion(request) => self.get_assertion(*request, ctx).map(Some),
+            Command::GetInfo => Ok(Some(self.get_info())),
+            Command::ClientPin(request) => self.client_pin(request, ctx),
+            Command::Reset => self.reset(ctx).map(|()| None),
+            Command::GetNextAssertion => self.get_next_assertion(ctx).map(Some),
+            Command::Selection => self.selection(ctx).map(|()| None),
+            Command::CredentialManagement(request) => self.credential_management(request, ctx),
+            Command::LargeBlobs(request) => self.large_blobs(request, ctx),
+            Command::Config(request) => self.config(request, ctx).map(|()| None),
         }
     }
 

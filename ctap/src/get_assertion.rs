@@ -54,8 +54,7 @@ fn account_label(credential: &Credential) -> String {
 }
 
 impl Authenticator {
-    pub(crate) fn get_assertion(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Value> {
-        let request = GetAssertionRequest::parse(params)?;
+    pub(crate) fn get_assertion(&mut self, request: GetAssertionRequest, ctx: &RequestContext<'_>) -> CtapResult<Value> {
         let protocol = self.pin_uv_auth_protocol(request.pin_uv_auth.as_ref(), ctx)?;
 
         // Step 4: "rk" is meaningless here; "uv" needs built-in verification.

@@ -6,7 +6,8 @@ use ciborium::value::Value;
 use sha2::{Digest, Sha256};
 
 use crate::authenticator::{Authenticator, RequestContext};
-use crate::cbor::{self, expect_bytes, expect_uint, MapBuilder, ParamMap};
+use crate::cbor::{self, MapBuilder};
+use crate::command::LargeBlobsRequest;
 use crate::client_pin::permission;
 use crate::ctaphid::ADVERTISED_MAX_MSG_SIZE;
 use crate::pending::{Pending, PendingOperation};
@@ -16,7 +17,7 @@ use crate::status::{CtapResult, StatusCode};
 /// maxSerializedLargeBlobArray in getInfo (at least 1024 by the spec).
 pub const MAX_SERIALIZED_LARGE_BLOB_ARRAY: usize = 4096;
 /// maxFragmentLength = maxMsgSize − 64 (§6.10.1).
-const MAX_FRAGMENT_LENGTH: usize = ADVERTISED_MAX_MSG_SIZE - 64;
+pub(crate) const MAX_FRAGMENT_LENGTH: usize = ADVERTISED_MAX_MSG_SIZE - 64;
 /// The array ends with LEFT(SHA-256(rest), 16).
 const INTEGRITY_LEN: usize = 16;
 
@@ -28,36 +29,19 @@ pub(crate) struct PendingLargeBlobWrite {
 }
 
 impl Authenticator {
-    pub(crate) fn large_blobs(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Option<Value>> {
-        let mut map = ParamMap::decode(params)?;
-        let get = map.take(0x01).map(expect_uint).transpose()?;
-        let set = map.take(0x02).map(expect_bytes).transpose()?;
-        let offset = map.take(0x03).map(expect_uint).transpose()?;
-        let length = map.take(0x04).map(expect_uint).transpose()?;
-        let auth_param = map.take(0x05).map(expect_bytes).transpose()?;
-        let protocol = map.take(0x06).map(expect_uint).transpose()?;
-
-        let offset = usize::try_from(offset.ok_or(StatusCode::InvalidParameter)?).map_err(|_| StatusCode::InvalidParameter)?;
-        match (get, set) {
-            (Some(get), None) => {
-                if length.is_some() || auth_param.is_some() || protocol.is_some() {
-                    return Err(StatusCode::InvalidParameter);
-                }
-                let get = usize::try_from(get).map_err(|_| StatusCode::InvalidLength)?;
-                if get > MAX_FRAGMENT_LENGTH {
-                    return Err(StatusCode::InvalidLength);
-                }
+    pub(crate) fn large_blobs(&mut self, request: LargeBlobsRequest, ctx: &RequestContext<'_>) -> CtapResult<Option<Value>> {
+        match request {
+            LargeBlobsRequest::Get { offset, length } => {
                 let array = &self.state.large_blob_array;
                 if offset > array.len() {
                     return Err(StatusCode::InvalidParameter);
                 }
-                let end = offset.saturating_add(get).min(array.len());
+                let end = offset.saturating_add(length).min(array.len());
                 Ok(Some(MapBuilder::new().int(0x01, cbor::bytes(array[offset..end].to_vec())).build()))
             }
-            (None, Some(fragment)) => {
-                self.large_blob_set(fragment, offset, length, auth_param, protocol, ctx).map(|()| None)
+            LargeBlobsRequest::Set { fragment, offset, length, pin_uv_auth_param, protocol } => {
+                self.large_blob_set(fragment, offset, length, pin_uv_auth_param, protocol, ctx).map(|()| None)
             }
-            _ => Err(StatusCode::InvalidParameter),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod auth_data;
 pub mod authenticator;
 pub mod cbor;
 pub mod client_pin;
+mod command;
 mod config_command;
 pub mod credential;
 mod ctap1;
