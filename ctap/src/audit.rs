@@ -1,4 +1,4 @@
-//! The audit trail's events (issue #14): one value per decision the
+//! The audit trail's events: one value per decision the
 //! authenticator makes that an administrator may have to answer for — a
 //! policy decision, a presence or verification outcome, a credential made,
 //! an assertion, a deletion, a PIN set or changed or wrong, a reset.

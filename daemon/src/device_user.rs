@@ -5,7 +5,7 @@
 //! /etc/passwd, but also LDAP or sssd), which may block for as long as a
 //! directory server takes to answer. D-Bus handlers run on the daemon's
 //! one runtime worker, so a lookup there would let any local user stall
-//! every prompt by calling Manager1 (issue 16, finding 7). The name is
+//! every prompt by calling Manager1. The name is
 //! therefore resolved at start (before the runtime) and again on SIGHUP
 //! and, while it is unknown, at most every [`RETRY_UNKNOWN`] — always on a
 //! thread of its own. Handlers only read the last answer.
