@@ -219,7 +219,7 @@ impl AuditEvent {
 /// and to match `fidosealctl passkeys list`, useless to present to a
 /// relying party (a credential ID can carry the sealed key).
 pub fn credential_tag(credential_id: &[u8]) -> String {
-    Sha256::digest(credential_id)[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&Sha256::digest(credential_id)[..8])
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ fn account_label(credential: &Credential) -> String {
     r.user_display_name
         .clone()
         .or_else(|| r.user_name.clone())
-        .unwrap_or_else(|| r.user_id.iter().map(|b| format!("{b:02x}")).collect())
+        .unwrap_or_else(|| hex::encode(&r.user_id))
 }
 
 impl Authenticator {
