@@ -4,28 +4,24 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-struct TempDir(PathBuf);
+struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("fidosealctl-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        TempDir(path)
+        let dir = tempfile::Builder::new().prefix(&format!("fidosealctl-{tag}-")).tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
+        let path = self.path().join(name);
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -71,7 +67,7 @@ fn check_reports_every_problem_as_file_line_key_message_and_exits_1() {
         "20-b.toml",
         "[[rule]]\nrp = [\"login.example.com\",\n      \"*example.com\"]\naction = \"allow\"\nmin_cred_protect = 4\n",
     );
-    let (code, out, err) = ctl(&["policy", "check", "--dir", tmp.0.to_str().unwrap()]);
+    let (code, out, err) = ctl(&["policy", "check", "--dir", tmp.path().to_str().unwrap()]);
     assert_eq!(code, 1, "{out}{err}");
     assert_eq!(out, "");
     let lines: Vec<&str> = err.lines().collect();
@@ -99,8 +95,8 @@ fn check_reports_every_problem_as_file_line_key_message_and_exits_1() {
 #[test]
 fn check_reads_directories_in_the_order_given() {
     let tmp = TempDir::new("order");
-    let usr = tmp.0.join("usr");
-    let etc = tmp.0.join("etc");
+    let usr = tmp.path().join("usr");
+    let etc = tmp.path().join("etc");
     for d in [&usr, &etc] {
         std::fs::create_dir(d).unwrap();
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -112,7 +108,7 @@ fn check_reads_directories_in_the_order_given() {
     };
     write(&usr, "90-vendor.toml", "[default]\naction = \"allow\"\n");
     write(&etc, "10-admin.toml", "[default]\naction = \"deny\"\n");
-    let missing = tmp.0.join("missing");
+    let missing = tmp.path().join("missing");
     let (code, out, _) = ctl(&[
         "policy",
         "check",
@@ -251,7 +247,7 @@ fn explain_matches_users_and_their_system_groups() {
          [[rule]]\nrp = [\"*\"]\ngroups = [\"root\"]\naction = \"allow\"\nallow_discoverable = false\n\
          [[rule]]\nrp = [\"*\"]\nusers = [\"nobody-here\"]\ngroups = [\"testers\"]\naction = \"allow\"\n",
     );
-    let dir = tmp.0.to_str().unwrap();
+    let dir = tmp.path().to_str().unwrap();
     // root's groups come from the system: the group rule matches.
     let (_, out, _) = ctl(&[
         "policy",
@@ -308,7 +304,7 @@ fn explain_on_an_invalid_policy_prints_the_errors_and_exits_1() {
         "--rp",
         "a.example",
         "--dir",
-        tmp.0.to_str().unwrap(),
+        tmp.path().to_str().unwrap(),
     ]);
     assert_eq!(code, 1);
     assert_eq!(out, "");
@@ -442,12 +438,12 @@ fn man_pages_and_completions_are_built() {
 /// and chain; `certificate` picks the attestation certificate.
 fn enterprise_policy(tmp: &TempDir, certificate: &str) -> PathBuf {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/data/enterprise");
-    let keys = tmp.0.join("keys");
+    let keys = tmp.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
     let key = keys.join("ea.key");
     std::fs::copy(data.join("attestation-pkcs8.key"), &key).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let dir = tmp.0.join("policy.d");
+    let dir = tmp.path().join("policy.d");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let text = format!(
@@ -472,7 +468,7 @@ fn check_shows_the_enterprise_section_and_refuses_a_certificate_for_another_aagu
     assert!(
         out.contains(&format!(
             "enterprise attestation: for login.example.com; key {}; 2 certificates",
-            tmp.0.join("keys/ea.key").display()
+            tmp.path().join("keys/ea.key").display()
         )),
         "{out}"
     );

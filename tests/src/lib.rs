@@ -196,8 +196,9 @@ pub fn software_platform(prompt: Box<dyn UserPrompt>, policy: Box<dyn PolicyDeci
 /// directory of its own, removed on drop: the in-process suites run on the
 /// store the daemon uses.
 pub struct TemporaryDatabase {
+    // Closed before its directory goes (fields drop in this order).
     database: Option<CredentialDatabase>,
-    dir: std::path::PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl TemporaryDatabase {
@@ -207,17 +208,13 @@ impl TemporaryDatabase {
 
     /// In a new directory under `parent` (the benchmark uses a tmpfs).
     pub fn new_in(parent: &std::path::Path, capacity: usize) -> Self {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = parent.join(format!("fidoseal-tests-store-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a temporary directory");
-        let database = CredentialDatabase::open(&dir, capacity).expect("a new credential database");
+        let dir = tempfile::Builder::new().prefix("fidoseal-tests-store-").tempdir_in(parent).expect("a temporary directory");
+        let database = CredentialDatabase::open(dir.path(), capacity).expect("a new credential database");
         Self { database: Some(database), dir }
     }
 
     pub fn dir(&self) -> &std::path::Path {
-        &self.dir
+        self.dir.path()
     }
 
     fn db(&self) -> &CredentialDatabase {
@@ -226,13 +223,6 @@ impl TemporaryDatabase {
 
     fn db_mut(&mut self) -> &mut CredentialDatabase {
         self.database.as_mut().expect("open until dropped")
-    }
-}
-
-impl Drop for TemporaryDatabase {
-    fn drop(&mut self) {
-        self.database = None;
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
