@@ -25,6 +25,11 @@ pub struct Cli {
 pub enum Command {
     /// The daemon, its key store, the PIN, the policy and the agent.
     Status(StatusArgs),
+    /// The security keys fidoseald serves: yours, or (as root) everyone's.
+    ///
+    /// In per-user mode each user with a session has a key of their own,
+    /// whose hidraw node only they can open; in single mode there is one.
+    Devices(DevicesArgs),
     /// Your passkeys (discoverable credentials) on this machine's key.
     #[command(subcommand)]
     Passkeys(PasskeysCommand),
@@ -73,6 +78,13 @@ pub struct MetadataArgs {
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// Print JSON (one object) for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DevicesArgs {
+    /// Print JSON (an array) for scripts.
     #[arg(long)]
     pub json: bool,
 }

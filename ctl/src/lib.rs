@@ -82,6 +82,9 @@ pub fn run_on_bus(
         Command::Status(args) => {
             manager::with_manager(bus, |m| async move { manager::status(m, args, out).await })
         }
+        Command::Devices(args) => {
+            manager::with_manager(bus, |m| async move { manager::devices(m, args, out).await })
+        }
         Command::Passkeys(PasskeysCommand::List(args)) => {
             manager::with_manager(bus, |m| async move { manager::list(m, args, out).await })
         }

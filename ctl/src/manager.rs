@@ -13,7 +13,7 @@ use fidoseal_dbus::{Details, Manager1Proxy};
 use serde_json::{json, Value as Json};
 use zbus::zvariant::{OwnedValue, Value};
 
-use crate::cli::{DeleteArgs, ListArgs, ResetArgs, ShowArgs, StatusArgs};
+use crate::cli::{DeleteArgs, DevicesArgs, ListArgs, ResetArgs, ShowArgs, StatusArgs};
 use crate::CtlError;
 
 /// Runs `f` with a Manager1 proxy on the system bus (`bus`: another bus's
@@ -118,16 +118,9 @@ fn details_json(details: &Details) -> BTreeMap<String, Json> {
 /// The audit trail's name of a credential (fidoseal_ctap::audit::credential_tag),
 /// so that `fidosealctl log` entries can be matched to `passkeys list`.
 fn tag_of(id_hex: &str) -> Option<String> {
-    let bytes: Option<Vec<u8>> = (0..id_hex.len())
-        .step_by(2)
-        .map(|i| {
-            id_hex
-                .get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-        })
-        .collect();
-    bytes
-        .filter(|b| !b.is_empty() && id_hex.len().is_multiple_of(2))
+    hex::decode(id_hex)
+        .ok()
+        .filter(|b| !b.is_empty())
         .map(|b| fidoseal_ctap::audit::credential_tag(&b))
 }
 
@@ -215,6 +208,81 @@ pub async fn status(
         write!(out, "{}", render_status(&status))?;
     }
     Ok(())
+}
+
+pub async fn devices(
+    manager: Manager1Proxy<'static>,
+    args: &DevicesArgs,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let devices: Vec<BTreeMap<String, Json>> = manager
+        .list_devices()
+        .await
+        .map_err(from_dbus)?
+        .iter()
+        .map(details_json)
+        .collect();
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&devices).unwrap_or_default()
+        )?;
+    } else {
+        write!(out, "{}", render_devices(&devices))?;
+    }
+    Ok(())
+}
+
+/// ListDevices as a table: user, uid, hidraw node, sessions, agent.
+pub fn render_devices(devices: &[BTreeMap<String, Json>]) -> String {
+    if devices.is_empty() {
+        return "no devices (per-user mode: nobody with a session yet)\n".into();
+    }
+    let text = |device: &BTreeMap<String, Json>, key: &str| match device.get(key) {
+        Some(Json::String(s)) if !s.is_empty() => s.clone(),
+        Some(Json::Bool(b)) => if *b { "yes" } else { "no" }.to_string(),
+        Some(Json::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(Json::Number(n)) if n.as_u64() != Some(u64::from(u32::MAX)) => n.to_string(),
+        _ => "-".to_string(),
+    };
+    let rows: Vec<[String; 5]> = devices
+        .iter()
+        .map(|d| {
+            [
+                text(d, "user"),
+                text(d, "uid"),
+                text(d, "node"),
+                text(d, "sessions"),
+                text(d, "agent_registered"),
+            ]
+        })
+        .collect();
+    let header = ["USER", "UID", "NODE", "SESSIONS", "AGENT"];
+    let widths: Vec<usize> = (0..5)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+                .max(header[i].len())
+        })
+        .collect();
+    let mut out = String::new();
+    for row in std::iter::once(header.map(str::to_string)).chain(rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// One row of ListPasskeys.
@@ -422,6 +490,34 @@ pub async fn reset(manager: Manager1Proxy<'static>, out: &mut dyn Write) -> Resu
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn devices_render_as_a_table_with_their_sessions() {
+        let device = |user: &str, uid: u32, node: &str, sessions: &[&str], agent: bool| {
+            BTreeMap::from([
+                ("user".to_string(), json!(user)),
+                ("uid".to_string(), json!(uid)),
+                ("node".to_string(), json!(node)),
+                ("uniq".to_string(), json!(format!("fidoseal-uid-{uid}"))),
+                ("sessions".to_string(), json!(sessions)),
+                ("agent_registered".to_string(), json!(agent)),
+            ])
+        };
+        let table = render_devices(&[
+            device("alice", 1000, "/dev/hidraw3", &["2", "5"], true),
+            device("bob", 1001, "", &[], false),
+        ]);
+        assert_eq!(
+            table,
+            "USER   UID   NODE          SESSIONS  AGENT\n\
+             alice  1000  /dev/hidraw3  2,5       yes\n\
+             bob    1001  -             -         no\n"
+        );
+        // Single mode's device has no uid (u32::MAX on the bus).
+        let single = render_devices(&[device("", u32::MAX, "/dev/hidraw0", &[], false)]);
+        assert!(single.ends_with("\n-     -    /dev/hidraw0  -         no\n"), "{single}");
+        assert!(render_devices(&[]).starts_with("no devices"));
+    }
+
     use super::*;
 
     #[test]

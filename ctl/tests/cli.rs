@@ -347,12 +347,13 @@ fn usage_errors_exit_2() {
 
     let (code, out, _) = ctl(&["--help"]);
     assert_eq!(code, 0);
-    for command in ["status", "passkeys", "reset", "policy", "log"] {
+    for command in ["status", "devices", "passkeys", "reset", "policy", "log"] {
         assert!(out.contains(&format!("\n  {command} ")), "{command}: {out}");
     }
     // --help on every command.
     for args in [
         &["status", "--help"][..],
+        &["devices", "--help"],
         &["passkeys", "list", "--help"],
         &["passkeys", "show", "--help"],
         &["passkeys", "delete", "--help"],
