@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ciborium::value::Value;
 
 use crate::auth_data::{authenticator_data, cose_key, flags, rp_id_hash, AttestedCredential};
-use crate::authenticator::{AttestationMode, Authenticator, RequestContext, MAX_CRED_BLOB_LENGTH};
+use crate::authenticator::{is_non_web_rp_id, AttestationMode, Authenticator, RequestContext, MAX_CRED_BLOB_LENGTH};
 use crate::cbor::{self, truncate_utf8, MapBuilder};
 use crate::client_pin::permission;
 use crate::credential::{self, MAX_CREDENTIAL_ID_LEN};
@@ -24,6 +24,7 @@ const MAX_STORED_STRING: usize = 64;
 enum Statement {
     None,
     SelfAttestation,
+    Machine,
     Enterprise(Arc<EnterpriseAttestationKey>),
 }
 
@@ -178,6 +179,29 @@ impl Authenticator {
             large_blob_key: requested.large_blob_key,
         };
 
+        let configured = match if is_non_web_rp_id(rp_id) {
+            self.config.non_web_attestation
+        } else {
+            self.config.attestation
+        } {
+            AttestationMode::SelfAttestation => Statement::SelfAttestation,
+            AttestationMode::None => Statement::None,
+            AttestationMode::Machine => Statement::Machine,
+        };
+        let statement_kind = match verdict.attestation {
+            Some(AttestationPolicy::Enterprise(key)) if enterprise_requested => Statement::Enterprise(key),
+            Some(AttestationPolicy::Enterprise(_)) | None => configured,
+            Some(AttestationPolicy::None) => Statement::None,
+            Some(AttestationPolicy::SelfAttestation) => Statement::SelfAttestation,
+            Some(AttestationPolicy::Machine) => Statement::Machine,
+        };
+        // The machine certificate (made on first use) before anything is
+        // created: a missing or damaged machine key refuses the request
+        // without leaving a credential behind.
+        let machine_certificate = match statement_kind {
+            Statement::Machine => Some(self.platform.keystore.machine_attestation_certificate()?),
+            _ => None,
+        };
         let created = self.platform.keystore.generate(algorithm)?;
         let mut extensions = extensions;
         let credential_id = if discoverable {
@@ -253,17 +277,8 @@ impl Authenticator {
             }),
             any_output.then(|| outputs.build()),
         );
-        let configured = |mode: AttestationMode| match mode {
-            AttestationMode::SelfAttestation => Statement::SelfAttestation,
-            AttestationMode::None => Statement::None,
-        };
-        let statement_kind = match verdict.attestation {
-            Some(AttestationPolicy::Enterprise(key)) if enterprise_requested => Statement::Enterprise(key),
-            Some(AttestationPolicy::Enterprise(_)) | None => configured(self.config.attestation),
-            Some(AttestationPolicy::None) => Statement::None,
-            Some(AttestationPolicy::SelfAttestation) => Statement::SelfAttestation,
-        };
         let enterprise_attested = matches!(statement_kind, Statement::Enterprise(_));
+        let machine_attested = matches!(statement_kind, Statement::Machine);
         let mut signed = auth_data.clone();
         signed.extend_from_slice(&request.client_data_hash);
         let (format, statement) = match statement_kind {
@@ -272,6 +287,18 @@ impl Authenticator {
                 // signs authData ‖ clientDataHash; no certificate.
                 let sig = self.platform.keystore.sign(algorithm, &created.key_handle, &signed)?;
                 ("packed", MapBuilder::new().text("alg", algorithm.cose_id()).text("sig", cbor::bytes(sig)).build())
+            }
+            Statement::Machine => {
+                // Packed with the machine's self-signed certificate (WebAuthn
+                // §8.2): the machine attestation key signs the same bytes.
+                let certificate = machine_certificate.unwrap_or_default();
+                let sig = self.platform.keystore.sign_machine_attestation(&signed)?;
+                let statement = MapBuilder::new()
+                    .text("alg", Algorithm::Es256.cose_id())
+                    .text("sig", cbor::bytes(sig))
+                    .text("x5c", Value::Array(vec![cbor::bytes(certificate)]))
+                    .build();
+                ("packed", statement)
             }
             Statement::Enterprise(key) => {
                 // Packed with a certificate chain (WebAuthn §8.2): the
@@ -294,7 +321,9 @@ impl Authenticator {
         if user_verified {
             self.clear_token_permissions_except_lbw();
         }
-        tracing::debug!(rp_id, discoverable, user_verified, enterprise_attested, "credential created");
+        tracing::debug!(
+            rp_id, discoverable, user_verified, enterprise_attested, machine_attested, "credential created"
+        );
         self.audit(
             AuditEvent::new(AuditKind::CredentialCreated, AuditDecision::Allow)
                 .rp(Some(rp_id))

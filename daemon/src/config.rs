@@ -182,8 +182,12 @@ impl UvMethod {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthenticatorSection {
+    /// Web relying parties (rp IDs that are domains).
     #[serde(default)]
     pub attestation: Attestation,
+    /// rp IDs that no web origin can claim (`pam://…`, `ssh:…`).
+    #[serde(default = "default_non_web_attestation")]
+    pub non_web_attestation: Attestation,
     /// How many discoverable credentials (passkeys) the key holds; getInfo
     /// reports what is left. Lowering it below the stored count deletes
     /// nothing: new ones are refused until there is room.
@@ -195,13 +199,23 @@ pub struct AuthenticatorSection {
 /// ceremony does not grow with it (docs/performance.md).
 pub const DEFAULT_DISCOVERABLE_CREDENTIALS: usize = 10_000;
 
+/// pamu2fcfg (pam-u2f before 1.3) refuses a registration without a
+/// certificate, and these rp IDs are this machine's own services.
+fn default_non_web_attestation() -> Attestation {
+    Attestation::Machine
+}
+
 fn default_discoverable_credentials() -> usize {
     DEFAULT_DISCOVERABLE_CREDENTIALS
 }
 
 impl Default for AuthenticatorSection {
     fn default() -> Self {
-        Self { attestation: Attestation::default(), discoverable_credentials: DEFAULT_DISCOVERABLE_CREDENTIALS }
+        Self {
+            attestation: Attestation::default(),
+            non_web_attestation: default_non_web_attestation(),
+            discoverable_credentials: DEFAULT_DISCOVERABLE_CREDENTIALS,
+        }
     }
 }
 
@@ -214,6 +228,8 @@ pub enum Attestation {
     SelfAttestation,
     /// "none".
     None,
+    /// "packed" with the machine attestation certificate (docs/policy.md).
+    Machine,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, Secret32};
+use fidoseal_ctap::authenticator::FIDOSEAL_AAGUID;
+use fidoseal_ctap::machine_attestation::SoftwareAttestationKey;
 use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use zeroize::Zeroizing;
 
@@ -28,6 +30,9 @@ pub enum KeyStoreSetupError {
 pub struct PersistentSoftwareKeyStore {
     inner: SoftwareKeyStore,
     path: PathBuf,
+    /// `machine-attestation-software`, loaded (or made) on first use.
+    machine_key_path: PathBuf,
+    machine_key: Option<SoftwareAttestationKey>,
     /// The master secret was made by this start (there was none).
     created: bool,
 }
@@ -63,7 +68,32 @@ impl PersistentSoftwareKeyStore {
             }
             Err(source) => return Err(KeyStoreSetupError::Read { path, source }),
         };
-        Ok(Self { inner: SoftwareKeyStore::new(secret), path, created })
+        let machine_key_path = crate::machine_key::path(state_dir, "software");
+        Ok(Self { inner: SoftwareKeyStore::new(secret), path, machine_key_path, machine_key: None, created })
+    }
+
+    /// The machine attestation key: read from its file, or made and written
+    /// there (before it is used) when there is none. A damaged file is an
+    /// error, never silently replaced.
+    fn machine_key(&mut self) -> Result<&SoftwareAttestationKey, KeyStoreError> {
+        if self.machine_key.is_none() {
+            let key = match crate::machine_key::load(&self.machine_key_path)? {
+                Some(stored) => SoftwareAttestationKey::from_parts(&stored.key, stored.certificate, &FIDOSEAL_AAGUID)
+                    .map_err(|e| crate::machine_key::damaged(&self.machine_key_path, &e.to_string()))?,
+                None => {
+                    let key = SoftwareAttestationKey::generate(&FIDOSEAL_AAGUID)?;
+                    let stored = crate::machine_key::StoredMachineKey {
+                        key: key.secret_bytes(),
+                        certificate: key.certificate().to_vec(),
+                    };
+                    crate::machine_key::save(&self.machine_key_path, &stored)?;
+                    tracing::info!(path = %self.machine_key_path.display(), "created the machine attestation key");
+                    key
+                }
+            };
+            self.machine_key = Some(key);
+        }
+        self.machine_key.as_ref().ok_or_else(|| KeyStoreError::MachineAttestation("no machine attestation key".into()))
     }
 
     /// This start made the master secret (none was there).
@@ -109,6 +139,14 @@ impl KeyStore for PersistentSoftwareKeyStore {
             .map_err(|e| KeyStoreError::Backend(format!("cannot write {}: {e}", self.path.display())))?;
         self.inner = SoftwareKeyStore::new(secret);
         Ok(())
+    }
+
+    fn machine_attestation_certificate(&mut self) -> Result<Vec<u8>, KeyStoreError> {
+        Ok(self.machine_key()?.certificate().to_vec())
+    }
+
+    fn sign_machine_attestation(&mut self, message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        Ok(self.machine_key()?.sign(message))
     }
 }
 

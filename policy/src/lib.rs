@@ -95,6 +95,9 @@ pub enum Attestation {
     None,
     /// "packed" self attestation.
     SelfAttestation,
+    /// "packed" with the machine attestation key's self-signed certificate
+    /// (`x5c`): one per machine, so it identifies the machine.
+    Machine,
     /// Enterprise attestation (CTAP 2.1 §7.1) with the key and chain of
     /// `[enterprise_attestation]`, when the client asks for it; otherwise
     /// the daemon's configured attestation. Only on rules whose rp IDs are
@@ -107,6 +110,7 @@ impl fmt::Display for Attestation {
         f.write_str(match self {
             Attestation::None => "none",
             Attestation::SelfAttestation => "self",
+            Attestation::Machine => "machine",
             Attestation::Enterprise => "enterprise",
         })
     }
