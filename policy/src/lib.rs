@@ -39,7 +39,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use enterprise::EnterpriseAttestation;
+pub use enterprise::{check_attestation_certificate, EnterpriseAttestation};
 pub use eval::{Decision, Explanation, LossReason, Match, Request, Specificity, U2F_UNATTRIBUTABLE};
 pub use principal::{resolve_principal, Principal};
 pub use rp::{is_u2f_application, normalize_rp_id, RpPattern};
