@@ -416,6 +416,7 @@ mod tests {
         assert_eq!(c.keystore.backend, KeyStoreBackend::Software);
         assert_eq!(c.prompt.mode, PromptMode::AlwaysApprove);
         assert_eq!(c.authenticator.attestation, Attestation::SelfAttestation);
+        assert_eq!(c.authenticator.non_web_attestation, Attestation::Machine, "pamu2fcfg of pam-u2f 1.1.0 enrols");
         assert_eq!(c.authenticator.discoverable_credentials, 10_000);
         assert_eq!(c.device.uhid_path, PathBuf::from("/dev/uhid"));
     }
@@ -423,13 +424,15 @@ mod tests {
     #[test]
     fn full_config() {
         let c = Config::parse(&format!(
-            "state_dir = \"/tmp/s\"\n{MINIMAL}[authenticator]\nattestation = \"none\"\ndiscoverable_credentials = 50000\n\
+            "state_dir = \"/tmp/s\"\n{MINIMAL}[authenticator]\nattestation = \"none\"\nnon_web_attestation = \"self\"\n\
+             discoverable_credentials = 50000\n\
              [device]\nuhid_path = \"/dev/x\"\n"
         ))
         .unwrap();
         assert_eq!(c.authenticator.discoverable_credentials, 50_000);
         assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
         assert_eq!(c.authenticator.attestation, Attestation::None);
+        assert_eq!(c.authenticator.non_web_attestation, Attestation::SelfAttestation);
         assert_eq!(c.device.uhid_path, PathBuf::from("/dev/x"));
     }
 

@@ -189,4 +189,48 @@ mod tests {
         assert!(matches!(PersistentSoftwareKeyStore::open(&dir), Err(KeyStoreSetupError::Damaged { len: 5, .. })));
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[test]
+    fn the_machine_key_is_written_once_kept_by_reset_and_a_damaged_file_is_an_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("fidoseal-ks-machine-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        prepare_state_dir(&dir).unwrap();
+        let file = dir.join("machine-attestation-software");
+        let mut store = PersistentSoftwareKeyStore::open(&dir).unwrap();
+        assert!(!file.exists(), "made on first use only");
+        let certificate = store.machine_attestation_certificate().unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        let signature = store.sign_machine_attestation(b"m").unwrap();
+        store.reset().unwrap();
+        assert_eq!(store.machine_attestation_certificate().unwrap(), certificate, "reset keeps it");
+        let mut reopened = PersistentSoftwareKeyStore::open(&dir).unwrap();
+        assert_eq!(reopened.machine_attestation_certificate().unwrap(), certificate, "kept across restarts");
+        // ECDSA by RFC 6979: the same key signs the same message the same way.
+        assert_eq!(reopened.sign_machine_attestation(b"m").unwrap(), signature);
+
+        // Another store's certificate beside this key: refused, not used.
+        let other = dir.join("other");
+        prepare_state_dir(&other).unwrap();
+        let other_certificate = PersistentSoftwareKeyStore::open(&other).unwrap().machine_attestation_certificate().unwrap();
+        let mut stored = crate::machine_key::load(&file).unwrap().unwrap();
+        stored.certificate = other_certificate;
+        crate::machine_key::save(&file, &stored).unwrap();
+        for damage in [None, Some(&b"not cbor"[..]), Some(&[0xa0][..])] {
+            if let Some(bytes) = damage {
+                std::fs::write(&file, bytes).unwrap();
+            }
+            let before = std::fs::read(&file).unwrap();
+            let mut damaged = PersistentSoftwareKeyStore::open(&dir).unwrap();
+            match damaged.machine_attestation_certificate() {
+                Err(KeyStoreError::MachineAttestation(message)) => {
+                    assert!(message.contains("machine-attestation-software"), "{message}")
+                }
+                other => panic!("expected a machine attestation error, got {other:?}"),
+            }
+            assert!(damaged.sign_machine_attestation(b"m").is_err());
+            assert_eq!(std::fs::read(&file).unwrap(), before, "never replaced silently");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
