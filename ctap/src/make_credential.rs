@@ -24,7 +24,8 @@ const MAX_STORED_STRING: usize = 64;
 enum Statement {
     None,
     SelfAttestation,
-    Machine,
+    /// With the machine attestation certificate (DER).
+    Machine(Vec<u8>),
     Enterprise(Arc<EnterpriseAttestationKey>),
 }
 
@@ -179,28 +180,18 @@ impl Authenticator {
             large_blob_key: requested.large_blob_key,
         };
 
-        let configured = match if is_non_web_rp_id(rp_id) {
-            self.config.non_web_attestation
-        } else {
-            self.config.attestation
-        } {
-            AttestationMode::SelfAttestation => Statement::SelfAttestation,
-            AttestationMode::None => Statement::None,
-            AttestationMode::Machine => Statement::Machine,
-        };
+        // The attestation: the policy's, else the configuration's for web or
+        // non-web rp IDs. The machine certificate (made on first use) is
+        // fetched before anything is created: a missing or damaged machine
+        // key refuses the request without leaving a credential behind.
+        let configured =
+            if is_non_web_rp_id(rp_id) { self.config.non_web_attestation } else { self.config.attestation };
         let statement_kind = match verdict.attestation {
             Some(AttestationPolicy::Enterprise(key)) if enterprise_requested => Statement::Enterprise(key),
-            Some(AttestationPolicy::Enterprise(_)) | None => configured,
+            Some(AttestationPolicy::Enterprise(_)) | None => self.statement(configured)?,
             Some(AttestationPolicy::None) => Statement::None,
             Some(AttestationPolicy::SelfAttestation) => Statement::SelfAttestation,
-            Some(AttestationPolicy::Machine) => Statement::Machine,
-        };
-        // The machine certificate (made on first use) before anything is
-        // created: a missing or damaged machine key refuses the request
-        // without leaving a credential behind.
-        let machine_certificate = match statement_kind {
-            Statement::Machine => Some(self.platform.keystore.machine_attestation_certificate()?),
-            _ => None,
+            Some(AttestationPolicy::Machine) => self.statement(AttestationMode::Machine)?,
         };
         let created = self.platform.keystore.generate(algorithm)?;
         let mut extensions = extensions;
@@ -278,7 +269,7 @@ impl Authenticator {
             any_output.then(|| outputs.build()),
         );
         let enterprise_attested = matches!(statement_kind, Statement::Enterprise(_));
-        let machine_attested = matches!(statement_kind, Statement::Machine);
+        let machine_attested = matches!(statement_kind, Statement::Machine(_));
         let mut signed = auth_data.clone();
         signed.extend_from_slice(&request.client_data_hash);
         let (format, statement) = match statement_kind {
@@ -288,10 +279,9 @@ impl Authenticator {
                 let sig = self.platform.keystore.sign(algorithm, &created.key_handle, &signed)?;
                 ("packed", MapBuilder::new().text("alg", algorithm.cose_id()).text("sig", cbor::bytes(sig)).build())
             }
-            Statement::Machine => {
+            Statement::Machine(certificate) => {
                 // Packed with the machine's self-signed certificate (WebAuthn
                 // §8.2): the machine attestation key signs the same bytes.
-                let certificate = machine_certificate.unwrap_or_default();
                 let sig = self.platform.keystore.sign_machine_attestation(&signed)?;
                 let statement = MapBuilder::new()
                     .text("alg", Algorithm::Es256.cose_id())
@@ -346,6 +336,15 @@ impl Authenticator {
             .int_opt(0x04, enterprise_requested.then_some(Value::Bool(enterprise_attested)))
             .int_opt(0x05, large_blob_key)
             .build())
+    }
+
+    /// The statement of an attestation mode (the machine's with its certificate).
+    fn statement(&mut self, mode: AttestationMode) -> CtapResult<Statement> {
+        Ok(match mode {
+            AttestationMode::None => Statement::None,
+            AttestationMode::SelfAttestation => Statement::SelfAttestation,
+            AttestationMode::Machine => Statement::Machine(self.platform.keystore.machine_attestation_certificate()?),
+        })
     }
 
     /// Capable (the policy holds a key) and enabled (authenticatorConfig).
