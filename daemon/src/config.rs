@@ -219,6 +219,8 @@ impl Default for AuthenticatorSection {
     }
 }
 
+// `Self` is a keyword: the variant for "self" keeps the enum's name.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Attestation {
