@@ -1,6 +1,6 @@
 //! Writes fidosealctl's man pages (fidosealctl.1 and one per command, e.g.
 //! fidosealctl-passkeys-list.1) and its bash, zsh and fish completions from
-//! the clap definitions in src/cli.rs, at build time (issue #14).
+//! the clap definitions in src/cli.rs, at build time.
 //!
 //! They go to OUT_DIR and, for the packages (daemon/Cargo.toml's assets),
 //! to `target/<profile>/share/`: `man/man1/*.1`, `completions/`

@@ -11,10 +11,10 @@ use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 use crate::cbor::{self, MapBuilder};
 use crate::ctaphid::{capability, DeviceVersion, ADVERTISED_MAX_MSG_SIZE};
 use crate::client_pin::ClientPin;
-use crate::credential_management::PendingEnumeration;
-use crate::large_blobs::{PendingLargeBlobWrite, MAX_SERIALIZED_LARGE_BLOB_ARRAY};
+use crate::large_blobs::MAX_SERIALIZED_LARGE_BLOB_ARRAY;
 use crate::config_command::MAX_RP_IDS_FOR_SET_MIN_PIN_LENGTH;
-use crate::get_assertion::PendingAssertions;
+use crate::command::Command;
+use crate::pending::Pending;
 use crate::pin_protocol::PinUvAuthProtocol;
 use crate::platform::{
     AuthenticatorState, CredentialStore, KeyStore, Operation, PolicyDecision, PolicyRequest, PolicyVerdict,
@@ -119,9 +119,8 @@ pub struct Authenticator {
     pub(crate) platform: Platform,
     /// When the device was (re)created: "power-up" for the reset window.
     power_up: Instant,
-    pub(crate) pending_assertions: Option<PendingAssertions>,
-    pub(crate) pending_enumeration: Option<PendingEnumeration>,
-    pub(crate) pending_large_blob: Option<PendingLargeBlobWrite>,
+    /// The operation that spans requests, if one is under way (pending.rs).
+    pub(crate) pending: Option<Pending>,
     /// Persistent settings, as last stored through the credential store.
     pub(crate) state: AuthenticatorState,
     /// PIN state that a power cycle resets.
@@ -145,9 +144,7 @@ impl Authenticator {
             config,
             platform,
             power_up,
-            pending_assertions: None,
-            pending_enumeration: None,
-            pending_large_blob: None,
+            pending: None,
             state,
             client_pin,
             audit: Vec::new(),
@@ -166,9 +163,7 @@ impl Authenticator {
     pub fn power_cycle(&mut self, now: Instant) -> CtapResult<()> {
         self.client_pin = ClientPin::new()?;
         self.power_up = now;
-        self.pending_assertions = None;
-        self.pending_enumeration = None;
-        self.pending_large_blob = None;
+        self.pending = None;
         Ok(())
     }
 
@@ -201,32 +196,12 @@ impl Authenticator {
         let Some((&cmd, params)) = message.split_first() else {
             return vec![StatusCode::InvalidLength.as_byte()];
         };
-        if cmd != command::GET_NEXT_ASSERTION {
-            // getNextAssertion state lives only until the next other command.
-            self.pending_assertions = None;
+        // Every message but the one continuing it ends a pending operation.
+        let continuation = Command::continuation(cmd);
+        if self.pending.as_ref().is_some_and(|p| !p.continued_by(continuation, ctx.channel, ctx.now)) {
+            self.pending = None;
         }
-        if cmd != command::CREDENTIAL_MANAGEMENT && cmd != command::CREDENTIAL_MANAGEMENT_PREVIEW {
-            self.pending_enumeration = None;
-        }
-        if cmd != command::LARGE_BLOBS {
-            // A large-blob write is only continued by the next command.
-            self.pending_large_blob = None;
-        }
-        let result = match cmd {
-            command::MAKE_CREDENTIAL => self.make_credential(params, ctx).map(Some),
-            command::GET_ASSERTION => self.get_assertion(params, ctx).map(Some),
-            command::GET_INFO => Ok(Some(self.get_info())),
-            command::CLIENT_PIN => self.client_pin(params, ctx),
-            command::RESET => self.reset(ctx).map(|()| None),
-            command::GET_NEXT_ASSERTION => self.get_next_assertion(ctx).map(Some),
-            command::SELECTION => self.selection(ctx).map(|()| None),
-            command::CREDENTIAL_MANAGEMENT | command::CREDENTIAL_MANAGEMENT_PREVIEW => {
-                self.credential_management(params, ctx)
-            }
-            command::LARGE_BLOBS => self.large_blobs(params, ctx),
-            command::CONFIG => self.config(params, ctx).map(|()| None),
-            _ => Err(StatusCode::InvalidCommand),
-        };
+        let result = Command::parse(cmd, params).and_then(|command| self.dispatch(command, ctx));
         match result {
             Ok(Some(value)) => {
                 let mut out = vec![StatusCode::Success.as_byte()];
@@ -238,6 +213,21 @@ impl Authenticator {
                 tracing::debug!(command = cmd, %status, "CTAP2 command failed");
                 vec![status.as_byte()]
             }
+        }
+    }
+
+    fn dispatch(&mut self, command: Command, ctx: &RequestContext<'_>) -> CtapResult<Option<Value>> {
+        match command {
+            Command::MakeCredential(request) => self.make_credential(*request, ctx).map(Some),
+            Command::GetAssertion(request) => self.get_assertion(*request, ctx).map(Some),
+            Command::GetInfo => Ok(Some(self.get_info())),
+            Command::ClientPin(request) => self.client_pin(request, ctx),
+            Command::Reset => self.reset(ctx).map(|()| None),
+            Command::GetNextAssertion => self.get_next_assertion(ctx).map(Some),
+            Command::Selection => self.selection(ctx).map(|()| None),
+            Command::CredentialManagement(request) => self.credential_management(request, ctx),
+            Command::LargeBlobs(request) => self.large_blobs(request, ctx),
+            Command::Config(request) => self.config(request, ctx).map(|()| None),
         }
     }
 
@@ -332,9 +322,7 @@ impl Authenticator {
     /// Manager1.Reset, behind polkit). Every credential, the PIN and the
     /// settings are gone, and so are all key-store secrets.
     pub fn reset_by_platform(&mut self) -> CtapResult<()> {
-        self.pending_assertions = None;
-        self.pending_enumeration = None;
-        self.pending_large_blob = None;
+        self.pending = None;
         self.reset_now()
     }
 

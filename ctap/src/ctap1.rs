@@ -134,7 +134,7 @@ impl Authenticator {
         let (challenge, application) = data.split_at(32);
         let mut app = [0u8; 32];
         app.copy_from_slice(application);
-        let rp_label = hex(&app);
+        let rp_label = hex::encode(app);
         // A PIN or built-in UV protects registration on a CTAP2 key; U2F
         // cannot verify the user (§10.3).
         if self.is_protected() {
@@ -191,7 +191,7 @@ impl Authenticator {
         response.extend_from_slice(&signature);
         self.audit(
             AuditEvent::new(AuditKind::CredentialCreated, AuditDecision::Allow)
-                .rp(Some(&hex(application)))
+                .rp(Some(&hex::encode(application)))
                 .credential(&key_handle)
                 .operation("u2f-register"),
         );
@@ -215,7 +215,7 @@ impl Authenticator {
 
         // Policy before the key handle is even opened (the rp is known by
         // its application parameter only).
-        let rp_label = hex(&app);
+        let rp_label = hex::encode(app);
         if let Err(status) = self.check_u2f_policy(Operation::GetAssertion, &rp_label) {
             return refusal(status);
         }
@@ -259,7 +259,7 @@ impl Authenticator {
             Ok(signature) => {
                 self.audit(
                     AuditEvent::new(AuditKind::Assertion, AuditDecision::Allow)
-                        .rp(Some(&hex(&app)))
+                        .rp(Some(&hex::encode(app)))
                         .credential(&credential.credential_id)
                         .operation("u2f-authenticate")
                         .reason(if flag_bits & 0x01 != 0 { "user present" } else { "silent (presence not enforced)" }),
@@ -274,9 +274,6 @@ impl Authenticator {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The U2F attestation certificate: a fixed X.509 v3 template with the
 /// credential's public key, self-signed by the credential key.

@@ -3,7 +3,6 @@
 //! largeBlobKey extensions.
 
 use crate::audit::{AuditDecision, AuditEvent, AuditKind};
-use std::time::{Duration, Instant};
 
 use ciborium::value::Value;
 use zeroize::Zeroizing;
@@ -13,13 +12,11 @@ use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, MapBuilder};
 use crate::client_pin::permission;
 use crate::credential::{self, Credential};
+use crate::pending::{Pending, PendingOperation};
 use crate::pin_protocol::{hmac_sha256, PinUvAuthProtocol, SharedSecret};
 use crate::platform::{Operation, PresencePurpose, PresenceRequest};
 use crate::request::{GetAssertionRequest, HmacSecretInput};
 use crate::status::{CtapResult, StatusCode};
-
-/// getNextAssertion must follow within 30 s of the previous assertion (§6.3).
-const NEXT_ASSERTION_WINDOW: Duration = Duration::from_secs(30);
 
 /// hmac-secret's validated input: the shared secret and the salts (§12.5).
 struct HmacSecretRequest {
@@ -39,13 +36,12 @@ struct AssertionContext {
     large_blob_key: bool,
 }
 
-/// The state getNextAssertion continues from.
+/// The state getNextAssertion continues from (its channel and timer:
+/// pending.rs).
 pub(crate) struct PendingAssertions {
-    channel: u32,
     context: AssertionContext,
     /// Still to be returned, next first.
     remaining: Vec<Credential>,
-    last_used: Instant,
 }
 
 /// How a discoverable credential is shown when the user picks one.
@@ -54,12 +50,11 @@ fn account_label(credential: &Credential) -> String {
     r.user_display_name
         .clone()
         .or_else(|| r.user_name.clone())
-        .unwrap_or_else(|| r.user_id.iter().map(|b| format!("{b:02x}")).collect())
+        .unwrap_or_else(|| hex::encode(&r.user_id))
 }
 
 impl Authenticator {
-    pub(crate) fn get_assertion(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Value> {
-        let request = GetAssertionRequest::parse(params)?;
+    pub(crate) fn get_assertion(&mut self, request: GetAssertionRequest, ctx: &RequestContext<'_>) -> CtapResult<Value> {
         let protocol = self.pin_uv_auth_protocol(request.pin_uv_auth.as_ref(), ctx)?;
 
         // Step 4: "rk" is meaningless here; "uv" needs built-in verification.
@@ -202,28 +197,30 @@ impl Authenticator {
             self.clear_token_permissions_except_lbw();
         }
         if !found.is_empty() {
-            self.pending_assertions =
-                Some(PendingAssertions { channel: ctx.channel, context, remaining: found, last_used: ctx.now });
+            let assertions = PendingAssertions { context, remaining: found };
+            self.pending = Some(Pending::new(ctx.channel, ctx.now, PendingOperation::Assertions(assertions)));
         }
         tracing::debug!(rp_id, credentials = total, user_presence, user_verified, "assertion made");
         Ok(response)
     }
 
     pub(crate) fn get_next_assertion(&mut self, ctx: &RequestContext<'_>) -> CtapResult<Value> {
-        let Some(mut pending) = self.pending_assertions.take() else {
+        // The dispatcher has dropped an operation of another kind, channel
+        // or age (pending.rs).
+        let Some(mut pending) = self.pending.take() else {
             return Err(StatusCode::NotAllowed);
         };
-        if pending.channel != ctx.channel
-            || ctx.now.saturating_duration_since(pending.last_used) > NEXT_ASSERTION_WINDOW
-            || pending.remaining.is_empty()
-        {
+        let PendingOperation::Assertions(assertions) = &mut pending.operation else {
+            return Err(StatusCode::NotAllowed);
+        };
+        if assertions.remaining.is_empty() {
             return Err(StatusCode::NotAllowed);
         }
-        let next = pending.remaining.remove(0);
-        let response = self.sign_assertion(&next, &pending.context, None)?;
-        if !pending.remaining.is_empty() {
-            pending.last_used = ctx.now;
-            self.pending_assertions = Some(pending);
+        let next = assertions.remaining.remove(0);
+        let response = self.sign_assertion(&next, &assertions.context, None)?;
+        if !assertions.remaining.is_empty() {
+            pending.stepped(ctx.now);
+            self.pending = Some(pending);
         }
         Ok(response)
     }

@@ -30,8 +30,7 @@ enum Statement {
 }
 
 impl Authenticator {
-    pub(crate) fn make_credential(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Value> {
-        let request = MakeCredentialRequest::parse(params)?;
+    pub(crate) fn make_credential(&mut self, request: MakeCredentialRequest, ctx: &RequestContext<'_>) -> CtapResult<Value> {
         // Steps 1–2: the zero-length probe and the protocol.
         let protocol = self.pin_uv_auth_protocol(request.pin_uv_auth.as_ref(), ctx)?;
 

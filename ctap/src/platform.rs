@@ -1,5 +1,5 @@
 //! The four traits through which the authenticator reaches the outside
-//! world (DESIGN.md "Request path"): a key store, a credential store, a user
+//! world (docs/architecture.md, "The request path"): a key store, a credential store, a user
 //! prompt and a policy decision. The daemon gives TPM, files, D-Bus and
 //! policy files; tests and benchmarks give software keys, memory and scripts.
 

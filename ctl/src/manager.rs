@@ -93,7 +93,7 @@ pub fn json_of(value: &OwnedValue) -> Json {
         Value::Array(array) => {
             let bytes: Option<Vec<u8>> = array.iter().map(|v| u8::try_from(v).ok()).collect();
             match bytes {
-                Some(bytes) if array.element_signature() == "y" => json!(hex(&bytes)),
+                Some(bytes) if array.element_signature() == "y" => json!(hex::encode(&bytes)),
                 _ => Json::Array(
                     array
                         .iter()
@@ -114,9 +114,6 @@ fn details_json(details: &Details) -> BTreeMap<String, Json> {
         .collect()
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The audit trail's name of a credential (fidoseal_ctap::audit::credential_tag),
 /// so that `fidosealctl log` entries can be matched to `passkeys list`.

@@ -191,7 +191,7 @@ pub fn get_info(facts: &Facts) -> Result<Map<String, Json>, CtlError> {
         out.insert(name.into(), value);
     }
     // The aaguid as MDS3 writes it: 32 hex digits.
-    out.insert("aaguid".into(), json!(hex(&FIDOSEAL_AAGUID)));
+    out.insert("aaguid".into(), json!(hex::encode(FIDOSEAL_AAGUID)));
     Ok(out)
 }
 
@@ -224,7 +224,7 @@ fn get_info_name(key: i64) -> Option<&'static str> {
 fn json_of(value: &Cbor) -> Json {
     match value {
         Cbor::Integer(i) => i64::try_from(*i).map(Json::from).unwrap_or(Json::Null),
-        Cbor::Bytes(b) => json!(hex(b)),
+        Cbor::Bytes(b) => json!(hex::encode(b)),
         Cbor::Text(t) => json!(t),
         Cbor::Bool(b) => json!(b),
         Cbor::Array(items) => Json::Array(items.iter().map(json_of).collect()),
@@ -247,9 +247,6 @@ fn json_of(value: &Cbor) -> Json {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The crate version as 0x00MMmmpp, as fidoseald reports it.
 fn firmware_version() -> u32 {
@@ -260,7 +257,7 @@ fn firmware_version() -> u32 {
 }
 
 fn aaguid_text() -> String {
-    let h = hex(&FIDOSEAL_AAGUID);
+    let h = hex::encode(FIDOSEAL_AAGUID);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],

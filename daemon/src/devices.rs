@@ -47,8 +47,8 @@ pub struct UserDevice {
     /// None in always-approve mode.
     pub prompt: Option<AgentPrompt>,
     /// Single mode: `[device] user` as a uid, resolved at start and on
-    /// SIGHUP, never in a D-Bus handler (device_user.rs, issue 16 finding
-    /// 7). None in per-user mode, where the owner is `uid`, from logind.
+    /// SIGHUP, never in a D-Bus handler (device_user.rs). None in per-user
+    /// mode, where the owner is `uid`, from logind.
     pub device_user: Option<Arc<DeviceUser>>,
     /// For Manager1.Replug: asks this device's loop to re-plug it (rate
     /// limited per device).

@@ -11,7 +11,9 @@
 //! without a kernel); [`UhidDevice`] adds the non-blocking fd polled by tokio.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -248,70 +250,42 @@ pub fn decode_event(buf: &[u8]) -> Result<Decoded, UhidError> {
     Ok(Decoded::Event(event))
 }
 
-/// Runs a libc call returning a byte count or -1, retrying on EINTR.
-fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+/// Runs a system call, retrying on EINTR.
+fn retry_eintr<T>(mut call: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
     loop {
-        match usize::try_from(call()) {
-            Ok(n) => return Ok(n),
-            Err(_) => match io::Error::last_os_error() {
-                e if e.kind() == io::ErrorKind::Interrupted => continue,
-                e => return Err(e),
-            },
+        match call() {
+            Err(Errno::EINTR) => continue,
+            result => return result.map_err(io::Error::from),
         }
     }
 }
 
-fn read_raw(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the caller owns the open `fd`.
-    retry_eintr(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+fn read_raw(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    retry_eintr(|| nix::unistd::read(fd, buf))
 }
 
 /// Writes one whole event.
-fn write_raw(fd: RawFd, ev: &[u8; EVENT_SIZE]) -> Result<(), UhidError> {
-    // SAFETY: `ev` is valid for reads of EVENT_SIZE bytes; the caller owns the open `fd`.
-    match retry_eintr(|| unsafe { libc::write(fd, ev.as_ptr().cast(), EVENT_SIZE) })? {
+fn write_raw(fd: BorrowedFd<'_>, ev: &[u8; EVENT_SIZE]) -> Result<(), UhidError> {
+    match retry_eintr(|| nix::unistd::write(fd, ev))? {
         EVENT_SIZE => Ok(()),
         n => Err(UhidError::ShortWrite(n)),
     }
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl with integer arguments on an fd the caller owns.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
 /// A `SOCK_SEQPACKET` connection to the Unix socket at `path` (std has
 /// stream and datagram sockets only).
 fn connect_seqpacket(path: &Path) -> io::Result<OwnedFd> {
-    use std::os::fd::FromRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
-    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= address.sun_path.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"));
-    }
-    for (slot, byte) in address.sun_path.iter_mut().zip(bytes) {
-        *slot = *byte as libc::c_char;
-    }
-    // SAFETY: plain socket(2) call; the fd is owned right after.
-    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh fd that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: address is a valid sockaddr_un of `length` bytes.
-    if unsafe { libc::connect(fd.as_raw_fd(), (&raw const address).cast(), length) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let address = UnixAddr::new(path)?;
+    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
+    connect(fd.as_raw_fd(), &address)?;
     Ok(fd)
 }
 
@@ -334,7 +308,7 @@ impl UhidDevice {
         let open_error = |source| UhidError::Open { path: path.to_owned(), source };
         if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
             let fd = connect_seqpacket(path).map_err(open_error)?;
-            set_nonblocking(fd.as_raw_fd())?;
+            set_nonblocking(fd.as_fd())?;
             return Self::register_and_create(fd, &ev);
         }
         let file = std::fs::OpenOptions::new()
@@ -351,7 +325,7 @@ impl UhidDevice {
     #[cfg(test)]
     pub fn create_on(fd: OwnedFd, info: &DeviceInfo) -> Result<Self, UhidError> {
         let ev = encode_create2(info)?;
-        set_nonblocking(fd.as_raw_fd())?;
+        set_nonblocking(fd.as_fd())?;
         Self::register_and_create(fd, &ev)
     }
 
@@ -360,14 +334,14 @@ impl UhidDevice {
         tokio::runtime::Handle::try_current().map_err(|_| UhidError::NoRuntime)?;
         // SAFETY: an OwnedFd is open and is neither closed nor replaced while the AsyncFd owns it.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| UhidError::Io(e.into_parts().1))?;
-        write_raw(fd.as_raw_fd(), create2)?;
+        write_raw(fd.as_fd(), create2)?;
         Ok(Self { fd })
     }
 
     async fn write_event(&self, ev: &[u8; EVENT_SIZE]) -> Result<(), UhidError> {
         loop {
             let mut guard = self.fd.writable().await?;
-            let res = guard.try_io(|fd| match write_raw(fd.as_raw_fd(), ev) {
+            let res = guard.try_io(|fd| match write_raw(fd.as_fd(), ev) {
                 Err(UhidError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
                 res => Ok(res),
             });
@@ -387,7 +361,7 @@ impl UhidDevice {
     /// a reader that never waits behind the async loop keeps long messages
     /// from being dropped.
     pub fn read_event_blocking(&self, timeout: std::time::Duration) -> Result<Option<UhidEvent>, UhidError> {
-        let fd = self.fd.as_raw_fd();
+        let fd = self.fd.get_ref().as_fd();
         let mut buf = Box::new([0u8; EVENT_SIZE]);
         loop {
             // Read first and poll only when nothing is queued: during a burst
@@ -395,21 +369,14 @@ impl UhidDevice {
             let n = match read_raw(fd, &mut buf[..]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-                    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-                    // SAFETY: one valid pollfd for the duration of the call; the fd is owned by self.
-                    let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
-                    if ready < 0 {
-                        let err = io::Error::last_os_error();
-                        if err.kind() == io::ErrorKind::Interrupted {
-                            continue;
-                        }
-                        return Err(UhidError::Io(err));
+                    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+                    let wait = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+                    match retry_eintr(|| poll(&mut fds, wait)) {
+                        Ok(0) => return Ok(None),
+                        Ok(_) => continue,
+                        Err(e) => return Err(UhidError::Io(e)),
                     }
-                    if ready == 0 {
-                        return Ok(None);
-                    }
-                    continue;
                 }
                 Err(e) => return Err(UhidError::Io(e)),
             };
@@ -431,7 +398,7 @@ impl UhidDevice {
         loop {
             let n = loop {
                 let mut guard = self.fd.readable().await?;
-                if let Ok(res) = guard.try_io(|fd| read_raw(fd.as_raw_fd(), &mut buf[..])) {
+                if let Ok(res) = guard.try_io(|fd| read_raw(fd.as_fd(), &mut buf[..])) {
                     break res?;
                 }
             };
@@ -454,7 +421,7 @@ impl UhidDevice {
 
     /// Writes UHID_DESTROY, then closes the fd.
     pub fn destroy(self) -> Result<(), UhidError> {
-        write_raw(self.fd.as_raw_fd(), &encode_destroy())
+        write_raw(self.fd.get_ref().as_fd(), &encode_destroy())
     }
 }
 

@@ -1,5 +1,4 @@
-//! Where fidoseald's and fidoseal-agent's logs go (issue #14, issue #16
-//! finding 10):
+//! Where fidoseald's and fidoseal-agent's logs go:
 //!
 //! - under systemd, when stderr is the journal's stream (`JOURNAL_STREAM`
 //!   names stderr's device and inode, systemd.exec(5)): the audit trail

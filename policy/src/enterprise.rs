@@ -75,8 +75,8 @@ impl EnterpriseAttestation {
                 message: format!(
                     "the attestation certificate's AAGUID extension says {} but this authenticator's AAGUID is {}: \
                      relying parties would reject every enterprise attestation",
-                    hex(&aaguid),
-                    hex(authenticator_aaguid)
+                    hex::encode(aaguid),
+                    hex::encode(authenticator_aaguid)
                 ),
             }),
             _ => Ok(()),
@@ -84,9 +84,6 @@ impl EnterpriseAttestation {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 impl fmt::Debug for EnterpriseAttestation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

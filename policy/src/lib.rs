@@ -1,5 +1,4 @@
-//! fidoseal's enterprise policy (DESIGN.md "Policy"; the format is in
-//! docs/policy.md).
+//! fidoseal's enterprise policy (the format is in docs/policy.md).
 //!
 //! Administrators ship TOML files in layered directories:
 //! `/usr/share/fidoseal/policy.d/*.toml` (packages), then

@@ -344,6 +344,37 @@ fn fragments_out_of_sequence_are_invalid_seq() {
     }
 }
 
+/// A write in fragments is one pending operation (§6.10.3): another
+/// channel's fragment, or one more than 30 seconds after the last, does not
+/// continue it, and the array stays as it was.
+#[test]
+fn a_write_continues_only_on_its_channel_and_within_30_seconds() {
+    let protocol = Protocol::Two;
+    let (mut d, cid) = device_with_pin(protocol);
+    let other = d.init();
+    let array = sample_array(100);
+    let (first, second) = array.split_at(50);
+    // One token for all: getting one is a command of its own, which ends a write.
+    let t = token(&mut d, cid, protocol, permission::LBW);
+    let begin = |d: &mut Device| {
+        let status = large_blobs(d, cid, pc::large_blobs_set(Some(&t), first, 0, Some(array.len() as u64))).0;
+        assert_eq!(status, st::OK);
+    };
+    let finish = |d: &mut Device, on: u32| large_blobs(d, on, pc::large_blobs_set(Some(&t), second, 50, None)).0;
+
+    begin(&mut d);
+    assert_eq!(finish(&mut d, other), st::INVALID_SEQ, "another channel");
+    assert_eq!(read_array(&mut d, cid), hex(EMPTY_ARRAY));
+    begin(&mut d);
+    d.advance(std::time::Duration::from_secs(31));
+    assert_eq!(finish(&mut d, cid), st::INVALID_SEQ, "after 31 s");
+    assert_eq!(read_array(&mut d, cid), hex(EMPTY_ARRAY));
+    begin(&mut d);
+    d.advance(std::time::Duration::from_secs(29));
+    assert_eq!(finish(&mut d, cid), st::OK, "within 30 s");
+    assert_eq!(read_array(&mut d, cid), array);
+}
+
 #[test]
 fn a_length_over_4096_is_large_blob_storage_full() {
     let (mut d, cid) = device();

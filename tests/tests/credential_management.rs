@@ -152,6 +152,41 @@ fn get_next_without_begin_or_after_another_command_is_not_allowed() {
     assert_eq!(cm(&mut d, cid, None, sub::ENUMERATE_RPS_GET_NEXT_RP, None).0, st::NOT_ALLOWED);
 }
 
+/// An enumeration is one pending operation (CTAP 2.1 §6.8.3, §6.8.5): only
+/// its own channel continues it, and only within 30 seconds of its last step.
+#[test]
+fn an_enumeration_continues_only_on_its_channel_and_within_30_seconds() {
+    let protocol = Protocol::Two;
+    let (mut d, cid, _) = populated(protocol);
+    let other = d.init();
+    let rps_begin = |d: &mut Device| {
+        let t = cm_token(d, cid, protocol, None);
+        assert_eq!(cm(d, cid, Some(&t), sub::ENUMERATE_RPS_BEGIN, None).0, st::OK);
+    };
+    let creds_begin = |d: &mut Device| {
+        let t = cm_token(d, cid, protocol, None);
+        let params = Some(rp_hash_params(RP_A));
+        assert_eq!(cm(d, cid, Some(&t), sub::ENUMERATE_CREDENTIALS_BEGIN, params).0, st::OK);
+    };
+
+    rps_begin(&mut d);
+    assert_eq!(cm(&mut d, other, None, sub::ENUMERATE_RPS_GET_NEXT_RP, None).0, st::NOT_ALLOWED, "another channel");
+    assert_eq!(cm(&mut d, cid, None, sub::ENUMERATE_RPS_GET_NEXT_RP, None).0, st::NOT_ALLOWED, "ended for its own too");
+    creds_begin(&mut d);
+    assert_eq!(cm(&mut d, other, None, sub::ENUMERATE_CREDENTIALS_GET_NEXT_CREDENTIAL, None).0, st::NOT_ALLOWED);
+
+    rps_begin(&mut d);
+    d.advance(std::time::Duration::from_secs(31));
+    assert_eq!(cm(&mut d, cid, None, sub::ENUMERATE_RPS_GET_NEXT_RP, None).0, st::NOT_ALLOWED, "after 31 s");
+    creds_begin(&mut d);
+    d.advance(std::time::Duration::from_secs(31));
+    assert_eq!(cm(&mut d, cid, None, sub::ENUMERATE_CREDENTIALS_GET_NEXT_CREDENTIAL, None).0, st::NOT_ALLOWED);
+
+    rps_begin(&mut d);
+    d.advance(std::time::Duration::from_secs(29));
+    assert_eq!(cm(&mut d, cid, None, sub::ENUMERATE_RPS_GET_NEXT_RP, None).0, st::OK, "within 30 s");
+}
+
 #[test]
 fn enumerate_credentials_returns_user_id_key_and_cred_protect() {
     for protocol in Protocol::BOTH {

@@ -449,7 +449,8 @@ fn get_info_reports_exact_versions_aaguid_options_and_limits() {
     assert_eq!(option("up"), Some(true));
     assert_eq!(option("plat"), Some(false));
     assert_eq!(option("uv"), None, "no built-in user verification");
-    // What Chromium rejects a whole getInfo for (CTAP-NOTES.md).
+    // Chromium rejects a whole getInfo that claims clientPin or
+    // pinUvAuthToken without listing any pinUvAuthProtocols.
     if option("clientPin").is_some() || option("pinUvAuthToken").is_some() {
         let protocols = get(info, 0x06).and_then(Value::as_array);
         assert!(protocols.is_some_and(|p| !p.is_empty()), "clientPin/pinUvAuthToken need pinUvAuthProtocols");

@@ -90,8 +90,8 @@ async fn fidosealctl_lists_shows_and_deletes_the_users_own_passkeys() {
     assert_eq!(code, 0);
     assert!(out.contains("key store:             software\n"), "{out}");
 
-    // Deleting needs the user's verification through their agent (issue 16
-    // finding 5): with no agent to ask, refused with the way out, nothing gone.
+    // Deleting needs the user's verification through their agent: with no
+    // agent to ask, refused with the way out, nothing gone.
     let (code, _, err) = ctl(&h, &["passkeys", "delete", &id1]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.starts_with("fidosealctl: not permitted: ") && err.contains("verif"), "{err}");
