@@ -209,3 +209,45 @@ pub fn point(key: &VerifyingKey) -> [u8; POINT_LEN] {
     out.copy_from_slice(encoded.as_bytes());
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AAGUID: [u8; 16] = [7; 16];
+
+    #[test]
+    fn a_stored_pair_loads_only_when_the_certificate_is_the_keys() {
+        let key = SoftwareAttestationKey::generate(&AAGUID).unwrap();
+        let other = SoftwareAttestationKey::generate(&AAGUID).unwrap();
+        let again = SoftwareAttestationKey::from_parts(&key.secret_bytes(), key.certificate().to_vec(), &AAGUID).unwrap();
+        assert_eq!(again.certificate(), key.certificate());
+        for (what, secret, certificate, aaguid) in [
+            ("another key's certificate", key.secret_bytes().to_vec(), other.certificate().to_vec(), AAGUID),
+            ("another AAGUID", key.secret_bytes().to_vec(), key.certificate().to_vec(), [8; 16]),
+            ("a truncated certificate", key.secret_bytes().to_vec(), key.certificate()[..100].to_vec(), AAGUID),
+            ("no certificate", key.secret_bytes().to_vec(), vec![], AAGUID),
+            ("a short key", vec![1; 31], key.certificate().to_vec(), AAGUID),
+            ("a zero key", vec![0; 32], key.certificate().to_vec(), AAGUID),
+        ] {
+            assert!(
+                matches!(
+                    SoftwareAttestationKey::from_parts(&secret, certificate, &aaguid),
+                    Err(KeyStoreError::MachineAttestation(_))
+                ),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn serials_are_positive_sixteen_byte_integers_and_differ() {
+        let (a, b) = (new_serial().unwrap(), new_serial().unwrap());
+        assert_ne!(a, b);
+        for serial in [a, b] {
+            assert!((0x40..0x80).contains(&serial[0]), "positive, no leading zero byte");
+        }
+        let key = SoftwareAttestationKey::generate(&AAGUID).unwrap();
+        assert_eq!(&key.certificate()[..2], &[0x30, 0x82], "a long-form SEQUENCE, as the template assumes");
+    }
+}
