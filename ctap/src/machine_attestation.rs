@@ -9,8 +9,10 @@
 //! `x509-cert`'s builder, as `ctap1.rs` does for U2F: the builder wants an
 //! in-process signer (and sha1, which nothing else here needs), while the
 //! TPM store's attestation key signs inside the TPM. Every field has a fixed
-//! length, so the template is a few constants; tests parse the result with
-//! `x509-cert` and check WebAuthn §8.2.1's requirements.
+//! length (so a stored certificate can be checked against its key, below),
+//! and the encoding is a few nested TLVs; tests parse the result with
+//! `x509-cert`, check WebAuthn §8.2.1's requirements with the policy
+//! crate's checker, and the VM suite `pam` with openssl and libfido2.
 
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
