@@ -100,10 +100,21 @@ pub struct Platform {
 
 /// Per-request facts from the transport.
 pub struct RequestContext<'a> {
+    /// When the request arrived.
     pub now: Instant,
     /// The CTAPHID channel the request came on.
     pub channel: u32,
     pub signals: &'a TransactionSignals,
+}
+
+impl RequestContext<'_> {
+    /// The request's arrival plus the time it has waited for the user: when
+    /// the timers that start with the user's action start (a token's
+    /// userPresent, §6.5.2.1; getNextAssertion's 30 s, §6.3). A password
+    /// typed in 35 s must not have used up a 30-second window.
+    pub fn after_user(&self) -> Instant {
+        self.now + self.signals.time_with_user()
+    }
 }
 
 /// Largest credBlob stored (§12.2 maxCredBlobLength; at least 32).

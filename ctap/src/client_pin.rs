@@ -182,7 +182,7 @@ impl Authenticator {
             PresencePurpose::Manage
         };
         self.perform_built_in_uv(&PresenceRequest { purpose, rp_id: rp_id.as_deref(), ..Default::default() }, ctx)?;
-        let token = self.issue_token(&shared, permissions, rp_id, ctx.now)?;
+        let token = self.issue_token(&shared, permissions, rp_id, ctx.after_user())?;
         self.client_pin.token.user_present = true;
         Ok(token)
     }

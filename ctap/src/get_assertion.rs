@@ -198,7 +198,7 @@ impl Authenticator {
         }
         if !found.is_empty() {
             let assertions = PendingAssertions { context, remaining: found };
-            self.pending = Some(Pending::new(ctx.channel, ctx.now, PendingOperation::Assertions(assertions)));
+            self.pending = Some(Pending::new(ctx.channel, ctx.after_user(), PendingOperation::Assertions(assertions)));
         }
         tracing::debug!(rp_id, credentials = total, user_presence, user_verified, "assertion made");
         Ok(response)

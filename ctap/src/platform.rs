@@ -4,7 +4,7 @@
 //! policy files; tests and benchmarks give software keys, memory and scripts.
 
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
@@ -565,6 +565,10 @@ pub struct TransactionSignals {
 struct SignalState {
     cancelled: bool,
     waiting_for_user: bool,
+    /// Since when, while waiting for the user.
+    waiting_since: Option<Instant>,
+    /// How long the transaction has waited for the user so far.
+    time_with_user: Duration,
 }
 
 impl TransactionSignals {
@@ -597,8 +601,32 @@ impl TransactionSignals {
         guard.cancelled
     }
 
+    /// Marks the start and the end of a wait for the user (KEEPALIVE says
+    /// UPNEEDED meanwhile); the time between counts as time with the user.
     pub fn set_waiting_for_user(&self, waiting: bool) {
-        self.lock().waiting_for_user = waiting;
+        let mut state = self.lock();
+        match (waiting, state.waiting_since) {
+            (true, None) => state.waiting_since = Some(Instant::now()),
+            (false, Some(since)) => {
+                state.time_with_user += since.elapsed();
+                state.waiting_since = None;
+            }
+            _ => {}
+        }
+        state.waiting_for_user = waiting;
+    }
+
+    /// How long this transaction has waited for the user: a prompt that
+    /// took 35 s moves the timers that start when the user acted by 35 s
+    /// ([`crate::RequestContext::after_user`]).
+    pub fn time_with_user(&self) -> Duration {
+        self.lock().time_with_user
+    }
+
+    /// Counts `time` as spent with the user, for prompts whose user does
+    /// not take real time (scripted tests, simulated clocks).
+    pub fn add_time_with_user(&self, time: Duration) {
+        self.lock().time_with_user += time;
     }
 
     pub fn keepalive_status(&self) -> KeepaliveStatus {

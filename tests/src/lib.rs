@@ -24,6 +24,9 @@ pub mod seeds;
 #[derive(Debug, Clone)]
 pub enum ScriptedVerification {
     Verified,
+    /// Verified, after the user took this long (reported to the
+    /// transaction's signals, as a real prompt's wait is measured).
+    VerifiedAfter(Duration),
     Pin(String),
     Failed,
     Refused(PromptOutcome),
@@ -102,12 +105,16 @@ impl UserPrompt for ScriptedPrompt {
         &mut self,
         request: &PresenceRequest<'_>,
         pin_available: bool,
-        _signals: &TransactionSignals,
+        signals: &TransactionSignals,
     ) -> VerificationOutcome {
         self.verifications_asked.lock().unwrap().push((request.purpose, pin_available));
         let answer = self.verifications.lock().unwrap().as_mut().and_then(VecDeque::pop_front);
         match answer {
             Some(ScriptedVerification::Verified) => VerificationOutcome::Verified,
+            Some(ScriptedVerification::VerifiedAfter(took)) => {
+                signals.add_time_with_user(took);
+                VerificationOutcome::Verified
+            }
             Some(ScriptedVerification::Pin(pin)) => VerificationOutcome::Pin(pin.into()),
             Some(ScriptedVerification::Failed) => VerificationOutcome::Failed,
             Some(ScriptedVerification::Refused(outcome)) => VerificationOutcome::NotVerified(outcome),
