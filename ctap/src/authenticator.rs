@@ -49,13 +49,29 @@ pub enum AttestationMode {
     SelfAttestation,
     /// "none".
     None,
+    /// "packed" with the machine attestation certificate (`x5c`).
+    Machine,
 }
 
 #[derive(Debug, Clone)]
 pub struct AuthenticatorConfig {
     pub aaguid: [u8; 16],
     pub firmware_version: u32,
+    /// The attestation of web relying parties (rp IDs that are domains)
+    /// where the policy sets none.
     pub attestation: AttestationMode,
+    /// The attestation of relying parties that are not web origins
+    /// (pam_u2f's `pam://…`, OpenSSH's `ssh:…`; [`is_non_web_rp_id`]) where
+    /// the policy sets none.
+    pub non_web_attestation: AttestationMode,
+}
+
+/// rp IDs that no web origin can claim: pam_u2f's default `pam://host` and
+/// OpenSSH's `ssh:` application strings. A browser only sends rp IDs that
+/// are domains (WebAuthn §5.1.3: an rp ID is a valid domain string), so a
+/// web relying party can never be taken for one of these.
+pub fn is_non_web_rp_id(rp_id: &str) -> bool {
+    rp_id.starts_with("pam://") || rp_id.starts_with("ssh:")
 }
 
 /// fidoseal's AAGUID: identifies the model, the same on every machine.
@@ -65,7 +81,12 @@ pub const FIDOSEAL_AAGUID: [u8; 16] = [
 
 impl Default for AuthenticatorConfig {
     fn default() -> Self {
-        Self { aaguid: FIDOSEAL_AAGUID, firmware_version: 1, attestation: AttestationMode::SelfAttestation }
+        Self {
+            aaguid: FIDOSEAL_AAGUID,
+            firmware_version: 1,
+            attestation: AttestationMode::SelfAttestation,
+            non_web_attestation: AttestationMode::Machine,
+        }
     }
 }
 

@@ -16,6 +16,7 @@ mod credential_management;
 pub mod ctaphid;
 mod get_assertion;
 mod large_blobs;
+pub mod machine_attestation;
 mod make_credential;
 pub mod memory_store;
 mod pending;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ciborium::value::Value;
 
 use crate::auth_data::{authenticator_data, cose_key, flags, rp_id_hash, AttestedCredential};
-use crate::authenticator::{AttestationMode, Authenticator, RequestContext, MAX_CRED_BLOB_LENGTH};
+use crate::authenticator::{is_non_web_rp_id, AttestationMode, Authenticator, RequestContext, MAX_CRED_BLOB_LENGTH};
 use crate::cbor::{self, truncate_utf8, MapBuilder};
 use crate::client_pin::permission;
 use crate::credential::{self, MAX_CREDENTIAL_ID_LEN};
@@ -24,6 +24,8 @@ const MAX_STORED_STRING: usize = 64;
 enum Statement {
     None,
     SelfAttestation,
+    /// With the machine attestation certificate (DER).
+    Machine(Vec<u8>),
     Enterprise(Arc<EnterpriseAttestationKey>),
 }
 
@@ -177,6 +179,19 @@ impl Authenticator {
             large_blob_key: requested.large_blob_key,
         };
 
+        // The attestation: the policy's, else the configuration's for web or
+        // non-web rp IDs. The machine certificate (made on first use) is
+        // fetched before anything is created: a missing or damaged machine
+        // key refuses the request without leaving a credential behind.
+        let configured =
+            if is_non_web_rp_id(rp_id) { self.config.non_web_attestation } else { self.config.attestation };
+        let statement_kind = match verdict.attestation {
+            Some(AttestationPolicy::Enterprise(key)) if enterprise_requested => Statement::Enterprise(key),
+            Some(AttestationPolicy::Enterprise(_)) | None => self.statement(configured)?,
+            Some(AttestationPolicy::None) => Statement::None,
+            Some(AttestationPolicy::SelfAttestation) => Statement::SelfAttestation,
+            Some(AttestationPolicy::Machine) => self.statement(AttestationMode::Machine)?,
+        };
         let created = self.platform.keystore.generate(algorithm)?;
         let mut extensions = extensions;
         let credential_id = if discoverable {
@@ -252,17 +267,8 @@ impl Authenticator {
             }),
             any_output.then(|| outputs.build()),
         );
-        let configured = |mode: AttestationMode| match mode {
-            AttestationMode::SelfAttestation => Statement::SelfAttestation,
-            AttestationMode::None => Statement::None,
-        };
-        let statement_kind = match verdict.attestation {
-            Some(AttestationPolicy::Enterprise(key)) if enterprise_requested => Statement::Enterprise(key),
-            Some(AttestationPolicy::Enterprise(_)) | None => configured(self.config.attestation),
-            Some(AttestationPolicy::None) => Statement::None,
-            Some(AttestationPolicy::SelfAttestation) => Statement::SelfAttestation,
-        };
         let enterprise_attested = matches!(statement_kind, Statement::Enterprise(_));
+        let machine_attested = matches!(statement_kind, Statement::Machine(_));
         let mut signed = auth_data.clone();
         signed.extend_from_slice(&request.client_data_hash);
         let (format, statement) = match statement_kind {
@@ -271,6 +277,17 @@ impl Authenticator {
                 // signs authData ‖ clientDataHash; no certificate.
                 let sig = self.platform.keystore.sign(algorithm, &created.key_handle, &signed)?;
                 ("packed", MapBuilder::new().text("alg", algorithm.cose_id()).text("sig", cbor::bytes(sig)).build())
+            }
+            Statement::Machine(certificate) => {
+                // Packed with the machine's self-signed certificate (WebAuthn
+                // §8.2): the machine attestation key signs the same bytes.
+                let sig = self.platform.keystore.sign_machine_attestation(&signed)?;
+                let statement = MapBuilder::new()
+                    .text("alg", Algorithm::Es256.cose_id())
+                    .text("sig", cbor::bytes(sig))
+                    .text("x5c", Value::Array(vec![cbor::bytes(certificate)]))
+                    .build();
+                ("packed", statement)
             }
             Statement::Enterprise(key) => {
                 // Packed with a certificate chain (WebAuthn §8.2): the
@@ -293,7 +310,9 @@ impl Authenticator {
         if user_verified {
             self.clear_token_permissions_except_lbw();
         }
-        tracing::debug!(rp_id, discoverable, user_verified, enterprise_attested, "credential created");
+        tracing::debug!(
+            rp_id, discoverable, user_verified, enterprise_attested, machine_attested, "credential created"
+        );
         self.audit(
             AuditEvent::new(AuditKind::CredentialCreated, AuditDecision::Allow)
                 .rp(Some(rp_id))
@@ -316,6 +335,15 @@ impl Authenticator {
             .int_opt(0x04, enterprise_requested.then_some(Value::Bool(enterprise_attested)))
             .int_opt(0x05, large_blob_key)
             .build())
+    }
+
+    /// The statement of an attestation mode (the machine's with its certificate).
+    fn statement(&mut self, mode: AttestationMode) -> CtapResult<Statement> {
+        Ok(match mode {
+            AttestationMode::None => Statement::None,
+            AttestationMode::SelfAttestation => Statement::SelfAttestation,
+            AttestationMode::Machine => Statement::Machine(self.platform.keystore.machine_attestation_certificate()?),
+        })
     }
 
     /// Capable (the policy holds a key) and enabled (authenticatorConfig).

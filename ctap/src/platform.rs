@@ -66,6 +66,10 @@ pub enum KeyStoreError {
     Exhausted(String),
     #[error("key store failure: {0}")]
     Backend(String),
+    /// The machine attestation key is missing, damaged or unusable
+    /// (docs/policy.md, "Machine attestation"): the registration fails.
+    #[error("machine attestation is unavailable: {0}")]
+    MachineAttestation(String),
 }
 
 /// Where private keys are made and used; private keys never leave it in the
@@ -93,8 +97,19 @@ pub trait KeyStore: Send {
     /// credential keys.
     fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, KeyStoreError>;
     /// authenticatorReset: forget every secret so that all earlier
-    /// credential IDs and key handles become unusable.
+    /// credential IDs and key handles become unusable. The machine
+    /// attestation key stays: it names the machine, not its user.
     fn reset(&mut self) -> Result<(), KeyStoreError>;
+    /// The machine attestation certificate (DER, self-signed, WebAuthn
+    /// §8.2.1), made with its key on first use and kept across resets. One
+    /// per machine: every user's key shares it (docs/policy.md).
+    fn machine_attestation_certificate(&mut self) -> Result<Vec<u8>, KeyStoreError> {
+        Err(KeyStoreError::MachineAttestation(format!("the {} key store has no machine attestation key", self.name())))
+    }
+    /// Signs `message` with the machine attestation key (ES256, DER).
+    fn sign_machine_attestation(&mut self, _message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        Err(KeyStoreError::MachineAttestation(format!("the {} key store has no machine attestation key", self.name())))
+    }
 }
 
 /// A discoverable credential as kept by the credential store.
@@ -409,6 +424,11 @@ pub enum AttestationPolicy {
     None,
     /// "packed" self attestation.
     SelfAttestation,
+    /// "packed" with `x5c`: the machine attestation key signs, its
+    /// self-signed certificate goes along. One key per machine, so the
+    /// relying party can tell two credentials from this machine apart from
+    /// others': a tracking identifier, granted by policy only.
+    Machine,
     /// This relying party may receive enterprise attestation (CTAP 2.1
     /// §7.1) signed with this key, when the client asks for it and it is
     /// enabled; any other request gets the configured attestation.
@@ -634,7 +654,7 @@ impl From<KeyStoreError> for crate::status::StatusCode {
         match error {
             KeyStoreError::UnsupportedAlgorithm(_) => StatusCode::UnsupportedAlgorithm,
             KeyStoreError::NotAuthentic => StatusCode::InvalidCredential,
-            KeyStoreError::Exhausted(_) | KeyStoreError::Backend(_) => {
+            KeyStoreError::Exhausted(_) | KeyStoreError::Backend(_) | KeyStoreError::MachineAttestation(_) => {
                 tracing::error!(error = %error, "key store operation failed");
                 StatusCode::Other
             }

@@ -182,8 +182,12 @@ impl UvMethod {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthenticatorSection {
+    /// Web relying parties (rp IDs that are domains).
     #[serde(default)]
     pub attestation: Attestation,
+    /// rp IDs that no web origin can claim (`pam://…`, `ssh:…`).
+    #[serde(default = "default_non_web_attestation")]
+    pub non_web_attestation: Attestation,
     /// How many discoverable credentials (passkeys) the key holds; getInfo
     /// reports what is left. Lowering it below the stored count deletes
     /// nothing: new ones are refused until there is room.
@@ -195,16 +199,28 @@ pub struct AuthenticatorSection {
 /// ceremony does not grow with it (docs/performance.md).
 pub const DEFAULT_DISCOVERABLE_CREDENTIALS: usize = 10_000;
 
+/// pamu2fcfg (pam-u2f before 1.3) refuses a registration without a
+/// certificate, and these rp IDs are this machine's own services.
+fn default_non_web_attestation() -> Attestation {
+    Attestation::Machine
+}
+
 fn default_discoverable_credentials() -> usize {
     DEFAULT_DISCOVERABLE_CREDENTIALS
 }
 
 impl Default for AuthenticatorSection {
     fn default() -> Self {
-        Self { attestation: Attestation::default(), discoverable_credentials: DEFAULT_DISCOVERABLE_CREDENTIALS }
+        Self {
+            attestation: Attestation::default(),
+            non_web_attestation: default_non_web_attestation(),
+            discoverable_credentials: DEFAULT_DISCOVERABLE_CREDENTIALS,
+        }
     }
 }
 
+// `Self` is a keyword: the variant for "self" keeps the enum's name.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Attestation {
@@ -214,6 +230,8 @@ pub enum Attestation {
     SelfAttestation,
     /// "none".
     None,
+    /// "packed" with the machine attestation certificate (docs/policy.md).
+    Machine,
 }
 
 #[derive(Debug, Deserialize)]
@@ -400,6 +418,7 @@ mod tests {
         assert_eq!(c.keystore.backend, KeyStoreBackend::Software);
         assert_eq!(c.prompt.mode, PromptMode::AlwaysApprove);
         assert_eq!(c.authenticator.attestation, Attestation::SelfAttestation);
+        assert_eq!(c.authenticator.non_web_attestation, Attestation::Machine, "pamu2fcfg of pam-u2f 1.1.0 enrols");
         assert_eq!(c.authenticator.discoverable_credentials, 10_000);
         assert_eq!(c.device.uhid_path, PathBuf::from("/dev/uhid"));
     }
@@ -407,13 +426,15 @@ mod tests {
     #[test]
     fn full_config() {
         let c = Config::parse(&format!(
-            "state_dir = \"/tmp/s\"\n{MINIMAL}[authenticator]\nattestation = \"none\"\ndiscoverable_credentials = 50000\n\
+            "state_dir = \"/tmp/s\"\n{MINIMAL}[authenticator]\nattestation = \"none\"\nnon_web_attestation = \"self\"\n\
+             discoverable_credentials = 50000\n\
              [device]\nuhid_path = \"/dev/x\"\n"
         ))
         .unwrap();
         assert_eq!(c.authenticator.discoverable_credentials, 50_000);
         assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
         assert_eq!(c.authenticator.attestation, Attestation::None);
+        assert_eq!(c.authenticator.non_web_attestation, Attestation::SelfAttestation);
         assert_eq!(c.device.uhid_path, PathBuf::from("/dev/x"));
     }
 

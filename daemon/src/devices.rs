@@ -309,11 +309,14 @@ pub struct DeviceFactory {
 }
 
 pub fn authenticator_config(config: &Config) -> AuthenticatorConfig {
+    let mode = |attestation: Attestation| match attestation {
+        Attestation::SelfAttestation => AttestationMode::SelfAttestation,
+        Attestation::None => AttestationMode::None,
+        Attestation::Machine => AttestationMode::Machine,
+    };
     AuthenticatorConfig {
-        attestation: match config.authenticator.attestation {
-            Attestation::SelfAttestation => AttestationMode::SelfAttestation,
-            Attestation::None => AttestationMode::None,
-        },
+        attestation: mode(config.authenticator.attestation),
+        non_web_attestation: mode(config.authenticator.non_web_attestation),
         firmware_version: crate::firmware_version(),
         ..AuthenticatorConfig::default()
     }

@@ -292,6 +292,7 @@ impl PolicyHandle {
             attestation: s.attestation.and_then(|a| match a {
             Attestation::None => Some(AttestationPolicy::None),
             Attestation::SelfAttestation => Some(AttestationPolicy::SelfAttestation),
+            Attestation::Machine => Some(AttestationPolicy::Machine),
             // A valid policy has the key whenever a rule says enterprise.
             Attestation::Enterprise => snapshot.enterprise.clone().map(AttestationPolicy::Enterprise),
         }),

@@ -183,6 +183,15 @@ impl KeyStore for UserKeyStore {
         self.lock().derive_secret(&bound)
     }
 
+    /// The machine's one attestation key, the same for every user.
+    fn machine_attestation_certificate(&mut self) -> Result<Vec<u8>, KeyStoreError> {
+        self.lock().machine_attestation_certificate()
+    }
+
+    fn sign_machine_attestation(&mut self, message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        self.lock().sign_machine_attestation(message)
+    }
+
     /// This user's reset: a new context, on disk before it is used. The
     /// machine's key store is not reset: it holds every other user's keys.
     fn reset(&mut self) -> Result<(), KeyStoreError> {

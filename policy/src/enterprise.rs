@@ -208,6 +208,21 @@ fn parse_private_key(path: &Path, pem: &str) -> Result<SigningKey, String> {
     }
 }
 
+/// The problems of a DER attestation certificate against WebAuthn §8.2.1
+/// (packed attestation statement certificate requirements) and its AAGUID
+/// extension, if it has one: what the loader checks of an enterprise
+/// attestation certificate, for other attestation certificates (fidoseal's
+/// machine attestation certificate, in tests).
+pub fn check_attestation_certificate(der: &[u8]) -> Result<Option<[u8; 16]>, Vec<String>> {
+    use x509_cert::der::Decode;
+    let cert = Certificate::from_der(der).map_err(|e| vec![format!("not a DER X.509 certificate: {e}")])?;
+    let problems = attestation_certificate_problems(&cert);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    certificate_aaguid(&cert).map_err(|e| vec![e])
+}
+
 fn certificate_key(cert: &Certificate) -> Result<VerifyingKey, String> {
     let spki = cert
         .tbs_certificate()

@@ -307,6 +307,20 @@ impl Device {
         Self { hid, authenticator, prompt, denied_rps, now }
     }
 
+    /// A device over the key store `keystore` (a store without a machine
+    /// attestation key, a failing one).
+    pub fn with_keystore(config: AuthenticatorConfig, keystore: Box<dyn fidoseal_ctap::platform::KeyStore>) -> Self {
+        let prompt = ScriptedPrompt::approving();
+        let denied_rps = DenyList::default();
+        let now = Instant::now();
+        let mut platform = software_platform(Box::new(prompt.clone()), Box::new(denied_rps.clone()), 0);
+        platform.credentials = Box::new(TemporaryDatabase::new(50));
+        platform.keystore = keystore;
+        let authenticator = Authenticator::new(config, platform, now);
+        let hid = CtapHid::new(authenticator.device_version(), 0x1000);
+        Self { hid, authenticator, prompt, denied_rps, now }
+    }
+
     pub fn advance(&mut self, by: Duration) {
         self.now += by;
     }

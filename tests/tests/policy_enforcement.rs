@@ -187,6 +187,7 @@ impl fidoseal_ctap::platform::PolicyDecision for RealPolicy {
                 Some(Attestation::Enterprise) => self.1.clone().map(AttestationPolicy::Enterprise),
                 Some(Attestation::None) => Some(AttestationPolicy::None),
                 Some(Attestation::SelfAttestation) => Some(AttestationPolicy::SelfAttestation),
+                Some(Attestation::Machine) => Some(AttestationPolicy::Machine),
                 None => None,
             };
         })
