@@ -199,7 +199,7 @@ pub struct AuthenticatorSection {
 /// ceremony does not grow with it (docs/performance.md).
 pub const DEFAULT_DISCOVERABLE_CREDENTIALS: usize = 10_000;
 
-/// pamu2fcfg (pam-u2f before 1.3) refuses a registration without a
+/// pamu2fcfg of pam-u2f 1.1.0 (Debian 12) refuses a registration without a
 /// certificate, and these rp IDs are this machine's own services.
 fn default_non_web_attestation() -> Attestation {
     Attestation::Machine
