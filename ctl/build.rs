@@ -39,11 +39,9 @@ fn write_all(share: &Path) -> std::io::Result<()> {
     // One page per command and subcommand (fidosealctl-passkeys-delete.1 ...).
     clap_mangen::generate_to(command.clone(), &man)?;
     use clap_complete::Shell;
-    for (shell, name) in [
-        (Shell::Bash, "fidosealctl.bash"),
-        (Shell::Zsh, "_fidosealctl"),
-        (Shell::Fish, "fidosealctl.fish"),
-    ] {
+    for (shell, name) in
+        [(Shell::Bash, "fidosealctl.bash"), (Shell::Zsh, "_fidosealctl"), (Shell::Fish, "fidosealctl.fish")]
+    {
         let mut buffer = Vec::new();
         clap_complete::generate(shell, &mut command, "fidosealctl", &mut buffer);
         std::fs::write(completions.join(name), buffer)?;

@@ -9,11 +9,11 @@ use ciborium::value::Value;
 
 use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 use crate::cbor::{self, MapBuilder};
-use crate::ctaphid::{capability, DeviceVersion, ADVERTISED_MAX_MSG_SIZE};
 use crate::client_pin::ClientPin;
-use crate::large_blobs::MAX_SERIALIZED_LARGE_BLOB_ARRAY;
-use crate::config_command::MAX_RP_IDS_FOR_SET_MIN_PIN_LENGTH;
 use crate::command::Command;
+use crate::config_command::MAX_RP_IDS_FOR_SET_MIN_PIN_LENGTH;
+use crate::ctaphid::{capability, DeviceVersion, ADVERTISED_MAX_MSG_SIZE};
+use crate::large_blobs::MAX_SERIALIZED_LARGE_BLOB_ARRAY;
 use crate::pending::Pending;
 use crate::pin_protocol::PinUvAuthProtocol;
 use crate::platform::{
@@ -75,9 +75,8 @@ pub fn is_non_web_rp_id(rp_id: &str) -> bool {
 }
 
 /// fidoseal's AAGUID: identifies the model, the same on every machine.
-pub const FIDOSEAL_AAGUID: [u8; 16] = [
-    0x5a, 0x0e, 0x3c, 0x1f, 0x8b, 0x47, 0x4d, 0x52, 0x9e, 0x61, 0x2c, 0xf0, 0x7d, 0x13, 0xa8, 0x46,
-];
+pub const FIDOSEAL_AAGUID: [u8; 16] =
+    [0x5a, 0x0e, 0x3c, 0x1f, 0x8b, 0x47, 0x4d, 0x52, 0x9e, 0x61, 0x2c, 0xf0, 0x7d, 0x13, 0xa8, 0x46];
 
 impl Default for AuthenticatorConfig {
     fn default() -> Self {
@@ -151,15 +150,7 @@ impl Authenticator {
     pub fn try_new(config: AuthenticatorConfig, platform: Platform, power_up: Instant) -> CtapResult<Self> {
         let state = platform.credentials.load_state();
         let client_pin = ClientPin::new()?;
-        Ok(Self {
-            config,
-            platform,
-            power_up,
-            pending: None,
-            state,
-            client_pin,
-            audit: Vec::new(),
-        })
+        Ok(Self { config, platform, power_up, pending: None, state, client_pin, audit: Vec::new() })
     }
 
     /// [`Authenticator::try_new`] for tests and tools, where a machine without
@@ -321,10 +312,7 @@ impl Authenticator {
         if ctx.now.saturating_duration_since(self.power_up) > RESET_WINDOW {
             return Err(StatusCode::NotAllowed);
         }
-        self.require_presence(
-            &PresenceRequest { purpose: PresencePurpose::Reset, ..Default::default() },
-            ctx,
-        )?;
+        self.require_presence(&PresenceRequest { purpose: PresencePurpose::Reset, ..Default::default() }, ctx)?;
         self.reset_now()
     }
 
@@ -357,20 +345,23 @@ impl Authenticator {
             self.audit(event.reason(format!("passkeys and PIN are gone, the key store kept its keys: {e}")));
             return Err(e.into());
         }
-        self.audit(AuditEvent { decision: AuditDecision::Allow, ..event }.reason("every credential and the PIN are gone"));
+        self.audit(
+            AuditEvent { decision: AuditDecision::Allow, ..event }.reason("every credential and the PIN are gone"),
+        );
         Ok(())
     }
 
     /// authenticatorSelection (§6.9): the user touches the key to pick it.
     fn selection(&mut self, ctx: &RequestContext<'_>) -> CtapResult<()> {
-        self.require_presence(
-            &PresenceRequest { purpose: PresencePurpose::Select, ..Default::default() },
-            ctx,
-        )
+        self.require_presence(&PresenceRequest { purpose: PresencePurpose::Select, ..Default::default() }, ctx)
     }
 
     /// Asks the user for presence; any answer but approval ends the request.
-    pub(crate) fn require_presence(&mut self, request: &PresenceRequest<'_>, ctx: &RequestContext<'_>) -> CtapResult<()> {
+    pub(crate) fn require_presence(
+        &mut self,
+        request: &PresenceRequest<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<()> {
         if ctx.signals.is_cancelled() {
             return Err(StatusCode::KeepaliveCancel);
         }
@@ -408,13 +399,15 @@ impl Authenticator {
     /// [`Self::check_policy`] for a CTAP1/U2F request, which names its rp
     /// only by the application parameter (`application_hex`, 64 hex digits):
     /// the one kind of request policy may match by hash.
-    pub(crate) fn check_u2f_policy(&mut self, operation: Operation, application_hex: &str) -> CtapResult<PolicyVerdict> {
-        self.decide_policy(&PolicyRequest {
-            operation,
-            rp_id: application_hex,
-            discoverable: false,
-            ctap1: true,
-        }, false)
+    pub(crate) fn check_u2f_policy(
+        &mut self,
+        operation: Operation,
+        application_hex: &str,
+    ) -> CtapResult<PolicyVerdict> {
+        self.decide_policy(
+            &PolicyRequest { operation, rp_id: application_hex, discoverable: false, ctap1: true },
+            false,
+        )
     }
 
     fn decide_policy(&mut self, request: &PolicyRequest<'_>, user_verified: bool) -> CtapResult<PolicyVerdict> {

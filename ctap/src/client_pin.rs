@@ -118,7 +118,11 @@ fn pin_verifier_context(hash: &[u8]) -> Zeroizing<Vec<u8>> {
 }
 
 impl Authenticator {
-    pub(crate) fn client_pin(&mut self, request: ClientPinRequest, ctx: &RequestContext<'_>) -> CtapResult<Option<Value>> {
+    pub(crate) fn client_pin(
+        &mut self,
+        request: ClientPinRequest,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<Option<Value>> {
         match request.sub_command {
             // Without a PIN there are no retries to count (what python-fido2's
             // device tests and real keys answer).

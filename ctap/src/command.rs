@@ -124,7 +124,16 @@ impl ClientPinRequest {
         let rp_id = map.take(0x0A).map(expect_text).transpose()?;
         let protocol = protocol_id.map(PinUvAuthProtocol::from_id).transpose()?;
         let sub_command = ClientPinSubCommand::try_from(sub_command)?;
-        Ok(Self { sub_command, protocol, key_agreement, pin_uv_auth_param, new_pin_enc, pin_hash_enc, permissions, rp_id })
+        Ok(Self {
+            sub_command,
+            protocol,
+            key_agreement,
+            pin_uv_auth_param,
+            new_pin_enc,
+            pin_hash_enc,
+            permissions,
+            rp_id,
+        })
     }
 
     pub(crate) fn protocol(&self) -> CtapResult<PinUvAuthProtocol> {
@@ -246,7 +255,13 @@ pub(crate) enum LargeBlobsRequest {
     Get { offset: usize, length: usize },
     /// Write a fragment at `offset`; the first one (offset 0) carries the
     /// whole array's `length` (§6.10.3).
-    Set { fragment: Vec<u8>, offset: usize, length: Option<u64>, pin_uv_auth_param: Option<Vec<u8>>, protocol: Option<u64> },
+    Set {
+        fragment: Vec<u8>,
+        offset: usize,
+        length: Option<u64>,
+        pin_uv_auth_param: Option<Vec<u8>>,
+        protocol: Option<u64>,
+    },
 }
 
 impl LargeBlobsRequest {
@@ -259,7 +274,8 @@ impl LargeBlobsRequest {
         let pin_uv_auth_param = map.take(0x05).map(expect_bytes).transpose()?;
         let protocol = map.take(0x06).map(expect_uint).transpose()?;
 
-        let offset = usize::try_from(offset.ok_or(StatusCode::InvalidParameter)?).map_err(|_| StatusCode::InvalidParameter)?;
+        let offset =
+            usize::try_from(offset.ok_or(StatusCode::InvalidParameter)?).map_err(|_| StatusCode::InvalidParameter)?;
         match (get, set) {
             (Some(get), None) => {
                 if length.is_some() || pin_uv_auth_param.is_some() || protocol.is_some() {
@@ -318,7 +334,9 @@ impl ConfigRequest {
         let sub_command = match sub_command_byte {
             0x01 => ConfigSubCommand::EnableEnterpriseAttestation,
             0x02 => ConfigSubCommand::ToggleAlwaysUv,
-            0x03 => ConfigSubCommand::SetMinPinLength(raw_params.map(parse_set_min_pin_length).transpose()?.unwrap_or_default()),
+            0x03 => ConfigSubCommand::SetMinPinLength(
+                raw_params.map(parse_set_min_pin_length).transpose()?.unwrap_or_default(),
+            ),
             _ => return Err(StatusCode::InvalidSubcommand),
         };
         Ok(Self { sub_command, auth })
@@ -367,7 +385,10 @@ mod tests {
 
     #[test]
     fn a_subcommand_without_its_required_key_is_missing_parameter() {
-        assert_eq!(parse_error(command::CLIENT_PIN, &encoded(vec![(0x01, Value::from(2))])), StatusCode::MissingParameter);
+        assert_eq!(
+            parse_error(command::CLIENT_PIN, &encoded(vec![(0x01, Value::from(2))])),
+            StatusCode::MissingParameter
+        );
         assert_eq!(parse_error(command::CREDENTIAL_MANAGEMENT, &encoded(vec![])), StatusCode::MissingParameter);
         assert_eq!(parse_error(command::CONFIG, &encoded(vec![])), StatusCode::MissingParameter);
     }

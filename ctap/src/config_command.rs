@@ -26,7 +26,14 @@ impl Authenticator {
         if self.is_protected() {
             let param = auth.param.ok_or(StatusCode::PuatRequired)?;
             let protocol = PinUvAuthProtocol::from_id(auth.protocol.ok_or(StatusCode::MissingParameter)?)?;
-            self.verify_pin_uv_auth_token(protocol, &auth.message, &param, permission::AUTHENTICATOR_CONFIG, None, ctx.now)?;
+            self.verify_pin_uv_auth_token(
+                protocol,
+                &auth.message,
+                &param,
+                permission::AUTHENTICATOR_CONFIG,
+                None,
+                ctx.now,
+            )?;
         }
 
         match sub_command {
@@ -85,7 +92,11 @@ impl Authenticator {
         let too_short = state.pin.as_ref().is_some_and(|p| p.code_points < new_length);
         state.force_pin_change |= force_change || too_short;
         state.min_pin_length = new_length;
-        tracing::info!(min_pin_length = new_length, force_pin_change = state.force_pin_change, "minimum PIN length set");
+        tracing::info!(
+            min_pin_length = new_length,
+            force_pin_change = state.force_pin_change,
+            "minimum PIN length set"
+        );
         self.save_state(state)?;
         if self.state.force_pin_change {
             // Tokens issued under the old rule stop working (§6.11.4 step 6).

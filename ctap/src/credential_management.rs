@@ -8,8 +8,8 @@ use std::time::Instant;
 use crate::auth_data::rp_id_hash;
 use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, MapBuilder};
-use crate::command::{CredentialManagementRequest, CredentialManagementSubCommand, SubCommandAuth, UserUpdate};
 use crate::client_pin::permission;
+use crate::command::{CredentialManagementRequest, CredentialManagementSubCommand, SubCommandAuth, UserUpdate};
 use crate::pending::{Pending, PendingOperation};
 use crate::pin_protocol::PinUvAuthProtocol;
 use crate::platform::{RelyingParty, ResidentCredential};
@@ -65,10 +65,21 @@ impl Authenticator {
     /// Checks pinUvAuthParam = authenticate(token, subCommand ‖
     /// subCommandParams) with the cm permission; the rp the token is bound
     /// to, if any.
-    fn credential_management_token(&mut self, auth: SubCommandAuth, ctx: &RequestContext<'_>) -> CtapResult<Option<String>> {
+    fn credential_management_token(
+        &mut self,
+        auth: SubCommandAuth,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<Option<String>> {
         let param = auth.param.ok_or(StatusCode::PuatRequired)?;
         let protocol = PinUvAuthProtocol::from_id(auth.protocol.ok_or(StatusCode::MissingParameter)?)?;
-        self.verify_pin_uv_auth_token(protocol, &auth.message, &param, permission::CREDENTIAL_MANAGEMENT, None, ctx.now)?;
+        self.verify_pin_uv_auth_token(
+            protocol,
+            &auth.message,
+            &param,
+            permission::CREDENTIAL_MANAGEMENT,
+            None,
+            ctx.now,
+        )?;
         Ok(self.client_pin.token.rp_id.clone())
     }
 
@@ -163,12 +174,8 @@ impl Authenticator {
 
     /// The credential `id` names, if it is visible and the token may touch it.
     fn owned_credential(&self, id: &[u8], token_rp: Option<&str>) -> CtapResult<ResidentCredential> {
-        let credential = self
-            .platform
-            .credentials
-            .find(id)?
-            .filter(|c| self.visible(&c.rp_id))
-            .ok_or(StatusCode::NoCredentials)?;
+        let credential =
+            self.platform.credentials.find(id)?.filter(|c| self.visible(&c.rp_id)).ok_or(StatusCode::NoCredentials)?;
         if token_rp.is_some_and(|rp| rp != credential.rp_id) {
             return Err(StatusCode::PinAuthInvalid);
         }
@@ -222,10 +229,8 @@ impl Authenticator {
             .text_opt("name", c.user_name.clone())
             .text_opt("displayName", c.user_display_name.clone())
             .build();
-        let descriptor = MapBuilder::new()
-            .text("id", cbor::bytes(c.credential_id.clone()))
-            .text("type", "public-key")
-            .build();
+        let descriptor =
+            MapBuilder::new().text("id", cbor::bytes(c.credential_id.clone())).text("type", "public-key").build();
         let public_key = cbor::decode(&c.public_key_cose).map_err(|_| StatusCode::Other)?;
         let large_blob_key = if c.extensions.large_blob_key {
             Some(cbor::bytes(self.large_blob_key(&c.credential_id)?.to_vec()))

@@ -47,14 +47,15 @@ pub(crate) struct PendingAssertions {
 /// How a discoverable credential is shown when the user picks one.
 fn account_label(credential: &Credential) -> String {
     let Some(r) = &credential.resident else { return String::new() };
-    r.user_display_name
-        .clone()
-        .or_else(|| r.user_name.clone())
-        .unwrap_or_else(|| hex::encode(&r.user_id))
+    r.user_display_name.clone().or_else(|| r.user_name.clone()).unwrap_or_else(|| hex::encode(&r.user_id))
 }
 
 impl Authenticator {
-    pub(crate) fn get_assertion(&mut self, request: GetAssertionRequest, ctx: &RequestContext<'_>) -> CtapResult<Value> {
+    pub(crate) fn get_assertion(
+        &mut self,
+        request: GetAssertionRequest,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<Value> {
         let protocol = self.pin_uv_auth_protocol(request.pin_uv_auth.as_ref(), ctx)?;
 
         // Step 4: "rk" is meaningless here; "uv" needs built-in verification.
@@ -131,7 +132,6 @@ impl Authenticator {
             }
             None => None,
         };
-
 
         let user_name = match found.as_slice() {
             [only] => only.resident.as_ref().and_then(|r| r.user_name.clone()),
@@ -269,7 +269,8 @@ impl Authenticator {
         let mut outputs = MapBuilder::new();
         let mut any_output = false;
         if let Some(request) = context.hmac_secret.as_ref().filter(|_| credential.extensions.hmac_secret) {
-            outputs = outputs.text("hmac-secret", cbor::bytes(self.hmac_secret_output(credential, request, user_verified)?));
+            outputs =
+                outputs.text("hmac-secret", cbor::bytes(self.hmac_secret_output(credential, request, user_verified)?));
             any_output = true;
         }
         if context.cred_blob {
@@ -277,8 +278,13 @@ impl Authenticator {
             any_output = true;
         }
         let counter = self.next_signature_counter(&credential.credential_id)?;
-        let auth_data =
-            authenticator_data(&context.rp_id_hash, context.flag_bits, counter, None, any_output.then(|| outputs.build()));
+        let auth_data = authenticator_data(
+            &context.rp_id_hash,
+            context.flag_bits,
+            counter,
+            None,
+            any_output.then(|| outputs.build()),
+        );
         let mut signed = auth_data.clone();
         signed.extend_from_slice(&context.client_data_hash);
         let signature = self.platform.keystore.sign(credential.algorithm, &credential.key_handle, &signed)?;
@@ -305,7 +311,11 @@ impl Authenticator {
                 .credential(&credential.credential_id)
                 .operation("get-assertion")
                 .user_verified(user_verified)
-                .reason(if context.flag_bits & flags::USER_PRESENT != 0 { "user present" } else { "silent (up=false)" }),
+                .reason(if context.flag_bits & flags::USER_PRESENT != 0 {
+                    "user present"
+                } else {
+                    "silent (up=false)"
+                }),
         );
         Ok(MapBuilder::new()
             .int(0x01, descriptor)

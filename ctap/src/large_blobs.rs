@@ -7,8 +7,8 @@ use sha2::{Digest, Sha256};
 
 use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, MapBuilder};
-use crate::command::LargeBlobsRequest;
 use crate::client_pin::permission;
+use crate::command::LargeBlobsRequest;
 use crate::ctaphid::ADVERTISED_MAX_MSG_SIZE;
 use crate::pending::{Pending, PendingOperation};
 use crate::pin_protocol::PinUvAuthProtocol;
@@ -29,7 +29,11 @@ pub(crate) struct PendingLargeBlobWrite {
 }
 
 impl Authenticator {
-    pub(crate) fn large_blobs(&mut self, request: LargeBlobsRequest, ctx: &RequestContext<'_>) -> CtapResult<Option<Value>> {
+    pub(crate) fn large_blobs(
+        &mut self,
+        request: LargeBlobsRequest,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<Option<Value>> {
         match request {
             LargeBlobsRequest::Get { offset, length } => {
                 let array = &self.state.large_blob_array;
@@ -91,7 +95,14 @@ impl Authenticator {
             message.extend_from_slice(&[0x0c, 0x00]);
             message.extend_from_slice(&(offset as u32).to_le_bytes());
             message.extend_from_slice(&Sha256::digest(&fragment));
-            self.verify_pin_uv_auth_token(protocol, &message, &auth_param, permission::LARGE_BLOB_WRITE, None, ctx.now)?;
+            self.verify_pin_uv_auth_token(
+                protocol,
+                &message,
+                &auth_param,
+                permission::LARGE_BLOB_WRITE,
+                None,
+                ctx.now,
+            )?;
         }
         let Some(pending) = self.pending.as_mut() else {
             return Err(StatusCode::InvalidSeq);

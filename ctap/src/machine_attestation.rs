@@ -81,7 +81,7 @@ pub fn tbs_certificate(point: &[u8; POINT_LEN], serial: &[u8; SERIAL_LEN], aagui
     let algorithm = tlv(
         0x30,
         &[
-            tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]),       // id-ecPublicKey
+            tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]), // id-ecPublicKey
             tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]), // prime256v1
         ]
         .concat(),
@@ -91,8 +91,8 @@ pub fn tbs_certificate(point: &[u8; POINT_LEN], serial: &[u8; SERIAL_LEN], aagui
         0x30,
         &[
             tlv(0x06, &[0x55, 0x1d, 0x13]),
-            tlv(0x01, &[0xff]),             // critical
-            tlv(0x04, &tlv(0x30, &[])),     // cA absent: FALSE
+            tlv(0x01, &[0xff]),         // critical
+            tlv(0x04, &tlv(0x30, &[])), // cA absent: FALSE
         ]
         .concat(),
     );
@@ -109,17 +109,8 @@ pub fn tbs_certificate(point: &[u8; POINT_LEN], serial: &[u8; SERIAL_LEN], aagui
     let name = name();
     tlv(
         0x30,
-        &[
-            version,
-            tlv(0x02, serial),
-            ECDSA_WITH_SHA256.to_vec(),
-            name.clone(),
-            validity,
-            name,
-            spki,
-            extensions,
-        ]
-        .concat(),
+        &[version, tlv(0x02, serial), ECDSA_WITH_SHA256.to_vec(), name.clone(), validity, name, spki, extensions]
+            .concat(),
     )
 }
 
@@ -164,8 +155,8 @@ pub struct SoftwareAttestationKey {
 impl SoftwareAttestationKey {
     /// A new random key and its self-signed certificate.
     pub fn generate(aaguid: &[u8; 16]) -> Result<Self, KeyStoreError> {
-        let signing_key = SigningKey::try_generate()
-            .map_err(|e| KeyStoreError::Backend(format!("key generation failed: {e}")))?;
+        let signing_key =
+            SigningKey::try_generate().map_err(|e| KeyStoreError::Backend(format!("key generation failed: {e}")))?;
         let serial = new_serial()?;
         let tbs = tbs_certificate(&point(signing_key.verifying_key()), &serial, aaguid);
         let signature: Signature = signing_key.sign(&tbs);
@@ -222,7 +213,8 @@ mod tests {
     fn a_stored_pair_loads_only_when_the_certificate_is_the_keys() {
         let key = SoftwareAttestationKey::generate(&AAGUID).unwrap();
         let other = SoftwareAttestationKey::generate(&AAGUID).unwrap();
-        let again = SoftwareAttestationKey::from_parts(&key.secret_bytes(), key.certificate().to_vec(), &AAGUID).unwrap();
+        let again =
+            SoftwareAttestationKey::from_parts(&key.secret_bytes(), key.certificate().to_vec(), &AAGUID).unwrap();
         assert_eq!(again.certificate(), key.certificate());
         for (what, secret, certificate, aaguid) in [
             ("another key's certificate", key.secret_bytes().to_vec(), other.certificate().to_vec(), AAGUID),

@@ -30,7 +30,11 @@ enum Statement {
 }
 
 impl Authenticator {
-    pub(crate) fn make_credential(&mut self, request: MakeCredentialRequest, ctx: &RequestContext<'_>) -> CtapResult<Value> {
+    pub(crate) fn make_credential(
+        &mut self,
+        request: MakeCredentialRequest,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<Value> {
         // Steps 1–2: the zero-length probe and the protocol.
         let protocol = self.pin_uv_auth_protocol(request.pin_uv_auth.as_ref(), ctx)?;
 
@@ -150,15 +154,10 @@ impl Authenticator {
             }
         }
 
-
         // Refuse before asking for a touch when there is no room left.
         if discoverable && self.platform.credentials.remaining_capacity() == 0 {
-            let replaces = self
-                .platform
-                .credentials
-                .credentials_for_rp(&rp_id_hash)?
-                .iter()
-                .any(|c| c.user_id == request.user.id);
+            let replaces =
+                self.platform.credentials.credentials_for_rp(&rp_id_hash)?.iter().any(|c| c.user_id == request.user.id);
             if !replaces {
                 return Err(StatusCode::KeyStoreFull);
             }
@@ -311,7 +310,12 @@ impl Authenticator {
             self.clear_token_permissions_except_lbw();
         }
         tracing::debug!(
-            rp_id, discoverable, user_verified, enterprise_attested, machine_attested, "credential created"
+            rp_id,
+            discoverable,
+            user_verified,
+            enterprise_attested,
+            machine_attested,
+            "credential created"
         );
         self.audit(
             AuditEvent::new(AuditKind::CredentialCreated, AuditDecision::Allow)

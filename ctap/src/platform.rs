@@ -473,7 +473,9 @@ impl Eq for EnterpriseAttestationKey {}
 
 impl std::fmt::Debug for EnterpriseAttestationKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnterpriseAttestationKey").field("certificates", &self.certificates.len()).finish_non_exhaustive()
+        f.debug_struct("EnterpriseAttestationKey")
+            .field("certificates", &self.certificates.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -594,10 +596,8 @@ impl TransactionSignals {
     /// Waits up to `timeout` for a cancellation; true if cancelled.
     pub fn wait_for_cancel(&self, timeout: Duration) -> bool {
         let guard = self.lock();
-        let (guard, _) = self
-            .changed
-            .wait_timeout_while(guard, timeout, |s| !s.cancelled)
-            .unwrap_or_else(|e| e.into_inner());
+        let (guard, _) =
+            self.changed.wait_timeout_while(guard, timeout, |s| !s.cancelled).unwrap_or_else(|e| e.into_inner());
         guard.cancelled
     }
 

@@ -10,12 +10,7 @@ use std::path::PathBuf;
 /// Exit status: 0 success, 1 failure (the daemon refused or could not be
 /// reached, an invalid policy, ...), 2 usage error.
 #[derive(Debug, clap::Parser)]
-#[command(
-    name = "fidosealctl",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "fidosealctl", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -64,11 +59,7 @@ pub enum KeyStoreArg {
 #[derive(Debug, clap::Args)]
 pub struct MetadataArgs {
     /// fidoseald's configuration file.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/etc/fidoseal/fidoseald.toml"
-    )]
+    #[arg(long, value_name = "PATH", default_value = "/etc/fidoseal/fidoseald.toml")]
     pub config: PathBuf,
     /// The key store, instead of the configuration's [keystore] backend.
     #[arg(long, value_enum)]

@@ -124,14 +124,24 @@ impl PromptConfig {
 
     fn check(&self) -> Result<(), String> {
         if !(1..=MAX_PROMPT_TIMEOUT_SECS).contains(&self.timeout) {
-            return Err(format!("[prompt] timeout {} is out of range: seconds, 1 to {MAX_PROMPT_TIMEOUT_SECS}", self.timeout));
+            return Err(format!(
+                "[prompt] timeout {} is out of range: seconds, 1 to {MAX_PROMPT_TIMEOUT_SECS}",
+                self.timeout
+            ));
         }
-        if let Some(twice) = self.uv_methods.iter().enumerate().find_map(|(i, m)| self.uv_methods[..i].contains(m).then_some(m)) {
+        if let Some(twice) =
+            self.uv_methods.iter().enumerate().find_map(|(i, m)| self.uv_methods[..i].contains(m).then_some(m))
+        {
             return Err(format!("[prompt] uv_methods names {} twice", twice.name()));
         }
         let service = &self.pam_service;
-        if service.is_empty() || service.starts_with('.') || !service.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(format!("[prompt] pam_service {service:?} is not a PAM service name (a file name in /etc/pam.d)"));
+        if service.is_empty()
+            || service.starts_with('.')
+            || !service.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "[prompt] pam_service {service:?} is not a PAM service name (a file name in /etc/pam.d)"
+            ));
         }
         Ok(())
     }
@@ -348,7 +358,9 @@ impl DeviceConfig {
                                 [\"graphical\", \"text\"])"
                         .into());
                 }
-                if let Some(twice) = self.sessions.iter().enumerate().find_map(|(i, k)| self.sessions[..i].contains(k).then_some(k)) {
+                if let Some(twice) =
+                    self.sessions.iter().enumerate().find_map(|(i, k)| self.sessions[..i].contains(k).then_some(k))
+                {
                     return Err(format!("[device] sessions names {} twice", twice.name()));
                 }
             }
@@ -475,7 +487,9 @@ mod tests {
     #[test]
     fn tpm_settings_are_refused_where_they_mean_nothing() {
         let with = |extra: &str, backend: &str| {
-            Config::parse(&format!("[keystore]\nbackend = \"{backend}\"\n{extra}\n[prompt]\nmode = \"always-approve\"\n"))
+            Config::parse(&format!(
+                "[keystore]\nbackend = \"{backend}\"\n{extra}\n[prompt]\nmode = \"always-approve\"\n"
+            ))
         };
         assert!(with("tcti = \"device:/dev/tpmrm0\"", "software").unwrap_err().contains("only to backend"));
         assert!(with("owner_auth_file = \"/x\"", "software").unwrap_err().contains("only to backend"));
@@ -487,9 +501,13 @@ mod tests {
     #[test]
     fn policy_dirs_and_device_user() {
         let c = Config::parse(MINIMAL).unwrap();
-        assert_eq!(c.policy.dirs, [PathBuf::from("/usr/share/fidoseal/policy.d"), PathBuf::from("/etc/fidoseal/policy.d")]);
+        assert_eq!(
+            c.policy.dirs,
+            [PathBuf::from("/usr/share/fidoseal/policy.d"), PathBuf::from("/etc/fidoseal/policy.d")]
+        );
         assert_eq!(c.device.user, None);
-        let c = Config::parse(&format!("{MINIMAL}[policy]\ndirs = [\"/tmp/x\"]\n[device]\nuser = \"alice\"\n")).unwrap();
+        let c =
+            Config::parse(&format!("{MINIMAL}[policy]\ndirs = [\"/tmp/x\"]\n[device]\nuser = \"alice\"\n")).unwrap();
         assert_eq!(c.policy.dirs, [PathBuf::from("/tmp/x")]);
         assert_eq!(c.device.user.as_deref(), Some("alice"));
         assert!(Config::parse(&format!("{MINIMAL}[policy]\ndirs = []\n")).unwrap().policy.dirs.is_empty());
@@ -512,9 +530,14 @@ mod tests {
     #[test]
     fn prompt_settings() {
         let with = |prompt: &str| {
-            Config::parse(&format!("[keystore]\nbackend = \"software\"\n[device]\nuser = \"alice\"\n[prompt]\n{prompt}\n"))
+            Config::parse(&format!(
+                "[keystore]\nbackend = \"software\"\n[device]\nuser = \"alice\"\n[prompt]\n{prompt}\n"
+            ))
         };
-        let c = with("mode = \"agent\"\ntimeout = 12\nuv_methods = [\"pin\", \"fingerprint\"]\npam_service = \"fidoseal-x\"").unwrap();
+        let c = with(
+            "mode = \"agent\"\ntimeout = 12\nuv_methods = [\"pin\", \"fingerprint\"]\npam_service = \"fidoseal-x\"",
+        )
+        .unwrap();
         assert_eq!(c.prompt.timeout, 12);
         assert_eq!(c.prompt.uv_methods, [UvMethod::Pin, UvMethod::Fingerprint]);
         assert_eq!(c.prompt.pam_service, "fidoseal-x");
@@ -547,7 +570,9 @@ mod tests {
         assert_eq!(c.prompt.mode, PromptMode::Agent, "per-user agent mode needs no [device] user");
         assert_eq!(c.device.sessions, [SessionKind::Graphical, SessionKind::Text]);
         assert_eq!(c.device.user, None);
-        let c = Config::parse(&format!("{agent}sessions = [\"remote\", \"graphical\", \"unseated\"]\nuser = \"alice\"\n")).unwrap();
+        let c =
+            Config::parse(&format!("{agent}sessions = [\"remote\", \"graphical\", \"unseated\"]\nuser = \"alice\"\n"))
+                .unwrap();
         assert_eq!(c.device.sessions, [SessionKind::Remote, SessionKind::Graphical, SessionKind::Unseated]);
         assert_eq!(c.device.user.as_deref(), Some("alice"), "per-user: the owner of an old single-user state");
     }

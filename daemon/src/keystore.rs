@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, Secret32};
 use fidoseal_ctap::authenticator::FIDOSEAL_AAGUID;
 use fidoseal_ctap::machine_attestation::SoftwareAttestationKey;
+use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, Secret32};
 use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use zeroize::Zeroizing;
 
@@ -20,7 +20,9 @@ pub enum KeyStoreSetupError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a 32-byte key file ({len} bytes); refusing to replace it, since every credential depends on it")]
+    #[error(
+        "{path} is not a 32-byte key file ({len} bytes); refusing to replace it, since every credential depends on it"
+    )]
     Damaged { path: PathBuf, len: usize },
     #[error("{0}")]
     KeyStore(#[from] KeyStoreError),
@@ -212,7 +214,8 @@ mod tests {
         // Another store's certificate beside this key: refused, not used.
         let other = dir.join("other");
         prepare_state_dir(&other).unwrap();
-        let other_certificate = PersistentSoftwareKeyStore::open(&other).unwrap().machine_attestation_certificate().unwrap();
+        let other_certificate =
+            PersistentSoftwareKeyStore::open(&other).unwrap().machine_attestation_certificate().unwrap();
         let mut stored = crate::machine_key::load(&file).unwrap().unwrap();
         stored.certificate = other_certificate;
         crate::machine_key::save(&file, &stored).unwrap();

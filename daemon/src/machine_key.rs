@@ -32,15 +32,12 @@ pub fn load(path: &Path) -> Result<Option<StoredMachineKey>, KeyStoreError> {
     let value: Value =
         ciborium::de::from_reader(bytes.as_slice()).map_err(|_| damaged(path, "it is not a CBOR map"))?;
     let Value::Map(entries) = value else { return Err(damaged(path, "it is not a CBOR map")) };
-    let field = |name: &str| {
-        entries.iter().find(|(k, _)| k.as_text() == Some(name)).map(|(_, v)| v)
-    };
+    let field = |name: &str| entries.iter().find(|(k, _)| k.as_text() == Some(name)).map(|(_, v)| v);
     if field("version").and_then(Value::as_integer) != Some(VERSION.into()) {
         return Err(damaged(path, "unknown version"));
     }
-    let bytes_of = |name: &str| {
-        field(name).and_then(Value::as_bytes).cloned().ok_or_else(|| damaged(path, &format!("no {name}")))
-    };
+    let bytes_of =
+        |name: &str| field(name).and_then(Value::as_bytes).cloned().ok_or_else(|| damaged(path, &format!("no {name}")));
     Ok(Some(StoredMachineKey { key: Zeroizing::new(bytes_of("key")?), certificate: bytes_of("certificate")? }))
 }
 

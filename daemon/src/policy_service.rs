@@ -221,9 +221,9 @@ fn load_policy(dirs: &[PathBuf]) -> Result<Policy, PolicyError> {
 fn snapshot(policy: Policy, principal: Principal, generation: u64) -> Snapshot {
     let min_pin_length = policy.min_pin_length(&principal).map(|(n, _)| n);
     // The core's copy of the key, made once per policy.
-    let enterprise = policy.enterprise_attestation().map(|e| {
-        Arc::new(EnterpriseAttestationKey::new(e.signing_key().clone(), e.certificates().to_vec()))
-    });
+    let enterprise = policy
+        .enterprise_attestation()
+        .map(|e| Arc::new(EnterpriseAttestationKey::new(e.signing_key().clone(), e.certificates().to_vec())));
     Snapshot { policy, principal, min_pin_length, enterprise, generation }
 }
 
@@ -274,12 +274,8 @@ impl PolicyHandle {
             // files do not govern it (yet).
             Operation::Reset => return PolicyVerdict::allow("policy: reset is not governed by policy files"),
         };
-        let decision = snapshot.policy.evaluate(&Request {
-            rp_id: request.rp_id,
-            operation,
-            principal,
-            ctap1: request.ctap1,
-        });
+        let decision =
+            snapshot.policy.evaluate(&Request { rp_id: request.rp_id, operation, principal, ctap1: request.ctap1 });
         if decision.action == Action::Deny {
             return PolicyVerdict::deny(decision.rule_id);
         }
@@ -290,12 +286,12 @@ impl PolicyHandle {
             allow_discoverable: s.allow_discoverable,
             min_cred_protect: s.min_cred_protect,
             attestation: s.attestation.and_then(|a| match a {
-            Attestation::None => Some(AttestationPolicy::None),
-            Attestation::SelfAttestation => Some(AttestationPolicy::SelfAttestation),
-            Attestation::Machine => Some(AttestationPolicy::Machine),
-            // A valid policy has the key whenever a rule says enterprise.
-            Attestation::Enterprise => snapshot.enterprise.clone().map(AttestationPolicy::Enterprise),
-        }),
+                Attestation::None => Some(AttestationPolicy::None),
+                Attestation::SelfAttestation => Some(AttestationPolicy::SelfAttestation),
+                Attestation::Machine => Some(AttestationPolicy::Machine),
+                // A valid policy has the key whenever a rule says enterprise.
+                Attestation::Enterprise => snapshot.enterprise.clone().map(AttestationPolicy::Enterprise),
+            }),
             prompt_timeout: s.prompt_timeout,
             prompt_message: s.message.as_deref().map(String::from),
             rule: decision.rule_id.to_string(),
@@ -539,12 +535,8 @@ mod tests {
         assert_eq!(handle.min_pin_length(), Some(8));
         let v = handle.decide(&request("c.example"));
         assert_eq!(v, PolicyVerdict::deny(format!("{}:2", dir.path().join("50-b.toml").display())));
-        let v = handle.decide(&PolicyRequest {
-            operation: Operation::Reset,
-            rp_id: "",
-            discoverable: false,
-            ctap1: false,
-        });
+        let v =
+            handle.decide(&PolicyRequest { operation: Operation::Reset, rp_id: "", discoverable: false, ctap1: false });
         assert!(v.allow);
     }
 
@@ -578,7 +570,8 @@ mod tests {
         assert!(root.decision().decide(&request("a.example")).allow);
         let nobody = PolicyService::load(vec![dir.path().to_path_buf()], None).unwrap();
         assert!(!nobody.decision().decide(&request("a.example")).allow);
-        let unknown = PolicyService::load(vec![dir.path().to_path_buf()], Some("no-such-user-fidoseal".into())).unwrap();
+        let unknown =
+            PolicyService::load(vec![dir.path().to_path_buf()], Some("no-such-user-fidoseal".into())).unwrap();
         assert!(!unknown.decision().decide(&request("a.example")).allow);
     }
 
@@ -591,7 +584,8 @@ mod tests {
              min_pin_length = 9\n",
         );
         // [device] user names someone else (per-user mode: the heir of an old state).
-        let service = PolicyService::load(vec![dir.path().to_path_buf()], Some("no-such-user-fidoseal".into())).unwrap();
+        let service =
+            PolicyService::load(vec![dir.path().to_path_buf()], Some("no-such-user-fidoseal".into())).unwrap();
         let root = service.decision_for("root");
         let stranger = service.decision_for("no-such-user-fidoseal-2");
         assert!(root.decide(&request("a.example")).allow);
@@ -873,8 +867,16 @@ mod tests {
         let policy_a = Policy::load_dirs(&[dir.path()]).unwrap();
         dir.write("50.toml", b);
         let policy_b = Policy::load_dirs(&[dir.path()]).unwrap();
-        let expected_a = PolicyHandle::verdict(&snapshot(policy_a, Principal::default(), 0), &Principal::default(), &request("x.example"));
-        let expected_b = PolicyHandle::verdict(&snapshot(policy_b, Principal::default(), 0), &Principal::default(), &request("x.example"));
+        let expected_a = PolicyHandle::verdict(
+            &snapshot(policy_a, Principal::default(), 0),
+            &Principal::default(),
+            &request("x.example"),
+        );
+        let expected_b = PolicyHandle::verdict(
+            &snapshot(policy_b, Principal::default(), 0),
+            &Principal::default(),
+            &request("x.example"),
+        );
         assert_ne!(expected_a, expected_b);
 
         let stop = Arc::new(AtomicBool::new(false));

@@ -358,10 +358,7 @@ mod tests {
         let params = ciborium::value::Value::Map(vec![
             (1.into(), ciborium::value::Value::Bytes(vec![0; 32])),
             (2.into(), ciborium::value::Value::Map(vec![("id".into(), "slow.example".into())])),
-            (
-                3.into(),
-                ciborium::value::Value::Map(vec![("id".into(), ciborium::value::Value::Bytes(vec![1]))]),
-            ),
+            (3.into(), ciborium::value::Value::Map(vec![("id".into(), ciborium::value::Value::Bytes(vec![1]))])),
             (
                 4.into(),
                 ciborium::value::Value::Array(vec![ciborium::value::Value::Map(vec![

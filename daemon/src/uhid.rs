@@ -26,9 +26,8 @@ pub const REPORT_SIZE: usize = 64;
 /// Standard FIDO report descriptor: usage page 0xF1D0, usage 1, one 64-byte
 /// input report (usage 0x20) and one 64-byte output report (usage 0x21).
 pub const FIDO_REPORT_DESCRIPTOR: [u8; 34] = [
-    0x06, 0xD0, 0xF1, 0x09, 0x01, 0xA1, 0x01, 0x09, 0x20, 0x15, 0x00, 0x26, 0xFF, 0x00, 0x75, 0x08,
-    0x95, 0x40, 0x81, 0x02, 0x09, 0x21, 0x15, 0x00, 0x26, 0xFF, 0x00, 0x75, 0x08, 0x95, 0x40, 0x91,
-    0x02, 0xC0,
+    0x06, 0xD0, 0xF1, 0x09, 0x01, 0xA1, 0x01, 0x09, 0x20, 0x15, 0x00, 0x26, 0xFF, 0x00, 0x75, 0x08, 0x95, 0x40, 0x81,
+    0x02, 0x09, 0x21, 0x15, 0x00, 0x26, 0xFF, 0x00, 0x75, 0x08, 0x95, 0x40, 0x91, 0x02, 0xC0,
 ];
 
 /// One whole `struct uhid_event`.
@@ -102,11 +101,7 @@ pub enum UhidError {
     #[error("uhid event too short: {0} bytes")]
     ShortEvent(usize),
     #[error("uhid event type {event_type} truncated: {len} bytes, need {needed}")]
-    TruncatedEvent {
-        event_type: u32,
-        len: usize,
-        needed: usize,
-    },
+    TruncatedEvent { event_type: u32, len: usize, needed: usize },
     #[error("short uhid write: {0} of {EVENT_SIZE} bytes")]
     ShortWrite(usize),
     #[error("uhid read returned end of file")]
@@ -145,22 +140,14 @@ fn u32_at(buf: &[u8], off: usize) -> u32 {
 pub fn encode_create2(info: &DeviceInfo) -> Result<EventBuf, UhidError> {
     let mut ev = new_event(UHID_CREATE2);
     // NUL-terminated printable-ASCII strings: (field, offset, capacity, value).
-    let strings = [
-        ("name", 4, 128, &info.name),
-        ("phys", 132, 64, &info.phys),
-        ("uniq", 196, 64, &info.uniq),
-    ];
+    let strings = [("name", 4, 128, &info.name), ("phys", 132, 64, &info.phys), ("uniq", 196, 64, &info.uniq)];
     for (field, off, cap, value) in strings {
         let invalid = |why| Err(UhidError::InvalidDeviceInfo(format!("{field} {why}")));
         if let Some(c) = value.chars().find(|c| !(' '..='~').contains(c)) {
             return invalid(format!("contains non-printable character {c:?}"));
         }
         if value.len() >= cap {
-            return invalid(format!(
-                "is {} bytes, at most {} allowed",
-                value.len(),
-                cap - 1
-            ));
+            return invalid(format!("is {} bytes, at most {} allowed", value.len(), cap - 1));
         }
         put(&mut ev, off, value.as_bytes());
     }
@@ -210,11 +197,7 @@ pub fn decode_event(buf: &[u8]) -> Result<Decoded, UhidError> {
     }
     let event_type = u32_at(buf, 0);
     let need = |needed: usize| match buf.len() < needed {
-        true => Err(UhidError::TruncatedEvent {
-            event_type,
-            len: buf.len(),
-            needed,
-        }),
+        true => Err(UhidError::TruncatedEvent { event_type, len: buf.len(), needed }),
         false => Ok(()),
     };
     let event = match event_type {
@@ -519,17 +502,8 @@ mod tests {
     #[test]
     fn decode_simple_and_report_requests() {
         use UhidEvent::*;
-        for (t, want) in [
-            (2u32, Start),
-            (3, Stop),
-            (4, Open),
-            (5, Close),
-            (99, Other(99)),
-        ] {
-            assert_eq!(
-                decode_event(&t.to_ne_bytes()).unwrap(),
-                Decoded::Event(want)
-            );
+        for (t, want) in [(2u32, Start), (3, Stop), (4, Open), (5, Close), (99, Other(99))] {
+            assert_eq!(decode_event(&t.to_ne_bytes()).unwrap(), Decoded::Event(want));
         }
         let (id, rnum, rtype) = (42, 3, 0);
         let get = decode_event(&report_request(9, 42)[..]).unwrap();
@@ -561,13 +535,7 @@ mod tests {
     #[test]
     fn invalid_strings_rejected() {
         let (name, phys, uniq) = ("n".repeat(127), "p".repeat(63), "u".repeat(63));
-        assert!(encode_create2(&DeviceInfo {
-            name,
-            phys,
-            uniq,
-            ..info()
-        })
-        .is_ok());
+        assert!(encode_create2(&DeviceInfo { name, phys, uniq, ..info() }).is_ok());
         let bad: [fn(&mut DeviceInfo); 8] = [
             |i| i.name = "n".repeat(128),
             |i| i.name = "n".repeat(1000),
@@ -582,10 +550,7 @@ mod tests {
             let mut info = info();
             spoil(&mut info);
             let res = encode_create2(&info);
-            assert!(
-                matches!(res, Err(UhidError::InvalidDeviceInfo(_))),
-                "{info:?}"
-            );
+            assert!(matches!(res, Err(UhidError::InvalidDeviceInfo(_))), "{info:?}");
         }
     }
 
@@ -621,10 +586,7 @@ mod tests {
         let mut with_id = [0x5a; 65];
         with_id[0] = 0;
         send(output_event(&with_id)).await;
-        assert_eq!(
-            read_event().await.unwrap().unwrap(),
-            UhidEvent::Output([0x5a; 64])
-        );
+        assert_eq!(read_event().await.unwrap().unwrap(), UhidEvent::Output([0x5a; 64]));
 
         // Report requests are answered with EIO inside read_event, which keeps reading.
         send(report_request(UHID_GET_REPORT, 42)).await;

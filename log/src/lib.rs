@@ -30,9 +30,7 @@ pub enum Destination {
     /// The audit trail natively to journald, the rest as text on the stream.
     Journal,
     /// Text on stderr; `colour` only on a terminal.
-    Stderr {
-        colour: bool,
-    },
+    Stderr { colour: bool },
 }
 
 /// Sets the global subscriber. `default_filter` applies unless `RUST_LOG`

@@ -84,7 +84,6 @@ impl EnterpriseAttestation {
     }
 }
 
-
 impl fmt::Debug for EnterpriseAttestation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EnterpriseAttestation")
@@ -122,10 +121,8 @@ pub(crate) fn load(
                 problems.push(Problem::Certificate(index, format!("{} holds no certificate", path.display())));
             }
             Ok(certs) => chain.extend(certs.into_iter().map(|c| (index, c))),
-            Err(e) => problems.push(Problem::Certificate(
-                index,
-                format!("{} is not a PEM X.509 certificate: {e}", path.display()),
-            )),
+            Err(e) => problems
+                .push(Problem::Certificate(index, format!("{} is not a PEM X.509 certificate: {e}", path.display()))),
         }
     }
     if !problems.is_empty() {
@@ -256,7 +253,9 @@ fn attestation_certificate_problems(cert: &Certificate) -> Vec<String> {
     }
     match tbs.get_extension::<BasicConstraints>() {
         Ok(Some((_, constraints))) if !constraints.ca => {}
-        Ok(Some(_)) => problems.push("the attestation certificate must not be a CA (basic constraints CA=false)".into()),
+        Ok(Some(_)) => {
+            problems.push("the attestation certificate must not be a CA (basic constraints CA=false)".into())
+        }
         Ok(None) => problems.push("the attestation certificate needs basic constraints with CA=false".into()),
         Err(e) => problems.push(format!("cannot read the attestation certificate's basic constraints: {e}")),
     }

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use ciborium::value::Value;
 use fidoseal_ctap::ctaphid::{self, Action, CtapHid, Packet, BROADCAST_CID};
-use fidoseal_store::CredentialDatabase;
 use fidoseal_ctap::platform::{
-    AuthenticatorState, CredentialStore, RelyingParty, ResidentCredential, StoreError,
-    AllowAll, PolicyDecision, PolicyRequest, PolicyVerdict, PresencePurpose, PresenceRequest, PromptOutcome,
-    Secret32, TransactionSignals, UserPrompt, VerificationOutcome,
+    AllowAll, AuthenticatorState, CredentialStore, PolicyDecision, PolicyRequest, PolicyVerdict, PresencePurpose,
+    PresenceRequest, PromptOutcome, RelyingParty, ResidentCredential, Secret32, StoreError, TransactionSignals,
+    UserPrompt, VerificationOutcome,
 };
 use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use fidoseal_ctap::{Authenticator, AuthenticatorConfig, Platform, RequestContext};
+use fidoseal_store::CredentialDatabase;
 
 pub mod platform_client;
 pub mod seeds;
@@ -208,7 +208,8 @@ impl TemporaryDatabase {
 
     /// In a new directory under `parent` (the benchmark uses a tmpfs).
     pub fn new_in(parent: &std::path::Path, capacity: usize) -> Self {
-        let dir = tempfile::Builder::new().prefix("fidoseal-tests-store-").tempdir_in(parent).expect("a temporary directory");
+        let dir =
+            tempfile::Builder::new().prefix("fidoseal-tests-store-").tempdir_in(parent).expect("a temporary directory");
         let database = CredentialDatabase::open(dir.path(), capacity).expect("a new credential database");
         Self { database: Some(database), dir }
     }

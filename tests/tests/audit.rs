@@ -13,7 +13,6 @@ fn kinds(events: &[AuditEvent]) -> Vec<(AuditKind, AuditDecision)> {
     events.iter().map(|e| (e.kind, e.decision)).collect()
 }
 
-
 /// Nothing in an event holds `secret` (bytes, as hex or as text).
 fn assert_nowhere(events: &[AuditEvent], secret: &[u8]) {
     let hex = hex::encode(secret);

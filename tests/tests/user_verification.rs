@@ -56,7 +56,11 @@ fn verified_user_gets_the_uv_flag_with_one_prompt() {
     assert_eq!(flags(body.as_ref().unwrap()) & 0x05, 0x05, "UP and UV");
     assert!(d.prompt.asked().is_empty(), "verification stands for presence: no second prompt");
     // Discovery with UV returns the user's name.
-    let (status, body) = d.ctap(cid, 0x02, Some(requests::get_assertion("uv.example", &[], vec![(5, text_map(&[("uv", Value::Bool(true))]))])));
+    let (status, body) = d.ctap(
+        cid,
+        0x02,
+        Some(requests::get_assertion("uv.example", &[], vec![(5, text_map(&[("uv", Value::Bool(true))]))])),
+    );
     assert_eq!(status, 0);
     let body = body.unwrap();
     assert_eq!(flags(&body) & 0x05, 0x05);
@@ -173,7 +177,8 @@ fn get_next_assertion_after_a_slow_verification() {
     let mut d = Device::new();
     let cid = d.init();
     for (id, name) in [(b"a", "alice"), (b"b", "bob")] {
-        let (status, _) = d.ctap(cid, 0x01, Some(requests::make_credential("next.example", id, name, vec![requests::rk()])));
+        let (status, _) =
+            d.ctap(cid, 0x01, Some(requests::make_credential("next.example", id, name, vec![requests::rk()])));
         assert_eq!(status, 0);
     }
     d.prompt.offer_verification(vec![V::VerifiedAfter(Duration::from_secs(35))]);
@@ -203,7 +208,8 @@ fn the_user_picks_one_of_several_passkeys() {
     let mut d = Device::new();
     let cid = d.init();
     for (id, name) in [(b"a", "alice"), (b"b", "bob")] {
-        let (status, _) = d.ctap(cid, 0x01, Some(requests::make_credential("pick.example", id, name, vec![requests::rk()])));
+        let (status, _) =
+            d.ctap(cid, 0x01, Some(requests::make_credential("pick.example", id, name, vec![requests::rk()])));
         assert_eq!(status, 0);
     }
     d.prompt.offer_selection(Ok(1));
@@ -213,7 +219,11 @@ fn the_user_picks_one_of_several_passkeys() {
     let body = body.unwrap();
     assert_eq!(responses::get(&body, 5), None, "one assertion: no numberOfCredentials");
     let user = responses::get(&body, 4).unwrap();
-    assert_eq!(responses::get_text(user, "id"), Some(&Value::Bytes(b"a".to_vec())), "the older passkey, second in the list");
+    assert_eq!(
+        responses::get_text(user, "id"),
+        Some(&Value::Bytes(b"a".to_vec())),
+        "the older passkey, second in the list"
+    );
     assert_eq!(d.prompt.selections_asked.lock().unwrap()[0], vec!["bob".to_owned(), "alice".to_owned()]);
     assert_eq!(d.prompt.asked().len(), asked, "choosing was the user's presence");
     assert_eq!(d.ctap(cid, 0x08, None).0, 0x30, "nothing left for getNextAssertion");

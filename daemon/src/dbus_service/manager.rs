@@ -276,7 +276,10 @@ impl Manager {
         // the device's owner confirms who they are first, in their agent.
         if let Err(e) = Self::verify_user_to_delete(&device, &passkey).await {
             // The audit trail, not a log line: it never holds a credential ID.
-            audit(AuditDecision::Deny, format!("asked over D-Bus by uid {}; the user was not verified: {e}", caller.uid));
+            audit(
+                AuditDecision::Deny,
+                format!("asked over D-Bus by uid {}; the user was not verified: {e}", caller.uid),
+            );
             return Err(e);
         }
         let id = passkey.credential_id.clone();

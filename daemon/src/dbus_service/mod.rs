@@ -132,5 +132,3 @@ impl DbusService {
         }
     }
 }
-
-

@@ -666,7 +666,8 @@ impl TpmKeyStore {
         let mut kept = Vec::new();
         if path.exists() {
             let aside = PathBuf::from(format!("{}.{suffix}", path.display()));
-            let bytes = std::fs::read(path).map_err(|source| TpmSetupError::Read { path: path.to_path_buf(), source })?;
+            let bytes =
+                std::fs::read(path).map_err(|source| TpmSetupError::Read { path: path.to_path_buf(), source })?;
             crate::state::write_atomically(&aside, &bytes)
                 .map_err(|source| TpmSetupError::Write { path: aside.clone(), source })?;
             kept.push(aside);
@@ -674,10 +675,12 @@ impl TpmKeyStore {
         let credential_state = [crate::state::DATABASE_FILE, crate::state::LEGACY_FILE];
         if credential_state.iter().any(|file| state_dir.join(file).exists()) {
             use fidoseal_ctap::platform::CredentialStore as _;
-            let failed = |e: &dyn std::fmt::Display| TpmSetupError::Tpm(format!("cannot reset the credential state: {e}"));
+            let failed =
+                |e: &dyn std::fmt::Display| TpmSetupError::Tpm(format!("cannot reset the credential state: {e}"));
             // Opening migrates an old credentials.cbor first (kept as
             // credentials.cbor.migrated); the database is copied whole.
-            let mut credentials = crate::state::CredentialDatabase::open(state_dir, usize::MAX).map_err(|e| failed(&e))?;
+            let mut credentials =
+                crate::state::CredentialDatabase::open(state_dir, usize::MAX).map_err(|e| failed(&e))?;
             let aside = PathBuf::from(format!("{}.{suffix}", credentials.path().display()));
             credentials.copy_to(&aside).map_err(|e| failed(&e))?;
             kept.push(aside);
@@ -724,7 +727,9 @@ fn sign_digest(
     let signed = Digest::try_from(digest.to_vec())
         .and_then(|digest| {
             let ticket = objects::null_hashcheck_ticket()?;
-            ctx.execute_with_session(Some(AuthSession::Password), |c| c.sign(key, digest, SignatureScheme::Null, ticket))
+            ctx.execute_with_session(Some(AuthSession::Password), |c| {
+                c.sign(key, digest, SignatureScheme::Null, ticket)
+            })
         })
         .map_err(at("TPM2_Sign"));
     let flushed = ctx.flush_context(key.into()).map_err(at("TPM2_FlushContext"));
@@ -768,7 +773,8 @@ impl TpmKeyStore {
         let path = self.machine_key_path.clone();
         let loaded = match crate::machine_key::load(&path)? {
             Some(stored) => {
-                let blob = KeyBlob::decode(&stored.key).ok_or_else(|| crate::machine_key::damaged(&path, "no key blob"))?;
+                let blob =
+                    KeyBlob::decode(&stored.key).ok_or_else(|| crate::machine_key::damaged(&path, "no key blob"))?;
                 let (x, y) = blob.coordinates().ok_or_else(|| crate::machine_key::damaged(&path, "not a P-256 key"))?;
                 let point = p256_point(&x, &y);
                 if !machine_attestation::certificate_matches(&stored.certificate, &point, &FIDOSEAL_AAGUID) {
@@ -792,8 +798,10 @@ impl TpmKeyStore {
                         Ok((blob.encode(), machine_attestation::certificate(&tbs, &signature)))
                     })
                 })?;
-                let stored =
-                    crate::machine_key::StoredMachineKey { key: Zeroizing::new(blob.clone()), certificate: certificate.clone() };
+                let stored = crate::machine_key::StoredMachineKey {
+                    key: Zeroizing::new(blob.clone()),
+                    certificate: certificate.clone(),
+                };
                 crate::machine_key::save(&path, &stored)?;
                 tracing::info!(path = %path.display(), "created the machine attestation key in the TPM");
                 (blob, certificate)

@@ -625,7 +625,9 @@ fn the_machine_key_is_made_in_the_tpm_once_survives_reset_and_restart_and_a_dama
     std::fs::write(&file, b"not cbor").unwrap();
     let mut damaged = open(&tpm, &state);
     match damaged.machine_attestation_certificate() {
-        Err(KeyStoreError::MachineAttestation(message)) => assert!(message.contains("machine-attestation-tpm"), "{message}"),
+        Err(KeyStoreError::MachineAttestation(message)) => {
+            assert!(message.contains("machine-attestation-tpm"), "{message}")
+        }
         other => panic!("expected a machine attestation error, got {other:?}"),
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"not cbor", "a damaged file is never replaced silently");

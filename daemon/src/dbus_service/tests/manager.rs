@@ -244,7 +244,6 @@ async fn per_user_callers_reach_their_own_device_only() {
     assert_eq!(get::<String>(&manager.status().await.unwrap(), "device_mode").as_deref(), Some("per-user"));
 }
 
-
 fn error_of(err: zbus::Error) -> fidoseal_dbus::Error {
     fidoseal_dbus::Error::from(err)
 }
