@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use crate::auth_data::{authenticator_data, flags, rp_id_hash};
 use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, MapBuilder};
+use crate::ceremony::{Admission, User};
 use crate::client_pin::permission;
 use crate::credential::{self, Credential};
 use crate::pending::{Pending, PendingOperation};
@@ -62,10 +63,7 @@ impl Authenticator {
         if request.options.rk.is_some() {
             return Err(StatusCode::UnsupportedOption);
         }
-        let uv_requested = request.options.uv == Some(true) && protocol.is_none();
-        if uv_requested && !self.built_in_uv_available() {
-            return Err(StatusCode::InvalidOption);
-        }
+        let uv_requested = self.uv_requested(request.options.uv, protocol)?;
         let user_presence = request.options.up.unwrap_or(true);
         // Step 5: alwaysUv wants UV for every assertion the user is asked
         // for; with clientPin supported the answer is PUAT_REQUIRED whether
@@ -76,23 +74,19 @@ impl Authenticator {
         let rp_id = request.rp_id.as_str();
         let rp_id_hash = rp_id_hash(rp_id);
 
-        // Step 6: the pinUvAuthParam proves UV for this rp.
-        let token = self.verify_request_token(
-            protocol,
-            request.pin_uv_auth.as_ref(),
-            &request.client_data_hash,
-            permission::GET_ASSERTION,
-            rp_id,
-            ctx.now,
-        )?;
-        let mut user_verified = token.user_verified;
-        let token_presence = token.user_present;
-
-        // Policy first: a refused rp learns nothing, not even whether any of
-        // its credentials live here, and no credential ID is opened for it.
+        // Step 6 (the token may get assertions for this rp), then policy: no
+        // credential ID is opened for a refused rp.
         let from_allow_list = !request.allow_list.is_empty();
-        let verdict =
-            self.check_policy(Operation::GetAssertion, rp_id, !from_allow_list, user_verified || uv_requested)?;
+        let admission = Admission {
+            operation: Operation::GetAssertion,
+            rp_id,
+            discoverable: !from_allow_list,
+            client_data_hash: &request.client_data_hash,
+            pin_uv_auth: request.pin_uv_auth.as_ref(),
+            permission: permission::GET_ASSERTION,
+        };
+        let (mut user, verdict) = self.admit(&admission, protocol, uv_requested, ctx)?;
+        let user_verified = user.verified;
 
         // Step 7: locate credentials. With an allow list, the first of ours;
         // without, every discoverable credential of the rp, newest first.
@@ -146,12 +140,8 @@ impl Authenticator {
         };
         // Built-in verification proves presence too; choosing one of several
         // passkeys in the agent is itself a user action.
-        let mut user_present = token_presence;
-        if uv_requested {
-            self.perform_built_in_uv(&prompt, ctx)?;
-            user_verified = true;
-            user_present = true;
-        }
+        self.verify_if_requested(uv_requested, &mut user, &prompt, ctx)?;
+        let User { verified: user_verified, present: mut user_present } = user;
         if found.len() > 1 && user_presence {
             let accounts: Vec<String> = found.iter().map(account_label).collect();
             ctx.signals.set_waiting_for_user(true);
@@ -267,24 +257,16 @@ impl Authenticator {
     ) -> CtapResult<Value> {
         let user_verified = context.flag_bits & flags::USER_VERIFIED != 0;
         let mut outputs = MapBuilder::new();
-        let mut any_output = false;
         if let Some(request) = context.hmac_secret.as_ref().filter(|_| credential.extensions.hmac_secret) {
             outputs =
                 outputs.text("hmac-secret", cbor::bytes(self.hmac_secret_output(credential, request, user_verified)?));
-            any_output = true;
         }
         if context.cred_blob {
             outputs = outputs.text("credBlob", cbor::bytes(credential.extensions.cred_blob.clone()));
-            any_output = true;
         }
         let counter = self.next_signature_counter(&credential.credential_id)?;
-        let auth_data = authenticator_data(
-            &context.rp_id_hash,
-            context.flag_bits,
-            counter,
-            None,
-            any_output.then(|| outputs.build()),
-        );
+        let auth_data =
+            authenticator_data(&context.rp_id_hash, context.flag_bits, counter, None, outputs.build_unless_empty());
         let mut signed = auth_data.clone();
         signed.extend_from_slice(&context.client_data_hash);
         let signature = self.platform.keystore.sign(credential.algorithm, &credential.key_handle, &signed)?;

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth_data;
 pub mod authenticator;
 pub mod cbor;
+mod ceremony;
 pub mod client_pin;
 mod command;
 mod config_command;

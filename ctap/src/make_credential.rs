@@ -8,6 +8,7 @@ use ciborium::value::Value;
 use crate::auth_data::{authenticator_data, cose_key, flags, rp_id_hash, AttestedCredential};
 use crate::authenticator::{is_non_web_rp_id, AttestationMode, Authenticator, RequestContext, MAX_CRED_BLOB_LENGTH};
 use crate::cbor::{self, truncate_utf8, MapBuilder};
+use crate::ceremony::{Admission, User};
 use crate::client_pin::permission;
 use crate::credential::{self, MAX_CREDENTIAL_ID_LEN};
 use crate::platform::{
@@ -52,10 +53,7 @@ impl Authenticator {
         if request.options.up == Some(false) {
             return Err(StatusCode::InvalidOption);
         }
-        let uv_requested = request.options.uv == Some(true) && protocol.is_none();
-        if uv_requested && !self.built_in_uv_available() {
-            return Err(StatusCode::InvalidOption);
-        }
+        let uv_requested = self.uv_requested(request.options.uv, protocol)?;
         let discoverable = request.options.rk.unwrap_or(false);
 
         // Steps 6–7: a protected authenticator wants UV for discoverable
@@ -96,23 +94,16 @@ impl Authenticator {
         let rp_id = request.rp.id.as_str();
         let rp_id_hash = rp_id_hash(rp_id);
 
-        // Step 11: the pinUvAuthParam authenticates clientDataHash with a
-        // token that may make credentials for this rp.
-        let token = self.verify_request_token(
-            protocol,
-            request.pin_uv_auth.as_ref(),
-            &request.client_data_hash,
-            permission::MAKE_CREDENTIAL,
+        // Step 11 (the token may make credentials for this rp), then policy.
+        let admission = Admission {
+            operation: Operation::MakeCredential,
             rp_id,
-            ctx.now,
-        )?;
-        let mut user_verified = token.user_verified;
-        let token_presence = token.user_present;
-
-        // Policy first: a refused rp learns nothing, not even which of its
-        // credentials live here.
-        let verdict =
-            self.check_policy(Operation::MakeCredential, rp_id, discoverable, user_verified || uv_requested)?;
+            discoverable,
+            client_data_hash: &request.client_data_hash,
+            pin_uv_auth: request.pin_uv_auth.as_ref(),
+            permission: permission::MAKE_CREDENTIAL,
+        };
+        let (mut user, verdict) = self.admit(&admission, protocol, uv_requested, ctx)?;
 
         let user_name = request.user.name.as_deref().or(request.user.display_name.as_deref());
         let prompt = PresenceRequest {
@@ -122,13 +113,8 @@ impl Authenticator {
             message: verdict.prompt_message.as_deref(),
             timeout: verdict.prompt_timeout,
         };
-        // Built-in verification: the user verifies (and so is present) once.
-        let mut user_present = token_presence;
-        if uv_requested {
-            self.perform_built_in_uv(&prompt, ctx)?;
-            user_verified = true;
-            user_present = true;
-        }
+        self.verify_if_requested(uv_requested, &mut user, &prompt, ctx)?;
+        let User { verified: user_verified, present: user_present } = user;
 
         // Step 12: a credential from the exclude list already lives here
         // (one that needs UV counts only when UV was done).
@@ -233,22 +219,17 @@ impl Authenticator {
         }
 
         let mut outputs = MapBuilder::new();
-        let mut any_output = false;
         if requested.cred_protect.is_some() || extensions.cred_protect > 1 {
             outputs = outputs.text("credProtect", u64::from(extensions.cred_protect));
-            any_output = true;
         }
         if requested.hmac_secret {
             outputs = outputs.text("hmac-secret", true);
-            any_output = true;
         }
         if requested.cred_blob.is_some() {
             outputs = outputs.text("credBlob", cred_blob.is_some() && !extensions.cred_blob.is_empty());
-            any_output = true;
         }
         if requested.min_pin_length && self.state.min_pin_length_rp_ids.iter().any(|r| r == rp_id) {
             outputs = outputs.text("minPinLength", u64::from(self.effective_min_pin_length()));
-            any_output = true;
         }
 
         let mut flag_bits = flags::USER_PRESENT;
@@ -264,7 +245,7 @@ impl Authenticator {
                 credential_id: &credential_id,
                 public_key: &created.public_key,
             }),
-            any_output.then(|| outputs.build()),
+            outputs.build_unless_empty(),
         );
         let enterprise_attested = matches!(statement_kind, Statement::Enterprise(_));
         let machine_attested = matches!(statement_kind, Statement::Machine(_));
