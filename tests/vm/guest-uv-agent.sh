@@ -53,6 +53,14 @@ wait_alog() {
     done
 }
 
+# opt_is NAME true|false WHY: after fido2-token -I, getInfo's option NAME
+# ("uv" listed when true, "nouv" when false, nothing when absent).
+opt_is() {
+    local got=false
+    if sed -n 's/^options: //p' "$WORK/last.out" | tr ',' '\n' | tr -d ' ' | grep -qx "$1"; then got=true; fi
+    [ "$got" = "$2" ] || fail "getInfo option $1 is $got, expected $2 ($3)"
+    log "    (getInfo: $1 $got: $3)"
+}
 # uv_make_user: UV_USER with UV_PASSWORD (PAM checks it for the agent's
 # "password" method), a shell and a home (sshd logs in as this user).
 uv_make_user() {
