@@ -23,6 +23,11 @@ BUS_PID=""
 AGENT_STARTS=0
 PMARK=0
 
+# quiet_grep ARGS...: grep -q that reads all its input (after a pipe,
+# grep -q exits at the first match and pipefail then sees the writer's
+# SIGPIPE as a failure).
+quiet_grep() { grep "$@" >/dev/null; }
+
 uv_collect() {
     cp "$PLOG" "$RESULTS/pinentry.log" 2>/dev/null || true
     if [ -n "$APID" ] && kill -0 "$APID" 2>/dev/null; then kill -TERM "$APID" 2>/dev/null || true; fi
@@ -57,7 +62,7 @@ wait_alog() {
 # ("uv" listed when true, "nouv" when false, nothing when absent).
 opt_is() {
     local got=false
-    if sed -n 's/^options: //p' "$WORK/last.out" | tr ',' '\n' | tr -d ' ' | grep -qx "$1"; then got=true; fi
+    if sed -n 's/^options: //p' "$WORK/last.out" | tr ',' '\n' | tr -d ' ' | quiet_grep -x "$1"; then got=true; fi
     [ "$got" = "$2" ] || fail "getInfo option $1 is $got, expected $2 ($3)"
     log "    (getInfo: $1 $got: $3)"
 }
