@@ -555,11 +555,20 @@ fn sealing_key(
     tpm_hmac(ctx, primary, public, private, &input)
 }
 
-impl TpmKeyStore {
-    /// Opens the TPM key store of `state_dir`: reaches the TPM, re-creates
-    /// the primary, checks that it is the one the state file was made
-    /// under, and derives the sealing key; creates everything on first start.
-    pub fn open(settings: &TpmSettings, state_dir: &Path) -> Result<Self, TpmSetupError> {
+/// A connection to the TPM, before the store on it is reopened or created.
+struct Opened {
+    tcti: TctiNameConf,
+    tcti_text: String,
+    owner_auth: Option<Zeroizing<Vec<u8>>>,
+    ctx: Context,
+    manufacturer: String,
+    /// The state file.
+    path: PathBuf,
+    machine_key_path: PathBuf,
+}
+
+impl Opened {
+    fn connect(settings: &TpmSettings, state_dir: &Path, path: PathBuf) -> Result<Self, TpmSetupError> {
         let tcti_text = settings.tcti.clone();
         let tcti = TctiNameConf::from_str(&tcti_text).map_err(|_| {
             TpmSetupError::Unreachable(format!(
@@ -568,6 +577,19 @@ impl TpmKeyStore {
             ))
         })?;
         let owner_auth = settings.owner_auth_file.as_deref().map(read_owner_auth).transpose()?;
+        let (ctx, manufacturer) = open_context(&tcti, &tcti_text, owner_auth.as_deref().map(Vec::as_slice))
+            .map_err(|message| TpmSetupError::Unreachable(format!("{message}. {}", unreachable_hint(&tcti_text))))?;
+        let machine_key_path = crate::machine_key::path(state_dir, "tpm");
+        Ok(Self { tcti, tcti_text, owner_auth, ctx, manufacturer, path, machine_key_path })
+    }
+}
+
+impl TpmKeyStore {
+    /// Opens the TPM key store of `state_dir`: reaches the TPM, then reopens
+    /// the store its state file describes ([`Self::reopen`]) or, on first
+    /// start or when the TPM no longer has those keys, creates one
+    /// ([`Self::create`]).
+    pub fn open(settings: &TpmSettings, state_dir: &Path) -> Result<Self, TpmSetupError> {
         let path = state_dir.join(STATE_FILE);
         let persisted = match std::fs::read(&path) {
             Ok(bytes) => Some(
@@ -576,69 +598,72 @@ impl TpmKeyStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => return Err(TpmSetupError::Read { path, source }),
         };
-        let (mut ctx, manufacturer) = open_context(&tcti, &tcti_text, owner_auth.as_deref().map(Vec::as_slice))
-            .map_err(|message| TpmSetupError::Unreachable(format!("{message}. {}", unreachable_hint(&tcti_text))))?;
-
-        let mut startup = Startup::Created;
-        if let Some(persisted) = persisted {
-            let (primary, name) = create_primary(&mut ctx, &persisted.generation)
-                .map_err(|e| setup_error("re-creating the primary", e))?;
-            if name == persisted.primary_name {
-                let hmac_public = Public::unmarshall(&persisted.hmac_public).map_err(|e| TpmSetupError::Damaged {
-                    path: path.clone(),
-                    reason: format!("HMAC key public area: {e}"),
-                })?;
-                let hmac_private = Private::try_from(persisted.hmac_private.clone()).map_err(|e| {
-                    TpmSetupError::Damaged { path: path.clone(), reason: format!("HMAC key blob: {e}") }
-                })?;
-                let sealing_key = sealing_key(&mut ctx, primary, &hmac_public, &hmac_private)
-                    .map_err(|e| setup_error("loading the key store's HMAC key", e))?;
-                tracing::info!(
-                    tcti = %tcti_text, manufacturer = %manufacturer, state = %path.display(),
-                    "TPM key store ready: credential keys are made by the TPM and never leave it"
+        let opened = Opened::connect(settings, state_dir, path)?;
+        let Some(persisted) = persisted else {
+            return Self::create(opened, Startup::Created);
+        };
+        match Self::reopen(opened, persisted)? {
+            Ok(store) => Ok(store),
+            Err(opened) => {
+                let kept = vec![Self::keep_state_file_aside(&opened.path)?];
+                tracing::error!(
+                    tcti = %opened.tcti_text, kept = ?kept,
+                    "THE TPM NO LONGER HAS THIS KEY STORE'S KEYS: the TPM was cleared (or its owner seed changed), or this \
+                     state directory comes from another machine. Every credential made before is gone for good, and so is \
+                     the PIN; fidoseald starts over with an empty key store. Register this security key again with every \
+                     site."
                 );
-                return Ok(Self {
-                    tpm: Tpm {
-                        tcti,
-                        tcti_text,
-                        owner_auth,
-                        generation: persisted.generation,
-                        primary_name: persisted.primary_name,
-                        conn: Some(Connection { ctx, primary }),
-                    },
-                    path,
-                    hmac_public,
-                    hmac_private,
-                    sealing_key,
-                    startup: Startup::Reopened,
-                    machine_key_path: crate::machine_key::path(state_dir, "tpm"),
-                    machine_key: None,
-                });
+                Self::create(opened, Startup::StartedOver { kept })
             }
-            let _ = ctx.flush_context(primary.into());
-            let kept = Self::keep_aside_and_reset_credentials(state_dir, &path)?;
-            tracing::error!(
-                tcti = %tcti_text, kept = ?kept,
-                "THE TPM NO LONGER HAS THIS KEY STORE'S KEYS: the TPM was cleared (or its owner seed changed), or this state \
-                 directory comes from another machine. Every credential made before is gone for good, and so is the PIN; \
-                 fidoseald starts over with an empty key store. Register this security key again with every site."
-            );
-            startup = Startup::StartedOver { kept };
         }
+    }
 
-        let Generation { primary, persisted, hmac_public, hmac_private, sealing_key } =
-            new_generation(&mut ctx).map_err(|e| setup_error("creating the key store", e))?;
-        if let Err(source) = crate::state::write_atomically(&path, &persisted.encode()) {
-            let _ = ctx.flush_context(primary.into());
-            return Err(TpmSetupError::Write { path, source });
+    /// The store of `persisted`, if this TPM re-creates the same primary;
+    /// the connection back otherwise (its keys are gone).
+    fn reopen(mut opened: Opened, persisted: Persisted) -> Result<Result<Self, Opened>, TpmSetupError> {
+        let (primary, name) = create_primary(&mut opened.ctx, &persisted.generation)
+            .map_err(|e| setup_error("re-creating the primary", e))?;
+        if name != persisted.primary_name {
+            let _ = opened.ctx.flush_context(primary.into());
+            return Ok(Err(opened));
         }
-        // A credential state beside a new store belongs to another key store:
-        // main.rs sets it aside (state::CredentialDatabase::bind_key_store).
+        let path = &opened.path;
+        let hmac_public = Public::unmarshall(&persisted.hmac_public)
+            .map_err(|e| TpmSetupError::Damaged { path: path.clone(), reason: format!("HMAC key public area: {e}") })?;
+        let hmac_private = Private::try_from(persisted.hmac_private.clone())
+            .map_err(|e| TpmSetupError::Damaged { path: path.clone(), reason: format!("HMAC key blob: {e}") })?;
+        let sealing_key = sealing_key(&mut opened.ctx, primary, &hmac_public, &hmac_private)
+            .map_err(|e| setup_error("loading the key store's HMAC key", e))?;
         tracing::info!(
-            tcti = %tcti_text, manufacturer = %manufacturer, state = %path.display(),
+            tcti = %opened.tcti_text, manufacturer = %opened.manufacturer, state = %path.display(),
+            "TPM key store ready: credential keys are made by the TPM and never leave it"
+        );
+        let generation = Generation { primary, persisted, hmac_public, hmac_private, sealing_key };
+        Ok(Ok(Self::assemble(opened, generation, Startup::Reopened)))
+    }
+
+    /// A new store: a new generation's primary and keys, its state file
+    /// written before the store is used. A credential state beside it
+    /// belongs to another key store and is set aside by the one path that
+    /// does that for every store (devices::open_credentials,
+    /// `CredentialDatabase::bind_key_store`), also after a crash here.
+    fn create(mut opened: Opened, startup: Startup) -> Result<Self, TpmSetupError> {
+        let generation = new_generation(&mut opened.ctx).map_err(|e| setup_error("creating the key store", e))?;
+        if let Err(source) = crate::state::write_atomically(&opened.path, &generation.persisted.encode()) {
+            let _ = opened.ctx.flush_context(generation.primary.into());
+            return Err(TpmSetupError::Write { path: opened.path, source });
+        }
+        tracing::info!(
+            tcti = %opened.tcti_text, manufacturer = %opened.manufacturer, state = %opened.path.display(),
             "created a new TPM key store: credential keys are made by the TPM and never leave it"
         );
-        Ok(Self {
+        Ok(Self::assemble(opened, generation, startup))
+    }
+
+    fn assemble(opened: Opened, generation: Generation, startup: Startup) -> Self {
+        let Opened { tcti, tcti_text, owner_auth, ctx, path, machine_key_path, .. } = opened;
+        let Generation { primary, persisted, hmac_public, hmac_private, sealing_key } = generation;
+        Self {
             tpm: Tpm {
                 tcti,
                 tcti_text,
@@ -652,41 +677,20 @@ impl TpmKeyStore {
             hmac_private,
             sealing_key,
             startup,
-            machine_key_path: crate::machine_key::path(state_dir, "tpm"),
+            machine_key_path,
             machine_key: None,
-        })
+        }
     }
 
-    /// Before starting over: copies the state file and the credential state
-    /// aside (nothing is deleted), then resets the credential state, whose
-    /// credentials and PIN verifier depended on the lost keys. Crash-safe:
-    /// until the new state file replaces the old one, a restart does this again.
-    fn keep_aside_and_reset_credentials(state_dir: &Path, path: &Path) -> Result<Vec<PathBuf>, TpmSetupError> {
-        let suffix = format!("unusable-{}", crate::state::unix_time());
-        let mut kept = Vec::new();
-        if path.exists() {
-            let aside = PathBuf::from(format!("{}.{suffix}", path.display()));
-            let bytes =
-                std::fs::read(path).map_err(|source| TpmSetupError::Read { path: path.to_path_buf(), source })?;
-            crate::state::write_atomically(&aside, &bytes)
-                .map_err(|source| TpmSetupError::Write { path: aside.clone(), source })?;
-            kept.push(aside);
-        }
-        let credential_state = [crate::state::DATABASE_FILE, crate::state::LEGACY_FILE];
-        if credential_state.iter().any(|file| state_dir.join(file).exists()) {
-            use fidoseal_ctap::platform::CredentialStore as _;
-            let failed =
-                |e: &dyn std::fmt::Display| TpmSetupError::Tpm(format!("cannot reset the credential state: {e}"));
-            // Opening migrates an old credentials.cbor first (kept as
-            // credentials.cbor.migrated); the database is copied whole.
-            let mut credentials =
-                crate::state::CredentialDatabase::open(state_dir, usize::MAX).map_err(|e| failed(&e))?;
-            let aside = PathBuf::from(format!("{}.{suffix}", credentials.path().display()));
-            credentials.copy_to(&aside).map_err(|e| failed(&e))?;
-            kept.push(aside);
-            credentials.reset().map_err(|e| failed(&e))?;
-        }
-        Ok(kept)
+    /// Before starting over: the old state file is copied aside (nothing is
+    /// deleted). Crash-safe: until the new state file replaces the old one,
+    /// a restart finds the old one and does this again.
+    fn keep_state_file_aside(path: &Path) -> Result<PathBuf, TpmSetupError> {
+        let aside = PathBuf::from(format!("{}.unusable-{}", path.display(), crate::state::unix_time()));
+        let bytes = std::fs::read(path).map_err(|source| TpmSetupError::Read { path: path.to_path_buf(), source })?;
+        crate::state::write_atomically(&aside, &bytes)
+            .map_err(|source| TpmSetupError::Write { path: aside.clone(), source })?;
+        Ok(aside)
     }
 
     /// How the store came up (logged by `open`; main.rs ties the credential
