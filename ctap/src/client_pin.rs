@@ -13,7 +13,7 @@ use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, MapBuilder};
 use crate::command::{ClientPinRequest, ClientPinSubCommand};
 use crate::pin_protocol::{KeyAgreementKey, PinUvAuthProtocol, SharedSecret};
-use crate::platform::{PinRecord, PresencePurpose, PresenceRequest, MAX_PIN_RETRIES, MAX_UV_RETRIES};
+use crate::platform::{Operation, PinRecord, PresencePurpose, PresenceRequest, MAX_PIN_RETRIES, MAX_UV_RETRIES};
 use crate::status::{CtapResult, StatusCode};
 
 /// pinUvAuthToken permissions (§6.5.5.7).
@@ -172,6 +172,20 @@ impl Authenticator {
         }
         let shared = self.shared_secret(&mut request)?;
         let rp_id = request.rp_id.clone();
+        // A token for an rp the policy refuses would only lead to a refused
+        // request: refuse it before anyone is asked to verify (docs/policy.md,
+        // the policy decides first). Asked as the request will be, short of
+        // what only the request says (a discoverable credential or not).
+        if let Some(rp) = rp_id.as_deref() {
+            for (needed, operation) in [
+                (permission::MAKE_CREDENTIAL, Operation::MakeCredential),
+                (permission::GET_ASSERTION, Operation::GetAssertion),
+            ] {
+                if permissions & needed != 0 {
+                    self.check_policy(operation, rp, false, true)?;
+                }
+            }
+        }
         // Tell the user what the token is for, as far as its permissions
         // say; the most powerful first: a token that can delete passkeys or
         // change settings is not asked for as "sign in".

@@ -151,6 +151,31 @@ fn a_denied_rp_is_refused_before_any_credential_is_looked_up() {
     assert_eq!(status, OPERATION_DENIED);
 }
 
+/// A browser asks for a token through built-in UV before it registers or
+/// signs in (getPinUvAuthTokenUsingUvWithPermissions with the rp ID): for an
+/// rp the policy refuses, nobody is asked for their password or
+/// fingerprint — OPERATION_DENIED at once, as the request itself would get.
+#[test]
+fn a_uv_token_for_a_denied_rp_is_refused_before_the_user_is_asked() {
+    use fidoseal_tests::platform_client::{self as pc, Protocol};
+    use fidoseal_tests::ScriptedVerification as V;
+    let mut d = Device::new();
+    let cid = d.init();
+    d.prompt.offer_verification(vec![V::Verified, V::Verified]);
+    d.denied_rps.0.lock().unwrap().push("blocked.example".into());
+    for permissions in [0x01, 0x02, 0x03] {
+        let ss = pc::key_agreement(&mut d, cid, Protocol::Two);
+        let refused =
+            pc::request_token(&mut d, cid, &ss, pc::uv_token_request(&ss, permissions, Some("blocked.example")));
+        assert_eq!(refused.err(), Some(OPERATION_DENIED), "permissions {permissions:#04x}");
+    }
+    assert!(d.prompt.verifications_asked.lock().unwrap().is_empty(), "the user was asked for a refused rp");
+    // An allowed rp, and a token without an rp (credential management), still verify.
+    let ss = pc::key_agreement(&mut d, cid, Protocol::Two);
+    assert!(pc::request_token(&mut d, cid, &ss, pc::uv_token_request(&ss, 0x01, Some("fine.example"))).is_ok());
+    assert_eq!(d.prompt.verifications_asked.lock().unwrap().len(), 1);
+}
+
 // ---------------------------------------------------------------------------
 // CTAP1 and CTAP2 requests reach the policy told apart
 
