@@ -21,6 +21,7 @@ S, "steps": ["create:NAME:MODE", ...]}) before the browser starts. Steps:
   create:NAME:passkey   residentKey and userVerification "required": UV set,
                         credProps.rk true (when the browser reports it)
   get:NAME:nd           allowCredentials [NAME], UV discouraged
+  get:NAME:uv           allowCredentials [NAME], UV required: UV set
   get:NAME:usernameless empty allowCredentials, UV required: the user handle
                         must be NAME's, UV set
   get:NAME:prf-ab       allowCredentials [NAME], prf eval first=A second=B:
@@ -216,6 +217,9 @@ class RelyingParty:
     def begin_get(self, server, host, name, mode):
         if mode == "usernameless":
             return server.authenticate_begin(None, user_verification="required")
+        if mode == "uv":
+            cred = self.creds.get((host, name))
+            return server.authenticate_begin([cred["data"]] if cred else [], user_verification="required")
         cred = self.creds.get((host, name))
         allow = [cred["data"]] if cred else []  # an unknown name fails in finish
         ext = None
@@ -300,6 +304,8 @@ class RelyingParty:
             raise Failed(f"signed with another credential than {name}'s")
         response = AuthenticationResponse.from_dict(cred)
         auth_data = response.response.authenticator_data
+        if mode in ("usernameless", "uv") and not auth_data.is_user_verified():
+            raise Failed("UV not set with userVerification required")
         if mode == "usernameless":
             if not auth_data.is_user_verified():
                 raise Failed("UV not set with userVerification required")
