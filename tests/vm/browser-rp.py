@@ -28,7 +28,8 @@ S, "steps": ["create:NAME:MODE", ...]}) before the browser starts. Steps:
                         two 32-byte outputs that differ
   get:NAME:prf-a        prf eval first=A only: the same output as prf-ab's A
   ...:!NotAllowedError  (suffix) the step must fail in the browser with that
-                        DOMException name; the server records nothing
+                        DOMException name; the server records nothing (the
+                        request's timeout is 60 s: see next_step)
   goto:HOST             the page moves to http://HOST:PORT/run (another
                         origin and rp id, e.g. blocked.localhost)
 
@@ -147,6 +148,7 @@ main().catch(e => {
 </script></body></html>
 """
 
+EXPECTED_FAILURE_TIMEOUT_MS = 60000
 SALT_A = hashlib.sha256(b"fidoseal prf salt A").digest()
 SALT_B = hashlib.sha256(b"fidoseal prf salt B").digest()
 
@@ -195,6 +197,12 @@ class RelyingParty:
                 return {"goto": f"http://{spec[5:]}:{self.port}/run?session={session}"}
             op, name, mode = spec.split("!")[0].split(":")
             server = self.server_for(host)
+            if "!" in spec:
+                # Chromium answers some refusals (CTAP2_ERR_OPERATION_DENIED
+                # to makeCredential) with an error sheet and rejects only
+                # when it is closed, which headless nobody does, or when the
+                # request's timeout ends.
+                server.timeout = EXPECTED_FAILURE_TIMEOUT_MS
             if op == "create":
                 options, state = self.begin_create(server, host, name, mode)
             else:
