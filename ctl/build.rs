@@ -1,6 +1,6 @@
 //! Writes fidosealctl's man pages (fidosealctl.1 and one per command, e.g.
 //! fidosealctl-passkeys-list.1) and its bash, zsh and fish completions from
-//! the clap definitions in src/cli.rs, at build time (issue #14).
+//! the clap definitions in src/cli.rs, at build time.
 //!
 //! They go to OUT_DIR and, for the packages (daemon/Cargo.toml's assets),
 //! to `target/<profile>/share/`: `man/man1/*.1`, `completions/`
@@ -39,11 +39,9 @@ fn write_all(share: &Path) -> std::io::Result<()> {
     // One page per command and subcommand (fidosealctl-passkeys-delete.1 ...).
     clap_mangen::generate_to(command.clone(), &man)?;
     use clap_complete::Shell;
-    for (shell, name) in [
-        (Shell::Bash, "fidosealctl.bash"),
-        (Shell::Zsh, "_fidosealctl"),
-        (Shell::Fish, "fidosealctl.fish"),
-    ] {
+    for (shell, name) in
+        [(Shell::Bash, "fidosealctl.bash"), (Shell::Zsh, "_fidosealctl"), (Shell::Fish, "fidosealctl.fish")]
+    {
         let mut buffer = Vec::new();
         clap_complete::generate(shell, &mut command, "fidosealctl", &mut buffer);
         std::fs::write(completions.join(name), buffer)?;

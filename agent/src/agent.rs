@@ -166,8 +166,11 @@ async fn choose_method(
     failure: Option<&str>,
 ) -> Result<&'static str, Refusal> {
     dlg.set("SETTITLE", TITLE).await?;
-    dlg.set("SETDESC", &with_failure(failure, format!("{}\n\nHow do you want to verify it's you?", info.verification_context())))
-        .await?;
+    dlg.set(
+        "SETDESC",
+        &with_failure(failure, format!("{}\n\nHow do you want to verify it's you?", info.verification_context())),
+    )
+    .await?;
     dlg.set("SETCANCEL", "_Cancel").await?;
     let mut rest = offered;
     while rest.len() > 1 {
@@ -235,7 +238,12 @@ fn account_list(accounts: &[String]) -> String {
 /// buttons are the two accounts. Three or more (or a pinentry without
 /// SETNOTOK): GETPIN asking for the number from the list (pinentry has no
 /// list widget).
-async fn select(dlg: &mut Dialog, info: &RequestInfo, accounts: &[String], failure: Option<&str>) -> Result<u32, Refusal> {
+async fn select(
+    dlg: &mut Dialog,
+    info: &RequestInfo,
+    accounts: &[String],
+    failure: Option<&str>,
+) -> Result<u32, Refusal> {
     let n = accounts.len();
     dlg.set("SETTITLE", TITLE).await?;
     dlg.set("SETCANCEL", "_Cancel").await?;
@@ -284,7 +292,12 @@ async fn select(dlg: &mut Dialog, info: &RequestInfo, accounts: &[String], failu
 
 #[zbus::interface(name = "org.fidoseal.Agent1")]
 impl Agent {
-    async fn request_presence(&self, #[zbus(header)] hdr: Header<'_>, request: u64, details: Details) -> Result<(), Error> {
+    async fn request_presence(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        request: u64,
+        details: Details,
+    ) -> Result<(), Error> {
         let (sender, serial) = self.caller(&hdr, "RequestPresence", request).await?;
         let info = RequestInfo::from_details(&details);
         tracing::info!(request, rp_id = %info.rp_id, action = %info.action, "presence requested");
@@ -378,7 +391,11 @@ impl Agent {
                 let ticket = ticket;
                 match dlg.message().await {
                     Ok(()) => {
-                        tracing::info!(request = ticket.request, outcome = "canceled", "fingerprint prompt cancelled by the user");
+                        tracing::info!(
+                            request = ticket.request,
+                            outcome = "canceled",
+                            "fingerprint prompt cancelled by the user"
+                        );
                         dlg.close();
                         cancel_request(&conn, &daemon, ticket.request).await;
                     }

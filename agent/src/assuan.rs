@@ -101,7 +101,10 @@ impl From<io::Error> for Failure {
 #[derive(Debug, PartialEq)]
 pub enum Line<'a> {
     Ok,
-    Err { code: u32, text: &'a str },
+    Err {
+        code: u32,
+        text: &'a str,
+    },
     Status,
     Comment,
     /// Still percent-encoded.

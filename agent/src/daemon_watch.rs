@@ -67,7 +67,12 @@ impl DaemonWatch {
     /// Runs for the life of the agent: registers with the daemon now if it
     /// is there, and again each time its name gets a new owner. Returns
     /// only if the bus connection is lost.
-    pub async fn run(self: Arc<Self>, conn: Connection, agent_path: ObjectPath<'static>, requests: Arc<Requests>) -> zbus::Result<()> {
+    pub async fn run(
+        self: Arc<Self>,
+        conn: Connection,
+        agent_path: ObjectPath<'static>,
+        requests: Arc<Requests>,
+    ) -> zbus::Result<()> {
         // Subscribe first, then ask: an owner change in between is seen twice at worst.
         let mut changes = self.dbus.receive_name_owner_changed_with_args(&[(0, BUS_NAME)]).await?;
         let initial = match self.dbus.get_name_owner(bus_name()).await {
@@ -85,7 +90,8 @@ impl DaemonWatch {
                     continue;
                 }
             };
-            let new_owner: Option<OwnedUniqueName> = args.new_owner().as_ref().map(|n| OwnedUniqueName::from(n.to_owned()));
+            let new_owner: Option<OwnedUniqueName> =
+                args.new_owner().as_ref().map(|n| OwnedUniqueName::from(n.to_owned()));
             if new_owner == self.owner() {
                 continue;
             }
@@ -206,7 +212,11 @@ enum Attempt {
     GaveUp(String),
 }
 
-async fn register_with_backoff(proxy: &AgentManager1Proxy<'_>, owner: &OwnedUniqueName, path: &ObjectPath<'_>) -> Attempt {
+async fn register_with_backoff(
+    proxy: &AgentManager1Proxy<'_>,
+    owner: &OwnedUniqueName,
+    path: &ObjectPath<'_>,
+) -> Attempt {
     let mut last_error = String::new();
     for (attempt, delay) in REGISTER_BACKOFF_MS.iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(*delay)).await;

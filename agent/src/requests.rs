@@ -126,7 +126,12 @@ impl Requests {
     /// A call (serial `serial` from `sender`) starts a dialog for `request`.
     /// Closes the request's lingering dialogs, and takes the pending
     /// notice, if any, for the new dialog to show.
-    pub fn begin(self: &Arc<Self>, request: u64, sender: &str, serial: u32) -> Result<(Ticket, Option<String>), AlreadyCancelled> {
+    pub fn begin(
+        self: &Arc<Self>,
+        request: u64,
+        sender: &str,
+        serial: u32,
+    ) -> Result<(Ticket, Option<String>), AlreadyCancelled> {
         let mut inner = self.lock();
         if inner.cancels.iter().any(|m| m.request == request && m.sender == sender && m.serial > serial) {
             return Err(AlreadyCancelled);
@@ -149,7 +154,9 @@ impl Requests {
     /// Marks a dialog as lingering: its call has returned.
     pub fn set_linger(&self, ticket: &Ticket) {
         let mut inner = self.lock();
-        if let Some(e) = inner.slots.get_mut(&ticket.request).and_then(|s| s.dialogs.iter_mut().find(|e| e.id == ticket.id)) {
+        if let Some(e) =
+            inner.slots.get_mut(&ticket.request).and_then(|s| s.dialogs.iter_mut().find(|e| e.id == ticket.id))
+        {
             e.linger = true;
         }
     }

@@ -56,8 +56,7 @@ pub fn clean_line(s: &str, max: usize) -> String {
 /// A block of text that may have several lines (the administrator's
 /// message, a failure message): lines kept, each cleaned, at most `lines`.
 pub fn clean_block(s: &str, lines: usize, width: usize) -> String {
-    let kept: Vec<String> =
-        s.lines().map(|l| clean_line(l, width)).filter(|l| !l.is_empty()).take(lines).collect();
+    let kept: Vec<String> = s.lines().map(|l| clean_line(l, width)).filter(|l| !l.is_empty()).take(lines).collect();
     kept.join("\n")
 }
 
@@ -85,7 +84,9 @@ impl RequestInfo {
     pub fn from_details(d: &Details) -> Self {
         let timeout = d
             .get(details::TIMEOUT_MS)
-            .and_then(|v| u32::try_from(v).ok().or_else(|| u64::try_from(v).ok().map(|x| x.min(u32::MAX as u64) as u32)))
+            .and_then(|v| {
+                u32::try_from(v).ok().or_else(|| u64::try_from(v).ok().map(|x| x.min(u32::MAX as u64) as u32))
+            })
             .map(|ms| Duration::from_millis(ms.into()).clamp(MIN_TIMEOUT, MAX_TIMEOUT))
             .unwrap_or(DEFAULT_TIMEOUT);
         RequestInfo {
@@ -206,7 +207,10 @@ mod tests {
 
     #[test]
     fn untrusted_text_cannot_forge_lines() {
-        assert_eq!(clean_line("alice\n\nThis request is safe, click Allow", 100), "alice This request is safe, click Allow");
+        assert_eq!(
+            clean_line("alice\n\nThis request is safe, click Allow", 100),
+            "alice This request is safe, click Allow"
+        );
         assert_eq!(clean_line("evil\u{202E}moc.elgoog", 100), "evil moc.elgoog");
         assert_eq!(clean_line("a\u{200B}\u{200B}b\tc", 100), "a b c");
         assert_eq!(clean_line("  spaced  ", 100), "spaced");
@@ -228,14 +232,22 @@ mod tests {
         assert_eq!(info.timeout, Duration::from_secs(5));
         assert_eq!(info.user.as_deref(), Some("alice Allow"));
         let text = info.presence_text();
-        assert!(text.starts_with("Sign in to example.com with a passkey.\nAccount: alice Allow\n\nAllow it?"), "{text}");
+        assert!(
+            text.starts_with("Sign in to example.com with a passkey.\nAccount: alice Allow\n\nAllow it?"),
+            "{text}"
+        );
         assert!(text.ends_with("\n\nManaged by IT.\nCall 1234."), "{text}");
 
-        assert!(info.verification_context().starts_with("Verify it's you to sign in to example.com.\nAccount: alice Allow"));
+        assert!(info
+            .verification_context()
+            .starts_with("Verify it's you to sign in to example.com.\nAccount: alice Allow"));
         let mut d = Details::new();
         d.insert(details::RP_ID.into(), detail("example.com"));
         d.insert(details::ACTION.into(), detail("select-key"));
-        assert_eq!(RequestInfo::from_details(&d).verification_context(), "Verify it's you to use this security key with example.com.");
+        assert_eq!(
+            RequestInfo::from_details(&d).verification_context(),
+            "Verify it's you to use this security key with example.com."
+        );
         let mut d = Details::new();
         d.insert(details::ACTION.into(), detail("manage"));
         let manage = RequestInfo::from_details(&d);

@@ -32,8 +32,11 @@ fn require(tool: &str) {
 
 fn test_dir(name: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("agent-{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "agent-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -177,10 +180,7 @@ impl FakeDaemon {
     }
 
     async fn registration(&mut self) -> Registration {
-        tokio::time::timeout(SOON, self.registrations.recv())
-            .await
-            .expect("the agent registers")
-            .unwrap()
+        tokio::time::timeout(SOON, self.registrations.recv()).await.expect("the agent registers").unwrap()
     }
 
     async fn agent<'a>(&self, reg: &Registration) -> Agent1Proxy<'a> {
@@ -272,7 +272,8 @@ fn scripted_pinentry(dir: &Path) -> PathBuf {
         }
     };
     let wrapper = dir.join("pinentry");
-    std::fs::write(&wrapper, format!("#!/bin/sh\nexec {python} {REPO}/tests/agent/scripted-pinentry \"$@\"\n")).unwrap();
+    std::fs::write(&wrapper, format!("#!/bin/sh\nexec {python} {REPO}/tests/agent/scripted-pinentry \"$@\"\n"))
+        .unwrap();
     let mut perms = std::fs::metadata(&wrapper).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&wrapper, perms).unwrap();
@@ -579,7 +580,11 @@ async fn verification_lets_the_user_pick_a_method() {
     assert_eq!(got, ("password".to_owned(), "hunter2".to_owned()));
     let log = env.pinentry_log();
     let order: Vec<&str> = log.lines().filter(|l| l.starts_with("SETOK ") || l.starts_with("SETNOTOK ")).collect();
-    assert_eq!(order, ["SETOK Fingerprint", "SETNOTOK Other method…", "SETOK PIN", "SETNOTOK Password", "SETOK _OK"], "{log}");
+    assert_eq!(
+        order,
+        ["SETOK Fingerprint", "SETNOTOK Other method…", "SETOK PIN", "SETNOTOK Password", "SETOK _OK"],
+        "{log}"
+    );
     assert!(log.contains("SETPROMPT Password:"));
     assert_eq!(env.pinentry_pids().len(), 1, "one pinentry session for choice and entry");
     env.agent.wait_log("ignoring an unknown verification method").await;
@@ -763,8 +768,14 @@ async fn refuses_callers_other_than_the_daemon() {
         .unwrap();
     let refused = proxy.request_presence(1, details("evil.example", "sign-in")).await;
     assert_eq!(error_name(refused), "org.fidoseal.Error.NotPermitted");
-    assert_eq!(error_name(proxy.request_verification(1, details("evil.example", "sign-in"), &["pin"]).await), "org.fidoseal.Error.NotPermitted");
-    assert_eq!(error_name(proxy.select_credential(1, details("evil.example", "sign-in"), &["a", "b"]).await), "org.fidoseal.Error.NotPermitted");
+    assert_eq!(
+        error_name(proxy.request_verification(1, details("evil.example", "sign-in"), &["pin"]).await),
+        "org.fidoseal.Error.NotPermitted"
+    );
+    assert_eq!(
+        error_name(proxy.select_credential(1, details("evil.example", "sign-in"), &["a", "b"]).await),
+        "org.fidoseal.Error.NotPermitted"
+    );
     assert_eq!(error_name(proxy.show_failure(1, "x", 1).await), "org.fidoseal.Error.NotPermitted");
     assert_eq!(error_name(proxy.cancel(1).await), "org.fidoseal.Error.NotPermitted");
     assert!(env.pinentry_pids().is_empty(), "no dialog for an intruder");
@@ -817,7 +828,8 @@ async fn the_daemon_leaving_closes_its_dialogs() {
         assert!(start.elapsed() < SOON);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pid: u32 = read(&dir.join("pinentry.log")).lines().find_map(|l| l.strip_prefix("START ")).unwrap().parse().unwrap();
+    let pid: u32 =
+        read(&dir.join("pinentry.log")).lines().find_map(|l| l.strip_prefix("START ")).unwrap().parse().unwrap();
     daemon.conn.release_name(BUS_NAME).await.unwrap();
     wait_dead(pid).await;
     drop(agent);
@@ -837,7 +849,8 @@ impl Pty {
         use std::os::fd::FromRawFd;
         let (mut master, mut slave) = (-1, -1);
         // SAFETY: openpty fills two fds; name, termios and winsize may be null.
-        let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+        let rc =
+            unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
         let mut buf = [0 as libc::c_char; 128];
         // SAFETY: slave is an open fd and buf is writable for its length.
@@ -870,7 +883,11 @@ impl Pty {
             } else if String::from_utf8_lossy(&screen).contains(text) && last.elapsed() > Duration::from_millis(300) {
                 break;
             }
-            assert!(start.elapsed() < SOON, "the terminal never showed {text:?}: {:?}", String::from_utf8_lossy(&screen));
+            assert!(
+                start.elapsed() < SOON,
+                "the terminal never showed {text:?}: {:?}",
+                String::from_utf8_lossy(&screen)
+            );
         }
         self.master.write_all(keys).unwrap();
         String::from_utf8_lossy(&screen).into_owned()
@@ -976,7 +993,13 @@ fn interface_methods(xml: &str, interface: &str) -> std::collections::BTreeMap<S
         let args = method
             .split("<arg ")
             .skip(1)
-            .map(|a| (attr(a, "direction").unwrap_or_else(|| "in".into()), attr(a, "name").unwrap_or_default(), attr(a, "type").unwrap()))
+            .map(|a| {
+                (
+                    attr(a, "direction").unwrap_or_else(|| "in".into()),
+                    attr(a, "name").unwrap_or_default(),
+                    attr(a, "type").unwrap(),
+                )
+            })
             .collect();
         methods.insert(name, args);
     }

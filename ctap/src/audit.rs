@@ -1,4 +1,4 @@
-//! The audit trail's events (issue #14): one value per decision the
+//! The audit trail's events: one value per decision the
 //! authenticator makes that an administrator may have to answer for — a
 //! policy decision, a presence or verification outcome, a credential made,
 //! an assertion, a deletion, a PIN set or changed or wrong, a reset.
@@ -219,7 +219,7 @@ impl AuditEvent {
 /// and to match `fidosealctl passkeys list`, useless to present to a
 /// relying party (a credential ID can carry the sealed key).
 pub fn credential_tag(credential_id: &[u8]) -> String {
-    Sha256::digest(credential_id)[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&Sha256::digest(credential_id)[..8])
 }
 
 #[cfg(test)]

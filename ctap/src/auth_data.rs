@@ -119,9 +119,6 @@ mod tests {
     #[test]
     fn rp_id_hash_is_sha256() {
         // SHA-256("example.com")
-        assert_eq!(
-            rp_id_hash("example.com")[..4],
-            [0xa3, 0x79, 0xa6, 0xf6]
-        );
+        assert_eq!(rp_id_hash("example.com")[..4], [0xa3, 0x79, 0xa6, 0xf6]);
     }
 }

@@ -9,12 +9,12 @@ use ciborium::value::Value;
 
 use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 use crate::cbor::{self, MapBuilder};
-use crate::ctaphid::{capability, DeviceVersion, ADVERTISED_MAX_MSG_SIZE};
 use crate::client_pin::ClientPin;
-use crate::credential_management::PendingEnumeration;
-use crate::large_blobs::{PendingLargeBlobWrite, MAX_SERIALIZED_LARGE_BLOB_ARRAY};
+use crate::command::Command;
 use crate::config_command::MAX_RP_IDS_FOR_SET_MIN_PIN_LENGTH;
-use crate::get_assertion::PendingAssertions;
+use crate::ctaphid::{capability, DeviceVersion, ADVERTISED_MAX_MSG_SIZE};
+use crate::large_blobs::MAX_SERIALIZED_LARGE_BLOB_ARRAY;
+use crate::pending::Pending;
 use crate::pin_protocol::PinUvAuthProtocol;
 use crate::platform::{
     AuthenticatorState, CredentialStore, KeyStore, Operation, PolicyDecision, PolicyRequest, PolicyVerdict,
@@ -49,23 +49,43 @@ pub enum AttestationMode {
     SelfAttestation,
     /// "none".
     None,
+    /// "packed" with the machine attestation certificate (`x5c`).
+    Machine,
 }
 
 #[derive(Debug, Clone)]
 pub struct AuthenticatorConfig {
     pub aaguid: [u8; 16],
     pub firmware_version: u32,
+    /// The attestation of web relying parties (rp IDs that are domains)
+    /// where the policy sets none.
     pub attestation: AttestationMode,
+    /// The attestation of relying parties that are not web origins
+    /// (pam_u2f's `pam://…`, OpenSSH's `ssh:…`; [`is_non_web_rp_id`]) where
+    /// the policy sets none.
+    pub non_web_attestation: AttestationMode,
+}
+
+/// rp IDs that no web origin can claim: pam_u2f's default `pam://host` and
+/// OpenSSH's `ssh:` application strings. A browser only sends rp IDs that
+/// are domains (WebAuthn §5.1.3: an rp ID is a valid domain string), so a
+/// web relying party can never be taken for one of these.
+pub fn is_non_web_rp_id(rp_id: &str) -> bool {
+    rp_id.starts_with("pam://") || rp_id.starts_with("ssh:")
 }
 
 /// fidoseal's AAGUID: identifies the model, the same on every machine.
-pub const FIDOSEAL_AAGUID: [u8; 16] = [
-    0x5a, 0x0e, 0x3c, 0x1f, 0x8b, 0x47, 0x4d, 0x52, 0x9e, 0x61, 0x2c, 0xf0, 0x7d, 0x13, 0xa8, 0x46,
-];
+pub const FIDOSEAL_AAGUID: [u8; 16] =
+    [0x5a, 0x0e, 0x3c, 0x1f, 0x8b, 0x47, 0x4d, 0x52, 0x9e, 0x61, 0x2c, 0xf0, 0x7d, 0x13, 0xa8, 0x46];
 
 impl Default for AuthenticatorConfig {
     fn default() -> Self {
-        Self { aaguid: FIDOSEAL_AAGUID, firmware_version: 1, attestation: AttestationMode::SelfAttestation }
+        Self {
+            aaguid: FIDOSEAL_AAGUID,
+            firmware_version: 1,
+            attestation: AttestationMode::SelfAttestation,
+            non_web_attestation: AttestationMode::Machine,
+        }
     }
 }
 
@@ -79,10 +99,21 @@ pub struct Platform {
 
 /// Per-request facts from the transport.
 pub struct RequestContext<'a> {
+    /// When the request arrived.
     pub now: Instant,
     /// The CTAPHID channel the request came on.
     pub channel: u32,
     pub signals: &'a TransactionSignals,
+}
+
+impl RequestContext<'_> {
+    /// The request's arrival plus the time it has waited for the user: when
+    /// the timers that start with the user's action start (a token's
+    /// userPresent, §6.5.2.1; getNextAssertion's 30 s, §6.3). A password
+    /// typed in 35 s must not have used up a 30-second window.
+    pub fn after_user(&self) -> Instant {
+        self.now + self.signals.time_with_user()
+    }
 }
 
 /// Largest credBlob stored (§12.2 maxCredBlobLength; at least 32).
@@ -98,9 +129,8 @@ pub struct Authenticator {
     pub(crate) platform: Platform,
     /// When the device was (re)created: "power-up" for the reset window.
     power_up: Instant,
-    pub(crate) pending_assertions: Option<PendingAssertions>,
-    pub(crate) pending_enumeration: Option<PendingEnumeration>,
-    pub(crate) pending_large_blob: Option<PendingLargeBlobWrite>,
+    /// The operation that spans requests, if one is under way (pending.rs).
+    pub(crate) pending: Option<Pending>,
     /// Persistent settings, as last stored through the credential store.
     pub(crate) state: AuthenticatorState,
     /// PIN state that a power cycle resets.
@@ -120,17 +150,7 @@ impl Authenticator {
     pub fn try_new(config: AuthenticatorConfig, platform: Platform, power_up: Instant) -> CtapResult<Self> {
         let state = platform.credentials.load_state();
         let client_pin = ClientPin::new()?;
-        Ok(Self {
-            config,
-            platform,
-            power_up,
-            pending_assertions: None,
-            pending_enumeration: None,
-            pending_large_blob: None,
-            state,
-            client_pin,
-            audit: Vec::new(),
-        })
+        Ok(Self { config, platform, power_up, pending: None, state, client_pin, audit: Vec::new() })
     }
 
     /// [`Authenticator::try_new`] for tests and tools, where a machine without
@@ -145,9 +165,7 @@ impl Authenticator {
     pub fn power_cycle(&mut self, now: Instant) -> CtapResult<()> {
         self.client_pin = ClientPin::new()?;
         self.power_up = now;
-        self.pending_assertions = None;
-        self.pending_enumeration = None;
-        self.pending_large_blob = None;
+        self.pending = None;
         Ok(())
     }
 
@@ -180,32 +198,12 @@ impl Authenticator {
         let Some((&cmd, params)) = message.split_first() else {
             return vec![StatusCode::InvalidLength.as_byte()];
         };
-        if cmd != command::GET_NEXT_ASSERTION {
-            // getNextAssertion state lives only until the next other command.
-            self.pending_assertions = None;
+        // Every message but the one continuing it ends a pending operation.
+        let continuation = Command::continuation(cmd);
+        if self.pending.as_ref().is_some_and(|p| !p.continued_by(continuation, ctx.channel, ctx.now)) {
+            self.pending = None;
         }
-        if cmd != command::CREDENTIAL_MANAGEMENT && cmd != command::CREDENTIAL_MANAGEMENT_PREVIEW {
-            self.pending_enumeration = None;
-        }
-        if cmd != command::LARGE_BLOBS {
-            // A large-blob write is only continued by the next command.
-            self.pending_large_blob = None;
-        }
-        let result = match cmd {
-            command::MAKE_CREDENTIAL => self.make_credential(params, ctx).map(Some),
-            command::GET_ASSERTION => self.get_assertion(params, ctx).map(Some),
-            command::GET_INFO => Ok(Some(self.get_info())),
-            command::CLIENT_PIN => self.client_pin(params, ctx),
-            command::RESET => self.reset(ctx).map(|()| None),
-            command::GET_NEXT_ASSERTION => self.get_next_assertion(ctx).map(Some),
-            command::SELECTION => self.selection(ctx).map(|()| None),
-            command::CREDENTIAL_MANAGEMENT | command::CREDENTIAL_MANAGEMENT_PREVIEW => {
-                self.credential_management(params, ctx)
-            }
-            command::LARGE_BLOBS => self.large_blobs(params, ctx),
-            command::CONFIG => self.config(params, ctx).map(|()| None),
-            _ => Err(StatusCode::InvalidCommand),
-        };
+        let result = Command::parse(cmd, params).and_then(|command| self.dispatch(command, ctx));
         match result {
             Ok(Some(value)) => {
                 let mut out = vec![StatusCode::Success.as_byte()];
@@ -217,6 +215,21 @@ impl Authenticator {
                 tracing::debug!(command = cmd, %status, "CTAP2 command failed");
                 vec![status.as_byte()]
             }
+        }
+    }
+
+    fn dispatch(&mut self, command: Command, ctx: &RequestContext<'_>) -> CtapResult<Option<Value>> {
+        match command {
+            Command::MakeCredential(request) => self.make_credential(*request, ctx).map(Some),
+            Command::GetAssertion(request) => self.get_assertion(*request, ctx).map(Some),
+            Command::GetInfo => Ok(Some(self.get_info())),
+            Command::ClientPin(request) => self.client_pin(request, ctx),
+            Command::Reset => self.reset(ctx).map(|()| None),
+            Command::GetNextAssertion => self.get_next_assertion(ctx).map(Some),
+            Command::Selection => self.selection(ctx).map(|()| None),
+            Command::CredentialManagement(request) => self.credential_management(request, ctx),
+            Command::LargeBlobs(request) => self.large_blobs(request, ctx),
+            Command::Config(request) => self.config(request, ctx).map(|()| None),
         }
     }
 
@@ -299,10 +312,7 @@ impl Authenticator {
         if ctx.now.saturating_duration_since(self.power_up) > RESET_WINDOW {
             return Err(StatusCode::NotAllowed);
         }
-        self.require_presence(
-            &PresenceRequest { purpose: PresencePurpose::Reset, ..Default::default() },
-            ctx,
-        )?;
+        self.require_presence(&PresenceRequest { purpose: PresencePurpose::Reset, ..Default::default() }, ctx)?;
         self.reset_now()
     }
 
@@ -311,9 +321,7 @@ impl Authenticator {
     /// Manager1.Reset, behind polkit). Every credential, the PIN and the
     /// settings are gone, and so are all key-store secrets.
     pub fn reset_by_platform(&mut self) -> CtapResult<()> {
-        self.pending_assertions = None;
-        self.pending_enumeration = None;
-        self.pending_large_blob = None;
+        self.pending = None;
         self.reset_now()
     }
 
@@ -337,20 +345,23 @@ impl Authenticator {
             self.audit(event.reason(format!("passkeys and PIN are gone, the key store kept its keys: {e}")));
             return Err(e.into());
         }
-        self.audit(AuditEvent { decision: AuditDecision::Allow, ..event }.reason("every credential and the PIN are gone"));
+        self.audit(
+            AuditEvent { decision: AuditDecision::Allow, ..event }.reason("every credential and the PIN are gone"),
+        );
         Ok(())
     }
 
     /// authenticatorSelection (§6.9): the user touches the key to pick it.
     fn selection(&mut self, ctx: &RequestContext<'_>) -> CtapResult<()> {
-        self.require_presence(
-            &PresenceRequest { purpose: PresencePurpose::Select, ..Default::default() },
-            ctx,
-        )
+        self.require_presence(&PresenceRequest { purpose: PresencePurpose::Select, ..Default::default() }, ctx)
     }
 
     /// Asks the user for presence; any answer but approval ends the request.
-    pub(crate) fn require_presence(&mut self, request: &PresenceRequest<'_>, ctx: &RequestContext<'_>) -> CtapResult<()> {
+    pub(crate) fn require_presence(
+        &mut self,
+        request: &PresenceRequest<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<()> {
         if ctx.signals.is_cancelled() {
             return Err(StatusCode::KeepaliveCancel);
         }
@@ -388,13 +399,15 @@ impl Authenticator {
     /// [`Self::check_policy`] for a CTAP1/U2F request, which names its rp
     /// only by the application parameter (`application_hex`, 64 hex digits):
     /// the one kind of request policy may match by hash.
-    pub(crate) fn check_u2f_policy(&mut self, operation: Operation, application_hex: &str) -> CtapResult<PolicyVerdict> {
-        self.decide_policy(&PolicyRequest {
-            operation,
-            rp_id: application_hex,
-            discoverable: false,
-            ctap1: true,
-        }, false)
+    pub(crate) fn check_u2f_policy(
+        &mut self,
+        operation: Operation,
+        application_hex: &str,
+    ) -> CtapResult<PolicyVerdict> {
+        self.decide_policy(
+            &PolicyRequest { operation, rp_id: application_hex, discoverable: false, ctap1: true },
+            false,
+        )
     }
 
     fn decide_policy(&mut self, request: &PolicyRequest<'_>, user_verified: bool) -> CtapResult<PolicyVerdict> {

@@ -101,6 +101,12 @@ impl MapBuilder {
     pub fn build(self) -> Value {
         Value::Map(self.entries)
     }
+
+    /// The map, or nothing when no field was added: an extensions map is
+    /// left out of authenticator data when it would be empty (§6.1.2 step 19).
+    pub fn build_unless_empty(self) -> Option<Value> {
+        (!self.entries.is_empty()).then(|| self.build())
+    }
 }
 
 /// A CBOR byte string value (a plain `Vec<u8>` would become an array).

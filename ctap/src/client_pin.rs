@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::authenticator::{Authenticator, RequestContext};
-use crate::cbor::{self, expect_bytes, expect_text, expect_uint, MapBuilder, ParamMap};
+use crate::cbor::{self, MapBuilder};
+use crate::command::{ClientPinRequest, ClientPinSubCommand};
 use crate::pin_protocol::{KeyAgreementKey, PinUvAuthProtocol, SharedSecret};
 use crate::platform::{PinRecord, PresencePurpose, PresenceRequest, MAX_PIN_RETRIES, MAX_UV_RETRIES};
 use crate::status::{CtapResult, StatusCode};
@@ -23,18 +24,6 @@ pub mod permission {
     pub const BIO_ENROLLMENT: u8 = 0x08;
     pub const LARGE_BLOB_WRITE: u8 = 0x10;
     pub const AUTHENTICATOR_CONFIG: u8 = 0x20;
-}
-
-/// clientPIN subcommands (§6.5.5).
-mod subcommand {
-    pub const GET_PIN_RETRIES: u64 = 0x01;
-    pub const GET_KEY_AGREEMENT: u64 = 0x02;
-    pub const SET_PIN: u64 = 0x03;
-    pub const CHANGE_PIN: u64 = 0x04;
-    pub const GET_PIN_TOKEN: u64 = 0x05;
-    pub const GET_PIN_UV_AUTH_TOKEN_USING_UV_WITH_PERMISSIONS: u64 = 0x06;
-    pub const GET_UV_RETRIES: u64 = 0x07;
-    pub const GET_PIN_UV_AUTH_TOKEN_USING_PIN_WITH_PERMISSIONS: u64 = 0x09;
 }
 
 /// Wrong PINs in a row before the authenticator wants a power cycle (§6.5.2.2).
@@ -104,38 +93,6 @@ impl ClientPin {
     }
 }
 
-/// The parameters of a clientPIN request (§6.5.5.1).
-struct ClientPinRequest {
-    protocol: Option<PinUvAuthProtocol>,
-    subcommand: u64,
-    key_agreement: Option<Value>,
-    pin_uv_auth_param: Option<Vec<u8>>,
-    new_pin_enc: Option<Vec<u8>>,
-    pin_hash_enc: Option<Vec<u8>>,
-    permissions: Option<u64>,
-    rp_id: Option<String>,
-}
-
-impl ClientPinRequest {
-    fn parse(params: &[u8]) -> CtapResult<Self> {
-        let mut map = ParamMap::decode(params)?;
-        let protocol_id = map.take(0x01).map(expect_uint).transpose()?;
-        let subcommand = expect_uint(map.required(0x02)?)?;
-        let key_agreement = map.take(0x03);
-        let pin_uv_auth_param = map.take(0x04).map(expect_bytes).transpose()?;
-        let new_pin_enc = map.take(0x05).map(expect_bytes).transpose()?;
-        let pin_hash_enc = map.take(0x06).map(expect_bytes).transpose()?;
-        let permissions = map.take(0x09).map(expect_uint).transpose()?;
-        let rp_id = map.take(0x0A).map(expect_text).transpose()?;
-        let protocol = protocol_id.map(PinUvAuthProtocol::from_id).transpose()?;
-        Ok(Self { protocol, subcommand, key_agreement, pin_uv_auth_param, new_pin_enc, pin_hash_enc, permissions, rp_id })
-    }
-
-    fn protocol(&self) -> CtapResult<PinUvAuthProtocol> {
-        self.protocol.ok_or(StatusCode::MissingParameter)
-    }
-}
-
 fn required<T>(value: Option<T>) -> CtapResult<T> {
     value.ok_or(StatusCode::MissingParameter)
 }
@@ -161,44 +118,46 @@ fn pin_verifier_context(hash: &[u8]) -> Zeroizing<Vec<u8>> {
 }
 
 impl Authenticator {
-    pub(crate) fn client_pin(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Option<Value>> {
-        let request = ClientPinRequest::parse(params)?;
-        match request.subcommand {
+    pub(crate) fn client_pin(
+        &mut self,
+        request: ClientPinRequest,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<Option<Value>> {
+        match request.sub_command {
             // Without a PIN there are no retries to count (what python-fido2's
             // device tests and real keys answer).
-            subcommand::GET_PIN_RETRIES if self.state.pin.is_none() => Err(StatusCode::PinNotSet),
-            subcommand::GET_PIN_RETRIES => Ok(Some(
+            ClientPinSubCommand::GetPinRetries if self.state.pin.is_none() => Err(StatusCode::PinNotSet),
+            ClientPinSubCommand::GetPinRetries => Ok(Some(
                 MapBuilder::new()
                     .int(0x03, u64::from(self.state.pin_retries))
                     .int(0x04, self.client_pin.power_cycle_required())
                     .build(),
             )),
-            subcommand::GET_KEY_AGREEMENT => {
+            ClientPinSubCommand::GetKeyAgreement => {
                 request.protocol()?;
                 Ok(Some(MapBuilder::new().int(0x01, self.client_pin.key_agreement.cose_public_key()).build()))
             }
-            subcommand::SET_PIN => self.set_pin(request).map(|()| None),
-            subcommand::CHANGE_PIN => self.change_pin(request).map(|()| None),
-            subcommand::GET_PIN_TOKEN => {
+            ClientPinSubCommand::SetPin => self.set_pin(request).map(|()| None),
+            ClientPinSubCommand::ChangePin => self.change_pin(request).map(|()| None),
+            ClientPinSubCommand::GetPinToken => {
                 if request.permissions.is_some() || request.rp_id.is_some() {
                     return Err(StatusCode::InvalidParameter);
                 }
                 // Legacy tokens may make credentials and assertions (§6.5.5.7.1).
                 self.pin_token(request, permission::MAKE_CREDENTIAL | permission::GET_ASSERTION, None, ctx).map(Some)
             }
-            subcommand::GET_PIN_UV_AUTH_TOKEN_USING_PIN_WITH_PERMISSIONS => {
+            ClientPinSubCommand::GetPinUvAuthTokenUsingPinWithPermissions => {
                 let permissions = self.requested_permissions(request.permissions)?;
                 let rp_id = request.rp_id.clone();
                 self.pin_token(request, permissions, rp_id, ctx).map(Some)
             }
-            subcommand::GET_PIN_UV_AUTH_TOKEN_USING_UV_WITH_PERMISSIONS => self.uv_token(request, ctx).map(Some),
-            subcommand::GET_UV_RETRIES => {
+            ClientPinSubCommand::GetPinUvAuthTokenUsingUvWithPermissions => self.uv_token(request, ctx).map(Some),
+            ClientPinSubCommand::GetUvRetries => {
                 if !self.platform.prompt.verification_available() {
                     return Err(StatusCode::InvalidSubcommand);
                 }
                 Ok(Some(MapBuilder::new().int(0x05, u64::from(self.state.uv_retries)).build()))
             }
-            _ => Err(StatusCode::InvalidSubcommand),
         }
     }
 
@@ -227,7 +186,7 @@ impl Authenticator {
             PresencePurpose::Manage
         };
         self.perform_built_in_uv(&PresenceRequest { purpose, rp_id: rp_id.as_deref(), ..Default::default() }, ctx)?;
-        let token = self.issue_token(&shared, permissions, rp_id, ctx.now)?;
+        let token = self.issue_token(&shared, permissions, rp_id, ctx.after_user())?;
         self.client_pin.token.user_present = true;
         Ok(token)
     }

@@ -43,7 +43,11 @@ const FLAG_CRED_PROTECT_MASK: u8 = 0x03;
 const FLAG_HMAC_SECRET: u8 = 0x04;
 const FLAG_LARGE_BLOB_KEY: u8 = 0x08;
 
-pub fn encode_payload(algorithm: Algorithm, key_handle: &[u8], extensions: &CredentialExtensions) -> CtapResult<Vec<u8>> {
+pub fn encode_payload(
+    algorithm: Algorithm,
+    key_handle: &[u8],
+    extensions: &CredentialExtensions,
+) -> CtapResult<Vec<u8>> {
     let key_handle_len = u8::try_from(key_handle.len()).map_err(|_| StatusCode::Other)?;
     let mut flags = extensions.cred_protect & FLAG_CRED_PROTECT_MASK;
     if extensions.hmac_secret {
@@ -130,7 +134,8 @@ mod tests {
 
     #[test]
     fn payload_round_trip_and_rejections() {
-        let ext = CredentialExtensions { cred_protect: 3, hmac_secret: true, cred_blob: vec![9, 9], large_blob_key: false };
+        let ext =
+            CredentialExtensions { cred_protect: 3, hmac_secret: true, cred_blob: vec![9, 9], large_blob_key: false };
         let p = encode_payload(Algorithm::Es256, &[1, 2, 3], &ext).unwrap();
         assert_eq!(decode_payload(&p), Some((Algorithm::Es256, vec![1, 2, 3], ext)));
         assert_eq!(decode_payload(&p[..6]), None);

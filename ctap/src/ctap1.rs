@@ -134,7 +134,7 @@ impl Authenticator {
         let (challenge, application) = data.split_at(32);
         let mut app = [0u8; 32];
         app.copy_from_slice(application);
-        let rp_label = hex(&app);
+        let rp_label = hex::encode(app);
         // A PIN or built-in UV protects registration on a CTAP2 key; U2F
         // cannot verify the user (§10.3).
         if self.is_protected() {
@@ -157,7 +157,8 @@ impl Authenticator {
 
     fn u2f_make_registration(&mut self, challenge: &[u8], application: &[u8; 32]) -> Result<Vec<u8>, StatusCode> {
         let created = self.platform.keystore.generate(Algorithm::Es256)?;
-        let payload = credential::encode_payload(Algorithm::Es256, &created.key_handle, &CredentialExtensions::default())?;
+        let payload =
+            credential::encode_payload(Algorithm::Es256, &created.key_handle, &CredentialExtensions::default())?;
         let key_handle = self.platform.keystore.seal_credential_id(application, &payload)?;
         if key_handle.len() > MAX_CREDENTIAL_ID_LEN {
             return Err(StatusCode::Other);
@@ -191,7 +192,7 @@ impl Authenticator {
         response.extend_from_slice(&signature);
         self.audit(
             AuditEvent::new(AuditKind::CredentialCreated, AuditDecision::Allow)
-                .rp(Some(&hex(application)))
+                .rp(Some(&hex::encode(application)))
                 .credential(&key_handle)
                 .operation("u2f-register"),
         );
@@ -215,16 +216,12 @@ impl Authenticator {
 
         // Policy before the key handle is even opened (the rp is known by
         // its application parameter only).
-        let rp_label = hex(&app);
+        let rp_label = hex::encode(app);
         if let Err(status) = self.check_u2f_policy(Operation::GetAssertion, &rp_label) {
             return refusal(status);
         }
-        let found = credential::resolve(
-            self.platform.keystore.as_mut(),
-            self.platform.credentials.as_ref(),
-            &app,
-            key_handle,
-        );
+        let found =
+            credential::resolve(self.platform.keystore.as_mut(), self.platform.credentials.as_ref(), &app, key_handle);
         let credential = match found {
             // A credential that needs UV cannot be used without it (§12.1).
             Ok(Some(c)) if c.extensions.cred_protect < 3 => c,
@@ -240,7 +237,11 @@ impl Authenticator {
         };
         if user_presence {
             if let Err(status) = self.require_presence(
-                &PresenceRequest { purpose: PresencePurpose::Authenticate, rp_id: Some(&rp_label), ..Default::default() },
+                &PresenceRequest {
+                    purpose: PresencePurpose::Authenticate,
+                    rp_id: Some(&rp_label),
+                    ..Default::default()
+                },
                 ctx,
             ) {
                 return refusal(status);
@@ -259,7 +260,7 @@ impl Authenticator {
             Ok(signature) => {
                 self.audit(
                     AuditEvent::new(AuditKind::Assertion, AuditDecision::Allow)
-                        .rp(Some(&hex(&app)))
+                        .rp(Some(&hex::encode(app)))
                         .credential(&credential.credential_id)
                         .operation("u2f-authenticate")
                         .reason(if flag_bits & 0x01 != 0 { "user present" } else { "silent (presence not enforced)" }),
@@ -272,10 +273,6 @@ impl Authenticator {
             Err(e) => refusal(e.into()),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The U2F attestation certificate: a fixed X.509 v3 template with the
@@ -295,13 +292,12 @@ mod u2f_certificate {
         0x02, 0x01, 0x01, // serialNumber 1
         0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02, // ecdsa-with-SHA256
         0x30, 0x17, 0x31, 0x15, 0x30, 0x13, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x0c, // issuer CN, UTF8String(12)
-        b'f', b'i', b'd', b'o', b's', b'e', b'a', b'l', b' ', b'U', b'2', b'F',
-        0x30, 0x20, // validity
-        0x17, 0x0d, b'2', b'0', b'0', b'1', b'0', b'1', b'0', b'0', b'0', b'0', b'0', b'0', b'Z',
-        0x18, 0x0f, b'9', b'9', b'9', b'9', b'1', b'2', b'3', b'1', b'2', b'3', b'5', b'9', b'5', b'9', b'Z',
-        0x30, 0x17, 0x31, 0x15, 0x30, 0x13, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x0c, // subject CN
-        b'f', b'i', b'd', b'o', b's', b'e', b'a', b'l', b' ', b'U', b'2', b'F',
-        0x30, 0x59, // SubjectPublicKeyInfo
+        b'f', b'i', b'd', b'o', b's', b'e', b'a', b'l', b' ', b'U', b'2', b'F', 0x30, 0x20, // validity
+        0x17, 0x0d, b'2', b'0', b'0', b'1', b'0', b'1', b'0', b'0', b'0', b'0', b'0', b'0', b'Z', 0x18, 0x0f, b'9',
+        b'9', b'9', b'9', b'1', b'2', b'3', b'1', b'2', b'3', b'5', b'9', b'5', b'9', b'Z', 0x30, 0x17, 0x31, 0x15,
+        0x30, 0x13, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x0c, // subject CN
+        b'f', b'i', b'd', b'o', b's', b'e', b'a', b'l', b' ', b'U', b'2', b'F', 0x30,
+        0x59, // SubjectPublicKeyInfo
         0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, // ecPublicKey
         0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, // prime256v1
         0x03, 0x42, 0x00, // BIT STRING, 66 bytes, no unused bits

@@ -330,12 +330,8 @@ impl CtapHid {
                 if kind == RequestKind::Msg && self.version.capabilities & capability::NMSG != 0 {
                     return error(cid, HidError::InvalidCommand);
                 }
-                self.processing = Some(Processing {
-                    cid,
-                    kind,
-                    next_keepalive: now + KEEPALIVE_INTERVAL,
-                    abandoned: false,
-                });
+                self.processing =
+                    Some(Processing { cid, kind, next_keepalive: now + KEEPALIVE_INTERVAL, abandoned: false });
                 vec![Action::Process(Request { cid, kind, payload: data })]
             }
             _ => error(cid, HidError::InvalidCommand),

@@ -3,7 +3,6 @@
 //! largeBlobKey extensions.
 
 use crate::audit::{AuditDecision, AuditEvent, AuditKind};
-use std::time::{Duration, Instant};
 
 use ciborium::value::Value;
 use zeroize::Zeroizing;
@@ -11,15 +10,14 @@ use zeroize::Zeroizing;
 use crate::auth_data::{authenticator_data, flags, rp_id_hash};
 use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, MapBuilder};
+use crate::ceremony::{Admission, User};
 use crate::client_pin::permission;
 use crate::credential::{self, Credential};
+use crate::pending::{Pending, PendingOperation};
 use crate::pin_protocol::{hmac_sha256, PinUvAuthProtocol, SharedSecret};
 use crate::platform::{Operation, PresencePurpose, PresenceRequest};
 use crate::request::{GetAssertionRequest, HmacSecretInput};
 use crate::status::{CtapResult, StatusCode};
-
-/// getNextAssertion must follow within 30 s of the previous assertion (§6.3).
-const NEXT_ASSERTION_WINDOW: Duration = Duration::from_secs(30);
 
 /// hmac-secret's validated input: the shared secret and the salts (§12.5).
 struct HmacSecretRequest {
@@ -39,37 +37,33 @@ struct AssertionContext {
     large_blob_key: bool,
 }
 
-/// The state getNextAssertion continues from.
+/// The state getNextAssertion continues from (its channel and timer:
+/// pending.rs).
 pub(crate) struct PendingAssertions {
-    channel: u32,
     context: AssertionContext,
     /// Still to be returned, next first.
     remaining: Vec<Credential>,
-    last_used: Instant,
 }
 
 /// How a discoverable credential is shown when the user picks one.
 fn account_label(credential: &Credential) -> String {
     let Some(r) = &credential.resident else { return String::new() };
-    r.user_display_name
-        .clone()
-        .or_else(|| r.user_name.clone())
-        .unwrap_or_else(|| r.user_id.iter().map(|b| format!("{b:02x}")).collect())
+    r.user_display_name.clone().or_else(|| r.user_name.clone()).unwrap_or_else(|| hex::encode(&r.user_id))
 }
 
 impl Authenticator {
-    pub(crate) fn get_assertion(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Value> {
-        let request = GetAssertionRequest::parse(params)?;
+    pub(crate) fn get_assertion(
+        &mut self,
+        request: GetAssertionRequest,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<Value> {
         let protocol = self.pin_uv_auth_protocol(request.pin_uv_auth.as_ref(), ctx)?;
 
         // Step 4: "rk" is meaningless here; "uv" needs built-in verification.
         if request.options.rk.is_some() {
             return Err(StatusCode::UnsupportedOption);
         }
-        let uv_requested = request.options.uv == Some(true) && protocol.is_none();
-        if uv_requested && !self.built_in_uv_available() {
-            return Err(StatusCode::InvalidOption);
-        }
+        let uv_requested = self.uv_requested(request.options.uv, protocol)?;
         let user_presence = request.options.up.unwrap_or(true);
         // Step 5: alwaysUv wants UV for every assertion the user is asked
         // for; with clientPin supported the answer is PUAT_REQUIRED whether
@@ -80,23 +74,19 @@ impl Authenticator {
         let rp_id = request.rp_id.as_str();
         let rp_id_hash = rp_id_hash(rp_id);
 
-        // Step 6: the pinUvAuthParam proves UV for this rp.
-        let token = self.verify_request_token(
-            protocol,
-            request.pin_uv_auth.as_ref(),
-            &request.client_data_hash,
-            permission::GET_ASSERTION,
-            rp_id,
-            ctx.now,
-        )?;
-        let mut user_verified = token.user_verified;
-        let token_presence = token.user_present;
-
-        // Policy first: a refused rp learns nothing, not even whether any of
-        // its credentials live here, and no credential ID is opened for it.
+        // Step 6 (the token may get assertions for this rp), then policy: no
+        // credential ID is opened for a refused rp.
         let from_allow_list = !request.allow_list.is_empty();
-        let verdict =
-            self.check_policy(Operation::GetAssertion, rp_id, !from_allow_list, user_verified || uv_requested)?;
+        let admission = Admission {
+            operation: Operation::GetAssertion,
+            rp_id,
+            discoverable: !from_allow_list,
+            client_data_hash: &request.client_data_hash,
+            pin_uv_auth: request.pin_uv_auth.as_ref(),
+            permission: permission::GET_ASSERTION,
+        };
+        let (mut user, verdict) = self.admit(&admission, protocol, uv_requested, ctx)?;
+        let user_verified = user.verified;
 
         // Step 7: locate credentials. With an allow list, the first of ours;
         // without, every discoverable credential of the rp, newest first.
@@ -137,7 +127,6 @@ impl Authenticator {
             None => None,
         };
 
-
         let user_name = match found.as_slice() {
             [only] => only.resident.as_ref().and_then(|r| r.user_name.clone()),
             _ => None,
@@ -151,12 +140,8 @@ impl Authenticator {
         };
         // Built-in verification proves presence too; choosing one of several
         // passkeys in the agent is itself a user action.
-        let mut user_present = token_presence;
-        if uv_requested {
-            self.perform_built_in_uv(&prompt, ctx)?;
-            user_verified = true;
-            user_present = true;
-        }
+        self.verify_if_requested(uv_requested, &mut user, &prompt, ctx)?;
+        let User { verified: user_verified, present: mut user_present } = user;
         if found.len() > 1 && user_presence {
             let accounts: Vec<String> = found.iter().map(account_label).collect();
             ctx.signals.set_waiting_for_user(true);
@@ -202,28 +187,30 @@ impl Authenticator {
             self.clear_token_permissions_except_lbw();
         }
         if !found.is_empty() {
-            self.pending_assertions =
-                Some(PendingAssertions { channel: ctx.channel, context, remaining: found, last_used: ctx.now });
+            let assertions = PendingAssertions { context, remaining: found };
+            self.pending = Some(Pending::new(ctx.channel, ctx.after_user(), PendingOperation::Assertions(assertions)));
         }
         tracing::debug!(rp_id, credentials = total, user_presence, user_verified, "assertion made");
         Ok(response)
     }
 
     pub(crate) fn get_next_assertion(&mut self, ctx: &RequestContext<'_>) -> CtapResult<Value> {
-        let Some(mut pending) = self.pending_assertions.take() else {
+        // The dispatcher has dropped an operation of another kind, channel
+        // or age (pending.rs).
+        let Some(mut pending) = self.pending.take() else {
             return Err(StatusCode::NotAllowed);
         };
-        if pending.channel != ctx.channel
-            || ctx.now.saturating_duration_since(pending.last_used) > NEXT_ASSERTION_WINDOW
-            || pending.remaining.is_empty()
-        {
+        let PendingOperation::Assertions(assertions) = &mut pending.operation else {
+            return Err(StatusCode::NotAllowed);
+        };
+        if assertions.remaining.is_empty() {
             return Err(StatusCode::NotAllowed);
         }
-        let next = pending.remaining.remove(0);
-        let response = self.sign_assertion(&next, &pending.context, None)?;
-        if !pending.remaining.is_empty() {
-            pending.last_used = ctx.now;
-            self.pending_assertions = Some(pending);
+        let next = assertions.remaining.remove(0);
+        let response = self.sign_assertion(&next, &assertions.context, None)?;
+        if !assertions.remaining.is_empty() {
+            pending.stepped(ctx.now);
+            self.pending = Some(pending);
         }
         Ok(response)
     }
@@ -270,18 +257,16 @@ impl Authenticator {
     ) -> CtapResult<Value> {
         let user_verified = context.flag_bits & flags::USER_VERIFIED != 0;
         let mut outputs = MapBuilder::new();
-        let mut any_output = false;
         if let Some(request) = context.hmac_secret.as_ref().filter(|_| credential.extensions.hmac_secret) {
-            outputs = outputs.text("hmac-secret", cbor::bytes(self.hmac_secret_output(credential, request, user_verified)?));
-            any_output = true;
+            outputs =
+                outputs.text("hmac-secret", cbor::bytes(self.hmac_secret_output(credential, request, user_verified)?));
         }
         if context.cred_blob {
             outputs = outputs.text("credBlob", cbor::bytes(credential.extensions.cred_blob.clone()));
-            any_output = true;
         }
         let counter = self.next_signature_counter(&credential.credential_id)?;
         let auth_data =
-            authenticator_data(&context.rp_id_hash, context.flag_bits, counter, None, any_output.then(|| outputs.build()));
+            authenticator_data(&context.rp_id_hash, context.flag_bits, counter, None, outputs.build_unless_empty());
         let mut signed = auth_data.clone();
         signed.extend_from_slice(&context.client_data_hash);
         let signature = self.platform.keystore.sign(credential.algorithm, &credential.key_handle, &signed)?;
@@ -308,7 +293,11 @@ impl Authenticator {
                 .credential(&credential.credential_id)
                 .operation("get-assertion")
                 .user_verified(user_verified)
-                .reason(if context.flag_bits & flags::USER_PRESENT != 0 { "user present" } else { "silent (up=false)" }),
+                .reason(if context.flag_bits & flags::USER_PRESENT != 0 {
+                    "user present"
+                } else {
+                    "silent (up=false)"
+                }),
         );
         Ok(MapBuilder::new()
             .int(0x01, descriptor)

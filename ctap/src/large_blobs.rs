@@ -6,56 +6,53 @@ use ciborium::value::Value;
 use sha2::{Digest, Sha256};
 
 use crate::authenticator::{Authenticator, RequestContext};
-use crate::cbor::{self, expect_bytes, expect_uint, MapBuilder, ParamMap};
+use crate::cbor::{self, MapBuilder};
 use crate::client_pin::permission;
+use crate::command::LargeBlobsRequest;
 use crate::ctaphid::ADVERTISED_MAX_MSG_SIZE;
+use crate::pending::{Pending, PendingOperation};
 use crate::pin_protocol::PinUvAuthProtocol;
 use crate::status::{CtapResult, StatusCode};
 
 /// maxSerializedLargeBlobArray in getInfo (at least 1024 by the spec).
 pub const MAX_SERIALIZED_LARGE_BLOB_ARRAY: usize = 4096;
 /// maxFragmentLength = maxMsgSize − 64 (§6.10.1).
-const MAX_FRAGMENT_LENGTH: usize = ADVERTISED_MAX_MSG_SIZE - 64;
+pub(crate) const MAX_FRAGMENT_LENGTH: usize = ADVERTISED_MAX_MSG_SIZE - 64;
 /// The array ends with LEFT(SHA-256(rest), 16).
 const INTEGRITY_LEN: usize = 16;
 
-/// A write in progress (§6.10.3 "expectedLength", "expectedNextOffset").
+/// A write in progress (§6.10.3 "expectedLength", "expectedNextOffset"; its
+/// channel and timer: pending.rs).
 pub(crate) struct PendingLargeBlobWrite {
     expected_length: usize,
     buffer: Vec<u8>,
 }
 
 impl Authenticator {
-    pub(crate) fn large_blobs(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Option<Value>> {
-        let mut map = ParamMap::decode(params)?;
-        let get = map.take(0x01).map(expect_uint).transpose()?;
-        let set = map.take(0x02).map(expect_bytes).transpose()?;
-        let offset = map.take(0x03).map(expect_uint).transpose()?;
-        let length = map.take(0x04).map(expect_uint).transpose()?;
-        let auth_param = map.take(0x05).map(expect_bytes).transpose()?;
-        let protocol = map.take(0x06).map(expect_uint).transpose()?;
-
-        let offset = usize::try_from(offset.ok_or(StatusCode::InvalidParameter)?).map_err(|_| StatusCode::InvalidParameter)?;
-        match (get, set) {
-            (Some(get), None) => {
-                if length.is_some() || auth_param.is_some() || protocol.is_some() {
-                    return Err(StatusCode::InvalidParameter);
-                }
-                let get = usize::try_from(get).map_err(|_| StatusCode::InvalidLength)?;
-                if get > MAX_FRAGMENT_LENGTH {
-                    return Err(StatusCode::InvalidLength);
-                }
+    pub(crate) fn large_blobs(
+        &mut self,
+        request: LargeBlobsRequest,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<Option<Value>> {
+        match request {
+            LargeBlobsRequest::Get { offset, length } => {
                 let array = &self.state.large_blob_array;
                 if offset > array.len() {
                     return Err(StatusCode::InvalidParameter);
                 }
-                let end = offset.saturating_add(get).min(array.len());
+                let end = offset.saturating_add(length).min(array.len());
                 Ok(Some(MapBuilder::new().int(0x01, cbor::bytes(array[offset..end].to_vec())).build()))
             }
-            (None, Some(fragment)) => {
-                self.large_blob_set(fragment, offset, length, auth_param, protocol, ctx).map(|()| None)
+            LargeBlobsRequest::Set { fragment, offset, length, pin_uv_auth_param, protocol } => {
+                self.large_blob_set(fragment, offset, length, pin_uv_auth_param, protocol, ctx).map(|()| None)
             }
-            _ => Err(StatusCode::InvalidParameter),
+        }
+    }
+
+    fn pending_large_blob_write(&self) -> Option<&PendingLargeBlobWrite> {
+        match self.pending.as_ref().map(|p| &p.operation) {
+            Some(PendingOperation::LargeBlobWrite(write)) => Some(write),
+            _ => None,
         }
     }
 
@@ -80,11 +77,12 @@ impl Authenticator {
             if length < 17 {
                 return Err(StatusCode::InvalidParameter);
             }
-            self.pending_large_blob = Some(PendingLargeBlobWrite { expected_length: length, buffer: Vec::new() });
+            let write = PendingLargeBlobWrite { expected_length: length, buffer: Vec::new() };
+            self.pending = Some(Pending::new(ctx.channel, ctx.now, PendingOperation::LargeBlobWrite(write)));
         } else if length.is_some() {
             return Err(StatusCode::InvalidParameter);
         }
-        let expected_next = self.pending_large_blob.as_ref().map(|p| p.buffer.len());
+        let expected_next = self.pending_large_blob_write().map(|p| p.buffer.len());
         if expected_next != Some(offset) {
             return Err(StatusCode::InvalidSeq);
         }
@@ -97,19 +95,30 @@ impl Authenticator {
             message.extend_from_slice(&[0x0c, 0x00]);
             message.extend_from_slice(&(offset as u32).to_le_bytes());
             message.extend_from_slice(&Sha256::digest(&fragment));
-            self.verify_pin_uv_auth_token(protocol, &message, &auth_param, permission::LARGE_BLOB_WRITE, None, ctx.now)?;
+            self.verify_pin_uv_auth_token(
+                protocol,
+                &message,
+                &auth_param,
+                permission::LARGE_BLOB_WRITE,
+                None,
+                ctx.now,
+            )?;
         }
-        let Some(pending) = self.pending_large_blob.as_mut() else {
+        let Some(pending) = self.pending.as_mut() else {
             return Err(StatusCode::InvalidSeq);
         };
-        if offset + fragment.len() > pending.expected_length {
+        let PendingOperation::LargeBlobWrite(write) = &mut pending.operation else {
+            return Err(StatusCode::InvalidSeq);
+        };
+        if offset + fragment.len() > write.expected_length {
             return Err(StatusCode::InvalidParameter);
         }
-        pending.buffer.extend_from_slice(&fragment);
-        if pending.buffer.len() < pending.expected_length {
+        write.buffer.extend_from_slice(&fragment);
+        if write.buffer.len() < write.expected_length {
+            pending.stepped(ctx.now);
             return Ok(());
         }
-        let Some(complete) = self.pending_large_blob.take() else {
+        let Some(Pending { operation: PendingOperation::LargeBlobWrite(complete), .. }) = self.pending.take() else {
             return Err(StatusCode::Other);
         };
         let (body, check) = complete.buffer.split_at(complete.buffer.len() - INTEGRITY_LEN);

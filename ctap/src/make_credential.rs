@@ -6,8 +6,9 @@ use std::sync::Arc;
 use ciborium::value::Value;
 
 use crate::auth_data::{authenticator_data, cose_key, flags, rp_id_hash, AttestedCredential};
-use crate::authenticator::{AttestationMode, Authenticator, RequestContext, MAX_CRED_BLOB_LENGTH};
+use crate::authenticator::{is_non_web_rp_id, AttestationMode, Authenticator, RequestContext, MAX_CRED_BLOB_LENGTH};
 use crate::cbor::{self, truncate_utf8, MapBuilder};
+use crate::ceremony::{Admission, User};
 use crate::client_pin::permission;
 use crate::credential::{self, MAX_CREDENTIAL_ID_LEN};
 use crate::platform::{
@@ -24,12 +25,17 @@ const MAX_STORED_STRING: usize = 64;
 enum Statement {
     None,
     SelfAttestation,
+    /// With the machine attestation certificate (DER).
+    Machine(Vec<u8>),
     Enterprise(Arc<EnterpriseAttestationKey>),
 }
 
 impl Authenticator {
-    pub(crate) fn make_credential(&mut self, params: &[u8], ctx: &RequestContext<'_>) -> CtapResult<Value> {
-        let request = MakeCredentialRequest::parse(params)?;
+    pub(crate) fn make_credential(
+        &mut self,
+        request: MakeCredentialRequest,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<Value> {
         // Steps 1–2: the zero-length probe and the protocol.
         let protocol = self.pin_uv_auth_protocol(request.pin_uv_auth.as_ref(), ctx)?;
 
@@ -47,10 +53,7 @@ impl Authenticator {
         if request.options.up == Some(false) {
             return Err(StatusCode::InvalidOption);
         }
-        let uv_requested = request.options.uv == Some(true) && protocol.is_none();
-        if uv_requested && !self.built_in_uv_available() {
-            return Err(StatusCode::InvalidOption);
-        }
+        let uv_requested = self.uv_requested(request.options.uv, protocol)?;
         let discoverable = request.options.rk.unwrap_or(false);
 
         // Steps 6–7: a protected authenticator wants UV for discoverable
@@ -91,23 +94,16 @@ impl Authenticator {
         let rp_id = request.rp.id.as_str();
         let rp_id_hash = rp_id_hash(rp_id);
 
-        // Step 11: the pinUvAuthParam authenticates clientDataHash with a
-        // token that may make credentials for this rp.
-        let token = self.verify_request_token(
-            protocol,
-            request.pin_uv_auth.as_ref(),
-            &request.client_data_hash,
-            permission::MAKE_CREDENTIAL,
+        // Step 11 (the token may make credentials for this rp), then policy.
+        let admission = Admission {
+            operation: Operation::MakeCredential,
             rp_id,
-            ctx.now,
-        )?;
-        let mut user_verified = token.user_verified;
-        let token_presence = token.user_present;
-
-        // Policy first: a refused rp learns nothing, not even which of its
-        // credentials live here.
-        let verdict =
-            self.check_policy(Operation::MakeCredential, rp_id, discoverable, user_verified || uv_requested)?;
+            discoverable,
+            client_data_hash: &request.client_data_hash,
+            pin_uv_auth: request.pin_uv_auth.as_ref(),
+            permission: permission::MAKE_CREDENTIAL,
+        };
+        let (mut user, verdict) = self.admit(&admission, protocol, uv_requested, ctx)?;
 
         let user_name = request.user.name.as_deref().or(request.user.display_name.as_deref());
         let prompt = PresenceRequest {
@@ -117,13 +113,8 @@ impl Authenticator {
             message: verdict.prompt_message.as_deref(),
             timeout: verdict.prompt_timeout,
         };
-        // Built-in verification: the user verifies (and so is present) once.
-        let mut user_present = token_presence;
-        if uv_requested {
-            self.perform_built_in_uv(&prompt, ctx)?;
-            user_verified = true;
-            user_present = true;
-        }
+        self.verify_if_requested(uv_requested, &mut user, &prompt, ctx)?;
+        let User { verified: user_verified, present: user_present } = user;
 
         // Step 12: a credential from the exclude list already lives here
         // (one that needs UV counts only when UV was done).
@@ -149,15 +140,10 @@ impl Authenticator {
             }
         }
 
-
         // Refuse before asking for a touch when there is no room left.
         if discoverable && self.platform.credentials.remaining_capacity() == 0 {
-            let replaces = self
-                .platform
-                .credentials
-                .credentials_for_rp(&rp_id_hash)?
-                .iter()
-                .any(|c| c.user_id == request.user.id);
+            let replaces =
+                self.platform.credentials.credentials_for_rp(&rp_id_hash)?.iter().any(|c| c.user_id == request.user.id);
             if !replaces {
                 return Err(StatusCode::KeyStoreFull);
             }
@@ -178,6 +164,19 @@ impl Authenticator {
             large_blob_key: requested.large_blob_key,
         };
 
+        // The attestation: the policy's, else the configuration's for web or
+        // non-web rp IDs. The machine certificate (made on first use) is
+        // fetched before anything is created: a missing or damaged machine
+        // key refuses the request without leaving a credential behind.
+        let configured =
+            if is_non_web_rp_id(rp_id) { self.config.non_web_attestation } else { self.config.attestation };
+        let statement_kind = match verdict.attestation {
+            Some(AttestationPolicy::Enterprise(key)) if enterprise_requested => Statement::Enterprise(key),
+            Some(AttestationPolicy::Enterprise(_)) | None => self.statement(configured)?,
+            Some(AttestationPolicy::None) => Statement::None,
+            Some(AttestationPolicy::SelfAttestation) => Statement::SelfAttestation,
+            Some(AttestationPolicy::Machine) => self.statement(AttestationMode::Machine)?,
+        };
         let created = self.platform.keystore.generate(algorithm)?;
         let mut extensions = extensions;
         let credential_id = if discoverable {
@@ -220,22 +219,17 @@ impl Authenticator {
         }
 
         let mut outputs = MapBuilder::new();
-        let mut any_output = false;
         if requested.cred_protect.is_some() || extensions.cred_protect > 1 {
             outputs = outputs.text("credProtect", u64::from(extensions.cred_protect));
-            any_output = true;
         }
         if requested.hmac_secret {
             outputs = outputs.text("hmac-secret", true);
-            any_output = true;
         }
         if requested.cred_blob.is_some() {
             outputs = outputs.text("credBlob", cred_blob.is_some() && !extensions.cred_blob.is_empty());
-            any_output = true;
         }
         if requested.min_pin_length && self.state.min_pin_length_rp_ids.iter().any(|r| r == rp_id) {
             outputs = outputs.text("minPinLength", u64::from(self.effective_min_pin_length()));
-            any_output = true;
         }
 
         let mut flag_bits = flags::USER_PRESENT;
@@ -251,19 +245,10 @@ impl Authenticator {
                 credential_id: &credential_id,
                 public_key: &created.public_key,
             }),
-            any_output.then(|| outputs.build()),
+            outputs.build_unless_empty(),
         );
-        let configured = |mode: AttestationMode| match mode {
-            AttestationMode::SelfAttestation => Statement::SelfAttestation,
-            AttestationMode::None => Statement::None,
-        };
-        let statement_kind = match verdict.attestation {
-            Some(AttestationPolicy::Enterprise(key)) if enterprise_requested => Statement::Enterprise(key),
-            Some(AttestationPolicy::Enterprise(_)) | None => configured(self.config.attestation),
-            Some(AttestationPolicy::None) => Statement::None,
-            Some(AttestationPolicy::SelfAttestation) => Statement::SelfAttestation,
-        };
         let enterprise_attested = matches!(statement_kind, Statement::Enterprise(_));
+        let machine_attested = matches!(statement_kind, Statement::Machine(_));
         let mut signed = auth_data.clone();
         signed.extend_from_slice(&request.client_data_hash);
         let (format, statement) = match statement_kind {
@@ -272,6 +257,17 @@ impl Authenticator {
                 // signs authData ‖ clientDataHash; no certificate.
                 let sig = self.platform.keystore.sign(algorithm, &created.key_handle, &signed)?;
                 ("packed", MapBuilder::new().text("alg", algorithm.cose_id()).text("sig", cbor::bytes(sig)).build())
+            }
+            Statement::Machine(certificate) => {
+                // Packed with the machine's self-signed certificate (WebAuthn
+                // §8.2): the machine attestation key signs the same bytes.
+                let sig = self.platform.keystore.sign_machine_attestation(&signed)?;
+                let statement = MapBuilder::new()
+                    .text("alg", Algorithm::Es256.cose_id())
+                    .text("sig", cbor::bytes(sig))
+                    .text("x5c", Value::Array(vec![cbor::bytes(certificate)]))
+                    .build();
+                ("packed", statement)
             }
             Statement::Enterprise(key) => {
                 // Packed with a certificate chain (WebAuthn §8.2): the
@@ -294,7 +290,14 @@ impl Authenticator {
         if user_verified {
             self.clear_token_permissions_except_lbw();
         }
-        tracing::debug!(rp_id, discoverable, user_verified, enterprise_attested, "credential created");
+        tracing::debug!(
+            rp_id,
+            discoverable,
+            user_verified,
+            enterprise_attested,
+            machine_attested,
+            "credential created"
+        );
         self.audit(
             AuditEvent::new(AuditKind::CredentialCreated, AuditDecision::Allow)
                 .rp(Some(rp_id))
@@ -317,6 +320,15 @@ impl Authenticator {
             .int_opt(0x04, enterprise_requested.then_some(Value::Bool(enterprise_attested)))
             .int_opt(0x05, large_blob_key)
             .build())
+    }
+
+    /// The statement of an attestation mode (the machine's with its certificate).
+    fn statement(&mut self, mode: AttestationMode) -> CtapResult<Statement> {
+        Ok(match mode {
+            AttestationMode::None => Statement::None,
+            AttestationMode::SelfAttestation => Statement::SelfAttestation,
+            AttestationMode::Machine => Statement::Machine(self.platform.keystore.machine_attestation_certificate()?),
+        })
     }
 
     /// Capable (the policy holds a key) and enabled (authenticatorConfig).

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::cbor::{self, expect_bytes, expect_int, ParamMap, MapBuilder};
+use crate::cbor::{self, expect_bytes, expect_int, MapBuilder, ParamMap};
 use crate::status::{CtapResult, StatusCode};
 
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
@@ -288,15 +288,21 @@ mod tests {
     fn bad_peer_keys_are_invalid_parameters() {
         let key = KeyAgreementKey::generate().unwrap();
         let off_curve = MapBuilder::new()
-            .int(1, 2).int(3, -25).int(-1, 1)
-            .int(-2, cbor::bytes(vec![1u8; 32])).int(-3, cbor::bytes(vec![2u8; 32]))
+            .int(1, 2)
+            .int(3, -25)
+            .int(-1, 1)
+            .int(-2, cbor::bytes(vec![1u8; 32]))
+            .int(-3, cbor::bytes(vec![2u8; 32]))
             .build();
         assert_eq!(key.shared_secret(PinUvAuthProtocol::Two, off_curve).err(), Some(StatusCode::InvalidParameter));
         let missing_y = MapBuilder::new().int(1, 2).int(-1, 1).int(-2, cbor::bytes(vec![1u8; 32])).build();
         assert_eq!(key.shared_secret(PinUvAuthProtocol::Two, missing_y).err(), Some(StatusCode::MissingParameter));
         let text_x = MapBuilder::new().int(1, 2).int(-1, 1).int(-2, "x").int(-3, cbor::bytes(vec![2u8; 32])).build();
         assert_eq!(key.shared_secret(PinUvAuthProtocol::One, text_x).err(), Some(StatusCode::CborUnexpectedType));
-        assert_eq!(key.shared_secret(PinUvAuthProtocol::One, Value::from(3)).err(), Some(StatusCode::CborUnexpectedType));
+        assert_eq!(
+            key.shared_secret(PinUvAuthProtocol::One, Value::from(3)).err(),
+            Some(StatusCode::CborUnexpectedType)
+        );
     }
 
     #[test]

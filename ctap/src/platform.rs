@@ -1,10 +1,10 @@
 //! The four traits through which the authenticator reaches the outside
-//! world (DESIGN.md "Request path"): a key store, a credential store, a user
+//! world (docs/architecture.md, "The request path"): a key store, a credential store, a user
 //! prompt and a policy decision. The daemon gives TPM, files, D-Bus and
 //! policy files; tests and benchmarks give software keys, memory and scripts.
 
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
@@ -66,6 +66,10 @@ pub enum KeyStoreError {
     Exhausted(String),
     #[error("key store failure: {0}")]
     Backend(String),
+    /// The machine attestation key is missing, damaged or unusable
+    /// (docs/policy.md, "Machine attestation"): the registration fails.
+    #[error("machine attestation is unavailable: {0}")]
+    MachineAttestation(String),
 }
 
 /// Where private keys are made and used; private keys never leave it in the
@@ -93,8 +97,19 @@ pub trait KeyStore: Send {
     /// credential keys.
     fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, KeyStoreError>;
     /// authenticatorReset: forget every secret so that all earlier
-    /// credential IDs and key handles become unusable.
+    /// credential IDs and key handles become unusable. The machine
+    /// attestation key stays: it names the machine, not its user.
     fn reset(&mut self) -> Result<(), KeyStoreError>;
+    /// The machine attestation certificate (DER, self-signed, WebAuthn
+    /// §8.2.1), made with its key on first use and kept across resets. One
+    /// per machine: every user's key shares it (docs/policy.md).
+    fn machine_attestation_certificate(&mut self) -> Result<Vec<u8>, KeyStoreError> {
+        Err(KeyStoreError::MachineAttestation(format!("the {} key store has no machine attestation key", self.name())))
+    }
+    /// Signs `message` with the machine attestation key (ES256, DER).
+    fn sign_machine_attestation(&mut self, _message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        Err(KeyStoreError::MachineAttestation(format!("the {} key store has no machine attestation key", self.name())))
+    }
 }
 
 /// A discoverable credential as kept by the credential store.
@@ -409,6 +424,11 @@ pub enum AttestationPolicy {
     None,
     /// "packed" self attestation.
     SelfAttestation,
+    /// "packed" with `x5c`: the machine attestation key signs, its
+    /// self-signed certificate goes along. One key per machine, so the
+    /// relying party can tell two credentials from this machine apart from
+    /// others': a tracking identifier, granted by policy only.
+    Machine,
     /// This relying party may receive enterprise attestation (CTAP 2.1
     /// §7.1) signed with this key, when the client asks for it and it is
     /// enabled; any other request gets the configured attestation.
@@ -453,7 +473,9 @@ impl Eq for EnterpriseAttestationKey {}
 
 impl std::fmt::Debug for EnterpriseAttestationKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnterpriseAttestationKey").field("certificates", &self.certificates.len()).finish_non_exhaustive()
+        f.debug_struct("EnterpriseAttestationKey")
+            .field("certificates", &self.certificates.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -545,6 +567,10 @@ pub struct TransactionSignals {
 struct SignalState {
     cancelled: bool,
     waiting_for_user: bool,
+    /// Since when, while waiting for the user.
+    waiting_since: Option<Instant>,
+    /// How long the transaction has waited for the user so far.
+    time_with_user: Duration,
 }
 
 impl TransactionSignals {
@@ -570,15 +596,37 @@ impl TransactionSignals {
     /// Waits up to `timeout` for a cancellation; true if cancelled.
     pub fn wait_for_cancel(&self, timeout: Duration) -> bool {
         let guard = self.lock();
-        let (guard, _) = self
-            .changed
-            .wait_timeout_while(guard, timeout, |s| !s.cancelled)
-            .unwrap_or_else(|e| e.into_inner());
+        let (guard, _) =
+            self.changed.wait_timeout_while(guard, timeout, |s| !s.cancelled).unwrap_or_else(|e| e.into_inner());
         guard.cancelled
     }
 
+    /// Marks the start and the end of a wait for the user (KEEPALIVE says
+    /// UPNEEDED meanwhile); the time between counts as time with the user.
     pub fn set_waiting_for_user(&self, waiting: bool) {
-        self.lock().waiting_for_user = waiting;
+        let mut state = self.lock();
+        match (waiting, state.waiting_since) {
+            (true, None) => state.waiting_since = Some(Instant::now()),
+            (false, Some(since)) => {
+                state.time_with_user += since.elapsed();
+                state.waiting_since = None;
+            }
+            _ => {}
+        }
+        state.waiting_for_user = waiting;
+    }
+
+    /// How long this transaction has waited for the user: a prompt that
+    /// took 35 s moves the timers that start when the user acted by 35 s
+    /// ([`crate::RequestContext::after_user`]).
+    pub fn time_with_user(&self) -> Duration {
+        self.lock().time_with_user
+    }
+
+    /// Counts `time` as spent with the user, for prompts whose user does
+    /// not take real time (scripted tests, simulated clocks).
+    pub fn add_time_with_user(&self, time: Duration) {
+        self.lock().time_with_user += time;
     }
 
     pub fn keepalive_status(&self) -> KeepaliveStatus {
@@ -606,7 +654,7 @@ impl From<KeyStoreError> for crate::status::StatusCode {
         match error {
             KeyStoreError::UnsupportedAlgorithm(_) => StatusCode::UnsupportedAlgorithm,
             KeyStoreError::NotAuthentic => StatusCode::InvalidCredential,
-            KeyStoreError::Exhausted(_) | KeyStoreError::Backend(_) => {
+            KeyStoreError::Exhausted(_) | KeyStoreError::Backend(_) | KeyStoreError::MachineAttestation(_) => {
                 tracing::error!(error = %error, "key store operation failed");
                 StatusCode::Other
             }

@@ -4,7 +4,9 @@
 
 use ciborium::value::Value;
 
-use crate::cbor::{expect_array, expect_bool, expect_bytes, expect_int, expect_map, expect_text, expect_uint, ParamMap};
+use crate::cbor::{
+    expect_array, expect_bool, expect_bytes, expect_int, expect_map, expect_text, expect_uint, ParamMap,
+};
 use crate::status::{CtapResult, StatusCode};
 
 /// Maximum length of a user handle (WebAuthn §5.4.3).

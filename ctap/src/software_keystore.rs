@@ -16,6 +16,8 @@ use p256::{NistP256, NonZeroScalar};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::authenticator::FIDOSEAL_AAGUID;
+use crate::machine_attestation::SoftwareAttestationKey;
 use crate::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, PublicKey, Secret32};
 
 const NONCE_LEN: usize = 12;
@@ -32,12 +34,14 @@ pub struct SoftwareKeyStore {
     key_wrapping: Aes256Gcm,
     credential_id_sealing: Aes256Gcm,
     secret_derivation: Secret32,
+    /// Made in memory on first use; the daemon's store keeps its own on disk.
+    machine_attestation: Option<SoftwareAttestationKey>,
 }
 
 impl SoftwareKeyStore {
     pub fn new(master: Secret32) -> Self {
         let (key_wrapping, credential_id_sealing, secret_derivation) = derive_keys(&master);
-        Self { master, key_wrapping, credential_id_sealing, secret_derivation }
+        Self { master, key_wrapping, credential_id_sealing, secret_derivation, machine_attestation: None }
     }
 
     /// A fresh random master secret.
@@ -184,9 +188,31 @@ impl KeyStore for SoftwareKeyStore {
         Ok(Secret32(crate::pin_protocol::hmac_sha256(&self.secret_derivation.0, context)))
     }
 
+    /// The machine attestation key stays (it names the machine, not the user).
     fn reset(&mut self) -> Result<(), KeyStoreError> {
+        let machine_attestation = self.machine_attestation.take();
         *self = Self::new(Self::generate_master_secret()?);
+        self.machine_attestation = machine_attestation;
         Ok(())
+    }
+
+    fn machine_attestation_certificate(&mut self) -> Result<Vec<u8>, KeyStoreError> {
+        Ok(self.machine_attestation_key()?.certificate().to_vec())
+    }
+
+    fn sign_machine_attestation(&mut self, message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        Ok(self.machine_attestation_key()?.sign(message))
+    }
+}
+
+impl SoftwareKeyStore {
+    fn machine_attestation_key(&mut self) -> Result<&SoftwareAttestationKey, KeyStoreError> {
+        if self.machine_attestation.is_none() {
+            self.machine_attestation = Some(SoftwareAttestationKey::generate(&FIDOSEAL_AAGUID)?);
+        }
+        self.machine_attestation
+            .as_ref()
+            .ok_or_else(|| KeyStoreError::MachineAttestation("no machine attestation key".into()))
     }
 }
 

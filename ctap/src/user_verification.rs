@@ -25,7 +25,11 @@ impl Authenticator {
 
     /// Asks the user to verify. Success also proves presence. A failed
     /// attempt spends a uvRetry (or, for a typed PIN, a PIN retry).
-    pub(crate) fn perform_built_in_uv(&mut self, request: &PresenceRequest<'_>, ctx: &RequestContext<'_>) -> CtapResult<()> {
+    pub(crate) fn perform_built_in_uv(
+        &mut self,
+        request: &PresenceRequest<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> CtapResult<()> {
         if self.state.uv_retries == 0 {
             return Err(StatusCode::UvBlocked);
         }

@@ -10,12 +10,7 @@ use std::path::PathBuf;
 /// Exit status: 0 success, 1 failure (the daemon refused or could not be
 /// reached, an invalid policy, ...), 2 usage error.
 #[derive(Debug, clap::Parser)]
-#[command(
-    name = "fidosealctl",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "fidosealctl", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -25,6 +20,11 @@ pub struct Cli {
 pub enum Command {
     /// The daemon, its key store, the PIN, the policy and the agent.
     Status(StatusArgs),
+    /// The security keys fidoseald serves: yours, or (as root) everyone's.
+    ///
+    /// In per-user mode each user with a session has a key of their own,
+    /// whose hidraw node only they can open; in single mode there is one.
+    Devices(DevicesArgs),
     /// Your passkeys (discoverable credentials) on this machine's key.
     #[command(subcommand)]
     Passkeys(PasskeysCommand),
@@ -59,11 +59,7 @@ pub enum KeyStoreArg {
 #[derive(Debug, clap::Args)]
 pub struct MetadataArgs {
     /// fidoseald's configuration file.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/etc/fidoseal/fidoseald.toml"
-    )]
+    #[arg(long, value_name = "PATH", default_value = "/etc/fidoseal/fidoseald.toml")]
     pub config: PathBuf,
     /// The key store, instead of the configuration's [keystore] backend.
     #[arg(long, value_enum)]
@@ -73,6 +69,13 @@ pub struct MetadataArgs {
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// Print JSON (one object) for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DevicesArgs {
+    /// Print JSON (an array) for scripts.
     #[arg(long)]
     pub json: bool,
 }

@@ -16,11 +16,7 @@ use crate::CtlError;
 /// The journalctl arguments for `args`. journalctl ORs matches of the same
 /// field and ANDs different fields: (MESSAGE_ID=a or b ...) and FIDOSEAL_RP=x ...
 pub fn journalctl_args(args: &LogArgs) -> Result<Vec<String>, CtlError> {
-    let mut out = vec![
-        "--no-pager".to_string(),
-        "--output=json".to_string(),
-        "--quiet".to_string(),
-    ];
+    let mut out = vec!["--no-pager".to_string(), "--output=json".to_string(), "--quiet".to_string()];
     if let Some(dir) = &args.directory {
         out.push(format!("--directory={}", dir.display()));
     }
@@ -41,10 +37,7 @@ pub fn journalctl_args(args: &LogArgs) -> Result<Vec<String>, CtlError> {
             .map(|name| {
                 AuditKind::from_name(name).ok_or_else(|| {
                     let known: Vec<&str> = AuditKind::ALL.iter().map(|k| k.name()).collect();
-                    CtlError::Usage(format!(
-                        "--event {name:?} is not one of {}",
-                        known.join(", ")
-                    ))
+                    CtlError::Usage(format!("--event {name:?} is not one of {}", known.join(", ")))
                 })
             })
             .collect::<Result<_, _>>()?
@@ -52,21 +45,13 @@ pub fn journalctl_args(args: &LogArgs) -> Result<Vec<String>, CtlError> {
     for kind in kinds {
         out.push(format!("MESSAGE_ID={}", kind.message_id()));
     }
-    for (field, value) in [
-        ("FIDOSEAL_RP", args.rp.as_deref()),
-        ("FIDOSEAL_USER", args.user.as_deref()),
-    ] {
+    for (field, value) in [("FIDOSEAL_RP", args.rp.as_deref()), ("FIDOSEAL_USER", args.user.as_deref())] {
         if let Some(value) = value {
             if value.is_empty() || value.contains('\n') {
-                return Err(CtlError::Usage(format!(
-                    "{field} cannot be matched against {value:?}"
-                )));
+                return Err(CtlError::Usage(format!("{field} cannot be matched against {value:?}")));
             }
-            let value = if field == "FIDOSEAL_RP" {
-                value.trim_end_matches('.').to_ascii_lowercase()
-            } else {
-                value.into()
-            };
+            let value =
+                if field == "FIDOSEAL_RP" { value.trim_end_matches('.').to_ascii_lowercase() } else { value.into() };
             out.push(format!("{field}={value}"));
         }
     }
@@ -88,9 +73,7 @@ pub fn entry(line: &str) -> Option<Map<String, Json>> {
     let raw: Map<String, Json> = serde_json::from_str(line).ok()?;
     let text = |key: &str| raw.get(key).and_then(Json::as_str).map(str::to_string);
     let message_id = text("MESSAGE_ID")?;
-    let kind = AuditKind::ALL
-        .into_iter()
-        .find(|k| k.message_id() == message_id)?;
+    let kind = AuditKind::ALL.into_iter().find(|k| k.message_id() == message_id)?;
     let mut entry = Map::new();
     if let Some(time) = text("__REALTIME_TIMESTAMP").and_then(|t| t.parse::<u64>().ok()) {
         entry.insert("time".into(), json!(utc_timestamp(time)));
@@ -119,12 +102,7 @@ pub fn entry(line: &str) -> Option<Map<String, Json>> {
 /// One line for people: time, decision, event, then what there is.
 pub fn render(entry: &Map<String, Json>) -> String {
     let get = |key: &str| entry.get(key).and_then(Json::as_str).unwrap_or("");
-    let mut line = format!(
-        "{:<20}  {:<5}  {:<18}",
-        get("time"),
-        get("decision"),
-        get("event")
-    );
+    let mut line = format!("{:<20}  {:<5}  {:<18}", get("time"), get("decision"), get("event"));
     if !get("operation").is_empty() {
         line.push_str(&format!(" {}", get("operation")));
     }
@@ -158,24 +136,14 @@ pub fn utc_timestamp(micros: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 pub fn log(args: &LogArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     let journalctl_args = journalctl_args(args)?;
-    let output = Command::new("journalctl")
-        .args(&journalctl_args)
-        .output()
-        .map_err(|e| {
-            CtlError::Journal(format!(
-                "cannot run journalctl: {e} (the audit trail is in the systemd journal)"
-            ))
-        })?;
+    let output = Command::new("journalctl").args(&journalctl_args).output().map_err(|e| {
+        CtlError::Journal(format!("cannot run journalctl: {e} (the audit trail is in the systemd journal)"))
+    })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         return Err(CtlError::Journal(format!(
@@ -196,11 +164,7 @@ pub fn log(args: &LogArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     }
     if printed == 0 && !args.json {
         // A user outside systemd-journal sees only their own entries: say so.
-        let hint = if unsafe_is_root() {
-            ""
-        } else {
-            " (not root: only the entries you may read were searched)"
-        };
+        let hint = if unsafe_is_root() { "" } else { " (not root: only the entries you may read were searched)" };
         writeln!(out, "no audit entries{hint}")?;
     }
     Ok(())
@@ -217,8 +181,7 @@ mod tests {
     use clap::Parser;
 
     fn parse(args: &[&str]) -> LogArgs {
-        let cli =
-            crate::cli::Cli::try_parse_from([&["fidosealctl", "log"], args].concat()).unwrap();
+        let cli = crate::cli::Cli::try_parse_from([&["fidosealctl", "log"], args].concat()).unwrap();
         match cli.command {
             crate::cli::Command::Log(args) => args,
             _ => unreachable!(),
@@ -227,38 +190,17 @@ mod tests {
 
     #[test]
     fn filters_become_journal_matches() {
-        let args = journalctl_args(&parse(&[
-            "--rp",
-            "Login.Example.COM.",
-            "--decision",
-            "deny",
-            "--since",
-            "-1h",
-        ]))
-        .unwrap();
+        let args =
+            journalctl_args(&parse(&["--rp", "Login.Example.COM.", "--decision", "deny", "--since", "-1h"])).unwrap();
         assert!(args.contains(&"--output=json".to_string()));
         assert!(args.contains(&"--since=-1h".to_string()));
-        assert!(
-            args.contains(&"FIDOSEAL_RP=login.example.com".to_string()),
-            "{args:?}"
-        );
+        assert!(args.contains(&"FIDOSEAL_RP=login.example.com".to_string()), "{args:?}");
         assert!(args.contains(&"FIDOSEAL_DECISION=deny".to_string()));
         let ids = args.iter().filter(|a| a.starts_with("MESSAGE_ID=")).count();
         assert_eq!(ids, AuditKind::ALL.len(), "every kind by default");
 
-        let args = journalctl_args(&parse(&[
-            "--event",
-            "assertion",
-            "--event",
-            "reset",
-            "--user",
-            "alice",
-        ]))
-        .unwrap();
-        let ids: Vec<&String> = args
-            .iter()
-            .filter(|a| a.starts_with("MESSAGE_ID="))
-            .collect();
+        let args = journalctl_args(&parse(&["--event", "assertion", "--event", "reset", "--user", "alice"])).unwrap();
+        let ids: Vec<&String> = args.iter().filter(|a| a.starts_with("MESSAGE_ID=")).collect();
         assert_eq!(ids.len(), 2);
         assert!(args.contains(&format!("MESSAGE_ID={}", AuditKind::Reset.message_id())));
         assert!(args.contains(&"FIDOSEAL_USER=alice".to_string()));
@@ -266,9 +208,7 @@ mod tests {
         let e = journalctl_args(&parse(&["--event", "everything"])).unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("policy-decision"), "{e}");
-        assert!(
-            crate::cli::Cli::try_parse_from(["fidosealctl", "log", "--decision", "maybe"]).is_err()
-        );
+        assert!(crate::cli::Cli::try_parse_from(["fidosealctl", "log", "--decision", "maybe"]).is_err());
     }
 
     #[test]
@@ -297,8 +237,7 @@ mod tests {
             "2025-12-06T05:46:40Z  deny   policy-decision    make-credential rp=evil.example user=alice \
              rule=/etc/fidoseal/policy.d/10.toml:3 (refused by the policy)"
         );
-        let other =
-            json!({"MESSAGE_ID": "00000000000000000000000000000000", "MESSAGE": "x"}).to_string();
+        let other = json!({"MESSAGE_ID": "00000000000000000000000000000000", "MESSAGE": "x"}).to_string();
         assert!(super::entry(&other).is_none(), "not an audit entry");
         assert!(super::entry("not json").is_none());
     }

@@ -68,20 +68,14 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Ct
 }
 
 /// [`run`], with `bus` (an address) instead of the system bus: for tests.
-pub fn run_on_bus(
-    cli: &Cli,
-    bus: Option<&str>,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> Result<(), CtlError> {
+pub fn run_on_bus(cli: &Cli, bus: Option<&str>, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CtlError> {
     match &cli.command {
         Command::Policy(PolicyCommand::Check(args)) => policy::check(args, out, err),
         Command::Policy(PolicyCommand::Explain(args)) => policy::explain(args, out, err),
         Command::Log(args) => journal::log(args, out),
         Command::Metadata(args) => metadata::metadata(args, out),
-        Command::Status(args) => {
-            manager::with_manager(bus, |m| async move { manager::status(m, args, out).await })
-        }
+        Command::Status(args) => manager::with_manager(bus, |m| async move { manager::status(m, args, out).await }),
+        Command::Devices(args) => manager::with_manager(bus, |m| async move { manager::devices(m, args, out).await }),
         Command::Passkeys(PasskeysCommand::List(args)) => {
             manager::with_manager(bus, |m| async move { manager::list(m, args, out).await })
         }

@@ -13,7 +13,7 @@ use fidoseal_dbus::{Details, Manager1Proxy};
 use serde_json::{json, Value as Json};
 use zbus::zvariant::{OwnedValue, Value};
 
-use crate::cli::{DeleteArgs, ListArgs, ResetArgs, ShowArgs, StatusArgs};
+use crate::cli::{DeleteArgs, DevicesArgs, ListArgs, ResetArgs, ShowArgs, StatusArgs};
 use crate::CtlError;
 
 /// Runs `f` with a Manager1 proxy on the system bus (`bus`: another bus's
@@ -30,8 +30,7 @@ where
     runtime.block_on(async {
         let builder = match bus {
             Some(address) => zbus::connection::Builder::address(address),
-            None => Ok(zbus::connection::Builder::system()
-                .map_err(|e| CtlError::NoDaemon(e.to_string()))?),
+            None => Ok(zbus::connection::Builder::system().map_err(|e| CtlError::NoDaemon(e.to_string()))?),
         };
         let connection = builder
             .map_err(|e| CtlError::NoDaemon(e.to_string()))?
@@ -60,20 +59,15 @@ pub fn from_dbus(error: zbus::Error) -> CtlError {
         "org.fidoseal.Error.DoesNotExist" => CtlError::NoSuchPasskey(message),
         // The user said no, the request was cancelled, or the verification
         // failed (whatever name fidoseald gives a failed verification).
-        "org.fidoseal.Error.Rejected" | "org.fidoseal.Error.Canceled" => {
-            CtlError::NotVerified(message)
-        }
+        "org.fidoseal.Error.Rejected" | "org.fidoseal.Error.Canceled" => CtlError::NotVerified(message),
         name if name.contains("Verif") => CtlError::NotVerified(message),
-        "org.freedesktop.DBus.Error.ServiceUnknown"
-        | "org.freedesktop.DBus.Error.NameHasNoOwner" => CtlError::NoDaemon(message),
+        "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner" => {
+            CtlError::NoDaemon(message)
+        }
         "org.freedesktop.DBus.Error.UnknownMethod" => {
             CtlError::Daemon(format!("{message} (is fidoseald older than fidosealctl?)"))
         }
-        _ => CtlError::Daemon(if message.is_empty() {
-            name.to_string()
-        } else {
-            message
-        }),
+        _ => CtlError::Daemon(if message.is_empty() { name.to_string() } else { message }),
     }
 }
 
@@ -93,13 +87,9 @@ pub fn json_of(value: &OwnedValue) -> Json {
         Value::Array(array) => {
             let bytes: Option<Vec<u8>> = array.iter().map(|v| u8::try_from(v).ok()).collect();
             match bytes {
-                Some(bytes) if array.element_signature() == "y" => json!(hex(&bytes)),
+                Some(bytes) if array.element_signature() == "y" => json!(hex::encode(&bytes)),
                 _ => Json::Array(
-                    array
-                        .iter()
-                        .filter_map(|v| OwnedValue::try_from(v).ok())
-                        .map(|v| json_of(&v))
-                        .collect(),
+                    array.iter().filter_map(|v| OwnedValue::try_from(v).ok()).map(|v| json_of(&v)).collect(),
                 ),
             }
         }
@@ -108,30 +98,13 @@ pub fn json_of(value: &OwnedValue) -> Json {
 }
 
 fn details_json(details: &Details) -> BTreeMap<String, Json> {
-    details
-        .iter()
-        .map(|(k, v)| (k.clone(), json_of(v)))
-        .collect()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    details.iter().map(|(k, v)| (k.clone(), json_of(v))).collect()
 }
 
 /// The audit trail's name of a credential (fidoseal_ctap::audit::credential_tag),
 /// so that `fidosealctl log` entries can be matched to `passkeys list`.
 fn tag_of(id_hex: &str) -> Option<String> {
-    let bytes: Option<Vec<u8>> = (0..id_hex.len())
-        .step_by(2)
-        .map(|i| {
-            id_hex
-                .get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-        })
-        .collect();
-    bytes
-        .filter(|b| !b.is_empty() && id_hex.len().is_multiple_of(2))
-        .map(|b| fidoseal_ctap::audit::credential_tag(&b))
+    hex::decode(id_hex).ok().filter(|b| !b.is_empty()).map(|b| fidoseal_ctap::audit::credential_tag(&b))
 }
 
 /// Human labels for Status keys, in the order printed; other keys follow by name.
@@ -183,9 +156,7 @@ pub fn device_nodes(sysfs_hidraw: &Path) -> Vec<String> {
         .filter_map(Result::ok)
         .filter(|entry| {
             std::fs::read_to_string(entry.path().join("device/uevent")).is_ok_and(|uevent| {
-                uevent
-                    .lines()
-                    .any(|l| l == "HID_PHYS=fidoseal" || l.starts_with("HID_PHYS=fidoseal/"))
+                uevent.lines().any(|l| l == "HID_PHYS=fidoseal" || l.starts_with("HID_PHYS=fidoseal/"))
             })
         })
         .map(|entry| format!("/dev/{}", entry.file_name().to_string_lossy()))
@@ -194,11 +165,7 @@ pub fn device_nodes(sysfs_hidraw: &Path) -> Vec<String> {
     nodes
 }
 
-pub async fn status(
-    manager: Manager1Proxy<'static>,
-    args: &StatusArgs,
-    out: &mut dyn Write,
-) -> Result<(), CtlError> {
+pub async fn status(manager: Manager1Proxy<'static>, args: &StatusArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     let mut status = details_json(&manager.status().await.map_err(from_dbus)?);
     let nodes = device_nodes(Path::new("/sys/class/hidraw"));
     status.entry("device".into()).or_insert_with(|| {
@@ -209,15 +176,52 @@ pub async fn status(
         }
     });
     if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&status).unwrap_or_default()
-        )?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&status).unwrap_or_default())?;
     } else {
         write!(out, "{}", render_status(&status))?;
     }
     Ok(())
+}
+
+pub async fn devices(manager: Manager1Proxy<'static>, args: &DevicesArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+    let devices: Vec<BTreeMap<String, Json>> =
+        manager.list_devices().await.map_err(from_dbus)?.iter().map(details_json).collect();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&devices).unwrap_or_default())?;
+    } else {
+        write!(out, "{}", render_devices(&devices))?;
+    }
+    Ok(())
+}
+
+/// ListDevices as a table: user, uid, hidraw node, sessions, agent.
+pub fn render_devices(devices: &[BTreeMap<String, Json>]) -> String {
+    if devices.is_empty() {
+        return "no devices (per-user mode: nobody with a session yet)\n".into();
+    }
+    let text = |device: &BTreeMap<String, Json>, key: &str| match device.get(key) {
+        Some(Json::String(s)) if !s.is_empty() => s.clone(),
+        Some(Json::Bool(b)) => if *b { "yes" } else { "no" }.to_string(),
+        Some(Json::Array(items)) if !items.is_empty() => {
+            items.iter().map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string)).collect::<Vec<_>>().join(",")
+        }
+        Some(Json::Number(n)) if n.as_u64() != Some(u64::from(u32::MAX)) => n.to_string(),
+        _ => "-".to_string(),
+    };
+    let rows: Vec<[String; 5]> = devices
+        .iter()
+        .map(|d| [text(d, "user"), text(d, "uid"), text(d, "node"), text(d, "sessions"), text(d, "agent_registered")])
+        .collect();
+    let header = ["USER", "UID", "NODE", "SESSIONS", "AGENT"];
+    let widths: Vec<usize> =
+        (0..5).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0).max(header[i].len())).collect();
+    let mut out = String::new();
+    for row in std::iter::once(header.map(str::to_string)).chain(rows) {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// One row of ListPasskeys.
@@ -250,22 +254,10 @@ pub fn render_list(rows: &[PasskeyRow]) -> String {
         return "no passkeys\n".into();
     }
     let rp_width = rows.iter().map(|r| r.rp_id.len()).max().unwrap_or(0).max(2);
-    let user_width = rows
-        .iter()
-        .map(|r| r.user_name.len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
-    let mut out = format!(
-        "{:<rp_width$}  {:<user_width$}  {:<16}  ID\n",
-        "RP", "USER", "AUDIT TAG"
-    );
+    let user_width = rows.iter().map(|r| r.user_name.len()).max().unwrap_or(0).max(4);
+    let mut out = format!("{:<rp_width$}  {:<user_width$}  {:<16}  ID\n", "RP", "USER", "AUDIT TAG");
     for row in rows {
-        let user = if row.user_name.is_empty() {
-            "-"
-        } else {
-            &row.user_name
-        };
+        let user = if row.user_name.is_empty() { "-" } else { &row.user_name };
         out.push_str(&format!(
             "{:<rp_width$}  {:<user_width$}  {:<16}  {}\n",
             row.rp_id,
@@ -277,21 +269,10 @@ pub fn render_list(rows: &[PasskeyRow]) -> String {
     out
 }
 
-pub async fn list(
-    manager: Manager1Proxy<'static>,
-    args: &ListArgs,
-    out: &mut dyn Write,
-) -> Result<(), CtlError> {
-    let rows = rows(
-        manager.list_passkeys().await.map_err(from_dbus)?,
-        args.rp.as_deref(),
-    );
+pub async fn list(manager: Manager1Proxy<'static>, args: &ListArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+    let rows = rows(manager.list_passkeys().await.map_err(from_dbus)?, args.rp.as_deref());
     if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&rows).unwrap_or_default()
-        )?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows).unwrap_or_default())?;
     } else {
         write!(out, "{}", render_list(&rows))?;
     }
@@ -300,11 +281,7 @@ pub async fn list(
 
 /// A credential ID as typed: hex, any case, spaces and colons allowed.
 fn normalize_id(id: &str) -> Result<String, CtlError> {
-    let id: String = id
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
+    let id: String = id.chars().filter(|c| !c.is_whitespace() && *c != ':').collect::<String>().to_ascii_lowercase();
     if id.is_empty() || !id.len().is_multiple_of(2) || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(CtlError::Usage(format!(
             "{id:?} is not a credential ID: hex digits, as `fidosealctl passkeys list` prints them"
@@ -313,11 +290,7 @@ fn normalize_id(id: &str) -> Result<String, CtlError> {
     Ok(id)
 }
 
-pub async fn show(
-    manager: Manager1Proxy<'static>,
-    args: &ShowArgs,
-    out: &mut dyn Write,
-) -> Result<(), CtlError> {
+pub async fn show(manager: Manager1Proxy<'static>, args: &ShowArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     let id = normalize_id(&args.id)?;
     let mut passkey = details_json(&manager.show_passkey(&id).await.map_err(from_dbus)?);
     passkey.insert("id".into(), json!(id));
@@ -325,11 +298,7 @@ pub async fn show(
         passkey.insert("audit_tag".into(), json!(tag));
     }
     if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&passkey).unwrap_or_default()
-        )?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&passkey).unwrap_or_default())?;
         return Ok(());
     }
     for (key, value) in &passkey {
@@ -344,38 +313,19 @@ pub async fn show(
     Ok(())
 }
 
-pub async fn delete(
-    manager: Manager1Proxy<'static>,
-    args: &DeleteArgs,
-    out: &mut dyn Write,
-) -> Result<(), CtlError> {
+pub async fn delete(manager: Manager1Proxy<'static>, args: &DeleteArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     let id = normalize_id(&args.id)?;
     // What is deleted, said before the daemon asks for verification.
     let shown = details_json(&manager.show_passkey(&id).await.map_err(from_dbus)?);
-    let rp = shown
-        .get("rp_id")
-        .and_then(Json::as_str)
-        .unwrap_or("")
-        .to_string();
-    let user = shown
-        .get("user_name")
-        .and_then(Json::as_str)
-        .unwrap_or("")
-        .to_string();
+    let rp = shown.get("rp_id").and_then(Json::as_str).unwrap_or("").to_string();
+    let user = shown.get("user_name").and_then(Json::as_str).unwrap_or("").to_string();
     if !args.json {
-        writeln!(
-            out,
-            "deleting the passkey for {rp} ({user}): confirm with your verification when asked"
-        )?;
+        writeln!(out, "deleting the passkey for {rp} ({user}): confirm with your verification when asked")?;
         out.flush()?;
     }
     manager.delete_passkey(&id).await.map_err(from_dbus)?;
     if args.json {
-        writeln!(
-            out,
-            "{}",
-            json!({ "deleted": id, "rp_id": rp, "user_name": user })
-        )?;
+        writeln!(out, "{}", json!({ "deleted": id, "rp_id": rp, "user_name": user }))?;
     } else {
         writeln!(out, "deleted: {rp} ({user}) will no longer accept it; remove it from your account there too")?;
     }
@@ -425,39 +375,53 @@ pub async fn reset(manager: Manager1Proxy<'static>, out: &mut dyn Write) -> Resu
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn devices_render_as_a_table_with_their_sessions() {
+        let device = |user: &str, uid: u32, node: &str, sessions: &[&str], agent: bool| {
+            BTreeMap::from([
+                ("user".to_string(), json!(user)),
+                ("uid".to_string(), json!(uid)),
+                ("node".to_string(), json!(node)),
+                ("uniq".to_string(), json!(format!("fidoseal-uid-{uid}"))),
+                ("sessions".to_string(), json!(sessions)),
+                ("agent_registered".to_string(), json!(agent)),
+            ])
+        };
+        let table = render_devices(&[
+            device("alice", 1000, "/dev/hidraw3", &["2", "5"], true),
+            device("bob", 1001, "", &[], false),
+        ]);
+        assert_eq!(
+            table,
+            "USER   UID   NODE          SESSIONS  AGENT\n\
+             alice  1000  /dev/hidraw3  2,5       yes\n\
+             bob    1001  -             -         no\n"
+        );
+        // Single mode's device has no uid (u32::MAX on the bus).
+        let single = render_devices(&[device("", u32::MAX, "/dev/hidraw0", &[], false)]);
+        assert!(single.ends_with("\n-     -    /dev/hidraw0  -         no\n"), "{single}");
+        assert!(render_devices(&[]).starts_with("no devices"));
+    }
+
     use super::*;
 
     #[test]
     fn list_filters_by_rp_and_tags_each_credential() {
         let list = vec![
-            (
-                "0102".into(),
-                "github.com".into(),
-                "alice".into(),
-                "Alice".into(),
-            ),
+            ("0102".into(), "github.com".into(), "alice".into(), "Alice".into()),
             ("0a0b".into(), "example.com".into(), "".into(), "".into()),
         ];
         let all = rows(list.clone(), None);
         assert_eq!(all.len(), 2);
-        assert_eq!(
-            all[0].audit_tag.as_deref(),
-            Some(fidoseal_ctap::audit::credential_tag(&[1, 2]).as_str())
-        );
+        assert_eq!(all[0].audit_tag.as_deref(), Some(fidoseal_ctap::audit::credential_tag(&[1, 2]).as_str()));
         let only = rows(list, Some("GitHub.com."));
         assert_eq!(only.len(), 1);
         assert_eq!(only[0].rp_id, "github.com");
         let text = render_list(&all);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("RP "), "{text}");
-        assert!(
-            lines[1].starts_with("github.com   alice") && lines[1].ends_with("0102"),
-            "{text}"
-        );
-        assert!(
-            lines[2].contains("  -  "),
-            "an empty user name shows as -: {text}"
-        );
+        assert!(lines[1].starts_with("github.com   alice") && lines[1].ends_with("0102"), "{text}");
+        assert!(lines[2].contains("  -  "), "an empty user name shows as -: {text}");
         assert_eq!(render_list(&[]), "no passkeys\n");
         let json: Json = serde_json::from_str(&serde_json::to_string(&all).unwrap()).unwrap();
         assert_eq!(json[1]["rp_id"], "example.com");
@@ -480,10 +444,7 @@ mod tests {
         status.insert("keystore".to_string(), json!("tpm"));
         status.insert("new_thing".to_string(), json!(7));
         let text = render_status(&status);
-        assert_eq!(
-            text,
-            "key store:             tpm\nPIN set:               yes\nnew_thing:             7\n"
-        );
+        assert_eq!(text, "key store:             tpm\nPIN set:               yes\nnew_thing:             7\n");
     }
 
     #[test]
@@ -492,50 +453,27 @@ mod tests {
             zbus::Error::MethodError(
                 zbus::names::OwnedErrorName::try_from(name.to_string()).unwrap(),
                 Some("because".into()),
-                zbus::message::Message::method_call("/", "Ping")
-                    .unwrap()
-                    .build(&())
-                    .unwrap(),
+                zbus::message::Message::method_call("/", "Ping").unwrap().build(&()).unwrap(),
             )
         };
-        assert!(matches!(
-            from_dbus(error("org.fidoseal.Error.NotPermitted")),
-            CtlError::NotPermitted(_)
-        ));
-        assert!(matches!(
-            from_dbus(error("org.fidoseal.Error.DoesNotExist")),
-            CtlError::NoSuchPasskey(_)
-        ));
-        assert!(matches!(
-            from_dbus(error("org.fidoseal.Error.Rejected")),
-            CtlError::NotVerified(_)
-        ));
-        assert!(matches!(
-            from_dbus(error("org.fidoseal.Error.NotVerified")),
-            CtlError::NotVerified(_)
-        ));
-        assert!(matches!(
-            from_dbus(error("org.freedesktop.DBus.Error.ServiceUnknown")),
-            CtlError::NoDaemon(_)
-        ));
+        assert!(matches!(from_dbus(error("org.fidoseal.Error.NotPermitted")), CtlError::NotPermitted(_)));
+        assert!(matches!(from_dbus(error("org.fidoseal.Error.DoesNotExist")), CtlError::NoSuchPasskey(_)));
+        assert!(matches!(from_dbus(error("org.fidoseal.Error.Rejected")), CtlError::NotVerified(_)));
+        assert!(matches!(from_dbus(error("org.fidoseal.Error.NotVerified")), CtlError::NotVerified(_)));
+        assert!(matches!(from_dbus(error("org.freedesktop.DBus.Error.ServiceUnknown")), CtlError::NoDaemon(_)));
         let other = from_dbus(error("org.fidoseal.Error.Failed"));
         assert_eq!(other.to_string(), "fidoseald: because");
         assert_eq!(other.exit_code(), 1);
         let not_verified = from_dbus(error("org.fidoseal.Error.Rejected")).to_string();
-        assert!(
-            not_verified.contains("verification through fidoseal-agent"),
-            "{not_verified}"
-        );
+        assert!(not_verified.contains("verification through fidoseal-agent"), "{not_verified}");
     }
 
     #[test]
     fn device_nodes_are_found_by_their_physical_path() {
         let dir = std::env::temp_dir().join(format!("fidoseal-hidraw-{}", std::process::id()));
-        for (node, phys) in [
-            ("hidraw0", "usb-0000:00:14.0-1/input0"),
-            ("hidraw3", "fidoseal"),
-            ("hidraw1", "fidoseal/0"),
-        ] {
+        for (node, phys) in
+            [("hidraw0", "usb-0000:00:14.0-1/input0"), ("hidraw3", "fidoseal"), ("hidraw1", "fidoseal/0")]
+        {
             std::fs::create_dir_all(dir.join(node).join("device")).unwrap();
             let uevent = format!("HID_ID=0003:00001209:00000001\nHID_PHYS={phys}\n");
             std::fs::write(dir.join(node).join("device/uevent"), uevent).unwrap();

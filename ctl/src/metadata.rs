@@ -13,9 +13,7 @@ use base64::Engine as _;
 use ciborium::value::Value as Cbor;
 use fidoseal_ctap::authenticator::FIDOSEAL_AAGUID;
 use fidoseal_ctap::memory_store::MemoryCredentialStore;
-use fidoseal_ctap::platform::{
-    AllowAll, PresenceRequest, PromptOutcome, Secret32, TransactionSignals, UserPrompt,
-};
+use fidoseal_ctap::platform::{AllowAll, PresenceRequest, PromptOutcome, Secret32, TransactionSignals, UserPrompt};
 use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use fidoseal_ctap::{Authenticator, AuthenticatorConfig, Platform, RequestContext};
 use serde_json::{json, Map, Value as Json};
@@ -48,61 +46,33 @@ pub fn facts_from_config(args: &MetadataArgs) -> Result<Facts, CtlError> {
             )))
         }
     };
-    let config: toml::Table = text.parse().map_err(|e| {
-        CtlError::Config(format!("{} is not valid TOML: {e}", args.config.display()))
-    })?;
+    let config: toml::Table =
+        text.parse().map_err(|e| CtlError::Config(format!("{} is not valid TOML: {e}", args.config.display())))?;
     let section = |name: &str| config.get(name).and_then(toml::Value::as_table);
-    let backend = section("keystore")
-        .and_then(|k| k.get("backend"))
-        .and_then(toml::Value::as_str);
+    let backend = section("keystore").and_then(|k| k.get("backend")).and_then(toml::Value::as_str);
     let tpm = match (args.keystore, backend) {
         (Some(KeyStoreArg::Tpm), _) | (None, Some("tpm")) => true,
         (Some(KeyStoreArg::Software), _) | (None, Some("software")) => false,
         (None, other) => {
             return Err(CtlError::Config(format!(
-            "{}: [keystore] backend is {other:?}, not \"tpm\" or \"software\" (or give --keystore)",
-            args.config.display()
-        )))
+                "{}: [keystore] backend is {other:?}, not \"tpm\" or \"software\" (or give --keystore)",
+                args.config.display()
+            )))
         }
     };
-    let uv_methods = match section("prompt")
-        .and_then(|p| p.get("uv_methods"))
-        .and_then(toml::Value::as_array)
-    {
-        Some(methods) => methods
-            .iter()
-            .filter_map(toml::Value::as_str)
-            .map(str::to_string)
-            .collect(),
-        None => ["fingerprint", "password", "pin"]
-            .map(String::from)
-            .to_vec(),
+    let uv_methods = match section("prompt").and_then(|p| p.get("uv_methods")).and_then(toml::Value::as_array) {
+        Some(methods) => methods.iter().filter_map(toml::Value::as_str).map(str::to_string).collect(),
+        None => ["fingerprint", "password", "pin"].map(String::from).to_vec(),
     };
-    let attestation_none = section("authenticator")
-        .and_then(|a| a.get("attestation"))
-        .and_then(toml::Value::as_str)
-        == Some("none");
-    let dirs: Vec<std::path::PathBuf> = match section("policy")
-        .and_then(|p| p.get("dirs"))
-        .and_then(toml::Value::as_array)
-    {
-        Some(dirs) => dirs
-            .iter()
-            .filter_map(toml::Value::as_str)
-            .map(Into::into)
-            .collect(),
-        None => fidoseal_policy::DEFAULT_DIRS
-            .iter()
-            .map(Into::into)
-            .collect(),
-    };
+    let attestation_none =
+        section("authenticator").and_then(|a| a.get("attestation")).and_then(toml::Value::as_str) == Some("none");
+    let dirs: Vec<std::path::PathBuf> =
+        match section("policy").and_then(|p| p.get("dirs")).and_then(toml::Value::as_array) {
+            Some(dirs) => dirs.iter().filter_map(toml::Value::as_str).map(Into::into).collect(),
+            None => fidoseal_policy::DEFAULT_DIRS.iter().map(Into::into).collect(),
+        };
     let enterprise_root = enterprise_root(&dirs)?;
-    Ok(Facts {
-        tpm,
-        uv_methods,
-        attestation_none,
-        enterprise_root,
-    })
+    Ok(Facts { tpm, uv_methods, attestation_none, enterprise_root })
 }
 
 fn enterprise_root(dirs: &[std::path::PathBuf]) -> Result<Option<Vec<u8>>, CtlError> {
@@ -110,13 +80,9 @@ fn enterprise_root(dirs: &[std::path::PathBuf]) -> Result<Option<Vec<u8>>, CtlEr
         return Ok(None);
     }
     let policy = fidoseal_policy::Policy::load_dirs(dirs).map_err(|e| {
-        CtlError::Config(format!(
-            "the policy is invalid ({e}): `fidosealctl policy check` lists the problems"
-        ))
+        CtlError::Config(format!("the policy is invalid ({e}): `fidosealctl policy check` lists the problems"))
     })?;
-    Ok(policy
-        .enterprise_attestation()
-        .and_then(|ea| ea.certificates().last().cloned()))
+    Ok(policy.enterprise_attestation().and_then(|ea| ea.certificates().last().cloned()))
 }
 
 /// A prompt that answers nothing: getInfo only asks whether built-in
@@ -126,11 +92,7 @@ struct ConfiguredPrompt {
 }
 
 impl UserPrompt for ConfiguredPrompt {
-    fn request_presence(
-        &mut self,
-        _: &PresenceRequest<'_>,
-        _: &TransactionSignals,
-    ) -> PromptOutcome {
+    fn request_presence(&mut self, _: &PresenceRequest<'_>, _: &TransactionSignals) -> PromptOutcome {
         PromptOutcome::Unavailable
     }
     fn verification_available(&self) -> bool {
@@ -141,10 +103,7 @@ impl UserPrompt for ConfiguredPrompt {
 /// getInfo (CTAP 2.1 §6.4) of a fresh authenticator with this configuration,
 /// with the member names MDS3's authenticatorGetInfo uses.
 pub fn get_info(facts: &Facts) -> Result<Map<String, Json>, CtlError> {
-    let uv = facts
-        .uv_methods
-        .iter()
-        .any(|m| m == "fingerprint" || m == "password");
+    let uv = facts.uv_methods.iter().any(|m| m == "fingerprint" || m == "password");
     let platform = Platform {
         // Only its algorithm list reaches getInfo; the TPM store's is ES256 alone (below).
         keystore: Box::new(SoftwareKeyStore::new(Secret32([0; 32]))),
@@ -152,33 +111,19 @@ pub fn get_info(facts: &Facts) -> Result<Map<String, Json>, CtlError> {
         prompt: Box::new(ConfiguredPrompt { uv }),
         policy: Box::new(AllowAll),
     };
-    let config = AuthenticatorConfig {
-        firmware_version: firmware_version(),
-        ..AuthenticatorConfig::default()
-    };
+    let config = AuthenticatorConfig { firmware_version: firmware_version(), ..AuthenticatorConfig::default() };
     let mut authenticator = Authenticator::try_new(config, platform, std::time::Instant::now())
         .map_err(|e| CtlError::Config(format!("cannot build the authenticator: {e}")))?;
     let signals = TransactionSignals::new();
-    let ctx = RequestContext {
-        now: std::time::Instant::now(),
-        channel: 1,
-        signals: &signals,
-    };
-    let response =
-        authenticator.process_cbor(&[fidoseal_ctap::authenticator::command::GET_INFO], &ctx);
+    let ctx = RequestContext { now: std::time::Instant::now(), channel: 1, signals: &signals };
+    let response = authenticator.process_cbor(&[fidoseal_ctap::authenticator::command::GET_INFO], &ctx);
     let info: Cbor = match response.split_first() {
-        Some((0, body)) => {
-            ciborium::from_reader(body).map_err(|e| CtlError::Config(format!("getInfo: {e}")))?
-        }
+        Some((0, body)) => ciborium::from_reader(body).map_err(|e| CtlError::Config(format!("getInfo: {e}")))?,
         _ => return Err(CtlError::Config("getInfo failed".into())),
     };
     let mut out = Map::new();
     for (key, value) in info.as_map().into_iter().flatten() {
-        let Some(name) = key
-            .as_integer()
-            .and_then(|k| i64::try_from(k).ok())
-            .and_then(get_info_name)
-        else {
+        let Some(name) = key.as_integer().and_then(|k| i64::try_from(k).ok()).and_then(get_info_name) else {
             continue;
         };
         let mut value = json_of(value);
@@ -191,7 +136,7 @@ pub fn get_info(facts: &Facts) -> Result<Map<String, Json>, CtlError> {
         out.insert(name.into(), value);
     }
     // The aaguid as MDS3 writes it: 32 hex digits.
-    out.insert("aaguid".into(), json!(hex(&FIDOSEAL_AAGUID)));
+    out.insert("aaguid".into(), json!(hex::encode(FIDOSEAL_AAGUID)));
     Ok(out)
 }
 
@@ -224,7 +169,7 @@ fn get_info_name(key: i64) -> Option<&'static str> {
 fn json_of(value: &Cbor) -> Json {
     match value {
         Cbor::Integer(i) => i64::try_from(*i).map(Json::from).unwrap_or(Json::Null),
-        Cbor::Bytes(b) => json!(hex(b)),
+        Cbor::Bytes(b) => json!(hex::encode(b)),
         Cbor::Text(t) => json!(t),
         Cbor::Bool(b) => json!(b),
         Cbor::Array(items) => Json::Array(items.iter().map(json_of).collect()),
@@ -234,9 +179,7 @@ fn json_of(value: &Cbor) -> Json {
                 .map(|(k, v)| {
                     let key = match k {
                         Cbor::Text(t) => t.clone(),
-                        Cbor::Integer(i) => {
-                            i64::try_from(*i).map(|i| i.to_string()).unwrap_or_default()
-                        }
+                        Cbor::Integer(i) => i64::try_from(*i).map(|i| i.to_string()).unwrap_or_default(),
                         other => format!("{other:?}"),
                     };
                     (key, json_of(v))
@@ -245,10 +188,6 @@ fn json_of(value: &Cbor) -> Json {
         ),
         _ => Json::Null,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The crate version as 0x00MMmmpp, as fidoseald reports it.
@@ -260,15 +199,8 @@ fn firmware_version() -> u32 {
 }
 
 fn aaguid_text() -> String {
-    let h = hex(&FIDOSEAL_AAGUID);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    let h = hex::encode(FIDOSEAL_AAGUID);
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
 /// The metadata statement (MDS3 §4, "Metadata Keys").
@@ -277,11 +209,7 @@ pub fn statement(facts: &Facts) -> Result<Json, CtlError> {
     if !facts.tpm {
         algorithms.push("ed25519_eddsa_sha512_raw");
     }
-    let mut attestation_types = vec![if facts.attestation_none {
-        "none"
-    } else {
-        "basic_surrogate"
-    }];
+    let mut attestation_types = vec![if facts.attestation_none { "none" } else { "basic_surrogate" }];
     if facts.enterprise_root.is_some() {
         // Enterprise attestation: signed by the organisation's key under its CA.
         attestation_types.push("basic_full");
@@ -301,11 +229,8 @@ pub fn statement(facts: &Facts) -> Result<Json, CtlError> {
             uv.push(entry);
         }
     }
-    let roots: Vec<String> = facts
-        .enterprise_root
-        .iter()
-        .map(|der| base64::engine::general_purpose::STANDARD.encode(der))
-        .collect();
+    let roots: Vec<String> =
+        facts.enterprise_root.iter().map(|der| base64::engine::general_purpose::STANDARD.encode(der)).collect();
     Ok(json!({
         "legalHeader": "Submission of this statement and retrieval and use of this statement indicates acceptance of the appropriate agreement located at https://fidoalliance.org/metadata/metadata-legal-terms/.",
         "aaguid": aaguid_text(),
@@ -338,11 +263,7 @@ pub fn statement(facts: &Facts) -> Result<Json, CtlError> {
 
 pub fn metadata(args: &MetadataArgs, out: &mut dyn std::io::Write) -> Result<(), CtlError> {
     let facts = facts_from_config(args)?;
-    writeln!(
-        out,
-        "{}",
-        serde_json::to_string_pretty(&statement(&facts)?).unwrap_or_default()
-    )?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&statement(&facts)?).unwrap_or_default())?;
     Ok(())
 }
 
@@ -396,41 +317,22 @@ mod tests {
         for tpm in [true, false] {
             let statement = statement(&facts(tpm)).unwrap();
             for (key, expected) in REQUIRED {
-                let value = statement
-                    .get(*key)
-                    .unwrap_or_else(|| panic!("{key} missing"));
+                let value = statement.get(*key).unwrap_or_else(|| panic!("{key} missing"));
                 assert_eq!(kind(value), *expected, "{key}");
             }
             assert_eq!(statement["protocolFamily"], "fido2");
             assert_eq!(statement["schema"], 3);
             let aaguid = statement["aaguid"].as_str().unwrap();
             assert_eq!(aaguid.len(), 36);
-            assert_eq!(
-                aaguid.replace('-', ""),
-                statement["authenticatorGetInfo"]["aaguid"]
-                    .as_str()
-                    .unwrap()
-            );
-            assert!(statement["authenticatorGetInfo"]["versions"]
-                .as_array()
-                .unwrap()
-                .contains(&json!("FIDO_2_1")));
-            assert_eq!(
-                statement["authenticatorGetInfo"]["options"]["uv"], true,
-                "fingerprint/password configured"
-            );
+            assert_eq!(aaguid.replace('-', ""), statement["authenticatorGetInfo"]["aaguid"].as_str().unwrap());
+            assert!(statement["authenticatorGetInfo"]["versions"].as_array().unwrap().contains(&json!("FIDO_2_1")));
+            assert_eq!(statement["authenticatorGetInfo"]["options"]["uv"], true, "fingerprint/password configured");
             let protection = &statement["keyProtection"];
-            let algorithms = statement["authenticatorGetInfo"]["algorithms"]
-                .as_array()
-                .unwrap()
-                .clone();
+            let algorithms = statement["authenticatorGetInfo"]["algorithms"].as_array().unwrap().clone();
             if tpm {
                 assert_eq!(protection, &json!(["hardware", "tpm"]));
                 assert_eq!(algorithms, [json!({"alg": -7, "type": "public-key"})]);
-                assert_eq!(
-                    statement["authenticationAlgorithms"],
-                    json!(["secp256r1_ecdsa_sha256_raw"])
-                );
+                assert_eq!(statement["authenticationAlgorithms"], json!(["secp256r1_ecdsa_sha256_raw"]));
             } else {
                 assert_eq!(protection, &json!(["software"]));
                 assert!(algorithms.len() >= 2, "{algorithms:?}");
@@ -439,13 +341,8 @@ mod tests {
             for v in statement["userVerificationDetails"].as_array().unwrap() {
                 let method = v[0]["userVerificationMethod"].as_str().unwrap();
                 assert!(
-                    [
-                        "presence_internal",
-                        "passcode_external",
-                        "fingerprint_internal",
-                        "passcode_internal"
-                    ]
-                    .contains(&method),
+                    ["presence_internal", "passcode_external", "fingerprint_internal", "passcode_internal"]
+                        .contains(&method),
                     "{method}"
                 );
             }
@@ -466,19 +363,11 @@ mod tests {
             ),
         )
         .unwrap();
-        let args = MetadataArgs {
-            config: config.clone(),
-            keystore: None,
-        };
+        let args = MetadataArgs { config: config.clone(), keystore: None };
         let facts = facts_from_config(&args).unwrap();
         assert_eq!(
             facts,
-            Facts {
-                tpm: false,
-                uv_methods: vec!["pin".into()],
-                attestation_none: true,
-                enterprise_root: None
-            }
+            Facts { tpm: false, uv_methods: vec!["pin".into()], attestation_none: true, enterprise_root: None }
         );
         let statement = statement(&facts).unwrap();
         assert_eq!(statement["attestationTypes"], json!(["none"]));
@@ -488,28 +377,15 @@ mod tests {
             "no built-in UV without fingerprint/password"
         );
         // --keystore overrides; a missing file is an error unless it is given.
-        let args = MetadataArgs {
-            config: config.clone(),
-            keystore: Some(KeyStoreArg::Tpm),
-        };
+        let args = MetadataArgs { config: config.clone(), keystore: Some(KeyStoreArg::Tpm) };
         assert!(facts_from_config(&args).unwrap().tpm);
-        let missing = MetadataArgs {
-            config: dir.join("missing.toml"),
-            keystore: None,
-        };
+        let missing = MetadataArgs { config: dir.join("missing.toml"), keystore: None };
         let e = facts_from_config(&missing).unwrap_err();
         assert!(e.to_string().contains("--keystore"), "{e}");
-        let missing = MetadataArgs {
-            config: dir.join("missing.toml"),
-            keystore: Some(KeyStoreArg::Software),
-        };
+        let missing = MetadataArgs { config: dir.join("missing.toml"), keystore: Some(KeyStoreArg::Software) };
         assert!(!facts_from_config(&missing).unwrap().tpm);
         std::fs::write(&config, "[keystore]\nbackend = \"floppy\"\n").unwrap();
-        assert!(facts_from_config(&MetadataArgs {
-            config,
-            keystore: None
-        })
-        .is_err());
+        assert!(facts_from_config(&MetadataArgs { config, keystore: None }).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -5,8 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use fidoseal_policy::{
-    is_u2f_application, resolve_principal, Action, Explanation, Operation, Policy, Principal,
-    Request, DEFAULT_DIRS,
+    is_u2f_application, resolve_principal, Action, Explanation, Operation, Policy, Principal, Request, DEFAULT_DIRS,
 };
 
 use crate::cli::{OperationArg, PolicyCheckArgs, PolicyExplainArgs};
@@ -23,25 +22,16 @@ fn or_default_dirs(dirs: &[PathBuf]) -> Vec<PathBuf> {
 /// Loads the policy, or prints every problem and fails.
 fn load(dirs: &[PathBuf], err: &mut dyn Write) -> Result<Policy, CtlError> {
     let aaguid = fidoseal_ctap::authenticator::FIDOSEAL_AAGUID;
-    Policy::load_dirs(dirs)
-        .and_then(|p| p.check_authenticator_aaguid(&aaguid).map(|()| p))
-        .map_err(|error| {
-            for diagnostic in &error.diagnostics {
-                let _ = writeln!(err, "{diagnostic}");
-            }
-            let n = error.diagnostics.len();
-            CtlError::Reported(format!(
-                "policy is invalid: {n} problem{}",
-                if n == 1 { "" } else { "s" }
-            ))
-        })
+    Policy::load_dirs(dirs).and_then(|p| p.check_authenticator_aaguid(&aaguid).map(|()| p)).map_err(|error| {
+        for diagnostic in &error.diagnostics {
+            let _ = writeln!(err, "{diagnostic}");
+        }
+        let n = error.diagnostics.len();
+        CtlError::Reported(format!("policy is invalid: {n} problem{}", if n == 1 { "" } else { "s" }))
+    })
 }
 
-pub fn check(
-    args: &PolicyCheckArgs,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> Result<(), CtlError> {
+pub fn check(args: &PolicyCheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CtlError> {
     let policy = load(&or_default_dirs(&args.dirs), err)?;
     let files = policy.files().len();
     let rules = policy.rules().len();
@@ -52,18 +42,9 @@ pub fn check(
         if rules == 1 { "" } else { "s" }
     )?;
     for (dir, exists) in policy.dirs() {
-        let n = policy
-            .files()
-            .iter()
-            .filter(|f| f.parent() == Some(dir.as_path()))
-            .count();
+        let n = policy.files().iter().filter(|f| f.parent() == Some(dir.as_path())).count();
         if *exists {
-            writeln!(
-                out,
-                "  {}: {n} file{}",
-                dir.display(),
-                if n == 1 { "" } else { "s" }
-            )?;
+            writeln!(out, "  {}: {n} file{}", dir.display(), if n == 1 { "" } else { "s" })?;
         } else {
             writeln!(out, "  {}: does not exist (no files)", dir.display())?;
         }
@@ -78,35 +59,22 @@ pub fn check(
             rp_ids.join(", "),
             ea.key_path().display(),
             ea.certificates().len(),
-            if ea.certificates().len() == 1 {
-                ""
-            } else {
-                "s"
-            }
+            if ea.certificates().len() == 1 { "" } else { "s" }
         )?;
     }
     Ok(())
 }
 
-pub fn explain(
-    args: &PolicyExplainArgs,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> Result<(), CtlError> {
+pub fn explain(args: &PolicyExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CtlError> {
     if args.u2f && !is_u2f_application(&args.rp.to_ascii_lowercase()) {
-        return Err(CtlError::Usage(
-            "--u2f needs --rp to be a U2F application parameter: 64 hex digits".into(),
-        ));
+        return Err(CtlError::Usage("--u2f needs --rp to be a U2F application parameter: 64 hex digits".into()));
     }
     let policy = load(&or_default_dirs(&args.dirs), err)?;
     let principal = match &args.user {
         None => Principal::default(),
         Some(user) => {
             let mut principal = resolve_principal(user).unwrap_or_else(|e| {
-                let _ = writeln!(
-                    err,
-                    "fidosealctl: warning: {e}: only its name and the --group options are matched"
-                );
+                let _ = writeln!(err, "fidosealctl: warning: {e}: only its name and the --group options are matched");
                 Principal::user(user.clone(), Vec::<String>::new())
             });
             for group in &args.groups {
@@ -121,18 +89,9 @@ pub fn explain(
         OperationArg::MakeCredential => Operation::MakeCredential,
         OperationArg::GetAssertion => Operation::GetAssertion,
     };
-    let request = Request {
-        rp_id: &args.rp,
-        operation,
-        principal: &principal,
-        ctap1: args.u2f,
-    };
+    let request = Request { rp_id: &args.rp, operation, principal: &principal, ctap1: args.u2f };
     let explanation = policy.explain(&request);
-    write!(
-        out,
-        "{}",
-        render(&policy, &explanation, args, operation, &principal)
-    )?;
+    write!(out, "{}", render(&policy, &explanation, args, operation, &principal))?;
     Ok(())
 }
 
@@ -151,68 +110,33 @@ fn render(
         out,
         "rp ID:       {}{}{}",
         e.rp_id,
-        if e.rp_id != args.rp {
-            format!(" (given as {:?})", args.rp)
-        } else {
-            String::new()
-        },
-        if args.u2f {
-            " (a U2F application parameter: SHA-256 of the app ID)"
-        } else {
-            ""
-        }
+        if e.rp_id != args.rp { format!(" (given as {:?})", args.rp) } else { String::new() },
+        if args.u2f { " (a U2F application parameter: SHA-256 of the app ID)" } else { "" }
     );
     let _ = match &principal.user {
-        None => writeln!(
-            out,
-            "user:        none (rules with users or groups do not match)"
-        ),
-        Some(user) => writeln!(
-            out,
-            "user:        {user} (groups: {})",
-            principal.groups.join(", ")
-        ),
+        None => writeln!(out, "user:        none (rules with users or groups do not match)"),
+        Some(user) => writeln!(out, "user:        {user} (groups: {})", principal.groups.join(", ")),
     };
     let _ = writeln!(
         out,
         "operation:   {}{}",
         operation.name(),
-        if args.discoverable {
-            ", discoverable credential"
-        } else {
-            ""
-        }
+        if args.discoverable { ", discoverable credential" } else { "" }
     );
     let _ = writeln!(out, "decision:    {}", d.action);
     match d.rule {
         Some(rule) => {
-            let pattern = e
-                .matches
-                .first()
-                .map(|m| m.pattern.to_string())
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "rule:        {} (rp pattern {pattern}{})",
-                d.rule_id,
-                who(rule)
-            );
+            let pattern = e.matches.first().map(|m| m.pattern.to_string()).unwrap_or_default();
+            let _ = writeln!(out, "rule:        {} (rp pattern {pattern}{})", d.rule_id, who(rule));
         }
         None if d.rule_id == fidoseal_policy::U2F_UNATTRIBUTABLE => {
             let _ = writeln!(out, "rule:        {}", d.rule_id);
         }
         None if d.rule_id == fidoseal_policy::BUILT_IN_DEFAULT => {
-            let _ = writeln!(
-                out,
-                "rule:        built-in default: no rule matched and no file sets [default] action"
-            );
+            let _ = writeln!(out, "rule:        built-in default: no rule matched and no file sets [default] action");
         }
         None => {
-            let _ = writeln!(
-                out,
-                "rule:        the default action, set at {} (no rule matched)",
-                d.rule_id
-            );
+            let _ = writeln!(out, "rule:        the default action, set at {} (no rule matched)", d.rule_id);
         }
     }
     if d.action == Action::Allow {
@@ -232,15 +156,7 @@ fn render(
         if let Some(t) = s.prompt_timeout {
             requires.push(format!("prompt timeout {} s", t.as_secs()));
         }
-        let _ = writeln!(
-            out,
-            "settings:    {}",
-            if requires.is_empty() {
-                "none".into()
-            } else {
-                requires.join("; ")
-            }
-        );
+        let _ = writeln!(out, "settings:    {}", if requires.is_empty() { "none".into() } else { requires.join("; ") });
         if let Some(message) = &s.message {
             let _ = writeln!(out, "message:     {message:?}");
         }
@@ -270,14 +186,8 @@ fn render(
         let _ = writeln!(out, "other rules that matched and lost:");
         for m in losers {
             let reason = m.lost.map(|r| r.to_string()).unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  {}  {} (rp pattern {}{}): {reason}",
-                m.rule.id,
-                m.rule.action,
-                m.pattern,
-                who(m.rule)
-            );
+            let _ =
+                writeln!(out, "  {}  {} (rp pattern {}{}): {reason}", m.rule.id, m.rule.action, m.pattern, who(m.rule));
         }
     }
     out

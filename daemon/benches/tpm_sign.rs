@@ -13,6 +13,8 @@
 // tpm/mod.rs brings its swtpm helper (and its tests, which do not run here).
 #![allow(dead_code, unused_imports)]
 
+#[path = "../src/machine_key.rs"]
+mod machine_key;
 #[path = "../src/state.rs"]
 mod state;
 #[cfg(not(test))]

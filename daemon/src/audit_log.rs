@@ -133,7 +133,7 @@ mod tests {
         assert_eq!(fields["fidoseal_credential"], fidoseal_ctap::audit::credential_tag(&id));
         assert_eq!(fields["fidoseal_user_verified"], "true");
         assert!(!fields.contains_key("fidoseal_rule"), "absent fields are not written: {fields:?}");
-        let hex_id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let hex_id = hex::encode(&id);
         assert!(fields.values().all(|v| !v.contains(&hex_id[..16])), "the credential ID itself: {fields:?}");
 
         let (_, level, fields) = &records[1];

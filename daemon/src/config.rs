@@ -124,14 +124,24 @@ impl PromptConfig {
 
     fn check(&self) -> Result<(), String> {
         if !(1..=MAX_PROMPT_TIMEOUT_SECS).contains(&self.timeout) {
-            return Err(format!("[prompt] timeout {} is out of range: seconds, 1 to {MAX_PROMPT_TIMEOUT_SECS}", self.timeout));
+            return Err(format!(
+                "[prompt] timeout {} is out of range: seconds, 1 to {MAX_PROMPT_TIMEOUT_SECS}",
+                self.timeout
+            ));
         }
-        if let Some(twice) = self.uv_methods.iter().enumerate().find_map(|(i, m)| self.uv_methods[..i].contains(m).then_some(m)) {
+        if let Some(twice) =
+            self.uv_methods.iter().enumerate().find_map(|(i, m)| self.uv_methods[..i].contains(m).then_some(m))
+        {
             return Err(format!("[prompt] uv_methods names {} twice", twice.name()));
         }
         let service = &self.pam_service;
-        if service.is_empty() || service.starts_with('.') || !service.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(format!("[prompt] pam_service {service:?} is not a PAM service name (a file name in /etc/pam.d)"));
+        if service.is_empty()
+            || service.starts_with('.')
+            || !service.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "[prompt] pam_service {service:?} is not a PAM service name (a file name in /etc/pam.d)"
+            ));
         }
         Ok(())
     }
@@ -182,8 +192,12 @@ impl UvMethod {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthenticatorSection {
+    /// Web relying parties (rp IDs that are domains).
     #[serde(default)]
     pub attestation: Attestation,
+    /// rp IDs that no web origin can claim (`pam://…`, `ssh:…`).
+    #[serde(default = "default_non_web_attestation")]
+    pub non_web_attestation: Attestation,
     /// How many discoverable credentials (passkeys) the key holds; getInfo
     /// reports what is left. Lowering it below the stored count deletes
     /// nothing: new ones are refused until there is room.
@@ -195,16 +209,28 @@ pub struct AuthenticatorSection {
 /// ceremony does not grow with it (docs/performance.md).
 pub const DEFAULT_DISCOVERABLE_CREDENTIALS: usize = 10_000;
 
+/// pamu2fcfg of pam-u2f 1.1.0 (Debian 12) refuses a registration without a
+/// certificate, and these rp IDs are this machine's own services.
+fn default_non_web_attestation() -> Attestation {
+    Attestation::Machine
+}
+
 fn default_discoverable_credentials() -> usize {
     DEFAULT_DISCOVERABLE_CREDENTIALS
 }
 
 impl Default for AuthenticatorSection {
     fn default() -> Self {
-        Self { attestation: Attestation::default(), discoverable_credentials: DEFAULT_DISCOVERABLE_CREDENTIALS }
+        Self {
+            attestation: Attestation::default(),
+            non_web_attestation: default_non_web_attestation(),
+            discoverable_credentials: DEFAULT_DISCOVERABLE_CREDENTIALS,
+        }
     }
 }
 
+// `Self` is a keyword: the variant for "self" keeps the enum's name.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Attestation {
@@ -214,6 +240,8 @@ pub enum Attestation {
     SelfAttestation,
     /// "none".
     None,
+    /// "packed" with the machine attestation certificate (docs/policy.md).
+    Machine,
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,7 +358,9 @@ impl DeviceConfig {
                                 [\"graphical\", \"text\"])"
                         .into());
                 }
-                if let Some(twice) = self.sessions.iter().enumerate().find_map(|(i, k)| self.sessions[..i].contains(k).then_some(k)) {
+                if let Some(twice) =
+                    self.sessions.iter().enumerate().find_map(|(i, k)| self.sessions[..i].contains(k).then_some(k))
+                {
                     return Err(format!("[device] sessions names {} twice", twice.name()));
                 }
             }
@@ -400,6 +430,7 @@ mod tests {
         assert_eq!(c.keystore.backend, KeyStoreBackend::Software);
         assert_eq!(c.prompt.mode, PromptMode::AlwaysApprove);
         assert_eq!(c.authenticator.attestation, Attestation::SelfAttestation);
+        assert_eq!(c.authenticator.non_web_attestation, Attestation::Machine, "pamu2fcfg of pam-u2f 1.1.0 enrols");
         assert_eq!(c.authenticator.discoverable_credentials, 10_000);
         assert_eq!(c.device.uhid_path, PathBuf::from("/dev/uhid"));
     }
@@ -407,13 +438,15 @@ mod tests {
     #[test]
     fn full_config() {
         let c = Config::parse(&format!(
-            "state_dir = \"/tmp/s\"\n{MINIMAL}[authenticator]\nattestation = \"none\"\ndiscoverable_credentials = 50000\n\
+            "state_dir = \"/tmp/s\"\n{MINIMAL}[authenticator]\nattestation = \"none\"\nnon_web_attestation = \"self\"\n\
+             discoverable_credentials = 50000\n\
              [device]\nuhid_path = \"/dev/x\"\n"
         ))
         .unwrap();
         assert_eq!(c.authenticator.discoverable_credentials, 50_000);
         assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
         assert_eq!(c.authenticator.attestation, Attestation::None);
+        assert_eq!(c.authenticator.non_web_attestation, Attestation::SelfAttestation);
         assert_eq!(c.device.uhid_path, PathBuf::from("/dev/x"));
     }
 
@@ -454,7 +487,9 @@ mod tests {
     #[test]
     fn tpm_settings_are_refused_where_they_mean_nothing() {
         let with = |extra: &str, backend: &str| {
-            Config::parse(&format!("[keystore]\nbackend = \"{backend}\"\n{extra}\n[prompt]\nmode = \"always-approve\"\n"))
+            Config::parse(&format!(
+                "[keystore]\nbackend = \"{backend}\"\n{extra}\n[prompt]\nmode = \"always-approve\"\n"
+            ))
         };
         assert!(with("tcti = \"device:/dev/tpmrm0\"", "software").unwrap_err().contains("only to backend"));
         assert!(with("owner_auth_file = \"/x\"", "software").unwrap_err().contains("only to backend"));
@@ -466,9 +501,13 @@ mod tests {
     #[test]
     fn policy_dirs_and_device_user() {
         let c = Config::parse(MINIMAL).unwrap();
-        assert_eq!(c.policy.dirs, [PathBuf::from("/usr/share/fidoseal/policy.d"), PathBuf::from("/etc/fidoseal/policy.d")]);
+        assert_eq!(
+            c.policy.dirs,
+            [PathBuf::from("/usr/share/fidoseal/policy.d"), PathBuf::from("/etc/fidoseal/policy.d")]
+        );
         assert_eq!(c.device.user, None);
-        let c = Config::parse(&format!("{MINIMAL}[policy]\ndirs = [\"/tmp/x\"]\n[device]\nuser = \"alice\"\n")).unwrap();
+        let c =
+            Config::parse(&format!("{MINIMAL}[policy]\ndirs = [\"/tmp/x\"]\n[device]\nuser = \"alice\"\n")).unwrap();
         assert_eq!(c.policy.dirs, [PathBuf::from("/tmp/x")]);
         assert_eq!(c.device.user.as_deref(), Some("alice"));
         assert!(Config::parse(&format!("{MINIMAL}[policy]\ndirs = []\n")).unwrap().policy.dirs.is_empty());
@@ -491,9 +530,14 @@ mod tests {
     #[test]
     fn prompt_settings() {
         let with = |prompt: &str| {
-            Config::parse(&format!("[keystore]\nbackend = \"software\"\n[device]\nuser = \"alice\"\n[prompt]\n{prompt}\n"))
+            Config::parse(&format!(
+                "[keystore]\nbackend = \"software\"\n[device]\nuser = \"alice\"\n[prompt]\n{prompt}\n"
+            ))
         };
-        let c = with("mode = \"agent\"\ntimeout = 12\nuv_methods = [\"pin\", \"fingerprint\"]\npam_service = \"fidoseal-x\"").unwrap();
+        let c = with(
+            "mode = \"agent\"\ntimeout = 12\nuv_methods = [\"pin\", \"fingerprint\"]\npam_service = \"fidoseal-x\"",
+        )
+        .unwrap();
         assert_eq!(c.prompt.timeout, 12);
         assert_eq!(c.prompt.uv_methods, [UvMethod::Pin, UvMethod::Fingerprint]);
         assert_eq!(c.prompt.pam_service, "fidoseal-x");
@@ -526,7 +570,9 @@ mod tests {
         assert_eq!(c.prompt.mode, PromptMode::Agent, "per-user agent mode needs no [device] user");
         assert_eq!(c.device.sessions, [SessionKind::Graphical, SessionKind::Text]);
         assert_eq!(c.device.user, None);
-        let c = Config::parse(&format!("{agent}sessions = [\"remote\", \"graphical\", \"unseated\"]\nuser = \"alice\"\n")).unwrap();
+        let c =
+            Config::parse(&format!("{agent}sessions = [\"remote\", \"graphical\", \"unseated\"]\nuser = \"alice\"\n"))
+                .unwrap();
         assert_eq!(c.device.sessions, [SessionKind::Remote, SessionKind::Graphical, SessionKind::Unseated]);
         assert_eq!(c.device.user.as_deref(), Some("alice"), "per-user: the owner of an old single-user state");
     }

@@ -5,12 +5,11 @@
 //! /etc/passwd, but also LDAP or sssd), which may block for as long as a
 //! directory server takes to answer. D-Bus handlers run on the daemon's
 //! one runtime worker, so a lookup there would let any local user stall
-//! every prompt by calling Manager1 (issue 16, finding 7). The name is
+//! every prompt by calling Manager1. The name is
 //! therefore resolved at start (before the runtime) and again on SIGHUP
 //! and, while it is unknown, at most every [`RETRY_UNKNOWN`] — always on a
 //! thread of its own. Handlers only read the last answer.
 
-use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -182,25 +181,9 @@ impl DeviceOwner {
 /// The uid of a user name, from the system's user database. Blocks for as
 /// long as NSS takes: never call it on the runtime.
 pub fn system_uid_of(user: &str) -> Option<u32> {
-    let name = CString::new(user).ok()?;
-    let mut buffer = vec![0 as libc::c_char; 4096];
-    loop {
-        // SAFETY: getpwnam_r writes only into `entry` and `buffer`, whose
-        // sizes are given; `result` points at `entry` or is null.
-        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = unsafe { libc::getpwnam_r(name.as_ptr(), &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut result) };
-        if rc == libc::ERANGE && buffer.len() < 1 << 20 {
-            buffer.resize(buffer.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() {
-            return None;
-        }
-        // SAFETY: on success pw_name points into `buffer`, NUL-terminated.
-        let found = unsafe { CStr::from_ptr(entry.pw_name) };
-        return (found.to_bytes() == user.as_bytes()).then_some(entry.pw_uid);
-    }
+    // getpwnam_r with a growing buffer; an NSS error reads as unknown.
+    let entry = nix::unistd::User::from_name(user).ok()??;
+    (entry.name == user).then_some(entry.uid.as_raw())
 }
 
 #[cfg(test)]

@@ -47,8 +47,8 @@ pub struct UserDevice {
     /// None in always-approve mode.
     pub prompt: Option<AgentPrompt>,
     /// Single mode: `[device] user` as a uid, resolved at start and on
-    /// SIGHUP, never in a D-Bus handler (device_user.rs, issue 16 finding
-    /// 7). None in per-user mode, where the owner is `uid`, from logind.
+    /// SIGHUP, never in a D-Bus handler (device_user.rs). None in per-user
+    /// mode, where the owner is `uid`, from logind.
     pub device_user: Option<Arc<DeviceUser>>,
     /// For Manager1.Replug: asks this device's loop to re-plug it (rate
     /// limited per device).
@@ -309,11 +309,14 @@ pub struct DeviceFactory {
 }
 
 pub fn authenticator_config(config: &Config) -> AuthenticatorConfig {
+    let mode = |attestation: Attestation| match attestation {
+        Attestation::SelfAttestation => AttestationMode::SelfAttestation,
+        Attestation::None => AttestationMode::None,
+        Attestation::Machine => AttestationMode::Machine,
+    };
     AuthenticatorConfig {
-        attestation: match config.authenticator.attestation {
-            Attestation::SelfAttestation => AttestationMode::SelfAttestation,
-            Attestation::None => AttestationMode::None,
-        },
+        attestation: mode(config.authenticator.attestation),
+        non_web_attestation: mode(config.authenticator.non_web_attestation),
         firmware_version: crate::firmware_version(),
         ..AuthenticatorConfig::default()
     }

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use fidoseal_ctap::authenticator::FIDOSEAL_AAGUID;
+use fidoseal_ctap::machine_attestation::SoftwareAttestationKey;
 use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, Secret32};
 use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use zeroize::Zeroizing;
@@ -18,7 +20,9 @@ pub enum KeyStoreSetupError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a 32-byte key file ({len} bytes); refusing to replace it, since every credential depends on it")]
+    #[error(
+        "{path} is not a 32-byte key file ({len} bytes); refusing to replace it, since every credential depends on it"
+    )]
     Damaged { path: PathBuf, len: usize },
     #[error("{0}")]
     KeyStore(#[from] KeyStoreError),
@@ -28,6 +32,9 @@ pub enum KeyStoreSetupError {
 pub struct PersistentSoftwareKeyStore {
     inner: SoftwareKeyStore,
     path: PathBuf,
+    /// `machine-attestation-software`, loaded (or made) on first use.
+    machine_key_path: PathBuf,
+    machine_key: Option<SoftwareAttestationKey>,
     /// The master secret was made by this start (there was none).
     created: bool,
 }
@@ -63,7 +70,32 @@ impl PersistentSoftwareKeyStore {
             }
             Err(source) => return Err(KeyStoreSetupError::Read { path, source }),
         };
-        Ok(Self { inner: SoftwareKeyStore::new(secret), path, created })
+        let machine_key_path = crate::machine_key::path(state_dir, "software");
+        Ok(Self { inner: SoftwareKeyStore::new(secret), path, machine_key_path, machine_key: None, created })
+    }
+
+    /// The machine attestation key: read from its file, or made and written
+    /// there (before it is used) when there is none. A damaged file is an
+    /// error, never silently replaced.
+    fn machine_key(&mut self) -> Result<&SoftwareAttestationKey, KeyStoreError> {
+        if self.machine_key.is_none() {
+            let key = match crate::machine_key::load(&self.machine_key_path)? {
+                Some(stored) => SoftwareAttestationKey::from_parts(&stored.key, stored.certificate, &FIDOSEAL_AAGUID)
+                    .map_err(|e| crate::machine_key::damaged(&self.machine_key_path, &e.to_string()))?,
+                None => {
+                    let key = SoftwareAttestationKey::generate(&FIDOSEAL_AAGUID)?;
+                    let stored = crate::machine_key::StoredMachineKey {
+                        key: key.secret_bytes(),
+                        certificate: key.certificate().to_vec(),
+                    };
+                    crate::machine_key::save(&self.machine_key_path, &stored)?;
+                    tracing::info!(path = %self.machine_key_path.display(), "created the machine attestation key");
+                    key
+                }
+            };
+            self.machine_key = Some(key);
+        }
+        self.machine_key.as_ref().ok_or_else(|| KeyStoreError::MachineAttestation("no machine attestation key".into()))
     }
 
     /// This start made the master secret (none was there).
@@ -110,6 +142,14 @@ impl KeyStore for PersistentSoftwareKeyStore {
         self.inner = SoftwareKeyStore::new(secret);
         Ok(())
     }
+
+    fn machine_attestation_certificate(&mut self) -> Result<Vec<u8>, KeyStoreError> {
+        Ok(self.machine_key()?.certificate().to_vec())
+    }
+
+    fn sign_machine_attestation(&mut self, message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        Ok(self.machine_key()?.sign(message))
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +189,51 @@ mod tests {
         assert_eq!(after_reset.open_credential_id(&rp, &id), Err(KeyStoreError::NotAuthentic));
         std::fs::write(dir.join(MASTER_SECRET_FILE), b"short").unwrap();
         assert!(matches!(PersistentSoftwareKeyStore::open(&dir), Err(KeyStoreSetupError::Damaged { len: 5, .. })));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_machine_key_is_written_once_kept_by_reset_and_a_damaged_file_is_an_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("fidoseal-ks-machine-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        prepare_state_dir(&dir).unwrap();
+        let file = dir.join("machine-attestation-software");
+        let mut store = PersistentSoftwareKeyStore::open(&dir).unwrap();
+        assert!(!file.exists(), "made on first use only");
+        let certificate = store.machine_attestation_certificate().unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        let signature = store.sign_machine_attestation(b"m").unwrap();
+        store.reset().unwrap();
+        assert_eq!(store.machine_attestation_certificate().unwrap(), certificate, "reset keeps it");
+        let mut reopened = PersistentSoftwareKeyStore::open(&dir).unwrap();
+        assert_eq!(reopened.machine_attestation_certificate().unwrap(), certificate, "kept across restarts");
+        // ECDSA by RFC 6979: the same key signs the same message the same way.
+        assert_eq!(reopened.sign_machine_attestation(b"m").unwrap(), signature);
+
+        // Another store's certificate beside this key: refused, not used.
+        let other = dir.join("other");
+        prepare_state_dir(&other).unwrap();
+        let other_certificate =
+            PersistentSoftwareKeyStore::open(&other).unwrap().machine_attestation_certificate().unwrap();
+        let mut stored = crate::machine_key::load(&file).unwrap().unwrap();
+        stored.certificate = other_certificate;
+        crate::machine_key::save(&file, &stored).unwrap();
+        for damage in [None, Some(&b"not cbor"[..]), Some(&[0xa0][..])] {
+            if let Some(bytes) = damage {
+                std::fs::write(&file, bytes).unwrap();
+            }
+            let before = std::fs::read(&file).unwrap();
+            let mut damaged = PersistentSoftwareKeyStore::open(&dir).unwrap();
+            match damaged.machine_attestation_certificate() {
+                Err(KeyStoreError::MachineAttestation(message)) => {
+                    assert!(message.contains("machine-attestation-software"), "{message}")
+                }
+                other => panic!("expected a machine attestation error, got {other:?}"),
+            }
+            assert!(damaged.sign_machine_attestation(b"m").is_err());
+            assert_eq!(std::fs::read(&file).unwrap(), before, "never replaced silently");
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use zbus::Connection;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
+use zbus::Connection;
 
 use crate::config::SessionKind;
 

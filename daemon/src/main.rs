@@ -14,6 +14,7 @@ mod device_user;
 mod devices;
 mod keystore;
 mod logind;
+mod machine_key;
 mod migrate_users;
 mod policy_service;
 mod prompt;

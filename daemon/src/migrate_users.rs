@@ -27,7 +27,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::state::{DATABASE_FILE, LEGACY_FILE};
-use crate::user_keys::{KEY_CONTEXT_FILE, UserKeyStore};
+use crate::user_keys::{UserKeyStore, KEY_CONTEXT_FILE};
 
 pub const USERS_DIR: &str = "users";
 const STAGING_PREFIX: &str = ".migrating-";
@@ -248,17 +248,15 @@ mod tests {
         for d in [dir.join("users"), to.clone()] {
             assert_eq!(fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700, "{}", d.display());
         }
-        assert!(
-            UserKeyStore::open(
-                std::sync::Arc::new(std::sync::Mutex::new(Box::new(
-                    fidoseal_ctap::software_keystore::SoftwareKeyStore::new(fidoseal_ctap::platform::Secret32([1; 32]))
-                ))),
-                &to,
-                1001
-            )
-            .unwrap()
-            .is_legacy()
-        );
+        assert!(UserKeyStore::open(
+            std::sync::Arc::new(std::sync::Mutex::new(Box::new(
+                fidoseal_ctap::software_keystore::SoftwareKeyStore::new(fidoseal_ctap::platform::Secret32([1; 32]))
+            ))),
+            &to,
+            1001
+        )
+        .unwrap()
+        .is_legacy());
         assert_eq!(migrate_single_user_state(&dir, Some(("alice", Some(1001)))), Ok(Migration::Nothing), "done once");
         fs::remove_dir_all(dir).unwrap();
     }

@@ -221,9 +221,9 @@ fn load_policy(dirs: &[PathBuf]) -> Result<Policy, PolicyError> {
 fn snapshot(policy: Policy, principal: Principal, generation: u64) -> Snapshot {
     let min_pin_length = policy.min_pin_length(&principal).map(|(n, _)| n);
     // The core's copy of the key, made once per policy.
-    let enterprise = policy.enterprise_attestation().map(|e| {
-        Arc::new(EnterpriseAttestationKey::new(e.signing_key().clone(), e.certificates().to_vec()))
-    });
+    let enterprise = policy
+        .enterprise_attestation()
+        .map(|e| Arc::new(EnterpriseAttestationKey::new(e.signing_key().clone(), e.certificates().to_vec())));
     Snapshot { policy, principal, min_pin_length, enterprise, generation }
 }
 
@@ -274,12 +274,8 @@ impl PolicyHandle {
             // files do not govern it (yet).
             Operation::Reset => return PolicyVerdict::allow("policy: reset is not governed by policy files"),
         };
-        let decision = snapshot.policy.evaluate(&Request {
-            rp_id: request.rp_id,
-            operation,
-            principal,
-            ctap1: request.ctap1,
-        });
+        let decision =
+            snapshot.policy.evaluate(&Request { rp_id: request.rp_id, operation, principal, ctap1: request.ctap1 });
         if decision.action == Action::Deny {
             return PolicyVerdict::deny(decision.rule_id);
         }
@@ -290,11 +286,12 @@ impl PolicyHandle {
             allow_discoverable: s.allow_discoverable,
             min_cred_protect: s.min_cred_protect,
             attestation: s.attestation.and_then(|a| match a {
-            Attestation::None => Some(AttestationPolicy::None),
-            Attestation::SelfAttestation => Some(AttestationPolicy::SelfAttestation),
-            // A valid policy has the key whenever a rule says enterprise.
-            Attestation::Enterprise => snapshot.enterprise.clone().map(AttestationPolicy::Enterprise),
-        }),
+                Attestation::None => Some(AttestationPolicy::None),
+                Attestation::SelfAttestation => Some(AttestationPolicy::SelfAttestation),
+                Attestation::Machine => Some(AttestationPolicy::Machine),
+                // A valid policy has the key whenever a rule says enterprise.
+                Attestation::Enterprise => snapshot.enterprise.clone().map(AttestationPolicy::Enterprise),
+            }),
             prompt_timeout: s.prompt_timeout,
             prompt_message: s.message.as_deref().map(String::from),
             rule: decision.rule_id.to_string(),
@@ -476,39 +473,34 @@ fn read_events(inotify: &mut Inotify, filters: &Filters, triggers: &mpsc::Sender
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
 
-    struct TempDir(PathBuf);
+    struct TempDir(tempfile::TempDir);
 
     impl TempDir {
         fn new(tag: &str) -> Self {
-            static NEXT: AtomicU32 = AtomicU32::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "fidoseald-policy-{tag}-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-            TempDir(path)
+            let dir = tempfile::Builder::new().prefix(&format!("fidoseald-policy-{tag}-")).tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            TempDir(dir)
         }
 
-        /// Writes atomically, as packages and careful editors do.
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
+
         fn write(&self, name: &str, text: &str) {
-            let tmp = self.0.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, text).unwrap();
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
-            std::fs::rename(&tmp, self.0.join(name)).unwrap();
+            write_policy(self.path(), name, text);
         }
     }
 
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// Writes atomically, as packages and careful editors do.
+    fn write_policy(dir: &Path, name: &str, text: &str) {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
     }
 
     fn request(rp_id: &str) -> PolicyRequest<'_> {
@@ -524,7 +516,7 @@ mod tests {
     fn verdicts_carry_every_setting_and_the_rule() {
         let dir = TempDir::new("verdict");
         dir.write("50-b.toml", ALLOW_B);
-        let service = PolicyService::load(vec![dir.0.clone()], None).unwrap();
+        let service = PolicyService::load(vec![dir.path().to_path_buf()], None).unwrap();
         let handle = service.decision();
         let v = handle.decide(&request("B.example."));
         assert_eq!(
@@ -537,18 +529,14 @@ mod tests {
                 attestation: Some(AttestationPolicy::None),
                 prompt_timeout: Some(Duration::from_secs(5)),
                 prompt_message: Some("B".into()),
-                rule: format!("{}:3", dir.0.join("50-b.toml").display()),
+                rule: format!("{}:3", dir.path().join("50-b.toml").display()),
             }
         );
         assert_eq!(handle.min_pin_length(), Some(8));
         let v = handle.decide(&request("c.example"));
-        assert_eq!(v, PolicyVerdict::deny(format!("{}:2", dir.0.join("50-b.toml").display())));
-        let v = handle.decide(&PolicyRequest {
-            operation: Operation::Reset,
-            rp_id: "",
-            discoverable: false,
-            ctap1: false,
-        });
+        assert_eq!(v, PolicyVerdict::deny(format!("{}:2", dir.path().join("50-b.toml").display())));
+        let v =
+            handle.decide(&PolicyRequest { operation: Operation::Reset, rp_id: "", discoverable: false, ctap1: false });
         assert!(v.allow);
     }
 
@@ -556,9 +544,9 @@ mod tests {
     fn an_invalid_policy_at_start_is_an_error_naming_file_and_line() {
         let dir = TempDir::new("start");
         dir.write("10-bad.toml", "[default]\naction = \"deny\"\nbogus = true\n");
-        let err = PolicyService::load(vec![dir.0.clone()], None).err().expect("refused");
+        let err = PolicyService::load(vec![dir.path().to_path_buf()], None).err().expect("refused");
         assert!(
-            err.contains(&format!("{}:3: default.bogus: unknown field", dir.0.join("10-bad.toml").display())),
+            err.contains(&format!("{}:3: default.bogus: unknown field", dir.path().join("10-bad.toml").display())),
             "{err}"
         );
     }
@@ -578,11 +566,12 @@ mod tests {
             "10.toml",
             "[default]\naction = \"deny\"\n[[rule]]\nrp = [\"*\"]\ngroups = [\"root\"]\naction = \"allow\"\n",
         );
-        let root = PolicyService::load(vec![dir.0.clone()], Some("root".into())).unwrap();
+        let root = PolicyService::load(vec![dir.path().to_path_buf()], Some("root".into())).unwrap();
         assert!(root.decision().decide(&request("a.example")).allow);
-        let nobody = PolicyService::load(vec![dir.0.clone()], None).unwrap();
+        let nobody = PolicyService::load(vec![dir.path().to_path_buf()], None).unwrap();
         assert!(!nobody.decision().decide(&request("a.example")).allow);
-        let unknown = PolicyService::load(vec![dir.0.clone()], Some("no-such-user-fidoseal".into())).unwrap();
+        let unknown =
+            PolicyService::load(vec![dir.path().to_path_buf()], Some("no-such-user-fidoseal".into())).unwrap();
         assert!(!unknown.decision().decide(&request("a.example")).allow);
     }
 
@@ -595,7 +584,8 @@ mod tests {
              min_pin_length = 9\n",
         );
         // [device] user names someone else (per-user mode: the heir of an old state).
-        let service = PolicyService::load(vec![dir.0.clone()], Some("no-such-user-fidoseal".into())).unwrap();
+        let service =
+            PolicyService::load(vec![dir.path().to_path_buf()], Some("no-such-user-fidoseal".into())).unwrap();
         let root = service.decision_for("root");
         let stranger = service.decision_for("no-such-user-fidoseal-2");
         assert!(root.decide(&request("a.example")).allow);
@@ -611,7 +601,7 @@ mod tests {
     fn reload_keeps_the_last_good_policy_until_the_files_are_fixed() {
         let dir = TempDir::new("reload");
         dir.write("50-policy.toml", ALLOW_A);
-        let service = PolicyService::load(vec![dir.0.clone()], None).unwrap();
+        let service = PolicyService::load(vec![dir.path().to_path_buf()], None).unwrap();
         let handle = service.decision();
         assert!(handle.decide(&request("a.example")).allow);
         assert_eq!(service.generation(), 1);
@@ -638,7 +628,7 @@ mod tests {
     /// chain; `leaf` picks the attestation certificate.
     fn enterprise_section(dir: &TempDir, leaf: &str) -> String {
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/data/enterprise");
-        let key = dir.0.join("ea.key");
+        let key = dir.path().join("ea.key");
         std::fs::copy(data.join("attestation-sec1.key"), &key).unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         format!(
@@ -655,7 +645,7 @@ mod tests {
         let dir = TempDir::new("ea");
         let rule = "[[rule]]\nrp = [\"idp.example\"]\naction = \"allow\"\nattestation = \"enterprise\"\n";
         dir.write("50-ea.toml", &(enterprise_section(&keys, "attestation.pem") + rule));
-        let service = PolicyService::load(vec![dir.0.clone()], None).unwrap();
+        let service = PolicyService::load(vec![dir.path().to_path_buf()], None).unwrap();
         let handle = service.decision();
         assert!(handle.enterprise_attestation_capable());
         match handle.decide(&request("idp.example")).attestation {
@@ -677,7 +667,7 @@ mod tests {
 
         // At start, the same AAGUID mismatch stops the daemon.
         dir.write("50-ea.toml", &(enterprise_section(&keys, "other-aaguid.pem") + rule));
-        let err = PolicyService::load(vec![dir.0.clone()], None).err().expect("refused");
+        let err = PolicyService::load(vec![dir.path().to_path_buf()], None).err().expect("refused");
         assert!(err.contains("AAGUID"), "{err}");
     }
 
@@ -693,7 +683,7 @@ mod tests {
     fn file_changes_and_sighup_reload_the_policy() {
         let tmp = TempDir::new("watch");
         // The directory does not exist yet: its parent is watched for it.
-        let dir = tmp.0.join("policy.d");
+        let dir = tmp.path().join("policy.d");
         let service = PolicyService::load(vec![dir.clone()], None).unwrap();
         let handle = service.decision();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -702,19 +692,18 @@ mod tests {
 
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let files = TempDir(dir.clone());
-        files.write("50-a.toml", ALLOW_A);
+        write_policy(&dir, "50-a.toml", ALLOW_A);
         wait_for("the new file to be loaded", || !handle.decide(&request("c.example")).allow);
         let loaded = service.generation();
 
         // A broken edit: logged and refused; the last good policy stays.
-        files.write("50-a.toml", "[default]\naction = \"deny\"\n[[rule]]\nrp = []\naction = \"allow\"\n");
+        write_policy(&dir, "50-a.toml", "[default]\naction = \"deny\"\n[[rule]]\nrp = []\naction = \"allow\"\n");
         std::thread::sleep(DEBOUNCE * 3);
         assert_eq!(service.generation(), loaded);
         assert!(handle.decide(&request("a.example")).allow);
 
         // Fixed: picked up.
-        files.write("50-a.toml", ALLOW_B);
+        write_policy(&dir, "50-a.toml", ALLOW_B);
         wait_for("the fixed file to be loaded", || handle.decide(&request("b.example")).allow);
         assert!(!handle.decide(&request("a.example")).allow);
 
@@ -736,7 +725,6 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
-        drop(files);
     }
 
     /// A whole authenticator (software keys, memory store, approving
@@ -804,7 +792,7 @@ mod tests {
                  [[rule]]\nrp = [\"uv.example\"]\naction = \"allow\"\nrequire_user_verification = true\n\
                  [[rule]]\nrp = [\"no-passkeys.example\"]\naction = \"allow\"\nallow_discoverable = false\n",
             );
-            let service = PolicyService::load(vec![dir.0.clone()], None).unwrap();
+            let service = PolicyService::load(vec![dir.path().to_path_buf()], None).unwrap();
             let mut device = authenticator(&service);
             assert_eq!(make_credential(&mut device, "allowed.example", false), OK);
             assert_eq!(make_credential(&mut device, "Allowed.Example.", false), OK);
@@ -848,7 +836,7 @@ mod tests {
                  [[rule]]\nrp = [\"allowed.example\", \"legacy.example\"]\naction = \"allow\"\n\
                  [[rule]]\nrp = [\"*.corp.example\"]\naction = \"allow\"\n",
             );
-            let service = PolicyService::load(vec![dir.0.clone()], None).unwrap();
+            let service = PolicyService::load(vec![dir.path().to_path_buf()], None).unwrap();
             let mut device = authenticator(&service);
             assert_eq!(u2f_register(&mut device, "allowed.example"), NO_ERROR);
             assert_eq!(u2f_register(&mut device, "https://legacy.example"), NO_ERROR);
@@ -875,12 +863,20 @@ mod tests {
         let b = "\n[default]\naction = \"allow\"\nrequire_user_verification = true\nallow_discoverable = false\n\
                  min_cred_protect = 3\nattestation = \"none\"\nprompt_timeout = 20\nmessage = \"policy B\"\nmin_pin_length = 9\n";
         dir.write("50.toml", a);
-        let service = PolicyService::load(vec![dir.0.clone()], None).unwrap();
-        let policy_a = Policy::load_dirs(&[&dir.0]).unwrap();
+        let service = PolicyService::load(vec![dir.path().to_path_buf()], None).unwrap();
+        let policy_a = Policy::load_dirs(&[dir.path()]).unwrap();
         dir.write("50.toml", b);
-        let policy_b = Policy::load_dirs(&[&dir.0]).unwrap();
-        let expected_a = PolicyHandle::verdict(&snapshot(policy_a, Principal::default(), 0), &Principal::default(), &request("x.example"));
-        let expected_b = PolicyHandle::verdict(&snapshot(policy_b, Principal::default(), 0), &Principal::default(), &request("x.example"));
+        let policy_b = Policy::load_dirs(&[dir.path()]).unwrap();
+        let expected_a = PolicyHandle::verdict(
+            &snapshot(policy_a, Principal::default(), 0),
+            &Principal::default(),
+            &request("x.example"),
+        );
+        let expected_b = PolicyHandle::verdict(
+            &snapshot(policy_b, Principal::default(), 0),
+            &Principal::default(),
+            &request("x.example"),
+        );
         assert_ne!(expected_a, expected_b);
 
         let stop = Arc::new(AtomicBool::new(false));

@@ -1,5 +1,6 @@
-//! User prompts as the daemon runs them. The D-Bus agent comes later; for
-//! now the only mode approves everything and is announced as a warning.
+//! `[prompt] mode = "always-approve"`: presence approved without asking,
+//! for tests and kiosks; announced as a warning at start. The agent mode is
+//! `prompt_agent/`.
 
 use fidoseal_ctap::platform::{PresenceRequest, PromptOutcome, TransactionSignals, UserPrompt};
 

@@ -215,7 +215,7 @@ fn log_request(cid: u32, request: &Request, response: &[u8], elapsed: std::time:
         RequestKind::Msg => {
             let instruction = request.payload.get(1).copied().unwrap_or(0);
             let status = response.len().checked_sub(2).map(|i| &response[i..]).unwrap_or(&[]);
-            let status: String = status.iter().map(|b| format!("{b:02x}")).collect();
+            let status = hex::encode(status);
             tracing::debug!(cid, instruction = %format!("0x{instruction:02x}"), status, micros, "U2F request");
         }
     }
@@ -358,10 +358,7 @@ mod tests {
         let params = ciborium::value::Value::Map(vec![
             (1.into(), ciborium::value::Value::Bytes(vec![0; 32])),
             (2.into(), ciborium::value::Value::Map(vec![("id".into(), "slow.example".into())])),
-            (
-                3.into(),
-                ciborium::value::Value::Map(vec![("id".into(), ciborium::value::Value::Bytes(vec![1]))]),
-            ),
+            (3.into(), ciborium::value::Value::Map(vec![("id".into(), ciborium::value::Value::Bytes(vec![1]))])),
             (
                 4.into(),
                 ciborium::value::Value::Array(vec![ciborium::value::Value::Map(vec![

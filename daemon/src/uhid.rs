@@ -11,7 +11,9 @@
 //! without a kernel); [`UhidDevice`] adds the non-blocking fd polled by tokio.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -24,9 +26,8 @@ pub const REPORT_SIZE: usize = 64;
 /// Standard FIDO report descriptor: usage page 0xF1D0, usage 1, one 64-byte
 /// input report (usage 0x20) and one 64-byte output report (usage 0x21).
 pub const FIDO_REPORT_DESCRIPTOR: [u8; 34] = [
-    0x06, 0xD0, 0xF1, 0x09, 0x01, 0xA1, 0x01, 0x09, 0x20, 0x15, 0x00, 0x26, 0xFF, 0x00, 0x75, 0x08,
-    0x95, 0x40, 0x81, 0x02, 0x09, 0x21, 0x15, 0x00, 0x26, 0xFF, 0x00, 0x75, 0x08, 0x95, 0x40, 0x91,
-    0x02, 0xC0,
+    0x06, 0xD0, 0xF1, 0x09, 0x01, 0xA1, 0x01, 0x09, 0x20, 0x15, 0x00, 0x26, 0xFF, 0x00, 0x75, 0x08, 0x95, 0x40, 0x81,
+    0x02, 0x09, 0x21, 0x15, 0x00, 0x26, 0xFF, 0x00, 0x75, 0x08, 0x95, 0x40, 0x91, 0x02, 0xC0,
 ];
 
 /// One whole `struct uhid_event`.
@@ -100,11 +101,7 @@ pub enum UhidError {
     #[error("uhid event too short: {0} bytes")]
     ShortEvent(usize),
     #[error("uhid event type {event_type} truncated: {len} bytes, need {needed}")]
-    TruncatedEvent {
-        event_type: u32,
-        len: usize,
-        needed: usize,
-    },
+    TruncatedEvent { event_type: u32, len: usize, needed: usize },
     #[error("short uhid write: {0} of {EVENT_SIZE} bytes")]
     ShortWrite(usize),
     #[error("uhid read returned end of file")]
@@ -143,22 +140,14 @@ fn u32_at(buf: &[u8], off: usize) -> u32 {
 pub fn encode_create2(info: &DeviceInfo) -> Result<EventBuf, UhidError> {
     let mut ev = new_event(UHID_CREATE2);
     // NUL-terminated printable-ASCII strings: (field, offset, capacity, value).
-    let strings = [
-        ("name", 4, 128, &info.name),
-        ("phys", 132, 64, &info.phys),
-        ("uniq", 196, 64, &info.uniq),
-    ];
+    let strings = [("name", 4, 128, &info.name), ("phys", 132, 64, &info.phys), ("uniq", 196, 64, &info.uniq)];
     for (field, off, cap, value) in strings {
         let invalid = |why| Err(UhidError::InvalidDeviceInfo(format!("{field} {why}")));
         if let Some(c) = value.chars().find(|c| !(' '..='~').contains(c)) {
             return invalid(format!("contains non-printable character {c:?}"));
         }
         if value.len() >= cap {
-            return invalid(format!(
-                "is {} bytes, at most {} allowed",
-                value.len(),
-                cap - 1
-            ));
+            return invalid(format!("is {} bytes, at most {} allowed", value.len(), cap - 1));
         }
         put(&mut ev, off, value.as_bytes());
     }
@@ -208,11 +197,7 @@ pub fn decode_event(buf: &[u8]) -> Result<Decoded, UhidError> {
     }
     let event_type = u32_at(buf, 0);
     let need = |needed: usize| match buf.len() < needed {
-        true => Err(UhidError::TruncatedEvent {
-            event_type,
-            len: buf.len(),
-            needed,
-        }),
+        true => Err(UhidError::TruncatedEvent { event_type, len: buf.len(), needed }),
         false => Ok(()),
     };
     let event = match event_type {
@@ -248,70 +233,42 @@ pub fn decode_event(buf: &[u8]) -> Result<Decoded, UhidError> {
     Ok(Decoded::Event(event))
 }
 
-/// Runs a libc call returning a byte count or -1, retrying on EINTR.
-fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+/// Runs a system call, retrying on EINTR.
+fn retry_eintr<T>(mut call: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
     loop {
-        match usize::try_from(call()) {
-            Ok(n) => return Ok(n),
-            Err(_) => match io::Error::last_os_error() {
-                e if e.kind() == io::ErrorKind::Interrupted => continue,
-                e => return Err(e),
-            },
+        match call() {
+            Err(Errno::EINTR) => continue,
+            result => return result.map_err(io::Error::from),
         }
     }
 }
 
-fn read_raw(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the caller owns the open `fd`.
-    retry_eintr(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+fn read_raw(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    retry_eintr(|| nix::unistd::read(fd, buf))
 }
 
 /// Writes one whole event.
-fn write_raw(fd: RawFd, ev: &[u8; EVENT_SIZE]) -> Result<(), UhidError> {
-    // SAFETY: `ev` is valid for reads of EVENT_SIZE bytes; the caller owns the open `fd`.
-    match retry_eintr(|| unsafe { libc::write(fd, ev.as_ptr().cast(), EVENT_SIZE) })? {
+fn write_raw(fd: BorrowedFd<'_>, ev: &[u8; EVENT_SIZE]) -> Result<(), UhidError> {
+    match retry_eintr(|| nix::unistd::write(fd, ev))? {
         EVENT_SIZE => Ok(()),
         n => Err(UhidError::ShortWrite(n)),
     }
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl with integer arguments on an fd the caller owns.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
 /// A `SOCK_SEQPACKET` connection to the Unix socket at `path` (std has
 /// stream and datagram sockets only).
 fn connect_seqpacket(path: &Path) -> io::Result<OwnedFd> {
-    use std::os::fd::FromRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
-    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= address.sun_path.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"));
-    }
-    for (slot, byte) in address.sun_path.iter_mut().zip(bytes) {
-        *slot = *byte as libc::c_char;
-    }
-    // SAFETY: plain socket(2) call; the fd is owned right after.
-    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh fd that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: address is a valid sockaddr_un of `length` bytes.
-    if unsafe { libc::connect(fd.as_raw_fd(), (&raw const address).cast(), length) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let address = UnixAddr::new(path)?;
+    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
+    connect(fd.as_raw_fd(), &address)?;
     Ok(fd)
 }
 
@@ -334,7 +291,7 @@ impl UhidDevice {
         let open_error = |source| UhidError::Open { path: path.to_owned(), source };
         if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
             let fd = connect_seqpacket(path).map_err(open_error)?;
-            set_nonblocking(fd.as_raw_fd())?;
+            set_nonblocking(fd.as_fd())?;
             return Self::register_and_create(fd, &ev);
         }
         let file = std::fs::OpenOptions::new()
@@ -351,7 +308,7 @@ impl UhidDevice {
     #[cfg(test)]
     pub fn create_on(fd: OwnedFd, info: &DeviceInfo) -> Result<Self, UhidError> {
         let ev = encode_create2(info)?;
-        set_nonblocking(fd.as_raw_fd())?;
+        set_nonblocking(fd.as_fd())?;
         Self::register_and_create(fd, &ev)
     }
 
@@ -360,14 +317,14 @@ impl UhidDevice {
         tokio::runtime::Handle::try_current().map_err(|_| UhidError::NoRuntime)?;
         // SAFETY: an OwnedFd is open and is neither closed nor replaced while the AsyncFd owns it.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| UhidError::Io(e.into_parts().1))?;
-        write_raw(fd.as_raw_fd(), create2)?;
+        write_raw(fd.as_fd(), create2)?;
         Ok(Self { fd })
     }
 
     async fn write_event(&self, ev: &[u8; EVENT_SIZE]) -> Result<(), UhidError> {
         loop {
             let mut guard = self.fd.writable().await?;
-            let res = guard.try_io(|fd| match write_raw(fd.as_raw_fd(), ev) {
+            let res = guard.try_io(|fd| match write_raw(fd.as_fd(), ev) {
                 Err(UhidError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
                 res => Ok(res),
             });
@@ -387,7 +344,7 @@ impl UhidDevice {
     /// a reader that never waits behind the async loop keeps long messages
     /// from being dropped.
     pub fn read_event_blocking(&self, timeout: std::time::Duration) -> Result<Option<UhidEvent>, UhidError> {
-        let fd = self.fd.as_raw_fd();
+        let fd = self.fd.get_ref().as_fd();
         let mut buf = Box::new([0u8; EVENT_SIZE]);
         loop {
             // Read first and poll only when nothing is queued: during a burst
@@ -395,21 +352,14 @@ impl UhidDevice {
             let n = match read_raw(fd, &mut buf[..]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-                    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-                    // SAFETY: one valid pollfd for the duration of the call; the fd is owned by self.
-                    let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
-                    if ready < 0 {
-                        let err = io::Error::last_os_error();
-                        if err.kind() == io::ErrorKind::Interrupted {
-                            continue;
-                        }
-                        return Err(UhidError::Io(err));
+                    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+                    let wait = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+                    match retry_eintr(|| poll(&mut fds, wait)) {
+                        Ok(0) => return Ok(None),
+                        Ok(_) => continue,
+                        Err(e) => return Err(UhidError::Io(e)),
                     }
-                    if ready == 0 {
-                        return Ok(None);
-                    }
-                    continue;
                 }
                 Err(e) => return Err(UhidError::Io(e)),
             };
@@ -431,7 +381,7 @@ impl UhidDevice {
         loop {
             let n = loop {
                 let mut guard = self.fd.readable().await?;
-                if let Ok(res) = guard.try_io(|fd| read_raw(fd.as_raw_fd(), &mut buf[..])) {
+                if let Ok(res) = guard.try_io(|fd| read_raw(fd.as_fd(), &mut buf[..])) {
                     break res?;
                 }
             };
@@ -454,7 +404,7 @@ impl UhidDevice {
 
     /// Writes UHID_DESTROY, then closes the fd.
     pub fn destroy(self) -> Result<(), UhidError> {
-        write_raw(self.fd.as_raw_fd(), &encode_destroy())
+        write_raw(self.fd.get_ref().as_fd(), &encode_destroy())
     }
 }
 
@@ -552,17 +502,8 @@ mod tests {
     #[test]
     fn decode_simple_and_report_requests() {
         use UhidEvent::*;
-        for (t, want) in [
-            (2u32, Start),
-            (3, Stop),
-            (4, Open),
-            (5, Close),
-            (99, Other(99)),
-        ] {
-            assert_eq!(
-                decode_event(&t.to_ne_bytes()).unwrap(),
-                Decoded::Event(want)
-            );
+        for (t, want) in [(2u32, Start), (3, Stop), (4, Open), (5, Close), (99, Other(99))] {
+            assert_eq!(decode_event(&t.to_ne_bytes()).unwrap(), Decoded::Event(want));
         }
         let (id, rnum, rtype) = (42, 3, 0);
         let get = decode_event(&report_request(9, 42)[..]).unwrap();
@@ -594,13 +535,7 @@ mod tests {
     #[test]
     fn invalid_strings_rejected() {
         let (name, phys, uniq) = ("n".repeat(127), "p".repeat(63), "u".repeat(63));
-        assert!(encode_create2(&DeviceInfo {
-            name,
-            phys,
-            uniq,
-            ..info()
-        })
-        .is_ok());
+        assert!(encode_create2(&DeviceInfo { name, phys, uniq, ..info() }).is_ok());
         let bad: [fn(&mut DeviceInfo); 8] = [
             |i| i.name = "n".repeat(128),
             |i| i.name = "n".repeat(1000),
@@ -615,10 +550,7 @@ mod tests {
             let mut info = info();
             spoil(&mut info);
             let res = encode_create2(&info);
-            assert!(
-                matches!(res, Err(UhidError::InvalidDeviceInfo(_))),
-                "{info:?}"
-            );
+            assert!(matches!(res, Err(UhidError::InvalidDeviceInfo(_))), "{info:?}");
         }
     }
 
@@ -654,10 +586,7 @@ mod tests {
         let mut with_id = [0x5a; 65];
         with_id[0] = 0;
         send(output_event(&with_id)).await;
-        assert_eq!(
-            read_event().await.unwrap().unwrap(),
-            UhidEvent::Output([0x5a; 64])
-        );
+        assert_eq!(read_event().await.unwrap().unwrap(), UhidEvent::Output([0x5a; 64]));
 
         // Report requests are answered with EIO inside read_event, which keeps reading.
         send(report_request(UHID_GET_REPORT, 42)).await;

@@ -132,7 +132,7 @@ fn new_context() -> Result<Context, KeyStoreError> {
 fn write_context(path: &Path, context: &Context) -> std::io::Result<()> {
     let text = Zeroizing::new(match context {
         Context::Legacy => format!("{HEADER}{LEGACY}"),
-        Context::Own(secret) => format!("{HEADER}own {}\n", crate::dbus_service::hex(secret.as_slice())),
+        Context::Own(secret) => format!("{HEADER}own {}\n", hex::encode(secret.as_slice())),
     });
     write_atomically(path, text.as_bytes())
 }
@@ -143,8 +143,8 @@ fn parse(bytes: &[u8]) -> Option<Context> {
     if body == LEGACY {
         return Some(Context::Legacy);
     }
-    let hex = body.strip_prefix("own ")?.strip_suffix('\n')?;
-    let bytes = Zeroizing::new(crate::dbus_service::unhex(hex)?);
+    let own = body.strip_prefix("own ")?.strip_suffix('\n')?;
+    let bytes = Zeroizing::new(hex::decode(own).ok()?);
     let secret: [u8; 32] = bytes.as_slice().try_into().ok()?;
     Some(Context::Own(Zeroizing::new(secret)))
 }
@@ -181,6 +181,15 @@ impl KeyStore for UserKeyStore {
     fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, KeyStoreError> {
         let bound = self.bound_context(context);
         self.lock().derive_secret(&bound)
+    }
+
+    /// The machine's one attestation key, the same for every user.
+    fn machine_attestation_certificate(&mut self) -> Result<Vec<u8>, KeyStoreError> {
+        self.lock().machine_attestation_certificate()
+    }
+
+    fn sign_machine_attestation(&mut self, message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        self.lock().sign_machine_attestation(message)
     }
 
     /// This user's reset: a new context, on disk before it is used. The

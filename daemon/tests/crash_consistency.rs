@@ -117,7 +117,11 @@ impl Listener {
     fn bind(path: &Path) -> Self {
         let _ = std::fs::remove_file(path);
         // SAFETY: plain socket(2); the fd is owned right after.
-        let fd = unsafe { OwnedFd::from_raw_fd(check(libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)).unwrap()) };
+        let fd = unsafe {
+            OwnedFd::from_raw_fd(
+                check(libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)).unwrap(),
+            )
+        };
         let address = socket_address(path);
         let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
         // SAFETY: a valid sockaddr_un of `length` bytes.
@@ -133,7 +137,10 @@ impl Listener {
         loop {
             if poll_readable(self.0.as_raw_fd(), Duration::from_millis(20)) {
                 // SAFETY: accept on our listening socket; the fd is owned right after.
-                let fd = check(unsafe { libc::accept4(self.0.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) }).unwrap();
+                let fd = check(unsafe {
+                    libc::accept4(self.0.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+                })
+                .unwrap();
                 // SAFETY: fresh fd.
                 return Kernel { fd: unsafe { OwnedFd::from_raw_fd(fd) } };
             }
@@ -461,7 +468,10 @@ enum PinState {
     NotSet,
     Known(&'static str),
     /// setPIN / changePIN under way at a kill: `old` (None: no PIN) or `new`.
-    Uncertain { old: Option<&'static str>, new: &'static str },
+    Uncertain {
+        old: Option<&'static str>,
+        new: &'static str,
+    },
 }
 
 struct Model {
@@ -483,7 +493,10 @@ impl Model {
     fn see_counter(&mut self, id: &[u8], auth_data: &[u8], what: &str) {
         let counter = counter_of(auth_data);
         let last = self.counters.get(id).copied().unwrap_or(0);
-        assert!(counter > last || (counter == 0 && last == 0), "{what}: signature counter {counter} after {last} (it went back)");
+        assert!(
+            counter > last || (counter == 0 && last == 0),
+            "{what}: signature counter {counter} after {last} (it went back)"
+        );
         self.counters.insert(id.to_vec(), counter);
     }
 
@@ -549,7 +562,11 @@ fn verify_after_start(d: &mut Daemon, model: &mut Model) {
         let upper = if correct { 8 } else { model.retries };
         let lower = model.retries.saturating_sub(u64::from(correct || wrong));
         assert!(retries <= upper, "PIN retries went up: {retries} after {} (no correct PIN in flight)", model.retries);
-        assert!(retries >= lower, "PIN retries went down by more than the PIN in flight: {retries} after {}", model.retries);
+        assert!(
+            retries >= lower,
+            "PIN retries went down by more than the PIN in flight: {retries} after {}",
+            model.retries
+        );
         model.retries = retries;
         if let PinState::Uncertain { old: Some(old), new } = model.pin {
             // The new PIN first; a wrong guess costs one retry.
@@ -856,8 +873,7 @@ fn damaged_state_files_stop_the_daemon_untouched() {
     let database = setup.state_dir.join("credentials.db");
     let whole = std::fs::read(&database).unwrap();
     assert!(whole.len() >= 4096, "a database of whole pages");
-    let mut lengths: Vec<usize> =
-        (0..whole.len()).step_by(4096).flat_map(|p| [p, p + 1, p + 100, p + 4095]).collect();
+    let mut lengths: Vec<usize> = (0..whole.len()).step_by(4096).flat_map(|p| [p, p + 1, p + 100, p + 4095]).collect();
     lengths.retain(|&l| l < whole.len());
     for length in lengths {
         expect_refusal(&setup, &database, &whole[..length], &format!("database cut to {length} bytes"));

@@ -1,5 +1,4 @@
-//! The real `fidoseald`'s logs when stderr is not a terminal (issue #16,
-//! finding 10): a file, a pipe, or the journal's stream under systemd must
+//! The real `fidoseald`'s logs when stderr is not a terminal: a file, a pipe, or the journal's stream under systemd must
 //! get plain text, never ANSI escape codes.
 
 use std::process::{Command, Stdio};

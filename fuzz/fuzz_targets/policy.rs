@@ -32,11 +32,9 @@ fuzz_target!(|data: &[u8]| {
     let principals = [Principal::default(), Principal::user("alice", ["wheel", "staff"])];
     for rp_id in RP_IDS.iter().copied().chain(extra_rp) {
         for principal in &principals {
-            for (operation, ctap1) in [
-                (Operation::MakeCredential, false),
-                (Operation::GetAssertion, false),
-                (Operation::GetAssertion, true),
-            ] {
+            for (operation, ctap1) in
+                [(Operation::MakeCredential, false), (Operation::GetAssertion, false), (Operation::GetAssertion, true)]
+            {
                 let request = Request { rp_id, operation, principal, ctap1 };
                 let decision = policy.evaluate(&request);
                 let explanation = policy.explain(&request);

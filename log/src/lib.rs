@@ -1,5 +1,4 @@
-//! Where fidoseald's and fidoseal-agent's logs go (issue #14, issue #16
-//! finding 10):
+//! Where fidoseald's and fidoseal-agent's logs go:
 //!
 //! - under systemd, when stderr is the journal's stream (`JOURNAL_STREAM`
 //!   names stderr's device and inode, systemd.exec(5)): the audit trail
@@ -31,9 +30,7 @@ pub enum Destination {
     /// The audit trail natively to journald, the rest as text on the stream.
     Journal,
     /// Text on stderr; `colour` only on a terminal.
-    Stderr {
-        colour: bool,
-    },
+    Stderr { colour: bool },
 }
 
 /// Sets the global subscriber. `default_filter` applies unless `RUST_LOG`

@@ -153,6 +153,7 @@ fn check_settings(raw: RawSettings, table: &str, here: &Here<'_>, errors: &mut V
             RawAttestation::SelfAttestation => {
                 partial.attestation = Some((Attestation::SelfAttestation, here.id(&v.span())));
             }
+            RawAttestation::Machine => partial.attestation = Some((Attestation::Machine, here.id(&v.span()))),
             RawAttestation::Enterprise => {
                 partial.enterprise = Some(v.span());
                 partial.attestation = Some((Attestation::Enterprise, here.id(&v.span())));

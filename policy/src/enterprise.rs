@@ -75,17 +75,13 @@ impl EnterpriseAttestation {
                 message: format!(
                     "the attestation certificate's AAGUID extension says {} but this authenticator's AAGUID is {}: \
                      relying parties would reject every enterprise attestation",
-                    hex(&aaguid),
-                    hex(authenticator_aaguid)
+                    hex::encode(aaguid),
+                    hex::encode(authenticator_aaguid)
                 ),
             }),
             _ => Ok(()),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl fmt::Debug for EnterpriseAttestation {
@@ -125,10 +121,8 @@ pub(crate) fn load(
                 problems.push(Problem::Certificate(index, format!("{} holds no certificate", path.display())));
             }
             Ok(certs) => chain.extend(certs.into_iter().map(|c| (index, c))),
-            Err(e) => problems.push(Problem::Certificate(
-                index,
-                format!("{} is not a PEM X.509 certificate: {e}", path.display()),
-            )),
+            Err(e) => problems
+                .push(Problem::Certificate(index, format!("{} is not a PEM X.509 certificate: {e}", path.display()))),
         }
     }
     if !problems.is_empty() {
@@ -211,6 +205,21 @@ fn parse_private_key(path: &Path, pem: &str) -> Result<SigningKey, String> {
     }
 }
 
+/// The problems of a DER attestation certificate against WebAuthn §8.2.1
+/// (packed attestation statement certificate requirements) and its AAGUID
+/// extension, if it has one: what the loader checks of an enterprise
+/// attestation certificate, for other attestation certificates (fidoseal's
+/// machine attestation certificate, in tests).
+pub fn check_attestation_certificate(der: &[u8]) -> Result<Option<[u8; 16]>, Vec<String>> {
+    use x509_cert::der::Decode;
+    let cert = Certificate::from_der(der).map_err(|e| vec![format!("not a DER X.509 certificate: {e}")])?;
+    let problems = attestation_certificate_problems(&cert);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    certificate_aaguid(&cert).map_err(|e| vec![e])
+}
+
 fn certificate_key(cert: &Certificate) -> Result<VerifyingKey, String> {
     let spki = cert
         .tbs_certificate()
@@ -244,7 +253,9 @@ fn attestation_certificate_problems(cert: &Certificate) -> Vec<String> {
     }
     match tbs.get_extension::<BasicConstraints>() {
         Ok(Some((_, constraints))) if !constraints.ca => {}
-        Ok(Some(_)) => problems.push("the attestation certificate must not be a CA (basic constraints CA=false)".into()),
+        Ok(Some(_)) => {
+            problems.push("the attestation certificate must not be a CA (basic constraints CA=false)".into())
+        }
         Ok(None) => problems.push("the attestation certificate needs basic constraints with CA=false".into()),
         Err(e) => problems.push(format!("cannot read the attestation certificate's basic constraints: {e}")),
     }

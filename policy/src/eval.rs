@@ -239,8 +239,7 @@ impl Policy {
                 return; // already seen through a more specific pattern
             }
             let pattern_matches = |p: &RpPattern| if request.ctap1 { p.matches_u2f(&rp_id) } else { p.matches(&rp_id) };
-            let pattern =
-                rule.rp.iter().find(|p| p.rank() == rp_rank && pattern_matches(p)).unwrap_or(&RpPattern::Any);
+            let pattern = rule.rp.iter().find(|p| p.rank() == rp_rank && pattern_matches(p)).unwrap_or(&RpPattern::Any);
             matches.push(Match { rule, pattern, specificity, lost: None });
         });
         matches.sort_by_key(|m| std::cmp::Reverse(precedence(m.rule, m.specificity)));

@@ -124,6 +124,7 @@ pub(crate) enum RawAttestation {
     None,
     #[serde(rename = "self")]
     SelfAttestation,
+    Machine,
     Enterprise,
 }
 

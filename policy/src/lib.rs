@@ -1,5 +1,4 @@
-//! fidoseal's enterprise policy (DESIGN.md "Policy"; the format is in
-//! docs/policy.md).
+//! fidoseal's enterprise policy (the format is in docs/policy.md).
 //!
 //! Administrators ship TOML files in layered directories:
 //! `/usr/share/fidoseal/policy.d/*.toml` (packages), then
@@ -39,7 +38,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use enterprise::EnterpriseAttestation;
+pub use enterprise::{check_attestation_certificate, EnterpriseAttestation};
 pub use eval::{Decision, Explanation, LossReason, Match, Request, Specificity, U2F_UNATTRIBUTABLE};
 pub use principal::{resolve_principal, Principal};
 pub use rp::{is_u2f_application, normalize_rp_id, RpPattern};
@@ -95,6 +94,9 @@ pub enum Attestation {
     None,
     /// "packed" self attestation.
     SelfAttestation,
+    /// "packed" with the machine attestation key's self-signed certificate
+    /// (`x5c`): one per machine, so it identifies the machine.
+    Machine,
     /// Enterprise attestation (CTAP 2.1 §7.1) with the key and chain of
     /// `[enterprise_attestation]`, when the client asks for it; otherwise
     /// the daemon's configured attestation. Only on rules whose rp IDs are
@@ -107,6 +109,7 @@ impl fmt::Display for Attestation {
         f.write_str(match self {
             Attestation::None => "none",
             Attestation::SelfAttestation => "self",
+            Attestation::Machine => "machine",
             Attestation::Enterprise => "enterprise",
         })
     }

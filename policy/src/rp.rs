@@ -162,10 +162,10 @@ pub fn is_u2f_application(rp_id: &str) -> bool {
 /// SHA-256 of the rp ID, and for host names of `https://` + the rp ID.
 pub(crate) fn u2f_applications(rp_id: &str) -> Vec<String> {
     use sha2::{Digest, Sha256};
-    let hex = |data: &[u8]| Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let mut out = vec![hex(rp_id.as_bytes())];
+    let digest = |data: &[u8]| hex::encode(Sha256::digest(data));
+    let mut out = vec![digest(rp_id.as_bytes())];
     if is_host_name(rp_id) {
-        out.push(hex(format!("https://{rp_id}").as_bytes()));
+        out.push(digest(format!("https://{rp_id}").as_bytes()));
     }
     out
 }

@@ -34,7 +34,8 @@ fn section(key: &Path, certificates: &[PathBuf]) -> String {
     )
 }
 
-const ENTERPRISE_RULE: &str = "[[rule]]\nrp = [\"idp.example.com\"]\naction = \"allow\"\nattestation = \"enterprise\"\n";
+const ENTERPRISE_RULE: &str =
+    "[[rule]]\nrp = [\"idp.example.com\"]\naction = \"allow\"\nattestation = \"enterprise\"\n";
 
 fn load(text: &str) -> Result<Policy, PolicyError> {
     Policy::from_sources(&[("/p/50-ea.toml", text)])
@@ -213,7 +214,10 @@ fn enterprise_goes_only_to_listed_rp_ids() {
     ] {
         let text = format!("{base}[[rule]]\nrp = [{rule_rp}]\naction = \"allow\"\nattestation = \"enterprise\"\n");
         let lines = problems(&text);
-        assert!(lines.iter().any(|l| l.starts_with("/p/50-ea.toml:6: rule.rp: ") && l.contains(why)), "{rule_rp}: {lines:#?}");
+        assert!(
+            lines.iter().any(|l| l.starts_with("/p/50-ea.toml:6: rule.rp: ") && l.contains(why)),
+            "{rule_rp}: {lines:#?}"
+        );
     }
     // A listed rp with its own rule: fine; and a rule for others without
     // enterprise is untouched by the list.

@@ -197,12 +197,11 @@ fn a_more_specific_allow_beats_a_broader_deny() {
     )])
     .unwrap();
     let staff = Principal::user("u", ["staff"]);
-    let eval = |rp_id| policy.evaluate(&Request {
-        rp_id,
-        operation: Operation::MakeCredential,
-        principal: &staff,
-        ctap1: false,
-    }).action;
+    let eval = |rp_id| {
+        policy
+            .evaluate(&Request { rp_id, operation: Operation::MakeCredential, principal: &staff, ctap1: false })
+            .action
+    };
     assert_eq!(eval("a.corp.example.com"), Action::Allow);
     assert_eq!(eval("a.example.com"), Action::Deny, "rp specificity comes before the principal's");
     assert_eq!(eval("other.org"), Action::Allow);
@@ -511,13 +510,10 @@ fn property_a_wildcard_matches_only_names_under_its_suffix() {
         .unwrap();
         let rp_id = random_host(&mut rng, 4);
         let nobody = Principal::default();
-        let allowed = policy.evaluate(&Request {
-            rp_id: &rp_id,
-            operation: Operation::GetAssertion,
-            principal: &nobody,
-            ctap1: false,
-        }).action
-                == Action::Allow;
+        let allowed = policy
+            .evaluate(&Request { rp_id: &rp_id, operation: Operation::GetAssertion, principal: &nobody, ctap1: false })
+            .action
+            == Action::Allow;
         assert_eq!(allowed, rp_id.ends_with(&format!(".{suffix}")), "*.{suffix} vs {rp_id}");
     }
 }
@@ -533,12 +529,8 @@ fn sha256_hex(text: &str) -> String {
 fn u2f_requests_match_exact_rules_by_hash_and_are_refused_where_only_a_wildcard_could_decide() {
     let nobody = Principal::default();
     let eval = |policy: &Policy, rp_id: &str| {
-        let d = policy.evaluate(&Request {
-            rp_id,
-            operation: Operation::MakeCredential,
-            principal: &nobody,
-            ctap1: true,
-        });
+        let d =
+            policy.evaluate(&Request { rp_id, operation: Operation::MakeCredential, principal: &nobody, ctap1: true });
         (d.action, d.rule_id.to_string())
     };
     // The enterprise shape: deny by default, an exact IdP and a wildcard.
@@ -615,12 +607,8 @@ fn a_ctap2_rp_id_equal_to_the_hash_of_an_allowed_rp_does_not_match_it() {
     }
     // A CTAP1 request is never judged by the host-name rules.
     let hash = sha256_hex("a.example.com");
-    let d = policy.evaluate(&Request {
-        rp_id: &hash,
-        operation: Operation::GetAssertion,
-        principal: &nobody,
-        ctap1: true,
-    });
+    let d =
+        policy.evaluate(&Request { rp_id: &hash, operation: Operation::GetAssertion, principal: &nobody, ctap1: true });
     assert_eq!(d.rule_id, fidoseal_policy::U2F_UNATTRIBUTABLE);
     // ... while a CTAP2 request with that odd rp ID is refused by the default, not as U2F.
     let d = policy.evaluate(&Request {

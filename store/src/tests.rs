@@ -5,11 +5,10 @@ use fidoseal_ctap::platform::{Algorithm, PinRecord};
 
 use super::*;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fidoseal-store-test-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+/// A new directory, removed when the returned value is dropped (also when a
+/// test fails).
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("fidoseal-store-test-{name}-")).tempdir().unwrap()
 }
 
 fn credential(rp: &str, user: &[u8], id: u8) -> ResidentCredential {
@@ -59,7 +58,8 @@ fn files_starting(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 
 #[test]
 fn credentials_state_and_counters_survive_reopen() {
-    let dir = temp_dir("reopen");
+    let dir_tmp = temp_dir("reopen");
+    let dir = dir_tmp.path().to_path_buf();
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
     store.save(credential("a.example", b"u1", 1)).unwrap();
     store.save(credential("a.example", b"u2", 2)).unwrap();
@@ -95,12 +95,12 @@ fn credentials_state_and_counters_survive_reopen() {
     for file in files_starting(&dir, DATABASE_FILE) {
         assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "{}", file.display());
     }
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn replace_update_delete_and_capacity() {
-    let dir = temp_dir("rules");
+    let dir_tmp = temp_dir("rules");
+    let dir = dir_tmp.path().to_path_buf();
     let mut store = CredentialDatabase::open(&dir, 2).unwrap();
     store.save(credential("a.example", b"u1", 1)).unwrap();
     store.next_signature_counter(&[1; 16]).unwrap();
@@ -127,14 +127,14 @@ fn replace_update_delete_and_capacity() {
     assert_eq!(smaller.remaining_capacity(), 0);
     assert_eq!(smaller.save(credential("d.example", b"u1", 6)), Err(StoreError::Full));
     assert_eq!(smaller.credential_count(), 1);
-    fs::remove_dir_all(dir).unwrap();
 }
 
 /// Counters never go back: not for a credential, and not across reset
 /// (a credential that somehow survived it would still count upwards).
 #[test]
 fn counters_never_go_back_across_reset() {
-    let dir = temp_dir("reset");
+    let dir_tmp = temp_dir("reset");
+    let dir = dir_tmp.path().to_path_buf();
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
     store.save(credential("a.example", b"u1", 1)).unwrap();
     for _ in 0..5 {
@@ -157,13 +157,13 @@ fn counters_never_go_back_across_reset() {
     assert!(reopened.load_state().pin.is_none());
     reopened.save(credential("b.example", b"u1", 2)).unwrap();
     assert_eq!(reopened.next_signature_counter(&[2; 16]).unwrap(), 8);
-    fs::remove_dir_all(dir).unwrap();
 }
 
 /// Every lookup a ceremony makes goes through an index, whatever the count.
 #[test]
 fn lookups_use_indexes() {
-    let dir = temp_dir("plans");
+    let dir_tmp = temp_dir("plans");
+    let dir = dir_tmp.path().to_path_buf();
     let store = CredentialDatabase::open(&dir, 10).unwrap();
     let plan = |sql: &str| -> String {
         let mut statement = store.connection.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
@@ -184,12 +184,12 @@ fn lookups_use_indexes() {
         let found = plan(sql);
         assert!(found.contains(index), "{sql}: {found}");
     }
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn a_failed_write_changes_nothing() {
-    let dir = temp_dir("busy");
+    let dir_tmp = temp_dir("busy");
+    let dir = dir_tmp.path().to_path_buf();
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
     store.save(credential("a.example", b"u1", 1)).unwrap();
     store.connection.busy_timeout(std::time::Duration::ZERO).unwrap();
@@ -204,14 +204,14 @@ fn a_failed_write_changes_nothing() {
     assert_eq!(store.load_state(), AuthenticatorState::default());
     other.execute_batch("ROLLBACK").unwrap();
     assert_eq!(store.next_signature_counter(&[1; 16]).unwrap(), 1);
-    fs::remove_dir_all(dir).unwrap();
 }
 
 /// A damaged database stops the start, names the file and the way out,
 /// and is left exactly as it was.
 #[test]
 fn damage_is_found_at_start_and_never_written_over() {
-    let dir = temp_dir("corrupt");
+    let dir_tmp = temp_dir("corrupt");
+    let dir = dir_tmp.path().to_path_buf();
     let path = dir.join(DATABASE_FILE);
     // Not a database at all.
     fs::write(&path, b"\xff\x00 this is not SQLite, it is garbage of some length ........................").unwrap();
@@ -239,22 +239,22 @@ fn damage_is_found_at_start_and_never_written_over() {
     let error = CredentialDatabase::open(&dir, 100).err().expect("refused");
     assert!(matches!(error, StateError::Corrupt { .. }), "{error}");
     assert_eq!(fs::read(&path).unwrap(), bytes, "the damaged file is left as it was");
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn a_database_from_a_newer_fidoseal_is_refused() {
-    let dir = temp_dir("newer");
+    let dir_tmp = temp_dir("newer");
+    let dir = dir_tmp.path().to_path_buf();
     drop(CredentialDatabase::open(&dir, 10).unwrap());
     Connection::open(dir.join(DATABASE_FILE)).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();
     let error = CredentialDatabase::open(&dir, 10).err().expect("refused");
     assert!(error.to_string().contains("newer"), "{error}");
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn an_old_credentials_file_is_migrated_and_kept() {
-    let dir = temp_dir("migrate");
+    let dir_tmp = temp_dir("migrate");
+    let dir = dir_tmp.path().to_path_buf();
     let old = [credential("a.example", b"u1", 1), credential("a.example", b"u2", 2), credential("b.example", b"u1", 3)];
     migrate::write_legacy_file(&dir, 41, &old, &with_pin(), Some(&bound_to("tpm", 7)));
     let legacy_bytes = fs::read(dir.join(LEGACY_FILE)).unwrap();
@@ -280,14 +280,14 @@ fn an_old_credentials_file_is_migrated_and_kept() {
     let reopened = CredentialDatabase::open(&dir, 10).unwrap();
     assert!(reopened.migration().is_none(), "once");
     assert_eq!(reopened.credential_count(), 3);
-    fs::remove_dir_all(dir).unwrap();
 }
 
 /// A migration that cannot finish leaves credentials.cbor as it was, no
 /// database behind, and says why.
 #[test]
 fn a_failed_migration_leaves_the_old_file() {
-    let dir = temp_dir("migrate-fail");
+    let dir_tmp = temp_dir("migrate-fail");
+    let dir = dir_tmp.path().to_path_buf();
     fs::write(dir.join(LEGACY_FILE), b"\xa1\x61garbage").unwrap();
     let error = CredentialDatabase::open(&dir, 10).err().expect("refused");
     assert!(matches!(error, StateError::Migration { .. }), "{error}");
@@ -303,14 +303,14 @@ fn a_failed_migration_leaves_the_old_file() {
     assert!(matches!(error, StateError::Migration { .. }), "{error}");
     assert_eq!(fs::read(dir.join(LEGACY_FILE)).unwrap(), legacy_bytes);
     assert_eq!(files_starting(&dir, DATABASE_FILE), Vec::<PathBuf>::new());
-    fs::remove_dir_all(dir).unwrap();
 }
 
 /// A crash after the database was renamed into place but before the old
 /// file was kept aside: the database counts, the old file is kept aside.
 #[test]
 fn an_interrupted_migration_is_finished() {
-    let dir = temp_dir("migrate-interrupted");
+    let dir_tmp = temp_dir("migrate-interrupted");
+    let dir = dir_tmp.path().to_path_buf();
     migrate::write_legacy_file(&dir, 5, &[credential("a.example", b"u1", 1)], &AuthenticatorState::default(), None);
     let legacy_bytes = fs::read(dir.join(LEGACY_FILE)).unwrap();
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
@@ -322,12 +322,12 @@ fn an_interrupted_migration_is_finished() {
     assert_eq!(store.credential_count(), 2, "the database, not the older file");
     assert!(!dir.join(LEGACY_FILE).exists());
     assert_eq!(fs::read(dir.join("credentials.cbor.migrated")).unwrap(), legacy_bytes);
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn a_state_is_tied_to_its_key_store() {
-    let dir = temp_dir("binding-same");
+    let dir_tmp = temp_dir("binding-same");
+    let dir = dir_tmp.path().to_path_buf();
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
     assert_eq!(store.bind_key_store(bound_to("software", 1), true).unwrap(), Binding::Recorded);
     store.save(credential("a.example", b"u1", 1)).unwrap();
@@ -335,14 +335,14 @@ fn a_state_is_tied_to_its_key_store() {
     let mut reopened = CredentialDatabase::open(&dir, 10).unwrap();
     assert_eq!(reopened.bind_key_store(bound_to("software", 1), false).unwrap(), Binding::Same);
     assert_eq!(reopened.credential_count(), 1);
-    fs::remove_dir_all(dir).unwrap();
 }
 
 /// The [keystore] backend switched: the passkeys and the PIN are copied
 /// aside and the state starts over; the counters go on above the old ones.
 #[test]
 fn another_key_stores_state_is_set_aside_and_reset() {
-    let dir = temp_dir("binding-other");
+    let dir_tmp = temp_dir("binding-other");
+    let dir = dir_tmp.path().to_path_buf();
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
     store.bind_key_store(bound_to("software", 1), true).unwrap();
     store.save(credential("a.example", b"u1", 1)).unwrap();
@@ -362,7 +362,8 @@ fn another_key_stores_state_is_set_aside_and_reset() {
     assert_eq!(reopened.next_signature_counter(&[1; 16]).unwrap(), 2, "the counter never goes back");
     drop(reopened);
     // The copy is the whole old state, a database of its own.
-    let copy_dir = temp_dir("binding-other-copy");
+    let copy_dir_tmp = temp_dir("binding-other-copy");
+    let copy_dir = copy_dir_tmp.path().to_path_buf();
     fs::copy(&kept, copy_dir.join(DATABASE_FILE)).unwrap();
     let copy = CredentialDatabase::open(&copy_dir, 10).unwrap();
     assert_eq!(copy.credential_count(), 1);
@@ -370,15 +371,14 @@ fn another_key_stores_state_is_set_aside_and_reset() {
     // Tied to the new store from now on.
     let mut again = CredentialDatabase::open(&dir, 10).unwrap();
     assert_eq!(again.bind_key_store(bound_to("tpm", 2), false).unwrap(), Binding::Same);
-    fs::remove_dir_all(dir).unwrap();
-    fs::remove_dir_all(copy_dir).unwrap();
 }
 
 /// authenticatorReset gives the key store new secrets: the passkeys made
 /// after it must survive the next start.
 #[test]
 fn a_reset_state_is_tied_again_at_the_next_start() {
-    let dir = temp_dir("binding-reset");
+    let dir_tmp = temp_dir("binding-reset");
+    let dir = dir_tmp.path().to_path_buf();
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
     store.bind_key_store(bound_to("software", 1), true).unwrap();
     store.save(credential("a.example", b"u1", 1)).unwrap();
@@ -391,17 +391,16 @@ fn a_reset_state_is_tied_again_at_the_next_start() {
     assert_eq!(reopened.credential_count(), 1);
     assert!(reopened.load_state().pin.is_some());
     assert!(files_starting(&dir, "credentials.db.unusable-").is_empty());
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn an_empty_state_just_changes_hands() {
-    let dir = temp_dir("binding-empty");
+    let dir_tmp = temp_dir("binding-empty");
+    let dir = dir_tmp.path().to_path_buf();
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
     store.bind_key_store(bound_to("tpm", 1), true).unwrap();
     assert_eq!(store.bind_key_store(bound_to("tpm", 2), true).unwrap(), Binding::Recorded);
     assert!(files_starting(&dir, "credentials.db.unusable-").is_empty(), "nothing to keep");
-    fs::remove_dir_all(dir).unwrap();
 }
 
 /// States from before bindings (a migrated file without the record): kept
@@ -409,7 +408,8 @@ fn an_empty_state_just_changes_hands() {
 /// start created (it cannot be theirs).
 #[test]
 fn unrecorded_states_follow_whether_the_key_store_is_new() {
-    let dir = temp_dir("binding-legacy");
+    let dir_tmp = temp_dir("binding-legacy");
+    let dir = dir_tmp.path().to_path_buf();
     let one = [credential("a.example", b"u1", 1)];
     migrate::write_legacy_file(&dir, 0, &one, &AuthenticatorState::default(), None);
     let mut store = CredentialDatabase::open(&dir, 10).unwrap();
@@ -425,14 +425,14 @@ fn unrecorded_states_follow_whether_the_key_store_is_new() {
     assert!(matches!(&outcome, Binding::SetAside { previous, .. } if previous.contains("not recorded")), "{outcome:?}");
     assert_eq!(store.credential_count(), 0);
     assert_eq!(files_starting(&dir, "credentials.db.unusable-").len(), 1);
-    fs::remove_dir_all(dir).unwrap();
 }
 
 /// 10,000 discoverable credentials over 1,000 relying parties: all fit,
 /// getInfo's remaining count is the truth, and one rp's lookups see only its own.
 #[test]
 fn ten_thousand_credentials() {
-    let dir = temp_dir("ten-thousand");
+    let dir_tmp = temp_dir("ten-thousand");
+    let dir = dir_tmp.path().to_path_buf();
     let mut store = CredentialDatabase::open(&dir, 10_000).unwrap();
     // One transaction for the fixture (the store's own path commits each).
     let tx = store.connection.transaction().unwrap();
@@ -456,20 +456,16 @@ fn ten_thousand_credentials() {
     assert_eq!(store.remaining_capacity(), 1);
     store.save(credential("new.example", b"u", 1)).unwrap();
     assert_eq!(CredentialDatabase::open(&dir, 20_000).unwrap().remaining_capacity(), 10_000);
-    fs::remove_dir_all(dir).unwrap();
 }
 
 /// A directory on a tmpfs when there is one: the every-offset tests open the
 /// database tens of thousands of times, and its fsyncs are not what they test.
-fn memory_dir(name: &str) -> PathBuf {
+fn memory_dir(name: &str) -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
     if !shm.is_dir() {
         return temp_dir(name);
     }
-    let dir = shm.join(format!("fidoseal-store-test-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    tempfile::Builder::new().prefix(&format!("fidoseal-store-test-{name}-")).tempdir_in(shm).unwrap()
 }
 
 /// A small real database (credentials, a PIN, large blobs), closed so that
@@ -489,7 +485,8 @@ fn small_database(dir: &Path) -> Vec<u8> {
 /// and left exactly as it was.
 #[test]
 fn a_truncated_database_is_refused_at_every_length() {
-    let dir = memory_dir("truncated");
+    let dir_tmp = memory_dir("truncated");
+    let dir = dir_tmp.path().to_path_buf();
     let path = dir.join(DATABASE_FILE);
     let whole = small_database(&dir);
     for length in 0..whole.len() {
@@ -506,7 +503,6 @@ fn a_truncated_database_is_refused_at_every_length() {
     let store = CredentialDatabase::open(&dir, 10).expect("the whole file opens again");
     assert_eq!(store.credential_count(), 2);
     drop(store);
-    fs::remove_dir_all(dir).unwrap();
 }
 
 /// Every byte of the database damaged in turn: never a panic; a refusal
@@ -516,7 +512,8 @@ fn a_truncated_database_is_refused_at_every_length() {
 /// with another key. The figure is printed.)
 #[test]
 fn a_damaged_byte_anywhere_never_panics_and_a_refusal_writes_nothing() {
-    let dir = memory_dir("every-byte");
+    let dir_tmp = memory_dir("every-byte");
+    let dir = dir_tmp.path().to_path_buf();
     let path = dir.join(DATABASE_FILE);
     let whole = small_database(&dir);
     let mut refused = 0;
@@ -533,5 +530,4 @@ fn a_damaged_byte_anywhere_never_panics_and_a_refusal_writes_nothing() {
         }
     }
     eprintln!("{refused} of {} single-byte damages refused at start", whole.len());
-    fs::remove_dir_all(dir).unwrap();
 }

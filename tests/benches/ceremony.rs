@@ -54,17 +54,9 @@ impl Plan {
     fn from_args() -> Self {
         // cargo passes `--bench` (and filters); only `--quick` matters here.
         if std::env::args().skip(1).any(|a| a == "--quick") {
-            Plan {
-                warmup: 3,
-                batches: 3,
-                per_batch: 5,
-            }
+            Plan { warmup: 3, batches: 3, per_batch: 5 }
         } else {
-            Plan {
-                warmup: 50,
-                batches: 9,
-                per_batch: 100,
-            }
+            Plan { warmup: 50, batches: 9, per_batch: 100 }
         }
     }
 
@@ -127,11 +119,7 @@ fn cbor_message(cmd: u8, params: &Value) -> Vec<u8> {
 /// One CTAP2 exchange through the device; returns the whole answer.
 fn ceremony(device: &mut Device, cid: u32, message: &[u8]) -> Vec<u8> {
     let (_, cmd, answer) = device.transact(cid, command::CBOR, message);
-    assert_eq!(
-        (cmd, answer.first()),
-        (command::CBOR, Some(&0)),
-        "the ceremony succeeds"
-    );
+    assert_eq!((cmd, answer.first()), (command::CBOR, Some(&0)), "the ceremony succeeds");
     answer
 }
 
@@ -161,28 +149,20 @@ fn crypto_overhead(plan: &Plan) {
     let store = MemoryCredentialStore::new(100_000);
     let mut device = Device::with_store(AuthenticatorConfig::default(), Box::new(store));
     let cid = device.init();
-    let make_credential = cbor_message(
-        0x01,
-        &requests::make_credential("bench.example", b"bench-user", "bench", vec![]),
-    );
+    let make_credential =
+        cbor_message(0x01, &requests::make_credential("bench.example", b"bench-user", "bench", vec![]));
     let answer = ceremony(&mut device, cid, &make_credential);
-    let registration: Value =
-        ciborium::de::from_reader(&answer[1..]).expect("makeCredential response");
+    let registration: Value = ciborium::de::from_reader(&answer[1..]).expect("makeCredential response");
     let registered = responses::parse_registration(&registration);
-    let get_assertion = cbor_message(
-        0x02,
-        &requests::get_assertion("bench.example", &[&registered.credential_id], vec![]),
-    );
+    let get_assertion =
+        cbor_message(0x02, &requests::get_assertion("bench.example", &[&registered.credential_id], vec![]));
     // Check once that what is measured is a real, valid assertion.
     let answer = ceremony(&mut device, cid, &get_assertion);
     let assertion: Value = ciborium::de::from_reader(&answer[1..]).expect("getAssertion response");
     let auth_data = responses::bytes(responses::get(&assertion, 2));
     let signature = responses::bytes(responses::get(&assertion, 3));
     assert_eq!(auth_data.len() + 32, SIGNED_LEN);
-    assert!(
-        responses::verify(&registered.public_key, &auth_data, &[0x22; 32], &signature),
-        "assertion verifies"
-    );
+    assert!(responses::verify(&registered.public_key, &auth_data, &[0x22; 32], &signature), "assertion verifies");
 
     let key = SigningKey::try_generate().expect("randomness");
     let message = [0x5a_u8; SIGNED_LEN];
@@ -227,10 +207,7 @@ fn crypto_overhead(plan: &Plan) {
         fmt(get),
         fmt(raw_get)
     );
-    println!(
-        "the old signature path (key from scalar + sign): {}, ratio {old_ratio:.2} to a raw sign",
-        fmt(old_path)
-    );
+    println!("the old signature path (key from scalar + sign): {}, ratio {old_ratio:.2} to a raw sign", fmt(old_path));
 }
 
 /// The relying parties of a populated store: `rp0.example` .. `rp{n-1}.example`.

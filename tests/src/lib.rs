@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use ciborium::value::Value;
 use fidoseal_ctap::ctaphid::{self, Action, CtapHid, Packet, BROADCAST_CID};
-use fidoseal_store::CredentialDatabase;
 use fidoseal_ctap::platform::{
-    AuthenticatorState, CredentialStore, RelyingParty, ResidentCredential, StoreError,
-    AllowAll, PolicyDecision, PolicyRequest, PolicyVerdict, PresencePurpose, PresenceRequest, PromptOutcome,
-    Secret32, TransactionSignals, UserPrompt, VerificationOutcome,
+    AllowAll, AuthenticatorState, CredentialStore, PolicyDecision, PolicyRequest, PolicyVerdict, PresencePurpose,
+    PresenceRequest, PromptOutcome, RelyingParty, ResidentCredential, Secret32, StoreError, TransactionSignals,
+    UserPrompt, VerificationOutcome,
 };
 use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 use fidoseal_ctap::{Authenticator, AuthenticatorConfig, Platform, RequestContext};
+use fidoseal_store::CredentialDatabase;
 
 pub mod platform_client;
 pub mod seeds;
@@ -24,6 +24,9 @@ pub mod seeds;
 #[derive(Debug, Clone)]
 pub enum ScriptedVerification {
     Verified,
+    /// Verified, after the user took this long (reported to the
+    /// transaction's signals, as a real prompt's wait is measured).
+    VerifiedAfter(Duration),
     Pin(String),
     Failed,
     Refused(PromptOutcome),
@@ -102,12 +105,16 @@ impl UserPrompt for ScriptedPrompt {
         &mut self,
         request: &PresenceRequest<'_>,
         pin_available: bool,
-        _signals: &TransactionSignals,
+        signals: &TransactionSignals,
     ) -> VerificationOutcome {
         self.verifications_asked.lock().unwrap().push((request.purpose, pin_available));
         let answer = self.verifications.lock().unwrap().as_mut().and_then(VecDeque::pop_front);
         match answer {
             Some(ScriptedVerification::Verified) => VerificationOutcome::Verified,
+            Some(ScriptedVerification::VerifiedAfter(took)) => {
+                signals.add_time_with_user(took);
+                VerificationOutcome::Verified
+            }
             Some(ScriptedVerification::Pin(pin)) => VerificationOutcome::Pin(pin.into()),
             Some(ScriptedVerification::Failed) => VerificationOutcome::Failed,
             Some(ScriptedVerification::Refused(outcome)) => VerificationOutcome::NotVerified(outcome),
@@ -189,8 +196,9 @@ pub fn software_platform(prompt: Box<dyn UserPrompt>, policy: Box<dyn PolicyDeci
 /// directory of its own, removed on drop: the in-process suites run on the
 /// store the daemon uses.
 pub struct TemporaryDatabase {
+    // Closed before its directory goes (fields drop in this order).
     database: Option<CredentialDatabase>,
-    dir: std::path::PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl TemporaryDatabase {
@@ -200,17 +208,14 @@ impl TemporaryDatabase {
 
     /// In a new directory under `parent` (the benchmark uses a tmpfs).
     pub fn new_in(parent: &std::path::Path, capacity: usize) -> Self {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = parent.join(format!("fidoseal-tests-store-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a temporary directory");
-        let database = CredentialDatabase::open(&dir, capacity).expect("a new credential database");
+        let dir =
+            tempfile::Builder::new().prefix("fidoseal-tests-store-").tempdir_in(parent).expect("a temporary directory");
+        let database = CredentialDatabase::open(dir.path(), capacity).expect("a new credential database");
         Self { database: Some(database), dir }
     }
 
     pub fn dir(&self) -> &std::path::Path {
-        &self.dir
+        self.dir.path()
     }
 
     fn db(&self) -> &CredentialDatabase {
@@ -219,13 +224,6 @@ impl TemporaryDatabase {
 
     fn db_mut(&mut self) -> &mut CredentialDatabase {
         self.database.as_mut().expect("open until dropped")
-    }
-}
-
-impl Drop for TemporaryDatabase {
-    fn drop(&mut self) {
-        self.database = None;
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -305,6 +303,20 @@ impl Device {
         let now = Instant::now();
         let mut platform = software_platform(Box::new(prompt.clone()), Box::new(denied_rps.clone()), 0);
         platform.credentials = credentials;
+        let authenticator = Authenticator::new(config, platform, now);
+        let hid = CtapHid::new(authenticator.device_version(), 0x1000);
+        Self { hid, authenticator, prompt, denied_rps, now }
+    }
+
+    /// A device over the key store `keystore` (a store without a machine
+    /// attestation key, a failing one).
+    pub fn with_keystore(config: AuthenticatorConfig, keystore: Box<dyn fidoseal_ctap::platform::KeyStore>) -> Self {
+        let prompt = ScriptedPrompt::approving();
+        let denied_rps = DenyList::default();
+        let now = Instant::now();
+        let mut platform = software_platform(Box::new(prompt.clone()), Box::new(denied_rps.clone()), 0);
+        platform.credentials = Box::new(TemporaryDatabase::new(50));
+        platform.keystore = keystore;
         let authenticator = Authenticator::new(config, platform, now);
         let hid = CtapHid::new(authenticator.device_version(), 0x1000);
         Self { hid, authenticator, prompt, denied_rps, now }

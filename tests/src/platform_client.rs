@@ -362,11 +362,8 @@ pub fn pin_hash(pin: &[u8]) -> [u8; 16] {
 }
 
 fn client_pin_map(ss: &SharedSecret, subcommand: u8, mut extra: Vec<(i64, Value)>) -> Value {
-    let mut entries = vec![
-        (1, Value::from(ss.protocol.id())),
-        (2, Value::from(subcommand)),
-        (3, ss.platform_key.clone()),
-    ];
+    let mut entries =
+        vec![(1, Value::from(ss.protocol.id())), (2, Value::from(subcommand)), (3, ss.platform_key.clone())];
     entries.append(&mut extra);
     int_map(entries)
 }
@@ -485,11 +482,7 @@ pub fn get_pin_retries(d: &mut Device, cid: u32) -> (u64, Option<bool>) {
 pub fn hmac_secret_input(ss: &SharedSecret, salts: &[u8], send_protocol: bool) -> Value {
     let salt_enc = ss.encrypt(salts);
     let salt_auth = ss.authenticate(&salt_enc);
-    let mut entries = vec![
-        (1, ss.platform_key.clone()),
-        (2, Value::Bytes(salt_enc)),
-        (3, Value::Bytes(salt_auth)),
-    ];
+    let mut entries = vec![(1, ss.platform_key.clone()), (2, Value::Bytes(salt_enc)), (3, Value::Bytes(salt_auth))];
     if send_protocol {
         entries.push((4, Value::from(ss.protocol.id())));
     }
@@ -703,10 +696,7 @@ mod tests {
         let salt = hex("000102030405060708090a0b0c");
         let info = hex("f0f1f2f3f4f5f6f7f8f9");
         let okm = hkdf_sha256(&salt, &ikm, &info, 42);
-        assert_eq!(
-            okm,
-            hex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865")
-        );
+        assert_eq!(okm, hex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"));
         // And the PRK of the same test case, through the extract step alone.
         assert_eq!(
             hmac_sha256(&salt, &ikm).to_vec(),
@@ -716,8 +706,7 @@ mod tests {
 
     #[test]
     fn aes256_cbc_matches_nist_sp800_38a_f_2_5() {
-        let key: [u8; 32] =
-            hex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4").try_into().unwrap();
+        let key: [u8; 32] = hex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4").try_into().unwrap();
         let iv: [u8; 16] = hex("000102030405060708090a0b0c0d0e0f").try_into().unwrap();
         let plaintext = hex("6bc1bee22e409f96e93d7e117393172a ae2d8a571e03ac9c9eb76fac45af8e51");
         let ciphertext = hex("f58c4c04d6e5f1ba779eabfb5f7bfbd6 9cfc4e967edb808d679f777bc6702c7d");
@@ -792,10 +781,6 @@ mod tests {
 
     #[test]
     fn empty_large_blob_array_serializes_to_the_spec_value() {
-        assert_eq!(
-            serialized_large_blob_array(&Value::Array(vec![])),
-            hex("8076be8b528d0075f7aae98d6fa57a6d3c")
-        );
+        assert_eq!(serialized_large_blob_array(&Value::Array(vec![])), hex("8076be8b528d0075f7aae98d6fa57a6d3c"));
     }
 }
-

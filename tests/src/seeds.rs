@@ -24,7 +24,7 @@ fn dir(target: &str) -> Option<PathBuf> {
 
 fn write_named_by_content(target: &str, input: &[u8]) {
     let Some(dir) = dir(target) else { return };
-    let name: String = Sha256::digest(input).iter().take(10).map(|b| format!("{b:02x}")).collect();
+    let name = hex::encode(&Sha256::digest(input)[..10]);
     let _ = std::fs::write(dir.join(name), input);
 }
 

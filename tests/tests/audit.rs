@@ -13,13 +13,9 @@ fn kinds(events: &[AuditEvent]) -> Vec<(AuditKind, AuditDecision)> {
     events.iter().map(|e| (e.kind, e.decision)).collect()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Nothing in an event holds `secret` (bytes, as hex or as text).
 fn assert_nowhere(events: &[AuditEvent], secret: &[u8]) {
-    let hex = hex(secret);
+    let hex = hex::encode(secret);
     let text = String::from_utf8_lossy(secret).into_owned();
     for event in events {
         let line = format!("{event:?} {}", event.summary());

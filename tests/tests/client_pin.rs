@@ -21,8 +21,8 @@ use fidoseal_tests::platform_client::{
 };
 use fidoseal_tests::requests::{self, int_map, text_map};
 use fidoseal_tests::responses::{self, get, get_text};
-use fidoseal_tests::{DenyList, Device, ScriptedPrompt};
 use fidoseal_tests::status as st;
+use fidoseal_tests::{DenyList, Device, ScriptedPrompt};
 
 const RP: &str = "example.com";
 const OTHER_RP: &str = "other.example";
@@ -63,7 +63,14 @@ fn token(d: &mut Device, cid: u32, protocol: Protocol, permissions: u8, rp: Opti
     pc::get_pin_uv_auth_token_with_permissions(d, cid, protocol, PIN, permissions, rp).expect("pinUvAuthToken")
 }
 
-fn make_credential(d: &mut Device, cid: u32, rp: &str, user_id: &[u8], rk: bool, extra: Vec<(i64, Value)>) -> (u8, Option<Value>) {
+fn make_credential(
+    d: &mut Device,
+    cid: u32,
+    rp: &str,
+    user_id: &[u8],
+    rk: bool,
+    extra: Vec<(i64, Value)>,
+) -> (u8, Option<Value>) {
     let mut extra = extra;
     if rk {
         extra.push(requests::rk());
@@ -120,7 +127,7 @@ fn get_key_agreement_is_a_cose_p256_ecdh_key_for_both_protocols() {
         assert_eq!(responses::bytes(get(&key, -2)).len(), 32);
         assert_eq!(responses::bytes(get(&key, -3)).len(), 32);
         pc::parse_cose_p256(&key); // a point on the curve
-        // Stable until something regenerates it.
+                                   // Stable until something regenerates it.
         assert_eq!(pc::get_key_agreement(&mut d, cid, protocol).1, Some(key));
     }
 }
@@ -619,7 +626,12 @@ fn client_pin_parameters_of_the_wrong_cbor_type_are_unexpected_type() {
             ),
             (
                 "keyAgreement bytes",
-                int_map(vec![(1, p.clone()), (2, Value::from(5)), (3, Value::Bytes(vec![4; 65])), (6, hash_enc.clone())]),
+                int_map(vec![
+                    (1, p.clone()),
+                    (2, Value::from(5)),
+                    (3, Value::Bytes(vec![4; 65])),
+                    (6, hash_enc.clone()),
+                ]),
             ),
             ("parameters not a map", Value::Array(vec![p.clone(), Value::from(1)])),
         ];
@@ -652,7 +664,12 @@ fn a_valid_token_sets_the_uv_flag_in_make_credential_and_get_assertion() {
         let body = body.unwrap();
         let ad_bytes = responses::bytes(get(&body, 2));
         assert_eq!(parse_auth_data(&ad_bytes).flags, AuthData::UP | AuthData::UV);
-        assert!(responses::verify(&reg.public_key, &ad_bytes, &pc::GA_CLIENT_DATA_HASH, &responses::bytes(get(&body, 3))));
+        assert!(responses::verify(
+            &reg.public_key,
+            &ad_bytes,
+            &pc::GA_CLIENT_DATA_HASH,
+            &responses::bytes(get(&body, 3))
+        ));
     }
 }
 
@@ -830,11 +847,20 @@ fn zero_length_pin_uv_auth_param_asks_for_a_touch_then_tells_whether_a_pin_is_se
         let (mut d, cid) = if pin_set { device_with_pin(Protocol::Two) } else { device() };
         let want = if pin_set { st::PIN_INVALID } else { st::PIN_NOT_SET };
         let probes: Vec<(u8, Value)> = vec![
-            (command::MAKE_CREDENTIAL, requests::make_credential(RP, b"u1", "alice", vec![(8, Value::Bytes(vec![])), (9, Value::from(2))])),
-            (command::MAKE_CREDENTIAL, requests::make_credential(RP, b"u1", "alice", vec![(8, Value::Bytes(vec![])), (9, Value::from(1))])),
+            (
+                command::MAKE_CREDENTIAL,
+                requests::make_credential(RP, b"u1", "alice", vec![(8, Value::Bytes(vec![])), (9, Value::from(2))]),
+            ),
+            (
+                command::MAKE_CREDENTIAL,
+                requests::make_credential(RP, b"u1", "alice", vec![(8, Value::Bytes(vec![])), (9, Value::from(1))]),
+            ),
             // Before the protocol is even looked at (§6.1.2 step 1 precedes step 2).
             (command::MAKE_CREDENTIAL, requests::make_credential(RP, b"u1", "alice", vec![(8, Value::Bytes(vec![]))])),
-            (command::GET_ASSERTION, requests::get_assertion(RP, &[], vec![(6, Value::Bytes(vec![])), (7, Value::from(2))])),
+            (
+                command::GET_ASSERTION,
+                requests::get_assertion(RP, &[], vec![(6, Value::Bytes(vec![])), (7, Value::from(2))]),
+            ),
             (command::GET_ASSERTION, requests::get_assertion(RP, &[], vec![(6, Value::Bytes(vec![]))])),
         ];
         for (i, (cmd, params)) in probes.into_iter().enumerate() {

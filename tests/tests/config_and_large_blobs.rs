@@ -4,12 +4,12 @@
 //! platform client, for both PIN/UV auth protocols.
 
 use ciborium::value::Value;
+use fidoseal_tests::platform_client::config_subcommand as sub;
 use fidoseal_tests::platform_client::{self as pc, command, ga_auth, mc_auth, permission, PinToken, Protocol};
 use fidoseal_tests::requests::{self, int_map, text_map};
 use fidoseal_tests::responses::{self, get, get_text};
-use fidoseal_tests::Device;
-use fidoseal_tests::platform_client::config_subcommand as sub;
 use fidoseal_tests::status as st;
+use fidoseal_tests::Device;
 
 const RP: &str = "example.com";
 const PIN: &str = "123456";
@@ -113,10 +113,7 @@ fn with_a_pin_config_needs_an_acfg_token() {
             entries[0].1 = Value::from(sub::SET_MIN_PIN_LENGTH);
         }
         assert_eq!(d.ctap(cid, command::CONFIG, Some(request)).0, st::PIN_AUTH_INVALID);
-        let without_protocol = int_map(vec![
-            (1, Value::from(sub::TOGGLE_ALWAYS_UV)),
-            (4, Value::Bytes(t.param(&[0]))),
-        ]);
+        let without_protocol = int_map(vec![(1, Value::from(sub::TOGGLE_ALWAYS_UV)), (4, Value::Bytes(t.param(&[0])))]);
         assert_eq!(d.ctap(cid, command::CONFIG, Some(without_protocol)).0, 0x14, "MISSING_PARAMETER");
         assert_eq!(info_option(&get_info(&mut d, cid), "alwaysUv"), Some(false));
 
@@ -146,7 +143,10 @@ fn set_min_pin_length_only_raises_the_minimum() {
         assert_eq!(config(&mut d, cid, Some(&t), sub::SET_MIN_PIN_LENGTH, Some(min_length_params(6))), st::OK);
         assert_eq!(min_pin_length(&mut d, cid), 6);
         assert_eq!(force_pin_change(&mut d, cid), Some(false), "the 6-digit PIN is long enough");
-        assert_eq!(config(&mut d, cid, Some(&t), sub::SET_MIN_PIN_LENGTH, Some(min_length_params(5))), st::PIN_POLICY_VIOLATION);
+        assert_eq!(
+            config(&mut d, cid, Some(&t), sub::SET_MIN_PIN_LENGTH, Some(min_length_params(5))),
+            st::PIN_POLICY_VIOLATION
+        );
         assert_eq!(min_pin_length(&mut d, cid), 6);
         // The new minimum applies to new PINs.
         assert_eq!(pc::change_pin(&mut d, cid, protocol, PIN, "12345"), st::PIN_POLICY_VIOLATION);
@@ -166,7 +166,8 @@ fn force_change_pin_blocks_tokens_until_the_pin_really_changes() {
         // The right PIN gets PIN_INVALID (§6.5.5.7; python-fido2's
         // test_force_pin_change expects the same), and costs no retry.
         assert_eq!(pc::get_pin_token(&mut d, cid, protocol, PIN).err(), Some(st::PIN_INVALID));
-        let with_permissions = pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, protocol, PIN, permission::GA, None);
+        let with_permissions =
+            pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, protocol, PIN, permission::GA, None);
         assert_eq!(with_permissions.err(), Some(st::PIN_INVALID));
         assert_eq!(pc::get_pin_retries(&mut d, cid).0, 8);
         // Tokens issued before are void too.
@@ -207,7 +208,10 @@ fn more_than_eight_min_pin_length_rp_ids_is_invalid_length() {
     let (mut d, cid) = device();
     assert_eq!(get(&get_info(&mut d, cid), 0x10), Some(&Value::from(8)), "maxRPIDsForSetMinPINLength");
     let ids = |n: usize| Value::Array((0..n).map(|i| Value::from(format!("rp{i}.example"))).collect());
-    assert_eq!(config(&mut d, cid, None, sub::SET_MIN_PIN_LENGTH, Some(int_map(vec![(2, ids(9))]))), st::INVALID_LENGTH);
+    assert_eq!(
+        config(&mut d, cid, None, sub::SET_MIN_PIN_LENGTH, Some(int_map(vec![(2, ids(9))]))),
+        st::INVALID_LENGTH
+    );
     assert_eq!(config(&mut d, cid, None, sub::SET_MIN_PIN_LENGTH, Some(int_map(vec![(2, ids(8))]))), st::OK);
 }
 
@@ -291,7 +295,11 @@ fn the_initial_large_blob_array_is_the_empty_array_and_its_hash() {
     assert_eq!(responses::bytes(get(&body.unwrap(), 1)), Vec::<u8>::new());
     assert_eq!(large_blobs(&mut d, cid, pc::large_blobs_get(10, 18)).0, st::INVALID_PARAMETER, "offset past the end");
     let over = (MAX_FRAGMENT + 1) as u64;
-    assert_eq!(large_blobs(&mut d, cid, pc::large_blobs_get(over, 0)).0, st::INVALID_LENGTH, "more than maxFragmentLength");
+    assert_eq!(
+        large_blobs(&mut d, cid, pc::large_blobs_get(over, 0)).0,
+        st::INVALID_LENGTH,
+        "more than maxFragmentLength"
+    );
     let set_over = pc::large_blobs_set(None, &vec![0; MAX_FRAGMENT + 1], 0, Some(4096));
     assert_eq!(large_blobs(&mut d, cid, set_over).0, st::INVALID_LENGTH, "a set fragment over maxFragmentLength");
     assert_eq!(large_blobs(&mut d, cid, pc::large_blobs_get(MAX_FRAGMENT as u64, 0)).0, st::OK);
@@ -334,7 +342,10 @@ fn fragments_out_of_sequence_are_invalid_seq() {
         let (first, second) = array.split_at(50);
         // A continuation with nothing begun.
         assert_eq!(large_blobs(&mut d, cid, pc::large_blobs_set(Some(&t), second, 50, None)).0, st::INVALID_SEQ);
-        assert_eq!(large_blobs(&mut d, cid, pc::large_blobs_set(Some(&t), first, 0, Some(array.len() as u64))).0, st::OK);
+        assert_eq!(
+            large_blobs(&mut d, cid, pc::large_blobs_set(Some(&t), first, 0, Some(array.len() as u64))).0,
+            st::OK
+        );
         // Skipping ahead, or repeating.
         assert_eq!(large_blobs(&mut d, cid, pc::large_blobs_set(Some(&t), &second[1..], 51, None)).0, st::INVALID_SEQ);
         assert_eq!(large_blobs(&mut d, cid, pc::large_blobs_set(Some(&t), second, 49, None)).0, st::INVALID_SEQ);
@@ -344,11 +355,45 @@ fn fragments_out_of_sequence_are_invalid_seq() {
     }
 }
 
+/// A write in fragments is one pending operation (§6.10.3): another
+/// channel's fragment, or one more than 30 seconds after the last, does not
+/// continue it, and the array stays as it was.
+#[test]
+fn a_write_continues_only_on_its_channel_and_within_30_seconds() {
+    let protocol = Protocol::Two;
+    let (mut d, cid) = device_with_pin(protocol);
+    let other = d.init();
+    let array = sample_array(100);
+    let (first, second) = array.split_at(50);
+    // One token for all: getting one is a command of its own, which ends a write.
+    let t = token(&mut d, cid, protocol, permission::LBW);
+    let begin = |d: &mut Device| {
+        let status = large_blobs(d, cid, pc::large_blobs_set(Some(&t), first, 0, Some(array.len() as u64))).0;
+        assert_eq!(status, st::OK);
+    };
+    let finish = |d: &mut Device, on: u32| large_blobs(d, on, pc::large_blobs_set(Some(&t), second, 50, None)).0;
+
+    begin(&mut d);
+    assert_eq!(finish(&mut d, other), st::INVALID_SEQ, "another channel");
+    assert_eq!(read_array(&mut d, cid), hex(EMPTY_ARRAY));
+    begin(&mut d);
+    d.advance(std::time::Duration::from_secs(31));
+    assert_eq!(finish(&mut d, cid), st::INVALID_SEQ, "after 31 s");
+    assert_eq!(read_array(&mut d, cid), hex(EMPTY_ARRAY));
+    begin(&mut d);
+    d.advance(std::time::Duration::from_secs(29));
+    assert_eq!(finish(&mut d, cid), st::OK, "within 30 s");
+    assert_eq!(read_array(&mut d, cid), array);
+}
+
 #[test]
 fn a_length_over_4096_is_large_blob_storage_full() {
     let (mut d, cid) = device();
     assert_eq!(get(&get_info(&mut d, cid), 0x0B), Some(&Value::from(4096)), "maxSerializedLargeBlobArray");
-    assert_eq!(large_blobs(&mut d, cid, pc::large_blobs_set(None, &[0; 16], 0, Some(4097))).0, st::LARGE_BLOB_STORAGE_FULL);
+    assert_eq!(
+        large_blobs(&mut d, cid, pc::large_blobs_set(None, &[0; 16], 0, Some(4097))).0,
+        st::LARGE_BLOB_STORAGE_FULL
+    );
     // Exactly 4096 fits.
     let body = Value::Array(vec![Value::Bytes(vec![7; 4096 - 16 - 1 - 3])]);
     let array = pc::serialized_large_blob_array(&body);
@@ -431,11 +476,15 @@ fn reset_clears_the_pin_the_config_and_the_large_blobs() {
         let array = sample_array(64);
         assert_eq!(write_in_two(&mut d, cid, Some(&t), &array), (st::OK, st::OK));
         assert_eq!(config(&mut d, cid, Some(&t), sub::SET_MIN_PIN_LENGTH, Some(min_length_params(6))), st::OK);
-        let (_, body) = d.ctap(cid, command::MAKE_CREDENTIAL, Some(requests::make_credential(RP, b"u", "a", {
-            let mut e = mc_auth(&t);
-            e.push(requests::rk());
-            e
-        })));
+        let (_, body) = d.ctap(
+            cid,
+            command::MAKE_CREDENTIAL,
+            Some(requests::make_credential(RP, b"u", "a", {
+                let mut e = mc_auth(&t);
+                e.push(requests::rk());
+                e
+            })),
+        );
         let id = responses::parse_registration(&body.unwrap()).credential_id;
 
         assert_eq!(d.ctap(cid, command::RESET, None).0, st::OK);

@@ -7,8 +7,8 @@ use ciborium::value::Value;
 use fidoseal_tests::platform_client::{self as pc, command, ga_auth, mc_auth, permission, PinToken, Protocol};
 use fidoseal_tests::requests::{self, int_map, text_map};
 use fidoseal_tests::responses::{self, get, get_text};
-use fidoseal_tests::Device;
 use fidoseal_tests::status as st;
+use fidoseal_tests::Device;
 use p256::ecdsa::VerifyingKey;
 
 /// credMgmt subcommands (§6.8).
@@ -33,15 +33,18 @@ struct Cred {
 }
 
 fn user(id: &[u8], name: &str, display: &str) -> Value {
-    text_map(&[
-        ("displayName", Value::from(display)),
-        ("id", Value::Bytes(id.to_vec())),
-        ("name", Value::from(name)),
-    ])
+    text_map(&[("displayName", Value::from(display)), ("id", Value::Bytes(id.to_vec())), ("name", Value::from(name))])
 }
 
 /// A discoverable credential, made with an mc token of its own.
-fn make_rk(d: &mut Device, cid: u32, protocol: Protocol, rp: &str, user_entity: Value, extra: Vec<(i64, Value)>) -> Cred {
+fn make_rk(
+    d: &mut Device,
+    cid: u32,
+    protocol: Protocol,
+    rp: &str,
+    user_entity: Value,
+    extra: Vec<(i64, Value)>,
+) -> Cred {
     let t = pc::get_pin_uv_auth_token_with_permissions(d, cid, protocol, PIN, permission::MC, Some(rp)).unwrap();
     let mut params = vec![
         (1, Value::Bytes(pc::MC_CLIENT_DATA_HASH.to_vec())),
@@ -83,7 +86,13 @@ fn cm_token(d: &mut Device, cid: u32, protocol: Protocol, rp: Option<&str>) -> P
     pc::get_pin_uv_auth_token_with_permissions(d, cid, protocol, PIN, permission::CM, rp).unwrap()
 }
 
-fn cm(d: &mut Device, cid: u32, token: Option<&PinToken>, sub_command: u8, params: Option<Value>) -> (u8, Option<Value>) {
+fn cm(
+    d: &mut Device,
+    cid: u32,
+    token: Option<&PinToken>,
+    sub_command: u8,
+    params: Option<Value>,
+) -> (u8, Option<Value>) {
     d.ctap(cid, command::CREDENTIAL_MANAGEMENT, Some(pc::cred_mgmt_request(token, sub_command, params)))
 }
 
@@ -152,6 +161,41 @@ fn get_next_without_begin_or_after_another_command_is_not_allowed() {
     assert_eq!(cm(&mut d, cid, None, sub::ENUMERATE_RPS_GET_NEXT_RP, None).0, st::NOT_ALLOWED);
 }
 
+/// An enumeration is one pending operation (CTAP 2.1 §6.8.3, §6.8.5): only
+/// its own channel continues it, and only within 30 seconds of its last step.
+#[test]
+fn an_enumeration_continues_only_on_its_channel_and_within_30_seconds() {
+    let protocol = Protocol::Two;
+    let (mut d, cid, _) = populated(protocol);
+    let other = d.init();
+    let rps_begin = |d: &mut Device| {
+        let t = cm_token(d, cid, protocol, None);
+        assert_eq!(cm(d, cid, Some(&t), sub::ENUMERATE_RPS_BEGIN, None).0, st::OK);
+    };
+    let creds_begin = |d: &mut Device| {
+        let t = cm_token(d, cid, protocol, None);
+        let params = Some(rp_hash_params(RP_A));
+        assert_eq!(cm(d, cid, Some(&t), sub::ENUMERATE_CREDENTIALS_BEGIN, params).0, st::OK);
+    };
+
+    rps_begin(&mut d);
+    assert_eq!(cm(&mut d, other, None, sub::ENUMERATE_RPS_GET_NEXT_RP, None).0, st::NOT_ALLOWED, "another channel");
+    assert_eq!(cm(&mut d, cid, None, sub::ENUMERATE_RPS_GET_NEXT_RP, None).0, st::NOT_ALLOWED, "ended for its own too");
+    creds_begin(&mut d);
+    assert_eq!(cm(&mut d, other, None, sub::ENUMERATE_CREDENTIALS_GET_NEXT_CREDENTIAL, None).0, st::NOT_ALLOWED);
+
+    rps_begin(&mut d);
+    d.advance(std::time::Duration::from_secs(31));
+    assert_eq!(cm(&mut d, cid, None, sub::ENUMERATE_RPS_GET_NEXT_RP, None).0, st::NOT_ALLOWED, "after 31 s");
+    creds_begin(&mut d);
+    d.advance(std::time::Duration::from_secs(31));
+    assert_eq!(cm(&mut d, cid, None, sub::ENUMERATE_CREDENTIALS_GET_NEXT_CREDENTIAL, None).0, st::NOT_ALLOWED);
+
+    rps_begin(&mut d);
+    d.advance(std::time::Duration::from_secs(29));
+    assert_eq!(cm(&mut d, cid, None, sub::ENUMERATE_RPS_GET_NEXT_RP, None).0, st::OK, "within 30 s");
+}
+
 #[test]
 fn enumerate_credentials_returns_user_id_key_and_cred_protect() {
     for protocol in Protocol::BOTH {
@@ -167,10 +211,7 @@ fn enumerate_credentials_returns_user_id_key_and_cred_protect() {
         assert_eq!(get(&second, 9), None);
         assert_eq!(cm(&mut d, cid, None, sub::ENUMERATE_CREDENTIALS_GET_NEXT_CREDENTIAL, None).0, st::NOT_ALLOWED);
 
-        let expected = [
-            (&creds[0], user(b"a-1", "alice", "Alice A"), 1),
-            (&creds[1], user(b"a-2", "bob", "Bob A"), 2),
-        ];
+        let expected = [(&creds[0], user(b"a-1", "alice", "Alice A"), 1), (&creds[1], user(b"a-2", "bob", "Bob A"), 2)];
         let mut found = 0;
         for answer in [&first, &second] {
             let id = responses::bytes(get_text(get(answer, 7).unwrap(), "id"));
@@ -193,7 +234,8 @@ fn enumerate_credentials_returns_user_id_key_and_cred_protect() {
             sec1.extend(responses::bytes(get(cose, -3)));
             let key = VerifyingKey::from_sec1_bytes(&sec1).unwrap();
             assert_eq!(key, cred.key);
-            let (status, body) = d.ctap(cid, command::GET_ASSERTION, Some(requests::get_assertion(RP_A, &[&id], vec![])));
+            let (status, body) =
+                d.ctap(cid, command::GET_ASSERTION, Some(requests::get_assertion(RP_A, &[&id], vec![])));
             assert_eq!(status, st::OK);
             let body = body.unwrap();
             let ad = responses::bytes(get(&body, 2));
@@ -212,7 +254,10 @@ fn delete_credential_removes_it() {
         let (status, _) =
             d.ctap(cid, command::GET_ASSERTION, Some(requests::get_assertion(RP_B, &[&creds[2].id], vec![])));
         assert_eq!(status, st::NO_CREDENTIALS);
-        assert_eq!(d.ctap(cid, command::GET_ASSERTION, Some(requests::get_assertion(RP_B, &[], vec![]))).0, st::NO_CREDENTIALS);
+        assert_eq!(
+            d.ctap(cid, command::GET_ASSERTION, Some(requests::get_assertion(RP_B, &[], vec![]))).0,
+            st::NO_CREDENTIALS
+        );
         let (_, body) = cm(&mut d, cid, Some(&t), sub::GET_CREDS_METADATA, None);
         assert_eq!(int(get(&body.unwrap(), 1)), 2);
         // Deleting it again: it is gone.
@@ -230,14 +275,13 @@ fn update_user_information_changes_name_and_display_name() {
     for protocol in Protocol::BOTH {
         let (mut d, cid, creds) = populated(protocol);
         let t = cm_token(&mut d, cid, protocol, None);
-        let params = int_map(vec![
-            (2, requests::descriptor(&creds[0].id)),
-            (3, user(b"a-1", "alice.new", "Alice Renamed")),
-        ]);
+        let params =
+            int_map(vec![(2, requests::descriptor(&creds[0].id)), (3, user(b"a-1", "alice.new", "Alice Renamed"))]);
         assert_eq!(cm(&mut d, cid, Some(&t), sub::UPDATE_USER_INFORMATION, Some(params)).0, st::OK);
 
         // Seen by a getAssertion with UV.
-        let ga = pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, protocol, PIN, permission::GA, Some(RP_A)).unwrap();
+        let ga =
+            pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, protocol, PIN, permission::GA, Some(RP_A)).unwrap();
         let request = requests::get_assertion(RP_A, &[&creds[0].id], ga_auth(&ga));
         let (status, body) = d.ctap(cid, command::GET_ASSERTION, Some(request));
         assert_eq!(status, st::OK);
@@ -255,10 +299,8 @@ fn update_user_information_changes_name_and_display_name() {
         let (_, body) = cm(&mut d, cid, Some(&t), sub::ENUMERATE_CREDENTIALS_BEGIN, Some(rp_hash_params(RP_A)));
         let mut answers = vec![body.unwrap()];
         answers.push(cm(&mut d, cid, None, sub::ENUMERATE_CREDENTIALS_GET_NEXT_CREDENTIAL, None).1.unwrap());
-        let updated = answers
-            .iter()
-            .find(|a| responses::bytes(get_text(get(a, 7).unwrap(), "id")) == creds[0].id)
-            .unwrap();
+        let updated =
+            answers.iter().find(|a| responses::bytes(get_text(get(a, 7).unwrap(), "id")) == creds[0].id).unwrap();
         assert_eq!(get(updated, 6), Some(&text_map(&[("id", Value::Bytes(b"a-1".to_vec()))])));
 
         // Another user's id is refused.
@@ -273,9 +315,13 @@ fn missing_pin_uv_auth_param_is_puat_required_and_missing_protocol_is_missing_pa
         let (mut d, cid, creds) = populated(protocol);
         assert_eq!(cm(&mut d, cid, None, sub::GET_CREDS_METADATA, None).0, st::PUAT_REQUIRED);
         assert_eq!(cm(&mut d, cid, None, sub::ENUMERATE_RPS_BEGIN, None).0, st::PUAT_REQUIRED);
-        assert_eq!(cm(&mut d, cid, None, sub::DELETE_CREDENTIAL, Some(descriptor_params(&creds[0].id))).0, st::PUAT_REQUIRED);
+        assert_eq!(
+            cm(&mut d, cid, None, sub::DELETE_CREDENTIAL, Some(descriptor_params(&creds[0].id))).0,
+            st::PUAT_REQUIRED
+        );
         let t = cm_token(&mut d, cid, protocol, None);
-        let without_protocol = int_map(vec![(1, Value::from(sub::GET_CREDS_METADATA)), (4, Value::Bytes(t.param(&[1])))]);
+        let without_protocol =
+            int_map(vec![(1, Value::from(sub::GET_CREDS_METADATA)), (4, Value::Bytes(t.param(&[1])))]);
         assert_eq!(d.ctap(cid, command::CREDENTIAL_MANAGEMENT, Some(without_protocol)).0, st::MISSING_PARAMETER);
     }
 }
@@ -299,7 +345,8 @@ fn a_token_without_cm_or_a_wrong_param_is_pin_auth_invalid() {
 
         // A cm token over the wrong message: another subcommand's parameters.
         let t = cm_token(&mut d, cid, protocol, None);
-        let mut request = pc::cred_mgmt_request(Some(&t), sub::DELETE_CREDENTIAL, Some(descriptor_params(&creds[0].id)));
+        let mut request =
+            pc::cred_mgmt_request(Some(&t), sub::DELETE_CREDENTIAL, Some(descriptor_params(&creds[0].id)));
         if let Value::Map(entries) = &mut request {
             for (k, v) in entries.iter_mut() {
                 if *k == Value::from(2) {
@@ -322,7 +369,10 @@ fn an_rp_bound_token_manages_only_that_rp() {
         assert_eq!(cm(&mut d, cid, Some(&t), sub::ENUMERATE_RPS_BEGIN, None).0, st::PIN_AUTH_INVALID);
         let (status, _) = cm(&mut d, cid, Some(&t), sub::ENUMERATE_CREDENTIALS_BEGIN, Some(rp_hash_params(RP_B)));
         assert_eq!(status, st::PIN_AUTH_INVALID);
-        assert_eq!(cm(&mut d, cid, Some(&t), sub::DELETE_CREDENTIAL, Some(descriptor_params(&creds[2].id))).0, st::PIN_AUTH_INVALID);
+        assert_eq!(
+            cm(&mut d, cid, Some(&t), sub::DELETE_CREDENTIAL, Some(descriptor_params(&creds[2].id))).0,
+            st::PIN_AUTH_INVALID
+        );
         let (status, body) = cm(&mut d, cid, Some(&t), sub::ENUMERATE_CREDENTIALS_BEGIN, Some(rp_hash_params(RP_A)));
         assert_eq!(status, st::OK);
         assert_eq!(int(get(&body.unwrap(), 9)), 2);
@@ -344,7 +394,10 @@ fn without_credentials_enumeration_is_no_credentials_and_metadata_counts_zero() 
         assert_eq!(cm(&mut d, cid, Some(&t), sub::ENUMERATE_RPS_BEGIN, None).0, st::NO_CREDENTIALS);
         let (status, _) = cm(&mut d, cid, Some(&t), sub::ENUMERATE_CREDENTIALS_BEGIN, Some(rp_hash_params(RP_A)));
         assert_eq!(status, st::NO_CREDENTIALS);
-        assert_eq!(cm(&mut d, cid, Some(&t), sub::DELETE_CREDENTIAL, Some(descriptor_params(&[7; 16]))).0, st::NO_CREDENTIALS);
+        assert_eq!(
+            cm(&mut d, cid, Some(&t), sub::DELETE_CREDENTIAL, Some(descriptor_params(&[7; 16]))).0,
+            st::NO_CREDENTIALS
+        );
     }
 }
 

@@ -154,7 +154,11 @@ impl Reply {
 fn check_shape(data: &[u8]) -> Result<Option<Value>, String> {
     let (&status, rest) = data.split_first().ok_or("empty CTAP2 response")?;
     if status != st::OK {
-        return if rest.is_empty() { Ok(None) } else { Err(format!("error {status:#04x} followed by {} bytes", rest.len())) };
+        return if rest.is_empty() {
+            Ok(None)
+        } else {
+            Err(format!("error {status:#04x} followed by {} bytes", rest.len()))
+        };
     }
     if rest.is_empty() {
         return Ok(None);
@@ -314,7 +318,11 @@ fn options(entries: &[(&str, bool)]) -> Value {
 fn check_assertion(body: &Value, rp: &str, id: &[u8], key: &VerifyingKey, flags: u8) -> u32 {
     let credential = at(body, 1);
     assert_eq!(credential.as_map().unwrap().len(), 2, "credential descriptor is {{id, type}}");
-    assert_eq!(get_text(credential, "id").and_then(Value::as_bytes).map(Vec::as_slice), Some(id), "credential id echoed");
+    assert_eq!(
+        get_text(credential, "id").and_then(Value::as_bytes).map(Vec::as_slice),
+        Some(id),
+        "credential id echoed"
+    );
     assert_eq!(get_text(credential, "type"), Some(&Value::from("public-key")));
     let ad_bytes = responses::bytes(get(body, 2));
     let ad = parse_auth_data(&ad_bytes);
@@ -349,7 +357,8 @@ fn info_option(info: &Value, id: &str) -> Option<bool> {
 /// 0x06) is INVALID_PARAMETER (§6.1.2/§6.2.2 step 2); a listed one has the
 /// parameter verified, which fails: PIN_AUTH_INVALID.
 fn pin_uv_auth_status(info: &Value, protocol: i64) -> u8 {
-    let listed = get(info, 0x06).and_then(Value::as_array).is_some_and(|ps| ps.iter().any(|p| int(p) == i128::from(protocol)));
+    let listed =
+        get(info, 0x06).and_then(Value::as_array).is_some_and(|ps| ps.iter().any(|p| int(p) == i128::from(protocol)));
     if listed {
         st::PIN_AUTH_INVALID
     } else {
@@ -386,7 +395,10 @@ fn canonical_encoder_sorts_keys_by_encoded_bytes_and_uses_shortest_heads() {
     let v = int_map(vec![(-1, Value::from(1)), (24, Value::from(2)), (1, Value::from(3))]);
     assert_eq!(canonical(&v), [0xa3, 0x01, 0x03, 0x18, 0x18, 0x02, 0x20, 0x01]);
     let v = options(&[("up", true), ("plat", false), ("rk", true)]);
-    assert_eq!(canonical(&v), [0xa3, 0x62, b'r', b'k', 0xf5, 0x62, b'u', b'p', 0xf5, 0x64, b'p', b'l', b'a', b't', 0xf4]);
+    assert_eq!(
+        canonical(&v),
+        [0xa3, 0x62, b'r', b'k', 0xf5, 0x62, b'u', b'p', 0xf5, 0x64, b'p', b'l', b'a', b't', 0xf4]
+    );
     for (n, want) in [
         (0i64, vec![0x00]),
         (23, vec![0x17]),
@@ -449,7 +461,8 @@ fn get_info_reports_exact_versions_aaguid_options_and_limits() {
     assert_eq!(option("up"), Some(true));
     assert_eq!(option("plat"), Some(false));
     assert_eq!(option("uv"), None, "no built-in user verification");
-    // What Chromium rejects a whole getInfo for (CTAP-NOTES.md).
+    // Chromium rejects a whole getInfo that claims clientPin or
+    // pinUvAuthToken without listing any pinUvAuthProtocols.
     if option("clientPin").is_some() || option("pinUvAuthToken").is_some() {
         let protocols = get(info, 0x06).and_then(Value::as_array);
         assert!(protocols.is_some_and(|p| !p.is_empty()), "clientPin/pinUvAuthToken need pinUvAuthProtocols");
@@ -692,13 +705,26 @@ fn make_credential_unsupported_algorithms_only_is_unsupported_algorithm() {
     let cases = [
         // The software store offers ES256 and EdDSA (tests/tests/eddsa.rs).
         ("RS256", vec![alg_entry((-257).into(), "public-key")]),
-        ("several", vec![alg_entry((-36).into(), "public-key"), alg_entry((-257).into(), "public-key"), alg_entry((-35).into(), "public-key")]),
+        (
+            "several",
+            vec![
+                alg_entry((-36).into(), "public-key"),
+                alg_entry((-257).into(), "public-key"),
+                alg_entry((-35).into(), "public-key"),
+            ],
+        ),
         ("ES256 of another type", vec![alg_entry((-7).into(), "secret-key")]),
         ("empty list", vec![]),
     ];
     let cases = cases
         .into_iter()
-        .map(|(label, algs)| (label.to_owned(), msg(MAKE_CREDENTIAL, &set(&base, 4, Some(Value::Array(algs)))), st::UNSUPPORTED_ALGORITHM))
+        .map(|(label, algs)| {
+            (
+                label.to_owned(),
+                msg(MAKE_CREDENTIAL, &set(&base, 4, Some(Value::Array(algs)))),
+                st::UNSUPPORTED_ALGORITHM,
+            )
+        })
         .collect();
     expect_statuses(&mut d, cid, cases);
 }
@@ -880,8 +906,14 @@ fn make_credential_missing_required_member_is_missing_parameter() {
     cases.extend([
         ("rp.id".to_owned(), set(&base, 2, Some(text_map(&[("name", Value::from("Example"))])))),
         ("user.id".to_owned(), set(&base, 3, Some(text_map(&[("name", Value::from("alice"))])))),
-        ("pubKeyCredParams alg".to_owned(), set(&base, 4, Some(Value::Array(vec![text_map(&[("type", Value::from("public-key"))])])))),
-        ("pubKeyCredParams type".to_owned(), set(&base, 4, Some(Value::Array(vec![text_map(&[("alg", Value::from(-7))])])))),
+        (
+            "pubKeyCredParams alg".to_owned(),
+            set(&base, 4, Some(Value::Array(vec![text_map(&[("type", Value::from("public-key"))])]))),
+        ),
+        (
+            "pubKeyCredParams type".to_owned(),
+            set(&base, 4, Some(Value::Array(vec![text_map(&[("alg", Value::from(-7))])]))),
+        ),
         ("excludeList id".to_owned(), exclude(text_map(&[("type", Value::from("public-key"))]))),
         ("excludeList type".to_owned(), exclude(text_map(&[("id", Value::Bytes(vec![1; 16]))]))),
     ]);
@@ -908,16 +940,32 @@ fn make_credential_wrong_types_are_unexpected_type() {
         ("user.id as text", set(&base, 3, Some(set(&user, "id", Some(Value::from("u1")))))),
         ("user.name as bytes", set(&base, 3, Some(set(&user, "name", Some(Value::Bytes(b"alice".to_vec())))))),
         ("user.displayName as int", set(&base, 3, Some(set(&user, "displayName", Some(Value::from(1)))))),
-        ("pubKeyCredParams as map", set(&base, 4, Some(text_map(&[("alg", Value::from(-7)), ("type", Value::from("public-key"))])))),
+        (
+            "pubKeyCredParams as map",
+            set(&base, 4, Some(text_map(&[("alg", Value::from(-7)), ("type", Value::from("public-key"))]))),
+        ),
         ("pubKeyCredParams entry as int", algs(Value::from(-7))),
         ("alg as text", algs(alg_entry(Value::from("ES256"), "public-key"))),
         ("alg as float", algs(alg_entry(Value::Float(-7.0), "public-key"))),
         ("alg type as int", algs(text_map(&[("alg", Value::from(-7)), ("type", Value::from(1))]))),
         ("excludeList as map", set(&base, 5, Some(descriptor(&[1; 16])))),
         ("excludeList entry as bytes", exclude(Value::Bytes(vec![1; 16]))),
-        ("excludeList entry id as text", exclude(text_map(&[("id", Value::from("abc")), ("type", Value::from("public-key"))]))),
-        ("excludeList entry type as int", exclude(text_map(&[("id", Value::Bytes(vec![1; 16])), ("type", Value::from(0))]))),
-        ("excludeList transports as text", exclude(text_map(&[("id", Value::Bytes(vec![1; 16])), ("type", Value::from("public-key")), ("transports", Value::from("usb"))]))),
+        (
+            "excludeList entry id as text",
+            exclude(text_map(&[("id", Value::from("abc")), ("type", Value::from("public-key"))])),
+        ),
+        (
+            "excludeList entry type as int",
+            exclude(text_map(&[("id", Value::Bytes(vec![1; 16])), ("type", Value::from(0))])),
+        ),
+        (
+            "excludeList transports as text",
+            exclude(text_map(&[
+                ("id", Value::Bytes(vec![1; 16])),
+                ("type", Value::from("public-key")),
+                ("transports", Value::from("usb")),
+            ])),
+        ),
         ("extensions as array", set(&base, 6, Some(Value::Array(vec![])))),
         ("extensions as text", set(&base, 6, Some(Value::from("hmac-secret")))),
         ("options as array", set(&base, 7, Some(Value::Array(vec![Value::from("rk")])))),
@@ -926,11 +974,15 @@ fn make_credential_wrong_types_are_unexpected_type() {
         ("options uv as null", set(&base, 7, Some(text_map(&[("uv", Value::Null)])))),
         ("pinUvAuthParam as text", set(&set(&base, 8, Some(Value::from("abc"))), 9, Some(Value::from(1)))),
         ("pinUvAuthProtocol as text", set(&base, 9, Some(Value::from("1")))),
-        ("pinUvAuthProtocol as text with param", set(&set(&base, 8, Some(Value::Bytes(vec![0; 16]))), 9, Some(Value::from("1")))),
+        (
+            "pinUvAuthProtocol as text with param",
+            set(&set(&base, 8, Some(Value::Bytes(vec![0; 16]))), 9, Some(Value::from("1"))),
+        ),
         ("pinUvAuthProtocol negative", set(&base, 9, Some(Value::from(-1)))),
         ("enterpriseAttestation as text", set(&base, 0x0A, Some(Value::from("1")))),
     ];
-    let cases = cases.into_iter().map(|(l, v)| (l.to_owned(), msg(MAKE_CREDENTIAL, &v), st::CBOR_UNEXPECTED_TYPE)).collect();
+    let cases =
+        cases.into_iter().map(|(l, v)| (l.to_owned(), msg(MAKE_CREDENTIAL, &v), st::CBOR_UNEXPECTED_TYPE)).collect();
     expect_statuses(&mut d, cid, cases);
 }
 
@@ -942,7 +994,13 @@ fn make_credential_bad_lengths_are_invalid_length() {
     let user_id = |len: usize| set(&base, 3, Some(set(&user, "id", Some(Value::Bytes(vec![7; len])))));
     let mut cases: Vec<(String, Vec<u8>, u8)> = [0usize, 16, 31, 33, 64]
         .into_iter()
-        .map(|len| (format!("clientDataHash {len} bytes"), msg(MAKE_CREDENTIAL, &set(&base, 1, Some(Value::Bytes(vec![1; len])))), st::INVALID_LENGTH))
+        .map(|len| {
+            (
+                format!("clientDataHash {len} bytes"),
+                msg(MAKE_CREDENTIAL, &set(&base, 1, Some(Value::Bytes(vec![1; len])))),
+                st::INVALID_LENGTH,
+            )
+        })
         .collect();
     cases.push(("user.id 65 bytes".into(), msg(MAKE_CREDENTIAL, &user_id(65)), st::INVALID_LENGTH));
     cases.push(("user.id 300 bytes".into(), msg(MAKE_CREDENTIAL, &user_id(300)), st::INVALID_LENGTH));
@@ -954,7 +1012,15 @@ fn make_credential_bad_lengths_are_invalid_length() {
 fn make_credential_ignores_unknown_keys_options_and_extensions() {
     let (mut d, cid) = device();
     let mut params = make_credential(RP, b"u1", "alice", false);
-    params = set(&params, 6, Some(text_map(&[("x-unknown-flag", Value::Bool(true)), ("x-unknown-int", Value::from(2)), ("x-unknown", Value::Array(vec![]))])));
+    params = set(
+        &params,
+        6,
+        Some(text_map(&[
+            ("x-unknown-flag", Value::Bool(true)),
+            ("x-unknown-int", Value::from(2)),
+            ("x-unknown", Value::Array(vec![])),
+        ])),
+    );
     params = set(&params, 7, Some(options(&[("plat", true), ("zz-unknown", false), ("rk", true)])));
     params = set(&params, 0x0B, Some(Value::from("unknown member")));
     params = set(&params, 0x1F, Some(int_map(vec![(1, Value::Null)])));
@@ -987,8 +1053,16 @@ fn get_assertion_missing_required_member_is_missing_parameter() {
     let cases = vec![
         ("rpId".to_owned(), msg(GET_ASSERTION, &set(&base, 1, None)), st::MISSING_PARAMETER),
         ("clientDataHash".to_owned(), msg(GET_ASSERTION, &set(&base, 2, None)), st::MISSING_PARAMETER),
-        ("allowList id".to_owned(), msg(GET_ASSERTION, &allow(text_map(&[("type", Value::from("public-key"))]))), st::MISSING_PARAMETER),
-        ("allowList type".to_owned(), msg(GET_ASSERTION, &allow(text_map(&[("id", Value::Bytes(vec![1; 16]))]))), st::MISSING_PARAMETER),
+        (
+            "allowList id".to_owned(),
+            msg(GET_ASSERTION, &allow(text_map(&[("type", Value::from("public-key"))]))),
+            st::MISSING_PARAMETER,
+        ),
+        (
+            "allowList type".to_owned(),
+            msg(GET_ASSERTION, &allow(text_map(&[("id", Value::Bytes(vec![1; 16]))]))),
+            st::MISSING_PARAMETER,
+        ),
         ("empty map".to_owned(), msg(GET_ASSERTION, &Value::Map(vec![])), st::MISSING_PARAMETER),
     ];
     expect_statuses(&mut d, cid, cases);
@@ -1005,15 +1079,22 @@ fn get_assertion_wrong_types_are_unexpected_type() {
         ("clientDataHash as text", set(&base, 2, Some(Value::from("a".repeat(32))))),
         ("allowList as map", set(&base, 3, Some(descriptor(&[1; 16])))),
         ("allowList entry as text", allow(Value::from("id"))),
-        ("allowList entry id as text", allow(text_map(&[("id", Value::from("abc")), ("type", Value::from("public-key"))]))),
-        ("allowList entry type as int", allow(text_map(&[("id", Value::Bytes(vec![1; 16])), ("type", Value::from(0))]))),
+        (
+            "allowList entry id as text",
+            allow(text_map(&[("id", Value::from("abc")), ("type", Value::from("public-key"))])),
+        ),
+        (
+            "allowList entry type as int",
+            allow(text_map(&[("id", Value::Bytes(vec![1; 16])), ("type", Value::from(0))])),
+        ),
         ("extensions as array", set(&base, 4, Some(Value::Array(vec![])))),
         ("options as array", set(&base, 5, Some(Value::Array(vec![])))),
         ("options up as int", set(&base, 5, Some(text_map(&[("up", Value::from(0))])))),
         ("pinUvAuthParam as text", set(&set(&base, 6, Some(Value::from("abc"))), 7, Some(Value::from(1)))),
         ("pinUvAuthProtocol as text", set(&base, 7, Some(Value::from("1")))),
     ];
-    let cases = cases.into_iter().map(|(l, v)| (l.to_owned(), msg(GET_ASSERTION, &v), st::CBOR_UNEXPECTED_TYPE)).collect();
+    let cases =
+        cases.into_iter().map(|(l, v)| (l.to_owned(), msg(GET_ASSERTION, &v), st::CBOR_UNEXPECTED_TYPE)).collect();
     expect_statuses(&mut d, cid, cases);
 }
 
@@ -1023,7 +1104,13 @@ fn get_assertion_client_data_hash_not_32_bytes_is_invalid_length() {
     let base = get_assertion(RP, &[], vec![]);
     let cases = [0usize, 20, 31, 33, 48]
         .into_iter()
-        .map(|len| (format!("{len} bytes"), msg(GET_ASSERTION, &set(&base, 2, Some(Value::Bytes(vec![1; len])))), st::INVALID_LENGTH))
+        .map(|len| {
+            (
+                format!("{len} bytes"),
+                msg(GET_ASSERTION, &set(&base, 2, Some(Value::Bytes(vec![1; len])))),
+                st::INVALID_LENGTH,
+            )
+        })
         .collect();
     expect_statuses(&mut d, cid, cases);
 }
@@ -1047,7 +1134,8 @@ fn get_assertion_ignores_unknown_keys_options_and_extensions() {
         (3, Value::Bytes(vec![4; 16])),
         (4, Value::from(1)),
     ]);
-    params = set(&params, 4, Some(text_map(&[("x-unknown-secret", hmac_secret), ("x-unknown-flag", Value::Bool(true))])));
+    params =
+        set(&params, 4, Some(text_map(&[("x-unknown-secret", hmac_secret), ("x-unknown-flag", Value::Bool(true))])));
     params = set(&params, 5, Some(options(&[("zz-unknown", true), ("up", true)])));
     params = set(&params, 0x0C, Some(Value::from("unknown")));
     params = set(&params, "textkey", Some(Value::Null));
@@ -1063,13 +1151,19 @@ fn get_assertion_options_and_pin_uv_auth_errors() {
     let cred = register(&mut d, cid, RP, b"u1", "alice", true);
     let base = get_assertion(RP, &[&cred.id], vec![]);
     let with_opts = |o: Value| msg(GET_ASSERTION, &set(&base, 5, Some(o)));
-    let pin = |protocol: Option<i64>| msg(GET_ASSERTION, &set(&set(&base, 6, Some(Value::Bytes(vec![0xAB; 16]))), 7, protocol.map(Value::from)));
+    let pin = |protocol: Option<i64>| {
+        msg(GET_ASSERTION, &set(&set(&base, 6, Some(Value::Bytes(vec![0xAB; 16]))), 7, protocol.map(Value::from)))
+    };
     expect_statuses(
         &mut d,
         cid,
         vec![
             ("rk=true".into(), with_opts(options(&[("rk", true)])), st::UNSUPPORTED_OPTION),
-            ("rk=true without allowList".into(), msg(GET_ASSERTION, &set(&set(&base, 3, None), 5, Some(options(&[("rk", true)])))), st::UNSUPPORTED_OPTION),
+            (
+                "rk=true without allowList".into(),
+                msg(GET_ASSERTION, &set(&set(&base, 3, None), 5, Some(options(&[("rk", true)])))),
+                st::UNSUPPORTED_OPTION,
+            ),
             ("uv=true".into(), with_opts(options(&[("uv", true)])), st::INVALID_OPTION),
             ("uv=true,up=false".into(), with_opts(options(&[("uv", true), ("up", false)])), st::INVALID_OPTION),
             ("pinUvAuthParam without protocol".into(), pin(None), st::MISSING_PARAMETER),
@@ -1176,7 +1270,10 @@ fn get_assertion_forged_credential_ids_are_no_credentials() {
         ("empty".to_owned(), vec![]),
         ("300 bytes".to_owned(), vec![0x01; 300]),
         ("255 bytes".to_owned(), (0..255u8).collect()),
-        ("256 bytes starting with ours".to_owned(), cred.id.iter().copied().chain(std::iter::repeat(0)).take(256).collect()),
+        (
+            "256 bytes starting with ours".to_owned(),
+            cred.id.iter().copied().chain(std::iter::repeat(0)).take(256).collect(),
+        ),
     ]);
     let cases = forged
         .into_iter()
@@ -1451,7 +1548,9 @@ fn reset_denied_is_operation_denied_and_deletes_nothing() {
     let (mut d, cid) = device();
     let plain = register(&mut d, cid, RP, b"u1", "alice", false);
     let resident = register(&mut d, cid, RP, b"u2", "bob", true);
-    for (outcome, want) in [(PromptOutcome::Denied, st::OPERATION_DENIED), (PromptOutcome::TimedOut, st::USER_ACTION_TIMEOUT)] {
+    for (outcome, want) in
+        [(PromptOutcome::Denied, st::OPERATION_DENIED), (PromptOutcome::TimedOut, st::USER_ACTION_TIMEOUT)]
+    {
         d.prompt.push(outcome);
         let r = call(&mut d, cid, RESET, None);
         assert_eq!(r.raw, [want], "{outcome:?}");
@@ -1527,9 +1626,9 @@ impl XorShift {
 /// CBOR head bytes that tend to matter: size boundaries, every major type,
 /// indefinite lengths, simple values, floats, break.
 const INTERESTING: &[u8] = &[
-    0x00, 0x01, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1f, 0x20, 0x37, 0x38, 0x3b, 0x40, 0x57, 0x58, 0x5b, 0x5f,
-    0x60, 0x78, 0x7b, 0x7f, 0x80, 0x98, 0x9b, 0x9f, 0xa0, 0xb8, 0xbb, 0xbf, 0xc0, 0xc2, 0xd8, 0xe0, 0xf4, 0xf5,
-    0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xff,
+    0x00, 0x01, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1f, 0x20, 0x37, 0x38, 0x3b, 0x40, 0x57, 0x58, 0x5b, 0x5f, 0x60,
+    0x78, 0x7b, 0x7f, 0x80, 0x98, 0x9b, 0x9f, 0xa0, 0xb8, 0xbb, 0xbf, 0xc0, 0xc2, 0xd8, 0xe0, 0xf4, 0xf5, 0xf6, 0xf7,
+    0xf8, 0xf9, 0xfa, 0xfb, 0xff,
 ];
 
 fn mutate(rng: &mut XorShift, body: &[u8]) -> Vec<u8> {
@@ -1568,7 +1667,8 @@ fn mutate(rng: &mut XorShift, body: &[u8]) -> Vec<u8> {
 
 /// A random CBOR value, biased towards what CTAP2 requests contain.
 fn random_value(rng: &mut XorShift, depth: usize) -> Value {
-    const TEXTS: &[&str] = &["", "public-key", "rk", "up", "uv", "id", "type", "alg", "name", "example.com", "hmac-secret", "é"];
+    const TEXTS: &[&str] =
+        &["", "public-key", "rk", "up", "uv", "id", "type", "alg", "name", "example.com", "hmac-secret", "é"];
     const LENGTHS: &[usize] = &[0, 1, 15, 16, 17, 31, 32, 33, 64, 65, 93, 255, 256, 300];
     match rng.below(if depth >= 3 { 8 } else { 10 }) {
         0 => Value::from(rng.below(300) as i64),
@@ -1644,14 +1744,21 @@ fn mutated_requests_never_panic_and_answer_one_status_byte_or_success_with_cbor(
         RP,
         b"u9",
         "dave",
-        vec![(5, exclude), (6, text_map(&[("hmac-secret", Value::Bool(true))])), (7, options(&[("rk", true), ("up", true)]))],
+        vec![
+            (5, exclude),
+            (6, text_map(&[("hmac-secret", Value::Bool(true))])),
+            (7, options(&[("rk", true), ("up", true)])),
+        ],
     );
     let bases: Vec<(u8, Value)> = vec![
         (MAKE_CREDENTIAL, make_credential(RP, b"u7", "erin", false)),
         (MAKE_CREDENTIAL, make_credential(RP, b"u8", "frank", true)),
         (MAKE_CREDENTIAL, full_mc),
         (GET_ASSERTION, get_assertion(RP, &[&plain.id], vec![])),
-        (GET_ASSERTION, get_assertion(RP, &[&[0x44; 16], &resident.id, &plain.id], vec![(5, options(&[("up", false)]))])),
+        (
+            GET_ASSERTION,
+            get_assertion(RP, &[&[0x44; 16], &resident.id, &plain.id], vec![(5, options(&[("up", false)]))]),
+        ),
         (GET_ASSERTION, get_assertion(RP, &[], vec![])),
     ];
     let commands = [MAKE_CREDENTIAL, GET_ASSERTION, GET_INFO, CLIENT_PIN, RESET, GET_NEXT_ASSERTION, SELECTION, 0x0A];
@@ -1683,7 +1790,8 @@ fn mutated_requests_never_panic_and_answer_one_status_byte_or_success_with_cbor(
             let (_, rcmd, raw) = d.transact(cid, ctaphid::command::CBOR, &message);
             (rcmd, raw)
         }));
-        let (rcmd, raw) = outcome.unwrap_or_else(|_| panic!("round {round} (seed {SEED:#x}) panicked on {message:02x?}"));
+        let (rcmd, raw) =
+            outcome.unwrap_or_else(|_| panic!("round {round} (seed {SEED:#x}) panicked on {message:02x?}"));
         assert_eq!(rcmd, ctaphid::command::CBOR, "round {round}: answer is CTAPHID_CBOR for {message:02x?}");
         if let Err(e) = check_shape(&raw) {
             panic!("round {round} (seed {SEED:#x}): {e}\n request {message:02x?}");

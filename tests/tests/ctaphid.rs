@@ -6,12 +6,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fidoseal_ctap::ctaphid::{
-    self, capability, command, Action, CtapHid, DeviceVersion, HidError, KeepaliveStatus, Packet,
-    RequestKind, BROADCAST_CID, KEEPALIVE_INTERVAL, MAX_MESSAGE_SIZE, MESSAGE_TIMEOUT, PACKET_SIZE,
+    self, capability, command, Action, CtapHid, DeviceVersion, HidError, KeepaliveStatus, Packet, RequestKind,
+    BROADCAST_CID, KEEPALIVE_INTERVAL, MAX_MESSAGE_SIZE, MESSAGE_TIMEOUT, PACKET_SIZE,
 };
-use fidoseal_ctap::platform::{
-    AllowAll, PresenceRequest, PromptOutcome, TransactionSignals, UserPrompt,
-};
+use fidoseal_ctap::platform::{AllowAll, PresenceRequest, PromptOutcome, TransactionSignals, UserPrompt};
 use fidoseal_ctap::{Authenticator, AuthenticatorConfig, RequestContext};
 use fidoseal_tests::{requests, software_platform, Device};
 
@@ -67,18 +65,11 @@ fn keepalive_packet(cid: u32, status: KeepaliveStatus) -> Packet {
 #[track_caller]
 fn assert_error(out: &[Packet], cid: u32, code: HidError) {
     assert_eq!(out.len(), 1, "exactly one report expected, got {out:02x?}");
-    assert_eq!(
-        out[0],
-        error_packet(cid, code),
-        "expected {code:?} (0x{:02x}) on {cid:#010x}",
-        code as u8
-    );
+    assert_eq!(out[0], error_packet(cid, code), "expected {code:?} (0x{:02x}) on {cid:#010x}", code as u8);
 }
 
 fn payload(len: usize, salt: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt)).collect()
 }
 
 /// Number of reports a message of `len` bytes takes.
@@ -87,12 +78,7 @@ fn packets_for(len: usize) -> usize {
 }
 
 fn test_version() -> DeviceVersion {
-    DeviceVersion {
-        major: 1,
-        minor: 2,
-        build: 3,
-        capabilities: capability::WINK | capability::CBOR | capability::NMSG,
-    }
+    DeviceVersion { major: 1, minor: 2, build: 3, capabilities: capability::WINK | capability::CBOR | capability::NMSG }
 }
 
 /// Reports to send, from a list of actions; panics on anything else.
@@ -111,10 +97,7 @@ fn sends(actions: Vec<Action>) -> Vec<Packet> {
 fn raw_init(hid: &mut CtapHid, now: Instant) -> u32 {
     let out = sends(hid.receive(&init_packet(BROADCAST_CID, command::INIT, 8, &NONCE), now));
     let (cid, cmd, data) = ctaphid::unframe(&out).expect("INIT answer");
-    assert_eq!(
-        (cid, cmd, &data[..8]),
-        (BROADCAST_CID, command::INIT, &NONCE[..])
-    );
+    assert_eq!((cid, cmd, &data[..8]), (BROADCAST_CID, command::INIT, &NONCE[..]));
     u32::from_be_bytes([data[8], data[9], data[10], data[11]])
 }
 
@@ -134,10 +117,7 @@ fn raw_start_cbor(hid: &mut CtapHid, cid: u32, message: &[u8], now: Instant) -> 
 
 fn ping_ok(d: &mut Device, cid: u32, len: usize) {
     let data = payload(len, 0x5a);
-    assert_eq!(
-        d.transact(cid, command::PING, &data),
-        (cid, command::PING, data)
-    );
+    assert_eq!(d.transact(cid, command::PING, &data), (cid, command::PING, data));
 }
 
 // ---------------------------------------------------------------- INIT
@@ -153,10 +133,7 @@ fn init_on_broadcast_allocates_distinct_channels_and_echoes_nonce() {
         assert_eq!(out.len(), 1);
         let p = out[0];
         // Answered on the broadcast channel, 17 bytes, zero padded.
-        assert_eq!(
-            &p[..7],
-            &[0xff, 0xff, 0xff, 0xff, 0x80 | command::INIT, 0, 17]
-        );
+        assert_eq!(&p[..7], &[0xff, 0xff, 0xff, 0xff, 0x80 | command::INIT, 0, 17]);
         assert_eq!(&p[7..15], &nonce, "nonce echoed");
         let cid = u32::from_be_bytes([p[15], p[16], p[17], p[18]]);
         assert_ne!(cid, 0);
@@ -238,14 +215,7 @@ fn init_on_allocated_channel_resyncs_and_keeps_it() {
 #[test]
 fn channel_zero_is_invalid_channel() {
     let mut d = Device::new();
-    for cmd in [
-        command::INIT,
-        command::PING,
-        command::CBOR,
-        command::WINK,
-        command::CANCEL,
-        0x55,
-    ] {
+    for cmd in [command::INIT, command::PING, command::CBOR, command::WINK, command::CANCEL, 0x55] {
         let out = d.send(&init_packet(0, cmd, 8, &NONCE));
         assert_error(&out, 0, HidError::InvalidChannel);
     }
@@ -254,15 +224,7 @@ fn channel_zero_is_invalid_channel() {
 #[test]
 fn non_init_command_on_broadcast_is_invalid_channel() {
     let mut d = Device::new();
-    for cmd in [
-        command::PING,
-        command::MSG,
-        command::WINK,
-        command::CBOR,
-        command::CANCEL,
-        command::LOCK,
-        0x55,
-    ] {
+    for cmd in [command::PING, command::MSG, command::WINK, command::CBOR, command::CANCEL, command::LOCK, 0x55] {
         let out = d.send(&init_packet(BROADCAST_CID, cmd, 1, &[0x04]));
         assert_error(&out, BROADCAST_CID, HidError::InvalidChannel);
     }
@@ -272,16 +234,7 @@ fn non_init_command_on_broadcast_is_invalid_channel() {
 fn unknown_commands_are_invalid_cmd() {
     let mut d = Device::new();
     let cid = d.init();
-    for cmd in [
-        0x55,
-        command::LOCK,
-        command::KEEPALIVE,
-        command::ERROR,
-        0x00,
-        0x02,
-        0x40,
-        0x7f,
-    ] {
+    for cmd in [0x55, command::LOCK, command::KEEPALIVE, command::ERROR, 0x00, 0x02, 0x40, 0x7f] {
         for len in [0, 1, 8] {
             let out = d.send(&init_packet(cid, cmd, len, &[1; 8]));
             assert_error(&out, cid, HidError::InvalidCommand);
@@ -304,18 +257,9 @@ fn ping_echoes_payloads_of_every_size() {
         for p in ctaphid::frame(cid, command::PING, &data) {
             out.extend(d.send(&p));
         }
-        assert_eq!(
-            out.len(),
-            packets_for(len),
-            "{len} bytes take {} reports",
-            packets_for(len)
-        );
+        assert_eq!(out.len(), packets_for(len), "{len} bytes take {} reports", packets_for(len));
         // The answer's reports are exactly what the host sent.
-        assert_eq!(
-            out,
-            ctaphid::frame(cid, command::PING, &data),
-            "PING of {len} bytes"
-        );
+        assert_eq!(out, ctaphid::frame(cid, command::PING, &data), "PING of {len} bytes");
         assert_eq!(ctaphid::unframe(&out), Some((cid, command::PING, data)));
     }
     assert_eq!(packets_for(MAX_MESSAGE_SIZE), 129);
@@ -355,10 +299,7 @@ fn msg_reaches_the_authenticator_and_nmsg_devices_refuse_it() {
     let cid = d.init();
     // U2F_VERSION APDU: answered by the authenticator as a CTAPHID_MSG.
     let out = d.send(&init_packet(cid, command::MSG, 7, &[0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00]));
-    assert_eq!(
-        ctaphid::unframe(&out),
-        Some((cid, command::MSG, b"U2F_V2\x90\x00".to_vec()))
-    );
+    assert_eq!(ctaphid::unframe(&out), Some((cid, command::MSG, b"U2F_V2\x90\x00".to_vec())));
     assert!(!d.hid.is_processing());
 
     // A device that advertises NMSG answers MSG with INVALID_CMD, whatever its size.
@@ -443,29 +384,14 @@ fn other_channel_while_assembling_is_channel_busy_and_first_message_completes() 
     assert!(d.send(&frames[0]).is_empty());
     assert!(d.send(&frames[1]).is_empty());
     // B tries a PING, a CBOR request and a WINK.
-    assert_error(
-        &d.send(&init_packet(b, command::PING, 3, b"abc")),
-        b,
-        HidError::ChannelBusy,
-    );
-    assert_error(
-        &d.send(&init_packet(b, command::CBOR, 1, GET_INFO)),
-        b,
-        HidError::ChannelBusy,
-    );
-    assert_error(
-        &d.send(&init_packet(b, command::WINK, 0, &[])),
-        b,
-        HidError::ChannelBusy,
-    );
+    assert_error(&d.send(&init_packet(b, command::PING, 3, b"abc")), b, HidError::ChannelBusy);
+    assert_error(&d.send(&init_packet(b, command::CBOR, 1, GET_INFO)), b, HidError::ChannelBusy);
+    assert_error(&d.send(&init_packet(b, command::WINK, 0, &[])), b, HidError::ChannelBusy);
     // B's CONT packets are strays (not mixed into A's message).
     assert!(d.send(&cont_packet(b, 2, &[0xee; 59])).is_empty());
     // B may still INIT (resync) its own channel without harm to A.
     let out = d.send(&init_packet(b, command::INIT, 8, &NONCE));
-    assert_eq!(
-        ctaphid::unframe(&out).map(|(c, cmd, _)| (c, cmd)),
-        Some((b, command::INIT))
-    );
+    assert_eq!(ctaphid::unframe(&out).map(|(c, cmd, _)| (c, cmd)), Some((b, command::INIT)));
     // A's message completes intact.
     let mut out = Vec::new();
     for p in &frames[2..] {
@@ -483,14 +409,7 @@ fn other_channel_while_processing_is_channel_busy() {
     let a = raw_init(&mut hid, t0);
     let b = raw_init(&mut hid, t0);
     let request = raw_start_cbor(&mut hid, a, GET_INFO, t0);
-    assert_eq!(
-        request,
-        ctaphid::Request {
-            cid: a,
-            kind: RequestKind::Cbor,
-            payload: GET_INFO.to_vec()
-        }
-    );
+    assert_eq!(request, ctaphid::Request { cid: a, kind: RequestKind::Cbor, payload: GET_INFO.to_vec() });
     assert!(hid.is_processing());
     for cmd in [command::PING, command::CBOR, command::WINK] {
         assert_eq!(
@@ -508,10 +427,7 @@ fn other_channel_while_processing_is_channel_busy() {
     assert!(c != a && c != b);
     // After the answer, B is served.
     let out = hid.complete(a, &[0x00, 0xa0]);
-    assert_eq!(
-        ctaphid::unframe(&out),
-        Some((a, command::CBOR, vec![0x00, 0xa0]))
-    );
+    assert_eq!(ctaphid::unframe(&out), Some((a, command::CBOR, vec![0x00, 0xa0])));
     let out = sends(hid.receive(&init_packet(b, command::PING, 1, &[9]), t0));
     assert_eq!(ctaphid::unframe(&out), Some((b, command::PING, vec![9])));
 }
@@ -522,10 +438,7 @@ fn stray_cont_packets_are_ignored() {
     let cid = d.init();
     for target in [cid, cid + 100, BROADCAST_CID, 0] {
         for seq in [0, 1, 0x7f] {
-            assert!(
-                d.send(&cont_packet(target, seq, &[0x42; 59])).is_empty(),
-                "{target:#x} seq {seq}"
-            );
+            assert!(d.send(&cont_packet(target, seq, &[0x42; 59])).is_empty(), "{target:#x} seq {seq}");
         }
     }
     d.advance(Duration::from_secs(1));
@@ -549,10 +462,7 @@ fn inter_packet_timeout_is_msg_timeout() {
         out.extend(d.send(p));
         d.advance(Duration::from_millis(400));
     }
-    assert_eq!(
-        ctaphid::unframe(&out),
-        Some((a, command::PING, data.clone()))
-    );
+    assert_eq!(ctaphid::unframe(&out), Some((a, command::PING, data.clone())));
 
     // tick() reports it once 500 ms have passed, not before.
     assert!(d.send(&frames[0]).is_empty());
@@ -575,10 +485,7 @@ fn inter_packet_timeout_is_msg_timeout() {
     let out = d.send(&init_packet(b, command::PING, 2, b"hi"));
     assert_eq!(out.len(), 2);
     assert_eq!(out[0], error_packet(a, HidError::MessageTimeout));
-    assert_eq!(
-        ctaphid::unframe(&out[1..]),
-        Some((b, command::PING, b"hi".to_vec()))
-    );
+    assert_eq!(ctaphid::unframe(&out[1..]), Some((b, command::PING, b"hi".to_vec())));
 
     // Same with a late CONT on the timed-out channel: only the timeout.
     assert!(d.send(&frames[0]).is_empty());
@@ -600,54 +507,20 @@ fn keepalive_every_100ms_while_processing() {
     let request = raw_start_cbor(&mut hid, cid, &[0x01, 0xa0], t0);
     assert_eq!(request.cid, cid);
     assert_eq!(hid.next_deadline(), Some(t0 + KEEPALIVE_INTERVAL));
-    assert!(hid
-        .tick(
-            t0 + Duration::from_millis(99),
-            KeepaliveStatus::UserPresenceNeeded
-        )
-        .is_empty());
+    assert!(hid.tick(t0 + Duration::from_millis(99), KeepaliveStatus::UserPresenceNeeded).is_empty());
 
     let t1 = t0 + Duration::from_millis(100);
     let out = sends(hid.tick(t1, KeepaliveStatus::UserPresenceNeeded));
-    assert_eq!(
-        out,
-        vec![keepalive_packet(cid, KeepaliveStatus::UserPresenceNeeded)]
-    );
-    assert_eq!(
-        &out[0][..8],
-        &[
-            (cid >> 24) as u8,
-            (cid >> 16) as u8,
-            (cid >> 8) as u8,
-            cid as u8,
-            0xBB,
-            0,
-            1,
-            2
-        ]
-    );
+    assert_eq!(out, vec![keepalive_packet(cid, KeepaliveStatus::UserPresenceNeeded)]);
+    assert_eq!(&out[0][..8], &[(cid >> 24) as u8, (cid >> 16) as u8, (cid >> 8) as u8, cid as u8, 0xBB, 0, 1, 2]);
     assert_eq!(hid.next_deadline(), Some(t1 + KEEPALIVE_INTERVAL));
     // Not twice for the same interval.
-    assert!(hid
-        .tick(
-            t1 + Duration::from_millis(50),
-            KeepaliveStatus::UserPresenceNeeded
-        )
-        .is_empty());
+    assert!(hid.tick(t1 + Duration::from_millis(50), KeepaliveStatus::UserPresenceNeeded).is_empty());
     // Then every 100 ms, with whatever status the authenticator reports.
     for i in 2..=10u64 {
         let t = t0 + Duration::from_millis(100 * i);
-        let status = if i % 2 == 0 {
-            KeepaliveStatus::UserPresenceNeeded
-        } else {
-            KeepaliveStatus::Processing
-        };
-        assert_eq!(
-            sends(hid.tick(t, status)),
-            vec![keepalive_packet(cid, status)],
-            "keepalive at {}ms",
-            100 * i
-        );
+        let status = if i % 2 == 0 { KeepaliveStatus::UserPresenceNeeded } else { KeepaliveStatus::Processing };
+        assert_eq!(sends(hid.tick(t, status)), vec![keepalive_packet(cid, status)], "keepalive at {}ms", 100 * i);
         assert_eq!(hid.next_deadline(), Some(t + KEEPALIVE_INTERVAL));
     }
     // A late tick still sends one, and the next is 100 ms after it.
@@ -657,18 +530,10 @@ fn keepalive_every_100ms_while_processing() {
 
     // After the answer: no more keepalives, no deadline.
     let out = hid.complete(cid, &[0x00]);
-    assert_eq!(
-        ctaphid::unframe(&out),
-        Some((cid, command::CBOR, vec![0x00]))
-    );
+    assert_eq!(ctaphid::unframe(&out), Some((cid, command::CBOR, vec![0x00])));
     assert_eq!(hid.next_deadline(), None);
     for i in 1..=5u64 {
-        assert!(hid
-            .tick(
-                late + Duration::from_millis(100 * i),
-                KeepaliveStatus::UserPresenceNeeded
-            )
-            .is_empty());
+        assert!(hid.tick(late + Duration::from_millis(100 * i), KeepaliveStatus::UserPresenceNeeded).is_empty());
     }
 }
 
@@ -716,22 +581,13 @@ fn cancel_on_processing_channel_cancels_without_answer() {
     let b = raw_init(&mut hid, t0);
 
     // Idle: CANCEL does nothing, on any channel.
-    assert_eq!(
-        hid.receive(&init_packet(a, command::CANCEL, 0, &[]), t0),
-        vec![]
-    );
+    assert_eq!(hid.receive(&init_packet(a, command::CANCEL, 0, &[]), t0), vec![]);
 
     raw_start_cbor(&mut hid, a, &[0x01, 0xa0], t0);
     // CANCEL from another channel: nothing, and not CHANNEL_BUSY either.
-    assert_eq!(
-        hid.receive(&init_packet(b, command::CANCEL, 0, &[]), t0),
-        vec![]
-    );
+    assert_eq!(hid.receive(&init_packet(b, command::CANCEL, 0, &[]), t0), vec![]);
     // CANCEL from the processing channel: stop the request, no report.
-    assert_eq!(
-        hid.receive(&init_packet(a, command::CANCEL, 0, &[]), t0),
-        vec![Action::CancelProcessing]
-    );
+    assert_eq!(hid.receive(&init_packet(a, command::CANCEL, 0, &[]), t0), vec![Action::CancelProcessing]);
     assert!(hid.is_processing(), "the authenticator still has to answer");
     // Keepalives continue until it does.
     let t1 = t0 + KEEPALIVE_INTERVAL;
@@ -741,20 +597,11 @@ fn cancel_on_processing_channel_cancels_without_answer() {
     );
     // Its answer (KEEPALIVE_CANCEL) goes to the host.
     let out = hid.complete(a, &[CTAP2_ERR_KEEPALIVE_CANCEL]);
-    assert_eq!(
-        ctaphid::unframe(&out),
-        Some((a, command::CBOR, vec![CTAP2_ERR_KEEPALIVE_CANCEL]))
-    );
+    assert_eq!(ctaphid::unframe(&out), Some((a, command::CBOR, vec![CTAP2_ERR_KEEPALIVE_CANCEL])));
     assert!(!hid.is_processing());
     // Idle again: nothing.
-    assert_eq!(
-        hid.receive(&init_packet(a, command::CANCEL, 0, &[]), t1),
-        vec![]
-    );
-    assert_eq!(
-        hid.receive(&init_packet(b, command::CANCEL, 0, &[]), t1),
-        vec![]
-    );
+    assert_eq!(hid.receive(&init_packet(a, command::CANCEL, 0, &[]), t1), vec![]);
+    assert_eq!(hid.receive(&init_packet(b, command::CANCEL, 0, &[]), t1), vec![]);
 }
 
 #[test]
@@ -767,32 +614,19 @@ fn init_on_processing_channel_cancels_and_drops_the_late_answer() {
     let actions = hid.receive(&init_packet(a, command::INIT, 8, &NONCE), t0);
     assert_eq!(actions.len(), 2, "{actions:?}");
     assert_eq!(actions[0], Action::CancelProcessing);
-    let Action::Send(reply) = actions[1] else {
-        panic!("INIT answer expected: {actions:?}")
-    };
+    let Action::Send(reply) = actions[1] else { panic!("INIT answer expected: {actions:?}") };
     let (cid, cmd, data) = ctaphid::unframe(&[reply]).unwrap();
     assert_eq!((cid, cmd, &data[..8]), (a, command::INIT, &NONCE[..]));
     assert_eq!(u32::from_be_bytes(data[8..12].try_into().unwrap()), a);
     // No keepalives for an abandoned request, and a second INIT cancels nothing more.
     assert_eq!(hid.next_deadline(), None);
-    assert!(hid
-        .tick(t0 + Duration::from_millis(300), KeepaliveStatus::Processing)
-        .is_empty());
+    assert!(hid.tick(t0 + Duration::from_millis(300), KeepaliveStatus::Processing).is_empty());
     let again = hid.receive(&init_packet(a, command::INIT, 8, &NONCE), t0);
-    assert!(
-        again.iter().all(|x| matches!(x, Action::Send(_))),
-        "{again:?}"
-    );
-    assert_eq!(
-        hid.receive(&init_packet(a, command::CANCEL, 0, &[]), t0),
-        vec![]
-    );
+    assert!(again.iter().all(|x| matches!(x, Action::Send(_))), "{again:?}");
+    assert_eq!(hid.receive(&init_packet(a, command::CANCEL, 0, &[]), t0), vec![]);
 
     // The late answer is dropped.
-    assert_eq!(
-        hid.complete(a, &[CTAP2_ERR_KEEPALIVE_CANCEL]),
-        Vec::<Packet>::new()
-    );
+    assert_eq!(hid.complete(a, &[CTAP2_ERR_KEEPALIVE_CANCEL]), Vec::<Packet>::new());
     assert!(!hid.is_processing());
     // The channel works again.
     let request = raw_start_cbor(&mut hid, a, GET_INFO, t0);
@@ -807,11 +641,7 @@ struct WaitForCancelPrompt {
 }
 
 impl UserPrompt for WaitForCancelPrompt {
-    fn request_presence(
-        &mut self,
-        _request: &PresenceRequest<'_>,
-        signals: &TransactionSignals,
-    ) -> PromptOutcome {
+    fn request_presence(&mut self, _request: &PresenceRequest<'_>, signals: &TransactionSignals) -> PromptOutcome {
         let _ = self.entered.send(());
         if signals.wait_for_cancel(Duration::from_secs(10)) {
             PromptOutcome::Cancelled
@@ -824,61 +654,36 @@ impl UserPrompt for WaitForCancelPrompt {
 #[test]
 fn threaded_cancel_ends_make_credential_with_keepalive_cancel() {
     let (entered_tx, entered_rx) = mpsc::channel();
-    let platform = software_platform(
-        Box::new(WaitForCancelPrompt {
-            entered: entered_tx,
-        }),
-        Box::new(AllowAll),
-        10,
-    );
-    let mut authenticator =
-        Authenticator::new(AuthenticatorConfig::default(), platform, Instant::now());
+    let platform = software_platform(Box::new(WaitForCancelPrompt { entered: entered_tx }), Box::new(AllowAll), 10);
+    let mut authenticator = Authenticator::new(AuthenticatorConfig::default(), platform, Instant::now());
     let mut hid = CtapHid::new(authenticator.device_version(), 0x4000);
     let cid = raw_init(&mut hid, Instant::now());
 
     let mut message = vec![0x01];
-    ciborium::ser::into_writer(
-        &requests::make_credential("example.com", b"u1", "alice", vec![]),
-        &mut message,
-    )
-    .unwrap();
+    ciborium::ser::into_writer(&requests::make_credential("example.com", b"u1", "alice", vec![]), &mut message)
+        .unwrap();
     let request = raw_start_cbor(&mut hid, cid, &message, Instant::now());
     let signals = TransactionSignals::new();
     let started = Instant::now();
 
     let response = std::thread::scope(|s| {
         let worker = s.spawn(|| {
-            let ctx = RequestContext {
-                now: Instant::now(),
-                channel: request.cid,
-                signals: &signals,
-            };
+            let ctx = RequestContext { now: Instant::now(), channel: request.cid, signals: &signals };
             authenticator.process_cbor(&request.payload, &ctx)
         });
-        entered_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the prompt is reached");
+        entered_rx.recv_timeout(Duration::from_secs(10)).expect("the prompt is reached");
         // While the prompt waits, keepalives say "user presence needed".
-        assert_eq!(
-            signals.keepalive_status(),
-            KeepaliveStatus::UserPresenceNeeded
-        );
+        assert_eq!(signals.keepalive_status(), KeepaliveStatus::UserPresenceNeeded);
         let deadline = hid.next_deadline().expect("a keepalive is due");
         let out = sends(hid.tick(deadline, signals.keepalive_status()));
-        assert_eq!(
-            out,
-            vec![keepalive_packet(cid, KeepaliveStatus::UserPresenceNeeded)]
-        );
+        assert_eq!(out, vec![keepalive_packet(cid, KeepaliveStatus::UserPresenceNeeded)]);
         // The host cancels; the transport signals the request.
         let actions = hid.receive(&init_packet(cid, command::CANCEL, 0, &[]), Instant::now());
         assert_eq!(actions, vec![Action::CancelProcessing]);
         signals.cancel();
         worker.join().expect("authenticator thread")
     });
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "woken by the cancel, not the prompt timeout"
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "woken by the cancel, not the prompt timeout");
     assert_eq!(response, vec![CTAP2_ERR_KEEPALIVE_CANCEL]);
 
     let out = hid.complete(cid, &response);
@@ -904,21 +709,8 @@ fn short_and_long_reports_do_not_panic() {
     // Short reports are zero-padded: 5 bytes = a PING of length 0.
     let out = d.send(&[cid_bytes[0], cid_bytes[1], cid_bytes[2], cid_bytes[3], 0x81]);
     assert_eq!(ctaphid::unframe(&out), Some((cid, command::PING, vec![])));
-    let out = d.send(&[
-        cid_bytes[0],
-        cid_bytes[1],
-        cid_bytes[2],
-        cid_bytes[3],
-        0x81,
-        0x00,
-        0x02,
-        b'o',
-        b'k',
-    ]);
-    assert_eq!(
-        ctaphid::unframe(&out),
-        Some((cid, command::PING, b"ok".to_vec()))
-    );
+    let out = d.send(&[cid_bytes[0], cid_bytes[1], cid_bytes[2], cid_bytes[3], 0x81, 0x00, 0x02, b'o', b'k']);
+    assert_eq!(ctaphid::unframe(&out), Some((cid, command::PING, b"ok".to_vec())));
     // 65-byte reports (e.g. with a report ID) and longer ones do not panic.
     for extra in [1usize, 2, 100] {
         let mut report = init_packet(cid, command::PING, 3, b"xyz").to_vec();
@@ -968,14 +760,8 @@ fn check_well_formed(out: &[Packet], allowed: &std::collections::HashSet<u32>) {
     while i < out.len() {
         let first = &out[i];
         let cid = u32::from_be_bytes([first[0], first[1], first[2], first[3]]);
-        assert!(
-            allowed.contains(&cid),
-            "answer on unknown channel {cid:#x}: {first:02x?}"
-        );
-        assert!(
-            first[4] & 0x80 != 0,
-            "message starts with a CONT packet: {first:02x?}"
-        );
+        assert!(allowed.contains(&cid), "answer on unknown channel {cid:#x}: {first:02x?}");
+        assert!(first[4] & 0x80 != 0, "message starts with a CONT packet: {first:02x?}");
         let cmd = first[4] & 0x7f;
         let len = usize::from(u16::from_be_bytes([first[5], first[6]]));
         assert!(len <= MAX_MESSAGE_SIZE);
@@ -1004,10 +790,7 @@ fn check_well_formed(out: &[Packet], allowed: &std::collections::HashSet<u32>) {
         }
         // Padding after the payload is zero in every report.
         let mut used = len.min(INIT_DATA);
-        assert!(
-            first[7 + used..].iter().all(|&b| b == 0),
-            "padding: {first:02x?}"
-        );
+        assert!(first[7 + used..].iter().all(|&b| b == 0), "padding: {first:02x?}");
         for p in &out[i + 1..i + count] {
             let take = (len - used).min(CONT_DATA);
             assert!(p[5 + take..].iter().all(|&b| b == 0), "padding: {p:02x?}");
@@ -1063,11 +846,8 @@ fn random_packets_never_panic_and_answers_are_well_formed() {
         report[..4].copy_from_slice(&cid.to_be_bytes());
         if rng.chance(45) {
             // INIT packet with a plausible command and length.
-            let cmd = if rng.chance(90) {
-                commands[rng.below(commands.len() as u64) as usize]
-            } else {
-                rng.byte() & 0x7f
-            };
+            let cmd =
+                if rng.chance(90) { commands[rng.below(commands.len() as u64) as usize] } else { rng.byte() & 0x7f };
             report[4] = 0x80 | cmd;
             let len: u16 = match rng.below(10) {
                 0 => rng.next() as u16,
@@ -1085,11 +865,7 @@ fn random_packets_never_panic_and_answers_are_well_formed() {
         } else {
             // CONT packet, usually with the expected sequence number.
             let seq = next_seq.entry(cid).or_insert(0);
-            report[4] = if rng.chance(85) {
-                *seq
-            } else {
-                rng.byte() & 0x7f
-            };
+            report[4] = if rng.chance(85) { *seq } else { rng.byte() & 0x7f };
             *seq = seq.wrapping_add(1) & 0x7f;
         }
         // Random, sometimes short or long, report lengths.

@@ -34,10 +34,8 @@ fn get_info_lists_es256_then_eddsa() {
     let cid = d.init();
     let (_, info) = d.ctap(cid, 0x04, None);
     let list = responses::get(info.as_ref().unwrap(), 0x0A).unwrap().as_array().unwrap().clone();
-    let ids: Vec<i128> = list
-        .iter()
-        .map(|a| responses::get_text(a, "alg").unwrap().as_integer().unwrap().into())
-        .collect();
+    let ids: Vec<i128> =
+        list.iter().map(|a| responses::get_text(a, "alg").unwrap().as_integer().unwrap().into()).collect();
     assert_eq!(ids, vec![-7, -8]);
 }
 
@@ -64,8 +62,7 @@ fn eddsa_credential_signs_verifiable_assertions() {
     let sig = ed25519_dalek::Signature::from_slice(&responses::bytes(responses::get_text(statement, "sig"))).unwrap();
     ed25519_dalek::Verifier::verify(&key, &signed, &sig).expect("attestation signature");
 
-    let (status, body) =
-        d.ctap(cid, 0x02, Some(fidoseal_tests::requests::get_assertion("ed.example", &[&id], vec![])));
+    let (status, body) = d.ctap(cid, 0x02, Some(fidoseal_tests::requests::get_assertion("ed.example", &[&id], vec![])));
     assert_eq!(status, 0);
     let body = body.unwrap();
     let mut signed = responses::bytes(responses::get(&body, 2));

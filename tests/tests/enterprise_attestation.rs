@@ -18,8 +18,8 @@ use fidoseal_tests::platform_client::config_subcommand::ENABLE_ENTERPRISE_ATTEST
 use fidoseal_tests::platform_client::{self as pc, command, permission, PinToken, Protocol};
 use fidoseal_tests::requests;
 use fidoseal_tests::responses::{self, get, get_text};
-use fidoseal_tests::Device;
 use fidoseal_tests::status as st;
+use fidoseal_tests::Device;
 use p256::ecdsa::VerifyingKey;
 use x509_cert::der::{Decode, Encode};
 use x509_cert::Certificate;
@@ -37,7 +37,8 @@ fn data(name: &str) -> PathBuf {
 /// file 0600, which git does not keep).
 fn enterprise_key() -> (Arc<EnterpriseAttestationKey>, Vec<Vec<u8>>) {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("fidoseal-ea-core-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let dir =
+        std::env::temp_dir().join(format!("fidoseal-ea-core-{}-{:?}", std::process::id(), std::thread::current().id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("attestation.key");
     std::fs::copy(data("attestation-sec1.key"), &key).unwrap();
@@ -204,14 +205,17 @@ fn with_a_pin_enabling_needs_an_acfg_token() {
         let (mut d, cid, chain) = capable_device(AuthenticatorConfig::default());
         assert_eq!(pc::set_pin(&mut d, cid, protocol, PIN), st::OK);
         assert_eq!(enable(&mut d, cid, None), st::PUAT_REQUIRED);
-        let wrong = pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, protocol, PIN, permission::MC, None).unwrap();
+        let wrong =
+            pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, protocol, PIN, permission::MC, None).unwrap();
         assert_eq!(enable(&mut d, cid, Some(&wrong)), st::PIN_AUTH_INVALID);
         assert_eq!(ep_option(&mut d, cid), Some(false));
-        let acfg = pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, protocol, PIN, permission::ACFG, None).unwrap();
+        let acfg =
+            pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, protocol, PIN, permission::ACFG, None).unwrap();
         assert_eq!(enable(&mut d, cid, Some(&acfg)), st::OK);
         assert_eq!(ep_option(&mut d, cid), Some(true));
         // And the credential itself with an mc token, as a browser sends it.
-        let mc = pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, protocol, PIN, permission::MC, Some(EA_RP)).unwrap();
+        let mc = pc::get_pin_uv_auth_token_with_permissions(&mut d, cid, protocol, PIN, permission::MC, Some(EA_RP))
+            .unwrap();
         let mut extra = pc::mc_auth(&mc);
         extra.push((0x0A, Value::from(2)));
         let (status, body) =

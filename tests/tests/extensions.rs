@@ -9,8 +9,8 @@ use fidoseal_tests::platform_client::{
 };
 use fidoseal_tests::requests::{self, int_map, text_map};
 use fidoseal_tests::responses::{self, get};
-use fidoseal_tests::Device;
 use fidoseal_tests::status as st;
+use fidoseal_tests::Device;
 
 const RP: &str = "example.com";
 const OTHER_RP: &str = "other.example";
@@ -45,7 +45,8 @@ fn make(d: &mut Device, cid: u32, rp: &str, user: &[u8], rk: bool, extra: Vec<(i
     if rk {
         extra.push(requests::rk());
     }
-    let (status, body) = d.ctap(cid, command::MAKE_CREDENTIAL, Some(requests::make_credential(rp, user, "alice", extra)));
+    let (status, body) =
+        d.ctap(cid, command::MAKE_CREDENTIAL, Some(requests::make_credential(rp, user, "alice", extra)));
     assert_eq!(status, st::OK, "makeCredential");
     let body = body.unwrap();
     let auth_data = parse_auth_data(&responses::bytes(get(&body, 2)));
@@ -76,7 +77,8 @@ fn cred_protect_levels_are_echoed_with_the_ed_flag() {
     let (mut d, cid) = device();
     for level in 1u8..=3 {
         for rk in [false, true] {
-            let m = make(&mut d, cid, RP, &[level, u8::from(rk)], rk, vec![ext(&[("credProtect", Value::from(level))])]);
+            let m =
+                make(&mut d, cid, RP, &[level, u8::from(rk)], rk, vec![ext(&[("credProtect", Value::from(level))])]);
             assert_eq!(m.auth_data.flags, AuthData::UP | AuthData::AT | AuthData::ED);
             assert_eq!(m.auth_data.extensions, Some(text_map(&[("credProtect", Value::from(level))])));
         }
@@ -278,7 +280,14 @@ fn hmac_secret_with_a_bad_salt_auth_is_pin_auth_invalid() {
     }
 }
 
-fn hmac_secret_status(d: &mut Device, cid: u32, protocol: Protocol, id: &[u8], salts: &[u8], extra: Vec<(i64, Value)>) -> u8 {
+fn hmac_secret_status(
+    d: &mut Device,
+    cid: u32,
+    protocol: Protocol,
+    id: &[u8],
+    salts: &[u8],
+    extra: Vec<(i64, Value)>,
+) -> u8 {
     let ss: SharedSecret = pc::key_agreement(d, cid, protocol);
     let mut extra = extra;
     extra.push(ga_ext(&[("hmac-secret", pc::hmac_secret_input(&ss, salts, true))]));
@@ -291,7 +300,11 @@ fn hmac_secret_salts_of_other_lengths_are_invalid_length() {
     let a = make(&mut d, cid, RP, b"a", false, vec![ext(&[("hmac-secret", Value::Bool(true))])]);
     for protocol in Protocol::BOTH {
         for len in [16usize, 48, 96] {
-            assert_eq!(hmac_secret_status(&mut d, cid, protocol, &a.id, &vec![9; len], vec![]), st::INVALID_LENGTH, "{len}");
+            assert_eq!(
+                hmac_secret_status(&mut d, cid, protocol, &a.id, &vec![9; len], vec![]),
+                st::INVALID_LENGTH,
+                "{len}"
+            );
         }
     }
 }
@@ -371,7 +384,8 @@ fn large_blob_key_is_the_same_from_make_credential_get_assertion_and_credential_
         assert_eq!(pc::set_pin(&mut d, cid, protocol, PIN), st::OK);
         let t = token(&mut d, cid, protocol, permission::CM);
         let params = int_map(vec![(1, Value::Bytes(pc::sha256(RP.as_bytes()).to_vec()))]);
-        let (status, body) = d.ctap(cid, command::CREDENTIAL_MANAGEMENT, Some(pc::cred_mgmt_request(Some(&t), 0x04, Some(params))));
+        let (status, body) =
+            d.ctap(cid, command::CREDENTIAL_MANAGEMENT, Some(pc::cred_mgmt_request(Some(&t), 0x04, Some(params))));
         assert_eq!(status, st::OK);
         let mut from_cm = vec![responses::bytes(get(body.as_ref().unwrap(), 0x0B))];
         let (status, body) = d.ctap(cid, command::CREDENTIAL_MANAGEMENT, Some(pc::cred_mgmt_request(None, 0x05, None)));

@@ -54,7 +54,8 @@ fn min_cred_protect_raises_the_level_and_reports_it() {
     let mut d = Device::new();
     let cid = d.init();
     d.denied_rps.set_verdict("cp.example", verdict(|v| v.min_cred_protect = 3));
-    let (status, body) = d.ctap(cid, 0x01, Some(requests::make_credential("cp.example", b"u", "u", vec![requests::rk()])));
+    let (status, body) =
+        d.ctap(cid, 0x01, Some(requests::make_credential("cp.example", b"u", "u", vec![requests::rk()])));
     assert_eq!(status, 0);
     let auth_data = responses::bytes(responses::get(body.as_ref().unwrap(), 2));
     assert_eq!(auth_data[32] & 0x80, 0x80, "extension data present");
@@ -88,7 +89,11 @@ fn attestation_override_and_prompt_details_reach_their_places() {
     let (status, body) = d.ctap(cid, 0x01, Some(requests::make_credential("other.example", b"u", "u", vec![])));
     assert_eq!(status, 0);
     assert_eq!(responses::get(body.as_ref().unwrap(), 1), Some(&Value::from("packed")));
-    assert!(d.prompt.asked().iter().any(|(p, rp)| *p == PresencePurpose::Register && rp.as_deref() == Some("att.example")));
+    assert!(d
+        .prompt
+        .asked()
+        .iter()
+        .any(|(p, rp)| *p == PresencePurpose::Register && rp.as_deref() == Some("att.example")));
 }
 
 #[test]
@@ -172,12 +177,8 @@ impl fidoseal_ctap::platform::PolicyDecision for RealPolicy {
             fidoseal_ctap::platform::Operation::Reset => return PolicyVerdict::allow("reset"),
         };
         let principal = Principal::default();
-        let d = self.0.evaluate(&Request {
-            rp_id: request.rp_id,
-            operation,
-            principal: &principal,
-            ctap1: request.ctap1,
-        });
+        let d =
+            self.0.evaluate(&Request { rp_id: request.rp_id, operation, principal: &principal, ctap1: request.ctap1 });
         if d.action == Action::Deny {
             return PolicyVerdict::deny(d.rule_id);
         }
@@ -187,6 +188,7 @@ impl fidoseal_ctap::platform::PolicyDecision for RealPolicy {
                 Some(Attestation::Enterprise) => self.1.clone().map(AttestationPolicy::Enterprise),
                 Some(Attestation::None) => Some(AttestationPolicy::None),
                 Some(Attestation::SelfAttestation) => Some(AttestationPolicy::SelfAttestation),
+                Some(Attestation::Machine) => Some(AttestationPolicy::Machine),
                 None => None,
             };
         })

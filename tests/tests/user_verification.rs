@@ -56,7 +56,11 @@ fn verified_user_gets_the_uv_flag_with_one_prompt() {
     assert_eq!(flags(body.as_ref().unwrap()) & 0x05, 0x05, "UP and UV");
     assert!(d.prompt.asked().is_empty(), "verification stands for presence: no second prompt");
     // Discovery with UV returns the user's name.
-    let (status, body) = d.ctap(cid, 0x02, Some(requests::get_assertion("uv.example", &[], vec![(5, text_map(&[("uv", Value::Bool(true))]))])));
+    let (status, body) = d.ctap(
+        cid,
+        0x02,
+        Some(requests::get_assertion("uv.example", &[], vec![(5, text_map(&[("uv", Value::Bool(true))]))])),
+    );
     assert_eq!(status, 0);
     let body = body.unwrap();
     assert_eq!(flags(&body) & 0x05, 0x05);
@@ -145,6 +149,47 @@ fn uv_token_needs_no_second_touch_when_used_at_once() {
     }
 }
 
+/// A token's userPresent (§6.5.2.1) runs from when the user verified, not
+/// from when the request came: a password typed in 35 s needs no second
+/// touch for the request right after it.
+#[test]
+fn a_slow_verification_still_proves_presence_to_the_next_request() {
+    for protocol in [Protocol::One, Protocol::Two] {
+        let mut d = Device::new();
+        let cid = d.init();
+        d.prompt.offer_verification(vec![V::VerifiedAfter(Duration::from_secs(35))]);
+        let ss = pc::key_agreement(&mut d, cid, protocol);
+        let token = pc::request_token(&mut d, cid, &ss, pc::uv_token_request(&ss, 0x01, Some("uv.example"))).unwrap();
+        // The clock went on while the user typed, and a second more.
+        d.advance(Duration::from_secs(36));
+        let param = token.param(&[0x11; 32]);
+        let auth = vec![(8, Value::Bytes(param)), (9, Value::from(protocol.id()))];
+        let (status, body) = d.ctap(cid, 0x01, Some(requests::make_credential("uv.example", b"u", "u", auth)));
+        assert_eq!(status, 0);
+        assert_eq!(flags(body.as_ref().unwrap()) & 0x05, 0x05);
+        assert!(d.prompt.asked().is_empty(), "asked for a touch 1 s after the user verified: {:?}", d.prompt.asked());
+    }
+}
+
+/// getNextAssertion's 30 s (§6.3) also start when the user has answered.
+#[test]
+fn get_next_assertion_after_a_slow_verification() {
+    let mut d = Device::new();
+    let cid = d.init();
+    for (id, name) in [(b"a", "alice"), (b"b", "bob")] {
+        let (status, _) =
+            d.ctap(cid, 0x01, Some(requests::make_credential("next.example", id, name, vec![requests::rk()])));
+        assert_eq!(status, 0);
+    }
+    d.prompt.offer_verification(vec![V::VerifiedAfter(Duration::from_secs(35))]);
+    let uv = vec![(5, text_map(&[("uv", Value::Bool(true))]))];
+    let (status, body) = d.ctap(cid, 0x02, Some(requests::get_assertion("next.example", &[], uv)));
+    assert_eq!(status, 0);
+    assert_eq!(responses::get(body.as_ref().unwrap(), 5), Some(&Value::from(2)));
+    d.advance(Duration::from_secs(36));
+    assert_eq!(d.ctap(cid, 0x08, None).0, 0, "getNextAssertion 1 s after the user verified");
+}
+
 #[test]
 fn uv_token_is_refused_without_built_in_verification_or_when_blocked() {
     let mut d = Device::new();
@@ -163,7 +208,8 @@ fn the_user_picks_one_of_several_passkeys() {
     let mut d = Device::new();
     let cid = d.init();
     for (id, name) in [(b"a", "alice"), (b"b", "bob")] {
-        let (status, _) = d.ctap(cid, 0x01, Some(requests::make_credential("pick.example", id, name, vec![requests::rk()])));
+        let (status, _) =
+            d.ctap(cid, 0x01, Some(requests::make_credential("pick.example", id, name, vec![requests::rk()])));
         assert_eq!(status, 0);
     }
     d.prompt.offer_selection(Ok(1));
@@ -173,7 +219,11 @@ fn the_user_picks_one_of_several_passkeys() {
     let body = body.unwrap();
     assert_eq!(responses::get(&body, 5), None, "one assertion: no numberOfCredentials");
     let user = responses::get(&body, 4).unwrap();
-    assert_eq!(responses::get_text(user, "id"), Some(&Value::Bytes(b"a".to_vec())), "the older passkey, second in the list");
+    assert_eq!(
+        responses::get_text(user, "id"),
+        Some(&Value::Bytes(b"a".to_vec())),
+        "the older passkey, second in the list"
+    );
     assert_eq!(d.prompt.selections_asked.lock().unwrap()[0], vec!["bob".to_owned(), "alice".to_owned()]);
     assert_eq!(d.prompt.asked().len(), asked, "choosing was the user's presence");
     assert_eq!(d.ctap(cid, 0x08, None).0, 0x30, "nothing left for getNextAssertion");

@@ -34,7 +34,7 @@ use zbus::names::UniqueName;
 use zbus::Connection;
 
 use super::caller::{self, Credentials};
-use super::{hex, unhex, Service};
+use super::Service;
 use crate::device_user::DeviceUid;
 use crate::devices::UserDevice;
 use crate::replug::ReplugError;
@@ -95,7 +95,7 @@ impl Manager {
     /// The passkey `credential_id` names on `device`, if the policy shows
     /// it to the device's owner.
     async fn passkey(device: &UserDevice, credential_id: &str) -> Result<ResidentCredential, Error> {
-        let Some(id) = unhex(credential_id) else {
+        let Some(id) = hex::decode(credential_id).ok().filter(|id| !id.is_empty()) else {
             return Err(Error::DoesNotExist(format!("{credential_id:?} is not a credential id (hex)")));
         };
         Self::with_store(device, move |store| store.find(&id))
@@ -225,7 +225,7 @@ impl Manager {
             .into_iter()
             .map(|c| {
                 (
-                    hex(&c.credential_id),
+                    hex::encode(&c.credential_id),
                     c.rp_id,
                     c.user_name.unwrap_or_default(),
                     c.user_display_name.unwrap_or_default(),
@@ -276,7 +276,10 @@ impl Manager {
         // the device's owner confirms who they are first, in their agent.
         if let Err(e) = Self::verify_user_to_delete(&device, &passkey).await {
             // The audit trail, not a log line: it never holds a credential ID.
-            audit(AuditDecision::Deny, format!("asked over D-Bus by uid {}; the user was not verified: {e}", caller.uid));
+            audit(
+                AuditDecision::Deny,
+                format!("asked over D-Bus by uid {}; the user was not verified: {e}", caller.uid),
+            );
             return Err(e);
         }
         let id = passkey.credential_id.clone();

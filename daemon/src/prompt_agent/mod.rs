@@ -23,8 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fidoseal_ctap::platform::{
-    CredentialStore, PresenceRequest, PromptOutcome, TransactionSignals, UserPrompt,
-    VerificationOutcome,
+    CredentialStore, PresenceRequest, PromptOutcome, TransactionSignals, UserPrompt, VerificationOutcome,
 };
 use fidoseal_dbus::{detail, details, Agent1Proxy, Details};
 use tokio::sync::watch;

@@ -52,6 +52,8 @@ use std::sync::Once;
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
+use fidoseal_ctap::authenticator::FIDOSEAL_AAGUID;
+use fidoseal_ctap::machine_attestation;
 use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, PublicKey, Secret32};
 use sha2::{Digest as _, Sha256};
 use tss_esapi::attributes::SessionAttributesBuilder;
@@ -177,6 +179,10 @@ pub struct TpmKeyStore {
     hmac_private: Private,
     sealing_key: Zeroizing<[u8; 32]>,
     startup: Startup,
+    /// `machine-attestation-tpm` in the state directory.
+    machine_key_path: PathBuf,
+    /// The machine attestation key's blob and certificate, once loaded.
+    machine_key: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for TpmKeyStore {
@@ -605,6 +611,8 @@ impl TpmKeyStore {
                     hmac_private,
                     sealing_key,
                     startup: Startup::Reopened,
+                    machine_key_path: crate::machine_key::path(state_dir, "tpm"),
+                    machine_key: None,
                 });
             }
             let _ = ctx.flush_context(primary.into());
@@ -644,6 +652,8 @@ impl TpmKeyStore {
             hmac_private,
             sealing_key,
             startup,
+            machine_key_path: crate::machine_key::path(state_dir, "tpm"),
+            machine_key: None,
         })
     }
 
@@ -656,7 +666,8 @@ impl TpmKeyStore {
         let mut kept = Vec::new();
         if path.exists() {
             let aside = PathBuf::from(format!("{}.{suffix}", path.display()));
-            let bytes = std::fs::read(path).map_err(|source| TpmSetupError::Read { path: path.to_path_buf(), source })?;
+            let bytes =
+                std::fs::read(path).map_err(|source| TpmSetupError::Read { path: path.to_path_buf(), source })?;
             crate::state::write_atomically(&aside, &bytes)
                 .map_err(|source| TpmSetupError::Write { path: aside.clone(), source })?;
             kept.push(aside);
@@ -664,10 +675,12 @@ impl TpmKeyStore {
         let credential_state = [crate::state::DATABASE_FILE, crate::state::LEGACY_FILE];
         if credential_state.iter().any(|file| state_dir.join(file).exists()) {
             use fidoseal_ctap::platform::CredentialStore as _;
-            let failed = |e: &dyn std::fmt::Display| TpmSetupError::Tpm(format!("cannot reset the credential state: {e}"));
+            let failed =
+                |e: &dyn std::fmt::Display| TpmSetupError::Tpm(format!("cannot reset the credential state: {e}"));
             // Opening migrates an old credentials.cbor first (kept as
             // credentials.cbor.migrated); the database is copied whole.
-            let mut credentials = crate::state::CredentialDatabase::open(state_dir, usize::MAX).map_err(|e| failed(&e))?;
+            let mut credentials =
+                crate::state::CredentialDatabase::open(state_dir, usize::MAX).map_err(|e| failed(&e))?;
             let aside = PathBuf::from(format!("{}.{suffix}", credentials.path().display()));
             credentials.copy_to(&aside).map_err(|e| failed(&e))?;
             kept.push(aside);
@@ -693,6 +706,118 @@ impl TpmKeyStore {
     fn sealing_cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new((&*self.sealing_key).into())
     }
+}
+
+/// TPM2_Load of a signing key under `parent`, TPM2_Sign of the SHA-256
+/// `digest`, TPM2_FlushContext; the signature DER-encoded.
+fn sign_digest(
+    ctx: &mut Context,
+    parent: KeyHandle,
+    public: &Public,
+    private: &Private,
+    digest: &[u8],
+) -> Result<Vec<u8>, OpError> {
+    let key = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| c.load(parent, private.clone(), public.clone()))
+        .map_err(|error| match classify(&error) {
+            // Integrity, size, value…: not made by this TPM under this primary.
+            Fault::Refused => OpError::NotOurs,
+            _ => OpError::Tpm { step: "TPM2_Load", error },
+        })?;
+    let signed = Digest::try_from(digest.to_vec())
+        .and_then(|digest| {
+            let ticket = objects::null_hashcheck_ticket()?;
+            ctx.execute_with_session(Some(AuthSession::Password), |c| {
+                c.sign(key, digest, SignatureScheme::Null, ticket)
+            })
+        })
+        .map_err(at("TPM2_Sign"));
+    let flushed = ctx.flush_context(key.into()).map_err(at("TPM2_FlushContext"));
+    let signature = signed?;
+    flushed?;
+    match signature {
+        Signature::EcDsa(ecdsa) => objects::der_signature(ecdsa.signature_r().value(), ecdsa.signature_s().value())
+            .ok_or_else(|| OpError::Internal("the TPM returned an invalid ECDSA signature".into())),
+        other => Err(OpError::Internal(format!("the TPM returned a {:?} signature", other.algorithm()))),
+    }
+}
+
+/// The unique value of the machine attestation key's primary. Fixed, not a
+/// generation: authenticatorReset makes a new storage primary (so no
+/// credential key loads again), but the machine key, made under this one,
+/// stays usable. Only a cleared TPM (a new owner seed) loses it.
+const MACHINE_PRIMARY_UNIQUE: [u8; 32] = *b"fidoseal machine attestation v1\0";
+
+/// Runs `op` with the machine primary loaded, and flushes it after (with
+/// the storage primary and one key, three transient objects at most).
+fn with_machine_primary<T>(
+    conn: &mut Connection,
+    op: impl FnOnce(&mut Context, KeyHandle) -> Result<T, OpError>,
+) -> Result<T, OpError> {
+    let (primary, _) = create_primary(&mut conn.ctx, &MACHINE_PRIMARY_UNIQUE)?;
+    let result = op(&mut conn.ctx, primary);
+    let flushed = conn.ctx.flush_context(primary.into()).map_err(at("TPM2_FlushContext"));
+    let value = result?;
+    flushed?;
+    Ok(value)
+}
+
+impl TpmKeyStore {
+    /// The machine attestation key blob and certificate: read from its
+    /// file, or made in the TPM (non-exportable, like credential keys) with
+    /// a certificate the TPM signs, and written before it is used.
+    fn machine_key(&mut self) -> Result<(Vec<u8>, Vec<u8>), KeyStoreError> {
+        if let Some(loaded) = &self.machine_key {
+            return Ok(loaded.clone());
+        }
+        let path = self.machine_key_path.clone();
+        let loaded = match crate::machine_key::load(&path)? {
+            Some(stored) => {
+                let blob =
+                    KeyBlob::decode(&stored.key).ok_or_else(|| crate::machine_key::damaged(&path, "no key blob"))?;
+                let (x, y) = blob.coordinates().ok_or_else(|| crate::machine_key::damaged(&path, "not a P-256 key"))?;
+                let point = p256_point(&x, &y);
+                if !machine_attestation::certificate_matches(&stored.certificate, &point, &FIDOSEAL_AAGUID) {
+                    return Err(crate::machine_key::damaged(&path, "the certificate is not the key's"));
+                }
+                (stored.key.to_vec(), stored.certificate)
+            }
+            None => {
+                let serial = machine_attestation::new_serial()?;
+                let (blob, certificate) = self.tpm.run("create the machine attestation key", |conn| {
+                    with_machine_primary(conn, |ctx, primary| {
+                        let template =
+                            objects::credential_key_public(&[], &[]).map_err(at("building the key template"))?;
+                        let (public, private) = create_object(ctx, primary, template)?;
+                        let blob = KeyBlob::from_created(&public, &private).map_err(OpError::Internal)?;
+                        let (x, y) = blob
+                            .coordinates()
+                            .ok_or_else(|| OpError::Internal("the TPM returned a point that is not P-256".into()))?;
+                        let tbs = machine_attestation::tbs_certificate(&p256_point(&x, &y), &serial, &FIDOSEAL_AAGUID);
+                        let signature = sign_digest(ctx, primary, &public, &private, &Sha256::digest(&tbs))?;
+                        Ok((blob.encode(), machine_attestation::certificate(&tbs, &signature)))
+                    })
+                })?;
+                let stored = crate::machine_key::StoredMachineKey {
+                    key: Zeroizing::new(blob.clone()),
+                    certificate: certificate.clone(),
+                };
+                crate::machine_key::save(&path, &stored)?;
+                tracing::info!(path = %path.display(), "created the machine attestation key in the TPM");
+                (blob, certificate)
+            }
+        };
+        self.machine_key = Some(loaded.clone());
+        Ok(loaded)
+    }
+}
+
+fn p256_point(x: &[u8; 32], y: &[u8; 32]) -> [u8; machine_attestation::POINT_LEN] {
+    let mut point = [0u8; machine_attestation::POINT_LEN];
+    point[0] = 0x04;
+    point[1..33].copy_from_slice(x);
+    point[33..].copy_from_slice(y);
+    point
 }
 
 fn id_aad(rp_id_hash: &[u8; 32]) -> [u8; 33] {
@@ -736,32 +861,7 @@ impl KeyStore for TpmKeyStore {
         let digest = Sha256::digest(message);
         self.tpm.run("sign", |conn| {
             let parent = conn.primary;
-            let key = conn
-                .ctx
-                .execute_with_session(Some(AuthSession::Password), |c| c.load(parent, private.clone(), public.clone()))
-                .map_err(|error| match classify(&error) {
-                    // Integrity, size, value…: not made by this TPM under this primary.
-                    Fault::Refused => OpError::NotOurs,
-                    _ => OpError::Tpm { step: "TPM2_Load", error },
-                })?;
-            let signed = Digest::try_from(digest.to_vec())
-                .and_then(|digest| {
-                    let ticket = objects::null_hashcheck_ticket()?;
-                    conn.ctx.execute_with_session(Some(AuthSession::Password), |c| {
-                        c.sign(key, digest, SignatureScheme::Null, ticket)
-                    })
-                })
-                .map_err(at("TPM2_Sign"));
-            let flushed = conn.ctx.flush_context(key.into()).map_err(at("TPM2_FlushContext"));
-            let signature = signed?;
-            flushed?;
-            match signature {
-                Signature::EcDsa(ecdsa) => {
-                    objects::der_signature(ecdsa.signature_r().value(), ecdsa.signature_s().value())
-                        .ok_or_else(|| OpError::Internal("the TPM returned an invalid ECDSA signature".into()))
-                }
-                other => Err(OpError::Internal(format!("the TPM returned a {:?} signature", other.algorithm()))),
-            }
+            sign_digest(&mut conn.ctx, parent, &public, &private, &digest)
         })
     }
 
@@ -838,5 +938,30 @@ impl KeyStore for TpmKeyStore {
         self.sealing_key = sealing_key;
         tracing::info!("TPM key store reset: a new primary and secret; every earlier credential is unusable");
         Ok(())
+    }
+
+    fn machine_attestation_certificate(&mut self) -> Result<Vec<u8>, KeyStoreError> {
+        Ok(self.machine_key()?.1)
+    }
+
+    fn sign_machine_attestation(&mut self, message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        let (blob, _) = self.machine_key()?;
+        let path = self.machine_key_path.clone();
+        let blob = KeyBlob::decode(&blob).ok_or_else(|| crate::machine_key::damaged(&path, "no key blob"))?;
+        let public = blob.public().map_err(|_| crate::machine_key::damaged(&path, "bad public area"))?;
+        let private = blob.private().map_err(|_| crate::machine_key::damaged(&path, "bad private blob"))?;
+        let digest = Sha256::digest(message);
+        self.tpm
+            .run("sign with the machine attestation key", |conn| {
+                with_machine_primary(conn, |ctx, primary| sign_digest(ctx, primary, &public, &private, &digest))
+            })
+            .map_err(|e| match e {
+                // The blob no longer loads: the TPM was cleared, or the file comes from another machine.
+                KeyStoreError::NotAuthentic => crate::machine_key::damaged(
+                    &path,
+                    "its key does not load in this TPM: the TPM was cleared or the file comes from another machine",
+                ),
+                other => other,
+            })
     }
 }

@@ -584,3 +584,52 @@ fn a_damaged_state_file_stops_the_start_and_is_kept() {
     assert_eq!(std::fs::read(&path).unwrap(), &good[..good.len() - 3], "left as it was");
     std::fs::remove_dir_all(state).unwrap();
 }
+
+/// The P-256 key of a machine attestation certificate (the template's
+/// subjectPublicKey: BIT STRING of 66 bytes, no unused bits, uncompressed).
+fn machine_certificate_key(certificate: &[u8]) -> VerifyingKey {
+    let at = certificate.windows(4).position(|w| w == [0x03, 0x42, 0x00, 0x04]).expect("an uncompressed P-256 key");
+    let point: [u8; 65] = certificate[at + 3..at + 3 + 65].try_into().unwrap();
+    assert!(fidoseal_ctap::machine_attestation::certificate_matches(certificate, &point, &FIDOSEAL_AAGUID));
+    VerifyingKey::from_sec1_bytes(&point).unwrap()
+}
+
+#[test]
+fn the_machine_key_is_made_in_the_tpm_once_survives_reset_and_restart_and_a_damaged_file_is_an_error() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("machine");
+    let file = state.join("machine-attestation-tpm");
+    let mut store = open(&tpm, &state);
+    assert!(!file.exists(), "made on first use only");
+    let certificate = store.machine_attestation_certificate().unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let key = machine_certificate_key(&certificate);
+    let signature = store.sign_machine_attestation(b"authData and clientDataHash").unwrap();
+    key.verify(b"authData and clientDataHash", &p256::ecdsa::Signature::from_der(&signature).unwrap()).unwrap();
+    // The private key is the TPM's: the file holds a TPM-wrapped blob, not a scalar
+    // that signs (the public key is in the certificate, the blob is the KeyBlob).
+    let stored = crate::machine_key::load(&file).unwrap().unwrap();
+    assert!(KeyBlob::decode(&stored.key).is_some());
+    assert_eq!(store.transient_objects().unwrap(), 1, "the machine primary and key are flushed");
+
+    store.reset().unwrap();
+    assert_eq!(store.machine_attestation_certificate().unwrap(), certificate, "reset keeps the machine key");
+    let signature = store.sign_machine_attestation(b"after reset").unwrap();
+    key.verify(b"after reset", &p256::ecdsa::Signature::from_der(&signature).unwrap()).unwrap();
+    drop(store);
+
+    let mut reopened = open(&tpm, &state);
+    assert_eq!(reopened.machine_attestation_certificate().unwrap(), certificate, "kept across restarts");
+    drop(reopened);
+
+    std::fs::write(&file, b"not cbor").unwrap();
+    let mut damaged = open(&tpm, &state);
+    match damaged.machine_attestation_certificate() {
+        Err(KeyStoreError::MachineAttestation(message)) => {
+            assert!(message.contains("machine-attestation-tpm"), "{message}")
+        }
+        other => panic!("expected a machine attestation error, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not cbor", "a damaged file is never replaced silently");
+    std::fs::remove_dir_all(state).unwrap();
+}

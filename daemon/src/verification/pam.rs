@@ -286,32 +286,23 @@ mod tests {
 
     use super::*;
 
-    struct TempDir(PathBuf);
+    struct TempDir(tempfile::TempDir);
 
     impl TempDir {
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("fidoseal-pam-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
+            Self(tempfile::Builder::new().prefix(&format!("fidoseal-pam-{name}-")).tempdir().unwrap())
         }
 
         fn service(&self, name: &str, text: &str) -> PamVerifier {
-            std::fs::write(self.0.join(name), text).unwrap();
-            PamVerifier::with_confdir(name, &self.0)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+            std::fs::write(self.0.path().join(name), text).unwrap();
+            PamVerifier::with_confdir(name, self.0.path())
         }
     }
 
     /// A service whose auth step runs a script that reads the password from
     /// stdin (pam_exec expose_authtok) and accepts only "correct horse".
     fn checking_service(dir: &TempDir) -> PamVerifier {
-        let script = dir.0.join("check-password");
+        let script = dir.0.path().join("check-password");
         std::fs::write(&script, "#!/bin/sh\n# pam_exec writes the password and a NUL byte.\npw=$(tr -d '\\000')\n[ \"$pw\" = 'correct horse' ]\n").unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         dir.service(
@@ -375,7 +366,7 @@ mod tests {
     #[test]
     fn a_missing_service_is_an_error_not_a_failure() {
         let dir = TempDir::new("missing");
-        let missing = PamVerifier::with_confdir("fidoseal-test-none", &dir.0);
+        let missing = PamVerifier::with_confdir("fidoseal-test-none", dir.0.path());
         assert!(!missing.available());
         assert!(matches!(missing.verify("root", "x"), PamResult::Error(_)));
         assert!(!PamVerifier::new("fidoseal-test-surely-not-installed").available());

@@ -11,50 +11,26 @@ use super::fakes::agent_introspection;
 use super::{Harness, Options};
 
 /// Method name → (in signature, out signature) of `interface` in an
-/// introspection document.
+/// introspection document, read by zbus's own introspection parser.
 fn methods(xml: &str, interface: &str) -> BTreeMap<String, (String, String)> {
-    let xml = strip_comments(xml);
-    let start =
-        xml.find(&format!("<interface name=\"{interface}\"")).unwrap_or_else(|| panic!("no {interface} in {xml}"));
-    let body = &xml[start..];
-    let body = &body[..body.find("</interface>").expect("interface closes")];
+    let node = zbus_xml::Node::try_from(xml).unwrap_or_else(|e| panic!("not introspection XML ({e}): {xml}"));
+    let interface = node
+        .interfaces()
+        .iter()
+        .find(|i| i.name().as_str() == interface)
+        .unwrap_or_else(|| panic!("no {interface} in {xml}"));
     let mut found = BTreeMap::new();
-    for method in body.split("<method ").skip(1) {
-        let name = attribute(method, "name").expect("method name");
-        let method = method.split("</method>").next().unwrap_or(method);
+    for method in interface.methods() {
         let (mut ins, mut outs) = (String::new(), String::new());
-        for arg in method.split("<arg ").skip(1) {
-            let arg = arg.split('>').next().unwrap_or(arg);
-            let signature = attribute(arg, "type").expect("arg type");
-            match attribute(arg, "direction").as_deref() {
-                Some("out") => outs.push_str(&signature),
-                _ => ins.push_str(&signature),
+        for arg in method.args() {
+            match arg.direction() {
+                Some(zbus_xml::ArgDirection::Out) => outs.push_str(&arg.ty().to_string()),
+                _ => ins.push_str(&arg.ty().to_string()),
             }
         }
-        found.insert(name, (ins, outs));
+        found.insert(method.name().to_string(), (ins, outs));
     }
     found
-}
-
-fn attribute(tag: &str, name: &str) -> Option<String> {
-    let tag = tag.split('>').next().unwrap_or(tag);
-    let at = tag
-        .find(&format!(" {name}=\""))
-        .map(|i| i + 1)
-        .or_else(|| tag.starts_with(&format!("{name}=\"")).then_some(0))?;
-    let value = &tag[at + name.len() + 2..];
-    Some(value[..value.find('"')?].to_string())
-}
-
-fn strip_comments(xml: &str) -> String {
-    let mut out = String::new();
-    let mut rest = xml;
-    while let Some(open) = rest.find("<!--") {
-        out.push_str(&rest[..open]);
-        rest = rest[open..].find("-->").map_or("", |close| &rest[open + close + 3..]);
-    }
-    out.push_str(rest);
-    out
 }
 
 fn document(name: &str) -> String {
@@ -63,7 +39,7 @@ fn document(name: &str) -> String {
 }
 
 #[test]
-fn the_xml_reader_reads() {
+fn methods_are_read_with_their_signatures_and_comments_are_not() {
     let xml = r#"<node><!-- <method name="Hidden"/> --><interface name="a.B">
         <method name="M"><arg name="x" type="t" direction="in"/><arg type="a{sv}" name="d"/><arg direction="out" type="s" name="r"/></method>
         <method name="N"/></interface></node>"#;
@@ -100,8 +76,7 @@ async fn served_interfaces_match_the_documents() {
     // The bus policy lets nobody but root's Agent1 calls reach an agent, so
     // the fake is introspected in process.
     let served = agent_introspection();
-    assert_eq!(
-        methods(&served, "org.fidoseal.Agent1"),
-        methods(&document("org.fidoseal.Agent1"), "org.fidoseal.Agent1")
-    );
+    let documented = methods(&document("org.fidoseal.Agent1"), "org.fidoseal.Agent1");
+    assert!(!documented.is_empty());
+    assert_eq!(methods(&served, "org.fidoseal.Agent1"), documented);
 }

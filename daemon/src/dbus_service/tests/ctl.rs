@@ -90,8 +90,19 @@ async fn fidosealctl_lists_shows_and_deletes_the_users_own_passkeys() {
     assert_eq!(code, 0);
     assert!(out.contains("key store:             software\n"), "{out}");
 
-    // Deleting needs the user's verification through their agent (issue 16
-    // finding 5): with no agent to ask, refused with the way out, nothing gone.
+    // The device this user may see: their own (the harness's one device).
+    let (code, out, err) = ctl(&h, &["devices", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let devices = json(&out);
+    let devices = devices.as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{out}");
+    assert!(devices[0].get("agent_registered").is_some_and(Json::is_boolean), "{out}");
+    let (code, out, _) = ctl(&h, &["devices"]).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("USER") && out.lines().count() == 2, "{out}");
+
+    // Deleting needs the user's verification through their agent: with no
+    // agent to ask, refused with the way out, nothing gone.
     let (code, _, err) = ctl(&h, &["passkeys", "delete", &id1]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.starts_with("fidosealctl: not permitted: ") && err.contains("verif"), "{err}");

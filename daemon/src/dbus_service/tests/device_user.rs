@@ -1,7 +1,7 @@
 //! The device's user is looked up in the user database (NSS: files, LDAP,
 //! sssd) at start and on reload, never inside a D-Bus handler: the
 //! handlers run on the daemon's one runtime worker, and a lookup that
-//! hangs there would hang every prompt with it (issue 16, finding 7).
+//! hangs there would hang every prompt with it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -118,8 +118,10 @@ impl FakeAgent {
 pub fn agent_introspection() -> String {
     use zbus::object_server::Interface;
     let (tx, _rx) = mpsc::unbounded_channel();
-    let mut xml = String::new();
+    // zbus writes the <interface> element alone; a document is a <node>.
+    let mut xml = String::from("<node>");
     FakeAgent { answer: Answer::Allow, events: tx }.introspect_to_writer(&mut xml, 0);
+    xml.push_str("</node>");
     xml
 }
 

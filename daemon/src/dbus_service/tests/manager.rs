@@ -225,7 +225,7 @@ async fn per_user_callers_reach_their_own_device_only() {
     assert!(ok && output.contains("\"nobody\"") && !output.contains("\"root\""), "{output}");
     assert!(output.contains("fidoseal-uid-65534"), "{output}");
     // Root's passkey is not theirs to see or delete.
-    let root_id = hex(&[1; 16]);
+    let root_id = hex::encode([1; 16]);
     let (ok, output) = call("ShowPasskey", vec![format!("string:{root_id}")]).await;
     assert!(!ok && output.contains("DoesNotExist"), "{output}");
     let (ok, output) = call("DeletePasskey", vec![format!("string:{root_id}")]).await;
@@ -242,10 +242,6 @@ async fn per_user_callers_reach_their_own_device_only() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].1, "root.example");
     assert_eq!(get::<String>(&manager.status().await.unwrap(), "device_mode").as_deref(), Some("per-user"));
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn error_of(err: zbus::Error) -> fidoseal_dbus::Error {

@@ -20,9 +20,9 @@ mod verification;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,30 +47,19 @@ use crate::verification::pam::PamVerifier;
 /// The uid `setpriv` gives to "another user" (nobody on Debian).
 pub const OTHER_UID: u32 = 65534;
 
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
-
 /// A temporary directory, world-searchable so that other uids reach the
-/// bus socket in it.
-pub struct TempDir(pub PathBuf);
+/// bus socket in it; removed on drop.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(name: &str) -> Self {
-        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("fidoseal-dbus-{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = tempfile::Builder::new().prefix(&format!("fidoseal-dbus-{name}-")).tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         Self(dir)
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 
