@@ -103,6 +103,7 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         }
     }
 
+    let mut tpm_manufacturer = None;
     let (mut keystore, key_store_created): (Box<dyn KeyStore>, bool) = match config.keystore.backend {
         KeyStoreBackend::Software => {
             tracing::warn!(
@@ -117,6 +118,7 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             let store = tpm::TpmKeyStore::open(&config.keystore.tpm_settings(), &config.state_dir)
                 .map_err(|e| e.to_string())?;
             let created = *store.startup() != tpm::Startup::Reopened;
+            tpm_manufacturer = Some(store.manufacturer().to_owned());
             (Box::new(store), created)
         }
     };
@@ -202,7 +204,9 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             device_user.resolve_on_hangup()?;
         }
 
-        let service = dbus_service::Service::from_config(&config, Arc::clone(&devices));
+        let mut service = dbus_service::Service::from_config(&config, Arc::clone(&devices));
+        service.tpm_manufacturer = tpm_manufacturer;
+        service.policy = Some(policy.clone());
         // Per-user mode follows logind on the bus: it cannot do without it.
         let mut bus = if per_user {
             Some(dbus_service::DbusService::start(service, None).await.map_err(|e| format!("{e} (per-user devices follow logind on the system bus)"))?)

@@ -156,7 +156,6 @@ impl PolicyService {
     }
 
     /// The generation of the current policy: 1 at start, +1 per reload that took.
-    #[cfg(test)]
     pub fn generation(&self) -> u64 {
         self.shared.snapshot().generation
     }

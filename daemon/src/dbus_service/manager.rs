@@ -199,6 +199,12 @@ impl Manager {
         status.insert("passkeys".into(), detail(u32::try_from(count).unwrap_or(u32::MAX)));
         status.insert("remaining_passkeys".into(), detail(u32::try_from(remaining).unwrap_or(u32::MAX)));
         status.insert("policy_files".into(), detail(policy_file_count(&self.service.policy_dirs)));
+        if let Some(policy) = &self.service.policy {
+            status.insert("policy_generation".into(), detail(policy.generation()));
+        }
+        if let Some(manufacturer) = &self.service.tpm_manufacturer {
+            status.insert("tpm_manufacturer".into(), detail(manufacturer.as_str()));
+        }
         status.insert("device_mode".into(), detail(self.service.device_mode.name()));
         status.insert("user".into(), detail(device.user.as_deref().unwrap_or("")));
         Ok(status)

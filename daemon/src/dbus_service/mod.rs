@@ -37,7 +37,11 @@ pub struct Service {
     pub device_mode: DeviceMode,
     /// "tpm" or "software".
     pub keystore: &'static str,
+    /// The TPM's manufacturer, on the TPM store.
+    pub tpm_manufacturer: Option<String>,
     pub policy_dirs: Vec<PathBuf>,
+    /// The running policy (Status reports its generation).
+    pub policy: Option<crate::policy_service::PolicyService>,
 }
 
 impl Service {
@@ -51,7 +55,9 @@ impl Service {
                 crate::config::KeyStoreBackend::Software => "software",
                 crate::config::KeyStoreBackend::Tpm => "tpm",
             },
+            tpm_manufacturer: None,
             policy_dirs: config.policy.dirs.clone(),
+            policy: None,
         }
     }
 }

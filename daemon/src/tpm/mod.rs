@@ -179,6 +179,8 @@ pub struct TpmKeyStore {
     hmac_private: Private,
     sealing_key: Zeroizing<[u8; 32]>,
     startup: Startup,
+    /// The TPM's manufacturer as it names itself (TPM_PT_MANUFACTURER).
+    manufacturer: String,
     /// `machine-attestation-tpm` in the state directory.
     machine_key_path: PathBuf,
     /// The machine attestation key's blob and certificate, once loaded.
@@ -661,7 +663,7 @@ impl TpmKeyStore {
     }
 
     fn assemble(opened: Opened, generation: Generation, startup: Startup) -> Self {
-        let Opened { tcti, tcti_text, owner_auth, ctx, path, machine_key_path, .. } = opened;
+        let Opened { tcti, tcti_text, owner_auth, ctx, manufacturer, path, machine_key_path } = opened;
         let Generation { primary, persisted, hmac_public, hmac_private, sealing_key } = generation;
         Self {
             tpm: Tpm {
@@ -677,6 +679,7 @@ impl TpmKeyStore {
             hmac_private,
             sealing_key,
             startup,
+            manufacturer,
             machine_key_path,
             machine_key: None,
         }
@@ -691,6 +694,11 @@ impl TpmKeyStore {
         crate::state::write_atomically(&aside, &bytes)
             .map_err(|source| TpmSetupError::Write { path: aside.clone(), source })?;
         Ok(aside)
+    }
+
+    /// The TPM's manufacturer, for `fidosealctl status`.
+    pub fn manufacturer(&self) -> &str {
+        &self.manufacturer
     }
 
     /// How the store came up (logged by `open`; main.rs ties the credential

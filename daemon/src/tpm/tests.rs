@@ -115,6 +115,8 @@ fn a_new_context_finds_the_same_keys_and_secrets() {
 
     let mut again = open(&tpm, &state);
     assert_eq!(again.startup(), &Startup::Reopened);
+    // As fidosealctl status shows it: swtpm names itself "IBM".
+    assert_eq!(again.manufacturer(), "IBM");
     assert_eq!(again.open_credential_id(&RP, &id).unwrap(), b"payload");
     assert_eq!(again.derive_secret(b"hmac-secret context").unwrap().0, secret.0);
     let der = again.sign(Algorithm::Es256, &created.key_handle, b"after restart").unwrap();
@@ -265,6 +267,8 @@ fn reset_invalidates_ids_handles_and_secrets() {
     drop(store);
     let mut again = open(&tpm, &state);
     assert_eq!(again.startup(), &Startup::Reopened);
+    // As fidosealctl status shows it: swtpm names itself "IBM".
+    assert_eq!(again.manufacturer(), "IBM");
     assert_eq!(again.derive_secret(b"ctx").unwrap().0, after.0);
     assert_eq!(again.open_credential_id(&RP, &new_id).unwrap(), b"new");
     assert_eq!(again.open_credential_id(&RP, &id), Err(KeyStoreError::NotAuthentic));

@@ -86,6 +86,8 @@ async fn fidosealctl_lists_shows_and_deletes_the_users_own_passkeys() {
     assert_eq!(status["keystore"], "software");
     assert_eq!(status["pin_set"], false);
     assert_eq!(status["pin_retries"], 8);
+    assert_eq!(status["policy_generation"], 1, "{out}");
+    assert!(status.get("tpm_manufacturer").is_none(), "no TPM on the software store: {out}");
     let (code, out, _) = ctl(&h, &["status"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("key store:             software\n"), "{out}");

@@ -347,7 +347,9 @@ impl Harness {
             prompt_mode: PromptMode::Agent,
             device_mode,
             keystore: "software",
+            tpm_manufacturer: None,
             policy_dirs: Vec::new(),
+            policy: Some(crate::policy_service::PolicyService::load(Vec::new(), None).expect("the built-in policy")),
         };
         let service =
             DbusService::start(service, Some(&bus.address)).await.expect("the service starts on the test bus");
