@@ -469,6 +469,23 @@ impl Authenticator {
         Ok(())
     }
 
+    /// The token check of the commands other than the ceremonies
+    /// (credential management, config, large-blob writes): a pinUvAuthParam
+    /// must come (PUAT_REQUIRED) with its protocol (MISSING_PARAMETER), made
+    /// over `message` by a token with the `needed` permission.
+    pub(crate) fn verify_command_token(
+        &mut self,
+        protocol: Option<u64>,
+        param: Option<&[u8]>,
+        message: &[u8],
+        needed: u8,
+        now: Instant,
+    ) -> CtapResult<()> {
+        let param = param.ok_or(StatusCode::PuatRequired)?;
+        let protocol = PinUvAuthProtocol::from_id(protocol.ok_or(StatusCode::MissingParameter)?)?;
+        self.verify_pin_uv_auth_token(protocol, message, param, needed, None, now)
+    }
+
     /// makeCredential step 11 / getAssertion step 6: when the request
     /// carries a pinUvAuthParam, it must authenticate clientDataHash with a
     /// token that may do `needed` for `rp_id`. Returns whether the user was

@@ -178,19 +178,28 @@ pub(crate) struct CredentialManagementRequest {
     pub(crate) auth: SubCommandAuth,
 }
 
+/// What credential management and config requests share (§6.8, §6.11):
+/// subCommand (0x01), subCommandParams (0x02), pinUvAuthProtocol (0x03) and
+/// pinUvAuthParam (0x04); the authenticated message is `message_prefix` ‖
+/// subCommand ‖ subCommandParams.
+fn parse_sub_command_request(params: &[u8], message_prefix: &[u8]) -> CtapResult<(u8, Option<Value>, SubCommandAuth)> {
+    let mut map = ParamMap::decode(params)?;
+    let sub_command_id = expect_uint(map.required(0x01)?)?;
+    let raw_params = map.take(0x02);
+    let protocol = map.take(0x03).map(expect_uint).transpose()?;
+    let param = map.take(0x04).map(expect_bytes).transpose()?;
+    let sub_command_byte = u8::try_from(sub_command_id).map_err(|_| StatusCode::InvalidSubcommand)?;
+    let mut message = message_prefix.to_vec();
+    message.push(sub_command_byte);
+    if let Some(p) = &raw_params {
+        message.extend(cbor::encode(p.clone()));
+    }
+    Ok((sub_command_byte, raw_params, SubCommandAuth { protocol, param, message }))
+}
+
 impl CredentialManagementRequest {
     fn parse(params: &[u8]) -> CtapResult<Self> {
-        let mut map = ParamMap::decode(params)?;
-        let sub_command_id = expect_uint(map.required(0x01)?)?;
-        let raw_params = map.take(0x02);
-        let protocol = map.take(0x03).map(expect_uint).transpose()?;
-        let pin_uv_auth_param = map.take(0x04).map(expect_bytes).transpose()?;
-        let sub_command_byte = u8::try_from(sub_command_id).map_err(|_| StatusCode::InvalidSubcommand)?;
-        let mut message = vec![sub_command_byte];
-        if let Some(p) = &raw_params {
-            message.extend(cbor::encode(p.clone()));
-        }
-        let auth = SubCommandAuth { protocol, param: pin_uv_auth_param, message };
+        let (sub_command_byte, raw_params, auth) = parse_sub_command_request(params, &[])?;
         // The "get next" subcommands take no parameters (§6.8.3, §6.8.5):
         // whatever came with them is not read.
         let sub_command = match sub_command_byte {
@@ -318,19 +327,9 @@ pub(crate) struct ConfigRequest {
 
 impl ConfigRequest {
     fn parse(params: &[u8]) -> CtapResult<Self> {
-        let mut map = ParamMap::decode(params)?;
-        let sub_command_id = expect_uint(map.required(0x01)?)?;
-        let raw_params = map.take(0x02);
-        let protocol = map.take(0x03).map(expect_uint).transpose()?;
-        let pin_uv_auth_param = map.take(0x04).map(expect_bytes).transpose()?;
-        let sub_command_byte = u8::try_from(sub_command_id).map_err(|_| StatusCode::InvalidSubcommand)?;
-        let mut message = vec![0xff; 32];
-        message.push(command::CONFIG);
-        message.push(sub_command_byte);
-        if let Some(p) = &raw_params {
-            message.extend(cbor::encode(p.clone()));
-        }
-        let auth = SubCommandAuth { protocol, param: pin_uv_auth_param, message };
+        let mut prefix = [0xff; 33];
+        prefix[32] = command::CONFIG;
+        let (sub_command_byte, raw_params, auth) = parse_sub_command_request(params, &prefix)?;
         let sub_command = match sub_command_byte {
             0x01 => ConfigSubCommand::EnableEnterpriseAttestation,
             0x02 => ConfigSubCommand::ToggleAlwaysUv,

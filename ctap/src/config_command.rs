@@ -7,7 +7,6 @@
 use crate::authenticator::{Authenticator, RequestContext};
 use crate::client_pin::permission;
 use crate::command::{ConfigRequest, ConfigSubCommand, SetMinPinLength};
-use crate::pin_protocol::PinUvAuthProtocol;
 use crate::status::{CtapResult, StatusCode};
 
 /// How many rp IDs setMinPINLength may name (getInfo 0x10).
@@ -24,16 +23,8 @@ impl Authenticator {
         // verification and alwaysUv is true: invoke the subCommand"), so
         // alwaysUv can be switched off again.
         if self.is_protected() {
-            let param = auth.param.ok_or(StatusCode::PuatRequired)?;
-            let protocol = PinUvAuthProtocol::from_id(auth.protocol.ok_or(StatusCode::MissingParameter)?)?;
-            self.verify_pin_uv_auth_token(
-                protocol,
-                &auth.message,
-                &param,
-                permission::AUTHENTICATOR_CONFIG,
-                None,
-                ctx.now,
-            )?;
+            let param = auth.param.as_deref();
+            self.verify_command_token(auth.protocol, param, &auth.message, permission::AUTHENTICATOR_CONFIG, ctx.now)?;
         }
 
         match sub_command {

@@ -11,7 +11,6 @@ use crate::cbor::{self, MapBuilder};
 use crate::client_pin::permission;
 use crate::command::{CredentialManagementRequest, CredentialManagementSubCommand, SubCommandAuth, UserUpdate};
 use crate::pending::{Pending, PendingOperation};
-use crate::pin_protocol::PinUvAuthProtocol;
 use crate::platform::{RelyingParty, ResidentCredential};
 use crate::status::{CtapResult, StatusCode};
 
@@ -70,16 +69,8 @@ impl Authenticator {
         auth: SubCommandAuth,
         ctx: &RequestContext<'_>,
     ) -> CtapResult<Option<String>> {
-        let param = auth.param.ok_or(StatusCode::PuatRequired)?;
-        let protocol = PinUvAuthProtocol::from_id(auth.protocol.ok_or(StatusCode::MissingParameter)?)?;
-        self.verify_pin_uv_auth_token(
-            protocol,
-            &auth.message,
-            &param,
-            permission::CREDENTIAL_MANAGEMENT,
-            None,
-            ctx.now,
-        )?;
+        let param = auth.param.as_deref();
+        self.verify_command_token(auth.protocol, param, &auth.message, permission::CREDENTIAL_MANAGEMENT, ctx.now)?;
         Ok(self.client_pin.token.rp_id.clone())
     }
 

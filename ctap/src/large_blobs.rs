@@ -11,7 +11,6 @@ use crate::client_pin::permission;
 use crate::command::LargeBlobsRequest;
 use crate::ctaphid::ADVERTISED_MAX_MSG_SIZE;
 use crate::pending::{Pending, PendingOperation};
-use crate::pin_protocol::PinUvAuthProtocol;
 use crate::status::{CtapResult, StatusCode};
 
 /// maxSerializedLargeBlobArray in getInfo (at least 1024 by the spec).
@@ -88,21 +87,13 @@ impl Authenticator {
         }
         // §6.10.3 step 5: a protected key, or alwaysUv, wants an lbw token.
         if self.is_protected() || self.state.always_uv {
-            let auth_param = auth_param.ok_or(StatusCode::PuatRequired)?;
-            let protocol = PinUvAuthProtocol::from_id(protocol.ok_or(StatusCode::MissingParameter)?)?;
             // 32×0xff ‖ h'0c00' ‖ uint32LE(offset) ‖ SHA-256(set) (§6.10.3 step 5).
             let mut message = vec![0xff; 32];
             message.extend_from_slice(&[0x0c, 0x00]);
             message.extend_from_slice(&(offset as u32).to_le_bytes());
             message.extend_from_slice(&Sha256::digest(&fragment));
-            self.verify_pin_uv_auth_token(
-                protocol,
-                &message,
-                &auth_param,
-                permission::LARGE_BLOB_WRITE,
-                None,
-                ctx.now,
-            )?;
+            let param = auth_param.as_deref();
+            self.verify_command_token(protocol, param, &message, permission::LARGE_BLOB_WRITE, ctx.now)?;
         }
         let Some(pending) = self.pending.as_mut() else {
             return Err(StatusCode::InvalidSeq);
