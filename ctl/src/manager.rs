@@ -212,9 +212,18 @@ pub fn render_devices(devices: &[BTreeMap<String, Json>]) -> String {
         .iter()
         .map(|d| [text(d, "user"), text(d, "uid"), text(d, "node"), text(d, "sessions"), text(d, "agent_registered")])
         .collect();
-    let header = ["USER", "UID", "NODE", "SESSIONS", "AGENT"];
-    let widths: Vec<usize> =
-        (0..5).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0).max(header[i].len())).collect();
+    render_table(["USER", "UID", "NODE", "SESSIONS", "AGENT"], rows)
+}
+
+/// A table for the terminal: the header, then one line per row, each
+/// column as wide as its widest cell, two spaces apart.
+fn render_table<const N: usize>(header: [&str; N], rows: Vec<[String; N]>) -> String {
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
     let mut out = String::new();
     for row in std::iter::once(header.map(str::to_string)).chain(rows) {
         let line: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
@@ -253,20 +262,18 @@ pub fn render_list(rows: &[PasskeyRow]) -> String {
     if rows.is_empty() {
         return "no passkeys\n".into();
     }
-    let rp_width = rows.iter().map(|r| r.rp_id.len()).max().unwrap_or(0).max(2);
-    let user_width = rows.iter().map(|r| r.user_name.len()).max().unwrap_or(0).max(4);
-    let mut out = format!("{:<rp_width$}  {:<user_width$}  {:<16}  ID\n", "RP", "USER", "AUDIT TAG");
-    for row in rows {
+    let cells = rows.iter().map(|row| {
         let user = if row.user_name.is_empty() { "-" } else { &row.user_name };
-        out.push_str(&format!(
-            "{:<rp_width$}  {:<user_width$}  {:<16}  {}\n",
-            row.rp_id,
-            user,
-            row.audit_tag.as_deref().unwrap_or("-"),
-            row.id
-        ));
-    }
-    out
+        // The audit tag's column is as wide as a tag (16 hex digits) even
+        // when no row has one.
+        [
+            row.rp_id.clone(),
+            user.to_string(),
+            format!("{:<16}", row.audit_tag.as_deref().unwrap_or("-")),
+            row.id.clone(),
+        ]
+    });
+    render_table(["RP", "USER", "AUDIT TAG", "ID"], cells.collect())
 }
 
 pub async fn list(manager: Manager1Proxy<'static>, args: &ListArgs, out: &mut dyn Write) -> Result<(), CtlError> {
