@@ -115,8 +115,9 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             (Box::new(store), created)
         }
         KeyStoreBackend::Tpm => {
-            let store = tpm::TpmKeyStore::open(&config.keystore.tpm_settings(), &config.state_dir)
-                .map_err(|e| e.to_string())?;
+            let store =
+                tpm::TpmKeyStore::open_bound(&config.keystore.tpm_settings(), &config.state_dir, &config.keystore.pcrs)
+                    .map_err(|e| e.to_string())?;
             let created = *store.startup() != tpm::Startup::Reopened;
             tpm_manufacturer = Some(store.manufacturer().to_owned());
             (Box::new(store), created)
