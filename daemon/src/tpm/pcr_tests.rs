@@ -4,6 +4,7 @@
 //! approves the new state. The raw-blob tests use tss-esapi directly, as an
 //! attacker with the state directory and the TPM (another OS) would.
 
+use std::os::unix::fs::PermissionsExt;
 use std::str::FromStr;
 
 use fidoseal_ctap::platform::{Algorithm, KeyStore, KeyStoreError};
@@ -15,7 +16,6 @@ use tss_esapi::structures::{DigestValues, Nonce, VerifiedTicket};
 use tss_esapi::tss2_esys::TPMT_TK_VERIFIED;
 
 use super::boot_state_file::BootState;
-#[allow(unused_imports)]
 use super::pcr_policy::{BOOT_STATE_FILE, RECOVERY_KEY_FILE, WINDOW_FILE};
 use super::swtpm::{temp_dir, Swtpm};
 use super::*;
@@ -337,4 +337,97 @@ fn a_key_blob_and_the_tpm_do_not_sign_without_the_approved_boot_state() {
     drop(ctx);
     std::fs::remove_dir_all(state).unwrap();
     std::fs::remove_dir_all(unbound_state).unwrap();
+}
+
+#[test]
+fn the_update_window_approves_a_planned_change_at_the_next_start_then_closes() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("pcr-window");
+    let mut store = open_bound(&tpm, &state);
+    let made = make(&mut store);
+    store.allow_boot_change().unwrap();
+    assert!(state.join(WINDOW_FILE).exists());
+    assert!(store.boot_state().unwrap().unwrap().window_open);
+    // The firmware update (PCR 7 changes), then the reboot.
+    store.extend_pcr_for_test();
+    drop(store);
+    let mut store = open_bound(&tpm, &state);
+    assert!(!state.join(WINDOW_FILE).exists(), "the window closes when it is used");
+    assert_works(&mut store, &made.created, &made.id, &made.secret);
+    let report = store.boot_state().unwrap().unwrap();
+    assert_eq!(report.approved.len(), 2, "the new state first, the old one kept");
+    assert_eq!(report.current, report.approved[0]);
+    assert!(!report.window_open);
+
+    // Another change without a window: refused again.
+    store.extend_pcr_for_test();
+    drop(store);
+    let mut store = open_bound(&tpm, &state);
+    assert_locked(&mut store, &made.created, &made.id);
+    drop(store);
+
+    // A window opened and a restart without any change: closed all the same.
+    let other = temp_dir("pcr-window-unused");
+    let mut store = open_bound(&tpm, &other);
+    store.allow_boot_change().unwrap();
+    drop(store);
+    let mut store = open_bound(&tpm, &other);
+    assert!(!other.join(WINDOW_FILE).exists(), "closed at the next start, used or not");
+    store.extend_pcr_for_test();
+    drop(store);
+    let mut store = open_bound(&tpm, &other);
+    assert!(!store.boot_state().unwrap().unwrap().is_approved);
+    drop(store);
+    std::fs::remove_dir_all(state).unwrap();
+    std::fs::remove_dir_all(other).unwrap();
+}
+
+fn recovery_key(state: &Path) -> String {
+    let text = std::fs::read_to_string(state.join(RECOVERY_KEY_FILE)).unwrap();
+    text.lines().next().unwrap().to_owned()
+}
+
+#[test]
+fn the_recovery_key_approves_the_current_state_and_a_wrong_one_counts_as_a_dictionary_attack_failure() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("pcr-recovery");
+    let mut store = open_bound(&tpm, &state);
+    let made = make(&mut store);
+    let mode = std::fs::metadata(state.join(RECOVERY_KEY_FILE)).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let key = recovery_key(&state);
+    assert!(store.boot_state().unwrap().unwrap().recovery_key_on_disk);
+    // The administrator takes it away.
+    std::fs::remove_file(state.join(RECOVERY_KEY_FILE)).unwrap();
+    assert!(!store.boot_state().unwrap().unwrap().recovery_key_on_disk);
+    store.extend_pcr_for_test();
+    drop(store);
+    let mut store = open_bound(&tpm, &state);
+    assert_locked(&mut store, &made.created, &made.id);
+
+    assert!(matches!(store.approve_boot_state("not a key"), Err(ApproveError::Malformed)));
+    assert_eq!(store.lockout_counter_for_test(), 0, "a malformed key never reaches the TPM");
+    let mut wrong = key.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    assert!(matches!(store.approve_boot_state(&wrong), Err(ApproveError::WrongKey)));
+    assert_eq!(store.lockout_counter_for_test(), 1, "the TPM counted the wrong recovery key");
+    assert_locked(&mut store, &made.created, &made.id);
+
+    // The right key: the keys work at once, with the same secrets.
+    let report = store.approve_boot_state(&key.to_uppercase()).unwrap();
+    assert!(report.is_approved);
+    assert_works(&mut store, &made.created, &made.id, &made.secret);
+    drop(store);
+    let mut store = open_bound(&tpm, &state);
+    assert_works(&mut store, &made.created, &made.id, &made.secret);
+    // An approved state can be reset: the new generation is bound too.
+    store.reset().unwrap();
+    let after = make(&mut store);
+    store.extend_pcr_for_test();
+    assert_boot_state_error(store.sign(Algorithm::Es256, &after.created.key_handle, b"m"));
+    assert!(store.approve_boot_state(&key).unwrap().is_approved, "the recovery key outlives a reset");
+    assert_works(&mut store, &after.created, &after.id, &after.secret);
+    drop(store);
+    std::fs::remove_dir_all(state).unwrap();
 }
