@@ -37,13 +37,14 @@
 //! flushed after use, so at most three transient objects are ever loaded
 //! (during reset) and nothing leaks.
 
+pub mod admin;
 mod boot_state_file;
 mod errors;
 /// `pub` for the benchmark (benches/tpm_sign.rs).
 pub mod objects;
 pub mod pcr_policy;
 #[cfg(test)]
-mod pcr_tests;
+pub(crate) mod pcr_tests;
 mod state_file;
 #[cfg(test)]
 pub mod swtpm;
@@ -669,6 +670,9 @@ impl TpmKeyStore {
     /// the store its state file describes ([`Self::reopen`]) or, on first
     /// start or when the TPM no longer has those keys, creates one
     /// ([`Self::create`]).
+    /// Without boot-state binding (the tests and the benchmark; fidoseald
+    /// calls [`Self::open_bound`] with its `[keystore] pcrs`).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn open(settings: &TpmSettings, state_dir: &Path) -> Result<Self, TpmSetupError> {
         Self::open_bound(settings, state_dir, &[])
     }

@@ -610,12 +610,6 @@ impl BootBinding {
         })
     }
 
-    /// Whether the keys may be tried at all (an approval matched at start or
-    /// since).
-    pub fn is_unlocked(&self) -> bool {
-        self.current.is_some()
-    }
-
     /// The clear error of an unapproved boot state, or Ok.
     pub(super) fn check(&self, ctx: &mut Context) -> Result<(), OpError> {
         match self.current {

@@ -45,8 +45,13 @@ fn extend(ctx: &mut Context) {
 impl TpmKeyStore {
     /// Extends PCR 7 through the store's own connection (swtpm serves one
     /// connection at a time).
-    fn extend_pcr_for_test(&mut self) {
-        self.tpm.run("extend", |conn| Ok(extend(&mut conn.ctx))).unwrap();
+    pub(crate) fn extend_pcr_for_test(&mut self) {
+        self.tpm
+            .run("extend", |conn| {
+                extend(&mut conn.ctx);
+                Ok(())
+            })
+            .unwrap();
     }
 
     fn lockout_counter_for_test(&mut self) -> u32 {
@@ -430,4 +435,38 @@ fn the_recovery_key_approves_the_current_state_and_a_wrong_one_counts_as_a_dicti
     assert_works(&mut store, &after.created, &after.id, &after.secret);
     drop(store);
     std::fs::remove_dir_all(state).unwrap();
+}
+
+/// The extra cost of the binding per signature (policy session: start,
+/// PolicyPCR, PolicyAuthorize, flush): `cargo test -p fidoseal-daemon --
+/// --ignored cost_per_signature --nocapture` (docs/tpm.md, Performance).
+#[test]
+#[ignore]
+fn cost_per_signature() {
+    let tpm = Swtpm::start();
+    let (plain_state, bound_state) = (temp_dir("pcr-cost-plain"), temp_dir("pcr-cost-bound"));
+    let mut plain = TpmKeyStore::open(&settings(&tpm), &plain_state).unwrap();
+    let plain_key = plain.generate(Algorithm::Es256).unwrap();
+    drop(plain);
+    let mut bound = open_bound(&tpm, &bound_state);
+    let bound_key = bound.generate(Algorithm::Es256).unwrap();
+    drop(bound);
+    let rounds = 200;
+    let mut totals = [std::time::Duration::ZERO; 4];
+    for (round, total) in totals.iter_mut().enumerate() {
+        let bound_round = round % 2 == 1;
+        let (mut store, key) = if bound_round {
+            (open_bound(&tpm, &bound_state), &bound_key)
+        } else {
+            (TpmKeyStore::open(&settings(&tpm), &plain_state).unwrap(), &plain_key)
+        };
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            store.sign(Algorithm::Es256, &key.key_handle, b"m").unwrap();
+        }
+        *total = start.elapsed() / rounds;
+    }
+    eprintln!("per signature: unbound {:?} / {:?}, bound {:?} / {:?}", totals[0], totals[2], totals[1], totals[3]);
+    std::fs::remove_dir_all(plain_state).unwrap();
+    std::fs::remove_dir_all(bound_state).unwrap();
 }
