@@ -190,10 +190,9 @@ fn sync_dir(dir: &Path) -> Result<(), MigrationError> {
 mod tests {
     use super::*;
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("fidoseal-migrate-users-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        crate::state::prepare_state_dir(&dir).unwrap();
+    fn temp(name: &str) -> tempfile::TempDir {
+        let dir = tempfile::Builder::new().prefix(&format!("fidoseal-migrate-users-{name}-")).tempdir().unwrap();
+        crate::state::prepare_state_dir(dir.path()).unwrap();
         dir
     }
 
@@ -203,16 +202,17 @@ mod tests {
 
     #[test]
     fn nothing_to_move_is_nothing() {
-        let dir = temp("nothing");
+        let temp_dir = temp("nothing");
+        let dir = temp_dir.path();
         fs::write(dir.join("software-master-key"), [0u8; 32]).unwrap();
         assert_eq!(migrate_single_user_state(&dir, None), Ok(Migration::Nothing));
         assert!(!dir.join(USERS_DIR).exists());
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn credential_files_move_to_the_owner_and_the_key_store_stays() {
-        let dir = temp("move");
+        let temp_dir = temp("move");
+        let dir = temp_dir.path();
         for (file, body) in [
             ("credentials.db", "db"),
             ("credentials.db-wal", "wal"),
@@ -258,12 +258,12 @@ mod tests {
         .unwrap()
         .is_legacy());
         assert_eq!(migrate_single_user_state(&dir, Some(("alice", Some(1001)))), Ok(Migration::Nothing), "done once");
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn an_interrupted_move_is_finished() {
-        let dir = temp("resume");
+        let temp_dir = temp("resume");
+        let dir = temp_dir.path();
         // The crash came after the database moved, before its -wal did.
         let staging = dir.join("users/.migrating-1001");
         fs::create_dir_all(&staging).unwrap();
@@ -278,12 +278,12 @@ mod tests {
         assert_eq!(fs::read_to_string(dir.join("users/1001/credentials.db-wal")).unwrap(), "wal");
         assert_eq!(fs::read_to_string(dir.join("users/1001/credentials.db")).unwrap(), "db");
         assert!(!staging.exists());
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn no_owner_or_a_conflict_stops_and_moves_nothing() {
-        let dir = temp("refuse");
+        let temp_dir = temp("refuse");
+        let dir = temp_dir.path();
         fs::write(dir.join("credentials.db"), "db").unwrap();
         let err = migrate_single_user_state(&dir, None).unwrap_err();
         assert!(err.to_string().contains("set [device] user"), "{err}");
@@ -297,6 +297,5 @@ mod tests {
             Err(MigrationError::BothExist { .. })
         ));
         assert_eq!(fs::read_to_string(dir.join("credentials.db")).unwrap(), "db", "left where it was");
-        fs::remove_dir_all(dir).unwrap();
     }
 }
