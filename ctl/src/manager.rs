@@ -486,7 +486,7 @@ mod tests {
             let uevent = format!("HID_ID=0003:00001209:00000001\nHID_PHYS={phys}\n");
             std::fs::write(dir.join(node).join("device/uevent"), uevent).unwrap();
         }
-        assert_eq!(device_nodes(&dir), ["/dev/hidraw1", "/dev/hidraw3"]);
+        assert_eq!(device_nodes(dir), ["/dev/hidraw1", "/dev/hidraw3"]);
         assert!(device_nodes(&dir.join("missing")).is_empty());
     }
 

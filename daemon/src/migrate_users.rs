@@ -205,7 +205,7 @@ mod tests {
         let temp_dir = temp("nothing");
         let dir = temp_dir.path();
         fs::write(dir.join("software-master-key"), [0u8; 32]).unwrap();
-        assert_eq!(migrate_single_user_state(&dir, None), Ok(Migration::Nothing));
+        assert_eq!(migrate_single_user_state(dir, None), Ok(Migration::Nothing));
         assert!(!dir.join(USERS_DIR).exists());
     }
 
@@ -223,7 +223,7 @@ mod tests {
         ] {
             fs::write(dir.join(file), body).unwrap();
         }
-        let moved = migrate_single_user_state(&dir, Some(("alice", Some(1001)))).unwrap();
+        let moved = migrate_single_user_state(dir, Some(("alice", Some(1001)))).unwrap();
         let to = dir.join("users/1001");
         assert_eq!(
             moved,
@@ -257,7 +257,7 @@ mod tests {
         )
         .unwrap()
         .is_legacy());
-        assert_eq!(migrate_single_user_state(&dir, Some(("alice", Some(1001)))), Ok(Migration::Nothing), "done once");
+        assert_eq!(migrate_single_user_state(dir, Some(("alice", Some(1001)))), Ok(Migration::Nothing), "done once");
     }
 
     #[test]
@@ -270,10 +270,10 @@ mod tests {
         fs::write(staging.join("credentials.db"), "db").unwrap();
         fs::write(dir.join("credentials.db-wal"), "wal").unwrap();
         assert!(matches!(
-            migrate_single_user_state(&dir, Some(("bob", Some(1002)))),
+            migrate_single_user_state(dir, Some(("bob", Some(1002)))),
             Err(MigrationError::OtherMigration { staging_uid: 1001, uid: 1002, .. })
         ));
-        let moved = migrate_single_user_state(&dir, Some(("alice", Some(1001)))).unwrap();
+        let moved = migrate_single_user_state(dir, Some(("alice", Some(1001)))).unwrap();
         assert!(matches!(moved, Migration::Moved { uid: 1001, .. }));
         assert_eq!(fs::read_to_string(dir.join("users/1001/credentials.db-wal")).unwrap(), "wal");
         assert_eq!(fs::read_to_string(dir.join("users/1001/credentials.db")).unwrap(), "db");
@@ -285,15 +285,15 @@ mod tests {
         let temp_dir = temp("refuse");
         let dir = temp_dir.path();
         fs::write(dir.join("credentials.db"), "db").unwrap();
-        let err = migrate_single_user_state(&dir, None).unwrap_err();
+        let err = migrate_single_user_state(dir, None).unwrap_err();
         assert!(err.to_string().contains("set [device] user"), "{err}");
         assert_eq!(
-            migrate_single_user_state(&dir, Some(("ghost", None))),
+            migrate_single_user_state(dir, Some(("ghost", None))),
             Err(MigrationError::NoSuchUser("ghost".into()))
         );
         fs::create_dir_all(dir.join("users/1001")).unwrap();
         assert!(matches!(
-            migrate_single_user_state(&dir, Some(("alice", Some(1001)))),
+            migrate_single_user_state(dir, Some(("alice", Some(1001)))),
             Err(MigrationError::BothExist { .. })
         ));
         assert_eq!(fs::read_to_string(dir.join("credentials.db")).unwrap(), "db", "left where it was");

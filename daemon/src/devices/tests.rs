@@ -17,9 +17,9 @@ fn the_hidraw_node_is_found_by_its_uniq() {
         .unwrap();
     }
     std::fs::create_dir_all(dir.join("hidraw3")).unwrap();
-    assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-1001"), Some(PathBuf::from("/dev/hidraw1")));
-    assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-10012"), Some(PathBuf::from("/dev/hidraw2")));
-    assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-100"), None, "a prefix is not a match");
+    assert_eq!(hidraw_node_with_uniq(dir, "fidoseal-uid-1001"), Some(PathBuf::from("/dev/hidraw1")));
+    assert_eq!(hidraw_node_with_uniq(dir, "fidoseal-uid-10012"), Some(PathBuf::from("/dev/hidraw2")));
+    assert_eq!(hidraw_node_with_uniq(dir, "fidoseal-uid-100"), None, "a prefix is not a match");
     assert_eq!(hidraw_node_with_uniq(&dir.join("nope"), "x"), None);
 }
 
