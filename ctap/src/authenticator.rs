@@ -123,6 +123,13 @@ pub const MAX_CRED_BLOB_LENGTH: usize = 32;
 /// IDs (4 × (255 + 24 bytes of descriptor)) and a full request around it fit
 /// in maxMsgSize ([`ADVERTISED_MAX_MSG_SIZE`]). Longer lists are still read.
 pub const MAX_CREDENTIAL_COUNT_IN_LIST: usize = 4;
+/// getInfo's attestationFormats (CTAP 2.2 §6.4, 0x16): the statement
+/// formats makeCredential can return, the default first;
+/// attestationFormatsPreference picks among them (§6.1.2).
+pub const ATTESTATION_FORMATS: [&str; 2] = ["packed", "none"];
+/// getInfo's maxPINLength (CTAP 2.2 §6.4, 0x1D): a padded PIN is 64 bytes,
+/// so a PIN is at most 63 bytes, and so at most 63 code points.
+pub const MAX_PIN_LENGTH: usize = 63;
 
 pub struct Authenticator {
     pub(crate) config: AuthenticatorConfig,
@@ -265,7 +272,7 @@ impl Authenticator {
             .map(Value::from)
             .collect();
         let protocols = PinUvAuthProtocol::SUPPORTED.iter().map(|p| Value::from(p.id())).collect();
-        let versions = ["U2F_V2", "FIDO_2_0", "FIDO_2_1"]
+        let versions = ["U2F_V2", "FIDO_2_0", "FIDO_2_1", "FIDO_2_2"]
             .into_iter()
             .filter(|v| *v != "U2F_V2" || self.u2f_enabled())
             .map(Value::from)
@@ -288,6 +295,14 @@ impl Authenticator {
             .int(0x0F, MAX_CRED_BLOB_LENGTH as u64)
             .int(0x10, MAX_RP_IDS_FOR_SET_MIN_PIN_LENGTH as u64)
             .int(0x14, self.platform.credentials.remaining_capacity() as u64)
+            // CTAP 2.2 members (§6.4). Not set: uvCountSinceLastPinEntry
+            // (0x17), longTouchForReset (0x18: absent is false, a touch is a
+            // prompt here), transportsForReset (0x1A: absent is every
+            // transport, and USB is the only one), pinComplexityPolicy and its
+            // URL (0x1B, 0x1C: present would offer setMinPINLength's
+            // pinComplexityPolicy, and fidoseal enforces only a minimum length).
+            .int(0x16, Value::Array(ATTESTATION_FORMATS.iter().map(|f| Value::from(*f)).collect()))
+            .int(0x1D, MAX_PIN_LENGTH as u64)
             .build()
     }
 

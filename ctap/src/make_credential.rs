@@ -6,7 +6,9 @@ use std::sync::Arc;
 use ciborium::value::Value;
 
 use crate::auth_data::{authenticator_data, cose_key, flags, rp_id_hash, AttestedCredential};
-use crate::authenticator::{is_non_web_rp_id, AttestationMode, Authenticator, RequestContext, MAX_CRED_BLOB_LENGTH};
+use crate::authenticator::{
+    is_non_web_rp_id, AttestationMode, Authenticator, RequestContext, ATTESTATION_FORMATS, MAX_CRED_BLOB_LENGTH,
+};
 use crate::cbor::{self, truncate_utf8, MapBuilder};
 use crate::ceremony::{Admission, User};
 use crate::client_pin::permission;
@@ -170,8 +172,18 @@ impl Authenticator {
         // key refuses the request without leaving a credential behind.
         let configured =
             if is_non_web_rp_id(rp_id) { self.config.non_web_attestation } else { self.config.attestation };
+        // A platform that prefers "none" (attestationFormatsPreference, CTAP
+        // 2.2 §6.1.2 step 9.1: the first format supported counts) gets none,
+        // unless it asked for enterprise attestation too; "packed" first
+        // keeps what policy and configuration chose.
+        let prefers_none = request
+            .attestation_formats_preference
+            .iter()
+            .find(|f| ATTESTATION_FORMATS.contains(&f.as_str()))
+            .is_some_and(|f| f == "none");
         let statement_kind = match verdict.attestation {
             Some(AttestationPolicy::Enterprise(key)) if enterprise_requested => Statement::Enterprise(key),
+            _ if prefers_none => Statement::None,
             Some(AttestationPolicy::Enterprise(_)) | None => self.statement(configured)?,
             Some(AttestationPolicy::None) => Statement::None,
             Some(AttestationPolicy::SelfAttestation) => Statement::SelfAttestation,

@@ -84,6 +84,9 @@ pub struct MakeCredentialRequest {
     pub options: Options,
     pub pin_uv_auth: Option<PinUvAuth>,
     pub enterprise_attestation: Option<u64>,
+    /// attestationFormatsPreference (CTAP 2.2 §6.1, 0x0B): statement
+    /// formats in the platform's order of preference.
+    pub attestation_formats_preference: Vec<String>,
     pub extensions: MakeCredentialExtensions,
 }
 
@@ -257,6 +260,11 @@ impl MakeCredentialRequest {
         let options = map.take(0x07).map(options).transpose()?.unwrap_or_default();
         let pin_uv_auth = pin_uv_auth(map.take(0x08), map.take(0x09))?;
         let enterprise_attestation = map.take(0x0A).map(expect_uint).transpose()?;
+        let attestation_formats_preference = map
+            .take(0x0B)
+            .map(|v| expect_array(v)?.into_iter().map(expect_text).collect::<CtapResult<Vec<_>>>())
+            .transpose()?
+            .unwrap_or_default();
         Ok(Self {
             client_data_hash,
             rp,
@@ -266,6 +274,7 @@ impl MakeCredentialRequest {
             options,
             pin_uv_auth,
             enterprise_attestation,
+            attestation_formats_preference,
             extensions,
         })
     }

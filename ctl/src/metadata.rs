@@ -162,6 +162,8 @@ fn get_info_name(key: i64) -> Option<&'static str> {
         0x12 => "uvModality",
         0x13 => "certifications",
         0x14 => "remainingDiscoverableCredentials",
+        0x16 => "attestationFormats",
+        0x1D => "maxPINLength",
         _ => return None,
     })
 }
