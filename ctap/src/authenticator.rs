@@ -267,7 +267,7 @@ impl Authenticator {
             )
             .text_opt("uv", self.built_in_uv_available().then_some(true))
             .build();
-        let extensions = ["credBlob", "credProtect", "hmac-secret", "largeBlobKey", "minPinLength"]
+        let extensions = ["credBlob", "credProtect", "hmac-secret", "hmac-secret-mc", "largeBlobKey", "minPinLength"]
             .into_iter()
             .map(Value::from)
             .collect();

@@ -107,6 +107,15 @@ impl Authenticator {
         };
         let (mut user, verdict) = self.admit(&admission, protocol, uv_requested, ctx)?;
 
+        // hmac-secret-mc's salts are checked before anyone is asked
+        // anything (as getAssertion's hmac-secret). A platform sends it only
+        // beside "hmac-secret": true (CTAP 2.2 §12.8); without that there is
+        // no CredRandom to use, and it is ignored.
+        let hmac_secret_mc = match request.extensions.hmac_secret_mc.as_ref() {
+            Some(input) if request.extensions.hmac_secret => Some(self.hmac_secret_request(input)?),
+            _ => None,
+        };
+
         let user_name = request.user.name.as_deref().or(request.user.display_name.as_deref());
         let prompt = PresenceRequest {
             purpose: PresencePurpose::Register,
@@ -236,6 +245,12 @@ impl Authenticator {
         }
         if requested.hmac_secret {
             outputs = outputs.text("hmac-secret", true);
+        }
+        if let Some(salts) = &hmac_secret_mc {
+            // The CredRandom of this ceremony's UV state, as a getAssertion
+            // with the same UV would use (§12.8).
+            let output = self.hmac_secret_output(&created.key_handle, salts, user_verified)?;
+            outputs = outputs.text("hmac-secret-mc", cbor::bytes(output));
         }
         if requested.cred_blob.is_some() {
             outputs = outputs.text("credBlob", cred_blob.is_some() && !extensions.cred_blob.is_empty());

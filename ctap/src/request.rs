@@ -51,12 +51,16 @@ pub struct MakeCredentialExtensions {
     /// credProtect level 1..=3.
     pub cred_protect: Option<u8>,
     pub hmac_secret: bool,
+    /// hmac-secret-mc (CTAP 2.2 §12.8): salts whose outputs come back at
+    /// makeCredential already; read only together with `hmac_secret`.
+    pub hmac_secret_mc: Option<HmacSecretInput>,
     pub cred_blob: Option<Vec<u8>>,
     pub large_blob_key: bool,
     pub min_pin_length: bool,
 }
 
-/// hmac-secret's getAssertion input (§12.5).
+/// hmac-secret's getAssertion input (§12.5), and hmac-secret-mc's
+/// makeCredential input, which is the same map (CTAP 2.2 §12.8).
 #[derive(Debug, Clone)]
 pub struct HmacSecretInput {
     pub key_agreement: Value,
@@ -206,6 +210,7 @@ fn make_credential_extensions(value: Option<Value>) -> CtapResult<MakeCredential
                 });
             }
             "hmac-secret" => out.hmac_secret = expect_bool(value)?,
+            "hmac-secret-mc" => out.hmac_secret_mc = Some(hmac_secret_input(value)?),
             "credBlob" => out.cred_blob = Some(expect_bytes(value)?),
             "largeBlobKey" => {
                 // Only `true` is meaningful (§12.3); false is an invalid option.

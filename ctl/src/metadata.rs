@@ -255,6 +255,7 @@ pub fn statement(facts: &Facts) -> Result<Json, CtlError> {
         "supportedExtensions": [
             { "id": "credProtect", "fail_if_unknown": false },
             { "id": "hmac-secret", "fail_if_unknown": false },
+            { "id": "hmac-secret-mc", "fail_if_unknown": false },
             { "id": "credBlob", "fail_if_unknown": false },
             { "id": "largeBlobKey", "fail_if_unknown": false },
             { "id": "minPinLength", "fail_if_unknown": false },

@@ -560,6 +560,43 @@ def test_prf_through_fido2_client(device):
     assert outputs[0] == outputs[1] and len(outputs[0]) == 32
 
 
+def test_prf_at_registration_through_hmac_secret_mc(device):
+    """PRF evaluated at create() as browsers send it (CTAP 2.2 hmac-secret-mc):
+    the outputs at registration are the ones a later get() gives."""
+    from fido2.client import DefaultClientDataCollector, Fido2Client, UserInteraction
+
+    class Interaction(UserInteraction):
+        def request_pin(self, permissions, rp_id):
+            return PIN["current"]
+
+    assert "hmac-secret-mc" in device.ctap2.info.extensions
+    client = Fido2Client(
+        device.hid,
+        client_data_collector=DefaultClientDataCollector("https://prf.example"),
+        user_interaction=Interaction(),
+    )
+    salts = {"first": b"salt one", "second": b"salt two"}
+    reg = client.make_credential({
+        "rp": {"id": "prf.example", "name": "PRF"},
+        "user": {"id": b"prf-mc-user", "name": "prf-mc"},
+        "challenge": os.urandom(32),
+        "pubKeyCredParams": ES256_PARAMS,
+        "extensions": {"prf": {"eval": salts}},
+    })
+    prf = reg.client_extension_results.prf
+    assert prf.enabled is True
+    assert len(prf.results.first) == 32 and len(prf.results.second) == 32
+    assert prf.results.first != prf.results.second
+    cred_id = reg.response.attestation_object.auth_data.credential_data.credential_id
+    res = client.get_assertion({
+        "rpId": "prf.example",
+        "challenge": os.urandom(32),
+        "allowCredentials": [{"type": "public-key", "id": cred_id}],
+        "extensions": {"prf": {"eval": salts}},
+    }).get_response(0)
+    assert res.client_extension_results.prf.results == prf.results
+
+
 # ------------------------------------------------------------------ credProtect, credBlob
 
 
