@@ -9,7 +9,7 @@ use ciborium::value::Value;
 
 use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 use crate::cbor::{self, MapBuilder};
-use crate::client_pin::ClientPin;
+use crate::client_pin::{ClientPin, PersistentToken};
 use crate::command::Command;
 use crate::config_command::MAX_RP_IDS_FOR_SET_MIN_PIN_LENGTH;
 use crate::ctaphid::{capability, DeviceVersion, ADVERTISED_MAX_MSG_SIZE};
@@ -142,6 +142,8 @@ pub struct Authenticator {
     pub(crate) state: AuthenticatorState,
     /// PIN state that a power cycle resets.
     pub(crate) client_pin: ClientPin,
+    /// The persistentPinUvAuthToken, which a power cycle keeps (client_pin.rs).
+    pub(crate) persistent_token: Option<PersistentToken>,
     /// Audit events not yet taken by the platform ([`Self::take_audit_events`]).
     audit: Vec<AuditEvent>,
 }
@@ -157,7 +159,16 @@ impl Authenticator {
     pub fn try_new(config: AuthenticatorConfig, platform: Platform, power_up: Instant) -> CtapResult<Self> {
         let state = platform.credentials.load_state();
         let client_pin = ClientPin::new()?;
-        Ok(Self { config, platform, power_up, pending: None, state, client_pin, audit: Vec::new() })
+        Ok(Self {
+            config,
+            platform,
+            power_up,
+            pending: None,
+            state,
+            client_pin,
+            persistent_token: None,
+            audit: Vec::new(),
+        })
     }
 
     /// [`Authenticator::try_new`] for tests and tools, where a machine without
@@ -167,8 +178,9 @@ impl Authenticator {
     }
 
     /// A re-plug: what a real key forgets when it loses power (the PIN
-    /// mismatch count, the key agreement key, tokens, pending state), and
-    /// the start of a new reset window.
+    /// mismatch count, the key agreement key, the pinUvAuthToken, pending
+    /// state), and the start of a new reset window. The persistent token
+    /// stays: surviving this is what it is for (CTAP 2.2 §6.5.2.1).
     pub fn power_cycle(&mut self, now: Instant) -> CtapResult<()> {
         self.client_pin = ClientPin::new()?;
         self.power_up = now;
@@ -260,6 +272,8 @@ impl Authenticator {
             .text("authnrCfg", true)
             .text("alwaysUv", self.state.always_uv)
             .text("setMinPINLength", true)
+            // Read-only credential management with the persistent token (CTAP 2.2 §6.4).
+            .text("perCredMgmtRO", true)
             // "ep" only while the policy can sign enterprise attestation.
             .text_opt(
                 "ep",
@@ -296,12 +310,16 @@ impl Authenticator {
             .int(0x10, MAX_RP_IDS_FOR_SET_MIN_PIN_LENGTH as u64)
             .int(0x14, self.platform.credentials.remaining_capacity() as u64)
             // CTAP 2.2 members (§6.4). Not set: uvCountSinceLastPinEntry
-            // (0x17), longTouchForReset (0x18: absent is false, a touch is a
+            // (0x17: for biometric sensors a platform rate-limits; built-in
+            // UV here is the agent's password or fprintd, which count their own), longTouchForReset (0x18: absent is false, a touch is a
             // prompt here), transportsForReset (0x1A: absent is every
             // transport, and USB is the only one), pinComplexityPolicy and its
             // URL (0x1B, 0x1C: present would offer setMinPINLength's
             // pinComplexityPolicy, and fidoseal enforces only a minimum length).
             .int(0x16, Value::Array(ATTESTATION_FORMATS.iter().map(|f| Value::from(*f)).collect()))
+            // encIdentifier: only while a persistent token exists to encrypt it
+            // with; without random numbers for its IV it is left out, not faked.
+            .int_opt(0x19, self.persistent_token.as_ref().and_then(|t| t.enc_identifier().ok()).map(cbor::bytes))
             .int(0x1D, MAX_PIN_LENGTH as u64)
             .build()
     }
@@ -355,6 +373,7 @@ impl Authenticator {
         }
         self.state = self.platform.credentials.load_state();
         self.client_pin = ClientPin::new()?;
+        self.persistent_token = None;
         if let Err(e) = self.platform.keystore.reset() {
             tracing::error!(error = %e, "authenticator reset: passkeys and PIN are gone, the key store kept its keys");
             self.audit(event.reason(format!("passkeys and PIN are gone, the key store kept its keys: {e}")));
