@@ -281,10 +281,18 @@ impl Authenticator {
             )
             .text_opt("uv", self.built_in_uv_available().then_some(true))
             .build();
-        let extensions = ["credBlob", "credProtect", "hmac-secret", "hmac-secret-mc", "largeBlobKey", "minPinLength"]
-            .into_iter()
-            .map(Value::from)
-            .collect();
+        let extensions = [
+            "credBlob",
+            "credProtect",
+            "hmac-secret",
+            "hmac-secret-mc",
+            "largeBlobKey",
+            "minPinLength",
+            "thirdPartyPayment",
+        ]
+        .into_iter()
+        .map(Value::from)
+        .collect();
         let protocols = PinUvAuthProtocol::SUPPORTED.iter().map(|p| Value::from(p.id())).collect();
         let versions = ["U2F_V2", "FIDO_2_0", "FIDO_2_1", "FIDO_2_2"]
             .into_iter()

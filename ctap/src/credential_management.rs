@@ -261,6 +261,9 @@ impl Authenticator {
             .int_opt(0x09, total.map(|t| t as u64))
             .int(0x0A, u64::from(c.extensions.cred_protect.max(1)))
             .int_opt(0x0B, large_blob_key)
+            // thirdPartyPayment (CTAP 2.2 §6.8.4), for every credential: the
+            // extension is supported.
+            .int(0x0C, c.extensions.third_party_payment)
             .build())
     }
 }

@@ -28,6 +28,7 @@ struct AssertionContext {
     hmac_secret: Option<HmacSecretRequest>,
     cred_blob: bool,
     large_blob_key: bool,
+    third_party_payment: bool,
 }
 
 /// The state getNextAssertion continues from (its channel and timer:
@@ -169,6 +170,7 @@ impl Authenticator {
             hmac_secret,
             cred_blob: request.extensions.cred_blob,
             large_blob_key: request.extensions.large_blob_key,
+            third_party_payment: request.extensions.third_party_payment,
         };
         let total = found.len();
         let first = found.remove(0);
@@ -222,6 +224,11 @@ impl Authenticator {
         }
         if context.cred_blob {
             outputs = outputs.text("credBlob", cbor::bytes(credential.extensions.cred_blob.clone()));
+        }
+        if context.third_party_payment {
+            // Whether this credential may sign a third party's payment
+            // (CTAP 2.2 §12.9): false for the others, never left out.
+            outputs = outputs.text("thirdPartyPayment", credential.extensions.third_party_payment);
         }
         let counter = self.next_signature_counter(&credential.credential_id)?;
         let auth_data =

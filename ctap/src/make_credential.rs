@@ -173,6 +173,7 @@ impl Authenticator {
             hmac_secret: requested.hmac_secret,
             cred_blob: cred_blob.cloned().unwrap_or_default(),
             large_blob_key: requested.large_blob_key,
+            third_party_payment: requested.third_party_payment == Some(true),
         };
 
         // The attestation: the policy's, else the configuration's for web or
@@ -254,6 +255,10 @@ impl Authenticator {
         }
         if requested.cred_blob.is_some() {
             outputs = outputs.text("credBlob", cred_blob.is_some() && !extensions.cred_blob.is_empty());
+        }
+        if let Some(asked) = requested.third_party_payment {
+            // What the credential now is (CTAP 2.2 §12.9).
+            outputs = outputs.text("thirdPartyPayment", asked);
         }
         if requested.min_pin_length && self.state.min_pin_length_rp_ids.iter().any(|r| r == rp_id) {
             outputs = outputs.text("minPinLength", u64::from(self.effective_min_pin_length()));

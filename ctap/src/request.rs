@@ -57,6 +57,8 @@ pub struct MakeCredentialExtensions {
     pub cred_blob: Option<Vec<u8>>,
     pub large_blob_key: bool,
     pub min_pin_length: bool,
+    /// thirdPartyPayment (CTAP 2.2 §12.9), as sent.
+    pub third_party_payment: Option<bool>,
 }
 
 /// hmac-secret's getAssertion input (§12.5), and hmac-secret-mc's
@@ -75,6 +77,8 @@ pub struct GetAssertionExtensions {
     pub hmac_secret: Option<HmacSecretInput>,
     pub cred_blob: bool,
     pub large_blob_key: bool,
+    /// thirdPartyPayment: report whether the credential is enabled for it.
+    pub third_party_payment: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +224,7 @@ fn make_credential_extensions(value: Option<Value>) -> CtapResult<MakeCredential
                 out.large_blob_key = true;
             }
             "minPinLength" => out.min_pin_length = expect_bool(value)?,
+            "thirdPartyPayment" => out.third_party_payment = Some(expect_bool(value)?),
             _ => {}
         }
     }
@@ -241,6 +246,7 @@ fn get_assertion_extensions(value: Option<Value>) -> CtapResult<GetAssertionExte
         match name.as_str() {
             "hmac-secret" => out.hmac_secret = Some(hmac_secret_input(value)?),
             "credBlob" => out.cred_blob = expect_bool(value)?,
+            "thirdPartyPayment" => out.third_party_payment = expect_bool(value)?,
             "largeBlobKey" => {
                 if !expect_bool(value)? {
                     return Err(StatusCode::InvalidOption);

@@ -259,6 +259,7 @@ pub fn statement(facts: &Facts) -> Result<Json, CtlError> {
             { "id": "credBlob", "fail_if_unknown": false },
             { "id": "largeBlobKey", "fail_if_unknown": false },
             { "id": "minPinLength", "fail_if_unknown": false },
+            { "id": "thirdPartyPayment", "fail_if_unknown": false },
         ],
         "authenticatorGetInfo": get_info(facts)?,
     }))

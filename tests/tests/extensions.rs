@@ -554,3 +554,50 @@ fn hmac_secret_mc_without_hmac_secret_is_ignored() {
         assert_eq!(m.auth_data.flags, AuthData::UP | AuthData::AT);
     }
 }
+
+// ---------------------------------------------------------------------------
+// thirdPartyPayment (CTAP 2.2 §12.9)
+
+#[test]
+fn third_party_payment_is_kept_with_the_credential_and_reported_when_asked() {
+    let (mut d, cid) = device();
+    let (_, info) = d.ctap(cid, command::GET_INFO, None);
+    let extensions = get(info.as_ref().unwrap(), 2).unwrap().as_array().unwrap().clone();
+    assert!(extensions.contains(&Value::from("thirdPartyPayment")));
+    let ask = || ga_ext(&[("thirdPartyPayment", Value::Bool(true))]);
+    for rk in [false, true] {
+        let user = [u8::from(rk)];
+        let paying = make(&mut d, cid, RP, &user, rk, vec![ext(&[("thirdPartyPayment", Value::Bool(true))])]);
+        assert_eq!(paying.auth_data.extensions, Some(text_map(&[("thirdPartyPayment", Value::Bool(true))])));
+        let plain = make(&mut d, cid, OTHER_RP, &user, rk, vec![]);
+        let (_, ad) = assertion(&mut d, cid, RP, &[&paying.id], vec![ask()]);
+        assert_eq!(ad.extension("thirdPartyPayment"), Some(&Value::Bool(true)), "rk {rk}");
+        assert_eq!(ad.flags & AuthData::ED, AuthData::ED);
+        let (_, ad) = assertion(&mut d, cid, OTHER_RP, &[&plain.id], vec![ask()]);
+        assert_eq!(ad.extension("thirdPartyPayment"), Some(&Value::Bool(false)), "rk {rk}: not enabled");
+        // Not asked, not reported.
+        let (_, ad) = assertion(&mut d, cid, RP, &[&paying.id], vec![]);
+        assert_eq!(ad.extensions, None);
+        // Asked with false: nothing to report either.
+        let (_, ad) =
+            assertion(&mut d, cid, RP, &[&paying.id], vec![ga_ext(&[("thirdPartyPayment", Value::Bool(false))])]);
+        assert_eq!(ad.extensions, None);
+    }
+    // Asked for with false at creation: reported as false, not enabled.
+    let declined = make(&mut d, cid, RP, b"no", false, vec![ext(&[("thirdPartyPayment", Value::Bool(false))])]);
+    assert_eq!(declined.auth_data.extensions, Some(text_map(&[("thirdPartyPayment", Value::Bool(false))])));
+    let (_, ad) = assertion(&mut d, cid, RP, &[&declined.id], vec![ask()]);
+    assert_eq!(ad.extension("thirdPartyPayment"), Some(&Value::Bool(false)));
+}
+
+#[test]
+fn third_party_payment_of_the_wrong_type_is_cbor_unexpected_type() {
+    let (mut d, cid) = device();
+    let m = make(&mut d, cid, RP, b"u", false, vec![]);
+    for bad in [Value::from(1), Value::from("true"), Value::Bytes(vec![1])] {
+        let params = requests::make_credential(RP, b"u", "alice", vec![ext(&[("thirdPartyPayment", bad.clone())])]);
+        assert_eq!(d.ctap(cid, command::MAKE_CREDENTIAL, Some(params)).0, st::CBOR_UNEXPECTED_TYPE, "{bad:?}");
+        let extra = vec![ga_ext(&[("thirdPartyPayment", bad.clone())])];
+        assert_eq!(assert_status(&mut d, cid, RP, &[&m.id], extra), st::CBOR_UNEXPECTED_TYPE, "{bad:?}");
+    }
+}
