@@ -319,11 +319,14 @@ impl Authenticator {
             .int(0x14, self.platform.credentials.remaining_capacity() as u64)
             // CTAP 2.2 members (§6.4). Not set: uvCountSinceLastPinEntry
             // (0x17: for biometric sensors a platform rate-limits; built-in
-            // UV here is the agent's password or fprintd, which count their own), longTouchForReset (0x18: absent is false, a touch is a
-            // prompt here), transportsForReset (0x1A: absent is every
-            // transport, and USB is the only one), pinComplexityPolicy and its
-            // URL (0x1B, 0x1C: present would offer setMinPINLength's
-            // pinComplexityPolicy, and fidoseal enforces only a minimum length).
+            // UV here is the agent's password or fprintd, which keep their
+            // own count), longTouchForReset (0x18: absent is false, and a
+            // touch is a prompt here), transportsForReset (0x1A: absent is
+            // every transport, and USB is the only one), pinComplexityPolicy
+            // and its URL (0x1B, 0x1C: present would offer setMinPINLength's
+            // pinComplexityPolicy, and fidoseal enforces only a minimum
+            // length). encCredStoreState and authenticatorConfigCommands
+            // (0x1E, 0x1F) are CTAP 2.3's.
             .int(0x16, Value::Array(ATTESTATION_FORMATS.iter().map(|f| Value::from(*f)).collect()))
             // encIdentifier: only while a persistent token exists to encrypt it
             // with; without random numbers for its IV it is left out, not faked.
