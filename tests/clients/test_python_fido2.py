@@ -100,12 +100,19 @@ def public_key(att):
 
 def test_get_info_contents(ctap2):
     info = ctap2.get_info()  # python-fido2 also rejects non-canonical CBOR
-    assert set(info.versions) >= {"U2F_V2", "FIDO_2_0", "FIDO_2_1"}
-    assert "FIDO_2_2" not in info.versions
+    assert set(info.versions) >= {"U2F_V2", "FIDO_2_0", "FIDO_2_1", "FIDO_2_2"}
     assert len(set(info.versions)) == len(info.versions)
     assert set(info.extensions) >= {
-        "credBlob", "credProtect", "hmac-secret", "largeBlobKey", "minPinLength"
+        "credBlob", "credProtect", "hmac-secret", "largeBlobKey", "minPinLength",
+        "hmac-secret-mc", "thirdPartyPayment",
     }
+    # The CTAP 2.2 members fidoseal sets, and the ones it leaves out.
+    assert info.attestation_formats == ["packed", "none"]
+    assert info.max_pin_length == 63
+    assert info.options.get("perCredMgmtRO") is True
+    assert info.enc_identifier is None  # no persistent token yet
+    assert info.uv_count_since_pin is None and info.long_touch_for_reset is False
+    assert info.pin_complexity_policy is None and info.transports_for_reset == []
     assert len(bytes(info.aaguid)) == 16 and bytes(info.aaguid) != bytes(16)
     opts = info.options
     assert all(isinstance(v, bool) for v in opts.values()), opts
