@@ -9,7 +9,7 @@ use ciborium::value::Value;
 
 use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 use crate::cbor::{self, MapBuilder};
-use crate::client_pin::ClientPin;
+use crate::client_pin::{ClientPin, PersistentToken};
 use crate::command::Command;
 use crate::config_command::MAX_RP_IDS_FOR_SET_MIN_PIN_LENGTH;
 use crate::ctaphid::{capability, DeviceVersion, ADVERTISED_MAX_MSG_SIZE};
@@ -123,6 +123,13 @@ pub const MAX_CRED_BLOB_LENGTH: usize = 32;
 /// IDs (4 × (255 + 24 bytes of descriptor)) and a full request around it fit
 /// in maxMsgSize ([`ADVERTISED_MAX_MSG_SIZE`]). Longer lists are still read.
 pub const MAX_CREDENTIAL_COUNT_IN_LIST: usize = 4;
+/// getInfo's attestationFormats (CTAP 2.2 §6.4, 0x16): the statement
+/// formats makeCredential can return, the default first;
+/// attestationFormatsPreference picks among them (§6.1.2).
+pub const ATTESTATION_FORMATS: [&str; 2] = ["packed", "none"];
+/// getInfo's maxPINLength (CTAP 2.2 §6.4, 0x1D): a padded PIN is 64 bytes,
+/// so a PIN is at most 63 bytes, and so at most 63 code points.
+pub const MAX_PIN_LENGTH: usize = 63;
 
 pub struct Authenticator {
     pub(crate) config: AuthenticatorConfig,
@@ -135,6 +142,8 @@ pub struct Authenticator {
     pub(crate) state: AuthenticatorState,
     /// PIN state that a power cycle resets.
     pub(crate) client_pin: ClientPin,
+    /// The persistentPinUvAuthToken, which a power cycle keeps (client_pin.rs).
+    pub(crate) persistent_token: Option<PersistentToken>,
     /// Audit events not yet taken by the platform ([`Self::take_audit_events`]).
     audit: Vec<AuditEvent>,
 }
@@ -150,7 +159,16 @@ impl Authenticator {
     pub fn try_new(config: AuthenticatorConfig, platform: Platform, power_up: Instant) -> CtapResult<Self> {
         let state = platform.credentials.load_state();
         let client_pin = ClientPin::new()?;
-        Ok(Self { config, platform, power_up, pending: None, state, client_pin, audit: Vec::new() })
+        Ok(Self {
+            config,
+            platform,
+            power_up,
+            pending: None,
+            state,
+            client_pin,
+            persistent_token: None,
+            audit: Vec::new(),
+        })
     }
 
     /// [`Authenticator::try_new`] for tests and tools, where a machine without
@@ -160,8 +178,9 @@ impl Authenticator {
     }
 
     /// A re-plug: what a real key forgets when it loses power (the PIN
-    /// mismatch count, the key agreement key, tokens, pending state), and
-    /// the start of a new reset window.
+    /// mismatch count, the key agreement key, the pinUvAuthToken, pending
+    /// state), and the start of a new reset window. The persistent token
+    /// stays: surviving this is what it is for (CTAP 2.2 §6.5.2.1).
     pub fn power_cycle(&mut self, now: Instant) -> CtapResult<()> {
         self.client_pin = ClientPin::new()?;
         self.power_up = now;
@@ -253,6 +272,8 @@ impl Authenticator {
             .text("authnrCfg", true)
             .text("alwaysUv", self.state.always_uv)
             .text("setMinPINLength", true)
+            // Read-only credential management with the persistent token (CTAP 2.2 §6.4).
+            .text("perCredMgmtRO", true)
             // "ep" only while the policy can sign enterprise attestation.
             .text_opt(
                 "ep",
@@ -260,12 +281,20 @@ impl Authenticator {
             )
             .text_opt("uv", self.built_in_uv_available().then_some(true))
             .build();
-        let extensions = ["credBlob", "credProtect", "hmac-secret", "largeBlobKey", "minPinLength"]
-            .into_iter()
-            .map(Value::from)
-            .collect();
+        let extensions = [
+            "credBlob",
+            "credProtect",
+            "hmac-secret",
+            "hmac-secret-mc",
+            "largeBlobKey",
+            "minPinLength",
+            "thirdPartyPayment",
+        ]
+        .into_iter()
+        .map(Value::from)
+        .collect();
         let protocols = PinUvAuthProtocol::SUPPORTED.iter().map(|p| Value::from(p.id())).collect();
-        let versions = ["U2F_V2", "FIDO_2_0", "FIDO_2_1"]
+        let versions = ["U2F_V2", "FIDO_2_0", "FIDO_2_1", "FIDO_2_2"]
             .into_iter()
             .filter(|v| *v != "U2F_V2" || self.u2f_enabled())
             .map(Value::from)
@@ -288,6 +317,21 @@ impl Authenticator {
             .int(0x0F, MAX_CRED_BLOB_LENGTH as u64)
             .int(0x10, MAX_RP_IDS_FOR_SET_MIN_PIN_LENGTH as u64)
             .int(0x14, self.platform.credentials.remaining_capacity() as u64)
+            // CTAP 2.2 members (§6.4). Not set: uvCountSinceLastPinEntry
+            // (0x17: for biometric sensors a platform rate-limits; built-in
+            // UV here is the agent's password or fprintd, which keep their
+            // own count), longTouchForReset (0x18: absent is false, and a
+            // touch is a prompt here), transportsForReset (0x1A: absent is
+            // every transport, and USB is the only one), pinComplexityPolicy
+            // and its URL (0x1B, 0x1C: present would offer setMinPINLength's
+            // pinComplexityPolicy, and fidoseal enforces only a minimum
+            // length). encCredStoreState and authenticatorConfigCommands
+            // (0x1E, 0x1F) are CTAP 2.3's.
+            .int(0x16, Value::Array(ATTESTATION_FORMATS.iter().map(|f| Value::from(*f)).collect()))
+            // encIdentifier: only while a persistent token exists to encrypt it
+            // with; without random numbers for its IV it is left out, not faked.
+            .int_opt(0x19, self.persistent_token.as_ref().and_then(|t| t.enc_identifier().ok()).map(cbor::bytes))
+            .int(0x1D, MAX_PIN_LENGTH as u64)
             .build()
     }
 
@@ -340,6 +384,7 @@ impl Authenticator {
         }
         self.state = self.platform.credentials.load_state();
         self.client_pin = ClientPin::new()?;
+        self.persistent_token = None;
         if let Err(e) = self.platform.keystore.reset() {
             tracing::error!(error = %e, "authenticator reset: passkeys and PIN are gone, the key store kept its keys");
             self.audit(event.reason(format!("passkeys and PIN are gone, the key store kept its keys: {e}")));

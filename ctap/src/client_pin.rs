@@ -24,6 +24,9 @@ pub mod permission {
     pub const BIO_ENROLLMENT: u8 = 0x08;
     pub const LARGE_BLOB_WRITE: u8 = 0x10;
     pub const AUTHENTICATOR_CONFIG: u8 = 0x20;
+    /// pcmr (CTAP 2.2 §6.5.5.7): read-only credential management with the
+    /// persistentPinUvAuthToken, which a power cycle does not end.
+    pub const PERSISTENT_CREDENTIAL_MANAGEMENT_READ_ONLY: u8 = 0x40;
 }
 
 /// Wrong PINs in a row before the authenticator wants a power cycle (§6.5.2.2).
@@ -56,6 +59,45 @@ impl PinUvAuthToken {
 
     pub(crate) fn is_in_use(&self, now: Instant) -> bool {
         self.issued.is_some_and(|t| now.saturating_duration_since(t) <= TOKEN_LIFETIME)
+    }
+}
+
+/// The persistentPinUvAuthToken (CTAP 2.2 §6.5.2.1): granted only the pcmr
+/// permission, so it can list credentials and nothing else, and kept across
+/// power cycles (a re-plug) so that a platform can list passkeys again
+/// without asking for the PIN. It is held in memory only: a daemon restart,
+/// a PIN change, a reset or the next pcmr token ends it.
+pub(crate) struct PersistentToken {
+    value: Zeroizing<[u8; 32]>,
+    /// The authenticator's identifier (getInfo encIdentifier, §6.4): the
+    /// key store's PRF of a fixed label, so the same until a reset.
+    identifier: Zeroizing<[u8; 16]>,
+}
+
+impl PersistentToken {
+    /// encIdentifier (§6.4, 0x19): iv ‖ AES-128-CBC(key, iv, identifier),
+    /// key = HKDF-SHA-256(salt = 32 zero bytes, IKM = the token,
+    /// info = "encIdentifier", L = 16), a fresh IV at every getInfo.
+    pub(crate) fn enc_identifier(&self) -> CtapResult<Vec<u8>> {
+        use aes::cipher::block_padding::NoPadding;
+        use aes::cipher::{BlockModeEncrypt, KeyIvInit};
+        let mut key = Zeroizing::new([0u8; 16]);
+        hkdf::Hkdf::<Sha256>::new(Some(&[0u8; 32]), self.value.as_ref())
+            .expand(b"encIdentifier", key.as_mut())
+            .map_err(|_| StatusCode::Other)?;
+        let mut iv = [0u8; 16];
+        getrandom::fill(&mut iv).map_err(|_| StatusCode::Other)?;
+        let mut block = *self.identifier;
+        cbc::Encryptor::<aes::Aes128>::new((&*key).into(), (&iv).into())
+            .encrypt_padded::<NoPadding>(&mut block, 16)
+            .map_err(|_| StatusCode::Other)?;
+        let mut out = iv.to_vec();
+        out.extend_from_slice(&block);
+        Ok(out)
+    }
+
+    pub(crate) fn verifies(&self, protocol: PinUvAuthProtocol, message: &[u8], param: &[u8]) -> bool {
+        protocol.verify(self.value.as_ref(), message, param)
     }
 }
 
@@ -189,7 +231,10 @@ impl Authenticator {
         // Tell the user what the token is for, as far as its permissions
         // say; the most powerful first: a token that can delete passkeys or
         // change settings is not asked for as "sign in".
-        let purpose = if permissions & (permission::CREDENTIAL_MANAGEMENT | permission::AUTHENTICATOR_CONFIG) != 0 {
+        let manage = permission::CREDENTIAL_MANAGEMENT
+            | permission::AUTHENTICATOR_CONFIG
+            | permission::PERSISTENT_CREDENTIAL_MANAGEMENT_READ_ONLY;
+        let purpose = if permissions & manage != 0 {
             PresencePurpose::Manage
         } else if permissions & permission::MAKE_CREDENTIAL != 0 {
             PresencePurpose::Register
@@ -200,6 +245,9 @@ impl Authenticator {
             PresencePurpose::Manage
         };
         self.perform_built_in_uv(&PresenceRequest { purpose, rp_id: rp_id.as_deref(), ..Default::default() }, ctx)?;
+        if permissions == permission::PERSISTENT_CREDENTIAL_MANAGEMENT_READ_ONLY {
+            return self.issue_persistent_token(&shared);
+        }
         let token = self.issue_token(&shared, permissions, rp_id, ctx.after_user())?;
         self.client_pin.token.user_present = true;
         Ok(token)
@@ -215,6 +263,12 @@ impl Authenticator {
         let permissions = u8::try_from(permissions).map_err(|_| StatusCode::UnauthorizedPermission)?;
         if permissions & !self.supported_permissions() != 0 {
             return Err(StatusCode::UnauthorizedPermission);
+        }
+        // pcmr names a token of its own, the persistent one (CTAP 2.2
+        // §6.5.5.7): it cannot share a token with other permissions.
+        let pcmr = permission::PERSISTENT_CREDENTIAL_MANAGEMENT_READ_ONLY;
+        if permissions & pcmr != 0 && permissions != pcmr {
+            return Err(StatusCode::InvalidParameter);
         }
         Ok(permissions)
     }
@@ -245,6 +299,7 @@ impl Authenticator {
             | permission::CREDENTIAL_MANAGEMENT
             | permission::LARGE_BLOB_WRITE
             | permission::AUTHENTICATOR_CONFIG
+            | permission::PERSISTENT_CREDENTIAL_MANAGEMENT_READ_ONLY
     }
 
     fn shared_secret(&self, request: &mut ClientPinRequest) -> CtapResult<SharedSecret> {
@@ -300,6 +355,8 @@ impl Authenticator {
         state.force_pin_change = false;
         self.save_state(state)?;
         self.client_pin.reset_token()?;
+        // A token that outlives power cycles must not outlive the PIN it was got with.
+        self.persistent_token = None;
         self.audit(AuditEvent::new(AuditKind::PinChanged, AuditDecision::Allow).operation("client-pin"));
         Ok(())
     }
@@ -323,7 +380,25 @@ impl Authenticator {
             // still gets CTAP2_ERR_PIN_INVALID until it is changed.
             return Err(StatusCode::PinInvalid);
         }
+        if permissions == permission::PERSISTENT_CREDENTIAL_MANAGEMENT_READ_ONLY {
+            return self.issue_persistent_token(&shared);
+        }
         self.issue_token(&shared, permissions, rp_id, ctx.now)
+    }
+
+    /// A new persistentPinUvAuthToken (the pcmr permission alone), encrypted
+    /// for the platform; the earlier one stops working, the ordinary token
+    /// is left as it is. An rp ID sent with it is ignored (§6.5.5.7).
+    fn issue_persistent_token(&mut self, shared: &SharedSecret) -> CtapResult<Value> {
+        let mut value = Zeroizing::new([0u8; 32]);
+        getrandom::fill(value.as_mut()).map_err(|_| StatusCode::Other)?;
+        let derived = self.platform.keystore.derive_secret(b"fidoseal authenticator identifier v1")?;
+        let mut identifier = Zeroizing::new([0u8; 16]);
+        identifier.copy_from_slice(&derived.0[..16]);
+        let encrypted = shared.encrypt(value.as_ref())?;
+        self.persistent_token = Some(PersistentToken { value, identifier });
+        tracing::info!("persistentPinUvAuthToken issued (read-only credential management)");
+        Ok(MapBuilder::new().int(0x02, cbor::bytes(encrypted)).build())
     }
 
     fn check_pin_blocked(&self) -> CtapResult<()> {

@@ -42,6 +42,8 @@ impl From<ResidentCredential> for Credential {
 const FLAG_CRED_PROTECT_MASK: u8 = 0x03;
 const FLAG_HMAC_SECRET: u8 = 0x04;
 const FLAG_LARGE_BLOB_KEY: u8 = 0x08;
+/// Older IDs have this bit clear: not enabled for third-party payment.
+const FLAG_THIRD_PARTY_PAYMENT: u8 = 0x10;
 
 pub fn encode_payload(
     algorithm: Algorithm,
@@ -55,6 +57,9 @@ pub fn encode_payload(
     }
     if extensions.large_blob_key {
         flags |= FLAG_LARGE_BLOB_KEY;
+    }
+    if extensions.third_party_payment {
+        flags |= FLAG_THIRD_PARTY_PAYMENT;
     }
     let mut payload = Vec::with_capacity(5 + key_handle.len() + extensions.cred_blob.len());
     payload.push(PAYLOAD_VERSION);
@@ -82,6 +87,7 @@ fn decode_payload(payload: &[u8]) -> Option<(Algorithm, Vec<u8>, CredentialExten
         hmac_secret: flags & FLAG_HMAC_SECRET != 0,
         cred_blob: cred_blob.to_vec(),
         large_blob_key: flags & FLAG_LARGE_BLOB_KEY != 0,
+        third_party_payment: flags & FLAG_THIRD_PARTY_PAYMENT != 0,
     };
     Some((algorithm, key_handle.to_vec(), extensions))
 }
@@ -134,8 +140,13 @@ mod tests {
 
     #[test]
     fn payload_round_trip_and_rejections() {
-        let ext =
-            CredentialExtensions { cred_protect: 3, hmac_secret: true, cred_blob: vec![9, 9], large_blob_key: false };
+        let ext = CredentialExtensions {
+            cred_protect: 3,
+            hmac_secret: true,
+            cred_blob: vec![9, 9],
+            large_blob_key: false,
+            third_party_payment: true,
+        };
         let p = encode_payload(Algorithm::Es256, &[1, 2, 3], &ext).unwrap();
         assert_eq!(decode_payload(&p), Some((Algorithm::Es256, vec![1, 2, 3], ext)));
         assert_eq!(decode_payload(&p[..6]), None);
@@ -150,6 +161,7 @@ mod tests {
         assert_eq!(decode_payload(&overlong), None);
         let plain = encode_payload(Algorithm::Es256, &[1], &CredentialExtensions::default()).unwrap();
         assert_eq!(decode_payload(&plain).unwrap().2.cred_protect, 1, "no credProtect reads as level 1");
+        assert!(!decode_payload(&plain).unwrap().2.third_party_payment, "an ID without the bit: not for payments");
         assert!(encode_payload(Algorithm::Es256, &[0; 256], &CredentialExtensions::default()).is_err());
     }
 }

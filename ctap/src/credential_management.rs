@@ -11,8 +11,17 @@ use crate::cbor::{self, MapBuilder};
 use crate::client_pin::permission;
 use crate::command::{CredentialManagementRequest, CredentialManagementSubCommand, SubCommandAuth, UserUpdate};
 use crate::pending::{Pending, PendingOperation};
+use crate::pin_protocol::PinUvAuthProtocol;
 use crate::platform::{RelyingParty, ResidentCredential};
 use crate::status::{CtapResult, StatusCode};
+
+/// Whether a subcommand only reads (the persistent token may do it) or
+/// changes what is stored (only the pinUvAuthToken with cm may).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    ReadOnly,
+    Write,
+}
 
 /// What an enumeration has still to return (its channel and timer:
 /// pending.rs).
@@ -35,25 +44,25 @@ impl Authenticator {
             Sub::EnumerateRpsGetNextRp => self.next_rp(None, ctx.now).map(Some),
             Sub::EnumerateCredentialsGetNextCredential => self.next_credential(None, ctx.now).map(Some),
             Sub::GetCredsMetadata => {
-                let token_rp = self.credential_management_token(auth, ctx)?;
+                let token_rp = self.credential_management_token(auth, Access::ReadOnly, ctx)?;
                 self.get_creds_metadata(token_rp.as_deref()).map(Some)
             }
             Sub::EnumerateRpsBegin => {
-                let token_rp = self.credential_management_token(auth, ctx)?;
+                let token_rp = self.credential_management_token(auth, Access::ReadOnly, ctx)?;
                 self.enumerate_rps_begin(token_rp.as_deref(), ctx).map(Some)
             }
             Sub::EnumerateCredentialsBegin { rp_id_hash } => {
-                let token_rp = self.credential_management_token(auth, ctx)?;
+                let token_rp = self.credential_management_token(auth, Access::ReadOnly, ctx)?;
                 let rp_id_hash = rp_id_hash.ok_or(StatusCode::MissingParameter)?;
                 self.enumerate_credentials_begin(&rp_id_hash, token_rp.as_deref(), ctx).map(Some)
             }
             Sub::DeleteCredential { credential_id } => {
-                let token_rp = self.credential_management_token(auth, ctx)?;
+                let token_rp = self.credential_management_token(auth, Access::Write, ctx)?;
                 let credential_id = credential_id.ok_or(StatusCode::MissingParameter)?;
                 self.delete_credential(&credential_id, token_rp.as_deref()).map(|()| None)
             }
             Sub::UpdateUserInformation { credential_id, user } => {
-                let token_rp = self.credential_management_token(auth, ctx)?;
+                let token_rp = self.credential_management_token(auth, Access::Write, ctx)?;
                 let credential_id = credential_id.ok_or(StatusCode::MissingParameter)?;
                 let user = user.ok_or(StatusCode::MissingParameter)?;
                 self.update_user_information(&credential_id, user, token_rp.as_deref()).map(|()| None)
@@ -62,16 +71,33 @@ impl Authenticator {
     }
 
     /// Checks pinUvAuthParam = authenticate(token, subCommand ‖
-    /// subCommandParams) with the cm permission; the rp the token is bound
-    /// to, if any.
+    /// subCommandParams): made by the pinUvAuthToken with the cm
+    /// permission, or, for a read-only subcommand, by the persistent token
+    /// (pcmr, CTAP 2.2 §6.8.1); the rp the token is bound to, if any (the
+    /// persistent token is bound to none).
     fn credential_management_token(
         &mut self,
         auth: SubCommandAuth,
+        access: Access,
         ctx: &RequestContext<'_>,
     ) -> CtapResult<Option<String>> {
         let param = auth.param.as_deref();
-        self.verify_command_token(auth.protocol, param, &auth.message, permission::CREDENTIAL_MANAGEMENT, ctx.now)?;
-        Ok(self.client_pin.token.rp_id.clone())
+        match self.verify_command_token(auth.protocol, param, &auth.message, permission::CREDENTIAL_MANAGEMENT, ctx.now)
+        {
+            Ok(()) => Ok(self.client_pin.token.rp_id.clone()),
+            Err(StatusCode::PinAuthInvalid) if access == Access::ReadOnly => {
+                // verify_command_token has checked that both are there.
+                let (Some(protocol), Some(param)) = (auth.protocol, param) else {
+                    return Err(StatusCode::PinAuthInvalid);
+                };
+                let protocol = PinUvAuthProtocol::from_id(protocol)?;
+                match &self.persistent_token {
+                    Some(token) if token.verifies(protocol, &auth.message, param) => Ok(None),
+                    _ => Err(StatusCode::PinAuthInvalid),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// §6.8.2 getCredsMetadata: not with a token bound to one rp.
@@ -235,6 +261,9 @@ impl Authenticator {
             .int_opt(0x09, total.map(|t| t as u64))
             .int(0x0A, u64::from(c.extensions.cred_protect.max(1)))
             .int_opt(0x0B, large_blob_key)
+            // thirdPartyPayment (CTAP 2.2 §6.8.4), for every credential: the
+            // extension is supported.
+            .int(0x0C, c.extensions.third_party_payment)
             .build())
     }
 }

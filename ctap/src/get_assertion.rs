@@ -5,7 +5,6 @@
 use crate::audit::{AuditDecision, AuditEvent, AuditKind};
 
 use ciborium::value::Value;
-use zeroize::Zeroizing;
 
 use crate::auth_data::{authenticator_data, flags, rp_id_hash};
 use crate::authenticator::{Authenticator, RequestContext};
@@ -13,17 +12,11 @@ use crate::cbor::{self, MapBuilder};
 use crate::ceremony::{Admission, User};
 use crate::client_pin::permission;
 use crate::credential::{self, Credential};
+use crate::hmac_secret::HmacSecretRequest;
 use crate::pending::{Pending, PendingOperation};
-use crate::pin_protocol::{hmac_sha256, PinUvAuthProtocol, SharedSecret};
 use crate::platform::{Operation, PresencePurpose, PresenceRequest};
-use crate::request::{GetAssertionRequest, HmacSecretInput};
+use crate::request::GetAssertionRequest;
 use crate::status::{CtapResult, StatusCode};
-
-/// hmac-secret's validated input: the shared secret and the salts (§12.5).
-struct HmacSecretRequest {
-    shared: SharedSecret,
-    salts: Zeroizing<Vec<u8>>,
-}
 
 /// What every assertion of one getAssertion shares.
 struct AssertionContext {
@@ -35,6 +28,7 @@ struct AssertionContext {
     hmac_secret: Option<HmacSecretRequest>,
     cred_blob: bool,
     large_blob_key: bool,
+    third_party_payment: bool,
 }
 
 /// The state getNextAssertion continues from (its channel and timer:
@@ -176,6 +170,7 @@ impl Authenticator {
             hmac_secret,
             cred_blob: request.extensions.cred_blob,
             large_blob_key: request.extensions.large_blob_key,
+            third_party_payment: request.extensions.third_party_payment,
         };
         let total = found.len();
         let first = found.remove(0);
@@ -215,40 +210,6 @@ impl Authenticator {
         Ok(response)
     }
 
-    /// Validates hmac-secret's input (§12.5): the salts are authenticated
-    /// with the shared secret and are one or two 32-byte values.
-    fn hmac_secret_request(&self, input: &HmacSecretInput) -> CtapResult<HmacSecretRequest> {
-        let protocol = PinUvAuthProtocol::from_id(input.protocol.unwrap_or(1))?;
-        let shared = self.client_pin_key_agreement().shared_secret(protocol, input.key_agreement.clone())?;
-        if !shared.verify(&input.salt_enc, &input.salt_auth) {
-            return Err(StatusCode::PinAuthInvalid);
-        }
-        let salts = shared.decrypt(&input.salt_enc)?;
-        if salts.len() != 32 && salts.len() != 64 {
-            return Err(StatusCode::InvalidLength);
-        }
-        Ok(HmacSecretRequest { shared, salts })
-    }
-
-    /// HMAC-SHA-256(CredRandom, salt) for each salt, encrypted for the
-    /// platform. CredRandom differs with and without UV (§12.5).
-    fn hmac_secret_output(
-        &mut self,
-        credential: &Credential,
-        request: &HmacSecretRequest,
-        user_verified: bool,
-    ) -> CtapResult<Vec<u8>> {
-        let mut context = b"fidoseal hmac-secret CredRandom v1".to_vec();
-        context.push(u8::from(user_verified));
-        context.extend_from_slice(&credential.key_handle);
-        let cred_random = self.platform.keystore.derive_secret(&context)?;
-        let mut outputs = Zeroizing::new(Vec::with_capacity(request.salts.len()));
-        for salt in request.salts.chunks(32) {
-            outputs.extend_from_slice(&hmac_sha256(&cred_random.0, salt));
-        }
-        request.shared.encrypt(&outputs)
-    }
-
     fn sign_assertion(
         &mut self,
         credential: &Credential,
@@ -258,11 +219,16 @@ impl Authenticator {
         let user_verified = context.flag_bits & flags::USER_VERIFIED != 0;
         let mut outputs = MapBuilder::new();
         if let Some(request) = context.hmac_secret.as_ref().filter(|_| credential.extensions.hmac_secret) {
-            outputs =
-                outputs.text("hmac-secret", cbor::bytes(self.hmac_secret_output(credential, request, user_verified)?));
+            let output = self.hmac_secret_output(&credential.key_handle, request, user_verified)?;
+            outputs = outputs.text("hmac-secret", cbor::bytes(output));
         }
         if context.cred_blob {
             outputs = outputs.text("credBlob", cbor::bytes(credential.extensions.cred_blob.clone()));
+        }
+        if context.third_party_payment {
+            // Whether this credential may sign a third party's payment
+            // (CTAP 2.2 §12.9): false for the others, never left out.
+            outputs = outputs.text("thirdPartyPayment", credential.extensions.third_party_payment);
         }
         let counter = self.next_signature_counter(&credential.credential_id)?;
         let auth_data =

@@ -16,6 +16,7 @@ mod credential_management;
 mod ctap1;
 pub mod ctaphid;
 mod get_assertion;
+mod hmac_secret;
 mod large_blobs;
 pub mod machine_attestation;
 mod make_credential;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use ciborium::value::Value;
 
 use crate::auth_data::{authenticator_data, cose_key, flags, rp_id_hash, AttestedCredential};
-use crate::authenticator::{is_non_web_rp_id, AttestationMode, Authenticator, RequestContext, MAX_CRED_BLOB_LENGTH};
+use crate::authenticator::{
+    is_non_web_rp_id, AttestationMode, Authenticator, RequestContext, ATTESTATION_FORMATS, MAX_CRED_BLOB_LENGTH,
+};
 use crate::cbor::{self, truncate_utf8, MapBuilder};
 use crate::ceremony::{Admission, User};
 use crate::client_pin::permission;
@@ -105,6 +107,15 @@ impl Authenticator {
         };
         let (mut user, verdict) = self.admit(&admission, protocol, uv_requested, ctx)?;
 
+        // hmac-secret-mc's salts are checked before anyone is asked
+        // anything (as getAssertion's hmac-secret). A platform sends it only
+        // beside "hmac-secret": true (CTAP 2.2 §12.8); without that there is
+        // no CredRandom to use, and it is ignored.
+        let hmac_secret_mc = match request.extensions.hmac_secret_mc.as_ref() {
+            Some(input) if request.extensions.hmac_secret => Some(self.hmac_secret_request(input)?),
+            _ => None,
+        };
+
         let user_name = request.user.name.as_deref().or(request.user.display_name.as_deref());
         let prompt = PresenceRequest {
             purpose: PresencePurpose::Register,
@@ -162,6 +173,7 @@ impl Authenticator {
             hmac_secret: requested.hmac_secret,
             cred_blob: cred_blob.cloned().unwrap_or_default(),
             large_blob_key: requested.large_blob_key,
+            third_party_payment: requested.third_party_payment == Some(true),
         };
 
         // The attestation: the policy's, else the configuration's for web or
@@ -170,8 +182,18 @@ impl Authenticator {
         // key refuses the request without leaving a credential behind.
         let configured =
             if is_non_web_rp_id(rp_id) { self.config.non_web_attestation } else { self.config.attestation };
+        // A platform that prefers "none" (attestationFormatsPreference, CTAP
+        // 2.2 §6.1.2 step 9.1: the first format supported counts) gets none,
+        // unless it asked for enterprise attestation too; "packed" first
+        // keeps what policy and configuration chose.
+        let prefers_none = request
+            .attestation_formats_preference
+            .iter()
+            .find(|f| ATTESTATION_FORMATS.contains(&f.as_str()))
+            .is_some_and(|f| f == "none");
         let statement_kind = match verdict.attestation {
             Some(AttestationPolicy::Enterprise(key)) if enterprise_requested => Statement::Enterprise(key),
+            _ if prefers_none => Statement::None,
             Some(AttestationPolicy::Enterprise(_)) | None => self.statement(configured)?,
             Some(AttestationPolicy::None) => Statement::None,
             Some(AttestationPolicy::SelfAttestation) => Statement::SelfAttestation,
@@ -225,8 +247,18 @@ impl Authenticator {
         if requested.hmac_secret {
             outputs = outputs.text("hmac-secret", true);
         }
+        if let Some(salts) = &hmac_secret_mc {
+            // The CredRandom of this ceremony's UV state, as a getAssertion
+            // with the same UV would use (§12.8).
+            let output = self.hmac_secret_output(&created.key_handle, salts, user_verified)?;
+            outputs = outputs.text("hmac-secret-mc", cbor::bytes(output));
+        }
         if requested.cred_blob.is_some() {
             outputs = outputs.text("credBlob", cred_blob.is_some() && !extensions.cred_blob.is_empty());
+        }
+        if let Some(asked) = requested.third_party_payment {
+            // What the credential now is (CTAP 2.2 §12.9).
+            outputs = outputs.text("thirdPartyPayment", asked);
         }
         if requested.min_pin_length && self.state.min_pin_length_rp_ids.iter().any(|r| r == rp_id) {
             outputs = outputs.text("minPinLength", u64::from(self.effective_min_pin_length()));

@@ -51,12 +51,18 @@ pub struct MakeCredentialExtensions {
     /// credProtect level 1..=3.
     pub cred_protect: Option<u8>,
     pub hmac_secret: bool,
+    /// hmac-secret-mc (CTAP 2.2 §12.8): salts whose outputs come back at
+    /// makeCredential already; read only together with `hmac_secret`.
+    pub hmac_secret_mc: Option<HmacSecretInput>,
     pub cred_blob: Option<Vec<u8>>,
     pub large_blob_key: bool,
     pub min_pin_length: bool,
+    /// thirdPartyPayment (CTAP 2.2 §12.9), as sent.
+    pub third_party_payment: Option<bool>,
 }
 
-/// hmac-secret's getAssertion input (§12.5).
+/// hmac-secret's getAssertion input (§12.5), and hmac-secret-mc's
+/// makeCredential input, which is the same map (CTAP 2.2 §12.8).
 #[derive(Debug, Clone)]
 pub struct HmacSecretInput {
     pub key_agreement: Value,
@@ -71,6 +77,8 @@ pub struct GetAssertionExtensions {
     pub hmac_secret: Option<HmacSecretInput>,
     pub cred_blob: bool,
     pub large_blob_key: bool,
+    /// thirdPartyPayment: report whether the credential is enabled for it.
+    pub third_party_payment: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +92,9 @@ pub struct MakeCredentialRequest {
     pub options: Options,
     pub pin_uv_auth: Option<PinUvAuth>,
     pub enterprise_attestation: Option<u64>,
+    /// attestationFormatsPreference (CTAP 2.2 §6.1, 0x0B): statement
+    /// formats in the platform's order of preference.
+    pub attestation_formats_preference: Vec<String>,
     pub extensions: MakeCredentialExtensions,
 }
 
@@ -203,6 +214,7 @@ fn make_credential_extensions(value: Option<Value>) -> CtapResult<MakeCredential
                 });
             }
             "hmac-secret" => out.hmac_secret = expect_bool(value)?,
+            "hmac-secret-mc" => out.hmac_secret_mc = Some(hmac_secret_input(value)?),
             "credBlob" => out.cred_blob = Some(expect_bytes(value)?),
             "largeBlobKey" => {
                 // Only `true` is meaningful (§12.3); false is an invalid option.
@@ -212,6 +224,7 @@ fn make_credential_extensions(value: Option<Value>) -> CtapResult<MakeCredential
                 out.large_blob_key = true;
             }
             "minPinLength" => out.min_pin_length = expect_bool(value)?,
+            "thirdPartyPayment" => out.third_party_payment = Some(expect_bool(value)?),
             _ => {}
         }
     }
@@ -233,6 +246,7 @@ fn get_assertion_extensions(value: Option<Value>) -> CtapResult<GetAssertionExte
         match name.as_str() {
             "hmac-secret" => out.hmac_secret = Some(hmac_secret_input(value)?),
             "credBlob" => out.cred_blob = expect_bool(value)?,
+            "thirdPartyPayment" => out.third_party_payment = expect_bool(value)?,
             "largeBlobKey" => {
                 if !expect_bool(value)? {
                     return Err(StatusCode::InvalidOption);
@@ -257,6 +271,11 @@ impl MakeCredentialRequest {
         let options = map.take(0x07).map(options).transpose()?.unwrap_or_default();
         let pin_uv_auth = pin_uv_auth(map.take(0x08), map.take(0x09))?;
         let enterprise_attestation = map.take(0x0A).map(expect_uint).transpose()?;
+        let attestation_formats_preference = map
+            .take(0x0B)
+            .map(|v| expect_array(v)?.into_iter().map(expect_text).collect::<CtapResult<Vec<_>>>())
+            .transpose()?
+            .unwrap_or_default();
         Ok(Self {
             client_data_hash,
             rp,
@@ -266,6 +285,7 @@ impl MakeCredentialRequest {
             options,
             pin_uv_auth,
             enterprise_attestation,
+            attestation_formats_preference,
             extensions,
         })
     }

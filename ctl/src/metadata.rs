@@ -162,6 +162,8 @@ fn get_info_name(key: i64) -> Option<&'static str> {
         0x12 => "uvModality",
         0x13 => "certifications",
         0x14 => "remainingDiscoverableCredentials",
+        0x16 => "attestationFormats",
+        0x1D => "maxPINLength",
         _ => return None,
     })
 }
@@ -253,9 +255,11 @@ pub fn statement(facts: &Facts) -> Result<Json, CtlError> {
         "supportedExtensions": [
             { "id": "credProtect", "fail_if_unknown": false },
             { "id": "hmac-secret", "fail_if_unknown": false },
+            { "id": "hmac-secret-mc", "fail_if_unknown": false },
             { "id": "credBlob", "fail_if_unknown": false },
             { "id": "largeBlobKey", "fail_if_unknown": false },
             { "id": "minPinLength", "fail_if_unknown": false },
+            { "id": "thirdPartyPayment", "fail_if_unknown": false },
         ],
         "authenticatorGetInfo": get_info(facts)?,
     }))

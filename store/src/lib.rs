@@ -109,7 +109,7 @@ mod setting {
 }
 
 const CREDENTIAL_COLUMNS: &str = "credential_id, rp_id, rp_name, user_id, user_name, user_display_name, algorithm, \
-     key_handle, created, public_key_cose, cred_protect, hmac_secret, cred_blob, large_blob_key";
+     key_handle, created, public_key_cose, cred_protect, hmac_secret, cred_blob, large_blob_key, third_party_payment";
 
 fn credential_from_row(row: &Row<'_>) -> rusqlite::Result<ResidentCredential> {
     let algorithm: i64 = row.get(6)?;
@@ -132,6 +132,7 @@ fn credential_from_row(row: &Row<'_>) -> rusqlite::Result<ResidentCredential> {
             hmac_secret: row.get(11)?,
             cred_blob: row.get(12)?,
             large_blob_key: row.get(13)?,
+            third_party_payment: row.get(14)?,
         },
     })
 }
@@ -146,13 +147,13 @@ fn upsert_credential(tx: &rusqlite::Transaction<'_>, c: &ResidentCredential, cou
     tx.prepare_cached(
         "INSERT INTO credentials (credential_id, rp_id_hash, rp_id, rp_name, user_id, user_name, user_display_name, \
              algorithm, key_handle, created, public_key_cose, cred_protect, hmac_secret, cred_blob, large_blob_key, \
-             signature_counter)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+             third_party_payment, signature_counter)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
          ON CONFLICT (credential_id) DO UPDATE SET
              rp_name = excluded.rp_name, user_name = excluded.user_name,
              user_display_name = excluded.user_display_name, cred_protect = excluded.cred_protect,
              hmac_secret = excluded.hmac_secret, cred_blob = excluded.cred_blob,
-             large_blob_key = excluded.large_blob_key",
+             large_blob_key = excluded.large_blob_key, third_party_payment = excluded.third_party_payment",
     )?
     .execute(params![
         c.credential_id,
@@ -170,6 +171,7 @@ fn upsert_credential(tx: &rusqlite::Transaction<'_>, c: &ResidentCredential, cou
         c.extensions.hmac_secret,
         c.extensions.cred_blob,
         c.extensions.large_blob_key,
+        c.extensions.third_party_payment,
         counter,
     ])?;
     Ok(())
@@ -435,6 +437,13 @@ fn open_connection(path: &Path) -> Result<Connection, StateError> {
         c.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;")
     };
     setup(&connection).map_err(|e| StateError::Write { path: path.to_owned(), reason: e.to_string() })?;
+    if version < schema::VERSION {
+        migrate::upgrade_schema(&connection).map_err(|e| StateError::Write {
+            path: path.to_owned(),
+            reason: format!("upgrading schema {version} to {}: {e}", schema::VERSION),
+        })?;
+        tracing::info!(from = version, to = schema::VERSION, path = %path.display(), "credential database schema upgraded");
+    }
     Ok(connection)
 }
 

@@ -1,5 +1,6 @@
 //! From `credentials.cbor` (fidoseal before the database: the whole state
-//! in one CBOR file rewritten at every change) to `credentials.db`.
+//! in one CBOR file rewritten at every change) to `credentials.db`, and from
+//! one schema of `credentials.db` to the next ([`upgrade_schema`]).
 //!
 //! The database is built beside the old file under a temporary name, in
 //! one transaction, and renamed into place only once complete; then the old
@@ -84,6 +85,37 @@ pub(crate) fn migrate_if_needed(state_dir: &Path, database: &Path) -> Result<Opt
     let backup = keep_aside(state_dir, &legacy)
         .map_err(|e| StateError::Write { path: legacy.clone(), reason: format!("keeping it aside: {e}") })?;
     Ok(Some(Migration { credentials: old.credentials.len(), backup, counter_floor: old.signature_counter }))
+}
+
+/// Brings a database up to [`schema::VERSION`], one numbered step per
+/// transaction, each setting `user_version` as it commits: a crash between
+/// steps leaves a database of the earlier version, which the next start
+/// upgrades. Nothing is rewritten; new columns get the value that is true
+/// of every credential made before them.
+pub(crate) fn upgrade_schema(connection: &Connection) -> rusqlite::Result<()> {
+    let version: i32 = connection.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 2 {
+        // thirdPartyPayment (CTAP 2.2 §12.9): no credential made before it
+        // was enabled for third-party payment.
+        step(
+            connection,
+            "ALTER TABLE credentials ADD COLUMN third_party_payment INTEGER NOT NULL DEFAULT 0;
+             PRAGMA user_version = 2;",
+        )?;
+    }
+    Ok(())
+}
+
+/// One upgrade step in one immediate transaction; rolled back if it fails.
+fn step(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
+    connection.execute_batch("BEGIN IMMEDIATE;")?;
+    match connection.execute_batch(sql) {
+        Ok(()) => connection.execute_batch("COMMIT;"),
+        Err(e) => {
+            let _ = connection.execute_batch("ROLLBACK;");
+            Err(e)
+        }
+    }
 }
 
 /// Renames the old file to `credentials.cbor.migrated` (never over another).

@@ -1,12 +1,18 @@
 //! The database schema. `PRAGMA user_version` says which one a file has;
-//! a later change of it is a new numbered step here, run in a transaction.
+//! a later change of it is a new numbered step in `migrate.rs`
+//! ([`crate::migrate::upgrade_schema`]), run in a transaction, which a new
+//! database goes through too: old and new files end with the same schema.
 
 use rusqlite::Connection;
 
 /// The schema this code reads and writes.
-pub const VERSION: i32 = 1;
+///
+/// 1. The first database.
+/// 2. `credentials.third_party_payment` (CTAP 2.2 thirdPartyPayment).
+pub const VERSION: i32 = 2;
 
-/// Creates the tables of a new database in one transaction.
+/// Creates the tables of a new database: schema 1 in one transaction, then
+/// each later step ([`crate::migrate::upgrade_schema`]).
 ///
 /// - `credentials`: one row per discoverable credential, its signature
 ///   counter included (a getAssertion updates that one row). Found by
@@ -17,6 +23,12 @@ pub const VERSION: i32 = 1;
 /// - `settings`: the PIN record, retries and config as one CBOR row, the
 ///   large-blob array, the key-store binding, the counters' floor.
 pub fn create(connection: &Connection) -> rusqlite::Result<()> {
+    create_version_1(connection)?;
+    crate::migrate::upgrade_schema(connection)
+}
+
+/// Schema 1, as the first database had it.
+pub(crate) fn create_version_1(connection: &Connection) -> rusqlite::Result<()> {
     connection.execute_batch(
         "BEGIN IMMEDIATE;
          CREATE TABLE credentials (

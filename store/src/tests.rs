@@ -28,6 +28,7 @@ fn credential(rp: &str, user: &[u8], id: u8) -> ResidentCredential {
             hmac_secret: true,
             cred_blob: vec![1, 2],
             large_blob_key: true,
+            third_party_payment: true,
         },
     }
 }
@@ -530,4 +531,97 @@ fn a_damaged_byte_anywhere_never_panics_and_a_refusal_writes_nothing() {
         }
     }
     eprintln!("{refused} of {} single-byte damages refused at start", whole.len());
+}
+
+/// The schema as SQLite keeps it: every table's and index's SQL.
+fn schema_sql(path: &Path) -> Vec<String> {
+    let connection = Connection::open(path).unwrap();
+    let mut statement =
+        connection.prepare("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name").unwrap();
+    let rows = statement.query_map([], |r| r.get(0)).unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+fn user_version(path: &Path) -> i32 {
+    Connection::open(path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap()
+}
+
+/// A credentials.db of schema 1 (fidoseal before thirdPartyPayment) with one
+/// credential row, as that version wrote it.
+fn schema_1_database(dir: &Path) -> PathBuf {
+    let path = dir.join(DATABASE_FILE);
+    let connection = Connection::open(&path).unwrap();
+    schema::create_version_1(&connection).unwrap();
+    let c = credential("old.example", b"u1", 1);
+    connection
+        .execute(
+            "INSERT INTO credentials (credential_id, rp_id_hash, rp_id, rp_name, user_id, user_name, user_display_name, \
+                 algorithm, key_handle, created, public_key_cose, cred_protect, hmac_secret, cred_blob, large_blob_key, \
+                 signature_counter)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 7)",
+            params![
+                c.credential_id,
+                rp_id_hash(&c.rp_id).as_slice(),
+                c.rp_id,
+                c.rp_name,
+                c.user_id,
+                c.user_name,
+                c.user_display_name,
+                c.algorithm.cose_id(),
+                c.key_handle,
+                1,
+                c.public_key_cose,
+                2,
+                true,
+                c.extensions.cred_blob,
+                true,
+            ],
+        )
+        .unwrap();
+    connection.close().unwrap();
+    path
+}
+
+#[test]
+fn a_schema_1_database_is_upgraded_keeping_its_credentials() {
+    let dir_tmp = temp_dir("upgrade");
+    let dir = dir_tmp.path().to_path_buf();
+    let path = schema_1_database(&dir);
+    assert_eq!(user_version(&path), 1);
+
+    let mut store = CredentialDatabase::open(&dir, 10).unwrap();
+    assert_eq!(user_version(&path), schema::VERSION);
+    let old = store.find(&[1; 16]).unwrap().expect("the old credential is still there");
+    let expected =
+        CredentialExtensions { third_party_payment: false, ..credential("old.example", b"u1", 1).extensions };
+    assert_eq!(old.extensions, expected, "made before thirdPartyPayment: not enabled for it");
+    assert_eq!(store.next_signature_counter(&[1; 16]).unwrap(), 8, "its counter went on");
+    // New credentials keep the new member.
+    store.save(credential("new.example", b"u2", 2)).unwrap();
+    drop(store);
+    let store = CredentialDatabase::open(&dir, 10).unwrap();
+    assert!(store.find(&[2; 16]).unwrap().unwrap().extensions.third_party_payment);
+
+    // An upgraded file and a new one have the same schema.
+    let new_tmp = temp_dir("upgrade-new");
+    drop(CredentialDatabase::open(new_tmp.path(), 10).unwrap());
+    assert_eq!(schema_sql(&path), schema_sql(&new_tmp.path().join(DATABASE_FILE)));
+    assert_eq!(user_version(&new_tmp.path().join(DATABASE_FILE)), schema::VERSION);
+}
+
+#[test]
+fn a_failed_upgrade_step_changes_nothing() {
+    let dir_tmp = temp_dir("upgrade-fails");
+    let dir = dir_tmp.path().to_path_buf();
+    let path = schema_1_database(&dir);
+    // A column of that name already there: the ALTER TABLE fails.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("ALTER TABLE credentials ADD COLUMN third_party_payment INTEGER")
+        .unwrap();
+    let before = schema_sql(&path);
+    let error = CredentialDatabase::open(&dir, 10).err().expect("refused");
+    assert!(error.to_string().contains("upgrading schema 1 to 2"), "{error}");
+    assert_eq!(user_version(&path), 1, "the step rolled back");
+    assert_eq!(schema_sql(&path), before);
 }

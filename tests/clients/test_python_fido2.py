@@ -100,12 +100,19 @@ def public_key(att):
 
 def test_get_info_contents(ctap2):
     info = ctap2.get_info()  # python-fido2 also rejects non-canonical CBOR
-    assert set(info.versions) >= {"U2F_V2", "FIDO_2_0", "FIDO_2_1"}
-    assert "FIDO_2_2" not in info.versions
+    assert set(info.versions) >= {"U2F_V2", "FIDO_2_0", "FIDO_2_1", "FIDO_2_2"}
     assert len(set(info.versions)) == len(info.versions)
     assert set(info.extensions) >= {
-        "credBlob", "credProtect", "hmac-secret", "largeBlobKey", "minPinLength"
+        "credBlob", "credProtect", "hmac-secret", "largeBlobKey", "minPinLength",
+        "hmac-secret-mc", "thirdPartyPayment",
     }
+    # The CTAP 2.2 members fidoseal sets, and the ones it leaves out.
+    assert info.attestation_formats == ["packed", "none"]
+    assert info.max_pin_length == 63
+    assert info.options.get("perCredMgmtRO") is True
+    assert info.enc_identifier is None  # no persistent token yet
+    assert info.uv_count_since_pin is None and info.long_touch_for_reset is False
+    assert info.pin_complexity_policy is None and info.transports_for_reset == []
     assert len(bytes(info.aaguid)) == 16 and bytes(info.aaguid) != bytes(16)
     opts = info.options
     assert all(isinstance(v, bool) for v in opts.values()), opts
@@ -558,6 +565,43 @@ def test_prf_through_fido2_client(device):
         }).get_response(0)
         outputs.append(res.client_extension_results.prf.results.first)
     assert outputs[0] == outputs[1] and len(outputs[0]) == 32
+
+
+def test_prf_at_registration_through_hmac_secret_mc(device):
+    """PRF evaluated at create() as browsers send it (CTAP 2.2 hmac-secret-mc):
+    the outputs at registration are the ones a later get() gives."""
+    from fido2.client import DefaultClientDataCollector, Fido2Client, UserInteraction
+
+    class Interaction(UserInteraction):
+        def request_pin(self, permissions, rp_id):
+            return PIN["current"]
+
+    assert "hmac-secret-mc" in device.ctap2.info.extensions
+    client = Fido2Client(
+        device.hid,
+        client_data_collector=DefaultClientDataCollector("https://prf.example"),
+        user_interaction=Interaction(),
+    )
+    salts = {"first": b"salt one", "second": b"salt two"}
+    reg = client.make_credential({
+        "rp": {"id": "prf.example", "name": "PRF"},
+        "user": {"id": b"prf-mc-user", "name": "prf-mc"},
+        "challenge": os.urandom(32),
+        "pubKeyCredParams": ES256_PARAMS,
+        "extensions": {"prf": {"eval": salts}},
+    })
+    prf = reg.client_extension_results.prf
+    assert prf.enabled is True
+    assert len(prf.results.first) == 32 and len(prf.results.second) == 32
+    assert prf.results.first != prf.results.second
+    cred_id = reg.response.attestation_object.auth_data.credential_data.credential_id
+    res = client.get_assertion({
+        "rpId": "prf.example",
+        "challenge": os.urandom(32),
+        "allowCredentials": [{"type": "public-key", "id": cred_id}],
+        "extensions": {"prf": {"eval": salts}},
+    }).get_response(0)
+    assert res.client_extension_results.prf.results == prf.results
 
 
 # ------------------------------------------------------------------ credProtect, credBlob

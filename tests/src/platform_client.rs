@@ -59,6 +59,8 @@ pub mod permission {
     pub const BE: u8 = 0x08;
     pub const LBW: u8 = 0x10;
     pub const ACFG: u8 = 0x20;
+    /// pcmr: the persistent read-only credential management token (CTAP 2.2).
+    pub const PCMR: u8 = 0x40;
 }
 
 /// A PIN/UV auth protocol.
@@ -153,6 +155,20 @@ pub fn aes256_cbc_decrypt(key: &[u8; 32], iv: &[u8; 16], ciphertext: &[u8]) -> V
         chain.copy_from_slice(block);
     }
     out
+}
+
+/// getInfo's encIdentifier (CTAP 2.2 §6.4) decrypted with a persistent
+/// token: iv ‖ AES-128-CBC(HKDF-SHA-256(32 zero bytes, token,
+/// "encIdentifier", 16), iv, identifier); python-fido2's
+/// `Info.get_identifier` does the same.
+pub fn decrypt_enc_identifier(token: &PinToken, enc_identifier: &[u8]) -> Vec<u8> {
+    assert_eq!(enc_identifier.len(), 32, "iv and one block");
+    let key = hkdf_sha256(&[0u8; 32], &token.value, b"encIdentifier", 16);
+    let cipher = aes::Aes128::new_from_slice(&key).expect("16-byte key");
+    let mut block = aes::Block::default();
+    block.copy_from_slice(&enc_identifier[16..]);
+    cipher.decrypt_block(&mut block);
+    block.iter().zip(&enc_identifier[..16]).map(|(b, iv)| b ^ iv).collect()
 }
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {

@@ -526,7 +526,9 @@ fn token_permissions_zero_is_invalid_parameter_and_bio_enrollment_is_unauthorize
         assert_eq!(ask(&mut d, 0), Some(st::INVALID_PARAMETER));
         assert_eq!(ask(&mut d, permission::BE), Some(st::UNAUTHORIZED_PERMISSION));
         assert_eq!(ask(&mut d, permission::BE | permission::GA), Some(st::UNAUTHORIZED_PERMISSION));
-        assert_eq!(ask(&mut d, 0x40), Some(st::UNAUTHORIZED_PERMISSION), "undefined bit");
+        assert_eq!(ask(&mut d, 0x80), Some(st::UNAUTHORIZED_PERMISSION), "undefined bit");
+        // 0x40 is CTAP 2.2's pcmr (tests/persistent_token.rs).
+        assert!(ask(&mut d, permission::PCMR).is_none(), "pcmr is granted");
         // Permissions beyond a byte.
         let ss = pc::key_agreement(&mut d, cid, protocol);
         let mut request = pc::pin_token_request(&ss, PIN.as_bytes(), Some(permission::GA), None);

@@ -224,6 +224,8 @@ fn enumerate_credentials_returns_user_id_key_and_cred_protect() {
                 assert_eq!(get_text(got_user, key), get_text(user_entity, key), "{key}");
             }
             assert_eq!(int(get(answer, 0x0A)), *level as i128, "credProtect");
+            // CTAP 2.2: thirdPartyPayment (0x0C) for every credential.
+            assert_eq!(get(answer, 0x0C), Some(&Value::Bool(false)), "thirdPartyPayment");
 
             // The public key is the credential's: it verifies an assertion.
             let cose = get(answer, 8).unwrap();
@@ -431,4 +433,42 @@ fn the_preview_command_byte_0x41_is_served_like_0x0a() {
     assert_eq!(int(get(body.as_ref().unwrap(), 5)), 2);
     let (status, _) = d.ctap(cid, 0x41, Some(pc::cred_mgmt_request(None, sub::ENUMERATE_RPS_GET_NEXT_RP, None)));
     assert_eq!(status, st::OK);
+}
+
+/// CTAP 2.2 §6.8.4: enumerateCredentials says which credentials are enabled
+/// for third-party payment (0x0C), and updateUserInformation keeps it.
+#[test]
+fn enumerate_credentials_reports_third_party_payment() {
+    let protocol = Protocol::Two;
+    let (mut d, cid, _) = populated(protocol);
+    let paying = make_rk(
+        &mut d,
+        cid,
+        protocol,
+        RP_B,
+        user(b"b-2", "dave", "Dave B"),
+        vec![(6, text_map(&[("thirdPartyPayment", Value::Bool(true))]))],
+    );
+    let enumerate = |d: &mut Device| {
+        let t = cm_token(d, cid, protocol, None);
+        let (status, first) = cm(d, cid, Some(&t), sub::ENUMERATE_CREDENTIALS_BEGIN, Some(rp_hash_params(RP_B)));
+        assert_eq!(status, st::OK);
+        let (status, second) = cm(d, cid, None, sub::ENUMERATE_CREDENTIALS_GET_NEXT_CREDENTIAL, None);
+        assert_eq!(status, st::OK);
+        let mut seen: Vec<(Vec<u8>, Value)> = [first.unwrap(), second.unwrap()]
+            .iter()
+            .map(|a| (responses::bytes(get_text(get(a, 7).unwrap(), "id")), get(a, 0x0C).cloned().unwrap()))
+            .collect();
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        seen
+    };
+    let seen = enumerate(&mut d);
+    assert_eq!(seen.len(), 2);
+    for (id, flag) in &seen {
+        assert_eq!(flag, &Value::Bool(*id == paying.id), "only the paying credential");
+    }
+    let t = cm_token(&mut d, cid, protocol, None);
+    let update = int_map(vec![(2, requests::descriptor(&paying.id)), (3, user(b"b-2", "dave2", "Dave 2"))]);
+    assert_eq!(cm(&mut d, cid, Some(&t), sub::UPDATE_USER_INFORMATION, Some(update)).0, st::OK);
+    assert_eq!(enumerate(&mut d), seen, "an update keeps it");
 }

@@ -231,7 +231,7 @@ fn always_uv_turns_u2f_off() {
     assert_eq!(d.prompt.asked().len(), asked, "nobody was asked");
     let (_, info) = d.ctap(cid, 0x04, None);
     let versions = responses::get(info.as_ref().unwrap(), 1).unwrap().as_array().unwrap().clone();
-    assert_eq!(versions, [ciborium::value::Value::from("FIDO_2_0"), "FIDO_2_1".into()]);
+    assert_eq!(versions, [ciborium::value::Value::from("FIDO_2_0"), "FIDO_2_1".into(), "FIDO_2_2".into()]);
 
     // alwaysUv off again: U2F is back, with the same key handle.
     assert_eq!(d.ctap(cid, ctap2::CONFIG, Some(toggle)).0, 0);

@@ -437,13 +437,29 @@ fn get_info_reports_exact_versions_aaguid_options_and_limits() {
     for required in [0x01, 0x03, 0x04, 0x05, 0x09, 0x0A, 0x0E] {
         assert!(keys.contains(&required), "getInfo member {required:#04x} missing: {keys:02x?}");
     }
-    // U2F_V2 (CTAPHID_MSG), and FIDO_2_1 once its mandatory features are in
-    // (clientPIN with permissions, credMgmt, credProtect, selection); never FIDO_2_2.
+    // U2F_V2 (CTAPHID_MSG), FIDO_2_1 (clientPIN with permissions, credMgmt,
+    // credProtect, selection) and FIDO_2_2 (hmac-secret-mc, thirdPartyPayment,
+    // the persistent read-only token, the 2.2 getInfo members).
     assert_eq!(
         at(info, 0x01),
-        &Value::Array(vec![Value::from("U2F_V2"), Value::from("FIDO_2_0"), Value::from("FIDO_2_1")]),
+        &Value::Array(vec![
+            Value::from("U2F_V2"),
+            Value::from("FIDO_2_0"),
+            Value::from("FIDO_2_1"),
+            Value::from("FIDO_2_2")
+        ]),
         "versions"
     );
+    // CTAP 2.2 members: attestationFormats (0x16), the default first, and
+    // maxPINLength (0x1D); the ones fidoseal has no use for are absent
+    // (uvCountSinceLastPinEntry, longTouchForReset, transportsForReset,
+    // pinComplexityPolicy and its URL), and so is encIdentifier (0x19) until
+    // a persistent token exists.
+    assert_eq!(at(info, 0x16), &Value::Array(vec![Value::from("packed"), Value::from("none")]));
+    assert_eq!(int(at(info, 0x1D)), 63, "maxPINLength");
+    for absent in [0x17, 0x18, 0x19, 0x1A, 0x1B, 0x1C, 0x1E, 0x1F] {
+        assert!(!keys.contains(&absent), "getInfo member {absent:#04x} present: {keys:02x?}");
+    }
     let aaguid = at(info, 0x03).as_bytes().expect("aaguid is a byte string");
     assert_eq!(aaguid.len(), 16);
     assert_eq!(aaguid.as_slice(), FIDOSEAL_AAGUID);
@@ -501,6 +517,43 @@ fn get_info_response_is_canonical_ctap2_cbor() {
 
 // ---------------------------------------------------------------------------
 // authenticatorMakeCredential (§6.1)
+
+/// makeCredential with attestationFormatsPreference (CTAP 2.2 §6.1, 0x0B).
+fn format_with_preference(d: &mut Device, cid: u32, preference: Value) -> (u8, Option<Value>) {
+    let params = requests::make_credential(RP, b"fmt", "alice", vec![(0x0B, preference)]);
+    let r = call(d, cid, MAKE_CREDENTIAL, Some(&params));
+    (r.status, (r.status == st::OK).then(|| at(r.body(), 1).clone()))
+}
+
+#[test]
+fn attestation_formats_preference_picks_the_first_supported_format() {
+    let (mut d, cid) = device();
+    let texts = |formats: &[&str]| Value::Array(formats.iter().map(|f| Value::from(*f)).collect());
+    for (preference, expected) in [
+        (&["none"][..], "none"),
+        (&["tpm", "none", "packed"][..], "none"),
+        (&["packed", "none"][..], "packed"),
+        (&["android-key"][..], "packed"),
+        (&[][..], "packed"),
+    ] {
+        let (status, format) = format_with_preference(&mut d, cid, texts(preference));
+        assert_eq!(status, st::OK, "{preference:?}");
+        assert_eq!(format, Some(Value::from(expected)), "{preference:?}");
+    }
+    // "none" means an empty statement, and an authData that still verifies.
+    let params = requests::make_credential(RP, b"fmt", "alice", vec![(0x0B, texts(&["none"]))]);
+    let r = call(&mut d, cid, MAKE_CREDENTIAL, Some(&params));
+    assert_eq!(at(r.body(), 3), &Value::Map(vec![]), "attStmt of none");
+}
+
+#[test]
+fn attestation_formats_preference_of_the_wrong_type_is_cbor_unexpected_type() {
+    let (mut d, cid) = device();
+    for bad in [Value::from("none"), Value::Array(vec![Value::from(1)]), Value::Bytes(b"none".to_vec())] {
+        assert_eq!(format_with_preference(&mut d, cid, bad.clone()).0, st::CBOR_UNEXPECTED_TYPE, "{bad:?}");
+    }
+    assert!(d.prompt.asked().is_empty(), "refused before anyone is asked");
+}
 
 #[test]
 fn make_credential_packed_self_attestation_verifies() {
@@ -1022,7 +1075,8 @@ fn make_credential_ignores_unknown_keys_options_and_extensions() {
         ])),
     );
     params = set(&params, 7, Some(options(&[("plat", true), ("zz-unknown", false), ("rk", true)])));
-    params = set(&params, 0x0B, Some(Value::from("unknown member")));
+    // 0x0B is CTAP 2.2's attestationFormatsPreference; 0x0E is no member.
+    params = set(&params, 0x0E, Some(Value::from("unknown member")));
     params = set(&params, 0x1F, Some(int_map(vec![(1, Value::Null)])));
     params = set(&params, "textkey", Some(Value::from(1)));
     params = set(&params, -5, Some(Value::Bytes(vec![])));

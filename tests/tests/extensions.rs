@@ -429,3 +429,175 @@ fn min_pin_length_is_reported_only_to_rp_ids_set_through_set_min_pin_length() {
     let m = make(&mut d, cid, RP, b"u", false, vec![]);
     assert_eq!(m.auth_data.extensions, None, "not asked for");
 }
+
+// ---------------------------------------------------------------------------
+// hmac-secret-mc (CTAP 2.2 §12.8): hmac-secret's outputs at makeCredential
+
+/// makeCredential with "hmac-secret": true and "hmac-secret-mc" salts; the
+/// response body and the decrypted hmac-secret-mc output.
+fn make_with_hmac_secret_mc(
+    d: &mut Device,
+    cid: u32,
+    protocol: Protocol,
+    user: &[u8],
+    rk: bool,
+    salts: &[u8],
+    token: Option<&PinToken>,
+) -> (Made, Vec<u8>) {
+    let ss = pc::key_agreement(d, cid, protocol);
+    let mut extra =
+        vec![ext(&[("hmac-secret", Value::Bool(true)), ("hmac-secret-mc", pc::hmac_secret_input(&ss, salts, true))])];
+    if let Some(t) = token {
+        extra.extend(mc_auth(t));
+    }
+    let m = make(d, cid, RP, user, rk, extra);
+    assert_eq!(m.auth_data.extension("hmac-secret"), Some(&Value::Bool(true)));
+    let encrypted = responses::bytes(m.auth_data.extension("hmac-secret-mc"));
+    let out = pc::decrypt_hmac_secret_output(&ss, &encrypted);
+    assert_eq!(out.len(), salts.len());
+    (m, out)
+}
+
+#[test]
+fn get_info_lists_hmac_secret_mc() {
+    let (mut d, cid) = device();
+    let (_, info) = d.ctap(cid, command::GET_INFO, None);
+    let extensions = get(info.as_ref().unwrap(), 2).unwrap().as_array().unwrap().clone();
+    assert!(extensions.contains(&Value::from("hmac-secret")) && extensions.contains(&Value::from("hmac-secret-mc")));
+}
+
+#[test]
+fn hmac_secret_mc_outputs_are_the_ones_get_assertion_gives_later_for_both_protocols() {
+    for protocol in Protocol::BOTH {
+        for rk in [false, true] {
+            let (mut d, cid) = device();
+            let two_salts = [salt(1), salt(2)].concat();
+            let (m, at_creation) = make_with_hmac_secret_mc(&mut d, cid, protocol, b"mc", rk, &two_salts, None);
+            assert_ne!(at_creation[..32], at_creation[32..], "one output per salt");
+            // Without UV at creation: the CredRandom without UV.
+            assert_eq!(hmac_output(&mut d, cid, protocol, &[&m.id], &two_salts, None), at_creation, "rk {rk}");
+            assert_eq!(hmac_output(&mut d, cid, protocol, &[&m.id], &salt(1), None), at_creation[..32]);
+        }
+    }
+}
+
+#[test]
+fn hmac_secret_mc_with_uv_gives_the_outputs_with_uv() {
+    for protocol in Protocol::BOTH {
+        let (mut d, cid) = device();
+        assert_eq!(pc::set_pin(&mut d, cid, protocol, PIN), st::OK);
+        let t = token(&mut d, cid, protocol, permission::MC);
+        let (m, with_uv) = make_with_hmac_secret_mc(&mut d, cid, protocol, b"uv", true, &salt(5), Some(&t));
+        assert_eq!(m.auth_data.flags & AuthData::UV, AuthData::UV);
+        let t = token(&mut d, cid, protocol, permission::GA);
+        assert_eq!(hmac_output(&mut d, cid, protocol, &[&m.id], &salt(5), Some(&t)), with_uv);
+        // The credential is usable without UV, with the other CredRandom.
+        assert_ne!(hmac_output(&mut d, cid, protocol, &[&m.id], &salt(5), None), with_uv);
+    }
+}
+
+/// makeCredential's status with this extensions map.
+fn make_status(d: &mut Device, cid: u32, extensions: Value) -> u8 {
+    d.ctap(cid, command::MAKE_CREDENTIAL, Some(requests::make_credential(RP, b"bad", "alice", vec![(6, extensions)]))).0
+}
+
+#[test]
+fn hmac_secret_mc_with_bad_input_is_refused_before_anyone_is_asked() {
+    for protocol in Protocol::BOTH {
+        let (mut d, cid) = device();
+        let ss = pc::key_agreement(&mut d, cid, protocol);
+        let with = |input: Value| text_map(&[("hmac-secret", Value::Bool(true)), ("hmac-secret-mc", input)]);
+        // saltAuth of other bytes: PIN_AUTH_INVALID (§12.5 step 3, as at getAssertion).
+        let mut input = pc::hmac_secret_input(&ss, &salt(1), true);
+        if let Value::Map(entries) = &mut input {
+            entries[2].1 = Value::Bytes(vec![0; protocol.tag_len()]);
+        }
+        assert_eq!(make_status(&mut d, cid, with(input)), st::PIN_AUTH_INVALID);
+        // Salts of neither 32 nor 64 bytes.
+        for len in [16, 48, 96] {
+            let input = pc::hmac_secret_input(&ss, &vec![3; len], true);
+            assert_eq!(make_status(&mut d, cid, with(input)), st::INVALID_LENGTH, "{len} bytes");
+        }
+        // Wrong CBOR types and a missing member.
+        assert_eq!(make_status(&mut d, cid, with(Value::Bool(true))), st::CBOR_UNEXPECTED_TYPE);
+        let mut no_salt_auth = pc::hmac_secret_input(&ss, &salt(1), true);
+        if let Value::Map(entries) = &mut no_salt_auth {
+            entries.remove(2);
+        }
+        assert_eq!(make_status(&mut d, cid, with(no_salt_auth)), st::MISSING_PARAMETER);
+        let mut text_salts = pc::hmac_secret_input(&ss, &salt(1), true);
+        if let Value::Map(entries) = &mut text_salts {
+            entries[1].1 = Value::from("salts");
+        }
+        assert_eq!(make_status(&mut d, cid, with(text_salts)), st::CBOR_UNEXPECTED_TYPE);
+        // An unsupported protocol.
+        let mut bad_protocol = pc::hmac_secret_input(&ss, &salt(1), true);
+        if let Value::Map(entries) = &mut bad_protocol {
+            entries[3].1 = Value::from(7);
+        }
+        assert_eq!(make_status(&mut d, cid, with(bad_protocol)), st::INVALID_PARAMETER);
+        assert!(d.prompt.asked().is_empty(), "nobody was asked");
+    }
+}
+
+#[test]
+fn hmac_secret_mc_without_hmac_secret_is_ignored() {
+    let (mut d, cid) = device();
+    let ss = pc::key_agreement(&mut d, cid, Protocol::Two);
+    for hmac_secret in [None, Some(false)] {
+        let mut entries = vec![("hmac-secret-mc", pc::hmac_secret_input(&ss, &salt(1), true))];
+        if let Some(v) = hmac_secret {
+            entries.push(("hmac-secret", Value::Bool(v)));
+        }
+        let m = make(&mut d, cid, RP, b"ignored", false, vec![ext(&entries)]);
+        assert_eq!(m.auth_data.extensions, None, "hmac-secret {hmac_secret:?}");
+        assert_eq!(m.auth_data.flags, AuthData::UP | AuthData::AT);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// thirdPartyPayment (CTAP 2.2 §12.9)
+
+#[test]
+fn third_party_payment_is_kept_with_the_credential_and_reported_when_asked() {
+    let (mut d, cid) = device();
+    let (_, info) = d.ctap(cid, command::GET_INFO, None);
+    let extensions = get(info.as_ref().unwrap(), 2).unwrap().as_array().unwrap().clone();
+    assert!(extensions.contains(&Value::from("thirdPartyPayment")));
+    let ask = || ga_ext(&[("thirdPartyPayment", Value::Bool(true))]);
+    for rk in [false, true] {
+        let user = [u8::from(rk)];
+        let paying = make(&mut d, cid, RP, &user, rk, vec![ext(&[("thirdPartyPayment", Value::Bool(true))])]);
+        assert_eq!(paying.auth_data.extensions, Some(text_map(&[("thirdPartyPayment", Value::Bool(true))])));
+        let plain = make(&mut d, cid, OTHER_RP, &user, rk, vec![]);
+        let (_, ad) = assertion(&mut d, cid, RP, &[&paying.id], vec![ask()]);
+        assert_eq!(ad.extension("thirdPartyPayment"), Some(&Value::Bool(true)), "rk {rk}");
+        assert_eq!(ad.flags & AuthData::ED, AuthData::ED);
+        let (_, ad) = assertion(&mut d, cid, OTHER_RP, &[&plain.id], vec![ask()]);
+        assert_eq!(ad.extension("thirdPartyPayment"), Some(&Value::Bool(false)), "rk {rk}: not enabled");
+        // Not asked, not reported.
+        let (_, ad) = assertion(&mut d, cid, RP, &[&paying.id], vec![]);
+        assert_eq!(ad.extensions, None);
+        // Asked with false: nothing to report either.
+        let (_, ad) =
+            assertion(&mut d, cid, RP, &[&paying.id], vec![ga_ext(&[("thirdPartyPayment", Value::Bool(false))])]);
+        assert_eq!(ad.extensions, None);
+    }
+    // Asked for with false at creation: reported as false, not enabled.
+    let declined = make(&mut d, cid, RP, b"no", false, vec![ext(&[("thirdPartyPayment", Value::Bool(false))])]);
+    assert_eq!(declined.auth_data.extensions, Some(text_map(&[("thirdPartyPayment", Value::Bool(false))])));
+    let (_, ad) = assertion(&mut d, cid, RP, &[&declined.id], vec![ask()]);
+    assert_eq!(ad.extension("thirdPartyPayment"), Some(&Value::Bool(false)));
+}
+
+#[test]
+fn third_party_payment_of_the_wrong_type_is_cbor_unexpected_type() {
+    let (mut d, cid) = device();
+    let m = make(&mut d, cid, RP, b"u", false, vec![]);
+    for bad in [Value::from(1), Value::from("true"), Value::Bytes(vec![1])] {
+        let params = requests::make_credential(RP, b"u", "alice", vec![ext(&[("thirdPartyPayment", bad.clone())])]);
+        assert_eq!(d.ctap(cid, command::MAKE_CREDENTIAL, Some(params)).0, st::CBOR_UNEXPECTED_TYPE, "{bad:?}");
+        let extra = vec![ga_ext(&[("thirdPartyPayment", bad.clone())])];
+        assert_eq!(assert_status(&mut d, cid, RP, &[&m.id], extra), st::CBOR_UNEXPECTED_TYPE, "{bad:?}");
+    }
+}

@@ -283,7 +283,7 @@ fn a_correct_pin_restores_blocked_built_in_uv() {
 fn uv_token_prompts_name_management_purposes() {
     let mut d = Device::new();
     let cid = d.init();
-    d.prompt.offer_verification(vec![V::Verified; 6]);
+    d.prompt.offer_verification(vec![V::Verified; 7]);
     let cases = [
         (0x01, PresencePurpose::Register),
         (0x02, PresencePurpose::Authenticate),
@@ -291,6 +291,8 @@ fn uv_token_prompts_name_management_purposes() {
         (0x20, PresencePurpose::Manage),
         (0x10, PresencePurpose::Manage),
         (0x04 | 0x01, PresencePurpose::Manage),
+        // pcmr: the persistent read-only token (CTAP 2.2).
+        (0x40, PresencePurpose::Manage),
     ];
     for (permissions, want) in cases {
         let ss = pc::key_agreement(&mut d, cid, Protocol::Two);
@@ -298,6 +300,30 @@ fn uv_token_prompts_name_management_purposes() {
         let asked = d.prompt.verifications_asked.lock().unwrap().last().unwrap().0;
         assert_eq!(asked, want, "permissions {permissions:#04x}");
     }
+}
+
+/// A persistent token (pcmr) from built-in UV lists credentials, also after
+/// a power cycle, and deletes none (CTAP 2.2 §6.5.5.7.3).
+#[test]
+fn a_pcmr_token_from_built_in_uv_lists_and_survives_a_power_cycle() {
+    let mut d = Device::new();
+    let cid = d.init();
+    d.prompt.offer_verification(vec![V::Verified; 2]);
+    let (status, body) =
+        d.ctap(cid, 0x01, Some(requests::make_credential("uv.example", b"u", "u", vec![uv_rk_options()])));
+    assert_eq!(status, 0);
+    let id = responses::parse_registration(body.as_ref().unwrap()).credential_id;
+    let ss = pc::key_agreement(&mut d, cid, Protocol::Two);
+    let token = pc::request_token(&mut d, cid, &ss, pc::uv_token_request(&ss, 0x40, None)).unwrap();
+    let now = d.now;
+    d.authenticator.power_cycle(now).unwrap();
+    let metadata = pc::cred_mgmt_request(Some(&token), 0x01, None);
+    let (status, body) = d.ctap(cid, 0x0A, Some(metadata));
+    assert_eq!(status, 0);
+    assert_eq!(responses::get(body.as_ref().unwrap(), 1), Some(&Value::from(1)));
+    let delete =
+        pc::cred_mgmt_request(Some(&token), 0x06, Some(requests::int_map(vec![(2, requests::descriptor(&id))])));
+    assert_eq!(d.ctap(cid, 0x0A, Some(delete)).0, 0x33, "PIN_AUTH_INVALID");
 }
 
 /// The platform's own verification (fidoseald's Manager1.DeletePasskey):

@@ -42,6 +42,10 @@ pub struct CredentialExtensions {
     pub cred_blob: Vec<u8>,
     /// largeBlobKey was requested.
     pub large_blob_key: bool,
+    /// thirdPartyPayment (CTAP 2.2 §12.9): the credential may be used for
+    /// payments a third party asks for (Secure Payment Confirmation).
+    #[serde(default)]
+    pub third_party_payment: bool,
 }
 
 impl std::fmt::Debug for ResidentCredential {

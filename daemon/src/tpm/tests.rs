@@ -83,8 +83,13 @@ fn credential_ids_fit_in_255_bytes_with_a_full_cred_blob() {
     let state = temp_dir("sizes");
     let mut store = open(&tpm, &state);
     let created = store.generate(Algorithm::Es256).unwrap();
-    let full =
-        CredentialExtensions { cred_protect: 3, hmac_secret: true, cred_blob: vec![0x42; 32], large_blob_key: true };
+    let full = CredentialExtensions {
+        cred_protect: 3,
+        hmac_secret: true,
+        cred_blob: vec![0x42; 32],
+        large_blob_key: true,
+        third_party_payment: true,
+    };
     let payload = encode_payload(Algorithm::Es256, &created.key_handle, &full).unwrap();
     let id = store.seal_credential_id(&RP, &payload).unwrap();
     let bare = encode_payload(Algorithm::Es256, &created.key_handle, &CredentialExtensions::default()).unwrap();
