@@ -22,6 +22,8 @@ impl SharedTpmKeyStore {
     }
 }
 
+// Every method forwarded, the defaulted ones too (a default here would
+// hide the TPM store's own).
 impl KeyStore for SharedTpmKeyStore {
     fn name(&self) -> &'static str {
         "tpm"
