@@ -431,15 +431,17 @@ impl Authenticator {
 
     /// The retry rules around one PIN comparison (§6.5.5.6 steps 5–7).
     fn verify_pin_hash(&mut self, candidate: Option<&[u8]>) -> CtapResult<()> {
+        // The candidate's verifier before the decrement: a key store that
+        // cannot compute it (TPM unreachable, boot state not approved:
+        // docs/tpm.md) fails the request without spending a retry. The
+        // comparison still comes after the stored decrement.
+        let verifier = candidate.map(|hash| self.pin_verifier(hash)).transpose()?;
         let mut state = self.state.clone();
         state.pin_retries = state.pin_retries.saturating_sub(1);
         self.save_state(state)?;
         let stored = self.state.pin.as_ref().map(|p| p.verifier.clone()).unwrap_or_default();
-        let matches = match candidate {
-            Some(hash) => {
-                let verifier = self.pin_verifier(hash)?;
-                bool::from(subtle::ConstantTimeEq::ct_eq(verifier.as_slice(), stored.as_slice()))
-            }
+        let matches = match verifier {
+            Some(verifier) => bool::from(subtle::ConstantTimeEq::ct_eq(verifier.as_slice(), stored.as_slice())),
             None => false,
         };
         if !matches {

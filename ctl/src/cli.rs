@@ -33,6 +33,10 @@ pub enum Command {
     /// Needs the polkit action org.fidoseal.reset (administrators). Every
     /// site where this key is registered must be set up again.
     Reset(ResetArgs),
+    /// The TPM key store's boot-state binding ([keystore] pcrs): planned
+    /// firmware or Secure Boot updates, and recovery. Root only.
+    #[command(subcommand)]
+    Tpm(TpmCommand),
     /// Check the policy files or explain a decision.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -127,6 +131,31 @@ pub struct ResetArgs {
     /// Do not ask for confirmation (needed when stdin is not a terminal).
     #[arg(long)]
     pub yes: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TpmCommand {
+    /// Before a firmware or Secure Boot database update: let the next start
+    /// approve the changed boot state (PCR values).
+    ///
+    /// Only in an approved boot state. Until fidoseald's next start, whoever
+    /// has this machine's disk and TPM could use the keys in any boot state
+    /// (as with BitLocker's suspended protectors); the window closes at the
+    /// next start, used or not.
+    AllowBootChange,
+    /// Approve the current boot state with the recovery key.
+    ///
+    /// For a boot change that was not planned. The recovery key is read from
+    /// standard input (or --recovery-key-file), never from the command line.
+    /// A wrong key counts toward the TPM's dictionary-attack lockout.
+    ApproveBootState(ApproveBootStateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApproveBootStateArgs {
+    /// Read the recovery key from the first line of this file.
+    #[arg(long, value_name = "PATH")]
+    pub recovery_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]

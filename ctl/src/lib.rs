@@ -11,10 +11,11 @@ pub mod journal;
 pub mod manager;
 pub mod metadata;
 pub mod policy;
+pub mod tpm;
 
 use std::io::Write;
 
-use cli::{Cli, Command, PasskeysCommand, PolicyCommand};
+use cli::{Cli, Command, PasskeysCommand, PolicyCommand, TpmCommand};
 
 /// Why a command failed; [`CtlError::exit_code`] is its exit status.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,13 @@ pub fn run_on_bus(cli: &Cli, bus: Option<&str>, out: &mut dyn Write, err: &mut d
         }
         Command::Passkeys(PasskeysCommand::Delete(args)) => {
             manager::with_manager(bus, |m| async move { manager::delete(m, args, out).await })
+        }
+        Command::Tpm(TpmCommand::AllowBootChange) => {
+            manager::with_manager(bus, |m| async move { tpm::allow_boot_change(m, out).await })
+        }
+        Command::Tpm(TpmCommand::ApproveBootState(args)) => {
+            let key = tpm::read_recovery_key(args, &mut std::io::stdin().lock(), err)?;
+            manager::with_manager(bus, |m| async move { tpm::approve_boot_state(m, &key, out).await })
         }
         Command::Reset(args) => {
             manager::confirm_reset(args, err)?;

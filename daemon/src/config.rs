@@ -39,6 +39,10 @@ pub struct KeyStoreConfig {
     /// tpm only: a file holding the owner hierarchy's authorization value,
     /// if one is set on the TPM.
     pub owner_auth_file: Option<PathBuf>,
+    /// tpm only: PCRs (SHA-256 bank) the key store's TPM objects are bound
+    /// to (docs/tpm.md, "Boot-state binding"); empty: off.
+    #[serde(default)]
+    pub pcrs: Vec<u8>,
 }
 
 impl KeyStoreConfig {
@@ -50,9 +54,12 @@ impl KeyStoreConfig {
     }
 
     fn check(&self) -> Result<(), String> {
-        if self.backend != KeyStoreBackend::Tpm && (self.tcti.is_some() || self.owner_auth_file.is_some()) {
-            return Err("[keystore] tcti and owner_auth_file apply only to backend = \"tpm\"".into());
+        if self.backend != KeyStoreBackend::Tpm
+            && (self.tcti.is_some() || self.owner_auth_file.is_some() || !self.pcrs.is_empty())
+        {
+            return Err("[keystore] tcti, owner_auth_file and pcrs apply only to backend = \"tpm\"".into());
         }
+        crate::tpm::pcr_policy::check_selection(&self.pcrs)?;
         if self.tcti.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return Err("[keystore] tcti is empty (the default is \"device:/dev/tpmrm0\")".into());
         }

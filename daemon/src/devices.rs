@@ -396,9 +396,28 @@ pub fn open_credentials(
             "credential state migrated from credentials.cbor to the database (the old file is kept)"
         );
     }
-    let binding = keystore::binding(keys).map_err(|e| format!("cannot identify the key store: {e}"))?;
-    let key_store_name = binding.name.clone();
-    match credentials.bind_key_store(binding, key_store_created).map_err(|e| e.to_string())? {
+    // A TPM store whose boot state is not approved ([keystore] pcrs,
+    // docs/tpm.md) cannot compute the binding: the device then serves with
+    // the boot-state error, and the check waits for the next start.
+    let binding = match keystore::binding(keys) {
+        Ok(binding) => Some(binding),
+        Err(e) if !key_store_created => {
+            tracing::error!(
+                user,
+                error = %e,
+                "cannot identify the key store now: every request that needs it fails until it can; the credential \
+                 state is checked against it at the next start"
+            );
+            None
+        }
+        Err(e) => return Err(format!("cannot identify the key store: {e}")),
+    };
+    let key_store_name = binding.as_ref().map(|b| b.name.clone()).unwrap_or_default();
+    let bound = match binding {
+        Some(binding) => credentials.bind_key_store(binding, key_store_created).map_err(|e| e.to_string())?,
+        None => state::Binding::Same,
+    };
+    match bound {
         state::Binding::Same => {}
         state::Binding::Recorded => {
             tracing::info!(user, key_store = key_store_name, "credential state tied to this key store")

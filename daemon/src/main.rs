@@ -104,6 +104,7 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
     }
 
     let mut tpm_manufacturer = None;
+    let mut tpm_store = None;
     let (mut keystore, key_store_created): (Box<dyn KeyStore>, bool) = match config.keystore.backend {
         KeyStoreBackend::Software => {
             tracing::warn!(
@@ -115,11 +116,14 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             (Box::new(store), created)
         }
         KeyStoreBackend::Tpm => {
-            let store = tpm::TpmKeyStore::open(&config.keystore.tpm_settings(), &config.state_dir)
-                .map_err(|e| e.to_string())?;
+            let store =
+                tpm::TpmKeyStore::open_bound(&config.keystore.tpm_settings(), &config.state_dir, &config.keystore.pcrs)
+                    .map_err(|e| e.to_string())?;
             let created = *store.startup() != tpm::Startup::Reopened;
             tpm_manufacturer = Some(store.manufacturer().to_owned());
-            (Box::new(store), created)
+            let shared = std::sync::Arc::new(std::sync::Mutex::new(store));
+            tpm_store = Some(std::sync::Arc::clone(&shared));
+            (Box::new(tpm::admin::SharedTpmKeyStore(shared)), created)
         }
     };
 
@@ -206,6 +210,7 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
 
         let mut service = dbus_service::Service::from_config(&config, Arc::clone(&devices));
         service.tpm_manufacturer = tpm_manufacturer;
+        service.tpm = tpm_store;
         service.policy = Some(policy.clone());
         // Per-user mode follows logind on the bus: it cannot do without it.
         let mut bus = if per_user {

@@ -107,4 +107,6 @@ pub trait Manager1 {
     fn reset(&self) -> zbus::Result<()>;
     fn list_devices(&self) -> zbus::Result<Vec<Details>>;
     fn replug(&self) -> zbus::Result<()>;
+    fn allow_boot_change(&self) -> zbus::Result<()>;
+    fn approve_boot_state(&self, recovery_key: &str) -> zbus::Result<Details>;
 }

@@ -943,3 +943,83 @@ fn get_pin_retries_without_a_pin_is_pin_not_set() {
     let (status, _) = d.ctap(cid, 0x06, Some(fidoseal_tests::requests::int_map(vec![(2, Value::from(1))])));
     assert_eq!(status, 0x35);
 }
+
+/// A software key store whose derive_secret can be made to fail, as the TPM
+/// store's does while the TPM is gone or the boot state is not approved
+/// (docs/tpm.md, "Boot-state binding").
+struct FailingPrf {
+    inner: SoftwareKeyStore,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl fidoseal_ctap::platform::KeyStore for FailingPrf {
+    fn name(&self) -> &'static str {
+        "failing-prf"
+    }
+    fn algorithms(&self) -> Vec<fidoseal_ctap::platform::Algorithm> {
+        self.inner.algorithms()
+    }
+    fn generate(
+        &mut self,
+        algorithm: fidoseal_ctap::platform::Algorithm,
+    ) -> Result<fidoseal_ctap::platform::CreatedKey, fidoseal_ctap::platform::KeyStoreError> {
+        self.inner.generate(algorithm)
+    }
+    fn sign(
+        &mut self,
+        algorithm: fidoseal_ctap::platform::Algorithm,
+        key_handle: &[u8],
+        message: &[u8],
+    ) -> Result<Vec<u8>, fidoseal_ctap::platform::KeyStoreError> {
+        self.inner.sign(algorithm, key_handle, message)
+    }
+    fn seal_credential_id(
+        &mut self,
+        rp_id_hash: &[u8; 32],
+        payload: &[u8],
+    ) -> Result<Vec<u8>, fidoseal_ctap::platform::KeyStoreError> {
+        self.inner.seal_credential_id(rp_id_hash, payload)
+    }
+    fn open_credential_id(
+        &mut self,
+        rp_id_hash: &[u8; 32],
+        credential_id: &[u8],
+    ) -> Result<Vec<u8>, fidoseal_ctap::platform::KeyStoreError> {
+        self.inner.open_credential_id(rp_id_hash, credential_id)
+    }
+    fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, fidoseal_ctap::platform::KeyStoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(fidoseal_ctap::platform::KeyStoreError::Backend("the boot state changed: test".into()));
+        }
+        self.inner.derive_secret(context)
+    }
+    fn reset(&mut self) -> Result<(), fidoseal_ctap::platform::KeyStoreError> {
+        self.inner.reset()
+    }
+}
+
+/// A key store that cannot compute the PIN verifier (TPM unreachable, boot
+/// state not approved) must not cost a PIN retry: eight such attempts would
+/// block the PIN, and only a reset (every passkey lost) would end that.
+/// Failed before the verifier was computed ahead of the decrement: the
+/// retries went 8 → 7.
+#[test]
+fn a_key_store_that_cannot_verify_the_pin_costs_no_retry() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keystore = FailingPrf { inner: SoftwareKeyStore::new(Secret32([5; 32])), failing: Arc::clone(&failing) };
+    let mut d = Device::with_keystore(AuthenticatorConfig::default(), Box::new(keystore));
+    let cid = d.init();
+    assert_eq!(pc::set_pin(&mut d, cid, Protocol::Two, PIN), st::OK, "setPIN");
+    assert_eq!(retries(&mut d, cid), 8);
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..3 {
+        let status = pc::get_pin_token(&mut d, cid, Protocol::Two, PIN).err();
+        assert_eq!(status, Some(0x7f), "CTAP1_ERR_OTHER: the key store's failure, not PIN_INVALID");
+    }
+    assert_eq!(retries(&mut d, cid), 8, "no retry spent");
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(pc::get_pin_token(&mut d, cid, Protocol::Two, PIN).is_ok());
+    // A wrong PIN still costs one, as before.
+    assert!(pc::get_pin_token(&mut d, cid, Protocol::Two, WRONG_PIN).is_err());
+    assert_eq!(retries(&mut d, cid), 7);
+}

@@ -76,6 +76,22 @@ fn tpm_settings_are_refused_where_they_mean_nothing() {
 }
 
 #[test]
+fn pcrs_bind_the_tpm_store_and_nothing_else() {
+    let with = |extra: &str, backend: &str| {
+        Config::parse(&format!("[keystore]\nbackend = \"{backend}\"\n{extra}\n[prompt]\nmode = \"always-approve\"\n"))
+    };
+    assert!(with("", "tpm").unwrap().keystore.pcrs.is_empty(), "off by default");
+    assert_eq!(with("pcrs = [7]", "tpm").unwrap().keystore.pcrs, vec![7]);
+    assert_eq!(with("pcrs = [7, 11]", "tpm").unwrap().keystore.pcrs, vec![7, 11]);
+    assert!(with("pcrs = []", "tpm").unwrap().keystore.pcrs.is_empty());
+    assert!(with("pcrs = [7]", "software").unwrap_err().contains("only to backend"));
+    assert!(with("pcrs = [24]", "tpm").unwrap_err().contains("24 is not a PCR"));
+    assert!(with("pcrs = [7, 7]", "tpm").unwrap_err().contains("twice"));
+    assert!(with("pcrs = [-1]", "tpm").is_err());
+    assert!(with("pcrs = 7", "tpm").is_err());
+}
+
+#[test]
 fn policy_dirs_and_device_user() {
     let c = Config::parse(MINIMAL).unwrap();
     assert_eq!(c.policy.dirs, [PathBuf::from("/usr/share/fidoseal/policy.d"), PathBuf::from("/etc/fidoseal/policy.d")]);

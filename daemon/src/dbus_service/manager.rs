@@ -48,6 +48,25 @@ impl Manager {
         Self { service }
     }
 
+    /// The TPM store, for root only (the boot-state binding's commands).
+    async fn tpm_for_root(
+        &self,
+        method: &str,
+        header: &Header<'_>,
+        connection: &Connection,
+    ) -> Result<crate::tpm::admin::SharedTpm, Error> {
+        let (sender, credentials) = identify(method, header, connection).await?;
+        if credentials.uid != 0 {
+            tracing::warn!(method, sender = %sender, uid = credentials.uid, decision = "refused", "Manager1: root only");
+            return Err(Error::NotPermitted(format!("{method} is for root only")));
+        }
+        tracing::info!(method, sender = %sender, pid = credentials.pid, "Manager1: TPM boot-state administration by root");
+        self.service
+            .tpm
+            .clone()
+            .ok_or_else(|| Error::Failed("the key store is not the TPM ([keystore] backend = \"tpm\")".into()))
+    }
+
     /// The caller and the device it acts on: its own (per-user mode: the
     /// caller's uid's device; single mode: the device of `[device] user`),
     /// or, for root, the only device there is. The owner's uid is known
@@ -205,6 +224,19 @@ impl Manager {
         if let Some(manufacturer) = &self.service.tpm_manufacturer {
             status.insert("tpm_manufacturer".into(), detail(manufacturer.as_str()));
         }
+        if let Some(tpm) = self.service.tpm.clone() {
+            let report =
+                tokio::task::spawn_blocking(move || tpm.lock().unwrap_or_else(|e| e.into_inner()).boot_state())
+                    .await
+                    .map_err(|e| Error::Failed(format!("status task failed: {e}")))?;
+            match report {
+                Ok(Some(report)) => crate::tpm::admin::status_details(&report, &mut status),
+                Ok(None) => {}
+                Err(e) => {
+                    status.insert("tpm_boot_state".into(), detail(format!("cannot be read: {e}")));
+                }
+            }
+        }
         status.insert("device_mode".into(), detail(self.service.device_mode.name()));
         status.insert("user".into(), detail(device.user.as_deref().unwrap_or("")));
         Ok(status)
@@ -297,6 +329,44 @@ impl Manager {
         }
         audit(AuditDecision::Allow, format!("deleted over D-Bus by uid {}", caller.uid));
         Ok(())
+    }
+
+    /// `fidosealctl tpm allow-boot-change` (root only).
+    async fn allow_boot_change(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(), Error> {
+        let tpm = self.tpm_for_root("AllowBootChange", &header, connection).await?;
+        tokio::task::spawn_blocking(move || tpm.lock().unwrap_or_else(|e| e.into_inner()).allow_boot_change())
+            .await
+            .map_err(|e| Error::Failed(format!("task failed: {e}")))?
+            .map_err(|e| Error::Failed(e.to_string()))
+    }
+
+    /// `fidosealctl tpm approve-boot-state` (root only).
+    async fn approve_boot_state(
+        &self,
+        recovery_key: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<Details, Error> {
+        let recovery_key = zeroize::Zeroizing::new(recovery_key);
+        let tpm = self.tpm_for_root("ApproveBootState", &header, connection).await?;
+        let report = tokio::task::spawn_blocking(move || {
+            tpm.lock().unwrap_or_else(|e| e.into_inner()).approve_boot_state(&recovery_key)
+        })
+        .await
+        .map_err(|e| Error::Failed(format!("task failed: {e}")))?
+        .map_err(|e| match e {
+            crate::tpm::ApproveError::WrongKey | crate::tpm::ApproveError::Malformed => {
+                Error::NotPermitted(e.to_string())
+            }
+            other => Error::Failed(other.to_string()),
+        })?;
+        let mut details = Details::new();
+        crate::tpm::admin::status_details(&report, &mut details);
+        Ok(details)
     }
 
     async fn reset(

@@ -39,6 +39,8 @@ pub struct Service {
     pub keystore: &'static str,
     /// The TPM's manufacturer, on the TPM store.
     pub tpm_manufacturer: Option<String>,
+    /// The TPM store, for the boot-state binding's administration.
+    pub tpm: Option<crate::tpm::admin::SharedTpm>,
     pub policy_dirs: Vec<PathBuf>,
     /// The running policy (Status reports its generation).
     pub policy: Option<crate::policy_service::PolicyService>,
@@ -56,6 +58,7 @@ impl Service {
                 crate::config::KeyStoreBackend::Tpm => "tpm",
             },
             tpm_manufacturer: None,
+            tpm: None,
             policy_dirs: config.policy.dirs.clone(),
             policy: None,
         }

@@ -37,9 +37,14 @@
 //! flushed after use, so at most three transient objects are ever loaded
 //! (during reset) and nothing leaks.
 
+pub mod admin;
+mod boot_state_file;
 mod errors;
 /// `pub` for the benchmark (benches/tpm_sign.rs).
 pub mod objects;
+pub mod pcr_policy;
+#[cfg(test)]
+pub(crate) mod pcr_tests;
 mod state_file;
 #[cfg(test)]
 pub mod swtpm;
@@ -127,6 +132,10 @@ pub enum TpmSetupError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("TPM key store: {0}")]
     Tpm(String),
+    /// `[keystore] pcrs` differs from what the key store's TPM objects
+    /// were made with (pcr_policy.rs).
+    #[error("{0}")]
+    Configuration(String),
 }
 
 /// How the store came up.
@@ -166,6 +175,9 @@ enum OpError {
     /// The key handle was not made by this TPM under this primary.
     NotOurs,
     Internal(String),
+    /// The keys are bound to the boot state, and the current one is not
+    /// approved (pcr_policy.rs): the message says what changed.
+    BootState(String),
 }
 
 fn at(step: &'static str) -> impl FnOnce(tss_esapi::Error) -> OpError {
@@ -177,7 +189,10 @@ pub struct TpmKeyStore {
     path: PathBuf,
     hmac_public: Public,
     hmac_private: Private,
-    sealing_key: Zeroizing<[u8; 32]>,
+    /// None while the boot state is not approved (pcr_policy.rs).
+    sealing_key: Option<Zeroizing<[u8; 32]>>,
+    /// `[keystore] pcrs`: the generation's objects are bound to the boot state.
+    boot: Option<pcr_policy::BootBinding>,
     startup: Startup,
     /// The TPM's manufacturer as it names itself (TPM_PT_MANUFACTURER).
     manufacturer: String,
@@ -263,11 +278,12 @@ fn tpm_hmac(
     public: &Public,
     private: &Private,
     data: &[u8],
+    boot: Option<&pcr_policy::BootBinding>,
 ) -> Result<Zeroizing<[u8; 32]>, OpError> {
     let key = ctx
         .execute_with_session(Some(AuthSession::Password), |c| c.load(parent, private.clone(), public.clone()))
         .map_err(at("TPM2_Load of the HMAC key"))?;
-    let result = encrypted_hmac(ctx, parent, key, data);
+    let result = encrypted_hmac(ctx, parent, key, data, boot);
     let flushed = ctx.flush_context(key.into()).map_err(at("TPM2_FlushContext of the HMAC key"));
     let out = result?;
     flushed?;
@@ -279,8 +295,18 @@ fn encrypted_hmac(
     salt_key: KeyHandle,
     key: KeyHandle,
     data: &[u8],
+    boot: Option<&pcr_policy::BootBinding>,
 ) -> Result<Zeroizing<[u8; 32]>, OpError> {
     let buffer = MaxBuffer::try_from(data.to_vec()).map_err(at("building the HMAC input"))?;
+    if let Some(boot) = boot {
+        // A salted policy session, parameter-encrypted like the HMAC session below.
+        let session = boot.session(ctx, Some(salt_key))?;
+        let result = ctx
+            .execute_with_session(Some(session), |c| c.hmac(key.into(), buffer, HashingAlgorithm::Sha256))
+            .map_err(at("TPM2_HMAC"));
+        pcr_policy::flush_session(ctx, session);
+        return hmac_output(result?);
+    }
     let session = ctx
         .execute_without_session(|c| {
             c.start_auth_session(
@@ -306,6 +332,10 @@ fn encrypted_hmac(
         ctx.flush_context(SessionHandle::from(session).into()).map_err(at("TPM2_FlushContext of the session"));
     let digest = result?;
     flushed?;
+    hmac_output(digest)
+}
+
+fn hmac_output(digest: Digest) -> Result<Zeroizing<[u8; 32]>, OpError> {
     let bytes: [u8; 32] = digest
         .value()
         .try_into()
@@ -372,7 +402,7 @@ impl Tpm {
                 })?;
             let (primary, name) = create_primary(&mut ctx, &self.generation).map_err(|e| match e {
                 OpError::Tpm { step, error } => report("reconnect", step, &error, classify(&error)),
-                OpError::NotOurs | OpError::Internal(_) => {
+                OpError::NotOurs | OpError::Internal(_) | OpError::BootState(_) => {
                     KeyStoreError::Backend("cannot re-create the primary".into())
                 }
             })?;
@@ -405,6 +435,10 @@ impl Tpm {
                 Err(OpError::NotOurs) => return Err(KeyStoreError::NotAuthentic),
                 Err(OpError::Internal(message)) => {
                     tracing::error!(operation, "TPM key store: {message}");
+                    return Err(KeyStoreError::Backend(message));
+                }
+                Err(OpError::BootState(message)) => {
+                    tracing::error!(operation, "{message}");
                     return Err(KeyStoreError::Backend(message));
                 }
                 Err(OpError::Tpm { step, error }) => (step, error),
@@ -482,6 +516,7 @@ fn setup_error(what: &str, error: OpError) -> TpmSetupError {
         }
         OpError::NotOurs => TpmSetupError::Tpm(format!("{what}: the TPM refused a blob of the state file")),
         OpError::Internal(message) => TpmSetupError::Tpm(format!("{what}: {message}")),
+        OpError::BootState(message) => TpmSetupError::Tpm(format!("{what}: {message}")),
     }
 }
 
@@ -520,23 +555,28 @@ struct Generation {
     persisted: Persisted,
     hmac_public: Public,
     hmac_private: Private,
-    sealing_key: Zeroizing<[u8; 32]>,
+    /// None while the boot state is not approved (pcr_policy.rs).
+    sealing_key: Option<Zeroizing<[u8; 32]>>,
 }
 
 /// A new generation: primary, PRF key, sealing key. Leaves the new primary
 /// loaded; the caller persists before use.
-fn new_generation(ctx: &mut Context) -> Result<Generation, OpError> {
+fn new_generation(ctx: &mut Context, boot: Option<&pcr_policy::BootBinding>) -> Result<Generation, OpError> {
     let generation = random32().map_err(|e| OpError::Internal(e.to_string()))?;
     let (primary, primary_name) = create_primary(ctx, &generation)?;
     let result = (|| {
-        let template = objects::hmac_key_template().map_err(at("building the HMAC key template"))?;
+        let policy = boot.map(pcr_policy::BootBinding::object_policy);
+        let template = objects::hmac_key_template()
+            .and_then(|t| objects::bound(t, policy.as_deref()))
+            .map_err(at("building the HMAC key template"))?;
         let (hmac_public, hmac_private) = create_object(ctx, primary, template)?;
-        let sealing_key = sealing_key(ctx, primary, &hmac_public, &hmac_private)?;
+        let sealing_key = Some(sealing_key(ctx, primary, &hmac_public, &hmac_private, boot)?);
         let persisted = Persisted {
             generation,
             primary_name,
             hmac_public: hmac_public.marshall().map_err(at("marshalling the HMAC key's public area"))?,
             hmac_private: hmac_private.value().to_vec(),
+            approval_key_name: boot.map(|b| b.key_name().to_vec()),
         };
         Ok(Generation { primary, persisted, hmac_public, hmac_private, sealing_key })
     })();
@@ -551,10 +591,49 @@ fn sealing_key(
     primary: KeyHandle,
     public: &Public,
     private: &Private,
+    boot: Option<&pcr_policy::BootBinding>,
 ) -> Result<Zeroizing<[u8; 32]>, OpError> {
     let mut input = vec![PRF_SEALING_KEY];
     input.extend_from_slice(SEALING_KEY_LABEL);
-    tpm_hmac(ctx, primary, public, private, &input)
+    tpm_hmac(ctx, primary, public, private, &input, boot)
+}
+
+/// The boot-state binding a stored generation was made with, checked
+/// against `[keystore] pcrs` (`pcrs`). A difference is refused: a TPM
+/// object's authPolicy is fixed when it is made, and nothing is reset
+/// without the administrator saying so.
+fn pcr_policy_of(
+    state_dir: &Path,
+    path: &Path,
+    persisted: &Persisted,
+    pcrs: &[u8],
+) -> Result<Option<pcr_policy::BootBinding>, TpmSetupError> {
+    let configured = pcr_policy::selection_text(pcrs);
+    let apply = format!(
+        "to apply pcrs = {configured}, every passkey and the PIN must be made again (the TPM objects' policy is fixed \
+         when they are made): stop fidoseald, move {} aside (credentials.db is then set aside at start), and start it",
+        path.display()
+    );
+    let Some(name) = &persisted.approval_key_name else {
+        if pcrs.is_empty() {
+            return Ok(None);
+        }
+        return Err(TpmSetupError::Configuration(format!(
+            "[keystore] pcrs = {configured}, but the TPM key store in {} was made without boot-state binding. To keep \
+             its passkeys, remove pcrs (or set pcrs = []); {apply}",
+            path.display()
+        )));
+    };
+    let boot = pcr_policy::BootBinding::open(state_dir, name).map_err(TpmSetupError::Tpm)?;
+    if boot.pcrs() != pcrs {
+        let made = pcr_policy::selection_text(boot.pcrs());
+        return Err(TpmSetupError::Configuration(format!(
+            "[keystore] pcrs = {configured}, but the TPM key store in {} is bound to pcrs = {made}. To keep its \
+             passkeys, set pcrs = {made} again; {apply}",
+            path.display()
+        )));
+    }
+    Ok(Some(boot))
 }
 
 /// A connection to the TPM, before the store on it is reopened or created.
@@ -591,7 +670,19 @@ impl TpmKeyStore {
     /// the store its state file describes ([`Self::reopen`]) or, on first
     /// start or when the TPM no longer has those keys, creates one
     /// ([`Self::create`]).
+    /// Without boot-state binding (the tests and the benchmark; fidoseald
+    /// calls [`Self::open_bound`] with its `[keystore] pcrs`).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn open(settings: &TpmSettings, state_dir: &Path) -> Result<Self, TpmSetupError> {
+        Self::open_bound(settings, state_dir, &[])
+    }
+
+    /// [`Self::open`] with `[keystore] pcrs` (empty: off). The setting must
+    /// be the one the store's TPM objects were made with (a key's policy is
+    /// fixed when it is made): otherwise the store refuses to open, and says
+    /// how to keep the old setting or apply the new one.
+    pub fn open_bound(settings: &TpmSettings, state_dir: &Path, pcrs: &[u8]) -> Result<Self, TpmSetupError> {
+        pcr_policy::check_selection(pcrs).map_err(TpmSetupError::Configuration)?;
         let path = state_dir.join(STATE_FILE);
         let persisted = match std::fs::read(&path) {
             Ok(bytes) => Some(
@@ -600,11 +691,15 @@ impl TpmKeyStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => return Err(TpmSetupError::Read { path, source }),
         };
+        let boot = match &persisted {
+            Some(persisted) => pcr_policy_of(state_dir, &path, persisted, pcrs)?,
+            None => None,
+        };
         let opened = Opened::connect(settings, state_dir, path)?;
         let Some(persisted) = persisted else {
-            return Self::create(opened, Startup::Created);
+            return Self::create(opened, Startup::Created, pcrs);
         };
-        match Self::reopen(opened, persisted)? {
+        match Self::reopen(opened, persisted, boot)? {
             Ok(store) => Ok(store),
             Err(opened) => {
                 let kept = vec![Self::keep_state_file_aside(&opened.path)?];
@@ -615,14 +710,18 @@ impl TpmKeyStore {
                      the PIN; fidoseald starts over with an empty key store. Register this security key again with every \
                      site."
                 );
-                Self::create(opened, Startup::StartedOver { kept })
+                Self::create(opened, Startup::StartedOver { kept }, pcrs)
             }
         }
     }
 
     /// The store of `persisted`, if this TPM re-creates the same primary;
     /// the connection back otherwise (its keys are gone).
-    fn reopen(mut opened: Opened, persisted: Persisted) -> Result<Result<Self, Opened>, TpmSetupError> {
+    fn reopen(
+        mut opened: Opened,
+        persisted: Persisted,
+        mut boot: Option<pcr_policy::BootBinding>,
+    ) -> Result<Result<Self, Opened>, TpmSetupError> {
         let (primary, name) = create_primary(&mut opened.ctx, &persisted.generation)
             .map_err(|e| setup_error("re-creating the primary", e))?;
         if name != persisted.primary_name {
@@ -634,14 +733,37 @@ impl TpmKeyStore {
             .map_err(|e| TpmSetupError::Damaged { path: path.clone(), reason: format!("HMAC key public area: {e}") })?;
         let hmac_private = Private::try_from(persisted.hmac_private.clone())
             .map_err(|e| TpmSetupError::Damaged { path: path.clone(), reason: format!("HMAC key blob: {e}") })?;
-        let sealing_key = sealing_key(&mut opened.ctx, primary, &hmac_public, &hmac_private)
-            .map_err(|e| setup_error("loading the key store's HMAC key", e))?;
+        let unlocked = match boot.as_mut() {
+            None => true,
+            Some(boot) => {
+                let report = boot.unlock(&mut opened.ctx).map_err(|e| setup_error("checking the boot state", e))?;
+                if !report.is_approved {
+                    tracing::error!("{}", report.mismatch_message());
+                }
+                report.is_approved
+            }
+        };
+        let sealing_key = if unlocked {
+            let key = sealing_key(&mut opened.ctx, primary, &hmac_public, &hmac_private, boot.as_ref());
+            match key {
+                Ok(key) => Some(key),
+                // The PCRs moved between the check and the use.
+                Err(OpError::BootState(message)) => {
+                    tracing::error!("{message}");
+                    None
+                }
+                Err(e) => return Err(setup_error("loading the key store's HMAC key", e)),
+            }
+        } else {
+            None
+        };
         tracing::info!(
             tcti = %opened.tcti_text, manufacturer = %opened.manufacturer, state = %path.display(),
+            pcrs = %boot.as_ref().map(|b| pcr_policy::selection_text(b.pcrs())).unwrap_or_else(|| "off".into()),
             "TPM key store ready: credential keys are made by the TPM and never leave it"
         );
         let generation = Generation { primary, persisted, hmac_public, hmac_private, sealing_key };
-        Ok(Ok(Self::assemble(opened, generation, Startup::Reopened)))
+        Ok(Ok(Self::assemble(opened, generation, Startup::Reopened, boot)))
     }
 
     /// A new store: a new generation's primary and keys, its state file
@@ -649,8 +771,23 @@ impl TpmKeyStore {
     /// belongs to another key store and is set aside by the one path that
     /// does that for every store (devices::open_credentials,
     /// `CredentialDatabase::bind_key_store`), also after a crash here.
-    fn create(mut opened: Opened, startup: Startup) -> Result<Self, TpmSetupError> {
-        let generation = new_generation(&mut opened.ctx).map_err(|e| setup_error("creating the key store", e))?;
+    fn create(mut opened: Opened, startup: Startup, pcrs: &[u8]) -> Result<Self, TpmSetupError> {
+        let boot = if pcrs.is_empty() {
+            None
+        } else {
+            // A new approval key for a new store; an earlier one is kept aside.
+            let state_dir = opened.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let earlier = state_dir.join(pcr_policy::BOOT_STATE_FILE);
+            if earlier.exists() {
+                Self::keep_state_file_aside(&earlier)?;
+            }
+            Some(
+                pcr_policy::BootBinding::create(&mut opened.ctx, &state_dir, pcrs)
+                    .map_err(|e| setup_error("binding the key store to the boot state", e))?,
+            )
+        };
+        let generation =
+            new_generation(&mut opened.ctx, boot.as_ref()).map_err(|e| setup_error("creating the key store", e))?;
         if let Err(source) = crate::state::write_atomically(&opened.path, &generation.persisted.encode()) {
             let _ = opened.ctx.flush_context(generation.primary.into());
             return Err(TpmSetupError::Write { path: opened.path, source });
@@ -659,10 +796,15 @@ impl TpmKeyStore {
             tcti = %opened.tcti_text, manufacturer = %opened.manufacturer, state = %opened.path.display(),
             "created a new TPM key store: credential keys are made by the TPM and never leave it"
         );
-        Ok(Self::assemble(opened, generation, startup))
+        Ok(Self::assemble(opened, generation, startup, boot))
     }
 
-    fn assemble(opened: Opened, generation: Generation, startup: Startup) -> Self {
+    fn assemble(
+        opened: Opened,
+        generation: Generation,
+        startup: Startup,
+        boot: Option<pcr_policy::BootBinding>,
+    ) -> Self {
         let Opened { tcti, tcti_text, owner_auth, ctx, manufacturer, path, machine_key_path } = opened;
         let Generation { primary, persisted, hmac_public, hmac_private, sealing_key } = generation;
         Self {
@@ -678,6 +820,7 @@ impl TpmKeyStore {
             hmac_public,
             hmac_private,
             sealing_key,
+            boot,
             startup,
             manufacturer,
             machine_key_path,
@@ -715,8 +858,33 @@ impl TpmKeyStore {
         self.tpm.run("count handles", |conn| transient_handles(&mut conn.ctx))
     }
 
-    fn sealing_cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new((&*self.sealing_key).into())
+    /// The credential-ID cipher; in an unapproved boot state, the error
+    /// that says so.
+    fn sealing_cipher(&mut self) -> Result<Aes256Gcm, KeyStoreError> {
+        if self.sealing_key.is_none() {
+            self.require_approved_boot_state()?;
+            // Approved since start (pcr_policy.rs): compute the key now.
+            let (public, private, boot) = (&self.hmac_public, &self.hmac_private, self.boot.as_ref());
+            let key = self
+                .tpm
+                .run("load the sealing key", |conn| sealing_key(&mut conn.ctx, conn.primary, public, private, boot))?;
+            self.sealing_key = Some(key);
+        }
+        let key = self.sealing_key.as_ref().ok_or_else(|| KeyStoreError::Backend("no sealing key".into()))?;
+        Ok(Aes256Gcm::new((&**key).into()))
+    }
+
+    /// With `[keystore] pcrs`: the clear error of an unapproved boot state.
+    fn require_approved_boot_state(&mut self) -> Result<(), KeyStoreError> {
+        let Some(boot) = self.boot.as_ref() else {
+            return Ok(());
+        };
+        self.tpm.run("check the boot state", |conn| boot.check(&mut conn.ctx))
+    }
+
+    /// The authPolicy of this generation's objects, if it is bound.
+    fn object_policy(&self) -> Option<Vec<u8>> {
+        self.boot.as_ref().map(pcr_policy::BootBinding::object_policy)
     }
 }
 
@@ -728,6 +896,7 @@ fn sign_digest(
     public: &Public,
     private: &Private,
     digest: &[u8],
+    boot: Option<&pcr_policy::BootBinding>,
 ) -> Result<Vec<u8>, OpError> {
     let key = ctx
         .execute_with_session(Some(AuthSession::Password), |c| c.load(parent, private.clone(), public.clone()))
@@ -736,14 +905,23 @@ fn sign_digest(
             Fault::Refused => OpError::NotOurs,
             _ => OpError::Tpm { step: "TPM2_Load", error },
         })?;
-    let signed = Digest::try_from(digest.to_vec())
-        .and_then(|digest| {
-            let ticket = objects::null_hashcheck_ticket()?;
-            ctx.execute_with_session(Some(AuthSession::Password), |c| {
-                c.sign(key, digest, SignatureScheme::Null, ticket)
+    let session = match boot {
+        // Unsalted: the digest and the signature are public.
+        Some(boot) => boot.session(ctx, None).map(Some),
+        None => Ok(Some(AuthSession::Password)),
+    };
+    let signed = session.and_then(|session| {
+        let signed = Digest::try_from(digest.to_vec())
+            .and_then(|digest| {
+                let ticket = objects::null_hashcheck_ticket()?;
+                ctx.execute_with_session(session, |c| c.sign(key, digest, SignatureScheme::Null, ticket))
             })
-        })
-        .map_err(at("TPM2_Sign"));
+            .map_err(at("TPM2_Sign"));
+        if let Some(policy) = session.filter(|_| boot.is_some()) {
+            pcr_policy::flush_session(ctx, policy);
+        }
+        signed
+    });
     let flushed = ctx.flush_context(key.into()).map_err(at("TPM2_FlushContext"));
     let signature = signed?;
     flushed?;
@@ -806,7 +984,8 @@ impl TpmKeyStore {
                             .coordinates()
                             .ok_or_else(|| OpError::Internal("the TPM returned a point that is not P-256".into()))?;
                         let tbs = machine_attestation::tbs_certificate(&p256_point(&x, &y), &serial, &FIDOSEAL_AAGUID);
-                        let signature = sign_digest(ctx, primary, &public, &private, &Sha256::digest(&tbs))?;
+                        // Not bound to the boot state: it names the machine, under a primary of its own.
+                        let signature = sign_digest(ctx, primary, &public, &private, &Sha256::digest(&tbs), None)?;
                         Ok((blob.encode(), machine_attestation::certificate(&tbs, &signature)))
                     })
                 })?;
@@ -852,10 +1031,15 @@ impl KeyStore for TpmKeyStore {
         if !matches!(algorithm, Algorithm::Es256) {
             return Err(KeyStoreError::UnsupportedAlgorithm(algorithm));
         }
+        // No key is made that could not be used.
+        self.require_approved_boot_state()?;
+        let policy = self.object_policy();
         let blob = self.tpm.run("generate", |conn| {
-            let template = objects::credential_key_public(&[], &[]).map_err(at("building the key template"))?;
+            let template = objects::credential_key_public(&[], &[])
+                .and_then(|t| objects::bound(t, policy.as_deref()))
+                .map_err(at("building the key template"))?;
             let (public, private) = create_object(&mut conn.ctx, conn.primary, template)?;
-            KeyBlob::from_created(&public, &private).map_err(OpError::Internal)
+            KeyBlob::from_created_bound(&public, &private, policy.as_deref()).map_err(OpError::Internal)
         })?;
         let (x, y) = blob
             .coordinates()
@@ -868,12 +1052,13 @@ impl KeyStore for TpmKeyStore {
             return Err(KeyStoreError::UnsupportedAlgorithm(algorithm));
         }
         let blob = KeyBlob::decode(key_handle).ok_or(KeyStoreError::NotAuthentic)?;
-        let public = blob.public().map_err(|_| KeyStoreError::NotAuthentic)?;
+        let public = blob.public_bound(self.object_policy().as_deref()).map_err(|_| KeyStoreError::NotAuthentic)?;
         let private = blob.private().map_err(|_| KeyStoreError::NotAuthentic)?;
         let digest = Sha256::digest(message);
+        let boot = self.boot.as_ref();
         self.tpm.run("sign", |conn| {
             let parent = conn.primary;
-            sign_digest(&mut conn.ctx, parent, &public, &private, &digest)
+            sign_digest(&mut conn.ctx, parent, &public, &private, &digest, boot)
         })
     }
 
@@ -882,7 +1067,7 @@ impl KeyStore for TpmKeyStore {
         getrandom::fill(&mut nonce).map_err(|e| KeyStoreError::Backend(format!("no randomness: {e}")))?;
         let aad = id_aad(rp_id_hash);
         let ciphertext = self
-            .sealing_cipher()
+            .sealing_cipher()?
             .encrypt((&nonce).into(), Payload { msg: payload, aad: &aad })
             .map_err(|_| KeyStoreError::Backend("encryption failed".into()))?;
         let mut id = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
@@ -902,7 +1087,7 @@ impl KeyStore for TpmKeyStore {
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| KeyStoreError::NotAuthentic)?;
         let aad = id_aad(rp_id_hash);
-        self.sealing_cipher()
+        self.sealing_cipher()?
             .decrypt((&nonce).into(), Payload { msg: ciphertext, aad: &aad })
             .map_err(|_| KeyStoreError::NotAuthentic)
     }
@@ -916,9 +1101,10 @@ impl KeyStore for TpmKeyStore {
             input.push(PRF_DERIVE_HASHED);
             input.extend_from_slice(&Sha256::digest(context));
         }
-        let (public, private) = (&self.hmac_public, &self.hmac_private);
-        let out =
-            self.tpm.run("derive secret", |conn| tpm_hmac(&mut conn.ctx, conn.primary, public, private, &input))?;
+        let (public, private, boot) = (&self.hmac_public, &self.hmac_private, self.boot.as_ref());
+        let out = self
+            .tpm
+            .run("derive secret", |conn| tpm_hmac(&mut conn.ctx, conn.primary, public, private, &input, boot))?;
         Ok(Secret32(*out))
     }
 
@@ -926,8 +1112,9 @@ impl KeyStore for TpmKeyStore {
     /// credential ID opens and no earlier key blob loads. The new state file
     /// is written before anything uses the new keys.
     fn reset(&mut self) -> Result<(), KeyStoreError> {
+        let boot = self.boot.as_ref();
         let Generation { primary, persisted, hmac_public, hmac_private, sealing_key } =
-            self.tpm.run("reset", |conn| new_generation(&mut conn.ctx))?;
+            self.tpm.run("reset", |conn| new_generation(&mut conn.ctx, boot))?;
         if let Err(e) = crate::state::write_atomically(&self.path, &persisted.encode()) {
             if let Some(conn) = self.tpm.conn.as_mut() {
                 let _ = conn.ctx.flush_context(primary.into());
@@ -965,7 +1152,7 @@ impl KeyStore for TpmKeyStore {
         let digest = Sha256::digest(message);
         self.tpm
             .run("sign with the machine attestation key", |conn| {
-                with_machine_primary(conn, |ctx, primary| sign_digest(ctx, primary, &public, &private, &digest))
+                with_machine_primary(conn, |ctx, primary| sign_digest(ctx, primary, &public, &private, &digest, None))
             })
             .map_err(|e| match e {
                 // The blob no longer loads: the TPM was cleared, or the file comes from another machine.
@@ -975,5 +1162,74 @@ impl KeyStore for TpmKeyStore {
                 ),
                 other => other,
             })
+    }
+}
+
+/// Why `fidosealctl tpm approve-boot-state` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApproveError {
+    #[error("boot-state binding is off ([keystore] pcrs is not set)")]
+    NotBound,
+    #[error("that is not a recovery key (32 hexadecimal digits, dashes allowed)")]
+    Malformed,
+    /// The TPM counted a dictionary-attack failure.
+    #[error("wrong recovery key (the TPM counted a failed authorization toward its dictionary-attack lockout)")]
+    WrongKey,
+    #[error("the TPM is in dictionary-attack lockout: wait for it to expire (or `tpm2_dictionarylockout -c` with the lockout authorization)")]
+    Lockout,
+    #[error("{0}")]
+    KeyStore(#[from] KeyStoreError),
+}
+
+/// The boot-state binding as an administrator drives it (pcr_policy.rs).
+impl TpmKeyStore {
+    /// The current boot state against the approved ones; None when
+    /// `[keystore] pcrs` is off.
+    pub fn boot_state(&mut self) -> Result<Option<pcr_policy::BootReport>, KeyStoreError> {
+        let Some(boot) = self.boot.as_ref() else {
+            return Ok(None);
+        };
+        self.tpm.run("read the boot state", |conn| boot.report(&mut conn.ctx)).map(Some)
+    }
+
+    /// `fidosealctl tpm allow-boot-change`: opens the update window (only
+    /// in an approved state); the next start approves a changed state.
+    pub fn allow_boot_change(&mut self) -> Result<(), KeyStoreError> {
+        let Some(boot) = self.boot.as_mut() else {
+            return Err(KeyStoreError::Backend("boot-state binding is off ([keystore] pcrs is not set)".into()));
+        };
+        self.tpm.run("open the update window", |conn| boot.open_window(&mut conn.ctx))
+    }
+
+    /// `fidosealctl tpm approve-boot-state`: approves the current boot
+    /// state with the recovery key; the keys work again at once.
+    pub fn approve_boot_state(&mut self, recovery_key: &str) -> Result<pcr_policy::BootReport, ApproveError> {
+        let Some(boot) = self.boot.as_mut() else {
+            return Err(ApproveError::NotBound);
+        };
+        let mut failure = None;
+        let outcome = self.tpm.run("approve the boot state", |conn| {
+            match boot.approve_with_recovery(&mut conn.ctx, recovery_key) {
+                Ok(report) => Ok(Some(report)),
+                Err(pcr_policy::RecoveryError::Op(e)) => Err(e),
+                Err(other) => {
+                    failure = Some(other);
+                    Ok(None)
+                }
+            }
+        })?;
+        match (outcome, failure) {
+            (Some(report), _) => {
+                // The sealing key, if start could not compute it.
+                self.sealing_cipher()?;
+                Ok(report)
+            }
+            (None, Some(pcr_policy::RecoveryError::Malformed)) => Err(ApproveError::Malformed),
+            (None, Some(pcr_policy::RecoveryError::Lockout)) => Err(ApproveError::Lockout),
+            (None, _) => {
+                tracing::warn!("approve-boot-state: a wrong recovery key (a dictionary-attack failure for the TPM)");
+                Err(ApproveError::WrongKey)
+            }
+        }
     }
 }

@@ -99,6 +99,37 @@ pub fn credential_key_public(x: &[u8], y: &[u8]) -> tss_esapi::Result<Public> {
         .build()
 }
 
+/// `public` as an object of a generation bound to the boot state
+/// (pcr_policy.rs): authPolicy = `policy` and no `userWithAuth`, so that
+/// only a policy session authorizes it. `None`: unchanged.
+pub fn bound(public: Public, policy: Option<&[u8]>) -> tss_esapi::Result<Public> {
+    let Some(policy) = policy else {
+        return Ok(public);
+    };
+    let digest = Digest::try_from(policy.to_vec())?;
+    // TPMA_OBJECT.userWithAuth is bit 6 (Part 2, 8.3.2).
+    let unset_user_with_auth = |attributes: tss_esapi::attributes::ObjectAttributes| {
+        tss_esapi::attributes::ObjectAttributes::from(tss_esapi::tss2_esys::TPMA_OBJECT::from(attributes) & !(1 << 6))
+    };
+    Ok(match public {
+        Public::Ecc { object_attributes, name_hashing_algorithm, parameters, unique, .. } => Public::Ecc {
+            object_attributes: unset_user_with_auth(object_attributes),
+            name_hashing_algorithm,
+            auth_policy: digest,
+            parameters,
+            unique,
+        },
+        Public::KeyedHash { object_attributes, name_hashing_algorithm, parameters, unique, .. } => Public::KeyedHash {
+            object_attributes: unset_user_with_auth(object_attributes),
+            name_hashing_algorithm,
+            auth_policy: digest,
+            parameters,
+            unique,
+        },
+        other => other,
+    })
+}
+
 /// "This digest was not made by the TPM": allowed for unrestricted keys.
 pub fn null_hashcheck_ticket() -> tss_esapi::Result<HashcheckTicket> {
     HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
@@ -122,6 +153,12 @@ impl KeyBlob {
     /// Takes the blob out of TPM2_Create's answer, checking that the public
     /// area is exactly our template (so that it can be rebuilt from x, y).
     pub fn from_created(public: &Public, private: &Private) -> Result<Self, String> {
+        Self::from_created_bound(public, private, None)
+    }
+
+    /// [`Self::from_created`] for a key of a generation bound to the boot
+    /// state (pcr_policy.rs): its template carries `policy`.
+    pub fn from_created_bound(public: &Public, private: &Private, policy: Option<&[u8]>) -> Result<Self, String> {
         let Public::Ecc { unique, .. } = public else {
             return Err("TPM2_Create returned a non-ECC public area".into());
         };
@@ -130,7 +167,7 @@ impl KeyBlob {
             y: unique.y().value().to_vec(),
             private: private.value().to_vec(),
         };
-        let rebuilt = blob.public().map_err(|e| format!("cannot rebuild the public area: {e}"))?;
+        let rebuilt = blob.public_bound(policy).map_err(|e| format!("cannot rebuild the public area: {e}"))?;
         if &rebuilt != public {
             return Err("TPM2_Create returned a public area that differs from the template".into());
         }
@@ -139,6 +176,10 @@ impl KeyBlob {
 
     pub fn public(&self) -> tss_esapi::Result<Public> {
         credential_key_public(&self.x, &self.y)
+    }
+
+    pub fn public_bound(&self, policy: Option<&[u8]>) -> tss_esapi::Result<Public> {
+        bound(credential_key_public(&self.x, &self.y)?, policy)
     }
 
     pub fn private(&self) -> tss_esapi::Result<Private> {

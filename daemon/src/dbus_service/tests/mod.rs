@@ -15,6 +15,7 @@ mod device_user;
 mod fakes;
 mod manager;
 mod replug;
+mod tpm;
 mod verification;
 
 use std::future::Future;
@@ -186,6 +187,8 @@ pub struct Options {
     pub user_lookup: Option<UserLookup>,
     /// Manager1.Replug's minimum interval.
     pub replug_interval: Duration,
+    /// The TPM store Manager1 administers (boot-state binding).
+    pub tpm: Option<crate::tpm::admin::SharedTpm>,
 }
 
 /// A policy that denies the listed relying parties and allows the rest.
@@ -213,6 +216,7 @@ impl Default for Options {
             hidden_rps: Vec::new(),
             user_lookup: None,
             replug_interval: Duration::from_secs(10),
+            tpm: None,
         }
     }
 }
@@ -348,6 +352,7 @@ impl Harness {
             device_mode,
             keystore: "software",
             tpm_manufacturer: None,
+            tpm: options.tpm.clone(),
             policy_dirs: Vec::new(),
             policy: Some(crate::policy_service::PolicyService::load(Vec::new(), None).expect("the built-in policy")),
         };
