@@ -40,6 +40,9 @@
 mod errors;
 /// `pub` for the benchmark (benches/tpm_sign.rs).
 pub mod objects;
+mod pin_object;
+#[cfg(test)]
+mod pin_tests;
 mod state_file;
 #[cfg(test)]
 pub mod swtpm;
@@ -54,7 +57,7 @@ use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
 use fidoseal_ctap::authenticator::FIDOSEAL_AAGUID;
 use fidoseal_ctap::machine_attestation;
-use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, PublicKey, Secret32};
+use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, PinCheck, PublicKey, Secret32};
 use sha2::{Digest as _, Sha256};
 use tss_esapi::attributes::SessionAttributesBuilder;
 use tss_esapi::constants::{CapabilityType, PropertyTag, SessionType, StartupType};
@@ -579,8 +582,9 @@ impl Opened {
             ))
         })?;
         let owner_auth = settings.owner_auth_file.as_deref().map(read_owner_auth).transpose()?;
-        let (ctx, manufacturer) = open_context(&tcti, &tcti_text, owner_auth.as_deref().map(Vec::as_slice))
+        let (mut ctx, manufacturer) = open_context(&tcti, &tcti_text, owner_auth.as_deref().map(Vec::as_slice))
             .map_err(|message| TpmSetupError::Unreachable(format!("{message}. {}", unreachable_hint(&tcti_text))))?;
+        pin_object::log_dictionary_attack_parameters(&mut ctx);
         let machine_key_path = crate::machine_key::path(state_dir, "tpm");
         Ok(Self { tcti, tcti_text, owner_auth, ctx, manufacturer, path, machine_key_path })
     }
@@ -920,6 +924,26 @@ impl KeyStore for TpmKeyStore {
         let out =
             self.tpm.run("derive secret", |conn| tpm_hmac(&mut conn.ctx, conn.primary, public, private, &input))?;
         Ok(Secret32(*out))
+    }
+
+    fn create_pin_object(&mut self, pin_hash: &[u8; 16]) -> Result<Option<Vec<u8>>, KeyStoreError> {
+        let object =
+            self.tpm.run("create the PIN object", |conn| pin_object::create(&mut conn.ctx, conn.primary, pin_hash))?;
+        Ok(Some(object))
+    }
+
+    fn check_pin_object(&mut self, object: &[u8], pin_hash: &[u8; 16]) -> Result<PinCheck, KeyStoreError> {
+        let (public, private) = pin_object::decode(object)
+            .ok_or_else(|| KeyStoreError::Backend("the PIN record holds no PIN object of this key store".into()))?;
+        let check = self
+            .tpm
+            .run("check the PIN", |conn| pin_object::check(&mut conn.ctx, conn.primary, &public, &private, pin_hash))?;
+        if check == PinCheck::Locked {
+            tracing::warn!(
+                "the TPM is in dictionary-attack lockout: the PIN was not checked and no CTAP retry was counted                  (PIN_AUTH_BLOCKED); it recovers by itself (TPM_PT_LOCKOUT_INTERVAL), or an administrator runs                  `tpm2_dictionarylockout -c`"
+            );
+        }
+        Ok(check)
     }
 
     /// A new generation: new primary and PRF key, so that no earlier
