@@ -15,6 +15,7 @@
 //!   (`migrate.rs`).
 
 mod migrate;
+mod rollback;
 mod schema;
 
 use std::fs::OpenOptions;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use migrate::{Migration, LEGACY_FILE};
+pub use rollback::{AnchorSink, RecordCheck};
 
 /// The database file in the state directory.
 pub const DATABASE_FILE: &str = "credentials.db";
@@ -99,9 +101,11 @@ pub struct CredentialDatabase {
     state: AuthenticatorState,
     key_store: Option<KeyStoreBinding>,
     migration: Option<Migration>,
+    /// Anti-rollback (rollback.rs), once the daemon turned it on.
+    rollback: Option<rollback::Protection>,
 }
 
-mod setting {
+pub(crate) mod setting {
     pub const AUTHENTICATOR: &str = "authenticator";
     pub const LARGE_BLOB_ARRAY: &str = "large_blob_array";
     pub const KEY_STORE: &str = "key_store";
@@ -207,9 +211,11 @@ fn reset_in(tx: &rusqlite::Transaction<'_>, floor: u32) -> rusqlite::Result<u32>
     let floor = highest.and_then(|h| u32::try_from(h).ok()).map_or(floor, |h| h.max(floor));
     tx.execute("DELETE FROM credentials", [])?;
     tx.execute("DELETE FROM signature_counters", [])?;
+    // The rollback record goes too: a protected store writes a new one in
+    // the same transaction (covered_transaction).
     tx.execute(
-        "DELETE FROM settings WHERE name IN (?1, ?2, ?3)",
-        params![setting::AUTHENTICATOR, setting::LARGE_BLOB_ARRAY, setting::KEY_STORE],
+        "DELETE FROM settings WHERE name IN (?1, ?2, ?3, ?4)",
+        params![setting::AUTHENTICATOR, setting::LARGE_BLOB_ARRAY, setting::KEY_STORE, rollback::ROW],
     )?;
     put_setting(tx, setting::COUNTER_FLOOR, &floor)?;
     Ok(floor)
@@ -236,6 +242,7 @@ impl CredentialDatabase {
             state: AuthenticatorState::default(),
             key_store: None,
             migration,
+            rollback: None,
         };
         database.load()?;
         Ok(database)
@@ -310,6 +317,73 @@ impl CredentialDatabase {
         Ok(result)
     }
 
+    /// Runs `change` like [`Self::transaction`] and, with anti-rollback on,
+    /// renews the rollback record in the same transaction: a new version
+    /// when `change` says the change must not be undone, then anchored
+    /// after the commit ([`AnchorSink`]).
+    fn covered_transaction<T>(
+        &mut self,
+        change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, bool), StoreError>,
+    ) -> Result<T, StoreError> {
+        let protection = self.rollback.as_ref().map(|p| (p.key.clone(), p.version));
+        let (value, bumped) = self.transaction(|tx| {
+            let (value, bump) = change(tx)?;
+            let bumped = match &protection {
+                Some((key, version)) => {
+                    let next = if bump { version + 1 } else { *version };
+                    rollback::write(tx, key, next).map_err(sql_error)?;
+                    bump.then_some(next)
+                }
+                None => None,
+            };
+            Ok((value, bumped))
+        })?;
+        if let (Some(version), Some(protection)) = (bumped, self.rollback.as_mut()) {
+            protection.version = version;
+            protection.sink.anchor(version).map_err(|e| StoreError::Io(format!("anti-rollback anchor: {e}")))?;
+        }
+        Ok(value)
+    }
+
+    /// Turns anti-rollback on with the daemon's MAC `key` for this state,
+    /// and says what the database's record is. The caller compares it with
+    /// the anchor and then calls [`Self::set_rollback_version`] or refuses.
+    pub fn protect(
+        &mut self,
+        key: zeroize::Zeroizing<[u8; 32]>,
+        sink: Box<dyn AnchorSink>,
+    ) -> Result<RecordCheck, StateError> {
+        let check = rollback::check(&self.connection, &key)
+            .map_err(|e| StateError::Corrupt { path: self.path.clone(), reason: format!("rollback record: {e}") })?;
+        let version = match check {
+            RecordCheck::Valid { version } => version,
+            RecordCheck::Missing | RecordCheck::Mismatch => 0,
+        };
+        self.rollback = Some(rollback::Protection { key, sink, version });
+        Ok(check)
+    }
+
+    /// Writes the rollback record for the content as it is, at `version`
+    /// (a database from before anti-rollback, or a state an administrator
+    /// accepted); not anchored here.
+    pub fn set_rollback_version(&mut self, version: u64) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let Some(key) = self.rollback.as_ref().map(|p| p.key.clone()) else {
+            return Ok(());
+        };
+        self.transaction(|tx| rollback::write(tx, &key, version).map_err(sql_error))
+            .map_err(|e| StateError::Write { path, reason: e.to_string() })?;
+        if let Some(protection) = self.rollback.as_mut() {
+            protection.version = version;
+        }
+        Ok(())
+    }
+
+    /// The version of the rollback record, with anti-rollback on.
+    pub fn rollback_version(&self) -> Option<u64> {
+        self.rollback.as_ref().map(|p| p.version)
+    }
+
     /// Credentials, a PIN or large blobs: something that a key store
     /// switch would make unusable.
     fn holds_key_store_data(&self) -> bool {
@@ -362,10 +436,10 @@ impl CredentialDatabase {
         self.copy_to(&kept)?;
         let floor = self.counter_floor;
         let floor = self
-            .transaction(|tx| {
+            .covered_transaction(|tx| {
                 let floor = reset_in(tx, floor).map_err(sql_error)?;
                 put_setting(tx, setting::KEY_STORE, &record).map_err(sql_error)?;
-                Ok(floor)
+                Ok((floor, true))
             })
             .map_err(write_error)?;
         self.after_reset(floor);
@@ -523,7 +597,7 @@ impl CredentialStore for CredentialDatabase {
 
     fn save(&mut self, credential: ResidentCredential) -> Result<(), StoreError> {
         let (count, capacity, floor) = (self.count, self.capacity, self.counter_floor);
-        let count = self.transaction(|tx| {
+        let count = self.covered_transaction(|tx| {
             // Same rp and user: the new credential replaces the old one (§6.1.2 step 15).
             let replaced = tx
                 .prepare_cached(
@@ -546,7 +620,8 @@ impl CredentialStore for CredentialDatabase {
                 return Err(StoreError::Full);
             }
             upsert_credential(tx, &credential, floor).map_err(sql_error)?;
-            Ok(if exists { count } else { count + 1 })
+            // A replaced credential is one deleted: undoing that must not work.
+            Ok((if exists { count } else { count + 1 }, replaced > 0))
         })?;
         self.count = count;
         self.newest_created = self.newest_created.max(credential.created);
@@ -554,10 +629,12 @@ impl CredentialStore for CredentialDatabase {
     }
 
     fn delete(&mut self, credential_id: &[u8]) -> Result<bool, StoreError> {
-        let deleted = self.transaction(|tx| {
-            tx.prepare_cached("DELETE FROM credentials WHERE credential_id = ?1")
+        let deleted = self.covered_transaction(|tx| {
+            let deleted = tx
+                .prepare_cached("DELETE FROM credentials WHERE credential_id = ?1")
                 .and_then(|mut s| s.execute([credential_id]))
-                .map_err(sql_error)
+                .map_err(sql_error)?;
+            Ok((deleted, deleted > 0))
         })?;
         self.count -= deleted.min(self.count);
         Ok(deleted > 0)
@@ -621,14 +698,15 @@ impl CredentialStore for CredentialDatabase {
         if settings.is_none() && blobs.is_none() {
             return Ok(());
         }
-        self.transaction(|tx| {
+        let bump = settings.is_some() && rollback::must_bump(&self.state, state);
+        self.covered_transaction(|tx| {
             if let Some(row) = &settings {
                 put_setting(tx, setting::AUTHENTICATOR, row).map_err(sql_error)?;
             }
             if let Some(blobs) = blobs {
                 put_setting(tx, setting::LARGE_BLOB_ARRAY, blobs).map_err(sql_error)?;
             }
-            Ok(())
+            Ok(((), bump))
         })?;
         self.state = state.clone();
         Ok(())
@@ -639,7 +717,7 @@ impl CredentialStore for CredentialDatabase {
         // tied to it again at the next start (bind_key_store adopts an
         // unrecorded state beside a key store that was already there).
         let floor = self.counter_floor;
-        let floor = self.transaction(|tx| reset_in(tx, floor).map_err(sql_error))?;
+        let floor = self.covered_transaction(|tx| Ok((reset_in(tx, floor).map_err(sql_error)?, true)))?;
         self.after_reset(floor);
         Ok(())
     }

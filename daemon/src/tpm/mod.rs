@@ -43,6 +43,9 @@ pub mod objects;
 mod pin_object;
 #[cfg(test)]
 mod pin_tests;
+pub mod rollback;
+#[cfg(test)]
+mod rollback_tests;
 mod state_file;
 #[cfg(test)]
 pub mod swtpm;
@@ -51,7 +54,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Once;
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
@@ -176,7 +179,9 @@ fn at(step: &'static str) -> impl FnOnce(tss_esapi::Error) -> OpError {
 }
 
 pub struct TpmKeyStore {
-    tpm: Tpm,
+    /// Shared with the anti-rollback anchor (rollback.rs), which uses the
+    /// same connection: swtpm serves one at a time.
+    tpm: Arc<Mutex<Tpm>>,
     path: PathBuf,
     hmac_public: Public,
     hmac_private: Private,
@@ -192,7 +197,7 @@ pub struct TpmKeyStore {
 
 impl std::fmt::Debug for TpmKeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TpmKeyStore").field("tcti", &self.tpm.tcti_text).finish_non_exhaustive()
+        f.debug_struct("TpmKeyStore").field("tcti", &self.tpm().tcti_text).finish_non_exhaustive()
     }
 }
 
@@ -670,14 +675,14 @@ impl TpmKeyStore {
         let Opened { tcti, tcti_text, owner_auth, ctx, manufacturer, path, machine_key_path } = opened;
         let Generation { primary, persisted, hmac_public, hmac_private, sealing_key } = generation;
         Self {
-            tpm: Tpm {
+            tpm: Arc::new(Mutex::new(Tpm {
                 tcti,
                 tcti_text,
                 owner_auth,
                 generation: persisted.generation,
                 primary_name: persisted.primary_name,
                 conn: Some(Connection { ctx, primary }),
-            },
+            })),
             path,
             hmac_public,
             hmac_private,
@@ -700,6 +705,22 @@ impl TpmKeyStore {
         Ok(aside)
     }
 
+    /// The TPM connection (a poisoned lock is taken over: the connection is
+    /// re-established when an operation finds it broken).
+    fn tpm(&self) -> MutexGuard<'_, Tpm> {
+        self.tpm.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The machine's anti-rollback anchor (rollback.rs) in `state_dir`, on
+    /// this store's TPM connection. A stale state directory is an error.
+    pub fn rollback_anchor(
+        &self,
+        state_dir: &Path,
+    ) -> Result<(rollback::RollbackAnchor, rollback::AnchorStart), rollback::RollbackError> {
+        let fresh = self.startup != Startup::Reopened;
+        rollback::RollbackAnchor::open(Arc::clone(&self.tpm), state_dir, fresh)
+    }
+
     /// The TPM's manufacturer, for `fidosealctl status`.
     pub fn manufacturer(&self) -> &str {
         &self.manufacturer
@@ -716,7 +737,7 @@ impl TpmKeyStore {
     /// tests and the benchmark.
     #[allow(dead_code)]
     pub fn transient_objects(&mut self) -> Result<usize, KeyStoreError> {
-        self.tpm.run("count handles", |conn| transient_handles(&mut conn.ctx))
+        self.tpm().run("count handles", |conn| transient_handles(&mut conn.ctx))
     }
 
     fn sealing_cipher(&self) -> Aes256Gcm {
@@ -800,7 +821,7 @@ impl TpmKeyStore {
             }
             None => {
                 let serial = machine_attestation::new_serial()?;
-                let (blob, certificate) = self.tpm.run("create the machine attestation key", |conn| {
+                let (blob, certificate) = self.tpm().run("create the machine attestation key", |conn| {
                     with_machine_primary(conn, |ctx, primary| {
                         let template =
                             objects::credential_key_public(&[], &[]).map_err(at("building the key template"))?;
@@ -856,7 +877,7 @@ impl KeyStore for TpmKeyStore {
         if !matches!(algorithm, Algorithm::Es256) {
             return Err(KeyStoreError::UnsupportedAlgorithm(algorithm));
         }
-        let blob = self.tpm.run("generate", |conn| {
+        let blob = self.tpm().run("generate", |conn| {
             let template = objects::credential_key_public(&[], &[]).map_err(at("building the key template"))?;
             let (public, private) = create_object(&mut conn.ctx, conn.primary, template)?;
             KeyBlob::from_created(&public, &private).map_err(OpError::Internal)
@@ -875,7 +896,7 @@ impl KeyStore for TpmKeyStore {
         let public = blob.public().map_err(|_| KeyStoreError::NotAuthentic)?;
         let private = blob.private().map_err(|_| KeyStoreError::NotAuthentic)?;
         let digest = Sha256::digest(message);
-        self.tpm.run("sign", |conn| {
+        self.tpm().run("sign", |conn| {
             let parent = conn.primary;
             sign_digest(&mut conn.ctx, parent, &public, &private, &digest)
         })
@@ -922,13 +943,14 @@ impl KeyStore for TpmKeyStore {
         }
         let (public, private) = (&self.hmac_public, &self.hmac_private);
         let out =
-            self.tpm.run("derive secret", |conn| tpm_hmac(&mut conn.ctx, conn.primary, public, private, &input))?;
+            self.tpm().run("derive secret", |conn| tpm_hmac(&mut conn.ctx, conn.primary, public, private, &input))?;
         Ok(Secret32(*out))
     }
 
     fn create_pin_object(&mut self, pin_hash: &[u8; 16]) -> Result<Option<Vec<u8>>, KeyStoreError> {
-        let object =
-            self.tpm.run("create the PIN object", |conn| pin_object::create(&mut conn.ctx, conn.primary, pin_hash))?;
+        let object = self
+            .tpm()
+            .run("create the PIN object", |conn| pin_object::create(&mut conn.ctx, conn.primary, pin_hash))?;
         Ok(Some(object))
     }
 
@@ -936,7 +958,7 @@ impl KeyStore for TpmKeyStore {
         let (public, private) = pin_object::decode(object)
             .ok_or_else(|| KeyStoreError::Backend("the PIN record holds no PIN object of this key store".into()))?;
         let check = self
-            .tpm
+            .tpm()
             .run("check the PIN", |conn| pin_object::check(&mut conn.ctx, conn.primary, &public, &private, pin_hash))?;
         if check == PinCheck::Locked {
             tracing::warn!(
@@ -951,9 +973,10 @@ impl KeyStore for TpmKeyStore {
     /// is written before anything uses the new keys.
     fn reset(&mut self) -> Result<(), KeyStoreError> {
         let Generation { primary, persisted, hmac_public, hmac_private, sealing_key } =
-            self.tpm.run("reset", |conn| new_generation(&mut conn.ctx))?;
+            self.tpm().run("reset", |conn| new_generation(&mut conn.ctx))?;
+        let mut tpm = self.tpm();
         if let Err(e) = crate::state::write_atomically(&self.path, &persisted.encode()) {
-            if let Some(conn) = self.tpm.conn.as_mut() {
+            if let Some(conn) = tpm.conn.as_mut() {
                 let _ = conn.ctx.flush_context(primary.into());
             }
             let message = format!("cannot write {}: {e}", self.path.display());
@@ -961,14 +984,15 @@ impl KeyStore for TpmKeyStore {
             return Err(KeyStoreError::Backend(message));
         }
         // `run` returned with the connection that holds the new primary.
-        if let Some(conn) = self.tpm.conn.as_mut() {
+        if let Some(conn) = tpm.conn.as_mut() {
             let old = std::mem::replace(&mut conn.primary, primary);
             if let Err(e) = conn.ctx.flush_context(old.into()) {
                 tracing::warn!(error = %describe(&e), "could not flush the previous primary");
             }
         }
-        self.tpm.generation = persisted.generation;
-        self.tpm.primary_name = persisted.primary_name;
+        tpm.generation = persisted.generation;
+        tpm.primary_name = persisted.primary_name;
+        drop(tpm);
         self.hmac_public = hmac_public;
         self.hmac_private = hmac_private;
         self.sealing_key = sealing_key;
@@ -987,7 +1011,7 @@ impl KeyStore for TpmKeyStore {
         let public = blob.public().map_err(|_| crate::machine_key::damaged(&path, "bad public area"))?;
         let private = blob.private().map_err(|_| crate::machine_key::damaged(&path, "bad private blob"))?;
         let digest = Sha256::digest(message);
-        self.tpm
+        self.tpm()
             .run("sign with the machine attestation key", |conn| {
                 with_machine_primary(conn, |ctx, primary| sign_digest(ctx, primary, &public, &private, &digest))
             })
