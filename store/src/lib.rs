@@ -359,7 +359,7 @@ impl CredentialDatabase {
             RecordCheck::Valid { version } => version,
             RecordCheck::Missing | RecordCheck::Mismatch => 0,
         };
-        self.rollback = Some(rollback::Protection { key, sink, version });
+        self.rollback = Some(rollback::Protection { key, sink, version, counter_ceiling: None });
         Ok(check)
     }
 
@@ -375,6 +375,23 @@ impl CredentialDatabase {
             .map_err(|e| StateError::Write { path, reason: e.to_string() })?;
         if let Some(protection) = self.rollback.as_mut() {
             protection.version = version;
+        }
+        Ok(())
+    }
+
+    /// Epoch-based signature counters (docs/tpm.md, "Signature counters"):
+    /// every counter given from now on is above `floor` (raised, never
+    /// lowered, and stored), and reaching `ceiling` asks the anchor for a
+    /// new epoch. The daemon's epochs are such that a later epoch's floor is
+    /// at or above every earlier epoch's ceiling, so no counter goes back,
+    /// even after an older copy of the state was restored.
+    pub fn set_counter_epoch(&mut self, floor: u32, ceiling: u32) -> Result<(), StoreError> {
+        if floor > self.counter_floor {
+            self.transaction(|tx| put_setting(tx, setting::COUNTER_FLOOR, &floor).map_err(sql_error))?;
+            self.counter_floor = floor;
+        }
+        if let Some(protection) = self.rollback.as_mut() {
+            protection.counter_ceiling = Some(ceiling);
         }
         Ok(())
     }
@@ -657,31 +674,42 @@ impl CredentialStore for CredentialDatabase {
     }
 
     fn next_signature_counter(&mut self, credential_id: &[u8]) -> Result<u32, StoreError> {
+        // Above the floor: after a reset, and each epoch of the daemon's
+        // anti-rollback (set_counter_epoch), every counter jumps above it.
         let first = self.counter_floor.saturating_add(1);
-        self.transaction(|tx| {
+        let value = self.transaction(|tx| {
             // A discoverable credential's counter lives in its row; any
             // other credential (its key is in its ID) gets a counter row at
             // its first assertion. Counters stop at u32::MAX, never wrap.
             let resident: Option<i64> = tx
                 .prepare_cached(
-                    "UPDATE credentials SET signature_counter = min(signature_counter + 1, 4294967295)
+                    "UPDATE credentials SET signature_counter = min(max(signature_counter + 1, ?2), 4294967295)
                      WHERE credential_id = ?1 RETURNING signature_counter",
                 )
-                .and_then(|mut s| s.query_row([credential_id], |r| r.get(0)).optional())
+                .and_then(|mut s| s.query_row(params![credential_id, first], |r| r.get(0)).optional())
                 .map_err(sql_error)?;
             let value = match resident {
                 Some(value) => value,
                 None => tx
                     .prepare_cached(
                         "INSERT INTO signature_counters (credential_id, value) VALUES (?1, ?2)
-                         ON CONFLICT (credential_id) DO UPDATE SET value = min(value + 1, 4294967295)
+                         ON CONFLICT (credential_id) DO UPDATE SET value = min(max(value + 1, ?2), 4294967295)
                          RETURNING value",
                     )
                     .and_then(|mut s| s.query_row(params![credential_id, first], |r| r.get(0)))
                     .map_err(sql_error)?,
             };
             u32::try_from(value).map_err(|_| StoreError::Io(format!("signature counter {value} out of range")))
-        })
+        })?;
+        if let Some(protection) = self.rollback.as_mut() {
+            if protection.counter_ceiling == Some(value) {
+                // The last value of this epoch: the next ones come from a new one.
+                let (floor, ceiling) =
+                    protection.sink.new_epoch().map_err(|e| StoreError::Io(format!("anti-rollback epoch: {e}")))?;
+                self.set_counter_epoch(floor, ceiling)?;
+            }
+        }
+        Ok(value)
     }
 
     fn load_state(&self) -> AuthenticatorState {

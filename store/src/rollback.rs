@@ -16,9 +16,10 @@
 //!   disk alone, a record copied from the current database into an older
 //!   copy does not match that copy's content.
 //!
-//! Not covered: signature counters (a getAssertion writes no anchor; the
-//! daemon raises the counters' floor at each start instead), the
-//! large-blob array.
+//! Not covered: signature counters (a getAssertion writes no anchor: the
+//! daemon's counter epochs raise the floor at each start above anything
+//! given before, see [`crate::CredentialDatabase::set_counter_epoch`]),
+//! the large-blob array.
 
 use hmac::{Hmac, KeyInit, Mac};
 use rusqlite::{OptionalExtension, Transaction};
@@ -38,6 +39,9 @@ const RECORD_LEN: usize = 8 + 32;
 /// its anchor, which is accepted, and anchors it).
 pub trait AnchorSink: Send {
     fn anchor(&mut self, version: u64) -> Result<(), String>;
+    /// A signature counter reached the ceiling of the counters' epoch: a
+    /// new epoch (an NV increment); its floor and ceiling.
+    fn new_epoch(&mut self) -> Result<(u32, u32), String>;
 }
 
 /// What the database's record says, checked against its content.
@@ -57,6 +61,9 @@ pub struct Protection {
     pub(crate) key: Zeroizing<[u8; 32]>,
     pub(crate) sink: Box<dyn AnchorSink>,
     pub(crate) version: u64,
+    /// The highest signature counter this epoch may give (the daemon's
+    /// epoch-based counters): reaching it starts a new epoch.
+    pub(crate) counter_ceiling: Option<u32>,
 }
 
 /// Whether a change of the authenticator row is worth undoing for an

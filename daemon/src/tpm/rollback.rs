@@ -58,6 +58,24 @@ pub const ANCHOR_FILE: &str = "tpm-anchor";
 /// refused as stale: the next start accepts that state as it is.
 pub const ACCEPT_FILE: &str = "accept-current-state";
 
+/// Epoch-based signature counters: the counters given in epoch E (the NV
+/// counter's value at a start, or when a counter used up its epoch) are
+/// BASE + E·BLOCK … BASE + (E+1)·BLOCK − 1. Every later epoch is a higher NV
+/// value, so its counters are above every earlier one, whatever copy of the
+/// state was restored. BASE is above the counters of states from before
+/// anti-rollback (in practice); BLOCK assertions of one credential in one
+/// epoch start a new epoch (one NV write).
+const COUNTER_BASE: u64 = 1 << 24;
+const COUNTER_BLOCK: u64 = 1 << 12;
+
+/// The floor (every counter above it) and the ceiling (the last counter) of
+/// `epoch`; saturated at u32::MAX (a counter then stops, never wraps).
+pub fn counter_range(epoch: u64) -> (u32, u32) {
+    let first = COUNTER_BASE.saturating_add(epoch.saturating_mul(COUNTER_BLOCK));
+    let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    (clamp(first - 1), clamp(first.saturating_add(COUNTER_BLOCK - 1)))
+}
+
 const MAGIC: &[u8] = b"fidoseal-anchor";
 const FORMAT: u8 = 1;
 const FILE_MAC_LABEL: &[u8] = b"fidoseal anchor file v1";
@@ -358,6 +376,9 @@ struct Inner {
     /// This start accepted the whole state directory (the machine's
     /// [`ACCEPT_FILE`]): every state opened is accepted as it is.
     accept_all: bool,
+    /// The signature counters' epoch: the NV value of this start's (or the
+    /// latest) epoch increment.
+    epoch: u64,
 }
 
 /// The machine's anchor, shared by every state's database.
@@ -520,7 +541,7 @@ impl RollbackAnchor {
         if start == AnchorStart::IncrementCompleted {
             run_op(&tpm, "increment the anti-rollback counter", |conn| with_nv(&mut conn.ctx, nv_increment))?;
         }
-        let inner = Inner { tpm, path, key, file, accept_all: start == AnchorStart::Accepted };
+        let inner = Inner { tpm, path, key, file, accept_all: start == AnchorStart::Accepted, epoch: 0 };
         if start == AnchorStart::Accepted {
             tracing::warn!(
                 audit = "anti-rollback",
@@ -530,7 +551,10 @@ impl RollbackAnchor {
             );
             let _ = std::fs::remove_file(&accept_path);
         }
-        Ok((Self { inner: Arc::new(Mutex::new(inner)) }, start))
+        let anchor = Self { inner: Arc::new(Mutex::new(inner)) };
+        // This start's counter epoch: above every counter given before it.
+        anchor.advance_epoch()?;
+        Ok((anchor, start))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -573,6 +597,29 @@ impl RollbackAnchor {
         inner.file = file;
     }
 
+    /// A new signature counter epoch: the anchor file with the counter's
+    /// next value, then the increment (as [`Self::anchor`]); its range.
+    pub fn advance_epoch(&self) -> Result<(u32, u32), RollbackError> {
+        let mut inner = self.lock();
+        let mut file = inner.file.clone();
+        file.counter += 1;
+        write_atomically(&inner.path, &file.encode(&inner.key))
+            .map_err(|source| RollbackError::Write { path: inner.path.clone(), source })?;
+        run_op(&inner.tpm, "increment the anti-rollback counter", |conn| with_nv(&mut conn.ctx, nv_increment))?;
+        inner.epoch = file.counter;
+        inner.file = file;
+        let range = counter_range(inner.epoch);
+        if range.1 == u32::MAX {
+            tracing::warn!(epoch = inner.epoch, "signature counters reached u32::MAX: they stop (never wrap)");
+        }
+        Ok(range)
+    }
+
+    /// The signature counters' range of the current epoch.
+    pub fn counter_epoch(&self) -> (u32, u32) {
+        counter_range(self.lock().epoch)
+    }
+
     /// The version anchored for state `id`.
     pub fn anchored(&self, id: &str) -> Option<u64> {
         self.lock().file.states.get(id).copied()
@@ -599,6 +646,10 @@ impl fidoseal_store::AnchorSink for StateSink {
     fn anchor(&mut self, version: u64) -> Result<(), String> {
         self.anchor.anchor(&self.id, version).map_err(|e| e.to_string())
     }
+
+    fn new_epoch(&mut self) -> Result<(u32, u32), String> {
+        self.anchor.advance_epoch().map_err(|e| e.to_string())
+    }
 }
 
 /// How a state came up under the anchor.
@@ -620,17 +671,34 @@ pub fn protect_state(
     id: &str,
     dir: &Path,
 ) -> Result<StateStart, RollbackError> {
-    use fidoseal_store::RecordCheck;
     let sink = StateSink { anchor: anchor.clone(), id: id.to_owned() };
     let check =
         database.protect(anchor.state_key(id), Box::new(sink)).map_err(|e| RollbackError::Tpm(e.to_string()))?;
     let accept_path = dir.join(ACCEPT_FILE);
     let accept = anchor.accepts_all() || accept_path.exists();
-    let anchored = anchor.anchored(id);
+    let start = check_state(anchor, database, id, check, anchor.anchored(id), accept, &accept_path)?;
+    // Every counter from now on is above anything given in an earlier epoch.
+    let (floor, ceiling) = anchor.counter_epoch();
+    database.set_counter_epoch(floor, ceiling).map_err(|e| RollbackError::Tpm(e.to_string()))?;
+    Ok(start)
+}
+
+/// The state's record against its anchor entry (module comment); a state
+/// accepted or adopted is anchored here.
+fn check_state(
+    anchor: &RollbackAnchor,
+    database: &mut fidoseal_store::CredentialDatabase,
+    id: &str,
+    check: fidoseal_store::RecordCheck,
+    anchored: Option<u64>,
+    accept: bool,
+    accept_path: &Path,
+) -> Result<StateStart, RollbackError> {
+    use fidoseal_store::RecordCheck;
     let write = |database: &mut fidoseal_store::CredentialDatabase, version| {
         database.set_rollback_version(version).map_err(|e| RollbackError::Tpm(e.to_string()))
     };
-    let stale = |what: String| RollbackError::Stale { what, accept: accept_path.clone() };
+    let stale = |what: String| RollbackError::Stale { what, accept: accept_path.to_path_buf() };
     match (check, anchored) {
         (RecordCheck::Valid { version }, Some(at)) if version >= at => {
             if version > at {
@@ -664,7 +732,7 @@ pub fn protect_state(
                 "AN ADMINISTRATOR ACCEPTED THIS CREDENTIAL STATE AS IT IS ({ACCEPT_FILE} was there): it is now \
                  anchored at version {version}"
             );
-            let _ = std::fs::remove_file(&accept_path);
+            let _ = std::fs::remove_file(accept_path);
             Ok(StateStart::Accepted)
         }
         (RecordCheck::Valid { version }, Some(at)) => Err(stale(format!(

@@ -203,6 +203,9 @@ impl AnchorSink for Killed {
     fn anchor(&mut self, _version: u64) -> Result<(), String> {
         Ok(())
     }
+    fn new_epoch(&mut self) -> Result<(u32, u32), String> {
+        Err("killed".into())
+    }
 }
 
 #[test]
@@ -354,4 +357,92 @@ fn the_counter_index_is_a_plain_owner_counter_at_the_documented_handle() {
     assert!(a.owner_write() && a.owner_read() && a.no_da());
     assert!(!a.orderly(), "not orderly: a power loss never makes the counter jump ahead of the anchor");
     assert_eq!(public.data_size(), 8);
+}
+
+#[test]
+fn signature_counters_never_go_back_across_a_restore() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-counters");
+    let copy = first_start_then_copy(&tpm, &state);
+    let mut given = Vec::new();
+    // Assertions alone change no rollback version: the database of the copy
+    // put back alone (the anchor file is the current one, every start moves
+    // the counter) is taken, and the counters still go on.
+    {
+        let started = start(&tpm, &state).unwrap();
+        let (mut db, _) = open_state(&started, &state, ".").unwrap();
+        for id in [[1u8; 16].as_slice(), &[2; 16], &[9; 40]] {
+            for _ in 0..3 {
+                given.push(db.next_signature_counter(id).unwrap());
+            }
+        }
+    }
+    assert!(given.windows(3).step_by(3).all(|w| w[0] < w[1] && w[1] < w[2]));
+    assert!(given[0] > 1 << 24, "epoch-based: above the base");
+    for file in std::fs::read_dir(&state).unwrap() {
+        let name = file.unwrap().file_name();
+        if name.to_string_lossy().starts_with(fidoseal_store::DATABASE_FILE) {
+            std::fs::remove_file(state.join(&name)).unwrap();
+        }
+    }
+    for file in std::fs::read_dir(&copy).unwrap() {
+        let name = file.unwrap().file_name();
+        if name.to_string_lossy().starts_with(fidoseal_store::DATABASE_FILE) {
+            std::fs::copy(copy.join(&name), state.join(&name)).unwrap();
+        }
+    }
+    let highest = *given.iter().max().unwrap();
+    {
+        let started = start(&tpm, &state).unwrap();
+        assert_eq!(started.start, AnchorStart::Verified);
+        let (mut db, _) = open_state(&started, &state, ".").unwrap();
+        for id in [[1u8; 16].as_slice(), &[2; 16], &[9; 40]] {
+            let next = db.next_signature_counter(id).unwrap();
+            assert!(next > highest, "{next} after {highest}: a counter went back across the restore");
+        }
+        assert!(db.delete(&[2; 16]).unwrap());
+    }
+    // And across a whole directory put back (refused: the counter moved at
+    // every start since) that an administrator accepted.
+    restore(&copy, &state);
+    stale(start(&tpm, &state));
+    std::fs::write(state.join(ACCEPT_FILE), b"").unwrap();
+    let started = start(&tpm, &state).unwrap();
+    let (mut db, _) = open_state(&started, &state, ".").unwrap();
+    let next = db.next_signature_counter(&[2; 16]).unwrap();
+    assert!(next > highest + 1, "accepted: the deleted credential is back, its counter still goes on");
+    drop((db, started));
+    std::fs::remove_dir_all(state).unwrap();
+    std::fs::remove_dir_all(copy).unwrap();
+}
+
+#[test]
+fn a_counter_that_uses_up_its_epoch_starts_a_new_one() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-epoch");
+    let started = start(&tpm, &state).unwrap();
+    let (mut db, _) = open_state(&started, &state, ".").unwrap();
+    let (floor, ceiling) = started.anchor.counter_epoch();
+    assert_eq!(ceiling - floor, 4096);
+    let counter_before = started.anchor.counter();
+    // A short epoch for the test: three values.
+    db.set_counter_epoch(floor, floor + 3).unwrap();
+    let values: Vec<u32> = (0..5).map(|_| db.next_signature_counter(&[5; 16]).unwrap()).collect();
+    assert_eq!(&values[..3], &[floor + 1, floor + 2, floor + 3]);
+    assert_eq!(started.anchor.counter(), counter_before + 1, "the ceiling started a new epoch (one NV write)");
+    let (new_floor, _) = started.anchor.counter_epoch();
+    assert_eq!(values[3], new_floor + 1);
+    assert!(values[3] > ceiling, "above the whole earlier epoch");
+    assert_eq!(values[4], values[3] + 1);
+    drop((db, started));
+    std::fs::remove_dir_all(state).unwrap();
+}
+
+#[test]
+fn epochs_are_increasing_ranges() {
+    let (f0, c0) = rollback::counter_range(0);
+    assert_eq!((f0, c0), ((1 << 24) - 1, (1 << 24) + 4095));
+    let (f1, _) = rollback::counter_range(1);
+    assert_eq!(f1, c0, "the next epoch's first counter is above the last of this one");
+    assert_eq!(rollback::counter_range(u64::MAX), (u32::MAX, u32::MAX), "saturates, never wraps");
 }
