@@ -189,7 +189,7 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             &mut *keystore,
             key_store_created,
             user.as_deref(),
-            rollback_anchor.as_ref().map(|anchor| (anchor, ".")),
+            rollback_anchor.as_ref().map(|anchor| (anchor, tpm::rollback::SINGLE_USER)),
         )?;
         // Looked up here, before the runtime, and again on SIGHUP: never by
         // a D-Bus handler (NSS may wait for LDAP or sssd).

@@ -396,6 +396,19 @@ impl CredentialDatabase {
         Ok(())
     }
 
+    /// What the rollback record says under another `key` (a state moved
+    /// from the single-user place to a user's: its record has the old key).
+    pub fn rollback_record_under(&self, key: &[u8; 32]) -> Result<RecordCheck, StateError> {
+        rollback::check(&self.connection, key)
+            .map_err(|e| StateError::Corrupt { path: self.path.clone(), reason: format!("rollback record: {e}") })
+    }
+
+    /// Nothing in it: no credential, no PIN, no large blob (a new state, or
+    /// one reset by deleting its directory).
+    pub fn is_empty(&self) -> bool {
+        !self.holds_key_store_data()
+    }
+
     /// The version of the rollback record, with anti-rollback on.
     pub fn rollback_version(&self) -> Option<u64> {
         self.rollback.as_ref().map(|p| p.version)

@@ -46,6 +46,7 @@ use zeroize::Zeroizing;
 
 use super::{at, create_object, objects, tpm_hmac, with_machine_primary, Connection, OpError, Tpm};
 use crate::state::write_atomically;
+use fidoseal_store::RecordCheck;
 
 /// fidoseal's NV counter index: in the owner range of the TCG handle
 /// registry (0x01800000–0x01BFFFFF), away from systemd's assignments
@@ -620,6 +621,21 @@ impl RollbackAnchor {
         counter_range(self.lock().epoch)
     }
 
+    /// Moves the entry of state `from` to `to`, at `version` (anchored as
+    /// [`Self::anchor`]).
+    pub fn move_entry(&self, from: &str, to: &str, version: u64) -> Result<(), RollbackError> {
+        let mut inner = self.lock();
+        let mut file = inner.file.clone();
+        file.counter += 1;
+        file.states.remove(from);
+        file.states.insert(to.to_owned(), version);
+        write_atomically(&inner.path, &file.encode(&inner.key))
+            .map_err(|source| RollbackError::Write { path: inner.path.clone(), source })?;
+        run_op(&inner.tpm, "increment the anti-rollback counter", |conn| with_nv(&mut conn.ctx, nv_increment))?;
+        inner.file = file;
+        Ok(())
+    }
+
     /// The version anchored for state `id`.
     pub fn anchored(&self, id: &str) -> Option<u64> {
         self.lock().file.states.get(id).copied()
@@ -676,11 +692,48 @@ pub fn protect_state(
         database.protect(anchor.state_key(id), Box::new(sink)).map_err(|e| RollbackError::Tpm(e.to_string()))?;
     let accept_path = dir.join(ACCEPT_FILE);
     let accept = anchor.accepts_all() || accept_path.exists();
-    let start = check_state(anchor, database, id, check, anchor.anchored(id), accept, &accept_path)?;
+    let start = match (check, anchor.anchored(id)) {
+        (RecordCheck::Mismatch, None) if id != SINGLE_USER => migrated(anchor, database, id)?,
+        _ => None,
+    };
+    let start = match start {
+        Some(start) => start,
+        None => check_state(anchor, database, id, check, anchor.anchored(id), accept, &accept_path)?,
+    };
     // Every counter from now on is above anything given in an earlier epoch.
     let (floor, ceiling) = anchor.counter_epoch();
     database.set_counter_epoch(floor, ceiling).map_err(|e| RollbackError::Tpm(e.to_string()))?;
     Ok(start)
+}
+
+/// The single-user state's id.
+pub const SINGLE_USER: &str = ".";
+
+/// A user's state that is the single-user state moved to per-user mode
+/// (migrate_users.rs): its record verifies under the single-user key and is
+/// not behind the single-user entry. Re-keyed and anchored under the user,
+/// and the single-user entry dropped (so this works once).
+fn migrated(
+    anchor: &RollbackAnchor,
+    database: &mut fidoseal_store::CredentialDatabase,
+    id: &str,
+) -> Result<Option<StateStart>, RollbackError> {
+    let Some(anchored) = anchor.anchored(SINGLE_USER) else {
+        return Ok(None);
+    };
+    let check = database
+        .rollback_record_under(&anchor.state_key(SINGLE_USER))
+        .map_err(|e| RollbackError::Tpm(e.to_string()))?;
+    let RecordCheck::Valid { version } = check else {
+        return Ok(None);
+    };
+    if version < anchored {
+        return Ok(None);
+    }
+    database.set_rollback_version(version).map_err(|e| RollbackError::Tpm(e.to_string()))?;
+    anchor.move_entry(SINGLE_USER, id, version)?;
+    tracing::info!(state = id, version, "anti-rollback: the single-user state moved to this user, anchored here");
+    Ok(Some(StateStart::Verified))
 }
 
 /// The state's record against its anchor entry (module comment); a state
@@ -694,7 +747,6 @@ fn check_state(
     accept: bool,
     accept_path: &Path,
 ) -> Result<StateStart, RollbackError> {
-    use fidoseal_store::RecordCheck;
     let write = |database: &mut fidoseal_store::CredentialDatabase, version| {
         database.set_rollback_version(version).map_err(|e| RollbackError::Tpm(e.to_string()))
     };
@@ -714,6 +766,14 @@ fn check_state(
         (RecordCheck::Missing, None) => {
             write(database, 1)?;
             anchor.anchor(id, 1)?;
+            Ok(StateStart::Adopted)
+        }
+        (RecordCheck::Missing, Some(at)) if database.is_empty() => {
+            // Its directory was deleted (a reset of that state): nothing in
+            // an empty state is worth rolling back to (no PIN to guess, no
+            // passkey; counters come from the epoch).
+            write(database, at + 1)?;
+            anchor.anchor(id, at + 1)?;
             Ok(StateStart::Adopted)
         }
         _ if accept => {

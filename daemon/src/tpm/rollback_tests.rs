@@ -446,3 +446,44 @@ fn epochs_are_increasing_ranges() {
     assert_eq!(f1, c0, "the next epoch's first counter is above the last of this one");
     assert_eq!(rollback::counter_range(u64::MAX), (u32::MAX, u32::MAX), "saturates, never wraps");
 }
+
+#[test]
+fn a_users_deleted_state_directory_starts_empty_and_a_single_user_state_moves_to_a_user() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-moves");
+    {
+        let started = start(&tpm, &state).unwrap();
+        let (mut db, _) = open_state(&started, &state, ".").unwrap();
+        db.save_state(&with_pin(8)).unwrap();
+        db.save_state(&with_pin(7)).unwrap();
+        db.save(credential(1)).unwrap();
+    }
+    // Per-user mode: the single-user database moves, whole, to users/1000
+    // (migrate_users.rs).
+    let user = state_dir(&state, "users/1000");
+    for file in std::fs::read_dir(&state).unwrap() {
+        let name = file.unwrap().file_name();
+        if name.to_string_lossy().starts_with(fidoseal_store::DATABASE_FILE) {
+            std::fs::rename(state.join(&name), user.join(&name)).unwrap();
+        }
+    }
+    {
+        let started = start(&tpm, &state).unwrap();
+        let (db, how) = open_state(&started, &state, "users/1000").unwrap();
+        assert_eq!(how, StateStart::Verified, "the moved state is the single-user state, re-anchored");
+        assert_eq!(db.load_state().pin_retries, 7);
+        assert_eq!(started.anchor.anchored("."), None, "moved once");
+    }
+    {
+        let started = start(&tpm, &state).unwrap();
+        assert_eq!(open_state(&started, &state, "users/1000").unwrap().1, StateStart::Verified);
+    }
+    // The user's directory deleted (documented: that user's reset).
+    std::fs::remove_dir_all(&user).unwrap();
+    let started = start(&tpm, &state).unwrap();
+    let (db, how) = open_state(&started, &state, "users/1000").unwrap();
+    assert_eq!(how, StateStart::Adopted, "an empty state is nothing to roll back to");
+    assert_eq!(db.credential_count(), 0);
+    drop((db, started));
+    std::fs::remove_dir_all(state).unwrap();
+}
