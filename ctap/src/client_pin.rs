@@ -73,6 +73,10 @@ pub(crate) struct ClientPin {
     key_agreement: KeyAgreementKey,
     pub(crate) token: PinUvAuthToken,
     consecutive_mismatches: u8,
+    /// The key store answered "locked" (TPM dictionary-attack lockout):
+    /// no more PIN checks until a power cycle, so that a client hammering
+    /// a locked-out TPM costs no state (and NV) write per try.
+    key_store_locked: bool,
 }
 
 impl ClientPin {
@@ -81,6 +85,7 @@ impl ClientPin {
             key_agreement: KeyAgreementKey::generate()?,
             token: PinUvAuthToken::fresh()?,
             consecutive_mismatches: 0,
+            key_store_locked: false,
         })
     }
 
@@ -91,7 +96,7 @@ impl ClientPin {
     }
 
     pub(crate) fn power_cycle_required(&self) -> bool {
-        self.consecutive_mismatches >= MAX_CONSECUTIVE_MISMATCHES
+        self.consecutive_mismatches >= MAX_CONSECUTIVE_MISMATCHES || self.key_store_locked
     }
 }
 
@@ -382,6 +387,7 @@ impl Authenticator {
             let mut state = self.state.clone();
             state.pin_retries = retries_before;
             self.save_state(state)?;
+            self.client_pin.key_store_locked = true;
             self.audit(AuditEvent::new(AuditKind::PinFailed, AuditDecision::Deny).operation("client-pin").reason(
                 "the TPM is in dictionary-attack lockout: no PIN was compared and no retry counted".to_string(),
             ));

@@ -139,7 +139,8 @@ pub fn decode(stored: &[u8]) -> Option<(Public, Private)> {
 /// TPM_RC_AUTH_FAIL (format one, 0x08E, with the session number): the
 /// authorization of a DA-protected object failed, and failedTries grew.
 fn is_auth_fail(error: &tss_esapi::Error) -> bool {
-    raw_code(error).is_some_and(|code| (code >> 16) & 0xff == 0 && code & 0x80 != 0 && code & 0x3f == 0x0e)
+    // Layer 0: the TPM; 12: tpm2-abrmd answering for it.
+    raw_code(error).is_some_and(|code| matches!((code >> 16) & 0xff, 0 | 12) && code & 0x80 != 0 && code & 0x3f == 0x0e)
 }
 
 /// Uses the PIN object with `pin_hash`: TPM2_Load, TPM2_Unseal in a salted

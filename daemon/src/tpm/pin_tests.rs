@@ -180,6 +180,9 @@ fn through_ctap_a_tpm_lockout_answers_pin_auth_blocked_and_spends_no_retry() {
     assert_eq!(pc::get_pin_retries(&mut d, cid).0, 5, "a lockout spends no CTAP retry");
     assert_eq!(wrong(&mut d), Some(st::PIN_AUTH_BLOCKED));
     assert_eq!(pc::get_pin_retries(&mut d, cid).0, 5, "nor does a wrong PIN while locked out");
+    assert_eq!(pc::get_pin_retries(&mut d, cid).1, Some(true), "until a power cycle (no TPM use per try)");
+    drop(d);
+    assert_eq!(read_dictionary_attack(&tpm).failed_tries, 3, "the tries while locked out reached no comparison");
     std::fs::remove_dir_all(state).unwrap();
 }
 
