@@ -487,3 +487,25 @@ fn a_users_deleted_state_directory_starts_empty_and_a_single_user_state_moves_to
     drop((db, started));
     std::fs::remove_dir_all(state).unwrap();
 }
+
+#[test]
+fn a_removed_or_altered_anchor_file_is_refused() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-file");
+    let copy = first_start_then_copy(&tpm, &state);
+    let anchor = state.join(ANCHOR_FILE);
+    let bytes = std::fs::read(&anchor).unwrap();
+    std::fs::remove_file(&anchor).unwrap();
+    let message = stale(start(&tpm, &state));
+    assert!(message.contains("has no tpm-anchor"), "{message}");
+    let mut altered = bytes.clone();
+    let last = altered.len() - 40;
+    altered[last] ^= 1;
+    std::fs::write(&anchor, &altered).unwrap();
+    let message = stale(start(&tpm, &state));
+    assert!(message.contains("was altered"), "{message}");
+    std::fs::write(&anchor, &bytes).unwrap();
+    assert_eq!(start(&tpm, &state).unwrap().start, AnchorStart::Verified);
+    std::fs::remove_dir_all(state).unwrap();
+    std::fs::remove_dir_all(copy).unwrap();
+}
