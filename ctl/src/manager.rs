@@ -477,7 +477,8 @@ mod tests {
 
     #[test]
     fn device_nodes_are_found_by_their_physical_path() {
-        let dir = std::env::temp_dir().join(format!("fidoseal-hidraw-{}", std::process::id()));
+        let temp_dir = tempfile::tempdir().unwrap();
+        let dir = temp_dir.path();
         for (node, phys) in
             [("hidraw0", "usb-0000:00:14.0-1/input0"), ("hidraw3", "fidoseal"), ("hidraw1", "fidoseal/0")]
         {
@@ -485,9 +486,8 @@ mod tests {
             let uevent = format!("HID_ID=0003:00001209:00000001\nHID_PHYS={phys}\n");
             std::fs::write(dir.join(node).join("device/uevent"), uevent).unwrap();
         }
-        assert_eq!(device_nodes(&dir), ["/dev/hidraw1", "/dev/hidraw3"]);
+        assert_eq!(device_nodes(dir), ["/dev/hidraw1", "/dev/hidraw3"]);
         assert!(device_nodes(&dir.join("missing")).is_empty());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -351,8 +351,8 @@ mod tests {
 
     #[test]
     fn configuration_decides_the_facts() {
-        let dir = std::env::temp_dir().join(format!("fidoseal-metadata-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp_dir = tempfile::tempdir().unwrap();
+        let dir = temp_dir.path();
         let config = dir.join("fidoseald.toml");
         std::fs::write(
             &config,
@@ -386,6 +386,5 @@ mod tests {
         assert!(!facts_from_config(&missing).unwrap().tpm);
         std::fs::write(&config, "[keystore]\nbackend = \"floppy\"\n").unwrap();
         assert!(facts_from_config(&MetadataArgs { config, keystore: None }).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -190,10 +190,9 @@ fn sync_dir(dir: &Path) -> Result<(), MigrationError> {
 mod tests {
     use super::*;
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("fidoseal-migrate-users-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        crate::state::prepare_state_dir(&dir).unwrap();
+    fn temp(name: &str) -> tempfile::TempDir {
+        let dir = tempfile::Builder::new().prefix(&format!("fidoseal-migrate-users-{name}-")).tempdir().unwrap();
+        crate::state::prepare_state_dir(dir.path()).unwrap();
         dir
     }
 
@@ -203,16 +202,17 @@ mod tests {
 
     #[test]
     fn nothing_to_move_is_nothing() {
-        let dir = temp("nothing");
+        let temp_dir = temp("nothing");
+        let dir = temp_dir.path();
         fs::write(dir.join("software-master-key"), [0u8; 32]).unwrap();
-        assert_eq!(migrate_single_user_state(&dir, None), Ok(Migration::Nothing));
+        assert_eq!(migrate_single_user_state(dir, None), Ok(Migration::Nothing));
         assert!(!dir.join(USERS_DIR).exists());
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn credential_files_move_to_the_owner_and_the_key_store_stays() {
-        let dir = temp("move");
+        let temp_dir = temp("move");
+        let dir = temp_dir.path();
         for (file, body) in [
             ("credentials.db", "db"),
             ("credentials.db-wal", "wal"),
@@ -223,7 +223,7 @@ mod tests {
         ] {
             fs::write(dir.join(file), body).unwrap();
         }
-        let moved = migrate_single_user_state(&dir, Some(("alice", Some(1001)))).unwrap();
+        let moved = migrate_single_user_state(dir, Some(("alice", Some(1001)))).unwrap();
         let to = dir.join("users/1001");
         assert_eq!(
             moved,
@@ -257,46 +257,45 @@ mod tests {
         )
         .unwrap()
         .is_legacy());
-        assert_eq!(migrate_single_user_state(&dir, Some(("alice", Some(1001)))), Ok(Migration::Nothing), "done once");
-        fs::remove_dir_all(dir).unwrap();
+        assert_eq!(migrate_single_user_state(dir, Some(("alice", Some(1001)))), Ok(Migration::Nothing), "done once");
     }
 
     #[test]
     fn an_interrupted_move_is_finished() {
-        let dir = temp("resume");
+        let temp_dir = temp("resume");
+        let dir = temp_dir.path();
         // The crash came after the database moved, before its -wal did.
         let staging = dir.join("users/.migrating-1001");
         fs::create_dir_all(&staging).unwrap();
         fs::write(staging.join("credentials.db"), "db").unwrap();
         fs::write(dir.join("credentials.db-wal"), "wal").unwrap();
         assert!(matches!(
-            migrate_single_user_state(&dir, Some(("bob", Some(1002)))),
+            migrate_single_user_state(dir, Some(("bob", Some(1002)))),
             Err(MigrationError::OtherMigration { staging_uid: 1001, uid: 1002, .. })
         ));
-        let moved = migrate_single_user_state(&dir, Some(("alice", Some(1001)))).unwrap();
+        let moved = migrate_single_user_state(dir, Some(("alice", Some(1001)))).unwrap();
         assert!(matches!(moved, Migration::Moved { uid: 1001, .. }));
         assert_eq!(fs::read_to_string(dir.join("users/1001/credentials.db-wal")).unwrap(), "wal");
         assert_eq!(fs::read_to_string(dir.join("users/1001/credentials.db")).unwrap(), "db");
         assert!(!staging.exists());
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn no_owner_or_a_conflict_stops_and_moves_nothing() {
-        let dir = temp("refuse");
+        let temp_dir = temp("refuse");
+        let dir = temp_dir.path();
         fs::write(dir.join("credentials.db"), "db").unwrap();
-        let err = migrate_single_user_state(&dir, None).unwrap_err();
+        let err = migrate_single_user_state(dir, None).unwrap_err();
         assert!(err.to_string().contains("set [device] user"), "{err}");
         assert_eq!(
-            migrate_single_user_state(&dir, Some(("ghost", None))),
+            migrate_single_user_state(dir, Some(("ghost", None))),
             Err(MigrationError::NoSuchUser("ghost".into()))
         );
         fs::create_dir_all(dir.join("users/1001")).unwrap();
         assert!(matches!(
-            migrate_single_user_state(&dir, Some(("alice", Some(1001)))),
+            migrate_single_user_state(dir, Some(("alice", Some(1001)))),
             Err(MigrationError::BothExist { .. })
         ));
         assert_eq!(fs::read_to_string(dir.join("credentials.db")).unwrap(), "db", "left where it was");
-        fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -37,8 +37,8 @@ mod tests {
 
     #[test]
     fn atomic_writes_replace_whole_files_owner_only() {
-        let dir = std::env::temp_dir().join(format!("fidoseal-state-test-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let temp_dir = tempfile::tempdir().unwrap();
+        let dir = temp_dir.path().join("state");
         prepare_state_dir(&dir).unwrap();
         assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
         let file = dir.join("key");
@@ -47,6 +47,5 @@ mod tests {
         assert_eq!(fs::read(&file).unwrap(), b"two");
         assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(!dir.join(".key.tmp").exists());
-        fs::remove_dir_all(dir).unwrap();
     }
 }

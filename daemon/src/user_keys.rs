@@ -219,11 +219,10 @@ mod tests {
     use crate::state::prepare_state_dir;
     use fidoseal_ctap::software_keystore::SoftwareKeyStore;
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("fidoseal-user-keys-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        prepare_state_dir(&dir.join("a")).unwrap();
-        prepare_state_dir(&dir.join("b")).unwrap();
+    fn temp(name: &str) -> tempfile::TempDir {
+        let dir = tempfile::Builder::new().prefix(&format!("fidoseal-user-keys-{name}-")).tempdir().unwrap();
+        prepare_state_dir(&dir.path().join("a")).unwrap();
+        prepare_state_dir(&dir.path().join("b")).unwrap();
         dir
     }
 
@@ -233,7 +232,8 @@ mod tests {
 
     #[test]
     fn one_users_credential_ids_and_secrets_are_not_anothers() {
-        let dir = temp("separate");
+        let temp_dir = temp("separate");
+        let dir = temp_dir.path();
         let store = shared();
         let mut a = UserKeyStore::open(Arc::clone(&store), &dir.join("a"), 1001).unwrap();
         let mut b = UserKeyStore::open(Arc::clone(&store), &dir.join("b"), 1002).unwrap();
@@ -252,12 +252,12 @@ mod tests {
         let mut again = UserKeyStore::open(Arc::clone(&store), &dir.join("a"), 1001).unwrap();
         assert!(!again.just_created());
         assert_eq!(again.open_credential_id(&rp, &id).unwrap(), b"alice's key");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn a_users_reset_leaves_the_others_and_the_machine_alone() {
-        let dir = temp("reset");
+        let temp_dir = temp("reset");
+        let dir = temp_dir.path();
         let store = shared();
         let mut a = UserKeyStore::open(Arc::clone(&store), &dir.join("a"), 1001).unwrap();
         let mut b = UserKeyStore::open(Arc::clone(&store), &dir.join("b"), 1002).unwrap();
@@ -275,12 +275,12 @@ mod tests {
             Err(KeyStoreError::NotAuthentic),
             "the new context is on disk"
         );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn the_legacy_user_keeps_the_stores_sealing_until_a_reset() {
-        let dir = temp("legacy");
+        let temp_dir = temp("legacy");
+        let dir = temp_dir.path();
         let store = shared();
         let rp = [7u8; 32];
         let old_id = store.lock().unwrap().seal_credential_id(&rp, b"from before").unwrap();
@@ -297,18 +297,17 @@ mod tests {
         heir.reset().unwrap();
         assert!(!heir.is_legacy());
         assert_eq!(heir.open_credential_id(&rp, &old_id), Err(KeyStoreError::NotAuthentic));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn a_damaged_context_stops_and_is_kept() {
-        let dir = temp("damaged");
+        let temp_dir = temp("damaged");
+        let dir = temp_dir.path();
         let path = dir.join("a").join(KEY_CONTEXT_FILE);
         for damaged in [&b"junk"[..], b"fidoseal key context v1\nown 00\n", b"fidoseal key context v1\n", b""] {
             std::fs::write(&path, damaged).unwrap();
             assert!(matches!(UserKeyStore::open(shared(), &dir.join("a"), 1), Err(KeyStoreSetupError::Damaged { .. })));
             assert_eq!(std::fs::read(&path).unwrap(), damaged, "never replaced");
         }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 /// error through the daemon's subscriber: that line is checked.
 #[test]
 fn stderr_to_a_pipe_or_file_has_no_escape_codes() {
-    let dir = std::env::temp_dir().join(format!("fidoseal-logging-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let temp_dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir.path();
     let missing = dir.join("no-such-config.toml");
     let log_path = dir.join("stderr.log");
 
@@ -37,7 +37,6 @@ fn stderr_to_a_pipe_or_file_has_no_escape_codes() {
         .expect("fidoseald runs");
     assert!(!status.success());
     let filed = std::fs::read_to_string(&log_path).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 
     for (what, text) in [("pipe", &piped), ("file", &filed)] {
         assert!(text.contains("ERROR"), "the error is logged to the {what}: {text:?}");

@@ -37,10 +37,8 @@ fn data(name: &str) -> PathBuf {
 /// file 0600, which git does not keep).
 fn enterprise_key() -> (Arc<EnterpriseAttestationKey>, Vec<Vec<u8>>) {
     use std::os::unix::fs::PermissionsExt;
-    let dir =
-        std::env::temp_dir().join(format!("fidoseal-ea-core-{}-{:?}", std::process::id(), std::thread::current().id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = dir.join("attestation.key");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("attestation.key");
     std::fs::copy(data("attestation-sec1.key"), &key).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let text = format!(
@@ -51,7 +49,6 @@ fn enterprise_key() -> (Arc<EnterpriseAttestationKey>, Vec<Vec<u8>>) {
     );
     let policy = Policy::from_sources(&[("/p/ea.toml", text.as_str())]).expect("valid test policy");
     policy.check_authenticator_aaguid(&FIDOSEAL_AAGUID).expect("the certificate names fidoseal's AAGUID");
-    std::fs::remove_dir_all(&dir).unwrap();
     let ea = policy.enterprise_attestation().unwrap();
     let chain = ea.certificates().to_vec();
     (Arc::new(EnterpriseAttestationKey::new(ea.signing_key().clone(), chain.clone())), chain)

@@ -313,9 +313,8 @@ fn enterprise_policy() -> (std::sync::Arc<fidoseal_ctap::platform::EnterpriseAtt
     let data = |name: &str| {
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/data/enterprise").join(name)
     };
-    let dir = std::env::temp_dir().join(format!("fidoseal-policy-ea-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = dir.join("attestation.key");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("attestation.key");
     std::fs::copy(data("attestation-sec1.key"), &key).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let text = format!(
@@ -327,7 +326,6 @@ fn enterprise_policy() -> (std::sync::Arc<fidoseal_ctap::platform::EnterpriseAtt
     );
     let policy = fidoseal_policy::Policy::from_sources(&[("/p/50.toml", text.as_str())]).expect("valid test policy");
     let ea = policy.enterprise_attestation().unwrap().clone();
-    let _ = std::fs::remove_dir_all(&dir);
     let key =
         fidoseal_ctap::platform::EnterpriseAttestationKey::new(ea.signing_key().clone(), ea.certificates().to_vec());
     (std::sync::Arc::new(key), policy)

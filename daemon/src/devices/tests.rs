@@ -6,8 +6,8 @@ use super::*;
 
 #[test]
 fn the_hidraw_node_is_found_by_its_uniq() {
-    let dir = std::env::temp_dir().join(format!("fidoseal-hidraw-class-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let temp_dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir.path();
     for (node, uniq) in [("hidraw0", "ABC123"), ("hidraw1", "fidoseal-uid-1001"), ("hidraw2", "fidoseal-uid-10012")] {
         std::fs::create_dir_all(dir.join(node).join("device")).unwrap();
         std::fs::write(
@@ -17,11 +17,10 @@ fn the_hidraw_node_is_found_by_its_uniq() {
         .unwrap();
     }
     std::fs::create_dir_all(dir.join("hidraw3")).unwrap();
-    assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-1001"), Some(PathBuf::from("/dev/hidraw1")));
-    assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-10012"), Some(PathBuf::from("/dev/hidraw2")));
-    assert_eq!(hidraw_node_with_uniq(&dir, "fidoseal-uid-100"), None, "a prefix is not a match");
+    assert_eq!(hidraw_node_with_uniq(dir, "fidoseal-uid-1001"), Some(PathBuf::from("/dev/hidraw1")));
+    assert_eq!(hidraw_node_with_uniq(dir, "fidoseal-uid-10012"), Some(PathBuf::from("/dev/hidraw2")));
+    assert_eq!(hidraw_node_with_uniq(dir, "fidoseal-uid-100"), None, "a prefix is not a match");
     assert_eq!(hidraw_node_with_uniq(&dir.join("nope"), "x"), None);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 use fidoseal_ctap::ctaphid::CtapHid;
@@ -36,20 +35,18 @@ const GET_ASSERTION: u8 = 0x02;
 const PER_USER: &str =
     "[keystore]\nbackend = \"software\"\n[prompt]\nmode = \"always-approve\"\n[device]\nmode = \"per-user\"\n";
 
-struct StateDir(PathBuf);
+/// A state directory of its own, removed with the value.
+struct StateDir {
+    path: PathBuf,
+    _temp_dir: tempfile::TempDir,
+}
 
 impl StateDir {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("fidoseal-devices-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let temp_dir = tempfile::Builder::new().prefix(&format!("fidoseal-devices-{name}-")).tempdir().unwrap();
+        let dir = temp_dir.path().join("state");
         state::prepare_state_dir(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        Self { path: dir, _temp_dir: temp_dir }
     }
 }
 
@@ -103,7 +100,7 @@ fn assert_status(device: &mut Device, rp: &str, allow: &[&[u8]]) -> u8 {
 #[test]
 fn each_user_has_their_own_credentials_and_key_context() {
     let dir = StateDir::new("separate");
-    let (config, factory) = factory(&dir.0);
+    let (config, factory) = factory(&dir.path);
     let (mut alice, alice_store) = open(&config, &factory, 1001, "alice");
     let (mut bob, bob_store) = open(&config, &factory, 1002, "bob");
     let resident = register(&mut alice, "example.com", "alice", true);
@@ -122,20 +119,20 @@ fn each_user_has_their_own_credentials_and_key_context() {
 
     // Each has a database and a key context of their own, root's only.
     for uid in ["1001", "1002"] {
-        let user_dir = dir.0.join("users").join(uid);
+        let user_dir = dir.path.join("users").join(uid);
         assert!(user_dir.join("credentials.db").exists() && user_dir.join("key-context").exists());
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&user_dir).unwrap().permissions().mode() & 0o777, 0o700);
     }
     assert_ne!(
-        std::fs::read(dir.0.join("users/1001/key-context")).unwrap(),
-        std::fs::read(dir.0.join("users/1002/key-context")).unwrap()
+        std::fs::read(dir.path.join("users/1001/key-context")).unwrap(),
+        std::fs::read(dir.path.join("users/1002/key-context")).unwrap()
     );
 
     // After a restart (a new factory on the same directory) Alice's device
     // still opens her credential ID, and Bob's still does not.
     drop((alice, bob, alice_store, bob_store, factory));
-    let (config, factory) = self::factory(&dir.0);
+    let (config, factory) = self::factory(&dir.path);
     let (mut alice, _) = open(&config, &factory, 1001, "alice");
     let (mut bob, _) = open(&config, &factory, 1002, "bob");
     assert_eq!(assert_status(&mut alice, "example.com", &[&server_side]), status::OK);
@@ -147,9 +144,9 @@ fn a_single_user_state_becomes_its_owners_with_nothing_lost() {
     let dir = StateDir::new("migrate");
     // A single-mode daemon's state: its key store and database at the top.
     let (resident, server_side, public_key) = {
-        let mut keys = keystore::PersistentSoftwareKeyStore::open(&dir.0).unwrap();
+        let mut keys = keystore::PersistentSoftwareKeyStore::open(&dir.path).unwrap();
         let created = keys.just_created();
-        let credentials = open_credentials(&dir.0, 50, &mut keys, created, Some("alice"), None).unwrap();
+        let credentials = open_credentials(&dir.path, 50, &mut keys, created, Some("alice"), None).unwrap();
         let mut platform =
             fidoseal_tests::software_platform(Box::new(ScriptedPrompt::approving()), Box::new(DenyList::default()), 0);
         platform.keystore = Box::new(keys);
@@ -171,13 +168,13 @@ fn a_single_user_state_becomes_its_owners_with_nothing_lost() {
         let registered = parse_registration(&body.unwrap());
         (resident, registered.credential_id, registered.public_key)
     };
-    assert!(dir.0.join("credentials.db").exists());
+    assert!(dir.path.join("credentials.db").exists());
 
-    let moved = migrate_users::migrate_single_user_state(&dir.0, Some(("alice", Some(1001)))).unwrap();
+    let moved = migrate_users::migrate_single_user_state(&dir.path, Some(("alice", Some(1001)))).unwrap();
     assert!(matches!(moved, migrate_users::Migration::Moved { uid: 1001, .. }), "{moved:?}");
-    assert!(!dir.0.join("credentials.db").exists());
+    assert!(!dir.path.join("credentials.db").exists());
 
-    let (config, factory) = factory(&dir.0);
+    let (config, factory) = factory(&dir.path);
     let (mut alice, alice_store) = open(&config, &factory, 1001, "alice");
     let (mut bob, _) = open(&config, &factory, 1002, "bob");
     // Every credential is Alice's still: the passkey, and the credential ID

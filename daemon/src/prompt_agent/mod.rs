@@ -639,15 +639,14 @@ mod configured_tests {
 
     #[test]
     fn built_in_uv_is_configured_by_fingerprint_or_an_installed_password_service() {
-        let dir = std::env::temp_dir().join(format!("fidoseal-uv-configured-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let missing = || PamVerifier::with_confdir("fidoseal-test", &dir);
+        let temp_dir = tempfile::tempdir().unwrap();
+        let dir = temp_dir.path();
+        let missing = || PamVerifier::with_confdir("fidoseal-test", dir);
         assert!(!settings(vec![], missing()).built_in_uv_configured());
         assert!(!settings(vec![UvMethod::Pin], missing()).built_in_uv_configured(), "the PIN counts once set");
         assert!(settings(vec![UvMethod::Fingerprint], missing()).built_in_uv_configured());
         assert!(!settings(vec![UvMethod::Password], missing()).built_in_uv_configured(), "no PAM service");
         std::fs::write(dir.join("fidoseal-test"), "auth required pam_deny.so\n").unwrap();
         assert!(settings(vec![UvMethod::Pin, UvMethod::Password], missing()).built_in_uv_configured());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
