@@ -26,6 +26,10 @@
 //! - A stale state is refused with what is stale and the recovery: an
 //!   administrator creates [`ACCEPT_FILE`] in that state's directory, and the
 //!   next start anchors the state as it is (logged as an audit line).
+//! - Signature counters are not anchored per assertion: each start (and a
+//!   counter that used up its epoch) increments the counter once, and the
+//!   counters of epoch E lie above every earlier epoch's ([`counter_range`]),
+//!   so none goes back across any restore, accepted or not.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
