@@ -320,10 +320,13 @@ impl CredentialDatabase {
     /// Runs `change` like [`Self::transaction`] and, with anti-rollback on,
     /// renews the rollback record in the same transaction: a new version
     /// when `change` says the change must not be undone, then anchored
-    /// after the commit ([`AnchorSink`]).
+    /// after the commit ([`AnchorSink`]). `committed` updates memory after
+    /// the commit, before the anchor: a failed anchor fails the request,
+    /// but memory stays what the database holds.
     fn covered_transaction<T>(
         &mut self,
         change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, bool), StoreError>,
+        committed: impl FnOnce(&mut Self, &T),
     ) -> Result<T, StoreError> {
         let protection = self.rollback.as_ref().map(|p| (p.key.clone(), p.version));
         let (value, bumped) = self.transaction(|tx| {
@@ -338,6 +341,7 @@ impl CredentialDatabase {
             };
             Ok((value, bumped))
         })?;
+        committed(self, &value);
         if let (Some(version), Some(protection)) = (bumped, self.rollback.as_mut()) {
             protection.version = version;
             protection.sink.anchor(version).map_err(|e| StoreError::Io(format!("anti-rollback anchor: {e}")))?;
@@ -465,14 +469,15 @@ impl CredentialDatabase {
         let kept = PathBuf::from(format!("{}.unusable-{}", path.display(), unix_time()));
         self.copy_to(&kept)?;
         let floor = self.counter_floor;
-        let floor = self
-            .covered_transaction(|tx| {
+        self.covered_transaction(
+            |tx| {
                 let floor = reset_in(tx, floor).map_err(sql_error)?;
                 put_setting(tx, setting::KEY_STORE, &record).map_err(sql_error)?;
                 Ok((floor, true))
-            })
-            .map_err(write_error)?;
-        self.after_reset(floor);
+            },
+            |db, &floor| db.after_reset(floor),
+        )
+        .map_err(write_error)?;
         self.key_store = Some(binding);
         let previous = recorded.map_or_else(|| "an earlier key store (not recorded)".to_owned(), |b| b.name);
         Ok(Binding::SetAside { kept, previous })
@@ -627,46 +632,53 @@ impl CredentialStore for CredentialDatabase {
 
     fn save(&mut self, credential: ResidentCredential) -> Result<(), StoreError> {
         let (count, capacity, floor) = (self.count, self.capacity, self.counter_floor);
-        let count = self.covered_transaction(|tx| {
-            // Same rp and user: the new credential replaces the old one (§6.1.2 step 15).
-            let replaced = tx
-                .prepare_cached(
-                    "DELETE FROM credentials WHERE rp_id_hash = ?1 AND user_id = ?2 AND credential_id != ?3",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        rp_id_hash(&credential.rp_id).as_slice(),
-                        credential.user_id,
-                        credential.credential_id
-                    ])
-                })
-                .map_err(sql_error)?;
-            let exists = tx
-                .prepare_cached("SELECT 1 FROM credentials WHERE credential_id = ?1")
-                .and_then(|mut s| s.exists([&credential.credential_id]))
-                .map_err(sql_error)?;
-            let count = count - replaced.min(count);
-            if !exists && count >= capacity {
-                return Err(StoreError::Full);
-            }
-            upsert_credential(tx, &credential, floor).map_err(sql_error)?;
-            // A replaced credential is one deleted: undoing that must not work.
-            Ok((if exists { count } else { count + 1 }, replaced > 0))
-        })?;
-        self.count = count;
-        self.newest_created = self.newest_created.max(credential.created);
+        let created = credential.created;
+        self.covered_transaction(
+            |tx| {
+                // Same rp and user: the new credential replaces the old one (§6.1.2 step 15).
+                let replaced = tx
+                    .prepare_cached(
+                        "DELETE FROM credentials WHERE rp_id_hash = ?1 AND user_id = ?2 AND credential_id != ?3",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            rp_id_hash(&credential.rp_id).as_slice(),
+                            credential.user_id,
+                            credential.credential_id
+                        ])
+                    })
+                    .map_err(sql_error)?;
+                let exists = tx
+                    .prepare_cached("SELECT 1 FROM credentials WHERE credential_id = ?1")
+                    .and_then(|mut s| s.exists([&credential.credential_id]))
+                    .map_err(sql_error)?;
+                let count = count - replaced.min(count);
+                if !exists && count >= capacity {
+                    return Err(StoreError::Full);
+                }
+                upsert_credential(tx, &credential, floor).map_err(sql_error)?;
+                // A replaced credential is one deleted: undoing that must not work.
+                Ok((if exists { count } else { count + 1 }, replaced > 0))
+            },
+            |db, &count| {
+                db.count = count;
+                db.newest_created = db.newest_created.max(created);
+            },
+        )?;
         Ok(())
     }
 
     fn delete(&mut self, credential_id: &[u8]) -> Result<bool, StoreError> {
-        let deleted = self.covered_transaction(|tx| {
-            let deleted = tx
-                .prepare_cached("DELETE FROM credentials WHERE credential_id = ?1")
-                .and_then(|mut s| s.execute([credential_id]))
-                .map_err(sql_error)?;
-            Ok((deleted, deleted > 0))
-        })?;
-        self.count -= deleted.min(self.count);
+        let deleted = self.covered_transaction(
+            |tx| {
+                let deleted = tx
+                    .prepare_cached("DELETE FROM credentials WHERE credential_id = ?1")
+                    .and_then(|mut s| s.execute([credential_id]))
+                    .map_err(sql_error)?;
+                Ok((deleted, deleted > 0))
+            },
+            |db, &deleted| db.count -= deleted.min(db.count),
+        )?;
         Ok(deleted > 0)
     }
 
@@ -740,17 +752,18 @@ impl CredentialStore for CredentialDatabase {
             return Ok(());
         }
         let bump = settings.is_some() && rollback::must_bump(&self.state, state);
-        self.covered_transaction(|tx| {
-            if let Some(row) = &settings {
-                put_setting(tx, setting::AUTHENTICATOR, row).map_err(sql_error)?;
-            }
-            if let Some(blobs) = blobs {
-                put_setting(tx, setting::LARGE_BLOB_ARRAY, blobs).map_err(sql_error)?;
-            }
-            Ok(((), bump))
-        })?;
-        self.state = state.clone();
-        Ok(())
+        self.covered_transaction(
+            |tx| {
+                if let Some(row) = &settings {
+                    put_setting(tx, setting::AUTHENTICATOR, row).map_err(sql_error)?;
+                }
+                if let Some(blobs) = blobs {
+                    put_setting(tx, setting::LARGE_BLOB_ARRAY, blobs).map_err(sql_error)?;
+                }
+                Ok(((), bump))
+            },
+            |db, ()| db.state = state.clone(),
+        )
     }
 
     fn reset(&mut self) -> Result<(), StoreError> {
@@ -758,8 +771,10 @@ impl CredentialStore for CredentialDatabase {
         // tied to it again at the next start (bind_key_store adopts an
         // unrecorded state beside a key store that was already there).
         let floor = self.counter_floor;
-        let floor = self.covered_transaction(|tx| Ok((reset_in(tx, floor).map_err(sql_error)?, true)))?;
-        self.after_reset(floor);
+        self.covered_transaction(
+            |tx| Ok((reset_in(tx, floor).map_err(sql_error)?, true)),
+            |db, &floor| db.after_reset(floor),
+        )?;
         Ok(())
     }
 }
