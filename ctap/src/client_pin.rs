@@ -13,7 +13,9 @@ use crate::authenticator::{Authenticator, RequestContext};
 use crate::cbor::{self, MapBuilder};
 use crate::command::{ClientPinRequest, ClientPinSubCommand};
 use crate::pin_protocol::{KeyAgreementKey, PinUvAuthProtocol, SharedSecret};
-use crate::platform::{Operation, PinRecord, PresencePurpose, PresenceRequest, MAX_PIN_RETRIES, MAX_UV_RETRIES};
+use crate::platform::{
+    Operation, PinCheck, PinRecord, PresencePurpose, PresenceRequest, MAX_PIN_RETRIES, MAX_UV_RETRIES,
+};
 use crate::status::{CtapResult, StatusCode};
 
 /// pinUvAuthToken permissions (§6.5.5.7).
@@ -113,6 +115,10 @@ pub(crate) struct ClientPin {
     key_agreement: KeyAgreementKey,
     pub(crate) token: PinUvAuthToken,
     consecutive_mismatches: u8,
+    /// The key store answered "locked" (TPM dictionary-attack lockout):
+    /// no more PIN checks until a power cycle, so that a client hammering
+    /// a locked-out TPM costs no state (and NV) write per try.
+    key_store_locked: bool,
 }
 
 impl ClientPin {
@@ -121,6 +127,7 @@ impl ClientPin {
             key_agreement: KeyAgreementKey::generate()?,
             token: PinUvAuthToken::fresh()?,
             consecutive_mismatches: 0,
+            key_store_locked: false,
         })
     }
 
@@ -131,7 +138,7 @@ impl ClientPin {
     }
 
     pub(crate) fn power_cycle_required(&self) -> bool {
-        self.consecutive_mismatches >= MAX_CONSECUTIVE_MISMATCHES
+        self.consecutive_mismatches >= MAX_CONSECUTIVE_MISMATCHES || self.key_store_locked
     }
 }
 
@@ -148,6 +155,9 @@ fn pin_hash(pin: &[u8]) -> Zeroizing<[u8; 16]> {
     zeroize::Zeroize::zeroize(digest.as_mut_slice());
     out
 }
+
+/// The length of an HMAC verifier (a PRF output); a PIN object is longer.
+const HMAC_VERIFIER_LEN: usize = 32;
 
 /// What the key store's PRF turns into the PIN verifier: a label and the
 /// PIN hash, so zeroized when dropped like the hash itself.
@@ -347,9 +357,8 @@ impl Authenticator {
         if !shared.verify(&message, &auth) {
             return Err(StatusCode::PinAuthInvalid);
         }
-        self.check_pin_hash(&shared, &pin_hash_enc)?;
-        let old_verifier = self.state.pin.as_ref().map(|p| p.verifier.clone());
-        let record = self.new_pin_record(&shared, &new_pin_enc, old_verifier.as_deref())?;
+        let current_pin_hash = self.check_pin_hash(&shared, &pin_hash_enc)?;
+        let record = self.new_pin_record(&shared, &new_pin_enc, Some(&current_pin_hash))?;
         let mut state = self.state.clone();
         state.pin = Some(record);
         state.force_pin_change = false;
@@ -414,37 +423,63 @@ impl Authenticator {
         Ok(())
     }
 
-    /// Checks pinHashEnc against the stored PIN (§6.5.5.6 steps 5–7). The
-    /// retry counter is decremented and stored before the comparison, so
-    /// cutting the power mid-check gains an attacker nothing.
-    fn check_pin_hash(&mut self, shared: &SharedSecret, pin_hash_enc: &[u8]) -> CtapResult<()> {
-        let candidate = shared.decrypt(pin_hash_enc).ok().filter(|h| h.len() == 16);
-        self.verify_pin_hash(candidate.as_ref().map(|h| h.as_slice()))
+    /// Checks pinHashEnc against the stored PIN (§6.5.5.6 steps 5–7) and
+    /// returns the PIN hash it verified. The retry counter is decremented
+    /// and stored before the comparison, so cutting the power mid-check
+    /// gains an attacker nothing.
+    fn check_pin_hash(&mut self, shared: &SharedSecret, pin_hash_enc: &[u8]) -> CtapResult<Zeroizing<[u8; 16]>> {
+        let candidate =
+            shared.decrypt(pin_hash_enc).ok().and_then(|h| <[u8; 16]>::try_from(h.as_slice()).ok()).map(Zeroizing::new);
+        self.verify_pin_hash(candidate.as_deref())?;
+        candidate.ok_or(StatusCode::PinInvalid)
     }
 
     /// Checks a PIN the user typed into the prompt (built-in verification
     /// with the authenticator's PIN), under the same retry rules.
     pub(crate) fn check_typed_pin(&mut self, pin: &str) -> CtapResult<()> {
         self.check_pin_blocked()?;
-        self.verify_pin_hash(Some(pin_hash(pin.as_bytes()).as_slice()))
+        self.verify_pin_hash(Some(&pin_hash(pin.as_bytes())))
     }
 
     /// The retry rules around one PIN comparison (§6.5.5.6 steps 5–7).
-    fn verify_pin_hash(&mut self, candidate: Option<&[u8]>) -> CtapResult<()> {
-        // The candidate's verifier before the decrement: a key store that
-        // cannot compute it (TPM unreachable, boot state not approved:
-        // docs/tpm.md) fails the request without spending a retry. The
-        // comparison still comes after the stored decrement.
-        let verifier = candidate.map(|hash| self.pin_verifier(hash)).transpose()?;
+    ///
+    /// The key store's own limit comes second (docs/tpm.md, "The PIN object
+    /// and dictionary-attack protection"): a wrong PIN counts at both, and
+    /// a TPM in dictionary-attack lockout compares nothing, so the retry is
+    /// given back and the answer is PIN_AUTH_BLOCKED ("try again later"),
+    /// never PIN_BLOCKED, which would send the user to a reset. A key store
+    /// that cannot compare at all (TPM unreachable, boot state not approved)
+    /// fails the request and gives the retry back too.
+    fn verify_pin_hash(&mut self, candidate: Option<&[u8; 16]>) -> CtapResult<()> {
+        let retries_before = self.state.pin_retries;
         let mut state = self.state.clone();
         state.pin_retries = state.pin_retries.saturating_sub(1);
         self.save_state(state)?;
         let stored = self.state.pin.as_ref().map(|p| p.verifier.clone()).unwrap_or_default();
-        let matches = match verifier {
-            Some(verifier) => bool::from(subtle::ConstantTimeEq::ct_eq(verifier.as_slice(), stored.as_slice())),
-            None => false,
+        let compared = match candidate {
+            Some(hash) => self.compare_pin(&stored, hash),
+            None => Ok((PinCheck::Mismatch, None)),
         };
-        if !matches {
+        let (check, upgraded) = match compared {
+            Ok(compared) => compared,
+            Err(e) => {
+                let mut state = self.state.clone();
+                state.pin_retries = retries_before;
+                self.save_state(state)?;
+                return Err(e);
+            }
+        };
+        if check == PinCheck::Locked {
+            let mut state = self.state.clone();
+            state.pin_retries = retries_before;
+            self.save_state(state)?;
+            self.client_pin.key_store_locked = true;
+            self.audit(AuditEvent::new(AuditKind::PinFailed, AuditDecision::Deny).operation("client-pin").reason(
+                "the TPM is in dictionary-attack lockout: no PIN was compared and no retry counted".to_string(),
+            ));
+            return Err(StatusCode::PinAuthBlocked);
+        }
+        if check == PinCheck::Mismatch {
             self.client_pin.key_agreement = KeyAgreementKey::generate()?;
             self.client_pin.consecutive_mismatches = self.client_pin.consecutive_mismatches.saturating_add(1);
             let retries_left = self.state.pin_retries;
@@ -468,13 +503,42 @@ impl Authenticator {
         let mut state = self.state.clone();
         state.pin_retries = MAX_PIN_RETRIES;
         state.uv_retries = MAX_UV_RETRIES;
+        if let (Some(record), Some(object)) = (state.pin.as_mut(), upgraded) {
+            // Same write: the HMAC verifier is gone once the PIN object is stored.
+            record.verifier = object;
+        }
         self.save_state(state)
     }
 
-    /// The stored form of a PIN hash: a PRF of it held by the key store.
+    /// One comparison of a PIN hash with the stored form of the PIN. An HMAC
+    /// verifier (a PIN set before the key store had PIN objects) that
+    /// matches is replaced by a PIN object, if the store makes them: the
+    /// second value, stored by the caller with the restored retries.
+    fn compare_pin(&mut self, stored: &[u8], hash: &[u8; 16]) -> CtapResult<(PinCheck, Option<Vec<u8>>)> {
+        if stored.len() != HMAC_VERIFIER_LEN {
+            return Ok((self.platform.keystore.check_pin_object(stored, hash)?, None));
+        }
+        let verifier = self.pin_verifier(hash)?;
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(verifier.as_slice(), stored)) {
+            return Ok((PinCheck::Mismatch, None));
+        }
+        Ok((PinCheck::Match, self.platform.keystore.create_pin_object(hash)?))
+    }
+
+    /// The HMAC verifier of a PIN hash: a PRF of it held by the key store
+    /// (the stored form where the store has no PIN objects).
     fn pin_verifier(&mut self, hash: &[u8]) -> CtapResult<Zeroizing<Vec<u8>>> {
         let context = pin_verifier_context(hash);
         Ok(Zeroizing::new(self.platform.keystore.derive_secret(&context)?.0.to_vec()))
+    }
+
+    /// The stored form of a new PIN: the key store's PIN object (guessing
+    /// limited by the TPM), or else the HMAC verifier.
+    fn stored_pin_form(&mut self, hash: &[u8; 16]) -> CtapResult<Vec<u8>> {
+        match self.platform.keystore.create_pin_object(hash)? {
+            Some(object) => Ok(object),
+            None => Ok(self.pin_verifier(hash)?.to_vec()),
+        }
     }
 
     /// Decrypts and checks a new PIN (§6.5.5.5 steps 6–8): 64 padded bytes,
@@ -483,7 +547,7 @@ impl Authenticator {
         &mut self,
         shared: &SharedSecret,
         new_pin_enc: &[u8],
-        current_verifier: Option<&[u8]>,
+        current_pin_hash: Option<&[u8; 16]>,
     ) -> CtapResult<PinRecord> {
         let padded = shared.decrypt(new_pin_enc)?;
         if padded.len() != PADDED_PIN_LEN {
@@ -495,12 +559,18 @@ impl Authenticator {
         if code_points < usize::from(self.effective_min_pin_length()) {
             return Err(StatusCode::PinPolicyViolation);
         }
-        let verifier = self.pin_verifier(pin_hash(pin).as_slice())?;
-        if self.pin_change_required() && current_verifier == Some(verifier.as_slice()) {
+        let hash = pin_hash(pin);
+        if self.pin_change_required()
+            && current_pin_hash
+                .is_some_and(|current| bool::from(subtle::ConstantTimeEq::ct_eq(&current[..], &hash[..])))
+        {
             // A forced change must really change the PIN (§6.5.5.6 step 9).
+            // Compared with the PIN hash just verified: a PIN object cannot
+            // be compared without a use that a mismatch would count.
             return Err(StatusCode::PinPolicyViolation);
         }
-        Ok(PinRecord { verifier: verifier.to_vec(), code_points: code_points as u8 })
+        let verifier = self.stored_pin_form(&hash)?;
+        Ok(PinRecord { verifier, code_points: code_points as u8 })
     }
 
     /// The PIN must change before it is used again: setMinPINLength asked

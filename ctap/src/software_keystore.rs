@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::authenticator::FIDOSEAL_AAGUID;
 use crate::machine_attestation::SoftwareAttestationKey;
-use crate::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, PublicKey, Secret32};
+use crate::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, PinCheck, PublicKey, Secret32};
 
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
@@ -182,6 +182,16 @@ impl KeyStore for SoftwareKeyStore {
         aad[0] = CREDENTIAL_ID_VERSION;
         aad[1..].copy_from_slice(rp_id_hash);
         open(&self.credential_id_sealing, &aad, sealed).map(|p| p.to_vec())
+    }
+
+    /// No PIN objects: the PIN record keeps the HMAC verifier (this store
+    /// has no guessing limit of its own; docs/tpm.md).
+    fn create_pin_object(&mut self, _pin_hash: &[u8; 16]) -> Result<Option<Vec<u8>>, KeyStoreError> {
+        Ok(None)
+    }
+
+    fn check_pin_object(&mut self, _object: &[u8], _pin_hash: &[u8; 16]) -> Result<PinCheck, KeyStoreError> {
+        Err(KeyStoreError::Backend("the software key store has no PIN objects".into()))
     }
 
     fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, KeyStoreError> {

@@ -306,6 +306,8 @@ pub struct DeviceFactory {
     pub state_dir: PathBuf,
     pub capacity: usize,
     pub authenticator: AuthenticatorConfig,
+    /// The TPM's anti-rollback anchor, shared by every user's state.
+    pub anchor: Option<crate::tpm::rollback::RollbackAnchor>,
 }
 
 pub fn authenticator_config(config: &Config) -> AuthenticatorConfig {
@@ -346,7 +348,9 @@ impl DeviceFactory {
                 "the user's key context"
             );
         }
-        let credentials = open_credentials(&dir, self.capacity, &mut keys, created, Some(user))?;
+        let id = format!("{}/{uid}", migrate_users::USERS_DIR);
+        let anchor = self.anchor.as_ref().map(|anchor| (anchor, id.as_str()));
+        let credentials = open_credentials(&dir, self.capacity, &mut keys, created, Some(user), anchor)?;
         let registry = devices.registry_for(uid).ok_or("no agent registry")?;
         let agent_prompt = AgentPrompt::for_user(config, user, DeviceOwner::Uid(uid), &registry, &credentials);
         let prompt: Box<dyn UserPrompt> = match &agent_prompt {
@@ -383,6 +387,7 @@ pub fn open_credentials(
     keys: &mut dyn KeyStore,
     key_store_created: bool,
     user: Option<&str>,
+    anchor: Option<(&crate::tpm::rollback::RollbackAnchor, &str)>,
 ) -> Result<SharedCredentialStore, String> {
     let mut credentials = state::CredentialDatabase::open(dir, capacity).map_err(|e| e.to_string())?;
     let user = user.unwrap_or("-");
@@ -432,6 +437,12 @@ pub fn open_credentials(
              reset; the signature counter goes on. Register this security key again with every site, or switch the \
              backend back and restore the copy."
         ),
+    }
+    if let Some((anchor, id)) = anchor {
+        // A stale state is refused here, with what is stale and the recovery.
+        let start =
+            crate::tpm::rollback::protect_state(anchor, &mut credentials, id, dir).map_err(|e| e.to_string())?;
+        tracing::info!(user, state = id, start = ?start, anchored_at = anchor.counter(), "anti-rollback: state checked");
     }
     tracing::info!(
         user,

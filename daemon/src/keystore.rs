@@ -129,6 +129,16 @@ impl KeyStore for PersistentSoftwareKeyStore {
         self.inner.open_credential_id(rp_id_hash, credential_id)
     }
 
+    fn create_pin_object(&mut self, pin_hash: &[u8; 16]) -> Result<Option<Vec<u8>>, KeyStoreError> {
+        self.inner.create_pin_object(pin_hash)
+    }
+    fn check_pin_object(
+        &mut self,
+        object: &[u8],
+        pin_hash: &[u8; 16],
+    ) -> Result<fidoseal_ctap::platform::PinCheck, KeyStoreError> {
+        self.inner.check_pin_object(object, pin_hash)
+    }
     fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, KeyStoreError> {
         self.inner.derive_secret(context)
     }

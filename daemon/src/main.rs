@@ -39,14 +39,19 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Config, DeviceMode, KeyStoreBackend, PromptMode};
 
-const USAGE: &str = "usage: fidoseald --config PATH\n\nA virtual FIDO2 security key through /dev/uhid.\n";
+const USAGE: &str = "usage: fidoseald --config PATH [--release-tpm-anchor]\n\nA virtual FIDO2 security key through \
+                     /dev/uhid.\n--release-tpm-anchor: with fidoseald stopped, release the TPM's anti-rollback \
+                     counter and remove the anchor file (uninstall, machine reset; docs/tpm.md), then exit.\n";
 
-fn parse_args() -> Result<PathBuf, String> {
+/// The config path, and whether `--release-tpm-anchor` was given.
+fn parse_args() -> Result<(PathBuf, bool), String> {
     let mut args = std::env::args_os().skip(1);
     let mut config = None;
+    let mut release_anchor = false;
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--config") => config = Some(PathBuf::from(args.next().ok_or("--config needs a path")?)),
+            Some("--release-tpm-anchor") => release_anchor = true,
             Some("--help" | "-h") => return Err(String::new()),
             Some("--version") => {
                 println!("fidoseald {}", env!("CARGO_PKG_VERSION"));
@@ -55,14 +60,14 @@ fn parse_args() -> Result<PathBuf, String> {
             _ => return Err(format!("unknown argument {}", arg.to_string_lossy())),
         }
     }
-    config.ok_or_else(|| "--config is required".into())
+    Ok((config.ok_or("--config is required")?, release_anchor))
 }
 
 fn main() -> ExitCode {
     // Journald natively under systemd (the audit trail's fields), plain
     // text elsewhere, colour only on a terminal (log/).
     fidoseal_log::init("fidoseald", "info");
-    let config_path = match parse_args() {
+    let (config_path, release) = match parse_args() {
         Ok(p) => p,
         Err(message) => {
             if !message.is_empty() {
@@ -72,6 +77,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if release {
+        return match release_anchor(&config_path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                tracing::error!("{message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&config_path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -79,6 +93,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn release_anchor(config_path: &std::path::Path) -> Result<(), String> {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    if config.keystore.backend != KeyStoreBackend::Tpm {
+        return Err("--release-tpm-anchor: [keystore] backend is not \"tpm\"; there is no anchor".into());
+    }
+    let released =
+        tpm::rollback::release(&config.keystore.tpm_settings(), &config.state_dir).map_err(|e| e.to_string())?;
+    println!(
+        "fidoseald: anti-rollback NV index {:#010x} {}",
+        tpm::rollback::NV_INDEX,
+        if released { "released" } else { "was not defined" }
+    );
+    Ok(())
 }
 
 fn run(config_path: &std::path::Path) -> Result<(), String> {
@@ -105,11 +134,17 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
 
     let mut tpm_manufacturer = None;
     let mut tpm_store = None;
+    let mut rollback_anchor = None;
     let (mut keystore, key_store_created): (Box<dyn KeyStore>, bool) = match config.keystore.backend {
         KeyStoreBackend::Software => {
             tracing::warn!(
                 state_dir = %config.state_dir.display(),
                 "SOFTWARE KEY STORE: private keys are protected only by a key file in the state directory, not by a TPM"
+            );
+            tracing::warn!(
+                "software key store: no anti-rollback (a restored copy of the state directory brings PIN retries, \
+                 signature counters and deleted passkeys back) and no PIN guessing limit beyond CTAP's own counter \
+                 (docs/tpm.md)"
             );
             let store = keystore::PersistentSoftwareKeyStore::open(&config.state_dir).map_err(|e| e.to_string())?;
             let created = store.just_created();
@@ -121,6 +156,14 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
             let created = *store.startup() != tpm::Startup::Reopened;
             tpm_manufacturer = Some(store.manufacturer().to_owned());
+            let (anchor, start) = store.rollback_anchor(&config.state_dir).map_err(|e| e.to_string())?;
+            tracing::info!(
+                nv_index = format!("{:#010x}", tpm::rollback::NV_INDEX),
+                counter = anchor.counter(),
+                start = ?start,
+                "anti-rollback anchor ready"
+            );
+            rollback_anchor = Some(anchor);
             let shared = std::sync::Arc::new(std::sync::Mutex::new(store));
             tpm_store = Some(std::sync::Arc::clone(&shared));
             (Box::new(tpm::admin::SharedTpmKeyStore(shared)), created)
@@ -139,6 +182,7 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             state_dir: config.state_dir.clone(),
             capacity: config.authenticator.discoverable_credentials,
             authenticator: devices::authenticator_config(&config),
+            anchor: rollback_anchor.clone(),
         };
         (Arc::new(devices::Devices::per_user()), Some(factory))
     } else {
@@ -149,6 +193,7 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             &mut *keystore,
             key_store_created,
             user.as_deref(),
+            rollback_anchor.as_ref().map(|anchor| (anchor, tpm::rollback::SINGLE_USER)),
         )?;
         // Looked up here, before the runtime, and again on SIGHUP: never by
         // a D-Bus handler (NSS may wait for LDAP or sssd).

@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, Secret32};
+use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, PinCheck, Secret32};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -181,6 +181,16 @@ impl KeyStore for UserKeyStore {
     fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, KeyStoreError> {
         let bound = self.bound_context(context);
         self.lock().derive_secret(&bound)
+    }
+
+    /// A PIN object is the user's own by its blob, kept in the user's
+    /// state; the PIN hash is its authorization value as it is.
+    fn create_pin_object(&mut self, pin_hash: &[u8; 16]) -> Result<Option<Vec<u8>>, KeyStoreError> {
+        self.lock().create_pin_object(pin_hash)
+    }
+
+    fn check_pin_object(&mut self, object: &[u8], pin_hash: &[u8; 16]) -> Result<PinCheck, KeyStoreError> {
+        self.lock().check_pin_object(object, pin_hash)
     }
 
     /// The machine's one attestation key, the same for every user.

@@ -15,6 +15,7 @@
 //!   (`migrate.rs`).
 
 mod migrate;
+mod rollback;
 mod schema;
 
 use std::fs::OpenOptions;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use migrate::{Migration, LEGACY_FILE};
+pub use rollback::{AnchorSink, RecordCheck};
 
 /// The database file in the state directory.
 pub const DATABASE_FILE: &str = "credentials.db";
@@ -99,9 +101,11 @@ pub struct CredentialDatabase {
     state: AuthenticatorState,
     key_store: Option<KeyStoreBinding>,
     migration: Option<Migration>,
+    /// Anti-rollback (rollback.rs), once the daemon turned it on.
+    rollback: Option<rollback::Protection>,
 }
 
-mod setting {
+pub(crate) mod setting {
     pub const AUTHENTICATOR: &str = "authenticator";
     pub const LARGE_BLOB_ARRAY: &str = "large_blob_array";
     pub const KEY_STORE: &str = "key_store";
@@ -209,9 +213,11 @@ fn reset_in(tx: &rusqlite::Transaction<'_>, floor: u32) -> rusqlite::Result<u32>
     let floor = highest.and_then(|h| u32::try_from(h).ok()).map_or(floor, |h| h.max(floor));
     tx.execute("DELETE FROM credentials", [])?;
     tx.execute("DELETE FROM signature_counters", [])?;
+    // The rollback record goes too: a protected store writes a new one in
+    // the same transaction (covered_transaction).
     tx.execute(
-        "DELETE FROM settings WHERE name IN (?1, ?2, ?3)",
-        params![setting::AUTHENTICATOR, setting::LARGE_BLOB_ARRAY, setting::KEY_STORE],
+        "DELETE FROM settings WHERE name IN (?1, ?2, ?3, ?4)",
+        params![setting::AUTHENTICATOR, setting::LARGE_BLOB_ARRAY, setting::KEY_STORE, rollback::ROW],
     )?;
     put_setting(tx, setting::COUNTER_FLOOR, &floor)?;
     Ok(floor)
@@ -238,6 +244,7 @@ impl CredentialDatabase {
             state: AuthenticatorState::default(),
             key_store: None,
             migration,
+            rollback: None,
         };
         database.load()?;
         Ok(database)
@@ -312,6 +319,107 @@ impl CredentialDatabase {
         Ok(result)
     }
 
+    /// Runs `change` like [`Self::transaction`] and, with anti-rollback on,
+    /// renews the rollback record in the same transaction: a new version
+    /// when `change` says the change must not be undone, then anchored
+    /// after the commit ([`AnchorSink`]). `committed` updates memory after
+    /// the commit, before the anchor: a failed anchor fails the request,
+    /// but memory stays what the database holds.
+    fn covered_transaction<T>(
+        &mut self,
+        change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, bool), StoreError>,
+        committed: impl FnOnce(&mut Self, &T),
+    ) -> Result<T, StoreError> {
+        let protection = self.rollback.as_ref().map(|p| (p.key.clone(), p.version));
+        let (value, bumped) = self.transaction(|tx| {
+            let (value, bump) = change(tx)?;
+            let bumped = match &protection {
+                Some((key, version)) => {
+                    let next = if bump { version + 1 } else { *version };
+                    rollback::write(tx, key, next).map_err(sql_error)?;
+                    bump.then_some(next)
+                }
+                None => None,
+            };
+            Ok((value, bumped))
+        })?;
+        committed(self, &value);
+        if let (Some(version), Some(protection)) = (bumped, self.rollback.as_mut()) {
+            protection.version = version;
+            protection.sink.anchor(version).map_err(|e| StoreError::Io(format!("anti-rollback anchor: {e}")))?;
+        }
+        Ok(value)
+    }
+
+    /// Turns anti-rollback on with the daemon's MAC `key` for this state,
+    /// and says what the database's record is. The caller compares it with
+    /// the anchor and then calls [`Self::set_rollback_version`] or refuses.
+    pub fn protect(
+        &mut self,
+        key: zeroize::Zeroizing<[u8; 32]>,
+        sink: Box<dyn AnchorSink>,
+    ) -> Result<RecordCheck, StateError> {
+        let check = rollback::check(&self.connection, &key)
+            .map_err(|e| StateError::Corrupt { path: self.path.clone(), reason: format!("rollback record: {e}") })?;
+        let version = match check {
+            RecordCheck::Valid { version } => version,
+            RecordCheck::Missing | RecordCheck::Mismatch => 0,
+        };
+        self.rollback = Some(rollback::Protection { key, sink, version, counter_ceiling: None });
+        Ok(check)
+    }
+
+    /// Writes the rollback record for the content as it is, at `version`
+    /// (a database from before anti-rollback, or a state an administrator
+    /// accepted); not anchored here.
+    pub fn set_rollback_version(&mut self, version: u64) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let Some(key) = self.rollback.as_ref().map(|p| p.key.clone()) else {
+            return Ok(());
+        };
+        self.transaction(|tx| rollback::write(tx, &key, version).map_err(sql_error))
+            .map_err(|e| StateError::Write { path, reason: e.to_string() })?;
+        if let Some(protection) = self.rollback.as_mut() {
+            protection.version = version;
+        }
+        Ok(())
+    }
+
+    /// Epoch-based signature counters (docs/tpm.md, "Signature counters"):
+    /// every counter given from now on is above `floor` (raised, never
+    /// lowered, and stored), and reaching `ceiling` asks the anchor for a
+    /// new epoch. The daemon's epochs are such that a later epoch's floor is
+    /// at or above every earlier epoch's ceiling, so no counter goes back,
+    /// even after an older copy of the state was restored.
+    pub fn set_counter_epoch(&mut self, floor: u32, ceiling: u32) -> Result<(), StoreError> {
+        if floor > self.counter_floor {
+            self.transaction(|tx| put_setting(tx, setting::COUNTER_FLOOR, &floor).map_err(sql_error))?;
+            self.counter_floor = floor;
+        }
+        if let Some(protection) = self.rollback.as_mut() {
+            protection.counter_ceiling = Some(ceiling);
+        }
+        Ok(())
+    }
+
+    /// What the rollback record says under another `key` (a state moved
+    /// from the single-user place to a user's: its record has the old key).
+    pub fn rollback_record_under(&self, key: &[u8; 32]) -> Result<RecordCheck, StateError> {
+        rollback::check(&self.connection, key)
+            .map_err(|e| StateError::Corrupt { path: self.path.clone(), reason: format!("rollback record: {e}") })
+    }
+
+    /// Nothing in it: no credential, no PIN, no large blob (a new state, or
+    /// one reset by deleting its directory).
+    pub fn is_empty(&self) -> bool {
+        !self.holds_key_store_data()
+    }
+
+    /// The version of the rollback record, with anti-rollback on.
+    pub fn rollback_version(&self) -> Option<u64> {
+        self.rollback.as_ref().map(|p| p.version)
+    }
+
     /// Credentials, a PIN or large blobs: something that a key store
     /// switch would make unusable.
     fn holds_key_store_data(&self) -> bool {
@@ -363,14 +471,15 @@ impl CredentialDatabase {
         let kept = PathBuf::from(format!("{}.unusable-{}", path.display(), unix_time()));
         self.copy_to(&kept)?;
         let floor = self.counter_floor;
-        let floor = self
-            .transaction(|tx| {
+        self.covered_transaction(
+            |tx| {
                 let floor = reset_in(tx, floor).map_err(sql_error)?;
                 put_setting(tx, setting::KEY_STORE, &record).map_err(sql_error)?;
-                Ok(floor)
-            })
-            .map_err(write_error)?;
-        self.after_reset(floor);
+                Ok((floor, true))
+            },
+            |db, &floor| db.after_reset(floor),
+        )
+        .map_err(write_error)?;
         self.key_store = Some(binding);
         let previous = recorded.map_or_else(|| "an earlier key store (not recorded)".to_owned(), |b| b.name);
         Ok(Binding::SetAside { kept, previous })
@@ -532,43 +641,53 @@ impl CredentialStore for CredentialDatabase {
 
     fn save(&mut self, credential: ResidentCredential) -> Result<(), StoreError> {
         let (count, capacity, floor) = (self.count, self.capacity, self.counter_floor);
-        let count = self.transaction(|tx| {
-            // Same rp and user: the new credential replaces the old one (§6.1.2 step 15).
-            let replaced = tx
-                .prepare_cached(
-                    "DELETE FROM credentials WHERE rp_id_hash = ?1 AND user_id = ?2 AND credential_id != ?3",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        rp_id_hash(&credential.rp_id).as_slice(),
-                        credential.user_id,
-                        credential.credential_id
-                    ])
-                })
-                .map_err(sql_error)?;
-            let exists = tx
-                .prepare_cached("SELECT 1 FROM credentials WHERE credential_id = ?1")
-                .and_then(|mut s| s.exists([&credential.credential_id]))
-                .map_err(sql_error)?;
-            let count = count - replaced.min(count);
-            if !exists && count >= capacity {
-                return Err(StoreError::Full);
-            }
-            upsert_credential(tx, &credential, floor).map_err(sql_error)?;
-            Ok(if exists { count } else { count + 1 })
-        })?;
-        self.count = count;
-        self.newest_created = self.newest_created.max(credential.created);
+        let created = credential.created;
+        self.covered_transaction(
+            |tx| {
+                // Same rp and user: the new credential replaces the old one (§6.1.2 step 15).
+                let replaced = tx
+                    .prepare_cached(
+                        "DELETE FROM credentials WHERE rp_id_hash = ?1 AND user_id = ?2 AND credential_id != ?3",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            rp_id_hash(&credential.rp_id).as_slice(),
+                            credential.user_id,
+                            credential.credential_id
+                        ])
+                    })
+                    .map_err(sql_error)?;
+                let exists = tx
+                    .prepare_cached("SELECT 1 FROM credentials WHERE credential_id = ?1")
+                    .and_then(|mut s| s.exists([&credential.credential_id]))
+                    .map_err(sql_error)?;
+                let count = count - replaced.min(count);
+                if !exists && count >= capacity {
+                    return Err(StoreError::Full);
+                }
+                upsert_credential(tx, &credential, floor).map_err(sql_error)?;
+                // A replaced credential is one deleted: undoing that must not work.
+                Ok((if exists { count } else { count + 1 }, replaced > 0))
+            },
+            |db, &count| {
+                db.count = count;
+                db.newest_created = db.newest_created.max(created);
+            },
+        )?;
         Ok(())
     }
 
     fn delete(&mut self, credential_id: &[u8]) -> Result<bool, StoreError> {
-        let deleted = self.transaction(|tx| {
-            tx.prepare_cached("DELETE FROM credentials WHERE credential_id = ?1")
-                .and_then(|mut s| s.execute([credential_id]))
-                .map_err(sql_error)
-        })?;
-        self.count -= deleted.min(self.count);
+        let deleted = self.covered_transaction(
+            |tx| {
+                let deleted = tx
+                    .prepare_cached("DELETE FROM credentials WHERE credential_id = ?1")
+                    .and_then(|mut s| s.execute([credential_id]))
+                    .map_err(sql_error)?;
+                Ok((deleted, deleted > 0))
+            },
+            |db, &deleted| db.count -= deleted.min(db.count),
+        )?;
         Ok(deleted > 0)
     }
 
@@ -589,31 +708,42 @@ impl CredentialStore for CredentialDatabase {
     }
 
     fn next_signature_counter(&mut self, credential_id: &[u8]) -> Result<u32, StoreError> {
+        // Above the floor: after a reset, and each epoch of the daemon's
+        // anti-rollback (set_counter_epoch), every counter jumps above it.
         let first = self.counter_floor.saturating_add(1);
-        self.transaction(|tx| {
+        let value = self.transaction(|tx| {
             // A discoverable credential's counter lives in its row; any
             // other credential (its key is in its ID) gets a counter row at
             // its first assertion. Counters stop at u32::MAX, never wrap.
             let resident: Option<i64> = tx
                 .prepare_cached(
-                    "UPDATE credentials SET signature_counter = min(signature_counter + 1, 4294967295)
+                    "UPDATE credentials SET signature_counter = min(max(signature_counter + 1, ?2), 4294967295)
                      WHERE credential_id = ?1 RETURNING signature_counter",
                 )
-                .and_then(|mut s| s.query_row([credential_id], |r| r.get(0)).optional())
+                .and_then(|mut s| s.query_row(params![credential_id, first], |r| r.get(0)).optional())
                 .map_err(sql_error)?;
             let value = match resident {
                 Some(value) => value,
                 None => tx
                     .prepare_cached(
                         "INSERT INTO signature_counters (credential_id, value) VALUES (?1, ?2)
-                         ON CONFLICT (credential_id) DO UPDATE SET value = min(value + 1, 4294967295)
+                         ON CONFLICT (credential_id) DO UPDATE SET value = min(max(value + 1, ?2), 4294967295)
                          RETURNING value",
                     )
                     .and_then(|mut s| s.query_row(params![credential_id, first], |r| r.get(0)))
                     .map_err(sql_error)?,
             };
             u32::try_from(value).map_err(|_| StoreError::Io(format!("signature counter {value} out of range")))
-        })
+        })?;
+        if let Some(protection) = self.rollback.as_mut() {
+            if protection.counter_ceiling == Some(value) {
+                // The last value of this epoch: the next ones come from a new one.
+                let (floor, ceiling) =
+                    protection.sink.new_epoch().map_err(|e| StoreError::Io(format!("anti-rollback epoch: {e}")))?;
+                self.set_counter_epoch(floor, ceiling)?;
+            }
+        }
+        Ok(value)
     }
 
     fn load_state(&self) -> AuthenticatorState {
@@ -630,17 +760,19 @@ impl CredentialStore for CredentialDatabase {
         if settings.is_none() && blobs.is_none() {
             return Ok(());
         }
-        self.transaction(|tx| {
-            if let Some(row) = &settings {
-                put_setting(tx, setting::AUTHENTICATOR, row).map_err(sql_error)?;
-            }
-            if let Some(blobs) = blobs {
-                put_setting(tx, setting::LARGE_BLOB_ARRAY, blobs).map_err(sql_error)?;
-            }
-            Ok(())
-        })?;
-        self.state = state.clone();
-        Ok(())
+        let bump = settings.is_some() && rollback::must_bump(&self.state, state);
+        self.covered_transaction(
+            |tx| {
+                if let Some(row) = &settings {
+                    put_setting(tx, setting::AUTHENTICATOR, row).map_err(sql_error)?;
+                }
+                if let Some(blobs) = blobs {
+                    put_setting(tx, setting::LARGE_BLOB_ARRAY, blobs).map_err(sql_error)?;
+                }
+                Ok(((), bump))
+            },
+            |db, ()| db.state = state.clone(),
+        )
     }
 
     fn reset(&mut self) -> Result<(), StoreError> {
@@ -648,8 +780,10 @@ impl CredentialStore for CredentialDatabase {
         // tied to it again at the next start (bind_key_store adopts an
         // unrecorded state beside a key store that was already there).
         let floor = self.counter_floor;
-        let floor = self.transaction(|tx| reset_in(tx, floor).map_err(sql_error))?;
-        self.after_reset(floor);
+        self.covered_transaction(
+            |tx| Ok((reset_in(tx, floor).map_err(sql_error)?, true)),
+            |db, &floor| db.after_reset(floor),
+        )?;
         Ok(())
     }
 }

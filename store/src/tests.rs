@@ -625,3 +625,57 @@ fn a_failed_upgrade_step_changes_nothing() {
     assert_eq!(user_version(&path), 1, "the step rolled back");
     assert_eq!(schema_sql(&path), before);
 }
+
+/// Records what is anchored; fails when told to.
+#[derive(Clone, Default)]
+struct Anchored(std::sync::Arc<std::sync::Mutex<(Vec<u64>, bool)>>);
+
+impl AnchorSink for Anchored {
+    fn anchor(&mut self, version: u64) -> Result<(), String> {
+        let mut inner = self.0.lock().unwrap();
+        if inner.1 {
+            return Err("TPM gone".into());
+        }
+        inner.0.push(version);
+        Ok(())
+    }
+    fn new_epoch(&mut self) -> Result<(u32, u32), String> {
+        Err("no epochs here".into())
+    }
+}
+
+#[test]
+fn rollback_records_follow_the_content_and_bump_only_what_must_not_be_undone() {
+    let dir = temp_dir("rollback");
+    let key = zeroize::Zeroizing::new([7u8; 32]);
+    let sink = Anchored::default();
+    let mut db = CredentialDatabase::open(dir.path(), 10).unwrap();
+    assert_eq!(db.protect(key.clone(), Box::new(sink.clone())).unwrap(), RecordCheck::Missing);
+    db.set_rollback_version(1).unwrap();
+    db.save(credential("a.example", b"u", 1)).unwrap();
+    db.save_state(&with_pin()).unwrap();
+    assert_eq!(sink.0.lock().unwrap().0, vec![2], "a new credential renews the MAC only; a PIN set is anchored");
+    let fewer = AuthenticatorState { pin_retries: 4, ..with_pin() };
+    db.save_state(&fewer).unwrap();
+    db.save_state(&with_pin()).unwrap();
+    assert_eq!(sink.0.lock().unwrap().0, vec![2, 3], "a retry spent is anchored, retries given back are not");
+    assert!(db.delete(&[1; 16]).unwrap());
+    assert_eq!(sink.0.lock().unwrap().0, vec![2, 3, 4]);
+    // A failed anchor fails the request, and memory stays what the database holds.
+    sink.0.lock().unwrap().1 = true;
+    db.save(credential("b.example", b"u", 2)).unwrap();
+    assert!(matches!(db.delete(&[2; 16]), Err(StoreError::Io(_))));
+    assert_eq!(db.credential_count(), 0);
+    drop(db);
+    let mut db = CredentialDatabase::open(dir.path(), 10).unwrap();
+    assert_eq!(db.credential_count(), 0);
+    assert_eq!(db.protect(key.clone(), Box::new(Anchored::default())).unwrap(), RecordCheck::Valid { version: 5 });
+    // Another key, or content changed outside: the record does not match.
+    assert_eq!(db.rollback_record_under(&[8; 32]).unwrap(), RecordCheck::Mismatch);
+    drop(db);
+    let connection = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    connection.execute("DELETE FROM settings WHERE name = 'authenticator'", []).unwrap();
+    drop(connection);
+    let mut db = CredentialDatabase::open(dir.path(), 10).unwrap();
+    assert_eq!(db.protect(key, Box::new(Anchored::default())).unwrap(), RecordCheck::Mismatch);
+}

@@ -987,6 +987,19 @@ impl fidoseal_ctap::platform::KeyStore for FailingPrf {
     ) -> Result<Vec<u8>, fidoseal_ctap::platform::KeyStoreError> {
         self.inner.open_credential_id(rp_id_hash, credential_id)
     }
+    fn create_pin_object(
+        &mut self,
+        pin_hash: &[u8; 16],
+    ) -> Result<Option<Vec<u8>>, fidoseal_ctap::platform::KeyStoreError> {
+        self.inner.create_pin_object(pin_hash)
+    }
+    fn check_pin_object(
+        &mut self,
+        object: &[u8],
+        pin_hash: &[u8; 16],
+    ) -> Result<fidoseal_ctap::platform::PinCheck, fidoseal_ctap::platform::KeyStoreError> {
+        self.inner.check_pin_object(object, pin_hash)
+    }
     fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, fidoseal_ctap::platform::KeyStoreError> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(fidoseal_ctap::platform::KeyStoreError::Backend("the boot state changed: test".into()));

@@ -197,6 +197,19 @@ impl KeyStore for NoMachineKey {
     ) -> Result<Vec<u8>, fidoseal_ctap::platform::KeyStoreError> {
         self.0.open_credential_id(rp_id_hash, credential_id)
     }
+    fn create_pin_object(
+        &mut self,
+        pin_hash: &[u8; 16],
+    ) -> Result<Option<Vec<u8>>, fidoseal_ctap::platform::KeyStoreError> {
+        self.0.create_pin_object(pin_hash)
+    }
+    fn check_pin_object(
+        &mut self,
+        object: &[u8],
+        pin_hash: &[u8; 16],
+    ) -> Result<fidoseal_ctap::platform::PinCheck, fidoseal_ctap::platform::KeyStoreError> {
+        self.0.check_pin_object(object, pin_hash)
+    }
     fn derive_secret(
         &mut self,
         context: &[u8],

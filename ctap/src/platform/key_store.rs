@@ -65,6 +65,19 @@ pub enum KeyStoreError {
     MachineAttestation(String),
 }
 
+/// What a PIN object said about a PIN hash ([`KeyStore::check_pin_object`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinCheck {
+    /// The PIN hash is the object's authorization value.
+    Match,
+    /// It is not; the store's own guessing limit counted the failure (for
+    /// the TPM, its dictionary-attack counter).
+    Mismatch,
+    /// The store refuses every PIN for now (the TPM is in dictionary-attack
+    /// lockout): nothing was compared, so nothing may be counted.
+    Locked,
+}
+
 /// Where private keys are made and used; private keys never leave it in the
 /// clear.
 pub trait KeyStore: Send {
@@ -89,6 +102,18 @@ pub trait KeyStore: Send {
     /// large-blob keys, so those secrets are as bound to the machine as the
     /// credential keys.
     fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, KeyStoreError>;
+    /// A PIN object for `pin_hash` (LEFT(SHA-256(PIN), 16)): something of
+    /// the store that only this PIN hash can use, under a guessing limit of
+    /// the store's own (the TPM's dictionary-attack lockout), stored in the
+    /// PIN record. `None`: the store has no such object (the software
+    /// store), and the PIN record keeps the HMAC verifier made with
+    /// [`derive_secret`]. No default: a wrapper that forgot to forward this
+    /// would silently store the weaker verifier.
+    ///
+    /// [`derive_secret`]: KeyStore::derive_secret
+    fn create_pin_object(&mut self, pin_hash: &[u8; 16]) -> Result<Option<Vec<u8>>, KeyStoreError>;
+    /// Uses a PIN object of [`KeyStore::create_pin_object`] with `pin_hash`.
+    fn check_pin_object(&mut self, object: &[u8], pin_hash: &[u8; 16]) -> Result<PinCheck, KeyStoreError>;
     /// authenticatorReset: forget every secret so that all earlier
     /// credential IDs and key handles become unusable. The machine
     /// attestation key stays: it names the machine, not its user.

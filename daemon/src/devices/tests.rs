@@ -61,6 +61,7 @@ fn factory(state_dir: &Path) -> (Config, DeviceFactory) {
         state_dir: state_dir.to_path_buf(),
         capacity: 50,
         authenticator: authenticator_config(&config),
+        anchor: None,
     };
     (config, factory)
 }
@@ -145,7 +146,7 @@ fn a_single_user_state_becomes_its_owners_with_nothing_lost() {
     let (resident, server_side, public_key) = {
         let mut keys = keystore::PersistentSoftwareKeyStore::open(&dir.path).unwrap();
         let created = keys.just_created();
-        let credentials = open_credentials(&dir.path, 50, &mut keys, created, Some("alice")).unwrap();
+        let credentials = open_credentials(&dir.path, 50, &mut keys, created, Some("alice"), None).unwrap();
         let mut platform =
             fidoseal_tests::software_platform(Box::new(ScriptedPrompt::approving()), Box::new(DenyList::default()), 0);
         platform.keystore = Box::new(keys);

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, Secret32};
+use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, PinCheck, Secret32};
 use fidoseal_dbus::{detail, Details};
 
 use super::pcr_policy::{selection_text, BootReport};
@@ -45,6 +45,12 @@ impl KeyStore for SharedTpmKeyStore {
     }
     fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, KeyStoreError> {
         self.lock().derive_secret(context)
+    }
+    fn create_pin_object(&mut self, pin_hash: &[u8; 16]) -> Result<Option<Vec<u8>>, KeyStoreError> {
+        self.lock().create_pin_object(pin_hash)
+    }
+    fn check_pin_object(&mut self, object: &[u8], pin_hash: &[u8; 16]) -> Result<PinCheck, KeyStoreError> {
+        self.lock().check_pin_object(object, pin_hash)
     }
     fn reset(&mut self) -> Result<(), KeyStoreError> {
         self.lock().reset()

@@ -45,6 +45,12 @@ pub mod objects;
 pub mod pcr_policy;
 #[cfg(test)]
 pub(crate) mod pcr_tests;
+mod pin_object;
+#[cfg(test)]
+mod pin_tests;
+pub mod rollback;
+#[cfg(test)]
+mod rollback_tests;
 mod state_file;
 #[cfg(test)]
 pub mod swtpm;
@@ -53,13 +59,13 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Once;
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
 use fidoseal_ctap::authenticator::FIDOSEAL_AAGUID;
 use fidoseal_ctap::machine_attestation;
-use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, PublicKey, Secret32};
+use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, PinCheck, PublicKey, Secret32};
 use sha2::{Digest as _, Sha256};
 use tss_esapi::attributes::SessionAttributesBuilder;
 use tss_esapi::constants::{CapabilityType, PropertyTag, SessionType, StartupType};
@@ -185,7 +191,9 @@ fn at(step: &'static str) -> impl FnOnce(tss_esapi::Error) -> OpError {
 }
 
 pub struct TpmKeyStore {
-    tpm: Tpm,
+    /// Shared with the anti-rollback anchor (rollback.rs), which uses the
+    /// same connection: swtpm serves one at a time.
+    tpm: Arc<Mutex<Tpm>>,
     path: PathBuf,
     hmac_public: Public,
     hmac_private: Private,
@@ -204,7 +212,7 @@ pub struct TpmKeyStore {
 
 impl std::fmt::Debug for TpmKeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TpmKeyStore").field("tcti", &self.tpm.tcti_text).finish_non_exhaustive()
+        f.debug_struct("TpmKeyStore").field("tcti", &self.tpm().tcti_text).finish_non_exhaustive()
     }
 }
 
@@ -658,8 +666,9 @@ impl Opened {
             ))
         })?;
         let owner_auth = settings.owner_auth_file.as_deref().map(read_owner_auth).transpose()?;
-        let (ctx, manufacturer) = open_context(&tcti, &tcti_text, owner_auth.as_deref().map(Vec::as_slice))
+        let (mut ctx, manufacturer) = open_context(&tcti, &tcti_text, owner_auth.as_deref().map(Vec::as_slice))
             .map_err(|message| TpmSetupError::Unreachable(format!("{message}. {}", unreachable_hint(&tcti_text))))?;
+        pin_object::log_dictionary_attack_parameters(&mut ctx);
         let machine_key_path = crate::machine_key::path(state_dir, "tpm");
         Ok(Self { tcti, tcti_text, owner_auth, ctx, manufacturer, path, machine_key_path })
     }
@@ -808,14 +817,14 @@ impl TpmKeyStore {
         let Opened { tcti, tcti_text, owner_auth, ctx, manufacturer, path, machine_key_path } = opened;
         let Generation { primary, persisted, hmac_public, hmac_private, sealing_key } = generation;
         Self {
-            tpm: Tpm {
+            tpm: Arc::new(Mutex::new(Tpm {
                 tcti,
                 tcti_text,
                 owner_auth,
                 generation: persisted.generation,
                 primary_name: persisted.primary_name,
                 conn: Some(Connection { ctx, primary }),
-            },
+            })),
             path,
             hmac_public,
             hmac_private,
@@ -839,6 +848,22 @@ impl TpmKeyStore {
         Ok(aside)
     }
 
+    /// The TPM connection (a poisoned lock is taken over: the connection is
+    /// re-established when an operation finds it broken).
+    fn tpm(&self) -> MutexGuard<'_, Tpm> {
+        locked(&self.tpm)
+    }
+
+    /// The machine's anti-rollback anchor (rollback.rs) in `state_dir`, on
+    /// this store's TPM connection. A stale state directory is an error.
+    pub fn rollback_anchor(
+        &self,
+        state_dir: &Path,
+    ) -> Result<(rollback::RollbackAnchor, rollback::AnchorStart), rollback::RollbackError> {
+        let fresh = self.startup != Startup::Reopened;
+        rollback::RollbackAnchor::open(Arc::clone(&self.tpm), state_dir, fresh)
+    }
+
     /// The TPM's manufacturer, for `fidosealctl status`.
     pub fn manufacturer(&self) -> &str {
         &self.manufacturer
@@ -855,7 +880,7 @@ impl TpmKeyStore {
     /// tests and the benchmark.
     #[allow(dead_code)]
     pub fn transient_objects(&mut self) -> Result<usize, KeyStoreError> {
-        self.tpm.run("count handles", |conn| transient_handles(&mut conn.ctx))
+        self.tpm().run("count handles", |conn| transient_handles(&mut conn.ctx))
     }
 
     /// The credential-ID cipher; in an unapproved boot state, the error
@@ -866,7 +891,7 @@ impl TpmKeyStore {
             // Approved since start (pcr_policy.rs): compute the key now.
             let (public, private, boot) = (&self.hmac_public, &self.hmac_private, self.boot.as_ref());
             let key = self
-                .tpm
+                .tpm()
                 .run("load the sealing key", |conn| sealing_key(&mut conn.ctx, conn.primary, public, private, boot))?;
             self.sealing_key = Some(key);
         }
@@ -879,7 +904,7 @@ impl TpmKeyStore {
         let Some(boot) = self.boot.as_ref() else {
             return Ok(());
         };
-        self.tpm.run("check the boot state", |conn| boot.check(&mut conn.ctx))
+        self.tpm().run("check the boot state", |conn| boot.check(&mut conn.ctx))
     }
 
     /// The authPolicy of this generation's objects, if it is bound.
@@ -974,7 +999,7 @@ impl TpmKeyStore {
             }
             None => {
                 let serial = machine_attestation::new_serial()?;
-                let (blob, certificate) = self.tpm.run("create the machine attestation key", |conn| {
+                let (blob, certificate) = self.tpm().run("create the machine attestation key", |conn| {
                     with_machine_primary(conn, |ctx, primary| {
                         let template =
                             objects::credential_key_public(&[], &[]).map_err(at("building the key template"))?;
@@ -1034,7 +1059,7 @@ impl KeyStore for TpmKeyStore {
         // No key is made that could not be used.
         self.require_approved_boot_state()?;
         let policy = self.object_policy();
-        let blob = self.tpm.run("generate", |conn| {
+        let blob = self.tpm().run("generate", |conn| {
             let template = objects::credential_key_public(&[], &[])
                 .and_then(|t| objects::bound(t, policy.as_deref()))
                 .map_err(at("building the key template"))?;
@@ -1056,7 +1081,7 @@ impl KeyStore for TpmKeyStore {
         let private = blob.private().map_err(|_| KeyStoreError::NotAuthentic)?;
         let digest = Sha256::digest(message);
         let boot = self.boot.as_ref();
-        self.tpm.run("sign", |conn| {
+        self.tpm().run("sign", |conn| {
             let parent = conn.primary;
             sign_digest(&mut conn.ctx, parent, &public, &private, &digest, boot)
         })
@@ -1103,9 +1128,32 @@ impl KeyStore for TpmKeyStore {
         }
         let (public, private, boot) = (&self.hmac_public, &self.hmac_private, self.boot.as_ref());
         let out = self
-            .tpm
+            .tpm()
             .run("derive secret", |conn| tpm_hmac(&mut conn.ctx, conn.primary, public, private, &input, boot))?;
         Ok(Secret32(*out))
+    }
+
+    fn create_pin_object(&mut self, pin_hash: &[u8; 16]) -> Result<Option<Vec<u8>>, KeyStoreError> {
+        let object = self
+            .tpm()
+            .run("create the PIN object", |conn| pin_object::create(&mut conn.ctx, conn.primary, pin_hash))?;
+        Ok(Some(object))
+    }
+
+    fn check_pin_object(&mut self, object: &[u8], pin_hash: &[u8; 16]) -> Result<PinCheck, KeyStoreError> {
+        let (public, private) = pin_object::decode(object)
+            .ok_or_else(|| KeyStoreError::Backend("the PIN record holds no PIN object of this key store".into()))?;
+        let check = self
+            .tpm()
+            .run("check the PIN", |conn| pin_object::check(&mut conn.ctx, conn.primary, &public, &private, pin_hash))?;
+        if check == PinCheck::Locked {
+            tracing::warn!(
+                "the TPM is in dictionary-attack lockout: the PIN was not checked and no CTAP retry was counted \
+                 (PIN_AUTH_BLOCKED); it recovers by itself (TPM_PT_LOCKOUT_INTERVAL), or an administrator runs \
+                 `tpm2_dictionarylockout -c`"
+            );
+        }
+        Ok(check)
     }
 
     /// A new generation: new primary and PRF key, so that no earlier
@@ -1114,9 +1162,10 @@ impl KeyStore for TpmKeyStore {
     fn reset(&mut self) -> Result<(), KeyStoreError> {
         let boot = self.boot.as_ref();
         let Generation { primary, persisted, hmac_public, hmac_private, sealing_key } =
-            self.tpm.run("reset", |conn| new_generation(&mut conn.ctx, boot))?;
+            self.tpm().run("reset", |conn| new_generation(&mut conn.ctx, boot))?;
+        let mut tpm = self.tpm();
         if let Err(e) = crate::state::write_atomically(&self.path, &persisted.encode()) {
-            if let Some(conn) = self.tpm.conn.as_mut() {
+            if let Some(conn) = tpm.conn.as_mut() {
                 let _ = conn.ctx.flush_context(primary.into());
             }
             let message = format!("cannot write {}: {e}", self.path.display());
@@ -1124,14 +1173,15 @@ impl KeyStore for TpmKeyStore {
             return Err(KeyStoreError::Backend(message));
         }
         // `run` returned with the connection that holds the new primary.
-        if let Some(conn) = self.tpm.conn.as_mut() {
+        if let Some(conn) = tpm.conn.as_mut() {
             let old = std::mem::replace(&mut conn.primary, primary);
             if let Err(e) = conn.ctx.flush_context(old.into()) {
                 tracing::warn!(error = %describe(&e), "could not flush the previous primary");
             }
         }
-        self.tpm.generation = persisted.generation;
-        self.tpm.primary_name = persisted.primary_name;
+        tpm.generation = persisted.generation;
+        tpm.primary_name = persisted.primary_name;
+        drop(tpm);
         self.hmac_public = hmac_public;
         self.hmac_private = hmac_private;
         self.sealing_key = sealing_key;
@@ -1150,7 +1200,7 @@ impl KeyStore for TpmKeyStore {
         let public = blob.public().map_err(|_| crate::machine_key::damaged(&path, "bad public area"))?;
         let private = blob.private().map_err(|_| crate::machine_key::damaged(&path, "bad private blob"))?;
         let digest = Sha256::digest(message);
-        self.tpm
+        self.tpm()
             .run("sign with the machine attestation key", |conn| {
                 with_machine_primary(conn, |ctx, primary| sign_digest(ctx, primary, &public, &private, &digest, None))
             })
@@ -1189,7 +1239,7 @@ impl TpmKeyStore {
         let Some(boot) = self.boot.as_ref() else {
             return Ok(None);
         };
-        self.tpm.run("read the boot state", |conn| boot.report(&mut conn.ctx)).map(Some)
+        self.tpm().run("read the boot state", |conn| boot.report(&mut conn.ctx)).map(Some)
     }
 
     /// `fidosealctl tpm allow-boot-change`: opens the update window (only
@@ -1198,7 +1248,7 @@ impl TpmKeyStore {
         let Some(boot) = self.boot.as_mut() else {
             return Err(KeyStoreError::Backend("boot-state binding is off ([keystore] pcrs is not set)".into()));
         };
-        self.tpm.run("open the update window", |conn| boot.open_window(&mut conn.ctx))
+        locked(&self.tpm).run("open the update window", |conn| boot.open_window(&mut conn.ctx))
     }
 
     /// `fidosealctl tpm approve-boot-state`: approves the current boot
@@ -1208,7 +1258,7 @@ impl TpmKeyStore {
             return Err(ApproveError::NotBound);
         };
         let mut failure = None;
-        let outcome = self.tpm.run("approve the boot state", |conn| {
+        let outcome = locked(&self.tpm).run("approve the boot state", |conn| {
             match boot.approve_with_recovery(&mut conn.ctx, recovery_key) {
                 Ok(report) => Ok(Some(report)),
                 Err(pcr_policy::RecoveryError::Op(e)) => Err(e),
@@ -1232,4 +1282,12 @@ impl TpmKeyStore {
             }
         }
     }
+}
+
+/// A TPM connection shared by the key store and the rollback anchor; a
+/// poisoned lock is taken over (the connection is re-established when an
+/// operation finds it broken). A free function, so that a method can hold
+/// another field mutably while it uses the TPM.
+fn locked(tpm: &Mutex<Tpm>) -> MutexGuard<'_, Tpm> {
+    tpm.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

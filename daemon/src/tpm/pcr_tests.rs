@@ -46,7 +46,7 @@ impl TpmKeyStore {
     /// Extends PCR 7 through the store's own connection (swtpm serves one
     /// connection at a time).
     pub(crate) fn extend_pcr_for_test(&mut self) {
-        self.tpm
+        self.tpm()
             .run("extend", |conn| {
                 extend(&mut conn.ctx);
                 Ok(())
@@ -55,7 +55,7 @@ impl TpmKeyStore {
     }
 
     fn lockout_counter_for_test(&mut self) -> u32 {
-        self.tpm
+        self.tpm()
             .run("lockout counter", |conn| {
                 let (data, _) = conn
                     .ctx

@@ -385,7 +385,7 @@ fn a_state_directory_copied_to_another_tpm_opens_nothing() {
     // The credential state that depended on the lost keys is copied aside
     // and reset when it is tied to the new store: the one path that does
     // this for every key store (and after a crash between the two).
-    let credentials = crate::devices::open_credentials(&copy, 10, &mut thief, true, None).unwrap();
+    let credentials = crate::devices::open_credentials(&copy, 10, &mut thief, true, None, None).unwrap();
     drop(credentials);
     assert_eq!(crate::state::CredentialDatabase::open(&copy, 10).unwrap().credential_count(), 0);
     let set_aside = std::fs::read_dir(&copy)

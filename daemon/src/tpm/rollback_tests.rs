@@ -1,0 +1,511 @@
+//! Anti-rollback against swtpm (rollback.rs, store rollback.rs): restored
+//! copies of the state directory, of one user's state, or of a database
+//! with the record of a newer one are refused at start with what is stale
+//! and the recovery; a kill at any point between a change and its anchor
+//! starts again; the recovery file and the release work.
+
+use std::path::{Path, PathBuf};
+
+use fidoseal_ctap::platform::{AuthenticatorState, CredentialStore, PinRecord, ResidentCredential};
+use fidoseal_store::{AnchorSink, CredentialDatabase, RecordCheck};
+
+use super::rollback::{self, AnchorStart, RollbackAnchor, RollbackError, StateStart, ACCEPT_FILE, ANCHOR_FILE};
+use super::swtpm::{temp_dir, Swtpm};
+use super::{Startup, TpmKeyStore, TpmSettings};
+
+fn settings(tpm: &Swtpm) -> TpmSettings {
+    TpmSettings { tcti: tpm.tcti(), owner_auth_file: None }
+}
+
+/// One daemon start: the key store, the anchor, and the states `ids` (each
+/// in its own directory under `state`), or the error that stopped it.
+struct Started {
+    store: TpmKeyStore,
+    anchor: RollbackAnchor,
+    start: AnchorStart,
+}
+
+fn start(tpm: &Swtpm, state: &Path) -> Result<Started, RollbackError> {
+    let store = TpmKeyStore::open(&settings(tpm), state).expect("open the TPM key store");
+    let (anchor, start) = store.rollback_anchor(state)?;
+    Ok(Started { store, anchor, start })
+}
+
+fn state_dir(state: &Path, id: &str) -> PathBuf {
+    let dir = if id == "." { state.to_path_buf() } else { state.join(id) };
+    crate::state::prepare_state_dir(&dir).unwrap();
+    dir
+}
+
+fn open_state(started: &Started, state: &Path, id: &str) -> Result<(CredentialDatabase, StateStart), RollbackError> {
+    let dir = state_dir(state, id);
+    let mut database = CredentialDatabase::open(&dir, 10).unwrap();
+    let start = rollback::protect_state(&started.anchor, &mut database, id, &dir)?;
+    Ok((database, start))
+}
+
+fn credential(n: u8) -> ResidentCredential {
+    ResidentCredential {
+        credential_id: vec![n; 16],
+        rp_id: format!("rp{n}.example"),
+        rp_name: None,
+        user_id: vec![n],
+        user_name: None,
+        user_display_name: None,
+        algorithm: fidoseal_ctap::platform::Algorithm::Es256,
+        key_handle: vec![n; 40],
+        created: u64::from(n),
+        public_key_cose: vec![0xa0],
+        extensions: Default::default(),
+    }
+}
+
+fn with_pin(retries: u8) -> AuthenticatorState {
+    AuthenticatorState {
+        pin: Some(PinRecord { verifier: vec![7; 90], code_points: 4 }),
+        pin_retries: retries,
+        ..AuthenticatorState::default()
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+fn restore(copy: &Path, state: &Path) {
+    std::fs::remove_dir_all(state).unwrap();
+    copy_tree(copy, state);
+}
+
+fn stale(result: Result<impl Sized, RollbackError>) -> String {
+    match result {
+        Err(e @ RollbackError::Stale { .. }) => e.to_string(),
+        Err(other) => panic!("expected a stale state, got {other}"),
+        Ok(_) => panic!("a restored state was accepted"),
+    }
+}
+
+/// A first start with a PIN and two passkeys; the state directory is then
+/// copied (daemon stopped), as a backup or a thief would.
+fn first_start_then_copy(tpm: &Swtpm, state: &Path) -> PathBuf {
+    let started = start(tpm, state).unwrap();
+    assert_eq!(started.start, AnchorStart::Created);
+    let (mut db, how) = open_state(&started, state, ".").unwrap();
+    assert_eq!(how, StateStart::Adopted);
+    db.save_state(&with_pin(8)).unwrap();
+    db.save(credential(1)).unwrap();
+    db.save(credential(2)).unwrap();
+    drop((db, started));
+    let copy = temp_dir("rollback-copy");
+    copy_tree(state, &copy);
+    copy
+}
+
+#[test]
+fn a_restored_state_directory_is_refused_at_start_after_a_pin_failure_or_a_deletion() {
+    for change in ["pin failure", "deletion"] {
+        let tpm = Swtpm::start();
+        let state = temp_dir("rollback-dir");
+        let copy = first_start_then_copy(&tpm, &state);
+        {
+            let started = start(&tpm, &state).unwrap();
+            assert_eq!(started.start, AnchorStart::Verified);
+            let (mut db, how) = open_state(&started, &state, ".").unwrap();
+            assert_eq!(how, StateStart::Verified);
+            match change {
+                "pin failure" => db.save_state(&with_pin(7)).unwrap(),
+                _ => assert!(db.delete(&[1; 16]).unwrap()),
+            }
+        }
+        restore(&copy, &state);
+        let message = stale(start(&tpm, &state));
+        assert!(message.contains("older than this TPM's anti-rollback counter"), "{change}: {message}");
+        assert!(message.contains(&format!("touch {}", state.join(ACCEPT_FILE).display())), "{message}");
+        // Refused again at every start: never a silent reset.
+        assert!(matches!(start(&tpm, &state), Err(RollbackError::Stale { .. })));
+        std::fs::remove_dir_all(&state).unwrap();
+        std::fs::remove_dir_all(&copy).unwrap();
+    }
+}
+
+#[test]
+fn a_restored_database_is_refused_even_with_the_record_of_the_newer_one() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-db");
+    let copy = first_start_then_copy(&tpm, &state);
+    {
+        let started = start(&tpm, &state).unwrap();
+        let (mut db, _) = open_state(&started, &state, ".").unwrap();
+        db.save_state(&with_pin(7)).unwrap();
+        db.save_state(&with_pin(6)).unwrap();
+    }
+    // Only the database goes back (the anchor file is the current one).
+    let database = state.join(fidoseal_store::DATABASE_FILE);
+    let current = temp_dir("rollback-db-current");
+    copy_tree(&state, &current);
+    std::fs::copy(copy.join(fidoseal_store::DATABASE_FILE), &database).unwrap();
+    {
+        let started = start(&tpm, &state).unwrap();
+        let message = stale(open_state(&started, &state, "."));
+        assert!(message.contains("older than its anti-rollback anchor"), "{message}");
+    }
+    // The old database with the current one's rollback record copied in.
+    let record: Vec<u8> = rusqlite_record(&current.join(fidoseal_store::DATABASE_FILE));
+    set_record(&database, &record);
+    {
+        let started = start(&tpm, &state).unwrap();
+        let message = stale(open_state(&started, &state, "."));
+        assert!(message.contains("does not match its content"), "{message}");
+    }
+    // Without any record (as if from before anti-rollback).
+    delete_record(&database);
+    {
+        let started = start(&tpm, &state).unwrap();
+        let message = stale(open_state(&started, &state, "."));
+        assert!(message.contains("has no rollback record"), "{message}");
+    }
+    for dir in [state, copy, current] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+fn sqlite(path: &Path, sql: &str) -> String {
+    let out =
+        std::process::Command::new("sqlite3").arg(path).arg(sql).output().expect("sqlite3 (scripts/install-deps)");
+    assert!(out.status.success(), "sqlite3 {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn rusqlite_record(path: &Path) -> Vec<u8> {
+    let hex = sqlite(path, "SELECT hex(value) FROM settings WHERE name = 'rollback'");
+    hex::decode(hex.trim()).unwrap()
+}
+
+fn set_record(path: &Path, record: &[u8]) {
+    sqlite(path, &format!("UPDATE settings SET value = x'{}' WHERE name = 'rollback'", hex::encode(record)));
+}
+
+fn delete_record(path: &Path) {
+    sqlite(path, "DELETE FROM settings WHERE name = 'rollback'");
+}
+
+/// Anchors nothing: a daemon killed after the database commit.
+struct Killed;
+impl AnchorSink for Killed {
+    fn anchor(&mut self, _version: u64) -> Result<(), String> {
+        Ok(())
+    }
+    fn new_epoch(&mut self) -> Result<(u32, u32), String> {
+        Err("killed".into())
+    }
+}
+
+#[test]
+fn a_kill_between_the_state_write_and_the_counter_increment_starts_again() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-kill");
+    let copy = first_start_then_copy(&tpm, &state);
+    // 1. Killed after the commit, before the anchor file was written.
+    {
+        let started = start(&tpm, &state).unwrap();
+        let mut db = CredentialDatabase::open(&state, 10).unwrap();
+        let check = db.protect(started.anchor.state_key("."), Box::new(Killed)).unwrap();
+        assert!(matches!(check, RecordCheck::Valid { .. }));
+        db.save_state(&with_pin(7)).unwrap();
+    }
+    {
+        let started = start(&tpm, &state).unwrap();
+        assert_eq!(started.start, AnchorStart::Verified);
+        let (mut db, how) = open_state(&started, &state, ".").unwrap();
+        assert_eq!(how, StateStart::Verified, "one change ahead of the anchor: accepted, and anchored now");
+        assert_eq!(db.load_state().pin_retries, 7);
+        // 2. Killed after the anchor file was written, before the increment.
+        db.save_state(&with_pin(6)).unwrap();
+        let version = db.rollback_version().unwrap();
+        started.anchor.write_file_without_increment(".", version + 1);
+        // (the database commit of version + 1, as the order is: commit, file, increment)
+        let mut raw = CredentialDatabase::open(&state, 10).unwrap();
+        raw.protect(started.anchor.state_key("."), Box::new(Killed)).unwrap();
+        raw.save_state(&with_pin(5)).unwrap();
+    }
+    {
+        let started = start(&tpm, &state).unwrap();
+        assert_eq!(started.start, AnchorStart::IncrementCompleted);
+        let (db, how) = open_state(&started, &state, ".").unwrap();
+        assert_eq!(how, StateStart::Verified);
+        assert_eq!(db.load_state().pin_retries, 5);
+    }
+    // And the restored copy is still refused after all that.
+    {
+        let started = start(&tpm, &state).unwrap();
+        assert_eq!(started.start, AnchorStart::Verified, "the increment was completed once, not again");
+    }
+    restore(&copy, &state);
+    stale(start(&tpm, &state));
+    std::fs::remove_dir_all(state).unwrap();
+    std::fs::remove_dir_all(copy).unwrap();
+}
+
+#[test]
+fn every_user_state_is_protected_by_the_one_index() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-users");
+    {
+        let started = start(&tpm, &state).unwrap();
+        for id in ["users/1000", "users/1001"] {
+            let (mut db, how) = open_state(&started, &state, id).unwrap();
+            assert_eq!(how, StateStart::Adopted);
+            db.save_state(&with_pin(8)).unwrap();
+            db.save(credential(1)).unwrap();
+        }
+    }
+    let copy = temp_dir("rollback-users-copy");
+    copy_tree(&state.join("users/1001"), &copy);
+    {
+        let started = start(&tpm, &state).unwrap();
+        let (mut db, _) = open_state(&started, &state, "users/1001").unwrap();
+        assert!(db.delete(&[1; 16]).unwrap());
+    }
+    // Only user 1001's state goes back.
+    restore(&copy, &state.join("users/1001"));
+    {
+        let started = start(&tpm, &state).unwrap();
+        assert_eq!(started.start, AnchorStart::Verified);
+        assert_eq!(open_state(&started, &state, "users/1000").unwrap().1, StateStart::Verified);
+        let message = stale(open_state(&started, &state, "users/1001"));
+        assert!(message.contains(&format!("touch {}", state.join("users/1001").join(ACCEPT_FILE).display())));
+        // A state moved to another user's place does not open there either.
+        let moved = temp_dir("rollback-users-moved");
+        copy_tree(&state.join("users/1000"), &moved);
+        drop(started);
+        restore(&moved, &state.join("users/1001"));
+        let started = start(&tpm, &state).unwrap();
+        let message = stale(open_state(&started, &state, "users/1001"));
+        assert!(message.contains("does not match its content"), "{message}");
+        std::fs::remove_dir_all(moved).unwrap();
+    }
+    std::fs::remove_dir_all(state).unwrap();
+    std::fs::remove_dir_all(copy).unwrap();
+}
+
+#[test]
+fn an_administrator_accepts_a_restored_state_with_the_accept_file_once() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-accept");
+    let copy = first_start_then_copy(&tpm, &state);
+    {
+        let started = start(&tpm, &state).unwrap();
+        let (mut db, _) = open_state(&started, &state, ".").unwrap();
+        assert!(db.delete(&[2; 16]).unwrap());
+    }
+    restore(&copy, &state);
+    stale(start(&tpm, &state));
+    std::fs::write(state.join(ACCEPT_FILE), b"").unwrap();
+    {
+        let started = start(&tpm, &state).unwrap();
+        assert_eq!(started.start, AnchorStart::Accepted);
+        let (db, how) = open_state(&started, &state, ".").unwrap();
+        assert_eq!(how, StateStart::Verified, "the accepted directory's states are as anchored in it");
+        assert_eq!(db.credential_count(), 2, "the state as it is: the administrator's choice");
+        assert!(!state.join(ACCEPT_FILE).exists(), "the acceptance is used once");
+    }
+    let started = start(&tpm, &state).unwrap();
+    assert_eq!(started.start, AnchorStart::Verified, "the accepted state is the new anchor");
+    drop(started);
+    std::fs::remove_dir_all(state).unwrap();
+    std::fs::remove_dir_all(copy).unwrap();
+}
+
+#[test]
+fn an_upgrade_adopts_the_state_and_release_leaves_nothing_in_the_tpm() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-upgrade");
+    {
+        // A state directory from before anti-rollback: key store and database.
+        let store = TpmKeyStore::open(&settings(&tpm), &state).unwrap();
+        let mut db = CredentialDatabase::open(&state, 10).unwrap();
+        db.save_state(&with_pin(8)).unwrap();
+        drop((store, db));
+    }
+    {
+        let started = start(&tpm, &state).unwrap();
+        assert_eq!(*started.store.startup(), Startup::Reopened);
+        assert_eq!(started.start, AnchorStart::Created, "no file, no index: the first start with anti-rollback");
+        assert_eq!(open_state(&started, &state, ".").unwrap().1, StateStart::Adopted);
+    }
+    assert!(state.join(ANCHOR_FILE).exists());
+    assert!(rollback::release(&settings(&tpm), &state).unwrap(), "the index was there");
+    assert!(!state.join(ANCHOR_FILE).exists());
+    assert!(!rollback::release(&settings(&tpm), &state).unwrap(), "and is gone");
+    std::fs::remove_dir_all(state).unwrap();
+}
+
+#[test]
+fn the_counter_index_is_a_plain_owner_counter_at_the_documented_handle() {
+    let public = rollback::nv_public().unwrap();
+    assert_eq!(u32::from(public.nv_index()), 0x01BF_1D05);
+    let a = public.attributes();
+    assert_eq!(a.index_type().unwrap(), tss_esapi::constants::NvIndexType::Counter);
+    assert!(a.owner_write() && a.owner_read() && a.no_da());
+    assert!(!a.orderly(), "not orderly: a power loss never makes the counter jump ahead of the anchor");
+    assert_eq!(public.data_size(), 8);
+}
+
+#[test]
+fn signature_counters_never_go_back_across_a_restore() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-counters");
+    let copy = first_start_then_copy(&tpm, &state);
+    let mut given = Vec::new();
+    // Assertions alone change no rollback version: the database of the copy
+    // put back alone (the anchor file is the current one, every start moves
+    // the counter) is taken, and the counters still go on.
+    {
+        let started = start(&tpm, &state).unwrap();
+        let (mut db, _) = open_state(&started, &state, ".").unwrap();
+        for id in [[1u8; 16].as_slice(), &[2; 16], &[9; 40]] {
+            for _ in 0..3 {
+                given.push(db.next_signature_counter(id).unwrap());
+            }
+        }
+    }
+    assert!(given.windows(3).step_by(3).all(|w| w[0] < w[1] && w[1] < w[2]));
+    assert!(given[0] > 1 << 24, "epoch-based: above the base");
+    for file in std::fs::read_dir(&state).unwrap() {
+        let name = file.unwrap().file_name();
+        if name.to_string_lossy().starts_with(fidoseal_store::DATABASE_FILE) {
+            std::fs::remove_file(state.join(&name)).unwrap();
+        }
+    }
+    for file in std::fs::read_dir(&copy).unwrap() {
+        let name = file.unwrap().file_name();
+        if name.to_string_lossy().starts_with(fidoseal_store::DATABASE_FILE) {
+            std::fs::copy(copy.join(&name), state.join(&name)).unwrap();
+        }
+    }
+    let highest = *given.iter().max().unwrap();
+    {
+        let started = start(&tpm, &state).unwrap();
+        assert_eq!(started.start, AnchorStart::Verified);
+        let (mut db, _) = open_state(&started, &state, ".").unwrap();
+        for id in [[1u8; 16].as_slice(), &[2; 16], &[9; 40]] {
+            let next = db.next_signature_counter(id).unwrap();
+            assert!(next > highest, "{next} after {highest}: a counter went back across the restore");
+        }
+        assert!(db.delete(&[2; 16]).unwrap());
+    }
+    // And across a whole directory put back (refused: the counter moved at
+    // every start since) that an administrator accepted.
+    restore(&copy, &state);
+    stale(start(&tpm, &state));
+    std::fs::write(state.join(ACCEPT_FILE), b"").unwrap();
+    let started = start(&tpm, &state).unwrap();
+    let (mut db, _) = open_state(&started, &state, ".").unwrap();
+    let next = db.next_signature_counter(&[2; 16]).unwrap();
+    assert!(next > highest + 1, "accepted: the deleted credential is back, its counter still goes on");
+    drop((db, started));
+    std::fs::remove_dir_all(state).unwrap();
+    std::fs::remove_dir_all(copy).unwrap();
+}
+
+#[test]
+fn a_counter_that_uses_up_its_epoch_starts_a_new_one() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-epoch");
+    let started = start(&tpm, &state).unwrap();
+    let (mut db, _) = open_state(&started, &state, ".").unwrap();
+    let (floor, ceiling) = started.anchor.counter_epoch();
+    assert_eq!(ceiling - floor, 4096);
+    let counter_before = started.anchor.counter();
+    // A short epoch for the test: three values.
+    db.set_counter_epoch(floor, floor + 3).unwrap();
+    let values: Vec<u32> = (0..5).map(|_| db.next_signature_counter(&[5; 16]).unwrap()).collect();
+    assert_eq!(&values[..3], &[floor + 1, floor + 2, floor + 3]);
+    assert_eq!(started.anchor.counter(), counter_before + 1, "the ceiling started a new epoch (one NV write)");
+    let (new_floor, _) = started.anchor.counter_epoch();
+    assert_eq!(values[3], new_floor + 1);
+    assert!(values[3] > ceiling, "above the whole earlier epoch");
+    assert_eq!(values[4], values[3] + 1);
+    drop((db, started));
+    std::fs::remove_dir_all(state).unwrap();
+}
+
+#[test]
+fn epochs_are_increasing_ranges() {
+    let (f0, c0) = rollback::counter_range(0);
+    assert_eq!((f0, c0), ((1 << 24) - 1, (1 << 24) + 4095));
+    let (f1, _) = rollback::counter_range(1);
+    assert_eq!(f1, c0, "the next epoch's first counter is above the last of this one");
+    assert_eq!(rollback::counter_range(u64::MAX), (u32::MAX, u32::MAX), "saturates, never wraps");
+}
+
+#[test]
+fn a_users_deleted_state_directory_starts_empty_and_a_single_user_state_moves_to_a_user() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-moves");
+    {
+        let started = start(&tpm, &state).unwrap();
+        let (mut db, _) = open_state(&started, &state, ".").unwrap();
+        db.save_state(&with_pin(8)).unwrap();
+        db.save_state(&with_pin(7)).unwrap();
+        db.save(credential(1)).unwrap();
+    }
+    // Per-user mode: the single-user database moves, whole, to users/1000
+    // (migrate_users.rs).
+    let user = state_dir(&state, "users/1000");
+    for file in std::fs::read_dir(&state).unwrap() {
+        let name = file.unwrap().file_name();
+        if name.to_string_lossy().starts_with(fidoseal_store::DATABASE_FILE) {
+            std::fs::rename(state.join(&name), user.join(&name)).unwrap();
+        }
+    }
+    {
+        let started = start(&tpm, &state).unwrap();
+        let (db, how) = open_state(&started, &state, "users/1000").unwrap();
+        assert_eq!(how, StateStart::Verified, "the moved state is the single-user state, re-anchored");
+        assert_eq!(db.load_state().pin_retries, 7);
+        assert_eq!(started.anchor.anchored("."), None, "moved once");
+    }
+    {
+        let started = start(&tpm, &state).unwrap();
+        assert_eq!(open_state(&started, &state, "users/1000").unwrap().1, StateStart::Verified);
+    }
+    // The user's directory deleted (documented: that user's reset).
+    std::fs::remove_dir_all(&user).unwrap();
+    let started = start(&tpm, &state).unwrap();
+    let (db, how) = open_state(&started, &state, "users/1000").unwrap();
+    assert_eq!(how, StateStart::Adopted, "an empty state is nothing to roll back to");
+    assert_eq!(db.credential_count(), 0);
+    drop((db, started));
+    std::fs::remove_dir_all(state).unwrap();
+}
+
+#[test]
+fn a_removed_or_altered_anchor_file_is_refused() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-file");
+    let copy = first_start_then_copy(&tpm, &state);
+    let anchor = state.join(ANCHOR_FILE);
+    let bytes = std::fs::read(&anchor).unwrap();
+    std::fs::remove_file(&anchor).unwrap();
+    let message = stale(start(&tpm, &state));
+    assert!(message.contains("has no tpm-anchor"), "{message}");
+    let mut altered = bytes.clone();
+    let last = altered.len() - 40;
+    altered[last] ^= 1;
+    std::fs::write(&anchor, &altered).unwrap();
+    let message = stale(start(&tpm, &state));
+    assert!(message.contains("was altered"), "{message}");
+    std::fs::write(&anchor, &bytes).unwrap();
+    assert_eq!(start(&tpm, &state).unwrap().start, AnchorStart::Verified);
+    std::fs::remove_dir_all(state).unwrap();
+    std::fs::remove_dir_all(copy).unwrap();
+}
