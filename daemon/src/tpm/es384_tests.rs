@@ -138,6 +138,22 @@ fn an_es384_credential_through_the_whole_authenticator() {
         &[0x22; 32],
         &responses::bytes(responses::get(&body, 3)),
     );
+
+    // credBlob: 30 bytes still fit in a non-discoverable ES384 credential
+    // ID (225 bytes without it); a 32-byte one does not, so the credential
+    // is made without it and the output says "not stored" (CTAP 2.2 §12.2).
+    for (length, stored) in [(30, true), (32, false)] {
+        let extensions = (6, text_map(&[("credBlob", Value::Bytes(vec![0x42; length]))]));
+        let (status, body) = d.ctap(cid, 0x01, Some(make_credential(&[-35], vec![extensions])));
+        assert_eq!(status, 0);
+        let auth_data = responses::bytes(responses::get(body.as_ref().unwrap(), 2));
+        let len = usize::from(u16::from_be_bytes([auth_data[53], auth_data[54]]));
+        assert!(len <= MAX_CREDENTIAL_ID_LEN, "{len} bytes");
+        let mut tail = &auth_data[55 + len..];
+        let _cose: Value = ciborium::de::from_reader(&mut tail).unwrap();
+        let outputs: Value = ciborium::de::from_reader(&mut tail).unwrap();
+        assert_eq!(responses::get_text(&outputs, "credBlob"), Some(&Value::Bool(stored)), "{length} bytes");
+    }
     drop(d);
     std::fs::remove_dir_all(state).unwrap();
 }
