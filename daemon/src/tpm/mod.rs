@@ -88,8 +88,8 @@ use zeroize::Zeroizing;
 
 use self::errors::{classify, describe, Fault};
 use self::objects::{Curve, KeyBlob};
-// The tests' `use super::*` (objects.rs builds the public keys now).
 use self::state_file::Persisted;
+// For the tests' `use super::*` (objects.rs builds the public keys now).
 #[cfg(test)]
 use fidoseal_ctap::platform::PublicKey;
 
@@ -362,9 +362,6 @@ fn hmac_output(digest: Digest) -> Result<Zeroizing<[u8; 32]>, OpError> {
     Ok(Zeroizing::new(bytes))
 }
 
-#[allow(dead_code)]
-/// Transient objects loaded in the TPM as this connection sees them (all
-/// of the TPM's without a resource manager, only ours through /dev/tpmrm0).
 /// The credential algorithms of a TPM with these ECC curves, which has
 /// SHA-384 or not, in order of preference: ES256 first (every TPM 2.0 has
 /// it: TCG PC Client PTP), then ES384 if the TPM has both P-384 and SHA-384.
@@ -379,7 +376,7 @@ fn algorithms_of(curves: &[EccCurveIdentifier], has_sha384: bool) -> Vec<Algorit
 /// Asks the TPM (TPM2_GetCapability: TPM_CAP_ECC_CURVES, TPM_CAP_ALGS) which
 /// credential algorithms it can do; ES256 only if it cannot say.
 fn probe_algorithms(ctx: &mut Context) -> Vec<Algorithm> {
-    let curves = match ctx.get_capability(CapabilityType::EccCurves, 0, 64) {
+    let curves = match ctx.execute_without_session(|c| c.get_capability(CapabilityType::EccCurves, 0, 64)) {
         Ok((CapabilityData::EccCurves(list), _)) => list.into_inner(),
         Ok(_) => Vec::new(),
         Err(e) => {
@@ -387,11 +384,8 @@ fn probe_algorithms(ctx: &mut Context) -> Vec<Algorithm> {
             Vec::new()
         }
     };
-    let has_sha384 = match ctx.get_capability(
-        CapabilityType::Algorithms,
-        u32::from(tss_esapi::constants::tss::TPM2_ALG_SHA384),
-        1,
-    ) {
+    let sha384 = u32::from(tss_esapi::constants::tss::TPM2_ALG_SHA384);
+    let has_sha384 = match ctx.execute_without_session(|c| c.get_capability(CapabilityType::Algorithms, sha384, 1)) {
         Ok((CapabilityData::Algorithms(list), _)) => list.find(AlgorithmIdentifier::Sha384).is_some(),
         _ => false,
     };
@@ -400,6 +394,9 @@ fn probe_algorithms(ctx: &mut Context) -> Vec<Algorithm> {
     algorithms
 }
 
+#[allow(dead_code)]
+/// Transient objects loaded in the TPM as this connection sees them (all
+/// of the TPM's without a resource manager, only ours through /dev/tpmrm0).
 fn transient_handles(ctx: &mut Context) -> Result<usize, OpError> {
     let (data, _) = ctx
         .execute_without_session(|c| {
