@@ -31,20 +31,18 @@
 //! 0x70 | TPMT_PUBLIC (u16 len + bytes) | TPM2B_PRIVATE contents
 //! ```
 
+use sha2::{Digest as _, Sha256};
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
 use tss_esapi::constants::{PropertyTag, SessionType};
 use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
     Auth, Digest, KeyedHashScheme, Private, Public, PublicBuilder, PublicKeyedHashParameters, SensitiveData,
     SymmetricDefinition,
 };
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
-
-use sha2::{Digest as _, Sha256};
-use tss_esapi::interface_types::session_handles::PolicySession;
 
 use super::errors::{classify, describe, raw_code, Fault};
 use super::pcr_policy::{self, BootBinding};
