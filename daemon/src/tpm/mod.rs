@@ -965,6 +965,12 @@ impl TpmKeyStore {
     fn object_policy(&self) -> Option<Vec<u8>> {
         self.boot.as_ref().map(pcr_policy::BootBinding::object_policy)
     }
+
+    /// The authPolicy of this generation's PIN object, if it is bound
+    /// (pin_object.rs: the object policy, then PolicyAuthValue).
+    fn pin_object_policy(&self) -> Option<Vec<u8>> {
+        self.boot.as_ref().map(|boot| pin_object::bound_policy(boot.key_name()))
+    }
 }
 
 /// TPM2_Load of a signing key on `curve` under `parent`, TPM2_Sign of
@@ -1198,18 +1204,22 @@ impl KeyStore for TpmKeyStore {
     }
 
     fn create_pin_object(&mut self, pin_hash: &[u8; 16]) -> Result<Option<Vec<u8>>, KeyStoreError> {
-        let object = self
-            .tpm()
-            .run("create the PIN object", |conn| pin_object::create(&mut conn.ctx, conn.primary, pin_hash))?;
+        // No PIN object is made that could not be checked.
+        self.require_approved_boot_state()?;
+        let policy = self.pin_object_policy();
+        let object = self.tpm().run("create the PIN object", |conn| {
+            pin_object::create(&mut conn.ctx, conn.primary, pin_hash, policy.as_deref())
+        })?;
         Ok(Some(object))
     }
 
     fn check_pin_object(&mut self, object: &[u8], pin_hash: &[u8; 16]) -> Result<PinCheck, KeyStoreError> {
-        let (public, private) = pin_object::decode(object)
+        let (public, private) = pin_object::decode(object, self.pin_object_policy().as_deref())
             .ok_or_else(|| KeyStoreError::Backend("the PIN record holds no PIN object of this key store".into()))?;
-        let check = self
-            .tpm()
-            .run("check the PIN", |conn| pin_object::check(&mut conn.ctx, conn.primary, &public, &private, pin_hash))?;
+        let boot = self.boot.as_ref();
+        let check = self.tpm().run("check the PIN", |conn| {
+            pin_object::check(&mut conn.ctx, conn.primary, &public, &private, pin_hash, boot)
+        })?;
         if check == PinCheck::Locked {
             tracing::warn!(
                 "the TPM is in dictionary-attack lockout: the PIN was not checked and no CTAP retry was counted \

@@ -1,7 +1,8 @@
 //! Boot-state binding (`[keystore] pcrs = [7]`, docs/tpm.md "Boot-state
 //! binding"): the TPM objects of a bound generation (credential keys, the
 //! HMAC key) have no `userWithAuth` and the authPolicy
-//! TPM2_PolicyAuthorize(approval key A, POLICY_REF). A session satisfies it
+//! TPM2_PolicyAuthorize(approval key A, POLICY_REF) (the PIN object: that,
+//! then TPM2_PolicyAuthValue; pin_object.rs). A session satisfies it
 //! only with TPM2_PolicyPCR over the *current* PCR values followed by
 //! TPM2_PolicyAuthorize with a ticket for A's signature over that PolicyPCR
 //! digest: the keys work in boot states that A approved, and in no other

@@ -470,3 +470,141 @@ fn cost_per_signature() {
     std::fs::remove_dir_all(plain_state).unwrap();
     std::fs::remove_dir_all(bound_state).unwrap();
 }
+
+fn pin_hash(pin: &str) -> [u8; 16] {
+    Sha256::digest(pin.as_bytes())[..16].try_into().unwrap()
+}
+
+/// The public area and private blob of a stored PIN object, parsed by hand
+/// as an attacker with the state directory would (0x70 | u16 len | TPMT_PUBLIC | private).
+fn raw_pin_object(stored: &[u8]) -> (Public, Private) {
+    assert_eq!(stored[0], 0x70);
+    let length = usize::from(u16::from_be_bytes([stored[1], stored[2]]));
+    let public = Public::unmarshall(&stored[3..3 + length]).unwrap();
+    (public, Private::try_from(stored[3 + length..].to_vec()).unwrap())
+}
+
+/// Failed before the PIN object was bound: with `pcrs` set, another boot
+/// state still checked PINs through it (Match after the PCR 7 extend), and a
+/// password session unsealed it.
+#[test]
+fn a_bound_generations_pin_object_works_only_in_an_approved_boot_state_and_counts_no_failure_outside_it() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("pcr-pin");
+    let mut store = open_bound(&tpm, &state);
+    let object = store.create_pin_object(&pin_hash("1234")).unwrap().expect("a PIN object");
+    let (public, _) = raw_pin_object(&object);
+    assert!(!public.object_attributes().user_with_auth(), "only a policy session authorizes it");
+    assert!(!public.object_attributes().no_da(), "still DA-protected");
+    assert!(pin_object::decode(&object, None).is_none(), "not taken for an unbound generation's object");
+    let other_key = pcr_policy::approval_key_name(&[4; 65]).unwrap_or_default();
+    assert!(pin_object::decode(&object, Some(&pin_object::bound_policy(&other_key))).is_none(), "nor another policy's");
+    assert_eq!(store.check_pin_object(&object, &pin_hash("1234")).unwrap(), PinCheck::Match);
+    assert_eq!(store.check_pin_object(&object, &pin_hash("9999")).unwrap(), PinCheck::Mismatch);
+    assert_eq!(store.lockout_counter_for_test(), 1, "the PIN hash is still the object's auth: a wrong one counts");
+    assert_eq!(store.transient_objects().unwrap(), 1, "the PIN object and sessions are flushed");
+
+    // Another boot state: refused with the clear error, before any PIN is compared.
+    store.extend_pcr_for_test();
+    assert_boot_state_error(store.check_pin_object(&object, &pin_hash("1234")));
+    assert_boot_state_error(store.check_pin_object(&object, &pin_hash("9999")));
+    assert_eq!(store.lockout_counter_for_test(), 1, "no dictionary-attack failure counted");
+    assert_eq!(store.transient_objects().unwrap(), 1);
+    drop(store);
+
+    // Not even with the blob, the TPM and the right PIN hash in a password session.
+    let mut ctx = raw_context(&tpm);
+    let primary = raw_primary(&mut ctx, &state);
+    let (public, private) = raw_pin_object(&object);
+    let loaded = ctx.execute_with_session(Some(AuthSession::Password), |c| c.load(primary, private, public)).unwrap();
+    ctx.tr_set_auth(loaded.into(), Auth::try_from(pin_hash("1234").to_vec()).unwrap()).unwrap();
+    let err = ctx.execute_with_session(Some(AuthSession::Password), |c| c.unseal(loaded.into())).unwrap_err();
+    assert_eq!(errors::raw_code(&err).map(|c| c & 0xff), Some(0x2f), "TPM_RC_AUTH_UNAVAILABLE: {err}");
+    ctx.flush_context(loaded.into()).unwrap();
+    ctx.flush_context(primary.into()).unwrap();
+    drop(ctx);
+
+    // Approved with the recovery key: the right PIN works again.
+    let key = recovery_key(&state);
+    let mut store = open_bound(&tpm, &state);
+    assert_boot_state_error(store.check_pin_object(&object, &pin_hash("1234")));
+    store.approve_boot_state(&key).unwrap();
+    assert_eq!(store.check_pin_object(&object, &pin_hash("1234")).unwrap(), PinCheck::Match);
+    assert_eq!(store.lockout_counter_for_test(), 1);
+    drop(store);
+    std::fs::remove_dir_all(state).unwrap();
+}
+
+/// The bound store shared between the authenticator and the test.
+struct Shared(std::sync::Arc<Mutex<TpmKeyStore>>);
+
+impl Shared {
+    fn store(&self) -> MutexGuard<'_, TpmKeyStore> {
+        self.0.lock().unwrap()
+    }
+}
+
+impl KeyStore for Shared {
+    fn name(&self) -> &'static str {
+        "tpm"
+    }
+    fn algorithms(&self) -> Vec<Algorithm> {
+        self.store().algorithms()
+    }
+    fn generate(&mut self, algorithm: Algorithm) -> Result<CreatedKey, KeyStoreError> {
+        self.store().generate(algorithm)
+    }
+    fn sign(&mut self, algorithm: Algorithm, key_handle: &[u8], message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        self.store().sign(algorithm, key_handle, message)
+    }
+    fn seal_credential_id(&mut self, rp_id_hash: &[u8; 32], payload: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        self.store().seal_credential_id(rp_id_hash, payload)
+    }
+    fn open_credential_id(&mut self, rp_id_hash: &[u8; 32], credential_id: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        self.store().open_credential_id(rp_id_hash, credential_id)
+    }
+    fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, KeyStoreError> {
+        self.store().derive_secret(context)
+    }
+    fn reset(&mut self) -> Result<(), KeyStoreError> {
+        self.store().reset()
+    }
+    fn create_pin_object(&mut self, pin_hash: &[u8; 16]) -> Result<Option<Vec<u8>>, KeyStoreError> {
+        self.store().create_pin_object(pin_hash)
+    }
+    fn check_pin_object(&mut self, object: &[u8], pin_hash: &[u8; 16]) -> Result<PinCheck, KeyStoreError> {
+        self.store().check_pin_object(object, pin_hash)
+    }
+}
+
+/// Through CTAP: in an unapproved boot state getPinToken fails with the key
+/// store's error and spends no CTAP retry (client_pin.rs gives it back) and
+/// no TPM dictionary-attack try.
+#[test]
+fn through_ctap_an_unapproved_boot_state_spends_no_pin_retry() {
+    use fidoseal_tests::platform_client::{self as pc, Protocol};
+    let tpm = Swtpm::start();
+    let state = temp_dir("pcr-pin-ctap");
+    let shared = std::sync::Arc::new(Mutex::new(open_bound(&tpm, &state)));
+    let mut d = fidoseal_tests::Device::with_keystore(
+        fidoseal_ctap::AuthenticatorConfig::default(),
+        Box::new(Shared(std::sync::Arc::clone(&shared))),
+    );
+    let cid = d.init();
+    assert_eq!(pc::set_pin(&mut d, cid, Protocol::Two, "1234"), fidoseal_tests::status::OK);
+    assert!(pc::get_pin_token(&mut d, cid, Protocol::Two, "1234").is_ok());
+    shared.lock().unwrap().extend_pcr_for_test();
+    for _ in 0..3 {
+        let status = pc::get_pin_token(&mut d, cid, Protocol::Two, "1234").err();
+        assert_eq!(status, Some(0x7f), "CTAP1_ERR_OTHER: the key store's failure, not PIN_INVALID");
+        let status = pc::get_pin_token(&mut d, cid, Protocol::Two, "9999").err();
+        assert_eq!(status, Some(0x7f), "a wrong PIN is not compared either");
+    }
+    assert_eq!(pc::get_pin_retries(&mut d, cid).0, 8, "no CTAP retry spent");
+    assert_eq!(shared.lock().unwrap().lockout_counter_for_test(), 0, "no TPM try spent");
+    shared.lock().unwrap().approve_boot_state(&recovery_key(&state)).unwrap();
+    assert!(pc::get_pin_token(&mut d, cid, Protocol::Two, "1234").is_ok());
+    drop(d);
+    drop(shared);
+    std::fs::remove_dir_all(state).unwrap();
+}

@@ -13,6 +13,17 @@
 //! anything. So whoever holds the disk and the TPM meets the TPM's lockout,
 //! not just CTAP's retry counter (which is in the state directory).
 //!
+//! In a generation bound to the boot state (`[keystore] pcrs`,
+//! pcr_policy.rs) the object has no `userWithAuth` and the authPolicy
+//! PolicyAuthorize(approval key A, the generation's policyRef) followed by
+//! TPM2_PolicyAuthValue: the check is a *policy* session (salted, response
+//! encrypted) with PolicyPCR(current) → PolicyAuthorize(approved digest,
+//! ticket) → PolicyAuthValue, so the PIN hash is still the HMAC key of the
+//! authorization and a wrong one still counts at the TPM, but only in a boot
+//! state A approved. In any other state PolicyAuthorize fails before the
+//! Unseal: the clear boot-state error, no DA failure counted. Unbound
+//! generations keep the object above byte for byte.
+//!
 //! The stored form (the PIN record's verifier field, never 32 bytes long,
 //! which is how an HMAC verifier of earlier versions is told apart):
 //!
@@ -20,11 +31,12 @@
 //! 0x70 | TPMT_PUBLIC (u16 len + bytes) | TPM2B_PRIVATE contents
 //! ```
 
+use sha2::{Digest as _, Sha256};
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
 use tss_esapi::constants::{PropertyTag, SessionType};
 use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
     Auth, Digest, KeyedHashScheme, Private, Public, PublicBuilder, PublicKeyedHashParameters, SensitiveData,
     SymmetricDefinition,
@@ -33,7 +45,8 @@ use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 
 use super::errors::{classify, describe, raw_code, Fault};
-use super::{at, OpError};
+use super::pcr_policy::{self, BootBinding};
+use super::{at, objects, OpError};
 use fidoseal_ctap::platform::{PinCheck, MAX_PIN_RETRIES};
 
 const FORMAT: u8 = 0x70;
@@ -57,6 +70,26 @@ pub fn template() -> tss_esapi::Result<Public> {
         .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
         .with_keyed_hash_unique_identifier(Digest::default())
         .build()
+}
+
+/// TPM_CC_PolicyAuthValue (Part 2, 6.5.2).
+const TPM_CC_POLICY_AUTH_VALUE: u32 = 0x0000_016b;
+
+/// The authPolicy of a bound generation's PIN object:
+/// PolicyAuthorize(A, policyRef) then PolicyAuthValue (Part 3, 23.17:
+/// policyDigest = H(policyDigest ‖ TPM_CC_PolicyAuthValue)).
+pub fn bound_policy(approval_key_name: &[u8]) -> Vec<u8> {
+    Sha256::new()
+        .chain_update(pcr_policy::authorized_policy(approval_key_name))
+        .chain_update(TPM_CC_POLICY_AUTH_VALUE.to_be_bytes())
+        .finalize()
+        .to_vec()
+}
+
+/// The PIN object's public template: [`template`], bound to `policy` when
+/// the generation is bound (no `userWithAuth`, that authPolicy).
+fn template_for(policy: Option<&[u8]>) -> tss_esapi::Result<Public> {
+    objects::bound(template()?, policy)
 }
 
 /// An HMAC session salted with the primary (ECDH), AES-128-CFB parameter
@@ -88,9 +121,15 @@ fn flush_session(ctx: &mut Context, session: AuthSession) -> Result<(), OpError>
     ctx.flush_context(SessionHandle::from(session).into()).map_err(at("TPM2_FlushContext of the session"))
 }
 
-/// TPM2_Create of a PIN object for `pin_hash` under `primary`; its stored form.
-pub fn create(ctx: &mut Context, primary: KeyHandle, pin_hash: &[u8; 16]) -> Result<Vec<u8>, OpError> {
-    let template = template().map_err(at("building the PIN object template"))?;
+/// TPM2_Create of a PIN object for `pin_hash` under `primary`; its stored
+/// form. `policy`: [`bound_policy`] in a bound generation.
+pub fn create(
+    ctx: &mut Context,
+    primary: KeyHandle,
+    pin_hash: &[u8; 16],
+    policy: Option<&[u8]>,
+) -> Result<Vec<u8>, OpError> {
+    let template = template_for(policy).map_err(at("building the PIN object template"))?;
     let auth = Auth::try_from(pin_hash.to_vec()).map_err(at("building the PIN object's auth value"))?;
     let sealed = SensitiveData::try_from(SEALED.to_vec()).map_err(at("building the sealed data"))?;
     // The primary's authorization (empty) in a salted session with `decrypt`:
@@ -118,17 +157,21 @@ fn encode(public: &Public, private: &Private) -> Result<Vec<u8>, OpError> {
 }
 
 /// The public area and private blob of a stored PIN object; `None` for
-/// anything that is not one (the public area must be our template's).
-pub fn decode(stored: &[u8]) -> Option<(Public, Private)> {
+/// anything that is not one (the public area must be our template's, bound
+/// to `policy` exactly when the generation is: an unbound PIN object never
+/// loads under a bound generation's primary anyway, binding being fixed
+/// when a generation is made).
+pub fn decode(stored: &[u8], policy: Option<&[u8]>) -> Option<(Public, Private)> {
     let (&FORMAT, rest) = stored.split_first()? else {
         return None;
     };
     let length = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
     let public = Public::unmarshall(rest.get(2..2 + length)?).ok()?;
     let private = Private::try_from(rest.get(2 + length..)?.to_vec()).ok()?;
-    let expected = template().ok()?;
+    let expected = template_for(policy).ok()?;
     if public.object_attributes() != expected.object_attributes()
         || public.name_hashing_algorithm() != expected.name_hashing_algorithm()
+        || public.auth_policy() != expected.auth_policy()
         || !matches!(public, Public::KeyedHash { .. })
     {
         return None;
@@ -145,12 +188,14 @@ fn is_auth_fail(error: &tss_esapi::Error) -> bool {
 
 /// Uses the PIN object with `pin_hash`: TPM2_Load, TPM2_Unseal in a salted
 /// session (`encrypt`: the sealed data comes back encrypted), flushes.
+/// `boot`: the generation is bound, the session is a policy session.
 pub fn check(
     ctx: &mut Context,
     primary: KeyHandle,
     public: &Public,
     private: &Private,
     pin_hash: &[u8; 16],
+    boot: Option<&BootBinding>,
 ) -> Result<PinCheck, OpError> {
     let object = ctx
         .execute_with_session(Some(AuthSession::Password), |c| c.load(primary, private.clone(), public.clone()))
@@ -160,17 +205,28 @@ pub fn check(
             ),
             _ => OpError::Tpm { step: "TPM2_Load of the PIN object", error },
         })?;
-    let result = unseal(ctx, primary, object, pin_hash);
+    let result = unseal(ctx, primary, object, pin_hash, boot);
     let flushed = ctx.flush_context(object.into()).map_err(at("TPM2_FlushContext of the PIN object"));
     let check = result?;
     flushed?;
     Ok(check)
 }
 
-fn unseal(ctx: &mut Context, primary: KeyHandle, object: KeyHandle, pin_hash: &[u8; 16]) -> Result<PinCheck, OpError> {
+fn unseal(
+    ctx: &mut Context,
+    primary: KeyHandle,
+    object: KeyHandle,
+    pin_hash: &[u8; 16],
+    boot: Option<&BootBinding>,
+) -> Result<PinCheck, OpError> {
     let auth = Auth::try_from(pin_hash.to_vec()).map_err(at("building the PIN object's auth value"))?;
+    // In a policy session too: after PolicyAuthValue, ESAPI keys the
+    // command's HMAC with the object's auth value.
     ctx.tr_set_auth(ObjectHandle::from(object), auth).map_err(at("setting the PIN object's auth value"))?;
-    let session = salted_session(ctx, primary, false, true)?;
+    let session = match boot {
+        Some(boot) => bound_session(ctx, primary, boot)?,
+        None => salted_session(ctx, primary, false, true)?,
+    };
     let unsealed = ctx.execute_with_session(Some(session), |c| c.unseal(object.into()));
     let flushed = flush_session(ctx, session);
     let check = match unsealed {
@@ -182,6 +238,30 @@ fn unseal(ctx: &mut Context, primary: KeyHandle, object: KeyHandle, pin_hash: &[
     };
     flushed?;
     Ok(check)
+}
+
+/// A salted policy session that satisfies a bound PIN object's authPolicy
+/// in the current boot state, with the response encrypted (TPM2_Unseal has
+/// no command parameter to encrypt). An unapproved state fails here, with
+/// the boot-state error, before the PIN hash is used.
+fn bound_session(ctx: &mut Context, primary: KeyHandle, boot: &BootBinding) -> Result<AuthSession, OpError> {
+    let session = boot.session(ctx, Some(primary))?;
+    let (attributes, mask) =
+        SessionAttributesBuilder::new().with_decrypt(false).with_encrypt(true).with_continue_session(true).build();
+    let ready = ctx
+        .tr_sess_set_attributes(session, attributes, mask)
+        .map_err(at("setting the session attributes"))
+        .and_then(|()| PolicySession::try_from(session).map_err(at("the policy session")))
+        .and_then(|policy| {
+            ctx.execute_without_session(|c| c.policy_auth_value(policy)).map_err(at("TPM2_PolicyAuthValue"))
+        });
+    match ready {
+        Ok(()) => Ok(session),
+        Err(e) => {
+            pcr_policy::flush_session(ctx, session);
+            Err(e)
+        }
+    }
 }
 
 /// The TPM's dictionary-attack parameters (TPM2_GetCapability,

@@ -51,9 +51,9 @@ fn the_pin_object_is_not_no_da_and_its_blob_is_checked() {
     let a = template.object_attributes();
     assert!(!a.no_da(), "DA-protected: wrong PINs count at the TPM");
     assert!(a.fixed_tpm() && a.fixed_parent() && a.user_with_auth() && !a.sensitive_data_origin());
-    assert!(pin_object::decode(&[0x70]).is_none());
-    assert!(pin_object::decode(&[7; 32]).is_none(), "an HMAC verifier is no PIN object");
-    assert!(pin_object::decode(&[]).is_none());
+    assert!(pin_object::decode(&[0x70], None).is_none());
+    assert!(pin_object::decode(&[7; 32], None).is_none(), "an HMAC verifier is no PIN object");
+    assert!(pin_object::decode(&[], None).is_none());
 }
 
 #[test]
