@@ -30,6 +30,14 @@ pub fn cose_key(public_key: &PublicKey) -> Value {
             .int(-2, cbor::bytes(x.to_vec()))
             .int(-3, cbor::bytes(y.to_vec()))
             .build(),
+        // kty EC2 (2), alg ES384 (-35), crv P-384 (2), x, y (RFC 9053 §2.1, §7.1).
+        PublicKey::P384 { x, y } => MapBuilder::new()
+            .int(1, 2)
+            .int(3, -35)
+            .int(-1, 2)
+            .int(-2, cbor::bytes(x.to_vec()))
+            .int(-3, cbor::bytes(y.to_vec()))
+            .build(),
         // kty OKP (1), alg EdDSA (-8), crv Ed25519 (6), x (RFC 8152 §13.2).
         PublicKey::Ed25519(x) => {
             MapBuilder::new().int(1, 1).int(3, -8).int(-1, 6).int(-2, cbor::bytes(x.to_vec())).build()
@@ -106,6 +114,18 @@ mod tests {
         // COSE key: map of 5, keys 1, 3, -1, -2, -3 in canonical order.
         assert_eq!(&data[75..82], &[0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01]);
         assert_eq!(data.len(), 75 + 77);
+    }
+
+    #[test]
+    fn p384_keys_are_ec2_es384_on_curve_2() {
+        let key = PublicKey::P384 { x: [1; 48], y: [2; 48] };
+        let encoded = cbor::encode(cose_key(&key));
+        // Map of 5: kty 2, alg -35 (0x38 0x22), crv 2, x and y of 48 bytes (0x58 0x30).
+        assert_eq!(&encoded[..9], &[0xa5, 0x01, 0x02, 0x03, 0x38, 0x22, 0x20, 0x02, 0x21]);
+        assert_eq!(&encoded[9..11], &[0x58, 0x30]);
+        assert_eq!(&encoded[11..59], &[1; 48]);
+        assert_eq!(&encoded[59..62], &[0x22, 0x58, 0x30]);
+        assert_eq!(encoded.len(), 62 + 48);
     }
 
     #[test]

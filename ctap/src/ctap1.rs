@@ -223,8 +223,10 @@ impl Authenticator {
         let found =
             credential::resolve(self.platform.keystore.as_mut(), self.platform.credentials.as_ref(), &app, key_handle);
         let credential = match found {
-            // A credential that needs UV cannot be used without it (§12.1).
-            Ok(Some(c)) if c.extensions.cred_protect < 3 => c,
+            // A credential that needs UV cannot be used without it (§12.1);
+            // U2F signatures are ECDSA P-256 (FIDO U2F Raw Message Formats
+            // §5.4), so an EdDSA or ES384 credential is not one U2F can use.
+            Ok(Some(c)) if c.extensions.cred_protect < 3 && c.algorithm == Algorithm::Es256 => c,
             Ok(_) => return status_only(status_word::WRONG_DATA),
             Err(status) => return refusal(status),
         };

@@ -145,6 +145,7 @@ impl KeyStore for SoftwareKeyStore {
                 let key_handle = seal(&self.key_wrapping, ED25519_KEY_HANDLE_AAD, seed.as_slice())?;
                 Ok(CreatedKey { public_key, key_handle })
             }
+            Algorithm::Es384 => Err(KeyStoreError::UnsupportedAlgorithm(algorithm)),
         }
     }
 
@@ -160,6 +161,7 @@ impl KeyStore for SoftwareKeyStore {
                 let key = ed25519_dalek::SigningKey::from_bytes(&seed);
                 Ok(ed25519_dalek::Signer::sign(&key, message).to_bytes().to_vec())
             }
+            Algorithm::Es384 => Err(KeyStoreError::UnsupportedAlgorithm(algorithm)),
         }
     }
 

@@ -105,7 +105,7 @@ impl UserPrompt for ConfiguredPrompt {
 pub fn get_info(facts: &Facts) -> Result<Map<String, Json>, CtlError> {
     let uv = facts.uv_methods.iter().any(|m| m == "fingerprint" || m == "password");
     let platform = Platform {
-        // Only its algorithm list reaches getInfo; the TPM store's is ES256 alone (below).
+        // Only its algorithm list reaches getInfo; for the TPM store it is cut to ES256 (below).
         keystore: Box::new(SoftwareKeyStore::new(Secret32([0; 32]))),
         credentials: Box::new(MemoryCredentialStore::new(10_000)),
         prompt: Box::new(ConfiguredPrompt { uv }),
@@ -128,7 +128,10 @@ pub fn get_info(facts: &Facts) -> Result<Map<String, Json>, CtlError> {
         };
         let mut value = json_of(value);
         if name == "algorithms" && facts.tpm {
-            // The TPM key store signs ES256 (-7) only.
+            // The TPM key store signs ES256 (-7) on every TPM; ES384 only
+            // where the machine's TPM has P-384 (probed by fidoseald at
+            // start), which this statement, made without the TPM, cannot
+            // know: it lists the algorithm every TPM machine has.
             if let Json::Array(algorithms) = &mut value {
                 algorithms.retain(|a| a["alg"] == -7);
             }

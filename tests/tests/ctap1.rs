@@ -204,6 +204,31 @@ fn u2f_credentials_work_in_ctap2_and_back() {
     verify_authentication(&made.public_key, &app("shared.example"), &body);
 }
 
+/// U2F signatures are ECDSA P-256: a CTAP2 credential of another algorithm
+/// (EdDSA here; ES384 on the TPM store, daemon/src/tpm/es384_tests.rs) is
+/// not one U2F can use, in any mode.
+#[test]
+fn u2f_does_not_use_a_credential_that_is_not_p256() {
+    let mut d = Device::new();
+    let cid = d.init();
+    let mut params = requests::make_credential("shared.example", b"u", "u", vec![]);
+    let eddsa = requests::text_map(&[("alg", (-8).into()), ("type", "public-key".into())]);
+    if let Some(entry) = params.as_map_mut().and_then(|m| m.iter_mut().find(|(k, _)| k == &4.into())) {
+        entry.1 = ciborium::value::Value::Array(vec![eddsa]);
+    }
+    let (status, body) = d.ctap(cid, 0x01, Some(params));
+    assert_eq!(status, 0);
+    let auth_data = responses::bytes(responses::get(body.as_ref().unwrap(), 2));
+    let len = usize::from(u16::from_be_bytes([auth_data[53], auth_data[54]]));
+    let id = auth_data[55..55 + len].to_vec();
+    for p1 in [0x03, 0x07, 0x08] {
+        let (_, sw) = authenticate(&mut d, cid, p1, &app("shared.example"), &id);
+        assert_eq!(sw, 0x6A80, "SW_WRONG_DATA in mode {p1:#04x}");
+    }
+    let (status, _) = d.ctap(cid, 0x02, Some(requests::get_assertion("shared.example", &[&id], vec![])));
+    assert_eq!(status, 0, "CTAP2 still uses it");
+}
+
 /// CTAP 2.1 §7.2 (alwaysUv): U2F cannot verify the user, so while alwaysUv
 /// is on every CTAP1 request is refused — register, authenticate in all
 /// three modes (0x08 would otherwise sign with no touch at all) and

@@ -11,6 +11,9 @@ pub enum Algorithm {
     Es256,
     /// EdDSA with Ed25519, COSE -8 (software key store only: TPMs generally cannot).
     EdDsa,
+    /// ECDSA with P-384 and SHA-384, COSE -35 (the TPM key store, when its
+    /// TPM has the curve).
+    Es384,
 }
 
 impl Algorithm {
@@ -18,6 +21,7 @@ impl Algorithm {
         match self {
             Algorithm::Es256 => -7,
             Algorithm::EdDsa => -8,
+            Algorithm::Es384 => -35,
         }
     }
 
@@ -25,6 +29,7 @@ impl Algorithm {
         match id {
             -7 => Some(Algorithm::Es256),
             -8 => Some(Algorithm::EdDsa),
+            -35 => Some(Algorithm::Es384),
             _ => None,
         }
     }
@@ -35,6 +40,8 @@ impl Algorithm {
 pub enum PublicKey {
     /// Uncompressed P-256 point coordinates.
     P256 { x: [u8; 32], y: [u8; 32] },
+    /// Uncompressed P-384 point coordinates.
+    P384 { x: [u8; 48], y: [u8; 48] },
     /// An Ed25519 public key (RFC 8032 encoding).
     Ed25519([u8; 32]),
 }
@@ -87,7 +94,7 @@ pub trait KeyStore: Send {
     fn algorithms(&self) -> Vec<Algorithm>;
     fn generate(&mut self, algorithm: Algorithm) -> Result<CreatedKey, KeyStoreError>;
     /// Signs `message` (authenticator data ‖ client data hash) with the key
-    /// behind `key_handle`; ES256 signatures are DER-encoded, EdDSA ones the
+    /// behind `key_handle`; ES256 and ES384 signatures are DER-encoded, EdDSA ones the
     /// 64 bytes of RFC 8032.
     fn sign(&mut self, algorithm: Algorithm, key_handle: &[u8], message: &[u8]) -> Result<Vec<u8>, KeyStoreError>;
     /// Authenticated encryption of a credential ID payload, bound to the

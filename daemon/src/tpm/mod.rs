@@ -3,9 +3,11 @@
 //! `swtpm:host=…,port=…` in tests). docs/tpm.md is the user-facing account.
 //!
 //! - Credential keys: `generate` asks the TPM for a fresh ECC P-256 signing
-//!   key under the storage primary (TPM2_Create); the key handle is the
-//!   compact blob of [`objects::KeyBlob`]. `sign` hashes authData ‖
-//!   clientDataHash with SHA-256 in software (the input is public, an
+//!   key (ES256), or P-384 (ES384) when the TPM has that curve and SHA-384
+//!   (probed at start: [`probe_algorithms`]), under the storage primary
+//!   (TPM2_Create); the key handle is the compact blob of
+//!   [`objects::KeyBlob`]. `sign` hashes authData ‖ clientDataHash with
+//!   SHA-256 (SHA-384) in software (the input is public, an
 //!   unrestricted key accepts an outside digest with a null ticket, and it
 //!   saves a round trip and TPM2_Hash's 1024-byte input limit), then
 //!   TPM2_Load → TPM2_Sign → TPM2_FlushContext, and DER-encodes (r, s).
@@ -40,6 +42,8 @@
 pub mod admin;
 mod boot_state_file;
 mod errors;
+#[cfg(test)]
+mod es384_tests;
 /// `pub` for the benchmark (benches/tpm_sign.rs).
 pub mod objects;
 pub mod pcr_policy;
@@ -65,10 +69,12 @@ use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
 use fidoseal_ctap::authenticator::FIDOSEAL_AAGUID;
 use fidoseal_ctap::machine_attestation;
-use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, PinCheck, PublicKey, Secret32};
-use sha2::{Digest as _, Sha256};
+use fidoseal_ctap::platform::{Algorithm, CreatedKey, KeyStore, KeyStoreError, PinCheck, Secret32};
+use sha2::{Digest as _, Sha256, Sha384};
 use tss_esapi::attributes::SessionAttributesBuilder;
-use tss_esapi::constants::{CapabilityType, PropertyTag, SessionType, StartupType};
+use tss_esapi::constants::{
+    AlgorithmIdentifier, CapabilityType, EccCurveIdentifier, PropertyTag, SessionType, StartupType,
+};
 use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
@@ -81,8 +87,11 @@ use tss_esapi::{Context, TctiNameConf};
 use zeroize::Zeroizing;
 
 use self::errors::{classify, describe, Fault};
-use self::objects::KeyBlob;
+use self::objects::{Curve, KeyBlob};
 use self::state_file::Persisted;
+// For the tests' `use super::*` (objects.rs builds the public keys now).
+#[cfg(test)]
+use fidoseal_ctap::platform::PublicKey;
 
 /// The kernel's TPM resource manager.
 pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
@@ -208,6 +217,8 @@ pub struct TpmKeyStore {
     machine_key_path: PathBuf,
     /// The machine attestation key's blob and certificate, once loaded.
     machine_key: Option<(Vec<u8>, Vec<u8>)>,
+    /// What this TPM can make credential keys for ([`probe_algorithms`]).
+    algorithms: Vec<Algorithm>,
 }
 
 impl std::fmt::Debug for TpmKeyStore {
@@ -349,6 +360,38 @@ fn hmac_output(digest: Digest) -> Result<Zeroizing<[u8; 32]>, OpError> {
         .try_into()
         .map_err(|_| OpError::Internal(format!("TPM2_HMAC returned {} bytes, not 32", digest.value().len())))?;
     Ok(Zeroizing::new(bytes))
+}
+
+/// The credential algorithms of a TPM with these ECC curves, which has
+/// SHA-384 or not, in order of preference: ES256 first (every TPM 2.0 has
+/// it: TCG PC Client PTP), then ES384 if the TPM has both P-384 and SHA-384.
+fn algorithms_of(curves: &[EccCurveIdentifier], has_sha384: bool) -> Vec<Algorithm> {
+    let mut algorithms = vec![Algorithm::Es256];
+    if has_sha384 && curves.contains(&EccCurveIdentifier::NistP384) {
+        algorithms.push(Algorithm::Es384);
+    }
+    algorithms
+}
+
+/// Asks the TPM (TPM2_GetCapability: TPM_CAP_ECC_CURVES, TPM_CAP_ALGS) which
+/// credential algorithms it can do; ES256 only if it cannot say.
+fn probe_algorithms(ctx: &mut Context) -> Vec<Algorithm> {
+    let curves = match ctx.execute_without_session(|c| c.get_capability(CapabilityType::EccCurves, 0, 64)) {
+        Ok((CapabilityData::EccCurves(list), _)) => list.into_inner(),
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            tracing::warn!(error = %e, "TPM2_GetCapability(ECC curves) failed: offering ES256 only");
+            Vec::new()
+        }
+    };
+    let sha384 = u32::from(tss_esapi::constants::tss::TPM2_ALG_SHA384);
+    let has_sha384 = match ctx.execute_without_session(|c| c.get_capability(CapabilityType::Algorithms, sha384, 1)) {
+        Ok((CapabilityData::Algorithms(list), _)) => list.find(AlgorithmIdentifier::Sha384).is_some(),
+        _ => false,
+    };
+    let algorithms = algorithms_of(&curves, has_sha384);
+    tracing::info!(curves = ?curves, sha384 = has_sha384, algorithms = ?algorithms, "TPM credential algorithms");
+    algorithms
 }
 
 #[allow(dead_code)]
@@ -814,7 +857,8 @@ impl TpmKeyStore {
         startup: Startup,
         boot: Option<pcr_policy::BootBinding>,
     ) -> Self {
-        let Opened { tcti, tcti_text, owner_auth, ctx, manufacturer, path, machine_key_path } = opened;
+        let Opened { tcti, tcti_text, owner_auth, mut ctx, manufacturer, path, machine_key_path } = opened;
+        let algorithms = probe_algorithms(&mut ctx);
         let Generation { primary, persisted, hmac_public, hmac_private, sealing_key } = generation;
         Self {
             tpm: Arc::new(Mutex::new(Tpm {
@@ -834,6 +878,7 @@ impl TpmKeyStore {
             manufacturer,
             machine_key_path,
             machine_key: None,
+            algorithms,
         }
     }
 
@@ -907,6 +952,15 @@ impl TpmKeyStore {
         self.tpm().run("check the boot state", |conn| boot.check(&mut conn.ctx))
     }
 
+    /// The curve of `algorithm`, if this TPM can do it.
+    fn curve_of(&self, algorithm: Algorithm) -> Result<Curve, KeyStoreError> {
+        match algorithm {
+            Algorithm::Es256 => Ok(Curve::P256),
+            Algorithm::Es384 if self.algorithms.contains(&Algorithm::Es384) => Ok(Curve::P384),
+            _ => Err(KeyStoreError::UnsupportedAlgorithm(algorithm)),
+        }
+    }
+
     /// The authPolicy of this generation's objects, if it is bound.
     fn object_policy(&self) -> Option<Vec<u8>> {
         self.boot.as_ref().map(pcr_policy::BootBinding::object_policy)
@@ -919,11 +973,13 @@ impl TpmKeyStore {
     }
 }
 
-/// TPM2_Load of a signing key under `parent`, TPM2_Sign of the SHA-256
-/// `digest`, TPM2_FlushContext; the signature DER-encoded.
+/// TPM2_Load of a signing key on `curve` under `parent`, TPM2_Sign of
+/// `digest` (SHA-256 for P-256, SHA-384 for P-384), TPM2_FlushContext; the
+/// signature DER-encoded.
 fn sign_digest(
     ctx: &mut Context,
     parent: KeyHandle,
+    curve: Curve,
     public: &Public,
     private: &Private,
     digest: &[u8],
@@ -957,8 +1013,10 @@ fn sign_digest(
     let signature = signed?;
     flushed?;
     match signature {
-        Signature::EcDsa(ecdsa) => objects::der_signature(ecdsa.signature_r().value(), ecdsa.signature_s().value())
-            .ok_or_else(|| OpError::Internal("the TPM returned an invalid ECDSA signature".into())),
+        Signature::EcDsa(ecdsa) => {
+            objects::der_signature(curve, ecdsa.signature_r().value(), ecdsa.signature_s().value())
+                .ok_or_else(|| OpError::Internal("the TPM returned an invalid ECDSA signature".into()))
+        }
         other => Err(OpError::Internal(format!("the TPM returned a {:?} signature", other.algorithm()))),
     }
 }
@@ -1016,7 +1074,8 @@ impl TpmKeyStore {
                             .ok_or_else(|| OpError::Internal("the TPM returned a point that is not P-256".into()))?;
                         let tbs = machine_attestation::tbs_certificate(&p256_point(&x, &y), &serial, &FIDOSEAL_AAGUID);
                         // Not bound to the boot state: it names the machine, under a primary of its own.
-                        let signature = sign_digest(ctx, primary, &public, &private, &Sha256::digest(&tbs), None)?;
+                        let signature =
+                            sign_digest(ctx, primary, Curve::P256, &public, &private, &Sha256::digest(&tbs), None)?;
                         Ok((blob.encode(), machine_attestation::certificate(&tbs, &signature)))
                     })
                 })?;
@@ -1055,41 +1114,46 @@ impl KeyStore for TpmKeyStore {
     }
 
     fn algorithms(&self) -> Vec<Algorithm> {
-        vec![Algorithm::Es256]
+        self.algorithms.clone()
     }
 
     fn generate(&mut self, algorithm: Algorithm) -> Result<CreatedKey, KeyStoreError> {
-        if !matches!(algorithm, Algorithm::Es256) {
-            return Err(KeyStoreError::UnsupportedAlgorithm(algorithm));
-        }
+        let curve = self.curve_of(algorithm)?;
         // No key is made that could not be used.
         self.require_approved_boot_state()?;
         let policy = self.object_policy();
         let blob = self.tpm().run("generate", |conn| {
-            let template = objects::credential_key_public(&[], &[])
+            // Bound generations: the same policy on every curve.
+            let template = objects::credential_key_public_on(curve, &[], &[])
                 .and_then(|t| objects::bound(t, policy.as_deref()))
                 .map_err(at("building the key template"))?;
             let (public, private) = create_object(&mut conn.ctx, conn.primary, template)?;
             KeyBlob::from_created_bound(&public, &private, policy.as_deref()).map_err(OpError::Internal)
         })?;
-        let (x, y) = blob
-            .coordinates()
-            .ok_or_else(|| KeyStoreError::Backend("the TPM returned a point that is not P-256".into()))?;
-        Ok(CreatedKey { public_key: PublicKey::P256 { x, y }, key_handle: blob.encode() })
+        let public_key = blob
+            .public_key()
+            .filter(|_| blob.curve == curve)
+            .ok_or_else(|| KeyStoreError::Backend(format!("the TPM returned a point that is not on {curve:?}")))?;
+        Ok(CreatedKey { public_key, key_handle: blob.encode() })
     }
 
     fn sign(&mut self, algorithm: Algorithm, key_handle: &[u8], message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
-        if !matches!(algorithm, Algorithm::Es256) {
-            return Err(KeyStoreError::UnsupportedAlgorithm(algorithm));
-        }
+        let curve = self.curve_of(algorithm)?;
         let blob = KeyBlob::decode(key_handle).ok_or(KeyStoreError::NotAuthentic)?;
+        // A key of another curve is not this credential's key.
+        if blob.curve != curve {
+            return Err(KeyStoreError::NotAuthentic);
+        }
         let public = blob.public_bound(self.object_policy().as_deref()).map_err(|_| KeyStoreError::NotAuthentic)?;
         let private = blob.private().map_err(|_| KeyStoreError::NotAuthentic)?;
-        let digest = Sha256::digest(message);
+        let digest = match curve {
+            Curve::P256 => Sha256::digest(message).to_vec(),
+            Curve::P384 => Sha384::digest(message).to_vec(),
+        };
         let boot = self.boot.as_ref();
         self.tpm().run("sign", |conn| {
             let parent = conn.primary;
-            sign_digest(&mut conn.ctx, parent, &public, &private, &digest, boot)
+            sign_digest(&mut conn.ctx, parent, curve, &public, &private, &digest, boot)
         })
     }
 
@@ -1212,7 +1276,9 @@ impl KeyStore for TpmKeyStore {
         let digest = Sha256::digest(message);
         self.tpm()
             .run("sign with the machine attestation key", |conn| {
-                with_machine_primary(conn, |ctx, primary| sign_digest(ctx, primary, &public, &private, &digest, None))
+                with_machine_primary(conn, |ctx, primary| {
+                    sign_digest(ctx, primary, Curve::P256, &public, &private, &digest, None)
+                })
             })
             .map_err(|e| match e {
                 // The blob no longer loads: the TPM was cleared, or the file comes from another machine.

@@ -14,7 +14,8 @@
 //!   blob loads any more;
 //! - one HMAC-SHA-256 key (keyedhash) per generation: the store's PRF,
 //!   never outside the TPM in the clear;
-//! - one ECC P-256 ECDSA-SHA-256 signing key per credential.
+//! - one ECC signing key per credential: P-256 ECDSA-SHA-256 (ES256), or
+//!   P-384 ECDSA-SHA-384 (ES384) when the TPM has that curve.
 
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
@@ -26,13 +27,64 @@ use tss_esapi::structures::{
 };
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 
-/// First byte of a key handle: the compact form (`| 1` when y is odd)…
+use fidoseal_ctap::platform::PublicKey;
+
+/// First byte of a P-256 key handle: the compact form (`| 1` when y is odd)…
 const KEY_HANDLE_COMPACT: u8 = 0x50;
 /// …or the long form, for a TPM that returns unpadded coordinates.
 const KEY_HANDLE_LONG: u8 = 0x54;
+/// The same two forms for a P-384 key (0x58 'X', 0x5C); a P-256 form never
+/// decodes as a P-384 key nor the other way round.
+const KEY_HANDLE_P384_COMPACT: u8 = 0x58;
+const KEY_HANDLE_P384_LONG: u8 = 0x5C;
 /// Largest TPM2B_PRIVATE we accept (sizeof(_PRIVATE) in tpm2-tss).
 const MAX_PRIVATE: usize = 1024;
-const P256_COORDINATE: usize = 32;
+
+/// The curve of a credential key, and with it its signature hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Curve {
+    /// ES256: ECDSA on P-256 with SHA-256.
+    P256,
+    /// ES384: ECDSA on P-384 with SHA-384.
+    P384,
+}
+
+impl Curve {
+    pub fn coordinate_len(self) -> usize {
+        match self {
+            Curve::P256 => 32,
+            Curve::P384 => 48,
+        }
+    }
+
+    fn tpm_curve(self) -> EccCurve {
+        match self {
+            Curve::P256 => EccCurve::NistP256,
+            Curve::P384 => EccCurve::NistP384,
+        }
+    }
+
+    fn hash(self) -> HashingAlgorithm {
+        match self {
+            Curve::P256 => HashingAlgorithm::Sha256,
+            Curve::P384 => HashingAlgorithm::Sha384,
+        }
+    }
+
+    fn compact_form(self) -> u8 {
+        match self {
+            Curve::P256 => KEY_HANDLE_COMPACT,
+            Curve::P384 => KEY_HANDLE_P384_COMPACT,
+        }
+    }
+
+    fn long_form(self) -> u8 {
+        match self {
+            Curve::P256 => KEY_HANDLE_LONG,
+            Curve::P384 => KEY_HANDLE_P384_LONG,
+        }
+    }
+}
 
 fn attributes(restricted_decrypt: bool) -> tss_esapi::Result<tss_esapi::attributes::ObjectAttributes> {
     ObjectAttributesBuilder::new()
@@ -78,17 +130,23 @@ pub fn hmac_key_template() -> tss_esapi::Result<Public> {
         .build()
 }
 
-/// A credential key's public area: the fixed template with the point the
-/// TPM generated (empty coordinates for TPM2_Create).
+/// A P-256 credential key's public area: the fixed template with the point
+/// the TPM generated (empty coordinates for TPM2_Create).
 pub fn credential_key_public(x: &[u8], y: &[u8]) -> tss_esapi::Result<Public> {
+    credential_key_public_on(Curve::P256, x, y)
+}
+
+/// [`credential_key_public`] on `curve`: ECDSA with the curve's hash, the
+/// attributes of every credential key.
+pub fn credential_key_public_on(curve: Curve, x: &[u8], y: &[u8]) -> tss_esapi::Result<Public> {
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Ecc)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
         .with_object_attributes(attributes(false)?)
         .with_ecc_parameters(
             PublicEccParametersBuilder::new_unrestricted_signing_key(
-                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
-                EccCurve::NistP256,
+                EccScheme::EcDsa(HashScheme::new(curve.hash())),
+                curve.tpm_curve(),
             )
             .build()?,
         )
@@ -144,6 +202,7 @@ pub fn null_hashcheck_ticket() -> tss_esapi::Result<HashcheckTicket> {
 /// the primary's seed; useless to anyone but this TPM under this primary).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyBlob {
+    pub curve: Curve,
     pub x: Vec<u8>,
     pub y: Vec<u8>,
     pub private: Vec<u8>,
@@ -159,10 +218,16 @@ impl KeyBlob {
     /// [`Self::from_created`] for a key of a generation bound to the boot
     /// state (pcr_policy.rs): its template carries `policy`.
     pub fn from_created_bound(public: &Public, private: &Private, policy: Option<&[u8]>) -> Result<Self, String> {
-        let Public::Ecc { unique, .. } = public else {
+        let Public::Ecc { unique, parameters, .. } = public else {
             return Err("TPM2_Create returned a non-ECC public area".into());
         };
+        let curve = match parameters.ecc_curve() {
+            EccCurve::NistP256 => Curve::P256,
+            EccCurve::NistP384 => Curve::P384,
+            other => return Err(format!("TPM2_Create returned a key on {other:?}")),
+        };
         let blob = KeyBlob {
+            curve,
             x: unique.x().value().to_vec(),
             y: unique.y().value().to_vec(),
             private: private.value().to_vec(),
@@ -175,20 +240,32 @@ impl KeyBlob {
     }
 
     pub fn public(&self) -> tss_esapi::Result<Public> {
-        credential_key_public(&self.x, &self.y)
+        credential_key_public_on(self.curve, &self.x, &self.y)
     }
 
     pub fn public_bound(&self, policy: Option<&[u8]>) -> tss_esapi::Result<Public> {
-        bound(credential_key_public(&self.x, &self.y)?, policy)
+        bound(self.public()?, policy)
     }
 
     pub fn private(&self) -> tss_esapi::Result<Private> {
         Private::try_from(self.private.clone())
     }
 
-    /// The P-256 coordinates left-padded to 32 bytes (TPMs may drop leading zeros).
+    /// The P-256 coordinates left-padded to 32 bytes (TPMs may drop leading
+    /// zeros); `None` for a P-384 key.
     pub fn coordinates(&self) -> Option<([u8; 32], [u8; 32])> {
-        Some((pad32(&self.x)?, pad32(&self.y)?))
+        if self.curve != Curve::P256 {
+            return None;
+        }
+        Some((pad(&self.x)?, pad(&self.y)?))
+    }
+
+    /// The credential public key, coordinates left-padded.
+    pub fn public_key(&self) -> Option<PublicKey> {
+        Some(match self.curve {
+            Curve::P256 => PublicKey::P256 { x: pad(&self.x)?, y: pad(&self.y)? },
+            Curve::P384 => PublicKey::P384 { x: pad(&self.x)?, y: pad(&self.y)? },
+        })
     }
 
     /// The key handle. Compact form, whenever the TPM gave 32-byte
@@ -197,13 +274,16 @@ impl KeyBlob {
     /// (private 126 = integrity 2+32, IV 2+16, encrypted sensitive 2+72).
     /// Long form otherwise: `0x54 | len(x) | x | len(y) | y | private`, so
     /// that the public area is rebuilt byte for byte as the TPM made it.
+    /// A P-384 key has the same two forms with 0x58 (`| 1` for an odd y) and
+    /// 0x5C, its x 48 bytes: 191 bytes on swtpm (private 142).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(3 + self.x.len() + self.y.len() + self.private.len());
-        if self.x.len() == P256_COORDINATE && self.y.len() == P256_COORDINATE {
-            out.push(KEY_HANDLE_COMPACT | (self.y[P256_COORDINATE - 1] & 1));
+        let coordinate = self.curve.coordinate_len();
+        if self.x.len() == coordinate && self.y.len() == coordinate {
+            out.push(self.curve.compact_form() | (self.y[coordinate - 1] & 1));
             out.extend_from_slice(&self.x);
         } else {
-            out.push(KEY_HANDLE_LONG);
+            out.push(self.curve.long_form());
             out.push(self.x.len() as u8);
             out.extend_from_slice(&self.x);
             out.push(self.y.len() as u8);
@@ -217,64 +297,79 @@ impl KeyBlob {
     /// (including an x that is not on the curve).
     pub fn decode(handle: &[u8]) -> Option<Self> {
         let (&format, rest) = handle.split_first()?;
-        let (x, y, private) = match format {
-            KEY_HANDLE_COMPACT | 0x51 => {
-                if rest.len() <= P256_COORDINATE {
+        let (curve, compact) = match format {
+            KEY_HANDLE_COMPACT | 0x51 => (Curve::P256, true),
+            KEY_HANDLE_LONG => (Curve::P256, false),
+            KEY_HANDLE_P384_COMPACT | 0x59 => (Curve::P384, true),
+            KEY_HANDLE_P384_LONG => (Curve::P384, false),
+            _ => return None,
+        };
+        let coordinate = curve.coordinate_len();
+        let (x, y, private) = match compact {
+            true => {
+                if rest.len() <= coordinate {
                     return None;
                 }
-                let (x, private) = rest.split_at(P256_COORDINATE);
-                (x.to_vec(), decompress_y(x, format & 1 == 1)?, private)
+                let (x, private) = rest.split_at(coordinate);
+                (x.to_vec(), decompress_y(curve, x, format & 1 == 1)?, private)
             }
-            KEY_HANDLE_LONG => {
+            false => {
                 let (&x_len, rest) = rest.split_first()?;
                 let x_len = usize::from(x_len);
-                if x_len == 0 || x_len > P256_COORDINATE || rest.len() < x_len + 1 {
+                if x_len == 0 || x_len > coordinate || rest.len() < x_len + 1 {
                     return None;
                 }
                 let (x, rest) = rest.split_at(x_len);
                 let (&y_len, rest) = rest.split_first()?;
                 let y_len = usize::from(y_len);
-                if y_len == 0 || y_len > P256_COORDINATE || rest.len() <= y_len {
+                if y_len == 0 || y_len > coordinate || rest.len() <= y_len {
                     return None;
                 }
                 let (y, private) = rest.split_at(y_len);
                 (x.to_vec(), y.to_vec(), private)
             }
-            _ => return None,
         };
         if private.len() > MAX_PRIVATE {
             return None;
         }
-        Some(KeyBlob { x, y, private: private.to_vec() })
+        Some(KeyBlob { curve, x, y, private: private.to_vec() })
     }
 }
 
-/// The y coordinate of the P-256 point with this x and y parity.
-fn decompress_y(x: &[u8], odd: bool) -> Option<Vec<u8>> {
-    let mut sec1 = [0u8; 33];
-    sec1[0] = if odd { 3 } else { 2 };
-    sec1[1..].copy_from_slice(x);
-    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).ok()?;
-    let point = key.to_sec1_point(false);
-    Some(point.y()?.to_vec())
+/// The y coordinate of the point on `curve` with this x and y parity.
+fn decompress_y(curve: Curve, x: &[u8], odd: bool) -> Option<Vec<u8>> {
+    let mut sec1 = vec![if odd { 3 } else { 2 }];
+    sec1.extend_from_slice(x);
+    let y = match curve {
+        Curve::P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).ok()?.to_sec1_point(false).y()?.to_vec(),
+        Curve::P384 => p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).ok()?.to_sec1_point(false).y()?.to_vec(),
+    };
+    Some(y)
 }
 
-fn pad32(value: &[u8]) -> Option<[u8; 32]> {
-    if value.len() > 32 {
+/// `value` left-padded to N bytes.
+fn pad<const N: usize>(value: &[u8]) -> Option<[u8; N]> {
+    if value.len() > N {
         return None;
     }
-    let mut out = [0u8; 32];
-    out[32 - value.len()..].copy_from_slice(value);
+    let mut out = [0u8; N];
+    out[N - value.len()..].copy_from_slice(value);
     Some(out)
 }
 
 /// DER `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` from the
-/// TPM's big-endian r and s (of any length up to 32 bytes).
-pub fn der_signature(r: &[u8], s: &[u8]) -> Option<Vec<u8>> {
-    let r = pad32(r)?;
-    let s = pad32(s)?;
-    let signature = p256::ecdsa::Signature::from_scalars(r, s).ok()?;
-    Some(signature.to_der().as_bytes().to_vec())
+/// TPM's big-endian r and s (of any length up to the curve's 32 or 48 bytes).
+pub fn der_signature(curve: Curve, r: &[u8], s: &[u8]) -> Option<Vec<u8>> {
+    Some(match curve {
+        Curve::P256 => {
+            let signature = p256::ecdsa::Signature::from_scalars(pad::<32>(r)?, pad::<32>(s)?).ok()?;
+            signature.to_der().as_bytes().to_vec()
+        }
+        Curve::P384 => {
+            let signature = p384::ecdsa::Signature::from_scalars(pad::<48>(r)?, pad::<48>(s)?).ok()?;
+            signature.to_der().as_bytes().to_vec()
+        }
+    })
 }
 
 #[cfg(test)]
@@ -293,7 +388,7 @@ mod tests {
         for seed in 1..=8 {
             let (x, y) = real_point(seed);
             parities.insert(y[31] & 1);
-            let blob = KeyBlob { x, y, private: vec![3; 126] };
+            let blob = KeyBlob { curve: Curve::P256, x, y, private: vec![3; 126] };
             let encoded = blob.encode();
             assert_eq!(encoded.len(), 1 + 32 + 126);
             assert_eq!(KeyBlob::decode(&encoded), Some(blob));
@@ -304,7 +399,7 @@ mod tests {
     #[test]
     fn key_handles_reject_garbage() {
         let (x, y) = real_point(1);
-        let compact = KeyBlob { x: x.clone(), y, private: vec![3; 126] }.encode();
+        let compact = KeyBlob { curve: Curve::P256, x: x.clone(), y, private: vec![3; 126] }.encode();
         assert_eq!(KeyBlob::decode(&compact[..33]), None, "no private part");
         let mut off_curve = compact.clone();
         // Some x has no point; flipping bits until one fails shows the check.
@@ -323,9 +418,85 @@ mod tests {
         assert_eq!(KeyBlob::decode(&[1u8; 60]), None);
     }
 
+    fn real_p384_point(seed: u8) -> (Vec<u8>, Vec<u8>) {
+        let key = p384::ecdsa::SigningKey::from_slice(&[seed; 48]).unwrap();
+        let point = p384::ecdsa::VerifyingKey::from(&key).to_sec1_point(false);
+        (point.x().unwrap().to_vec(), point.y().unwrap().to_vec())
+    }
+
+    #[test]
+    fn p384_key_handles_round_trip_and_never_pass_for_p256_ones() {
+        let mut parities = std::collections::HashSet::new();
+        for seed in 1..=8 {
+            let (x, y) = real_p384_point(seed);
+            parities.insert(y[47] & 1);
+            let blob = KeyBlob { curve: Curve::P384, x, y, private: vec![3; 142] };
+            let encoded = blob.encode();
+            assert_eq!(encoded[0] & !1, KEY_HANDLE_P384_COMPACT);
+            assert_eq!(encoded.len(), 1 + 48 + 142);
+            assert_eq!(KeyBlob::decode(&encoded), Some(blob.clone()));
+            assert!(blob.coordinates().is_none(), "not a P-256 key");
+            assert!(matches!(blob.public_key(), Some(PublicKey::P384 { .. })));
+            // Truncated: no private part, or a short x.
+            assert_eq!(KeyBlob::decode(&encoded[..49]), None);
+            assert_eq!(KeyBlob::decode(&encoded[..40]), None);
+            // The same bytes under a P-256 format byte are a P-256 x of 32
+            // bytes and 174 of "private": either refused, or a different key
+            // (whose TPM2_Load then fails the integrity check).
+            let mut as_p256 = encoded.clone();
+            as_p256[0] = KEY_HANDLE_COMPACT | (encoded[0] & 1);
+            assert_ne!(KeyBlob::decode(&as_p256).map(|b| b.curve), Some(Curve::P384));
+        }
+        assert_eq!(parities.len(), 2, "both parities were tried");
+        // A P-256 handle relabelled as P-384 does not decode as the P-256 key.
+        let (x, y) = real_point(1);
+        let p256 = KeyBlob { curve: Curve::P256, x, y, private: vec![3; 126] }.encode();
+        let mut as_p384 = p256.clone();
+        as_p384[0] = KEY_HANDLE_P384_COMPACT;
+        assert_ne!(KeyBlob::decode(&as_p384).map(|b| b.curve), Some(Curve::P256));
+        // Long form, short coordinates kept exactly; too-long ones refused.
+        let long = KeyBlob { curve: Curve::P384, x: vec![1; 48], y: vec![2; 47], private: vec![3; 150] };
+        let encoded = long.encode();
+        assert_eq!(encoded[0], KEY_HANDLE_P384_LONG);
+        assert_eq!(KeyBlob::decode(&encoded), Some(long.clone()));
+        assert_eq!(long.public_key(), Some(PublicKey::P384 { x: [1; 48], y: pad(&[2; 47]).unwrap() }));
+        let mut long_x = encoded;
+        long_x[1] = 49;
+        assert_eq!(KeyBlob::decode(&long_x), None);
+    }
+
+    #[test]
+    fn p384_x_values_off_the_curve_are_refused() {
+        let (x, y) = real_p384_point(2);
+        let mut handle = KeyBlob { curve: Curve::P384, x, y, private: vec![3; 142] }.encode();
+        let mut rejected = false;
+        for bit in 0..64 {
+            handle[1 + bit / 8] ^= 1 << (bit % 8);
+            if KeyBlob::decode(&handle).is_none() {
+                rejected = true;
+                break;
+            }
+        }
+        assert!(rejected, "an x that is not on P-384 is refused");
+    }
+
+    #[test]
+    fn the_p384_template_is_the_p256_one_on_another_curve() {
+        let p256 = credential_key_public(&[], &[]).unwrap();
+        let p384 = credential_key_public_on(Curve::P384, &[], &[]).unwrap();
+        assert_eq!(p256.object_attributes(), p384.object_attributes());
+        let Public::Ecc { parameters, .. } = &p384 else { panic!("an ECC key") };
+        assert_eq!(parameters.ecc_curve(), EccCurve::NistP384);
+        assert_eq!(parameters.ecc_scheme(), EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha384)));
+        // Bound generations: the same policy and no userWithAuth.
+        let bound_key = bound(p384, Some(&[9; 32])).unwrap();
+        assert!(!bound_key.object_attributes().user_with_auth());
+        assert_eq!(bound_key.auth_policy().value(), &[9; 32]);
+    }
+
     #[test]
     fn long_key_handles_keep_short_coordinates_exactly() {
-        let blob = KeyBlob { x: vec![1; 32], y: vec![2; 31], private: vec![3; 108] };
+        let blob = KeyBlob { curve: Curve::P256, x: vec![1; 32], y: vec![2; 31], private: vec![3; 108] };
         let encoded = blob.encode();
         assert_eq!(encoded[0], KEY_HANDLE_LONG);
         assert_eq!(encoded.len(), 3 + 32 + 31 + 108);
@@ -352,11 +523,15 @@ mod tests {
 
     #[test]
     fn der_signatures_are_minimal() {
-        let der = der_signature(&[0x80; 32], &[1; 31]).unwrap();
+        let der = der_signature(Curve::P256, &[0x80; 32], &[1; 31]).unwrap();
         let parsed = p256::ecdsa::Signature::from_der(&der).unwrap();
         assert_eq!(parsed.r().to_bytes().as_slice(), &[0x80; 32]);
         assert_eq!(der[3], 33, "r with its high bit set gets a 0x00 prefix");
-        assert!(der_signature(&[0; 32], &[1; 32]).is_none(), "r = 0 is not a signature");
-        assert!(der_signature(&[1; 33], &[1; 32]).is_none());
+        assert!(der_signature(Curve::P256, &[0; 32], &[1; 32]).is_none(), "r = 0 is not a signature");
+        assert!(der_signature(Curve::P256, &[1; 33], &[1; 32]).is_none());
+        let der = der_signature(Curve::P384, &[0x80; 48], &[1; 47]).unwrap();
+        let parsed = p384::ecdsa::Signature::from_der(&der).unwrap();
+        assert_eq!(parsed.r().to_bytes().as_slice(), &[0x80; 48]);
+        assert!(der_signature(Curve::P384, &[1; 49], &[1; 48]).is_none());
     }
 }
