@@ -326,10 +326,24 @@ fn encrypted_hmac(
         pcr_policy::flush_session(ctx, session);
         return hmac_output(result?);
     }
+    let session = salted_session(ctx, salt_key, true, true)?;
+    let result = ctx
+        .execute_with_session(Some(session), |c| c.hmac(key.into(), buffer, HashingAlgorithm::Sha256))
+        .map_err(at("TPM2_HMAC"));
+    let flushed =
+        ctx.flush_context(SessionHandle::from(session).into()).map_err(at("TPM2_FlushContext of the session"));
+    let digest = result?;
+    flushed?;
+    hmac_output(digest)
+}
+
+/// An HMAC session salted with `primary` (ECDH), AES-128-CFB parameter
+/// encryption of the command (`decrypt`) and/or the response (`encrypt`).
+fn salted_session(ctx: &mut Context, primary: KeyHandle, decrypt: bool, encrypt: bool) -> Result<AuthSession, OpError> {
     let session = ctx
         .execute_without_session(|c| {
             c.start_auth_session(
-                Some(salt_key),
+                Some(primary),
                 None,
                 None,
                 SessionType::Hmac,
@@ -339,19 +353,13 @@ fn encrypted_hmac(
         })
         .map_err(at("TPM2_StartAuthSession"))?
         .ok_or_else(|| OpError::Internal("TPM2_StartAuthSession returned no session".into()))?;
-    let (attributes, mask) = SessionAttributesBuilder::new().with_decrypt(true).with_encrypt(true).build();
-    let result = ctx
-        .tr_sess_set_attributes(session, attributes, mask)
-        .map_err(at("setting the session attributes"))
-        .and_then(|()| {
-            ctx.execute_with_session(Some(session), |c| c.hmac(key.into(), buffer, HashingAlgorithm::Sha256))
-                .map_err(at("TPM2_HMAC"))
-        });
-    let flushed =
-        ctx.flush_context(SessionHandle::from(session).into()).map_err(at("TPM2_FlushContext of the session"));
-    let digest = result?;
-    flushed?;
-    hmac_output(digest)
+    let (attributes, mask) =
+        SessionAttributesBuilder::new().with_decrypt(decrypt).with_encrypt(encrypt).with_continue_session(true).build();
+    if let Err(error) = ctx.tr_sess_set_attributes(session, attributes, mask) {
+        let _ = ctx.flush_context(SessionHandle::from(session).into());
+        return Err(OpError::Tpm { step: "setting the session attributes", error });
+    }
+    Ok(session)
 }
 
 fn hmac_output(digest: Digest) -> Result<Zeroizing<[u8; 32]>, OpError> {

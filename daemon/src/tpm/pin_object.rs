@@ -33,20 +33,19 @@
 
 use sha2::{Digest as _, Sha256};
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
-use tss_esapi::constants::{PropertyTag, SessionType};
+use tss_esapi::constants::PropertyTag;
 use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
     Auth, Digest, KeyedHashScheme, Private, Public, PublicBuilder, PublicKeyedHashParameters, SensitiveData,
-    SymmetricDefinition,
 };
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 
 use super::errors::{classify, describe, raw_code, Fault};
 use super::pcr_policy::{self, BootBinding};
-use super::{at, objects, OpError};
+use super::{at, objects, salted_session, OpError};
 use fidoseal_ctap::platform::{PinCheck, MAX_PIN_RETRIES};
 
 const FORMAT: u8 = 0x70;
@@ -90,31 +89,6 @@ pub fn bound_policy(approval_key_name: &[u8]) -> Vec<u8> {
 /// the generation is bound (no `userWithAuth`, that authPolicy).
 fn template_for(policy: Option<&[u8]>) -> tss_esapi::Result<Public> {
     objects::bound(template()?, policy)
-}
-
-/// An HMAC session salted with the primary (ECDH), AES-128-CFB parameter
-/// encryption of the command (`decrypt`) and/or the response (`encrypt`).
-fn salted_session(ctx: &mut Context, primary: KeyHandle, decrypt: bool, encrypt: bool) -> Result<AuthSession, OpError> {
-    let session = ctx
-        .execute_without_session(|c| {
-            c.start_auth_session(
-                Some(primary),
-                None,
-                None,
-                SessionType::Hmac,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-        })
-        .map_err(at("TPM2_StartAuthSession"))?
-        .ok_or_else(|| OpError::Internal("TPM2_StartAuthSession returned no session".into()))?;
-    let (attributes, mask) =
-        SessionAttributesBuilder::new().with_decrypt(decrypt).with_encrypt(encrypt).with_continue_session(true).build();
-    if let Err(error) = ctx.tr_sess_set_attributes(session, attributes, mask) {
-        let _ = ctx.flush_context(SessionHandle::from(session).into());
-        return Err(OpError::Tpm { step: "setting the session attributes", error });
-    }
-    Ok(session)
 }
 
 fn flush_session(ctx: &mut Context, session: AuthSession) -> Result<(), OpError> {
