@@ -33,6 +33,17 @@ pub mod command {
 }
 
 /// authenticatorConfig subcommands (§6.11).
+/// authenticatorCredentialManagement subcommands (§6.8).
+pub mod credential_management_subcommand {
+    pub const GET_CREDS_METADATA: u8 = 0x01;
+    pub const ENUMERATE_RPS_BEGIN: u8 = 0x02;
+    pub const ENUMERATE_RPS_GET_NEXT_RP: u8 = 0x03;
+    pub const ENUMERATE_CREDENTIALS_BEGIN: u8 = 0x04;
+    pub const ENUMERATE_CREDENTIALS_GET_NEXT_CREDENTIAL: u8 = 0x05;
+    pub const DELETE_CREDENTIAL: u8 = 0x06;
+    pub const UPDATE_USER_INFORMATION: u8 = 0x07;
+}
+
 pub mod config_subcommand {
     pub const ENABLE_ENTERPRISE_ATTESTATION: u8 = 0x01;
     pub const TOGGLE_ALWAYS_UV: u8 = 0x02;

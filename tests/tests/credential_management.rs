@@ -11,16 +11,7 @@ use fidoseal_tests::status as st;
 use fidoseal_tests::Device;
 use p256::ecdsa::VerifyingKey;
 
-/// credMgmt subcommands (§6.8).
-mod sub {
-    pub const GET_CREDS_METADATA: u8 = 0x01;
-    pub const ENUMERATE_RPS_BEGIN: u8 = 0x02;
-    pub const ENUMERATE_RPS_GET_NEXT_RP: u8 = 0x03;
-    pub const ENUMERATE_CREDENTIALS_BEGIN: u8 = 0x04;
-    pub const ENUMERATE_CREDENTIALS_GET_NEXT_CREDENTIAL: u8 = 0x05;
-    pub const DELETE_CREDENTIAL: u8 = 0x06;
-    pub const UPDATE_USER_INFORMATION: u8 = 0x07;
-}
+use fidoseal_tests::platform_client::credential_management_subcommand as sub;
 
 const RP_A: &str = "a.example";
 const RP_B: &str = "b.example";
