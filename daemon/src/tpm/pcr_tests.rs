@@ -535,48 +535,6 @@ fn a_bound_generations_pin_object_works_only_in_an_approved_boot_state_and_count
     std::fs::remove_dir_all(state).unwrap();
 }
 
-/// The bound store shared between the authenticator and the test.
-struct Shared(std::sync::Arc<Mutex<TpmKeyStore>>);
-
-impl Shared {
-    fn store(&self) -> MutexGuard<'_, TpmKeyStore> {
-        self.0.lock().unwrap()
-    }
-}
-
-impl KeyStore for Shared {
-    fn name(&self) -> &'static str {
-        "tpm"
-    }
-    fn algorithms(&self) -> Vec<Algorithm> {
-        self.store().algorithms()
-    }
-    fn generate(&mut self, algorithm: Algorithm) -> Result<CreatedKey, KeyStoreError> {
-        self.store().generate(algorithm)
-    }
-    fn sign(&mut self, algorithm: Algorithm, key_handle: &[u8], message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
-        self.store().sign(algorithm, key_handle, message)
-    }
-    fn seal_credential_id(&mut self, rp_id_hash: &[u8; 32], payload: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
-        self.store().seal_credential_id(rp_id_hash, payload)
-    }
-    fn open_credential_id(&mut self, rp_id_hash: &[u8; 32], credential_id: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
-        self.store().open_credential_id(rp_id_hash, credential_id)
-    }
-    fn derive_secret(&mut self, context: &[u8]) -> Result<Secret32, KeyStoreError> {
-        self.store().derive_secret(context)
-    }
-    fn reset(&mut self) -> Result<(), KeyStoreError> {
-        self.store().reset()
-    }
-    fn create_pin_object(&mut self, pin_hash: &[u8; 16]) -> Result<Option<Vec<u8>>, KeyStoreError> {
-        self.store().create_pin_object(pin_hash)
-    }
-    fn check_pin_object(&mut self, object: &[u8], pin_hash: &[u8; 16]) -> Result<PinCheck, KeyStoreError> {
-        self.store().check_pin_object(object, pin_hash)
-    }
-}
-
 /// Through CTAP: in an unapproved boot state getPinToken fails with the key
 /// store's error and spends no CTAP retry (client_pin.rs gives it back) and
 /// no TPM dictionary-attack try.
@@ -588,7 +546,7 @@ fn through_ctap_an_unapproved_boot_state_spends_no_pin_retry() {
     let shared = std::sync::Arc::new(Mutex::new(open_bound(&tpm, &state)));
     let mut d = fidoseal_tests::Device::with_keystore(
         fidoseal_ctap::AuthenticatorConfig::default(),
-        Box::new(Shared(std::sync::Arc::clone(&shared))),
+        Box::new(super::admin::SharedTpmKeyStore(std::sync::Arc::clone(&shared))),
     );
     let cid = d.init();
     assert_eq!(pc::set_pin(&mut d, cid, Protocol::Two, "1234"), fidoseal_tests::status::OK);
