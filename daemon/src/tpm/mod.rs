@@ -914,7 +914,7 @@ impl TpmKeyStore {
         state_dir: &Path,
     ) -> Result<(rollback::RollbackAnchor, rollback::AnchorStart), rollback::RollbackError> {
         let fresh = self.startup != Startup::Reopened;
-        rollback::RollbackAnchor::open(Arc::clone(&self.tpm), state_dir, fresh)
+        rollback::RollbackAnchor::open(Arc::clone(&self.tpm), state_dir, fresh, self.boot.as_ref())
     }
 
     /// The TPM's manufacturer, for `fidosealctl status`.

@@ -48,6 +48,7 @@ use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 use zeroize::Zeroizing;
 
+use super::pcr_policy::BootBinding;
 use super::{at, create_object, objects, tpm_hmac, with_machine_primary, Connection, OpError, Tpm};
 use crate::state::write_atomically;
 use fidoseal_store::RecordCheck;
@@ -85,7 +86,8 @@ const MAGIC: &[u8] = b"fidoseal-anchor";
 const FORMAT: u8 = 1;
 const FILE_MAC_LABEL: &[u8] = b"fidoseal anchor file v1";
 const STATE_KEY_LABEL: &[u8] = b"fidoseal rollback state key v1\0";
-const KEY_LABEL: &[u8] = b"fidoseal rollback anchor key v1";
+/// `pub(super)` for the tests' forgeries (rollback_tests.rs).
+pub(super) const KEY_LABEL: &[u8] = b"fidoseal rollback anchor key v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
@@ -102,16 +104,16 @@ pub enum RollbackError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
-/// The anchor file as written.
+/// The anchor file as written (`pub(super)` for the tests' forgeries).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct AnchorFile {
-    key_public: Vec<u8>,
-    key_private: Vec<u8>,
+pub(super) struct AnchorFile {
+    pub(super) key_public: Vec<u8>,
+    pub(super) key_private: Vec<u8>,
     /// The NV counter value this file was written for.
-    counter: u64,
+    pub(super) counter: u64,
     /// Each state's rollback version ("." for the single-user state,
     /// "users/<uid>" for a user's).
-    states: BTreeMap<String, u64>,
+    pub(super) states: BTreeMap<String, u64>,
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -137,7 +139,7 @@ impl AnchorFile {
     /// `MAGIC | FORMAT | key public | key private` (the key's blobs, TPM-
     /// protected) then the body `counter (u64) | n (u32) | (id, version)*`,
     /// then HMAC-SHA-256 of everything before with the anchor key.
-    fn encode(&self, key: &[u8; 32]) -> Vec<u8> {
+    pub(super) fn encode(&self, key: &[u8; 32]) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.push(FORMAT);
@@ -156,7 +158,7 @@ impl AnchorFile {
 
     /// Parses the file; the MAC is checked by [`Self::verify`] once the key
     /// is known. `None`: not an anchor file.
-    fn decode(bytes: &[u8]) -> Option<(Self, &[u8], [u8; 32])> {
+    pub(super) fn decode(bytes: &[u8]) -> Option<(Self, &[u8], [u8; 32])> {
         let body_len = bytes.len().checked_sub(32)?;
         let (signed, mac) = bytes.split_at(body_len);
         let mut input = signed;
@@ -351,21 +353,32 @@ pub fn release(settings: &super::TpmSettings, state_dir: &Path) -> Result<bool, 
 // --- the anchor key ----------------------------------------------------------
 
 /// A new anchor key (HMAC, under the machine primary: it survives
-/// authenticatorReset, and goes only with a cleared TPM).
-fn new_anchor_key(conn: &mut Connection) -> Result<(Vec<u8>, Vec<u8>), OpError> {
+/// authenticatorReset, and goes only with a cleared TPM). `policy`: a bound
+/// generation's authPolicy (pcr_policy.rs), so that the key, like the
+/// generation's other objects, is usable only in an approved boot state.
+fn new_anchor_key(conn: &mut Connection, policy: Option<&[u8]>) -> Result<(Vec<u8>, Vec<u8>), OpError> {
     with_machine_primary(conn, |ctx, primary| {
-        let template = objects::hmac_key_template().map_err(at("building the HMAC key template"))?;
+        let template = objects::hmac_key_template()
+            .and_then(|t| objects::bound(t, policy))
+            .map_err(at("building the HMAC key template"))?;
         let (public, private) = create_object(ctx, primary, template)?;
         Ok((public.marshall().map_err(at("marshalling the anchor key"))?, private.value().to_vec()))
     })
 }
 
-/// The anchor MAC key: TPM2_HMAC(anchor key, label), in a salted session.
-fn anchor_key(conn: &mut Connection, public: &[u8], private: &[u8]) -> Result<Zeroizing<[u8; 32]>, OpError> {
+/// The anchor MAC key: TPM2_HMAC(anchor key, label), in a salted session;
+/// with `boot`, the bound generation's policy session (the same code as
+/// derive_secret).
+fn anchor_key(
+    conn: &mut Connection,
+    public: &[u8],
+    private: &[u8],
+    boot: Option<&BootBinding>,
+) -> Result<Zeroizing<[u8; 32]>, OpError> {
     let public = Public::unmarshall(public).map_err(|_| OpError::NotOurs)?;
     let private = Private::try_from(private.to_vec()).map_err(|_| OpError::NotOurs)?;
     with_machine_primary(conn, |ctx, primary| {
-        tpm_hmac(ctx, primary, &public, &private, KEY_LABEL, None).map_err(|e| match e {
+        tpm_hmac(ctx, primary, &public, &private, KEY_LABEL, boot).map_err(|e| match e {
             OpError::Tpm { error, .. } if super::classify(&error) == super::Fault::Refused => OpError::NotOurs,
             other => other,
         })
@@ -445,12 +458,15 @@ impl RollbackAnchor {
     /// Opens (or creates) the anchor of `state_dir` on `tpm`. `fresh`: the
     /// key store was just created (a new state directory, or a cleared TPM):
     /// there is nothing older to protect, so a counter or file left from
-    /// before is taken over rather than refused.
+    /// before is taken over rather than refused. `boot`: the store's
+    /// generation is bound to the boot state; so is the anchor key.
     pub(super) fn open(
         tpm: Arc<Mutex<Tpm>>,
         state_dir: &Path,
         fresh: bool,
+        boot: Option<&BootBinding>,
     ) -> Result<(Self, AnchorStart), RollbackError> {
+        let policy = boot.map(BootBinding::object_policy);
         let path = state_dir.join(ANCHOR_FILE);
         let accept_path = state_dir.join(ACCEPT_FILE);
         let accept = accept_path.exists();
@@ -467,8 +483,9 @@ impl RollbackAnchor {
         if let Some(bytes) = &bytes {
             match AnchorFile::decode(bytes) {
                 Some((file, signed, mac)) => {
-                    let key =
-                        run(&tpm, "load the anchor key", |conn| anchor_key(conn, &file.key_public, &file.key_private));
+                    let key = run(&tpm, "load the anchor key", |conn| {
+                        anchor_key(conn, &file.key_public, &file.key_private, boot)
+                    });
                     match key {
                         Ok(key) if file_mac(&key, signed) == mac => opened = Some((file, key)),
                         Ok(_) if !(fresh || accept) => {
@@ -532,8 +549,10 @@ impl RollbackAnchor {
             }
             _ => {
                 // A new anchor (and key) over the states as they are.
-                let (key_public, key_private) = run_op(&tpm, "create the anchor key", new_anchor_key)?;
-                let key = run_op(&tpm, "load the anchor key", |conn| anchor_key(conn, &key_public, &key_private))?;
+                let (key_public, key_private) =
+                    run_op(&tpm, "create the anchor key", |conn| new_anchor_key(conn, policy.as_deref()))?;
+                let key =
+                    run_op(&tpm, "load the anchor key", |conn| anchor_key(conn, &key_public, &key_private, boot))?;
                 let counter = match counter {
                     Some(value) => value,
                     None => run_op(&tpm, "define the anti-rollback counter", |conn| define_counter(&mut conn.ctx))?,
@@ -569,11 +588,7 @@ impl RollbackAnchor {
 
     /// The MAC key of one state's rollback record.
     pub fn state_key(&self, id: &str) -> Zeroizing<[u8; 32]> {
-        let inner = self.lock();
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&inner.key[..]).expect("any key length");
-        mac.update(STATE_KEY_LABEL);
-        mac.update(id.as_bytes());
-        Zeroizing::new(mac.finalize().into_bytes().into())
+        state_key_under(&self.lock().key, id)
     }
 
     /// Anchors `version` for state `id`: the file with the counter's next
@@ -655,6 +670,15 @@ impl RollbackAnchor {
     pub fn counter(&self) -> u64 {
         self.lock().file.counter
     }
+}
+
+/// The MAC key of state `id`'s rollback record under the anchor MAC key
+/// `key` (`pub(super)` for the tests' forgeries).
+pub(super) fn state_key_under(key: &[u8; 32], id: &str) -> Zeroizing<[u8; 32]> {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+    mac.update(STATE_KEY_LABEL);
+    mac.update(id.as_bytes());
+    Zeroizing::new(mac.finalize().into_bytes().into())
 }
 
 /// One state's [`fidoseal_store::AnchorSink`].

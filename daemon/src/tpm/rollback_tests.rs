@@ -9,9 +9,19 @@ use std::path::{Path, PathBuf};
 use fidoseal_ctap::platform::{AuthenticatorState, CredentialStore, PinRecord, ResidentCredential};
 use fidoseal_store::{AnchorSink, CredentialDatabase, RecordCheck};
 
-use super::rollback::{self, AnchorStart, RollbackAnchor, RollbackError, StateStart, ACCEPT_FILE, ANCHOR_FILE};
+use std::str::FromStr;
+
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{MaxBuffer, Private, Public};
+use tss_esapi::traits::UnMarshall;
+use tss_esapi::{Context, TctiNameConf};
+
+use super::rollback::{
+    self, AnchorFile, AnchorStart, RollbackAnchor, RollbackError, StateStart, ACCEPT_FILE, ANCHOR_FILE, KEY_LABEL,
+};
 use super::swtpm::{temp_dir, Swtpm};
-use super::{Startup, TpmKeyStore, TpmSettings};
+use super::{create_primary, errors, Startup, TpmKeyStore, TpmSettings, MACHINE_PRIMARY_UNIQUE};
 
 fn settings(tpm: &Swtpm) -> TpmSettings {
     TpmSettings { tcti: tpm.tcti(), owner_auth_file: None }
@@ -508,4 +518,69 @@ fn a_removed_or_altered_anchor_file_is_refused() {
     assert_eq!(start(&tpm, &state).unwrap().start, AnchorStart::Verified);
     std::fs::remove_dir_all(state).unwrap();
     std::fs::remove_dir_all(copy).unwrap();
+}
+
+// --- a key store bound to the boot state ([keystore] pcrs) -------------------
+
+fn start_bound(tpm: &Swtpm, state: &Path) -> Result<Started, RollbackError> {
+    let store = TpmKeyStore::open_bound(&settings(tpm), state, &[7]).expect("open the bound TPM key store");
+    let (anchor, start) = store.rollback_anchor(state)?;
+    Ok(Started { store, anchor, start })
+}
+
+fn anchor_file(state: &Path) -> AnchorFile {
+    AnchorFile::decode(&std::fs::read(state.join(ANCHOR_FILE)).unwrap()).unwrap().0
+}
+
+fn raw_context(tpm: &Swtpm) -> Context {
+    Context::new(TctiNameConf::from_str(&tpm.tcti()).unwrap()).unwrap()
+}
+
+/// TPM2_HMAC(key, KEY_LABEL) with a password session under the machine
+/// primary, as another OS with the TPM and the anchor file would try it.
+fn raw_anchor_hmac(ctx: &mut Context, public: &[u8], private: &[u8]) -> tss_esapi::Result<[u8; 32]> {
+    let (primary, _) = create_primary(ctx, &MACHINE_PRIMARY_UNIQUE).ok().unwrap();
+    let public = Public::unmarshall(public).unwrap();
+    let private = Private::try_from(private.to_vec()).unwrap();
+    let key = ctx.execute_with_session(Some(AuthSession::Password), |c| c.load(primary, private, public)).unwrap();
+    let buffer = MaxBuffer::try_from(KEY_LABEL.to_vec()).unwrap();
+    let out =
+        ctx.execute_with_session(Some(AuthSession::Password), |c| c.hmac(key.into(), buffer, HashingAlgorithm::Sha256));
+    ctx.flush_context(key.into()).unwrap();
+    ctx.flush_context(primary.into()).unwrap();
+    out.map(|digest| digest.value().try_into().unwrap())
+}
+
+#[test]
+fn a_bound_stores_anchor_key_has_the_generations_policy_and_no_password_use() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-bound-key");
+    let policy = {
+        let started = start_bound(&tpm, &state).unwrap();
+        assert_eq!(started.start, AnchorStart::Created);
+        assert_eq!(open_state(&started, &state, ".").unwrap().1, StateStart::Adopted);
+        started.store.object_policy().unwrap()
+    };
+    let file = anchor_file(&state);
+    let public = Public::unmarshall(&file.key_public).unwrap();
+    assert_eq!(public.auth_policy().value(), policy.as_slice(), "PolicyAuthorize(A), like the generation's keys");
+    assert!(!public.object_attributes().user_with_auth(), "only a policy session authorizes it");
+    // Computed in the policy session at every start: the anchor verifies.
+    let started = start_bound(&tpm, &state).unwrap();
+    assert_eq!(started.start, AnchorStart::Verified);
+    assert_eq!(open_state(&started, &state, ".").unwrap().1, StateStart::Verified);
+    drop(started);
+    // The blob and the TPM without the policy: TPM_RC_AUTH_UNAVAILABLE.
+    let err = raw_anchor_hmac(&mut raw_context(&tpm), &file.key_public, &file.key_private).unwrap_err();
+    assert_eq!(errors::raw_code(&err).map(|c| c & 0xff), Some(0x2f), "{err}");
+
+    // An unbound store's anchor key is as before.
+    let unbound = temp_dir("rollback-unbound-key");
+    drop(start(&tpm, &unbound).unwrap());
+    let file = anchor_file(&unbound);
+    let public = Public::unmarshall(&file.key_public).unwrap();
+    assert!(public.auth_policy().value().is_empty() && public.object_attributes().user_with_auth());
+    assert!(raw_anchor_hmac(&mut raw_context(&tpm), &file.key_public, &file.key_private).is_ok());
+    std::fs::remove_dir_all(state).unwrap();
+    std::fs::remove_dir_all(unbound).unwrap();
 }
