@@ -8,7 +8,11 @@
 //!   it was written for, and each state's rollback version (store
 //!   rollback.rs), MACed with a key only this TPM computes (an HMAC key under
 //!   the machine primary, whose blob the file carries): with the disk alone
-//!   it cannot be forged or altered.
+//!   it cannot be forged or altered. With `[keystore] pcrs` the anchor key
+//!   is bound like the generation's other objects (authPolicy
+//!   PolicyAuthorize(A), no userWithAuth; pcr_policy.rs), and a file whose
+//!   key is not exactly that is refused: another OS booted on the machine
+//!   cannot compute the MAC, so it cannot forge a file either.
 //! - Each credential database keeps its own version and a MAC of its
 //!   rollback-relevant content with a key derived from the same one for
 //!   that state: a record copied from the current database into an old
@@ -262,8 +266,9 @@ fn nv_increment(ctx: &mut Context, handle: NvIndexHandle) -> Result<(), OpError>
 }
 
 /// The counter's value; `None` if the index is not defined. An index at
-/// our handle that is not ours is an error naming it.
-fn counter_value(ctx: &mut Context) -> Result<Option<u64>, OpError> {
+/// our handle that is not ours is an error naming it. (`pub(super)` for the
+/// tests' forgeries.)
+pub(super) fn counter_value(ctx: &mut Context) -> Result<Option<u64>, OpError> {
     if !nv_defined(ctx)? {
         return Ok(None);
     }
@@ -385,6 +390,36 @@ fn anchor_key(
     })
 }
 
+/// Whether the anchor key's public area (from the anchor file) is the
+/// template [`new_anchor_key`] makes for `policy`: that authPolicy, no
+/// userWithAuth, and fixedTPM, fixedParent and sensitiveDataOrigin, so the
+/// TPM made its secret and it never left (a key with a secret chosen by
+/// whoever made it, or imported, would let them compute the MAC without the
+/// TPM). The TPM checks the private blob against this public area at
+/// TPM2_Load, so the area cannot lie about the key.
+fn is_bound_key(public: &[u8], policy: &[u8]) -> bool {
+    let Ok(Public::KeyedHash { object_attributes, name_hashing_algorithm, auth_policy, parameters, .. }) =
+        Public::unmarshall(public)
+    else {
+        return false;
+    };
+    let expected = objects::hmac_key_template().and_then(|t| objects::bound(t, Some(policy)));
+    let Ok(Public::KeyedHash {
+        object_attributes: want_attributes,
+        name_hashing_algorithm: want_name_hash,
+        auth_policy: want_policy,
+        parameters: want_parameters,
+        ..
+    }) = expected
+    else {
+        return false;
+    };
+    object_attributes == want_attributes
+        && name_hashing_algorithm == want_name_hash
+        && auth_policy == want_policy
+        && parameters == want_parameters
+}
+
 // --- the anchor ----------------------------------------------------------------
 
 struct Inner {
@@ -479,9 +514,22 @@ impl RollbackAnchor {
         let stale = |what: String| RollbackError::Stale { what, accept: accept_path.clone() };
 
         // The file, its key and its MAC, if it is there and opens.
+        let unbound = |file: &AnchorFile| policy.as_deref().is_some_and(|p| !is_bound_key(&file.key_public, p));
         let mut opened = None;
         if let Some(bytes) = &bytes {
             match AnchorFile::decode(bytes) {
+                // A bound store's anchor key was made bound with the store
+                // (a bound store is always a fresh one): any other key is a
+                // file made by someone who could compute its MAC without the
+                // approved boot state.
+                Some((file, _, _)) if unbound(&file) && !(fresh || accept) => {
+                    return Err(stale(format!(
+                        "the anchor key is not bound to the boot state: the anchor file was replaced ({})",
+                        path.display()
+                    )))
+                }
+                // Fresh or accepted: a new, bound key below; this one is never used.
+                Some((file, _, _)) if unbound(&file) => {}
                 Some((file, signed, mac)) => {
                     let key = run(&tpm, "load the anchor key", |conn| {
                         anchor_key(conn, &file.key_public, &file.key_private, boot)

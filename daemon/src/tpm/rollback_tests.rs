@@ -14,14 +14,14 @@ use std::str::FromStr;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{MaxBuffer, Private, Public};
-use tss_esapi::traits::UnMarshall;
+use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::{Context, TctiNameConf};
 
 use super::rollback::{
     self, AnchorFile, AnchorStart, RollbackAnchor, RollbackError, StateStart, ACCEPT_FILE, ANCHOR_FILE, KEY_LABEL,
 };
 use super::swtpm::{temp_dir, Swtpm};
-use super::{create_primary, errors, Startup, TpmKeyStore, TpmSettings, MACHINE_PRIMARY_UNIQUE};
+use super::{create_primary, errors, objects, Startup, TpmKeyStore, TpmSettings, MACHINE_PRIMARY_UNIQUE};
 
 fn settings(tpm: &Swtpm) -> TpmSettings {
     TpmSettings { tcti: tpm.tcti(), owner_auth_file: None }
@@ -583,4 +583,141 @@ fn a_bound_stores_anchor_key_has_the_generations_policy_and_no_password_use() {
     assert!(raw_anchor_hmac(&mut raw_context(&tpm), &file.key_public, &file.key_private).is_ok());
     std::fs::remove_dir_all(state).unwrap();
     std::fs::remove_dir_all(unbound).unwrap();
+}
+
+/// The anchor key of another OS's forgery.
+#[derive(Clone, Copy, Debug)]
+enum ForgedKey {
+    /// A new unbound HMAC key under the machine primary (what the anchor
+    /// key of an unbound store is): its MAC computed by the TPM.
+    Unbound,
+    /// A key with the bound generation's authPolicy and no userWithAuth,
+    /// but a secret of the forger's choosing (sensitiveDataOrigin clear):
+    /// the MAC computed in software, no boot state needed.
+    ChosenSecret,
+}
+
+/// Another OS booted on the machine (the TPM and the state directory, not
+/// the approved boot state) puts back an older state directory under a
+/// forged anchor file: a new anchor key, the counter's current value (owner
+/// read, empty owner auth), and the restored database's record MACed under
+/// the forged key. Returns the forged key's public area.
+fn forge_anchor(tpm: &Swtpm, state: &Path, key: ForgedKey, policy: &[u8]) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let mut ctx = raw_context(tpm);
+    let counter = rollback::counter_value(&mut ctx).ok().unwrap().unwrap();
+    let (primary, _) = create_primary(&mut ctx, &MACHINE_PRIMARY_UNIQUE).ok().unwrap();
+    let chosen = [0x5a; 32];
+    let template = objects::hmac_key_template().unwrap();
+    let (template, secret) = match key {
+        ForgedKey::Unbound => (template, None),
+        ForgedKey::ChosenSecret => {
+            let Public::KeyedHash { object_attributes, name_hashing_algorithm, parameters, unique, .. } =
+                objects::bound(template, Some(policy)).unwrap()
+            else {
+                unreachable!()
+            };
+            // TPMA_OBJECT.sensitiveDataOrigin is bit 5 (Part 2, 8.3.2).
+            let attributes = tss_esapi::attributes::ObjectAttributes::from(
+                tss_esapi::tss2_esys::TPMA_OBJECT::from(object_attributes) & !(1 << 5),
+            );
+            let public = Public::KeyedHash {
+                object_attributes: attributes,
+                name_hashing_algorithm,
+                auth_policy: tss_esapi::structures::Digest::try_from(policy.to_vec()).unwrap(),
+                parameters,
+                unique,
+            };
+            (public, Some(tss_esapi::structures::SensitiveData::try_from(chosen.to_vec()).unwrap()))
+        }
+    };
+    let created = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| c.create(primary, template, None, secret, None, None))
+        .unwrap();
+    ctx.flush_context(primary.into()).unwrap();
+    let key_public = created.out_public.marshall().unwrap();
+    let key_private = created.out_private.value().to_vec();
+    let mac_key: [u8; 32] = match key {
+        ForgedKey::Unbound => raw_anchor_hmac(&mut ctx, &key_public, &key_private).unwrap(),
+        ForgedKey::ChosenSecret => {
+            let mut mac = <Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(&chosen).unwrap();
+            mac.update(KEY_LABEL);
+            mac.finalize().into_bytes().into()
+        }
+    };
+    drop(ctx);
+    let version = 100;
+    let file = AnchorFile {
+        key_public: key_public.clone(),
+        key_private,
+        counter,
+        states: [(".".to_string(), version)].into_iter().collect(),
+    };
+    std::fs::write(state.join(ANCHOR_FILE), file.encode(&mac_key)).unwrap();
+    let mut db = CredentialDatabase::open(state, 10).unwrap();
+    db.protect(rollback::state_key_under(&mac_key, "."), Box::new(Killed)).unwrap();
+    db.set_rollback_version(version).unwrap();
+    key_public
+}
+
+/// Failed before the check of the anchor key's public area: the restored
+/// state opened under the forged file (on main, with either key; with the
+/// bound anchor key alone, with the chosen-secret one).
+#[test]
+fn another_os_cannot_put_back_an_older_state_under_a_forged_anchor_file() {
+    for key in [ForgedKey::Unbound, ForgedKey::ChosenSecret] {
+        let tpm = Swtpm::start();
+        let state = temp_dir("rollback-forged");
+        let policy = {
+            let started = start_bound(&tpm, &state).unwrap();
+            let (mut db, _) = open_state(&started, &state, ".").unwrap();
+            db.save_state(&with_pin(8)).unwrap();
+            db.save(credential(1)).unwrap();
+            started.store.object_policy().unwrap()
+        };
+        let copy = temp_dir("rollback-forged-copy");
+        copy_tree(&state, &copy);
+        {
+            let started = start_bound(&tpm, &state).unwrap();
+            let (mut db, _) = open_state(&started, &state, ".").unwrap();
+            db.save_state(&with_pin(7)).unwrap();
+            assert!(db.delete(&[1; 16]).unwrap());
+        }
+        restore(&copy, &state);
+        let forged = forge_anchor(&tpm, &state, key, &policy);
+        let message = match start_bound(&tpm, &state) {
+            Ok(started) => {
+                let opened = open_state(&started, &state, ".").map(|(db, _)| db.load_state().pin_retries);
+                panic!(
+                    "{key:?}: the forged anchor file was taken ({:?}); the restored state: {opened:?}",
+                    started.start
+                )
+            }
+            Err(e) => stale(Err::<(), _>(e)),
+        };
+        assert!(
+            message.contains("the anchor key is not bound to the boot state: the anchor file was replaced"),
+            "{key:?}: {message}"
+        );
+        assert!(message.contains(&format!("touch {}", state.join(ACCEPT_FILE).display())), "{message}");
+
+        // The documented recovery: a NEW bound anchor key, the state as it is.
+        std::fs::write(state.join(ACCEPT_FILE), b"").unwrap();
+        {
+            let started = start_bound(&tpm, &state).unwrap();
+            assert_eq!(started.start, AnchorStart::Accepted);
+            let (db, how) = open_state(&started, &state, ".").unwrap();
+            assert_eq!(how, StateStart::Accepted, "its record was MACed under the forged key");
+            assert_eq!(db.load_state().pin_retries, 8, "the state as it is: the administrator's choice");
+        }
+        let file = anchor_file(&state);
+        assert_ne!(file.key_public, forged, "the forged key is not kept");
+        assert_eq!(Public::unmarshall(&file.key_public).unwrap().auth_policy().value(), policy.as_slice());
+        let started = start_bound(&tpm, &state).unwrap();
+        assert_eq!(started.start, AnchorStart::Verified);
+        assert_eq!(open_state(&started, &state, ".").unwrap().1, StateStart::Verified);
+        drop(started);
+        std::fs::remove_dir_all(state).unwrap();
+        std::fs::remove_dir_all(copy).unwrap();
+    }
 }
