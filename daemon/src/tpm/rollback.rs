@@ -577,6 +577,15 @@ impl RollbackAnchor {
                     state_dir.display()
                 )))
             }
+            // A bound store made its anchor when it was made (binding needs
+            // a fresh store), so neither is left only if someone removed both.
+            (None, None) if boot.is_some() => {
+                return Err(stale(format!(
+                    "the anti-rollback anchor of a key store bound to the boot state is gone: someone removed the NV \
+                     index {NV_INDEX:#010x} and the anchor file {}",
+                    path.display()
+                )))
+            }
             // No file and no counter: the first start with anti-rollback (an
             // upgrade); a file that does not open was refused above.
             (None, None) => AnchorStart::Created,

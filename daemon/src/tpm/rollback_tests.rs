@@ -721,3 +721,65 @@ fn another_os_cannot_put_back_an_older_state_under_a_forged_anchor_file() {
         std::fs::remove_dir_all(copy).unwrap();
     }
 }
+
+/// Failed before the fix: with no anchor file and no counter a bound store
+/// took the restored state as the first start with anti-rollback (Created,
+/// the state adopted with its PIN retries back).
+#[test]
+fn another_os_cannot_put_back_an_older_state_by_removing_the_index_and_the_anchor_file() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-unanchored");
+    {
+        let started = start_bound(&tpm, &state).unwrap();
+        let (mut db, _) = open_state(&started, &state, ".").unwrap();
+        db.save_state(&with_pin(8)).unwrap();
+        db.save(credential(1)).unwrap();
+    }
+    let copy = temp_dir("rollback-unanchored-copy");
+    copy_tree(&state, &copy);
+    {
+        let started = start_bound(&tpm, &state).unwrap();
+        let (mut db, _) = open_state(&started, &state, ".").unwrap();
+        db.save_state(&with_pin(7)).unwrap();
+        assert!(db.delete(&[1; 16]).unwrap());
+    }
+    // Another OS: the index undefined (owner auth empty), the older copy put
+    // back without its anchor file and without the database's rollback row.
+    restore(&copy, &state);
+    // (release: TPM2_NV_UndefineSpace and the file removed, as `tpm2_nvundefine` and `rm` would)
+    assert!(rollback::release(&settings(&tpm), &state).unwrap());
+    delete_record(&state.join(fidoseal_store::DATABASE_FILE));
+    let message = match start_bound(&tpm, &state) {
+        Ok(started) => {
+            let opened = open_state(&started, &state, ".").map(|(db, _)| db.load_state().pin_retries);
+            panic!("taken as a first start ({:?}); the restored state: {opened:?}", started.start)
+        }
+        Err(e) => stale(Err::<(), _>(e)),
+    };
+    assert!(
+        message.contains(
+            "the anti-rollback anchor of a key store bound to the boot state is gone: someone removed the NV index \
+             0x01bf1d05 and the anchor file"
+        ),
+        "{message}"
+    );
+    assert!(!state.join(ANCHOR_FILE).exists(), "nothing written");
+
+    // The documented recovery: accepted as it is, under a new bound key and counter.
+    std::fs::write(state.join(ACCEPT_FILE), b"").unwrap();
+    let policy = {
+        let started = start_bound(&tpm, &state).unwrap();
+        assert_eq!(started.start, AnchorStart::Accepted);
+        let (db, _) = open_state(&started, &state, ".").unwrap();
+        assert_eq!(db.load_state().pin_retries, 8, "the state as it is: the administrator's choice");
+        started.store.object_policy().unwrap()
+    };
+    let file = anchor_file(&state);
+    assert_eq!(Public::unmarshall(&file.key_public).unwrap().auth_policy().value(), policy.as_slice());
+    let started = start_bound(&tpm, &state).unwrap();
+    assert_eq!(started.start, AnchorStart::Verified);
+    assert_eq!(open_state(&started, &state, ".").unwrap().1, StateStart::Verified);
+    drop(started);
+    std::fs::remove_dir_all(state).unwrap();
+    std::fs::remove_dir_all(copy).unwrap();
+}
