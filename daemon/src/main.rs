@@ -30,6 +30,7 @@ mod verification;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -133,9 +134,8 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
     }
 
     let mut tpm_manufacturer = None;
-    let mut tpm_store = None;
-    let mut rollback_anchor = None;
-    let (mut keystore, key_store_created): (Box<dyn KeyStore>, bool) = match config.keystore.backend {
+    let mut tpm_store: Option<tpm::admin::SharedTpm> = None;
+    let (keystore, key_store_created): (Box<dyn KeyStore>, bool) = match config.keystore.backend {
         KeyStoreBackend::Software => {
             tracing::warn!(
                 state_dir = %config.state_dir.display(),
@@ -156,84 +156,18 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
             let created = *store.startup() != tpm::Startup::Reopened;
             tpm_manufacturer = Some(store.manufacturer().to_owned());
-            let (anchor, start) = store.rollback_anchor(&config.state_dir).map_err(|e| e.to_string())?;
-            tracing::info!(
-                nv_index = format!("{:#010x}", tpm::rollback::NV_INDEX),
-                counter = anchor.counter(),
-                start = ?start,
-                "anti-rollback anchor ready"
-            );
-            rollback_anchor = Some(anchor);
-            let shared = std::sync::Arc::new(std::sync::Mutex::new(store));
-            tpm_store = Some(std::sync::Arc::clone(&shared));
+            let shared = Arc::new(Mutex::new(store));
+            tpm_store = Some(Arc::clone(&shared));
             (Box::new(tpm::admin::SharedTpmKeyStore(shared)), created)
         }
     };
-
-    let (devices, factory) = if per_user {
+    if per_user {
         tracing::info!(
             sessions = ?config.device.sessions.iter().map(|k| k.name()).collect::<Vec<_>>(),
             state = %config.state_dir.join(migrate_users::USERS_DIR).display(),
             "per-user devices: one key, store and PIN for each user with an admitted logind session"
         );
-        let factory = devices::DeviceFactory {
-            keystore: Arc::new(Mutex::new(keystore)),
-            policy: policy.clone(),
-            state_dir: config.state_dir.clone(),
-            capacity: config.authenticator.discoverable_credentials,
-            authenticator: devices::authenticator_config(&config),
-            anchor: rollback_anchor.clone(),
-        };
-        (Arc::new(devices::Devices::per_user()), Some(factory))
-    } else {
-        let user = config.device.user.clone();
-        let credentials = devices::open_credentials(
-            &config.state_dir,
-            config.authenticator.discoverable_credentials,
-            &mut *keystore,
-            key_store_created,
-            user.as_deref(),
-            rollback_anchor.as_ref().map(|anchor| (anchor, tpm::rollback::SINGLE_USER)),
-        )?;
-        // Looked up here, before the runtime, and again on SIGHUP: never by
-        // a D-Bus handler (NSS may wait for LDAP or sssd).
-        let device_user = device_user::DeviceUser::resolve(user.clone());
-        let registry = Arc::new(prompt_agent::AgentRegistry::new());
-        let agent_prompt = prompt_agent::AgentPrompt::for_user(
-            &config,
-            user.as_deref().unwrap_or(""),
-            device_user::DeviceOwner::Configured(Arc::clone(&device_user)),
-            &registry,
-            &credentials,
-        );
-        let prompt: Box<dyn UserPrompt> = match &agent_prompt {
-            Some(agent_prompt) => Box::new(agent_prompt.clone()),
-            None => Box::new(prompt::AlwaysApprove),
-        };
-        let platform = Platform {
-            keystore,
-            credentials: Box::new(credentials.clone()),
-            prompt,
-            policy: Box::new(policy.decision()),
-        };
-        let authenticator = Authenticator::try_new(devices::authenticator_config(&config), platform, Instant::now())
-            .map_err(|e| format!("cannot start the authenticator (no random numbers from the system?): {e:?}"))?;
-        let uid = match device_user.uid() {
-            device_user::DeviceUid::Known(uid) => Some(uid),
-            device_user::DeviceUid::NotConfigured | device_user::DeviceUid::Unknown => None,
-        };
-        let handles = devices::DeviceHandles::new(Some(device_user), Box::new(policy.decision()));
-        let device = devices::UserDevice::new(
-            uid,
-            user,
-            registry,
-            credentials,
-            Arc::new(Mutex::new(authenticator)),
-            agent_prompt,
-            handles,
-        );
-        (Arc::new(devices::Devices::single(Arc::new(device))), None)
-    };
+    }
     if config.prompt.mode != PromptMode::Agent {
         tracing::warn!("prompt mode always-approve: every request is approved without asking anyone");
     }
@@ -249,14 +183,17 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
         let mut replug = signal(SignalKind::user_defined1()).map_err(|e| format!("cannot handle SIGUSR1: {e}"))?;
         policy.watch()?;
-        if let Some(device_user) = devices.single_device().and_then(|d| d.device_user.as_ref()) {
-            device_user.resolve_on_hangup()?;
-        }
 
+        // The devices are opened after the bus is up: with a TPM store bound
+        // to an unapproved boot state, only once Manager1.ApproveBootState
+        // has approved it (below).
+        let devices =
+            Arc::new(if per_user { devices::Devices::per_user() } else { devices::Devices::single_pending() });
         let mut service = dbus_service::Service::from_config(&config, Arc::clone(&devices));
         service.tpm_manufacturer = tpm_manufacturer;
-        service.tpm = tpm_store;
+        service.tpm = tpm_store.clone();
         service.policy = Some(policy.clone());
+        let waiting = Arc::clone(&service.waiting_for_boot_state);
         // Per-user mode follows logind on the bus: it cannot do without it.
         let mut bus = if per_user {
             Some(dbus_service::DbusService::start(service, None).await.map_err(|e| format!("{e} (per-user devices follow logind on the system bus)"))?)
@@ -268,24 +205,68 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         // (Restart=on-failure) starts it again, on the new bus.
         // Always-approve single mode keeps serving the key.
         let exit_when_off_the_bus = per_user || config.prompt.mode == PromptMode::Agent;
+
+        if let Some(tpm) = &tpm_store {
+            let mut approval = tpm.lock().unwrap_or_else(|e| e.into_inner()).approval();
+            if !*approval.borrow() {
+                // The bound anchor key cannot be computed: no state can be
+                // verified, so none is opened (nor written, nor reset).
+                waiting.store(true, Ordering::SeqCst);
+                tracing::error!(
+                    "{}: the TPM key store is bound to the boot state ([keystore] pcrs) and this \
+                     boot state is not approved, so the anti-rollback anchor and the credential states cannot be \
+                     verified; no device is created until then. If the change is expected, approve it: \
+                     `fidosealctl tpm approve-boot-state` with the recovery key",
+                    tpm::admin::WAITING_FOR_APPROVAL
+                );
+                tokio::select! {
+                    _ = terminate.recv() => { tracing::info!("SIGTERM while waiting for the boot state to be approved: exiting"); return Ok(()); }
+                    _ = interrupt.recv() => { tracing::info!("SIGINT while waiting for the boot state to be approved: exiting"); return Ok(()); }
+                    reason = bus_lost(&mut bus, exit_when_off_the_bus) => {
+                        return Err(format!("{reason} (exiting so that systemd starts fidoseald again)"));
+                    }
+                    approved = approval.wait_for(|approved| *approved) => {
+                        approved.map_err(|_| "the TPM key store went away while waiting for the boot state".to_string())?;
+                        tracing::warn!("the boot state was approved: opening the anti-rollback anchor and the credential states");
+                    }
+                }
+            }
+        }
+        let anchor = match &tpm_store {
+            Some(tpm) => Some(tokio::task::block_in_place(|| open_anchor(tpm, &config))?),
+            None => None,
+        };
+
         let (failed_tx, mut failed) = tokio::sync::mpsc::unbounded_channel::<String>();
         let mut supervisor = None;
         let mut single = None;
         let mut logind_changes = None;
-        match factory {
-            Some(factory) => {
-                let connection = bus.as_ref().map(|b| b.connection().clone()).ok_or("no system bus")?;
-                let changes = logind::Changes::follow(&connection).await?;
-                let mut s = devices::Supervisor::new(Arc::clone(&devices), factory, config.device.uhid_path.clone(), failed_tx);
-                follow_sessions(&mut s, &config, &connection).await;
-                logind_changes = Some((changes, connection));
-                supervisor = Some(s);
+        if per_user {
+            let factory = devices::DeviceFactory {
+                keystore: Arc::new(Mutex::new(keystore)),
+                policy: policy.clone(),
+                state_dir: config.state_dir.clone(),
+                capacity: config.authenticator.discoverable_credentials,
+                authenticator: devices::authenticator_config(&config),
+                anchor,
+            };
+            let connection = bus.as_ref().map(|b| b.connection().clone()).ok_or("no system bus")?;
+            let changes = logind::Changes::follow(&connection).await?;
+            let mut s = devices::Supervisor::new(Arc::clone(&devices), factory, config.device.uhid_path.clone(), failed_tx);
+            follow_sessions(&mut s, &config, &connection).await;
+            logind_changes = Some((changes, connection));
+            supervisor = Some(s);
+        } else {
+            let device = tokio::task::block_in_place(|| {
+                open_single_device(&config, &policy, keystore, key_store_created, anchor.as_ref())
+            })?;
+            devices.set_single(Arc::clone(&device))?;
+            if let Some(device_user) = device.device_user.as_ref() {
+                device_user.resolve_on_hangup()?;
             }
-            None => {
-                let device = devices.all().into_iter().next().ok_or("no device")?;
-                single = Some(devices::spawn(device, config.device.uhid_path.clone(), failed_tx));
-            }
+            single = Some(devices::spawn(device, config.device.uhid_path.clone(), failed_tx));
         }
+        waiting.store(false, Ordering::SeqCst);
         let mut off_the_bus: Option<String> = None;
         let mut failure: Option<String> = None;
         loop {
@@ -331,6 +312,74 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         tracing::info!("devices removed; exiting");
         Ok(())
     })
+}
+
+/// The machine's anti-rollback anchor on the TPM store (rollback.rs); a
+/// stale state directory stops the daemon with what is stale and the
+/// recovery.
+fn open_anchor(tpm: &tpm::admin::SharedTpm, config: &Config) -> Result<tpm::rollback::RollbackAnchor, String> {
+    let store = tpm.lock().unwrap_or_else(|e| e.into_inner());
+    let (anchor, start) = store.rollback_anchor(&config.state_dir).map_err(|e| e.to_string())?;
+    tracing::info!(
+        nv_index = format!("{:#010x}", tpm::rollback::NV_INDEX),
+        counter = anchor.counter(),
+        start = ?start,
+        "anti-rollback anchor ready"
+    );
+    Ok(anchor)
+}
+
+/// Single mode's device: the credential state (checked against the anchor),
+/// the authenticator and the prompt of `[device] user`.
+fn open_single_device(
+    config: &Config,
+    policy: &policy_service::PolicyService,
+    mut keystore: Box<dyn KeyStore>,
+    key_store_created: bool,
+    anchor: Option<&tpm::rollback::RollbackAnchor>,
+) -> Result<Arc<devices::UserDevice>, String> {
+    let user = config.device.user.clone();
+    let credentials = devices::open_credentials(
+        &config.state_dir,
+        config.authenticator.discoverable_credentials,
+        &mut *keystore,
+        key_store_created,
+        user.as_deref(),
+        anchor.map(|anchor| (anchor, tpm::rollback::SINGLE_USER)),
+    )?;
+    // Looked up here and again on SIGHUP: never by a D-Bus handler (NSS
+    // may wait for LDAP or sssd).
+    let device_user = device_user::DeviceUser::resolve(user.clone());
+    let registry = Arc::new(prompt_agent::AgentRegistry::new());
+    let agent_prompt = prompt_agent::AgentPrompt::for_user(
+        config,
+        user.as_deref().unwrap_or(""),
+        device_user::DeviceOwner::Configured(Arc::clone(&device_user)),
+        &registry,
+        &credentials,
+    );
+    let prompt: Box<dyn UserPrompt> = match &agent_prompt {
+        Some(agent_prompt) => Box::new(agent_prompt.clone()),
+        None => Box::new(prompt::AlwaysApprove),
+    };
+    let platform =
+        Platform { keystore, credentials: Box::new(credentials.clone()), prompt, policy: Box::new(policy.decision()) };
+    let authenticator = Authenticator::try_new(devices::authenticator_config(config), platform, Instant::now())
+        .map_err(|e| format!("cannot start the authenticator (no random numbers from the system?): {e:?}"))?;
+    let uid = match device_user.uid() {
+        device_user::DeviceUid::Known(uid) => Some(uid),
+        device_user::DeviceUid::NotConfigured | device_user::DeviceUid::Unknown => None,
+    };
+    let handles = devices::DeviceHandles::new(Some(device_user), Box::new(policy.decision()));
+    Ok(Arc::new(devices::UserDevice::new(
+        uid,
+        user,
+        registry,
+        credentials,
+        Arc::new(Mutex::new(authenticator)),
+        agent_prompt,
+        handles,
+    )))
 }
 
 /// Reads logind's sessions and makes the devices follow. A failed read

@@ -219,6 +219,11 @@ pub struct TpmKeyStore {
     machine_key: Option<(Vec<u8>, Vec<u8>)>,
     /// What this TPM can make credential keys for ([`probe_algorithms`]).
     algorithms: Vec<Algorithm>,
+    /// Whether the boot state is approved (always, unbound): fidoseald
+    /// opens the anti-rollback anchor and the credential states only then
+    /// (the bound anchor key cannot be computed before), so it waits for
+    /// this to turn true ([`Self::approval`]).
+    approved: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for TpmKeyStore {
@@ -881,12 +886,13 @@ impl TpmKeyStore {
             hmac_public,
             hmac_private,
             sealing_key,
-            boot,
             startup,
             manufacturer,
             machine_key_path,
             machine_key: None,
             algorithms,
+            approved: tokio::sync::watch::Sender::new(boot.as_ref().is_none_or(pcr_policy::BootBinding::is_unlocked)),
+            boot,
         }
     }
 
@@ -907,8 +913,18 @@ impl TpmKeyStore {
         locked(&self.tpm)
     }
 
+    /// Whether the boot state is approved, now and as it changes: turns true
+    /// when `approve-boot-state` approves it (fidoseald waits for that to
+    /// open the anchor and the credential states).
+    pub fn approval(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.approved.subscribe()
+    }
+
     /// The machine's anti-rollback anchor (rollback.rs) in `state_dir`, on
-    /// this store's TPM connection. A stale state directory is an error.
+    /// this store's TPM connection. A stale state directory is an error;
+    /// so is an unapproved boot state with a bound store
+    /// ([`rollback::RollbackError::BootState`]: the bound anchor key cannot
+    /// be computed, nothing was read or written).
     pub fn rollback_anchor(
         &self,
         state_dir: &Path,
@@ -1356,6 +1372,8 @@ impl TpmKeyStore {
             (Some(report), _) => {
                 // The sealing key, if start could not compute it.
                 self.sealing_cipher()?;
+                // A start waiting for this opens the anchor and the states now.
+                self.approved.send_replace(true);
                 Ok(report)
             }
             (None, Some(pcr_policy::RecoveryError::Malformed)) => Err(ApproveError::Malformed),

@@ -102,6 +102,10 @@ pub enum RollbackError {
          counters are raised above anything given before. Otherwise restore the newest copy."
     )]
     Stale { what: String, accept: PathBuf },
+    /// A bound store in an unapproved boot state: the anchor key cannot be
+    /// computed, so nothing can be verified (nor is anything written).
+    #[error("{0}")]
+    BootState(String),
     #[error("anti-rollback: {0}")]
     Tpm(String),
     #[error("anti-rollback: cannot write {path}: {source}")]
@@ -477,16 +481,17 @@ fn run_op<T>(
     what: &'static str,
     mut op: impl FnMut(&mut Connection) -> Result<T, OpError>,
 ) -> Result<T, RollbackError> {
-    // Errors of ours (OpError::Internal) keep their message.
-    let mut message = None;
+    // Errors of ours (OpError::Internal) keep their message; an unapproved
+    // boot state stays one (never taken for a stale state).
+    let mut kept = None;
     let result = run(tpm, what, |conn| {
-        op(conn).inspect_err(|e| {
-            if let OpError::Internal(m) = e {
-                message = Some(m.clone());
-            }
+        op(conn).inspect_err(|e| match e {
+            OpError::Internal(m) => kept = Some(RollbackError::Tpm(m.clone())),
+            OpError::BootState(m) => kept = Some(RollbackError::BootState(m.clone())),
+            OpError::Tpm { .. } | OpError::NotOurs => {}
         })
     });
-    result.map_err(|e| message.map_or(e, RollbackError::Tpm))
+    result.map_err(|e| kept.unwrap_or(e))
 }
 
 impl RollbackAnchor {
@@ -501,6 +506,11 @@ impl RollbackAnchor {
         fresh: bool,
         boot: Option<&BootBinding>,
     ) -> Result<(Self, AnchorStart), RollbackError> {
+        if let Some(boot) = boot {
+            // Before anything is read: no state is judged, or written,
+            // without the key that verifies it.
+            run_op(&tpm, "check the boot state", |conn| boot.check(&mut conn.ctx))?;
+        }
         let policy = boot.map(BootBinding::object_policy);
         let path = state_dir.join(ANCHOR_FILE);
         let accept_path = state_dir.join(ACCEPT_FILE);
@@ -531,10 +541,12 @@ impl RollbackAnchor {
                 // Fresh or accepted: a new, bound key below; this one is never used.
                 Some((file, _, _)) if unbound(&file) => {}
                 Some((file, signed, mac)) => {
-                    let key = run(&tpm, "load the anchor key", |conn| {
+                    let key = run_op(&tpm, "load the anchor key", |conn| {
                         anchor_key(conn, &file.key_public, &file.key_private, boot)
                     });
                     match key {
+                        // The PCRs moved since the check above: not a stale state.
+                        Err(e @ RollbackError::BootState(_)) => return Err(e),
                         Ok(key) if file_mac(&key, signed) == mac => opened = Some((file, key)),
                         Ok(_) if !(fresh || accept) => {
                             return Err(stale(format!("{} was altered (its MAC does not match)", path.display())))

@@ -21,7 +21,7 @@ use super::rollback::{
     self, AnchorFile, AnchorStart, RollbackAnchor, RollbackError, StateStart, ACCEPT_FILE, ANCHOR_FILE, KEY_LABEL,
 };
 use super::swtpm::{temp_dir, Swtpm};
-use super::{create_primary, errors, objects, Startup, TpmKeyStore, TpmSettings, MACHINE_PRIMARY_UNIQUE};
+use super::{create_primary, errors, objects, pcr_tests, Startup, TpmKeyStore, TpmSettings, MACHINE_PRIMARY_UNIQUE};
 
 fn settings(tpm: &Swtpm) -> TpmSettings {
     TpmSettings { tcti: tpm.tcti(), owner_auth_file: None }
@@ -660,6 +660,56 @@ fn forge_anchor(tpm: &Swtpm, state: &Path, key: ForgedKey, policy: &[u8]) -> Vec
     key_public
 }
 
+/// A bound store's first start with a PIN (8 retries) and a passkey, the
+/// state directory copied, then a PIN retry spent and the passkey deleted:
+/// the copy and the generation's policy.
+fn bound_start_then_copy_then_change(tpm: &Swtpm, state: &Path) -> (PathBuf, Vec<u8>) {
+    let policy = {
+        let started = start_bound(tpm, state).unwrap();
+        let (mut db, _) = open_state(&started, state, ".").unwrap();
+        db.save_state(&with_pin(8)).unwrap();
+        db.save(credential(1)).unwrap();
+        started.store.object_policy().unwrap()
+    };
+    let copy = temp_dir("rollback-bound-copy");
+    copy_tree(state, &copy);
+    let started = start_bound(tpm, state).unwrap();
+    let (mut db, _) = open_state(&started, state, ".").unwrap();
+    db.save_state(&with_pin(7)).unwrap();
+    assert!(db.delete(&[1; 16]).unwrap());
+    (copy, policy)
+}
+
+/// The stale-state message of a start that must be refused.
+fn refused_start(tpm: &Swtpm, state: &Path) -> String {
+    match start_bound(tpm, state) {
+        Ok(started) => {
+            let opened = open_state(&started, state, ".").map(|(db, _)| db.load_state().pin_retries);
+            panic!("the start was not refused ({:?}); the restored state: {opened:?}", started.start)
+        }
+        Err(e) => stale(Err::<(), _>(e)),
+    }
+}
+
+/// The documented recovery (accept-current-state): the state as it is (the
+/// copy's 8 PIN retries), anchored under a new anchor key bound to `policy`,
+/// verified at the next start. The new key's public area.
+fn accepted_under_a_new_bound_key(tpm: &Swtpm, state: &Path, policy: &[u8]) -> Vec<u8> {
+    std::fs::write(state.join(ACCEPT_FILE), b"").unwrap();
+    {
+        let started = start_bound(tpm, state).unwrap();
+        assert_eq!(started.start, AnchorStart::Accepted);
+        let (db, _) = open_state(&started, state, ".").unwrap();
+        assert_eq!(db.load_state().pin_retries, 8, "the state as it is: the administrator's choice");
+    }
+    let file = anchor_file(state);
+    assert_eq!(Public::unmarshall(&file.key_public).unwrap().auth_policy().value(), policy);
+    let started = start_bound(tpm, state).unwrap();
+    assert_eq!(started.start, AnchorStart::Verified);
+    assert_eq!(open_state(&started, state, ".").unwrap().1, StateStart::Verified);
+    file.key_public
+}
+
 /// Failed before the check of the anchor key's public area: the restored
 /// state opened under the forged file (on main, with either key; with the
 /// bound anchor key alone, with the chosen-secret one).
@@ -668,55 +718,17 @@ fn another_os_cannot_put_back_an_older_state_under_a_forged_anchor_file() {
     for key in [ForgedKey::Unbound, ForgedKey::ChosenSecret] {
         let tpm = Swtpm::start();
         let state = temp_dir("rollback-forged");
-        let policy = {
-            let started = start_bound(&tpm, &state).unwrap();
-            let (mut db, _) = open_state(&started, &state, ".").unwrap();
-            db.save_state(&with_pin(8)).unwrap();
-            db.save(credential(1)).unwrap();
-            started.store.object_policy().unwrap()
-        };
-        let copy = temp_dir("rollback-forged-copy");
-        copy_tree(&state, &copy);
-        {
-            let started = start_bound(&tpm, &state).unwrap();
-            let (mut db, _) = open_state(&started, &state, ".").unwrap();
-            db.save_state(&with_pin(7)).unwrap();
-            assert!(db.delete(&[1; 16]).unwrap());
-        }
+        let (copy, policy) = bound_start_then_copy_then_change(&tpm, &state);
         restore(&copy, &state);
         let forged = forge_anchor(&tpm, &state, key, &policy);
-        let message = match start_bound(&tpm, &state) {
-            Ok(started) => {
-                let opened = open_state(&started, &state, ".").map(|(db, _)| db.load_state().pin_retries);
-                panic!(
-                    "{key:?}: the forged anchor file was taken ({:?}); the restored state: {opened:?}",
-                    started.start
-                )
-            }
-            Err(e) => stale(Err::<(), _>(e)),
-        };
+        let message = refused_start(&tpm, &state);
         assert!(
             message.contains("the anchor key is not bound to the boot state: the anchor file was replaced"),
             "{key:?}: {message}"
         );
         assert!(message.contains(&format!("touch {}", state.join(ACCEPT_FILE).display())), "{message}");
-
-        // The documented recovery: a NEW bound anchor key, the state as it is.
-        std::fs::write(state.join(ACCEPT_FILE), b"").unwrap();
-        {
-            let started = start_bound(&tpm, &state).unwrap();
-            assert_eq!(started.start, AnchorStart::Accepted);
-            let (db, how) = open_state(&started, &state, ".").unwrap();
-            assert_eq!(how, StateStart::Accepted, "its record was MACed under the forged key");
-            assert_eq!(db.load_state().pin_retries, 8, "the state as it is: the administrator's choice");
-        }
-        let file = anchor_file(&state);
-        assert_ne!(file.key_public, forged, "the forged key is not kept");
-        assert_eq!(Public::unmarshall(&file.key_public).unwrap().auth_policy().value(), policy.as_slice());
-        let started = start_bound(&tpm, &state).unwrap();
-        assert_eq!(started.start, AnchorStart::Verified);
-        assert_eq!(open_state(&started, &state, ".").unwrap().1, StateStart::Verified);
-        drop(started);
+        let new_key = accepted_under_a_new_bound_key(&tpm, &state, &policy);
+        assert_ne!(new_key, forged, "the forged key is not kept");
         std::fs::remove_dir_all(state).unwrap();
         std::fs::remove_dir_all(copy).unwrap();
     }
@@ -729,33 +741,14 @@ fn another_os_cannot_put_back_an_older_state_under_a_forged_anchor_file() {
 fn another_os_cannot_put_back_an_older_state_by_removing_the_index_and_the_anchor_file() {
     let tpm = Swtpm::start();
     let state = temp_dir("rollback-unanchored");
-    {
-        let started = start_bound(&tpm, &state).unwrap();
-        let (mut db, _) = open_state(&started, &state, ".").unwrap();
-        db.save_state(&with_pin(8)).unwrap();
-        db.save(credential(1)).unwrap();
-    }
-    let copy = temp_dir("rollback-unanchored-copy");
-    copy_tree(&state, &copy);
-    {
-        let started = start_bound(&tpm, &state).unwrap();
-        let (mut db, _) = open_state(&started, &state, ".").unwrap();
-        db.save_state(&with_pin(7)).unwrap();
-        assert!(db.delete(&[1; 16]).unwrap());
-    }
+    let (copy, policy) = bound_start_then_copy_then_change(&tpm, &state);
     // Another OS: the index undefined (owner auth empty), the older copy put
     // back without its anchor file and without the database's rollback row.
     restore(&copy, &state);
     // (release: TPM2_NV_UndefineSpace and the file removed, as `tpm2_nvundefine` and `rm` would)
     assert!(rollback::release(&settings(&tpm), &state).unwrap());
     delete_record(&state.join(fidoseal_store::DATABASE_FILE));
-    let message = match start_bound(&tpm, &state) {
-        Ok(started) => {
-            let opened = open_state(&started, &state, ".").map(|(db, _)| db.load_state().pin_retries);
-            panic!("taken as a first start ({:?}); the restored state: {opened:?}", started.start)
-        }
-        Err(e) => stale(Err::<(), _>(e)),
-    };
+    let message = refused_start(&tpm, &state);
     assert!(
         message.contains(
             "the anti-rollback anchor of a key store bound to the boot state is gone: someone removed the NV index \
@@ -764,22 +757,52 @@ fn another_os_cannot_put_back_an_older_state_by_removing_the_index_and_the_ancho
         "{message}"
     );
     assert!(!state.join(ANCHOR_FILE).exists(), "nothing written");
-
-    // The documented recovery: accepted as it is, under a new bound key and counter.
-    std::fs::write(state.join(ACCEPT_FILE), b"").unwrap();
-    let policy = {
-        let started = start_bound(&tpm, &state).unwrap();
-        assert_eq!(started.start, AnchorStart::Accepted);
-        let (db, _) = open_state(&started, &state, ".").unwrap();
-        assert_eq!(db.load_state().pin_retries, 8, "the state as it is: the administrator's choice");
-        started.store.object_policy().unwrap()
-    };
-    let file = anchor_file(&state);
-    assert_eq!(Public::unmarshall(&file.key_public).unwrap().auth_policy().value(), policy.as_slice());
-    let started = start_bound(&tpm, &state).unwrap();
-    assert_eq!(started.start, AnchorStart::Verified);
-    assert_eq!(open_state(&started, &state, ".").unwrap().1, StateStart::Verified);
-    drop(started);
+    accepted_under_a_new_bound_key(&tpm, &state, &policy);
     std::fs::remove_dir_all(state).unwrap();
     std::fs::remove_dir_all(copy).unwrap();
+}
+
+/// A start in an unapproved boot state: the bound anchor key cannot be
+/// computed, so the anchor is neither verified nor judged stale, and
+/// nothing is written (fidoseald waits for the approval, main.rs); once
+/// approved, the same anchor verifies.
+#[test]
+fn in_an_unapproved_boot_state_the_bound_anchor_waits_and_writes_nothing() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-unapproved");
+    {
+        let started = start_bound(&tpm, &state).unwrap();
+        let (mut db, _) = open_state(&started, &state, ".").unwrap();
+        db.save_state(&with_pin(8)).unwrap();
+    }
+    let mut store = TpmKeyStore::open_bound(&settings(&tpm), &state, &[7]).unwrap();
+    store.extend_pcr_for_test();
+    drop(store);
+    let anchor_before = std::fs::read(state.join(ANCHOR_FILE)).unwrap();
+    let counter_before = rollback::counter_value(&mut raw_context(&tpm)).ok().unwrap();
+    let mut store = TpmKeyStore::open_bound(&settings(&tpm), &state, &[7]).unwrap();
+    assert!(!*store.approval().borrow());
+    for _ in 0..2 {
+        match store.rollback_anchor(&state) {
+            Err(RollbackError::BootState(message)) => {
+                assert!(message.contains("the boot state changed: PCR 7 is "), "{message}")
+            }
+            Err(other) => panic!("expected the boot-state error, got {other}"),
+            Ok(_) => panic!("the anchor opened in an unapproved boot state"),
+        }
+    }
+    assert_eq!(std::fs::read(state.join(ANCHOR_FILE)).unwrap(), anchor_before, "no anchor write");
+    assert!(!state.join(ACCEPT_FILE).exists());
+    store.approve_boot_state(&pcr_tests::recovery_key(&state)).unwrap();
+    assert!(*store.approval().borrow(), "what fidoseald waits for");
+    let (anchor, start) = store.rollback_anchor(&state).unwrap();
+    assert_eq!(start, AnchorStart::Verified);
+    let started = Started { store, anchor, start };
+    let (db, how) = open_state(&started, &state, ".").unwrap();
+    assert_eq!(how, StateStart::Verified);
+    assert_eq!(db.load_state().pin_retries, 8);
+    drop((db, started));
+    let counter_after = rollback::counter_value(&mut raw_context(&tpm)).ok().unwrap();
+    assert_eq!(counter_after.unwrap(), counter_before.unwrap() + 1, "one epoch increment, after the approval only");
+    std::fs::remove_dir_all(state).unwrap();
 }
