@@ -40,19 +40,35 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Config, DeviceMode, KeyStoreBackend, PromptMode};
 
-const USAGE: &str = "usage: fidoseald --config PATH [--release-tpm-anchor]\n\nA virtual FIDO2 security key through \
-                     /dev/uhid.\n--release-tpm-anchor: with fidoseald stopped, release the TPM's anti-rollback \
-                     counter and remove the anchor file (uninstall, machine reset; docs/tpm.md), then exit.\n";
+const USAGE: &str = "usage: fidoseald --config PATH [--release-tpm-anchor | --accept-current-state DIR]\n\nA \
+                     virtual FIDO2 security key through /dev/uhid.\n--release-tpm-anchor: with fidoseald stopped, \
+                     release the TPM's anti-rollback counter and remove the anchor file (uninstall, machine reset; \
+                     docs/tpm.md), then exit.\n--accept-current-state DIR: with fidoseald stopped, accept the state \
+                     in DIR (the state directory, or a user's under it) that the last start refused as stale, at \
+                     the next start (with [keystore] pcrs: signed in the approved boot state; docs/tpm.md), then \
+                     exit.\n";
 
-/// The config path, and whether `--release-tpm-anchor` was given.
-fn parse_args() -> Result<(PathBuf, bool), String> {
+/// What fidoseald was asked to do.
+enum Command {
+    Run,
+    ReleaseAnchor,
+    AcceptCurrentState(PathBuf),
+}
+
+/// The config path and the command.
+fn parse_args() -> Result<(PathBuf, Command), String> {
     let mut args = std::env::args_os().skip(1);
     let mut config = None;
-    let mut release_anchor = false;
+    let mut command = Command::Run;
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--config") => config = Some(PathBuf::from(args.next().ok_or("--config needs a path")?)),
-            Some("--release-tpm-anchor") => release_anchor = true,
+            Some("--release-tpm-anchor") => command = Command::ReleaseAnchor,
+            Some("--accept-current-state") => {
+                command = Command::AcceptCurrentState(PathBuf::from(
+                    args.next().ok_or("--accept-current-state needs the refused state's directory")?,
+                ))
+            }
             Some("--help" | "-h") => return Err(String::new()),
             Some("--version") => {
                 println!("fidoseald {}", env!("CARGO_PKG_VERSION"));
@@ -61,14 +77,14 @@ fn parse_args() -> Result<(PathBuf, bool), String> {
             _ => return Err(format!("unknown argument {}", arg.to_string_lossy())),
         }
     }
-    Ok((config.ok_or("--config is required")?, release_anchor))
+    Ok((config.ok_or("--config is required")?, command))
 }
 
 fn main() -> ExitCode {
     // Journald natively under systemd (the audit trail's fields), plain
     // text elsewhere, colour only on a terminal (log/).
     fidoseal_log::init("fidoseald", "info");
-    let (config_path, release) = match parse_args() {
+    let (config_path, command) = match parse_args() {
         Ok(p) => p,
         Err(message) => {
             if !message.is_empty() {
@@ -78,16 +94,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if release {
-        return match release_anchor(&config_path) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                tracing::error!("{message}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    match run(&config_path) {
+    let result = match command {
+        Command::Run => run(&config_path),
+        Command::ReleaseAnchor => release_anchor(&config_path),
+        Command::AcceptCurrentState(dir) => accept_current_state(&config_path, &dir),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");
@@ -108,6 +120,34 @@ fn release_anchor(config_path: &std::path::Path) -> Result<(), String> {
         tpm::rollback::NV_INDEX,
         if released { "released" } else { "was not defined" }
     );
+    Ok(())
+}
+
+/// `--accept-current-state DIR`: the accept file of the state in DIR, for
+/// the next start (rollback.rs). The key store must be there with its keys.
+fn accept_current_state(config_path: &std::path::Path, dir: &std::path::Path) -> Result<(), String> {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    if config.keystore.backend != KeyStoreBackend::Tpm {
+        return Err("--accept-current-state: [keystore] backend is not \"tpm\"; there is no anti-rollback".into());
+    }
+    let id = migrate_users::state_id(&config.state_dir, dir).ok_or_else(|| {
+        format!(
+            "{} is not a credential state's directory: the state directory {} or a user's {}/<uid> in it",
+            dir.display(),
+            config.state_dir.display(),
+            migrate_users::USERS_DIR
+        )
+    })?;
+    let store =
+        tpm::TpmKeyStore::open_existing(&config.keystore.tpm_settings(), &config.state_dir, &config.keystore.pcrs)
+            .map_err(|e| e.to_string())?;
+    let path = store.write_accept_file(dir, &id)?;
+    tracing::warn!(
+        audit = "anti-rollback",
+        path = %path.display(),
+        "accept-current-state written: the next start of fidoseald accepts that state as it is"
+    );
+    println!("fidoseald: wrote {}; start fidoseald to accept the state as it is", path.display());
     Ok(())
 }
 

@@ -29,7 +29,11 @@
 //!   restored state.
 //! - A stale state is refused with what is stale and the recovery: an
 //!   administrator creates [`ACCEPT_FILE`] in that state's directory, and the
-//!   next start anchors the state as it is (logged as an audit line).
+//!   next start anchors the state as it is (logged as an audit line). With
+//!   `[keystore] pcrs` a plain file is not taken (another OS could write one
+//!   next to an older copy): it must hold a MAC that only the approved boot
+//!   state computes, for the counter's value at the start that uses it
+//!   ([`write_accept_file`], `fidoseald --accept-current-state`).
 //! - Signature counters are not anchored per assertion: each start (and a
 //!   counter that used up its epoch) increments the counter once, and the
 //!   counters of epoch E lie above every earlier epoch's ([`counter_range`]),
@@ -92,16 +96,17 @@ const FILE_MAC_LABEL: &[u8] = b"fidoseal anchor file v1";
 const STATE_KEY_LABEL: &[u8] = b"fidoseal rollback state key v1\0";
 /// `pub(super)` for the tests' forgeries (rollback_tests.rs).
 pub(super) const KEY_LABEL: &[u8] = b"fidoseal rollback anchor key v1";
+const ACCEPT_LABEL: &[u8] = b"fidoseal accept-current-state v1\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
     #[error(
         "STALE STATE REFUSED: {what}. Someone may have restored an older copy to get PIN retries back, make \
          signature counters go back or bring a deleted passkey back. If the administrator restored it on purpose \
-         (a backup), accept it as it is: `touch {accept}` and restart fidoseald (it is logged); the signature \
-         counters are raised above anything given before. Otherwise restore the newest copy."
+         (a backup), accept it as it is: {recovery}; the signature counters are raised above anything given \
+         before. Otherwise restore the newest copy."
     )]
-    Stale { what: String, accept: PathBuf },
+    Stale { what: String, recovery: String },
     /// A bound store in an unapproved boot state: the anchor key cannot be
     /// computed, so nothing can be verified (nor is anything written).
     #[error("{0}")]
@@ -359,6 +364,85 @@ pub fn release(settings: &super::TpmSettings, state_dir: &Path) -> Result<bool, 
     Ok(released)
 }
 
+// --- accepting a refused state ---------------------------------------------
+
+/// The recovery a stale-state message gives for `accept` (a state's
+/// [`ACCEPT_FILE`]): a plain file for an unbound store; with `pcrs`, the
+/// file [`write_accept_file`] writes.
+fn recovery(accept: &Path, bound: bool) -> String {
+    if !bound {
+        return format!("`touch {}` and restart fidoseald (it is logged)", accept.display());
+    }
+    let dir = accept.parent().unwrap_or(Path::new("."));
+    format!(
+        "with fidoseald stopped and the boot state approved, run `fidoseald --config <its configuration> \
+         --accept-current-state {}` and start fidoseald (it is logged; with [keystore] pcrs a plain {ACCEPT_FILE} \
+         file is not taken, since another OS could write one next to an older copy)",
+        dir.display()
+    )
+}
+
+/// The MAC an accept file of a bound store holds: of the state's id and
+/// the NV counter's value at the start that uses it (`None`: no index), so
+/// that a file is good for one start only, under the acceptance key (the
+/// bound PRF's, mod.rs: only the approved boot state computes it).
+fn accept_mac(key: &[u8; 32], id: &str, counter: Option<u64>) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(ACCEPT_LABEL);
+    mac.update(id.as_bytes());
+    match counter {
+        Some(value) => mac.update(&[&[1u8][..], &value.to_be_bytes()].concat()),
+        None => mac.update(&[0]),
+    }
+    mac
+}
+
+/// Whether `path` holds the accept MAC of `id` at `counter` (hex, first line).
+fn accept_file_is_signed(path: &Path, key: &[u8; 32], id: &str, counter: Option<u64>) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Some(mac) = text.lines().next().and_then(|line| hex::decode(line.trim()).ok()) else {
+        return false;
+    };
+    // Constant time (hmac's verify).
+    accept_mac(key, id, counter).verify_slice(&mac).is_ok()
+}
+
+/// `fidoseald --accept-current-state DIR`: the accept file of state `id`
+/// (in `dir`), for the next start. `acceptance`: a bound store's acceptance
+/// key and the NV counter's value now (fidoseald stopped: what the next
+/// start reads); `None` (unbound): a plain file.
+pub(super) fn write_accept_file(
+    dir: &Path,
+    id: &str,
+    acceptance: Option<(&[u8; 32], Option<u64>)>,
+) -> Result<PathBuf, RollbackError> {
+    let path = dir.join(ACCEPT_FILE);
+    let text = match acceptance {
+        None => "# fidoseal: accept this state as it is at the next start (docs/tpm.md, Anti-rollback)\n".to_string(),
+        Some((key, counter)) => format!(
+            "{}\n# fidoseal: accept this state as it is at the next start only (docs/tpm.md, Anti-rollback)\n",
+            hex::encode(accept_mac(key, id, counter).finalize().into_bytes())
+        ),
+    };
+    write_atomically(&path, text.as_bytes()).map_err(|source| RollbackError::Write { path: path.clone(), source })?;
+    Ok(path)
+}
+
+/// Any accept file in the state directory: the machine's, or a user's two
+/// levels down (`users/<uid>`): only then does a bound store's start
+/// compute the acceptance key.
+fn any_accept_file(state_dir: &Path) -> bool {
+    let subdirs = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default()
+    };
+    state_dir.join(ACCEPT_FILE).exists()
+        || subdirs(state_dir).iter().flat_map(|dir| subdirs(dir)).any(|dir| dir.join(ACCEPT_FILE).exists())
+}
+
 // --- the anchor key ----------------------------------------------------------
 
 /// A new anchor key (HMAC, under the machine primary: it survives
@@ -437,6 +521,29 @@ struct Inner {
     /// The signature counters' epoch: the NV value of this start's (or the
     /// latest) epoch increment.
     epoch: u64,
+    /// A bound store: an accept file must be signed ([`accept_mac`]).
+    bound: bool,
+    /// With `bound` and an accept file at start: the acceptance key, and the
+    /// NV counter's value when this start read it (what the files sign).
+    acceptance: Option<(Zeroizing<[u8; 32]>, Option<u64>)>,
+}
+
+/// A bound store's side of the anchor (mod.rs): the binding, whose policy
+/// session computes the anchor key, and the store's PRF key, from which the
+/// key that signs accept files comes.
+pub(super) struct Bound<'a> {
+    pub(super) boot: &'a BootBinding,
+    pub(super) prf_public: &'a Public,
+    pub(super) prf_private: &'a Private,
+}
+
+impl Bound<'_> {
+    /// The acceptance key: the bound PRF of a fixed input (mod.rs's
+    /// derive_secret code), so only the approved boot state computes it.
+    pub(super) fn acceptance_key(&self, conn: &mut Connection) -> Result<Zeroizing<[u8; 32]>, OpError> {
+        let input = [&[super::PRF_ACCEPT][..], ACCEPT_LABEL].concat();
+        tpm_hmac(&mut conn.ctx, conn.primary, self.prf_public, self.prf_private, &input, Some(self.boot))
+    }
 }
 
 /// The machine's anchor, shared by every state's database.
@@ -504,8 +611,9 @@ impl RollbackAnchor {
         tpm: Arc<Mutex<Tpm>>,
         state_dir: &Path,
         fresh: bool,
-        boot: Option<&BootBinding>,
+        bound: Option<Bound<'_>>,
     ) -> Result<(Self, AnchorStart), RollbackError> {
+        let boot = bound.as_ref().map(|b| b.boot);
         if let Some(boot) = boot {
             // Before anything is read: no state is judged, or written,
             // without the key that verifies it.
@@ -514,14 +622,37 @@ impl RollbackAnchor {
         let policy = boot.map(BootBinding::object_policy);
         let path = state_dir.join(ANCHOR_FILE);
         let accept_path = state_dir.join(ACCEPT_FILE);
-        let accept = accept_path.exists();
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(RollbackError::Tpm(format!("cannot read {}: {e}", path.display()))),
         };
         let counter = run_op(&tpm, "read the anti-rollback counter", |conn| counter_value(&mut conn.ctx))?;
-        let stale = |what: String| RollbackError::Stale { what, accept: accept_path.clone() };
+        let stale = |what: String| RollbackError::Stale { what, recovery: recovery(&accept_path, boot.is_some()) };
+        // Only when there is an accept file (one HMAC in the policy session).
+        let acceptance = match &bound {
+            Some(bound) if any_accept_file(state_dir) => {
+                let key = run_op(&tpm, "compute the acceptance key", |conn| bound.acceptance_key(conn))?;
+                Some((key, counter))
+            }
+            _ => None,
+        };
+        let accept = accept_path.exists()
+            && match (&bound, &acceptance) {
+                (None, _) => true,
+                (Some(_), Some((key, counter))) => {
+                    let signed = accept_file_is_signed(&accept_path, key, SINGLE_USER, *counter);
+                    if !signed {
+                        tracing::warn!(
+                            path = %accept_path.display(),
+                            "{ACCEPT_FILE} ignored: with [keystore] pcrs it must be written by `fidoseald \
+                             --accept-current-state` in the approved boot state, for this start"
+                        );
+                    }
+                    signed
+                }
+                (Some(_), None) => false,
+            };
 
         // The file, its key and its MAC, if it is there and opens.
         let unbound = |file: &AnchorFile| policy.as_deref().is_some_and(|p| !is_bound_key(&file.key_public, p));
@@ -635,7 +766,16 @@ impl RollbackAnchor {
         if start == AnchorStart::IncrementCompleted {
             run_op(&tpm, "increment the anti-rollback counter", |conn| with_nv(&mut conn.ctx, nv_increment))?;
         }
-        let inner = Inner { tpm, path, key, file, accept_all: start == AnchorStart::Accepted, epoch: 0 };
+        let inner = Inner {
+            tpm,
+            path,
+            key,
+            file,
+            accept_all: start == AnchorStart::Accepted,
+            epoch: 0,
+            bound: boot.is_some(),
+            acceptance,
+        };
         if start == AnchorStart::Accepted {
             tracing::warn!(
                 audit = "anti-rollback",
@@ -735,6 +875,33 @@ impl RollbackAnchor {
         self.lock().accept_all
     }
 
+    /// Whether state `id`'s accept file (`path`) is there and counts: any
+    /// file for an unbound store; with `pcrs`, one signed for this start.
+    fn accepts(&self, id: &str, path: &Path) -> bool {
+        if !path.exists() {
+            return false;
+        }
+        let inner = self.lock();
+        if !inner.bound {
+            return true;
+        }
+        let signed =
+            inner.acceptance.as_ref().is_some_and(|(key, counter)| accept_file_is_signed(path, key, id, *counter));
+        if !signed {
+            tracing::warn!(
+                path = %path.display(),
+                "{ACCEPT_FILE} ignored: with [keystore] pcrs it must be written by `fidoseald --accept-current-state` \
+                 in the approved boot state, for this start"
+            );
+        }
+        signed
+    }
+
+    /// The recovery of a stale state whose accept file is `path`.
+    fn recovery(&self, path: &Path) -> String {
+        recovery(path, self.lock().bound)
+    }
+
     /// The counter value the anchor is at.
     pub fn counter(&self) -> u64 {
         self.lock().file.counter
@@ -789,7 +956,7 @@ pub fn protect_state(
     let check =
         database.protect(anchor.state_key(id), Box::new(sink)).map_err(|e| RollbackError::Tpm(e.to_string()))?;
     let accept_path = dir.join(ACCEPT_FILE);
-    let accept = anchor.accepts_all() || accept_path.exists();
+    let accept = anchor.accepts_all() || anchor.accepts(id, &accept_path);
     let start = match (check, anchor.anchored(id)) {
         (RecordCheck::Mismatch, None) if id != SINGLE_USER => migrated(anchor, database, id)?,
         _ => None,
@@ -848,7 +1015,7 @@ fn check_state(
     let write = |database: &mut fidoseal_store::CredentialDatabase, version| {
         database.set_rollback_version(version).map_err(|e| RollbackError::Tpm(e.to_string()))
     };
-    let stale = |what: String| RollbackError::Stale { what, accept: accept_path.to_path_buf() };
+    let stale = |what: String| RollbackError::Stale { what, recovery: anchor.recovery(accept_path) };
     match (check, anchored) {
         (RecordCheck::Valid { version }, Some(at)) if version >= at => {
             if version > at {

@@ -691,11 +691,23 @@ fn refused_start(tpm: &Swtpm, state: &Path) -> String {
     }
 }
 
-/// The documented recovery (accept-current-state): the state as it is (the
+/// `fidoseald --accept-current-state DIR` (fidoseald stopped) for state `id`.
+fn sign_accept_file(tpm: &Swtpm, state: &Path, id: &str) -> Result<PathBuf, String> {
+    let dir = if id == "." { state.to_path_buf() } else { state.join(id) };
+    TpmKeyStore::open_existing(&settings(tpm), state, &[7]).unwrap().write_accept_file(&dir, id)
+}
+
+/// The documented recovery (accept-current-state): a plain file, as another
+/// OS could write, is not taken; the signed one is: the state as it is (the
 /// copy's 8 PIN retries), anchored under a new anchor key bound to `policy`,
 /// verified at the next start. The new key's public area.
 fn accepted_under_a_new_bound_key(tpm: &Swtpm, state: &Path, policy: &[u8]) -> Vec<u8> {
     std::fs::write(state.join(ACCEPT_FILE), b"").unwrap();
+    let message = refused_start(tpm, state);
+    assert!(message.contains(&format!("--accept-current-state {}", state.display())), "{message}");
+    let signed = sign_accept_file(tpm, state, ".").unwrap();
+    assert_eq!(signed, state.join(ACCEPT_FILE));
+    let token = std::fs::read(&signed).unwrap();
     {
         let started = start_bound(tpm, state).unwrap();
         assert_eq!(started.start, AnchorStart::Accepted);
@@ -707,6 +719,21 @@ fn accepted_under_a_new_bound_key(tpm: &Swtpm, state: &Path, policy: &[u8]) -> V
     let started = start_bound(tpm, state).unwrap();
     assert_eq!(started.start, AnchorStart::Verified);
     assert_eq!(open_state(&started, state, ".").unwrap().1, StateStart::Verified);
+    drop(started);
+    // The signed file is good for the start it was signed for only: put
+    // back with the same older copy after the counter moved, it is refused.
+    let copy = temp_dir("rollback-bound-replay");
+    copy_tree(state, &copy);
+    {
+        let started = start_bound(tpm, state).unwrap();
+        let (mut db, _) = open_state(&started, state, ".").unwrap();
+        db.save_state(&with_pin(6)).unwrap();
+    }
+    restore(&copy, state);
+    std::fs::write(state.join(ACCEPT_FILE), token).unwrap();
+    refused_start(tpm, state);
+    std::fs::remove_file(state.join(ACCEPT_FILE)).unwrap();
+    std::fs::remove_dir_all(copy).unwrap();
     file.key_public
 }
 
@@ -726,7 +753,7 @@ fn another_os_cannot_put_back_an_older_state_under_a_forged_anchor_file() {
             message.contains("the anchor key is not bound to the boot state: the anchor file was replaced"),
             "{key:?}: {message}"
         );
-        assert!(message.contains(&format!("touch {}", state.join(ACCEPT_FILE).display())), "{message}");
+        assert!(message.contains(&format!("--accept-current-state {}`", state.display())), "{message}");
         let new_key = accepted_under_a_new_bound_key(&tpm, &state, &policy);
         assert_ne!(new_key, forged, "the forged key is not kept");
         std::fs::remove_dir_all(state).unwrap();
@@ -793,6 +820,10 @@ fn in_an_unapproved_boot_state_the_bound_anchor_waits_and_writes_nothing() {
     }
     assert_eq!(std::fs::read(state.join(ANCHOR_FILE)).unwrap(), anchor_before, "no anchor write");
     assert!(!state.join(ACCEPT_FILE).exists());
+    // Nor can an accept file be signed in this boot state.
+    let err = store.write_accept_file(&state, ".").unwrap_err();
+    assert!(err.contains("the boot state changed"), "{err}");
+    assert!(!state.join(ACCEPT_FILE).exists());
     store.approve_boot_state(&pcr_tests::recovery_key(&state)).unwrap();
     assert!(*store.approval().borrow(), "what fidoseald waits for");
     let (anchor, start) = store.rollback_anchor(&state).unwrap();
@@ -805,4 +836,48 @@ fn in_an_unapproved_boot_state_the_bound_anchor_waits_and_writes_nothing() {
     let counter_after = rollback::counter_value(&mut raw_context(&tpm)).ok().unwrap();
     assert_eq!(counter_after.unwrap(), counter_before.unwrap() + 1, "one epoch increment, after the approval only");
     std::fs::remove_dir_all(state).unwrap();
+}
+
+/// With `pcrs`, a user's restored state is accepted only with a signed file
+/// (another OS could write a plain one), and a plain one for an unbound store
+/// still works (every_user_state_is_protected_by_the_one_index, accept tests).
+#[test]
+fn a_bound_users_restored_state_is_accepted_only_with_a_signed_file() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("rollback-bound-user");
+    let id = "users/1000";
+    {
+        let started = start_bound(&tpm, &state).unwrap();
+        let (mut db, _) = open_state(&started, &state, id).unwrap();
+        db.save_state(&with_pin(8)).unwrap();
+        db.save(credential(1)).unwrap();
+    }
+    let copy = temp_dir("rollback-bound-user-copy");
+    copy_tree(&state.join(id), &copy);
+    {
+        let started = start_bound(&tpm, &state).unwrap();
+        let (mut db, _) = open_state(&started, &state, id).unwrap();
+        assert!(db.delete(&[1; 16]).unwrap());
+    }
+    restore(&copy, &state.join(id));
+    std::fs::write(state.join(id).join(ACCEPT_FILE), b"").unwrap();
+    {
+        let started = start_bound(&tpm, &state).unwrap();
+        let message = stale(open_state(&started, &state, id));
+        assert!(message.contains(&format!("--accept-current-state {}", state.join(id).display())), "{message}");
+    }
+    assert!(sign_accept_file(&tpm, &state, "users/1001").is_err(), "no such state directory");
+    sign_accept_file(&tpm, &state, id).unwrap();
+    {
+        let started = start_bound(&tpm, &state).unwrap();
+        let (db, how) = open_state(&started, &state, id).unwrap();
+        assert_eq!(how, StateStart::Accepted);
+        assert_eq!(db.credential_count(), 1, "the state as it is: the administrator's choice");
+        assert!(!state.join(id).join(ACCEPT_FILE).exists(), "used once");
+    }
+    let started = start_bound(&tpm, &state).unwrap();
+    assert_eq!(open_state(&started, &state, id).unwrap().1, StateStart::Verified);
+    drop(started);
+    std::fs::remove_dir_all(state).unwrap();
+    std::fs::remove_dir_all(copy).unwrap();
 }
