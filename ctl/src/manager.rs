@@ -110,6 +110,7 @@ fn tag_of(id_hex: &str) -> Option<String> {
 /// Human labels for Status keys, in the order printed; other keys follow by name.
 const STATUS_LABELS: &[(&str, &str)] = &[
     ("version", "fidoseald version"),
+    ("start", "start"),
     ("keystore", "key store"),
     ("tpm_manufacturer", "TPM manufacturer"),
     ("tpm_pcrs", "TPM bound to PCRs"),

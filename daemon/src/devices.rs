@@ -169,8 +169,12 @@ pub fn hidraw_node_with_uniq(class_dir: &Path, uniq: &str) -> Option<PathBuf> {
 /// Every device of the daemon, by owner; what the D-Bus service resolves
 /// callers against.
 pub struct Devices {
-    /// Single mode's one device; None in per-user mode.
-    single: Option<Arc<UserDevice>>,
+    /// Single mode (else per-user mode).
+    single_mode: bool,
+    /// Single mode's one device, once it is open: a start with a TPM store
+    /// bound to an unapproved boot state opens it only after the approval
+    /// (main.rs). Always empty in per-user mode.
+    single: OnceLock<Arc<UserDevice>>,
     per_user: Mutex<BTreeMap<u32, Arc<UserDevice>>>,
     /// Per-user mode: an agent may register before its user's device
     /// exists (both start with the session), so registries outlive devices.
@@ -179,22 +183,40 @@ pub struct Devices {
 }
 
 impl Devices {
+    /// Single mode with its device open (the tests; fidoseald opens it
+    /// after its start, [`Self::set_single`]).
+    #[cfg(test)]
     pub fn single(device: Arc<UserDevice>) -> Self {
+        let devices = Self::single_pending();
+        let _ = devices.single.set(device);
+        devices
+    }
+
+    /// Single mode whose device is not open yet ([`Self::set_single`]).
+    pub fn single_pending() -> Self {
+        Self { single_mode: true, ..Self::per_user() }
+    }
+
+    pub fn per_user() -> Self {
         Self {
-            single: Some(device),
+            single_mode: false,
+            single: OnceLock::new(),
             per_user: Mutex::new(BTreeMap::new()),
             registries: Mutex::new(HashMap::new()),
             bus: OnceLock::new(),
         }
     }
 
-    pub fn per_user() -> Self {
-        Self {
-            single: None,
-            per_user: Mutex::new(BTreeMap::new()),
-            registries: Mutex::new(HashMap::new()),
-            bus: OnceLock::new(),
+    /// Single mode's device, now open; its registry joins the bus. Once.
+    pub fn set_single(&self, device: Arc<UserDevice>) -> Result<(), String> {
+        if !self.single_mode {
+            return Err("per-user mode has no single device".into());
         }
+        self.single.set(Arc::clone(&device)).map_err(|_| "the single device is already open".to_string())?;
+        if let (Some(bus), None) = (self.bus.get(), device.registry.bus()) {
+            device.registry.attach(bus.clone());
+        }
+        Ok(())
     }
 
     fn table(&self) -> MutexGuard<'_, BTreeMap<u32, Arc<UserDevice>>> {
@@ -203,16 +225,18 @@ impl Devices {
 
     /// Every device, ordered by uid (single mode: its one).
     pub fn all(&self) -> Vec<Arc<UserDevice>> {
-        match &self.single {
+        match self.single.get() {
             Some(device) => vec![Arc::clone(device)],
+            None if self.single_mode => Vec::new(),
             None => self.table().values().cloned().collect(),
         }
     }
 
     /// The device `uid`'s own (its owner), in either mode.
     pub fn owned_by(&self, uid: u32) -> Option<Arc<UserDevice>> {
-        match &self.single {
+        match self.single.get() {
             Some(device) => device.is_owner(uid).then(|| Arc::clone(device)),
+            None if self.single_mode => None,
             None => self.table().get(&uid).cloned(),
         }
     }
@@ -242,7 +266,7 @@ impl Devices {
     /// the caller's own; single mode's one device (the machine's key, as
     /// an administrator's action); for root, the only device there is.
     pub fn for_reset(&self, uid: u32) -> Result<Arc<UserDevice>, String> {
-        if let Some(device) = self.owned_by(uid).or_else(|| self.single.clone()) {
+        if let Some(device) = self.owned_by(uid).or_else(|| self.single.get().cloned()) {
             return Ok(device);
         }
         self.for_caller(uid)
@@ -251,7 +275,8 @@ impl Devices {
     /// The registry where `uid`'s agent registers: the single device's (its
     /// user only), or `uid`'s own in per-user mode.
     pub fn registry_for(&self, uid: u32) -> Option<Arc<AgentRegistry>> {
-        if let Some(device) = &self.single {
+        if self.single_mode {
+            let device = self.single.get()?;
             return device.is_owner(uid).then(|| Arc::clone(&device.registry));
         }
         let mut registries = self.registries.lock().unwrap_or_else(|e| e.into_inner());
@@ -268,8 +293,9 @@ impl Devices {
     /// Every registry (CancelRequest, UnregisterAgent: each checks the
     /// caller's connection itself).
     pub fn registries(&self) -> Vec<Arc<AgentRegistry>> {
-        match &self.single {
+        match self.single.get() {
             Some(device) => vec![Arc::clone(&device.registry)],
+            None if self.single_mode => Vec::new(),
             None => self.registries.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect(),
         }
     }
@@ -284,7 +310,7 @@ impl Devices {
 
     /// Single mode's one device (None in per-user mode).
     pub fn single_device(&self) -> Option<&Arc<UserDevice>> {
-        self.single.as_ref()
+        self.single.get()
     }
 
     pub(crate) fn insert(&self, device: Arc<UserDevice>) {

@@ -30,6 +30,7 @@ mod verification;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -39,19 +40,35 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Config, DeviceMode, KeyStoreBackend, PromptMode};
 
-const USAGE: &str = "usage: fidoseald --config PATH [--release-tpm-anchor]\n\nA virtual FIDO2 security key through \
-                     /dev/uhid.\n--release-tpm-anchor: with fidoseald stopped, release the TPM's anti-rollback \
-                     counter and remove the anchor file (uninstall, machine reset; docs/tpm.md), then exit.\n";
+const USAGE: &str = "usage: fidoseald --config PATH [--release-tpm-anchor | --accept-current-state DIR]\n\nA \
+                     virtual FIDO2 security key through /dev/uhid.\n--release-tpm-anchor: with fidoseald stopped, \
+                     release the TPM's anti-rollback counter and remove the anchor file (uninstall, machine reset; \
+                     docs/tpm.md), then exit.\n--accept-current-state DIR: with fidoseald stopped, accept the state \
+                     in DIR (the state directory, or a user's under it) that the last start refused as stale, at \
+                     the next start (with [keystore] pcrs: signed in the approved boot state; docs/tpm.md), then \
+                     exit.\n";
 
-/// The config path, and whether `--release-tpm-anchor` was given.
-fn parse_args() -> Result<(PathBuf, bool), String> {
+/// What fidoseald was asked to do.
+enum Command {
+    Run,
+    ReleaseAnchor,
+    AcceptCurrentState(PathBuf),
+}
+
+/// The config path and the command.
+fn parse_args() -> Result<(PathBuf, Command), String> {
     let mut args = std::env::args_os().skip(1);
     let mut config = None;
-    let mut release_anchor = false;
+    let mut command = Command::Run;
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--config") => config = Some(PathBuf::from(args.next().ok_or("--config needs a path")?)),
-            Some("--release-tpm-anchor") => release_anchor = true,
+            Some("--release-tpm-anchor") => command = Command::ReleaseAnchor,
+            Some("--accept-current-state") => {
+                command = Command::AcceptCurrentState(PathBuf::from(
+                    args.next().ok_or("--accept-current-state needs the refused state's directory")?,
+                ))
+            }
             Some("--help" | "-h") => return Err(String::new()),
             Some("--version") => {
                 println!("fidoseald {}", env!("CARGO_PKG_VERSION"));
@@ -60,14 +77,14 @@ fn parse_args() -> Result<(PathBuf, bool), String> {
             _ => return Err(format!("unknown argument {}", arg.to_string_lossy())),
         }
     }
-    Ok((config.ok_or("--config is required")?, release_anchor))
+    Ok((config.ok_or("--config is required")?, command))
 }
 
 fn main() -> ExitCode {
     // Journald natively under systemd (the audit trail's fields), plain
     // text elsewhere, colour only on a terminal (log/).
     fidoseal_log::init("fidoseald", "info");
-    let (config_path, release) = match parse_args() {
+    let (config_path, command) = match parse_args() {
         Ok(p) => p,
         Err(message) => {
             if !message.is_empty() {
@@ -77,16 +94,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if release {
-        return match release_anchor(&config_path) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                tracing::error!("{message}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    match run(&config_path) {
+    let result = match command {
+        Command::Run => run(&config_path),
+        Command::ReleaseAnchor => release_anchor(&config_path),
+        Command::AcceptCurrentState(dir) => accept_current_state(&config_path, &dir),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");
@@ -107,6 +120,34 @@ fn release_anchor(config_path: &std::path::Path) -> Result<(), String> {
         tpm::rollback::NV_INDEX,
         if released { "released" } else { "was not defined" }
     );
+    Ok(())
+}
+
+/// `--accept-current-state DIR`: the accept file of the state in DIR, for
+/// the next start (rollback.rs). The key store must be there with its keys.
+fn accept_current_state(config_path: &std::path::Path, dir: &std::path::Path) -> Result<(), String> {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    if config.keystore.backend != KeyStoreBackend::Tpm {
+        return Err("--accept-current-state: [keystore] backend is not \"tpm\"; there is no anti-rollback".into());
+    }
+    let id = migrate_users::state_id(&config.state_dir, dir).ok_or_else(|| {
+        format!(
+            "{} is not a credential state's directory: the state directory {} or a user's {}/<uid> in it",
+            dir.display(),
+            config.state_dir.display(),
+            migrate_users::USERS_DIR
+        )
+    })?;
+    let store =
+        tpm::TpmKeyStore::open_existing(&config.keystore.tpm_settings(), &config.state_dir, &config.keystore.pcrs)
+            .map_err(|e| e.to_string())?;
+    let path = store.write_accept_file(dir, &id)?;
+    tracing::warn!(
+        audit = "anti-rollback",
+        path = %path.display(),
+        "accept-current-state written: the next start of fidoseald accepts that state as it is"
+    );
+    println!("fidoseald: wrote {}; start fidoseald to accept the state as it is", path.display());
     Ok(())
 }
 
@@ -133,9 +174,8 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
     }
 
     let mut tpm_manufacturer = None;
-    let mut tpm_store = None;
-    let mut rollback_anchor = None;
-    let (mut keystore, key_store_created): (Box<dyn KeyStore>, bool) = match config.keystore.backend {
+    let mut tpm_store: Option<tpm::admin::SharedTpm> = None;
+    let (keystore, key_store_created): (Box<dyn KeyStore>, bool) = match config.keystore.backend {
         KeyStoreBackend::Software => {
             tracing::warn!(
                 state_dir = %config.state_dir.display(),
@@ -156,84 +196,18 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
             let created = *store.startup() != tpm::Startup::Reopened;
             tpm_manufacturer = Some(store.manufacturer().to_owned());
-            let (anchor, start) = store.rollback_anchor(&config.state_dir).map_err(|e| e.to_string())?;
-            tracing::info!(
-                nv_index = format!("{:#010x}", tpm::rollback::NV_INDEX),
-                counter = anchor.counter(),
-                start = ?start,
-                "anti-rollback anchor ready"
-            );
-            rollback_anchor = Some(anchor);
-            let shared = std::sync::Arc::new(std::sync::Mutex::new(store));
-            tpm_store = Some(std::sync::Arc::clone(&shared));
+            let shared = Arc::new(Mutex::new(store));
+            tpm_store = Some(Arc::clone(&shared));
             (Box::new(tpm::admin::SharedTpmKeyStore(shared)), created)
         }
     };
-
-    let (devices, factory) = if per_user {
+    if per_user {
         tracing::info!(
             sessions = ?config.device.sessions.iter().map(|k| k.name()).collect::<Vec<_>>(),
             state = %config.state_dir.join(migrate_users::USERS_DIR).display(),
             "per-user devices: one key, store and PIN for each user with an admitted logind session"
         );
-        let factory = devices::DeviceFactory {
-            keystore: Arc::new(Mutex::new(keystore)),
-            policy: policy.clone(),
-            state_dir: config.state_dir.clone(),
-            capacity: config.authenticator.discoverable_credentials,
-            authenticator: devices::authenticator_config(&config),
-            anchor: rollback_anchor.clone(),
-        };
-        (Arc::new(devices::Devices::per_user()), Some(factory))
-    } else {
-        let user = config.device.user.clone();
-        let credentials = devices::open_credentials(
-            &config.state_dir,
-            config.authenticator.discoverable_credentials,
-            &mut *keystore,
-            key_store_created,
-            user.as_deref(),
-            rollback_anchor.as_ref().map(|anchor| (anchor, tpm::rollback::SINGLE_USER)),
-        )?;
-        // Looked up here, before the runtime, and again on SIGHUP: never by
-        // a D-Bus handler (NSS may wait for LDAP or sssd).
-        let device_user = device_user::DeviceUser::resolve(user.clone());
-        let registry = Arc::new(prompt_agent::AgentRegistry::new());
-        let agent_prompt = prompt_agent::AgentPrompt::for_user(
-            &config,
-            user.as_deref().unwrap_or(""),
-            device_user::DeviceOwner::Configured(Arc::clone(&device_user)),
-            &registry,
-            &credentials,
-        );
-        let prompt: Box<dyn UserPrompt> = match &agent_prompt {
-            Some(agent_prompt) => Box::new(agent_prompt.clone()),
-            None => Box::new(prompt::AlwaysApprove),
-        };
-        let platform = Platform {
-            keystore,
-            credentials: Box::new(credentials.clone()),
-            prompt,
-            policy: Box::new(policy.decision()),
-        };
-        let authenticator = Authenticator::try_new(devices::authenticator_config(&config), platform, Instant::now())
-            .map_err(|e| format!("cannot start the authenticator (no random numbers from the system?): {e:?}"))?;
-        let uid = match device_user.uid() {
-            device_user::DeviceUid::Known(uid) => Some(uid),
-            device_user::DeviceUid::NotConfigured | device_user::DeviceUid::Unknown => None,
-        };
-        let handles = devices::DeviceHandles::new(Some(device_user), Box::new(policy.decision()));
-        let device = devices::UserDevice::new(
-            uid,
-            user,
-            registry,
-            credentials,
-            Arc::new(Mutex::new(authenticator)),
-            agent_prompt,
-            handles,
-        );
-        (Arc::new(devices::Devices::single(Arc::new(device))), None)
-    };
+    }
     if config.prompt.mode != PromptMode::Agent {
         tracing::warn!("prompt mode always-approve: every request is approved without asking anyone");
     }
@@ -249,14 +223,17 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
         let mut replug = signal(SignalKind::user_defined1()).map_err(|e| format!("cannot handle SIGUSR1: {e}"))?;
         policy.watch()?;
-        if let Some(device_user) = devices.single_device().and_then(|d| d.device_user.as_ref()) {
-            device_user.resolve_on_hangup()?;
-        }
 
+        // The devices are opened after the bus is up: with a TPM store bound
+        // to an unapproved boot state, only once Manager1.ApproveBootState
+        // has approved it (below).
+        let devices =
+            Arc::new(if per_user { devices::Devices::per_user() } else { devices::Devices::single_pending() });
         let mut service = dbus_service::Service::from_config(&config, Arc::clone(&devices));
         service.tpm_manufacturer = tpm_manufacturer;
-        service.tpm = tpm_store;
+        service.tpm = tpm_store.clone();
         service.policy = Some(policy.clone());
+        let waiting = Arc::clone(&service.waiting_for_boot_state);
         // Per-user mode follows logind on the bus: it cannot do without it.
         let mut bus = if per_user {
             Some(dbus_service::DbusService::start(service, None).await.map_err(|e| format!("{e} (per-user devices follow logind on the system bus)"))?)
@@ -268,24 +245,68 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         // (Restart=on-failure) starts it again, on the new bus.
         // Always-approve single mode keeps serving the key.
         let exit_when_off_the_bus = per_user || config.prompt.mode == PromptMode::Agent;
+
+        if let Some(tpm) = &tpm_store {
+            let mut approval = tpm.lock().unwrap_or_else(|e| e.into_inner()).approval();
+            if !*approval.borrow() {
+                // The bound anchor key cannot be computed: no state can be
+                // verified, so none is opened (nor written, nor reset).
+                waiting.store(true, Ordering::SeqCst);
+                tracing::error!(
+                    "{}: the TPM key store is bound to the boot state ([keystore] pcrs) and this \
+                     boot state is not approved, so the anti-rollback anchor and the credential states cannot be \
+                     verified; no device is created until then. If the change is expected, approve it: \
+                     `fidosealctl tpm approve-boot-state` with the recovery key",
+                    tpm::admin::WAITING_FOR_APPROVAL
+                );
+                tokio::select! {
+                    _ = terminate.recv() => { tracing::info!("SIGTERM while waiting for the boot state to be approved: exiting"); return Ok(()); }
+                    _ = interrupt.recv() => { tracing::info!("SIGINT while waiting for the boot state to be approved: exiting"); return Ok(()); }
+                    reason = bus_lost(&mut bus, exit_when_off_the_bus) => {
+                        return Err(format!("{reason} (exiting so that systemd starts fidoseald again)"));
+                    }
+                    approved = approval.wait_for(|approved| *approved) => {
+                        approved.map_err(|_| "the TPM key store went away while waiting for the boot state".to_string())?;
+                        tracing::warn!("the boot state was approved: opening the anti-rollback anchor and the credential states");
+                    }
+                }
+            }
+        }
+        let anchor = match &tpm_store {
+            Some(tpm) => Some(tokio::task::block_in_place(|| open_anchor(tpm, &config))?),
+            None => None,
+        };
+
         let (failed_tx, mut failed) = tokio::sync::mpsc::unbounded_channel::<String>();
         let mut supervisor = None;
         let mut single = None;
         let mut logind_changes = None;
-        match factory {
-            Some(factory) => {
-                let connection = bus.as_ref().map(|b| b.connection().clone()).ok_or("no system bus")?;
-                let changes = logind::Changes::follow(&connection).await?;
-                let mut s = devices::Supervisor::new(Arc::clone(&devices), factory, config.device.uhid_path.clone(), failed_tx);
-                follow_sessions(&mut s, &config, &connection).await;
-                logind_changes = Some((changes, connection));
-                supervisor = Some(s);
+        if per_user {
+            let factory = devices::DeviceFactory {
+                keystore: Arc::new(Mutex::new(keystore)),
+                policy: policy.clone(),
+                state_dir: config.state_dir.clone(),
+                capacity: config.authenticator.discoverable_credentials,
+                authenticator: devices::authenticator_config(&config),
+                anchor,
+            };
+            let connection = bus.as_ref().map(|b| b.connection().clone()).ok_or("no system bus")?;
+            let changes = logind::Changes::follow(&connection).await?;
+            let mut s = devices::Supervisor::new(Arc::clone(&devices), factory, config.device.uhid_path.clone(), failed_tx);
+            follow_sessions(&mut s, &config, &connection).await;
+            logind_changes = Some((changes, connection));
+            supervisor = Some(s);
+        } else {
+            let device = tokio::task::block_in_place(|| {
+                open_single_device(&config, &policy, keystore, key_store_created, anchor.as_ref())
+            })?;
+            devices.set_single(Arc::clone(&device))?;
+            if let Some(device_user) = device.device_user.as_ref() {
+                device_user.resolve_on_hangup()?;
             }
-            None => {
-                let device = devices.all().into_iter().next().ok_or("no device")?;
-                single = Some(devices::spawn(device, config.device.uhid_path.clone(), failed_tx));
-            }
+            single = Some(devices::spawn(device, config.device.uhid_path.clone(), failed_tx));
         }
+        waiting.store(false, Ordering::SeqCst);
         let mut off_the_bus: Option<String> = None;
         let mut failure: Option<String> = None;
         loop {
@@ -331,6 +352,74 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         tracing::info!("devices removed; exiting");
         Ok(())
     })
+}
+
+/// The machine's anti-rollback anchor on the TPM store (rollback.rs); a
+/// stale state directory stops the daemon with what is stale and the
+/// recovery.
+fn open_anchor(tpm: &tpm::admin::SharedTpm, config: &Config) -> Result<tpm::rollback::RollbackAnchor, String> {
+    let store = tpm.lock().unwrap_or_else(|e| e.into_inner());
+    let (anchor, start) = store.rollback_anchor(&config.state_dir).map_err(|e| e.to_string())?;
+    tracing::info!(
+        nv_index = format!("{:#010x}", tpm::rollback::NV_INDEX),
+        counter = anchor.counter(),
+        start = ?start,
+        "anti-rollback anchor ready"
+    );
+    Ok(anchor)
+}
+
+/// Single mode's device: the credential state (checked against the anchor),
+/// the authenticator and the prompt of `[device] user`.
+fn open_single_device(
+    config: &Config,
+    policy: &policy_service::PolicyService,
+    mut keystore: Box<dyn KeyStore>,
+    key_store_created: bool,
+    anchor: Option<&tpm::rollback::RollbackAnchor>,
+) -> Result<Arc<devices::UserDevice>, String> {
+    let user = config.device.user.clone();
+    let credentials = devices::open_credentials(
+        &config.state_dir,
+        config.authenticator.discoverable_credentials,
+        &mut *keystore,
+        key_store_created,
+        user.as_deref(),
+        anchor.map(|anchor| (anchor, tpm::rollback::SINGLE_USER)),
+    )?;
+    // Looked up here and again on SIGHUP: never by a D-Bus handler (NSS
+    // may wait for LDAP or sssd).
+    let device_user = device_user::DeviceUser::resolve(user.clone());
+    let registry = Arc::new(prompt_agent::AgentRegistry::new());
+    let agent_prompt = prompt_agent::AgentPrompt::for_user(
+        config,
+        user.as_deref().unwrap_or(""),
+        device_user::DeviceOwner::Configured(Arc::clone(&device_user)),
+        &registry,
+        &credentials,
+    );
+    let prompt: Box<dyn UserPrompt> = match &agent_prompt {
+        Some(agent_prompt) => Box::new(agent_prompt.clone()),
+        None => Box::new(prompt::AlwaysApprove),
+    };
+    let platform =
+        Platform { keystore, credentials: Box::new(credentials.clone()), prompt, policy: Box::new(policy.decision()) };
+    let authenticator = Authenticator::try_new(devices::authenticator_config(config), platform, Instant::now())
+        .map_err(|e| format!("cannot start the authenticator (no random numbers from the system?): {e:?}"))?;
+    let uid = match device_user.uid() {
+        device_user::DeviceUid::Known(uid) => Some(uid),
+        device_user::DeviceUid::NotConfigured | device_user::DeviceUid::Unknown => None,
+    };
+    let handles = devices::DeviceHandles::new(Some(device_user), Box::new(policy.decision()));
+    Ok(Arc::new(devices::UserDevice::new(
+        uid,
+        user,
+        registry,
+        credentials,
+        Arc::new(Mutex::new(authenticator)),
+        agent_prompt,
+        handles,
+    )))
 }
 
 /// Reads logind's sessions and makes the devices follow. A failed read

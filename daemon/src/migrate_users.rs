@@ -30,6 +30,23 @@ use crate::state::{DATABASE_FILE, LEGACY_FILE};
 use crate::user_keys::{UserKeyStore, KEY_CONTEXT_FILE};
 
 pub const USERS_DIR: &str = "users";
+
+/// The anti-rollback id (tpm/rollback.rs) of the credential state in `dir`:
+/// "." for the state directory itself, "users/<uid>" for a user's under it;
+/// None for any other directory.
+pub fn state_id(state_dir: &Path, dir: &Path) -> Option<String> {
+    use std::path::Component;
+    let parts: Vec<Component> = dir.strip_prefix(state_dir).ok()?.components().collect();
+    match parts.as_slice() {
+        [] => Some(crate::tpm::rollback::SINGLE_USER.to_owned()),
+        [Component::Normal(users), Component::Normal(uid)]
+            if *users == USERS_DIR && uid.to_str().is_some_and(|u| u.parse::<u32>().is_ok()) =>
+        {
+            Some(format!("{USERS_DIR}/{}", uid.to_string_lossy()))
+        }
+        _ => None,
+    }
+}
 const STAGING_PREFIX: &str = ".migrating-";
 
 pub fn user_dir(state_dir: &Path, uid: u32) -> PathBuf {
@@ -188,7 +205,20 @@ fn sync_dir(dir: &Path) -> Result<(), MigrationError> {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
+
+    #[test]
+    fn state_ids_are_the_state_directory_or_a_users_under_it() {
+        let state = Path::new("/var/lib/fidoseal");
+        assert_eq!(state_id(state, state).as_deref(), Some("."));
+        assert_eq!(state_id(state, Path::new("/var/lib/fidoseal/")).as_deref(), Some("."));
+        assert_eq!(state_id(state, &state.join("users/1000")).as_deref(), Some("users/1000"));
+        for other in ["users", "users/alice", "users/1000/x", "other/1000", "../fidoseal"] {
+            assert_eq!(state_id(state, &state.join(other)), None, "{other}");
+        }
+        assert_eq!(state_id(state, Path::new("/tmp")), None);
+    }
 
     fn temp(name: &str) -> tempfile::TempDir {
         let dir = tempfile::Builder::new().prefix(&format!("fidoseal-migrate-users-{name}-")).tempdir().unwrap();

@@ -196,6 +196,20 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] connection: &Connection,
     ) -> Result<Details, Error> {
+        if self.service.waiting_for_boot_state.load(std::sync::atomic::Ordering::SeqCst) {
+            // No device yet: what the machine waits for (nothing of a user's).
+            identify("Status", &header, connection).await?;
+            let mut status = self.machine_status().await?;
+            status.insert(
+                "start".into(),
+                detail(format!(
+                    "{}: no device and no credential state is opened until then (the anti-rollback anchor is bound \
+                     to the boot state); approve it with `fidosealctl tpm approve-boot-state` and the recovery key",
+                    crate::tpm::admin::WAITING_FOR_APPROVAL
+                )),
+            );
+            return Ok(status);
+        }
         let (_, device) = self.owner_or_root("Status", &header, connection).await?;
         let (count, remaining, state) = Self::with_store(&device, |store| {
             // Counted by the store (no listing of 10,000 passkeys for a number).
@@ -206,10 +220,7 @@ impl Manager {
             Some(prompt) => prompt.verification_ready(connection).await,
             None => false,
         };
-        let mut status = Details::new();
-        status.insert("version".into(), detail(env!("CARGO_PKG_VERSION")));
-        status.insert("keystore".into(), detail(self.service.keystore));
-        status.insert("prompt".into(), detail(self.service.prompt_mode.name()));
+        let mut status = self.machine_status().await?;
         status.insert("agent_registered".into(), detail(device.registry.current().is_some()));
         status.insert("pin_set".into(), detail(state.pin.is_some()));
         status.insert("pin_retries".into(), detail(u32::from(state.pin_retries)));
@@ -217,27 +228,6 @@ impl Manager {
         status.insert("uv_configured".into(), detail(uv_configured));
         status.insert("passkeys".into(), detail(u32::try_from(count).unwrap_or(u32::MAX)));
         status.insert("remaining_passkeys".into(), detail(u32::try_from(remaining).unwrap_or(u32::MAX)));
-        status.insert("policy_files".into(), detail(policy_file_count(&self.service.policy_dirs)));
-        if let Some(policy) = &self.service.policy {
-            status.insert("policy_generation".into(), detail(policy.generation()));
-        }
-        if let Some(manufacturer) = &self.service.tpm_manufacturer {
-            status.insert("tpm_manufacturer".into(), detail(manufacturer.as_str()));
-        }
-        if let Some(tpm) = self.service.tpm.clone() {
-            let report =
-                tokio::task::spawn_blocking(move || tpm.lock().unwrap_or_else(|e| e.into_inner()).boot_state())
-                    .await
-                    .map_err(|e| Error::Failed(format!("status task failed: {e}")))?;
-            match report {
-                Ok(Some(report)) => crate::tpm::admin::status_details(&report, &mut status),
-                Ok(None) => {}
-                Err(e) => {
-                    status.insert("tpm_boot_state".into(), detail(format!("cannot be read: {e}")));
-                }
-            }
-        }
-        status.insert("device_mode".into(), detail(self.service.device_mode.name()));
         status.insert("user".into(), detail(device.user.as_deref().unwrap_or("")));
         Ok(status)
     }
@@ -476,6 +466,38 @@ impl Manager {
                 Err(Error::Failed(e.to_string()))
             }
         }
+    }
+}
+
+impl Manager {
+    /// Status's entries about the daemon and the machine (no device's).
+    async fn machine_status(&self) -> Result<Details, Error> {
+        let mut status = Details::new();
+        status.insert("version".into(), detail(env!("CARGO_PKG_VERSION")));
+        status.insert("keystore".into(), detail(self.service.keystore));
+        status.insert("prompt".into(), detail(self.service.prompt_mode.name()));
+        status.insert("policy_files".into(), detail(policy_file_count(&self.service.policy_dirs)));
+        if let Some(policy) = &self.service.policy {
+            status.insert("policy_generation".into(), detail(policy.generation()));
+        }
+        if let Some(manufacturer) = &self.service.tpm_manufacturer {
+            status.insert("tpm_manufacturer".into(), detail(manufacturer.as_str()));
+        }
+        if let Some(tpm) = self.service.tpm.clone() {
+            let report =
+                tokio::task::spawn_blocking(move || tpm.lock().unwrap_or_else(|e| e.into_inner()).boot_state())
+                    .await
+                    .map_err(|e| Error::Failed(format!("status task failed: {e}")))?;
+            match report {
+                Ok(Some(report)) => crate::tpm::admin::status_details(&report, &mut status),
+                Ok(None) => {}
+                Err(e) => {
+                    status.insert("tpm_boot_state".into(), detail(format!("cannot be read: {e}")));
+                }
+            }
+        }
+        status.insert("device_mode".into(), detail(self.service.device_mode.name()));
+        Ok(status)
     }
 }
 

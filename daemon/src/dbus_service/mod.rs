@@ -44,6 +44,10 @@ pub struct Service {
     pub policy_dirs: Vec<PathBuf>,
     /// The running policy (Status reports its generation).
     pub policy: Option<crate::policy_service::PolicyService>,
+    /// fidoseald waits for the boot state to be approved before it opens
+    /// the devices (main.rs): Status says so instead of failing for want of
+    /// a device.
+    pub waiting_for_boot_state: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Service {
@@ -61,6 +65,7 @@ impl Service {
             tpm: None,
             policy_dirs: config.policy.dirs.clone(),
             policy: None,
+            waiting_for_boot_state: Arc::default(),
         }
     }
 }

@@ -13,6 +13,10 @@ use super::TpmKeyStore;
 
 pub type SharedTpm = Arc<Mutex<TpmKeyStore>>;
 
+/// Logged, and said by Manager1.Status, while fidoseald waits for the boot
+/// state to be approved before it opens the devices (main.rs).
+pub const WAITING_FOR_APPROVAL: &str = "waiting for the boot state to be approved";
+
 pub struct SharedTpmKeyStore(pub SharedTpm);
 
 impl SharedTpmKeyStore {

@@ -105,6 +105,8 @@ const TAG_LEN: usize = 16;
 const PRF_SEALING_KEY: u8 = 0x01;
 const PRF_DERIVE: u8 = 0x02;
 const PRF_DERIVE_HASHED: u8 = 0x03;
+/// The key that signs a bound store's accept files (rollback.rs).
+const PRF_ACCEPT: u8 = 0x04;
 const SEALING_KEY_LABEL: &[u8] = b"fidoseal credential id sealing key v1";
 /// Longer `derive_secret` contexts are hashed first (TPM2_HMAC takes at most
 /// 1024 bytes per call).
@@ -219,6 +221,11 @@ pub struct TpmKeyStore {
     machine_key: Option<(Vec<u8>, Vec<u8>)>,
     /// What this TPM can make credential keys for ([`probe_algorithms`]).
     algorithms: Vec<Algorithm>,
+    /// Whether the boot state is approved (always, unbound): fidoseald
+    /// opens the anti-rollback anchor and the credential states only then
+    /// (the bound anchor key cannot be computed before), so it waits for
+    /// this to turn true ([`Self::approval`]).
+    approved: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for TpmKeyStore {
@@ -742,6 +749,17 @@ impl TpmKeyStore {
     /// fixed when it is made): otherwise the store refuses to open, and says
     /// how to keep the old setting or apply the new one.
     pub fn open_bound(settings: &TpmSettings, state_dir: &Path, pcrs: &[u8]) -> Result<Self, TpmSetupError> {
+        Self::open_with(settings, state_dir, pcrs, true)
+    }
+
+    /// [`Self::open_bound`] of a store that must be there and still have
+    /// its keys: nothing is created, started over or set aside (the
+    /// administrator's commands, with fidoseald stopped).
+    pub fn open_existing(settings: &TpmSettings, state_dir: &Path, pcrs: &[u8]) -> Result<Self, TpmSetupError> {
+        Self::open_with(settings, state_dir, pcrs, false)
+    }
+
+    fn open_with(settings: &TpmSettings, state_dir: &Path, pcrs: &[u8], create: bool) -> Result<Self, TpmSetupError> {
         pcr_policy::check_selection(pcrs).map_err(TpmSetupError::Configuration)?;
         let path = state_dir.join(STATE_FILE);
         let persisted = match std::fs::read(&path) {
@@ -755,12 +773,20 @@ impl TpmKeyStore {
             Some(persisted) => pcr_policy_of(state_dir, &path, persisted, pcrs)?,
             None => None,
         };
+        if !create && persisted.is_none() {
+            return Err(TpmSetupError::Configuration(format!("there is no TPM key store in {}", state_dir.display())));
+        }
         let opened = Opened::connect(settings, state_dir, path)?;
         let Some(persisted) = persisted else {
             return Self::create(opened, Startup::Created, pcrs);
         };
         match Self::reopen(opened, persisted, boot)? {
             Ok(store) => Ok(store),
+            Err(_) if !create => Err(TpmSetupError::Tpm(
+                "this TPM no longer has the key store's keys (cleared, or another machine's state directory): \
+                 start fidoseald to start over"
+                    .into(),
+            )),
             Err(opened) => {
                 let kept = vec![Self::keep_state_file_aside(&opened.path)?];
                 tracing::error!(
@@ -881,12 +907,13 @@ impl TpmKeyStore {
             hmac_public,
             hmac_private,
             sealing_key,
-            boot,
             startup,
             manufacturer,
             machine_key_path,
             machine_key: None,
             algorithms,
+            approved: tokio::sync::watch::Sender::new(boot.as_ref().is_none_or(pcr_policy::BootBinding::is_unlocked)),
+            boot,
         }
     }
 
@@ -907,14 +934,59 @@ impl TpmKeyStore {
         locked(&self.tpm)
     }
 
+    /// Whether the boot state is approved, now and as it changes: turns true
+    /// when `approve-boot-state` approves it (fidoseald waits for that to
+    /// open the anchor and the credential states).
+    pub fn approval(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.approved.subscribe()
+    }
+
     /// The machine's anti-rollback anchor (rollback.rs) in `state_dir`, on
-    /// this store's TPM connection. A stale state directory is an error.
+    /// this store's TPM connection. A stale state directory is an error;
+    /// so is an unapproved boot state with a bound store
+    /// ([`rollback::RollbackError::BootState`]: the bound anchor key cannot
+    /// be computed, nothing was read or written).
     pub fn rollback_anchor(
         &self,
         state_dir: &Path,
     ) -> Result<(rollback::RollbackAnchor, rollback::AnchorStart), rollback::RollbackError> {
         let fresh = self.startup != Startup::Reopened;
-        rollback::RollbackAnchor::open(Arc::clone(&self.tpm), state_dir, fresh)
+        rollback::RollbackAnchor::open(Arc::clone(&self.tpm), state_dir, fresh, self.bound())
+    }
+
+    /// `fidoseald --accept-current-state DIR` (fidoseald stopped): the accept
+    /// file of state `id` (rollback.rs: "." or "users/<uid>", in `dir`) for
+    /// the next start. With `pcrs` it is signed by the acceptance key, which
+    /// needs the approved boot state.
+    pub fn write_accept_file(&self, dir: &Path, id: &str) -> Result<PathBuf, String> {
+        if !dir.is_dir() {
+            return Err(format!("{} does not exist", dir.display()));
+        }
+        let acceptance = match self.bound() {
+            None => None,
+            Some(bound) => {
+                let (key, counter) = self
+                    .tpm()
+                    .run("sign the accept file", |conn| {
+                        bound.boot.check(&mut conn.ctx)?;
+                        let counter = rollback::counter_value(&mut conn.ctx)?;
+                        Ok((bound.acceptance_key(conn)?, counter))
+                    })
+                    .map_err(|e| e.to_string())?;
+                Some((key, counter))
+            }
+        };
+        rollback::write_accept_file(dir, id, acceptance.as_ref().map(|(key, counter)| (&**key, *counter)))
+            .map_err(|e| e.to_string())
+    }
+
+    /// A bound store's side of the anchor (rollback.rs).
+    fn bound(&self) -> Option<rollback::Bound<'_>> {
+        self.boot.as_ref().map(|boot| rollback::Bound {
+            boot,
+            prf_public: &self.hmac_public,
+            prf_private: &self.hmac_private,
+        })
     }
 
     /// The TPM's manufacturer, for `fidosealctl status`.
@@ -1356,6 +1428,8 @@ impl TpmKeyStore {
             (Some(report), _) => {
                 // The sealing key, if start could not compute it.
                 self.sealing_cipher()?;
+                // A start waiting for this opens the anchor and the states now.
+                self.approved.send_replace(true);
                 Ok(report)
             }
             (None, Some(pcr_policy::RecoveryError::Malformed)) => Err(ApproveError::Malformed),

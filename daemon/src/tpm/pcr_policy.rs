@@ -454,6 +454,12 @@ impl BootBinding {
         &self.file.pcrs
     }
 
+    /// Whether the current boot state was approved (at start, by the update
+    /// window, or since by the recovery key): the objects can be used.
+    pub fn is_unlocked(&self) -> bool {
+        self.current.is_some()
+    }
+
     /// The authPolicy of a bound generation's objects.
     pub fn object_policy(&self) -> Vec<u8> {
         authorized_policy(&self.key_name)

@@ -387,7 +387,7 @@ fn the_update_window_approves_a_planned_change_at_the_next_start_then_closes() {
     std::fs::remove_dir_all(other).unwrap();
 }
 
-fn recovery_key(state: &Path) -> String {
+pub(super) fn recovery_key(state: &Path) -> String {
     let text = std::fs::read_to_string(state.join(RECOVERY_KEY_FILE)).unwrap();
     text.lines().next().unwrap().to_owned()
 }
@@ -535,9 +535,11 @@ fn a_bound_generations_pin_object_works_only_in_an_approved_boot_state_and_count
     std::fs::remove_dir_all(state).unwrap();
 }
 
-/// Through CTAP: in an unapproved boot state getPinToken fails with the key
-/// store's error and spends no CTAP retry (client_pin.rs gives it back) and
-/// no TPM dictionary-attack try.
+/// Through CTAP, when the boot state changes under a running daemon (PCR 7
+/// extended after the start; a start in an unapproved state opens no device
+/// at all until the approval: main.rs, rollback_tests.rs): getPinToken fails
+/// with the key store's error and spends no CTAP retry (client_pin.rs gives
+/// it back) and no TPM dictionary-attack try.
 #[test]
 fn through_ctap_an_unapproved_boot_state_spends_no_pin_retry() {
     use fidoseal_tests::platform_client::{self as pc, Protocol};

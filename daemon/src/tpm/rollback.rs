@@ -8,7 +8,11 @@
 //!   it was written for, and each state's rollback version (store
 //!   rollback.rs), MACed with a key only this TPM computes (an HMAC key under
 //!   the machine primary, whose blob the file carries): with the disk alone
-//!   it cannot be forged or altered.
+//!   it cannot be forged or altered. With `[keystore] pcrs` the anchor key
+//!   is bound like the generation's other objects (authPolicy
+//!   PolicyAuthorize(A), no userWithAuth; pcr_policy.rs), and a file whose
+//!   key is not exactly that is refused: another OS booted on the machine
+//!   cannot compute the MAC, so it cannot forge a file either.
 //! - Each credential database keeps its own version and a MAC of its
 //!   rollback-relevant content with a key derived from the same one for
 //!   that state: a record copied from the current database into an old
@@ -25,7 +29,11 @@
 //!   restored state.
 //! - A stale state is refused with what is stale and the recovery: an
 //!   administrator creates [`ACCEPT_FILE`] in that state's directory, and the
-//!   next start anchors the state as it is (logged as an audit line).
+//!   next start anchors the state as it is (logged as an audit line). With
+//!   `[keystore] pcrs` a plain file is not taken (another OS could write one
+//!   next to an older copy): it must hold a MAC that only the approved boot
+//!   state computes, for the counter's value at the start that uses it
+//!   ([`write_accept_file`], `fidoseald --accept-current-state`).
 //! - Signature counters are not anchored per assertion: each start (and a
 //!   counter that used up its epoch) increments the counter once, and the
 //!   counters of epoch E lie above every earlier epoch's ([`counter_range`]),
@@ -48,6 +56,7 @@ use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 use zeroize::Zeroizing;
 
+use super::pcr_policy::BootBinding;
 use super::{at, create_object, objects, tpm_hmac, with_machine_primary, Connection, OpError, Tpm};
 use crate::state::write_atomically;
 use fidoseal_store::RecordCheck;
@@ -85,33 +94,39 @@ const MAGIC: &[u8] = b"fidoseal-anchor";
 const FORMAT: u8 = 1;
 const FILE_MAC_LABEL: &[u8] = b"fidoseal anchor file v1";
 const STATE_KEY_LABEL: &[u8] = b"fidoseal rollback state key v1\0";
-const KEY_LABEL: &[u8] = b"fidoseal rollback anchor key v1";
+/// `pub(super)` for the tests' forgeries (rollback_tests.rs).
+pub(super) const KEY_LABEL: &[u8] = b"fidoseal rollback anchor key v1";
+const ACCEPT_LABEL: &[u8] = b"fidoseal accept-current-state v1\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
     #[error(
         "STALE STATE REFUSED: {what}. Someone may have restored an older copy to get PIN retries back, make \
          signature counters go back or bring a deleted passkey back. If the administrator restored it on purpose \
-         (a backup), accept it as it is: `touch {accept}` and restart fidoseald (it is logged); the signature \
-         counters are raised above anything given before. Otherwise restore the newest copy."
+         (a backup), accept it as it is: {recovery}; the signature counters are raised above anything given \
+         before. Otherwise restore the newest copy."
     )]
-    Stale { what: String, accept: PathBuf },
+    Stale { what: String, recovery: String },
+    /// A bound store in an unapproved boot state: the anchor key cannot be
+    /// computed, so nothing can be verified (nor is anything written).
+    #[error("{0}")]
+    BootState(String),
     #[error("anti-rollback: {0}")]
     Tpm(String),
     #[error("anti-rollback: cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
 }
 
-/// The anchor file as written.
+/// The anchor file as written (`pub(super)` for the tests' forgeries).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct AnchorFile {
-    key_public: Vec<u8>,
-    key_private: Vec<u8>,
+pub(super) struct AnchorFile {
+    pub(super) key_public: Vec<u8>,
+    pub(super) key_private: Vec<u8>,
     /// The NV counter value this file was written for.
-    counter: u64,
+    pub(super) counter: u64,
     /// Each state's rollback version ("." for the single-user state,
     /// "users/<uid>" for a user's).
-    states: BTreeMap<String, u64>,
+    pub(super) states: BTreeMap<String, u64>,
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -137,7 +152,7 @@ impl AnchorFile {
     /// `MAGIC | FORMAT | key public | key private` (the key's blobs, TPM-
     /// protected) then the body `counter (u64) | n (u32) | (id, version)*`,
     /// then HMAC-SHA-256 of everything before with the anchor key.
-    fn encode(&self, key: &[u8; 32]) -> Vec<u8> {
+    pub(super) fn encode(&self, key: &[u8; 32]) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.push(FORMAT);
@@ -156,7 +171,7 @@ impl AnchorFile {
 
     /// Parses the file; the MAC is checked by [`Self::verify`] once the key
     /// is known. `None`: not an anchor file.
-    fn decode(bytes: &[u8]) -> Option<(Self, &[u8], [u8; 32])> {
+    pub(super) fn decode(bytes: &[u8]) -> Option<(Self, &[u8], [u8; 32])> {
         let body_len = bytes.len().checked_sub(32)?;
         let (signed, mac) = bytes.split_at(body_len);
         let mut input = signed;
@@ -260,8 +275,9 @@ fn nv_increment(ctx: &mut Context, handle: NvIndexHandle) -> Result<(), OpError>
 }
 
 /// The counter's value; `None` if the index is not defined. An index at
-/// our handle that is not ours is an error naming it.
-fn counter_value(ctx: &mut Context) -> Result<Option<u64>, OpError> {
+/// our handle that is not ours is an error naming it. (`pub(super)` for the
+/// tests' forgeries.)
+pub(super) fn counter_value(ctx: &mut Context) -> Result<Option<u64>, OpError> {
     if !nv_defined(ctx)? {
         return Ok(None);
     }
@@ -348,28 +364,152 @@ pub fn release(settings: &super::TpmSettings, state_dir: &Path) -> Result<bool, 
     Ok(released)
 }
 
+// --- accepting a refused state ---------------------------------------------
+
+/// The recovery a stale-state message gives for `accept` (a state's
+/// [`ACCEPT_FILE`]): a plain file for an unbound store; with `pcrs`, the
+/// file [`write_accept_file`] writes.
+fn recovery(accept: &Path, bound: bool) -> String {
+    if !bound {
+        return format!("`touch {}` and restart fidoseald (it is logged)", accept.display());
+    }
+    let dir = accept.parent().unwrap_or(Path::new("."));
+    format!(
+        "with fidoseald stopped and the boot state approved, run `fidoseald --config <its configuration> \
+         --accept-current-state {}` and start fidoseald (it is logged; with [keystore] pcrs a plain {ACCEPT_FILE} \
+         file is not taken, since another OS could write one next to an older copy)",
+        dir.display()
+    )
+}
+
+/// The MAC an accept file of a bound store holds: of the state's id and
+/// the NV counter's value at the start that uses it (`None`: no index), so
+/// that a file is good for one start only, under the acceptance key (the
+/// bound PRF's, mod.rs: only the approved boot state computes it).
+fn accept_mac(key: &[u8; 32], id: &str, counter: Option<u64>) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(ACCEPT_LABEL);
+    mac.update(id.as_bytes());
+    match counter {
+        Some(value) => mac.update(&[&[1u8][..], &value.to_be_bytes()].concat()),
+        None => mac.update(&[0]),
+    }
+    mac
+}
+
+/// Whether `path` holds the accept MAC of `id` at `counter` (hex, first line).
+fn accept_file_is_signed(path: &Path, key: &[u8; 32], id: &str, counter: Option<u64>) -> bool {
+    use std::io::Read;
+    // Whoever wrote the file may have made it huge: its first line is enough.
+    let mut text = String::new();
+    let read = std::fs::File::open(path).and_then(|file| file.take(1024).read_to_string(&mut text));
+    if read.is_err() {
+        return false;
+    }
+    let Some(mac) = text.lines().next().and_then(|line| hex::decode(line.trim()).ok()) else {
+        return false;
+    };
+    // Constant time (hmac's verify).
+    accept_mac(key, id, counter).verify_slice(&mac).is_ok()
+}
+
+/// `fidoseald --accept-current-state DIR`: the accept file of state `id`
+/// (in `dir`), for the next start. `acceptance`: a bound store's acceptance
+/// key and the NV counter's value now (fidoseald stopped: what the next
+/// start reads); `None` (unbound): a plain file.
+pub(super) fn write_accept_file(
+    dir: &Path,
+    id: &str,
+    acceptance: Option<(&[u8; 32], Option<u64>)>,
+) -> Result<PathBuf, RollbackError> {
+    let path = dir.join(ACCEPT_FILE);
+    let text = match acceptance {
+        None => "# fidoseal: accept this state as it is at the next start (docs/tpm.md, Anti-rollback)\n".to_string(),
+        Some((key, counter)) => format!(
+            "{}\n# fidoseal: accept this state as it is at the next start only (docs/tpm.md, Anti-rollback)\n",
+            hex::encode(accept_mac(key, id, counter).finalize().into_bytes())
+        ),
+    };
+    write_atomically(&path, text.as_bytes()).map_err(|source| RollbackError::Write { path: path.clone(), source })?;
+    Ok(path)
+}
+
+/// Any accept file in the state directory: the machine's, or a user's two
+/// levels down (`users/<uid>`): only then does a bound store's start
+/// compute the acceptance key.
+fn any_accept_file(state_dir: &Path) -> bool {
+    let subdirs = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default()
+    };
+    state_dir.join(ACCEPT_FILE).exists()
+        || subdirs(state_dir).iter().flat_map(|dir| subdirs(dir)).any(|dir| dir.join(ACCEPT_FILE).exists())
+}
+
 // --- the anchor key ----------------------------------------------------------
 
 /// A new anchor key (HMAC, under the machine primary: it survives
-/// authenticatorReset, and goes only with a cleared TPM).
-fn new_anchor_key(conn: &mut Connection) -> Result<(Vec<u8>, Vec<u8>), OpError> {
+/// authenticatorReset, and goes only with a cleared TPM). `policy`: a bound
+/// generation's authPolicy (pcr_policy.rs), so that the key, like the
+/// generation's other objects, is usable only in an approved boot state.
+fn new_anchor_key(conn: &mut Connection, policy: Option<&[u8]>) -> Result<(Vec<u8>, Vec<u8>), OpError> {
     with_machine_primary(conn, |ctx, primary| {
-        let template = objects::hmac_key_template().map_err(at("building the HMAC key template"))?;
+        let template = objects::hmac_key_template()
+            .and_then(|t| objects::bound(t, policy))
+            .map_err(at("building the HMAC key template"))?;
         let (public, private) = create_object(ctx, primary, template)?;
         Ok((public.marshall().map_err(at("marshalling the anchor key"))?, private.value().to_vec()))
     })
 }
 
-/// The anchor MAC key: TPM2_HMAC(anchor key, label), in a salted session.
-fn anchor_key(conn: &mut Connection, public: &[u8], private: &[u8]) -> Result<Zeroizing<[u8; 32]>, OpError> {
+/// The anchor MAC key: TPM2_HMAC(anchor key, label), in a salted session;
+/// with `boot`, the bound generation's policy session (the same code as
+/// derive_secret).
+fn anchor_key(
+    conn: &mut Connection,
+    public: &[u8],
+    private: &[u8],
+    boot: Option<&BootBinding>,
+) -> Result<Zeroizing<[u8; 32]>, OpError> {
     let public = Public::unmarshall(public).map_err(|_| OpError::NotOurs)?;
     let private = Private::try_from(private.to_vec()).map_err(|_| OpError::NotOurs)?;
     with_machine_primary(conn, |ctx, primary| {
-        tpm_hmac(ctx, primary, &public, &private, KEY_LABEL, None).map_err(|e| match e {
+        tpm_hmac(ctx, primary, &public, &private, KEY_LABEL, boot).map_err(|e| match e {
             OpError::Tpm { error, .. } if super::classify(&error) == super::Fault::Refused => OpError::NotOurs,
             other => other,
         })
     })
+}
+
+/// Whether the anchor key's public area (from the anchor file) is the
+/// template [`new_anchor_key`] makes for `policy`: that authPolicy, no
+/// userWithAuth, and fixedTPM, fixedParent and sensitiveDataOrigin, so the
+/// TPM made its secret and it never left (a key with a secret chosen by
+/// whoever made it, or imported, would let them compute the MAC without the
+/// TPM). The TPM checks the private blob against this public area at
+/// TPM2_Load, so the area cannot lie about the key.
+fn is_bound_key(public: &[u8], policy: &[u8]) -> bool {
+    let Ok(Public::KeyedHash { object_attributes, name_hashing_algorithm, auth_policy, parameters, .. }) =
+        Public::unmarshall(public)
+    else {
+        return false;
+    };
+    let expected = objects::hmac_key_template().and_then(|t| objects::bound(t, Some(policy)));
+    let Ok(Public::KeyedHash {
+        object_attributes: want_attributes,
+        name_hashing_algorithm: want_name_hash,
+        auth_policy: want_policy,
+        parameters: want_parameters,
+        ..
+    }) = expected
+    else {
+        return false;
+    };
+    object_attributes == want_attributes
+        && name_hashing_algorithm == want_name_hash
+        && auth_policy == want_policy
+        && parameters == want_parameters
 }
 
 // --- the anchor ----------------------------------------------------------------
@@ -385,6 +525,29 @@ struct Inner {
     /// The signature counters' epoch: the NV value of this start's (or the
     /// latest) epoch increment.
     epoch: u64,
+    /// A bound store: an accept file must be signed ([`accept_mac`]).
+    bound: bool,
+    /// With `bound` and an accept file at start: the acceptance key, and the
+    /// NV counter's value when this start read it (what the files sign).
+    acceptance: Option<(Zeroizing<[u8; 32]>, Option<u64>)>,
+}
+
+/// A bound store's side of the anchor (mod.rs): the binding, whose policy
+/// session computes the anchor key, and the store's PRF key, from which the
+/// key that signs accept files comes.
+pub(super) struct Bound<'a> {
+    pub(super) boot: &'a BootBinding,
+    pub(super) prf_public: &'a Public,
+    pub(super) prf_private: &'a Private,
+}
+
+impl Bound<'_> {
+    /// The acceptance key: the bound PRF of a fixed input (mod.rs's
+    /// derive_secret code), so only the approved boot state computes it.
+    pub(super) fn acceptance_key(&self, conn: &mut Connection) -> Result<Zeroizing<[u8; 32]>, OpError> {
+        let input = [&[super::PRF_ACCEPT][..], ACCEPT_LABEL].concat();
+        tpm_hmac(&mut conn.ctx, conn.primary, self.prf_public, self.prf_private, &input, Some(self.boot))
+    }
 }
 
 /// The machine's anchor, shared by every state's database.
@@ -429,47 +592,96 @@ fn run_op<T>(
     what: &'static str,
     mut op: impl FnMut(&mut Connection) -> Result<T, OpError>,
 ) -> Result<T, RollbackError> {
-    // Errors of ours (OpError::Internal) keep their message.
-    let mut message = None;
+    // Errors of ours (OpError::Internal) keep their message; an unapproved
+    // boot state stays one (never taken for a stale state).
+    let mut kept = None;
     let result = run(tpm, what, |conn| {
-        op(conn).inspect_err(|e| {
-            if let OpError::Internal(m) = e {
-                message = Some(m.clone());
-            }
+        op(conn).inspect_err(|e| match e {
+            OpError::Internal(m) => kept = Some(RollbackError::Tpm(m.clone())),
+            OpError::BootState(m) => kept = Some(RollbackError::BootState(m.clone())),
+            OpError::Tpm { .. } | OpError::NotOurs => {}
         })
     });
-    result.map_err(|e| message.map_or(e, RollbackError::Tpm))
+    result.map_err(|e| kept.unwrap_or(e))
 }
 
 impl RollbackAnchor {
     /// Opens (or creates) the anchor of `state_dir` on `tpm`. `fresh`: the
     /// key store was just created (a new state directory, or a cleared TPM):
     /// there is nothing older to protect, so a counter or file left from
-    /// before is taken over rather than refused.
+    /// before is taken over rather than refused. `boot`: the store's
+    /// generation is bound to the boot state; so is the anchor key.
     pub(super) fn open(
         tpm: Arc<Mutex<Tpm>>,
         state_dir: &Path,
         fresh: bool,
+        bound: Option<Bound<'_>>,
     ) -> Result<(Self, AnchorStart), RollbackError> {
+        let boot = bound.as_ref().map(|b| b.boot);
+        if let Some(boot) = boot {
+            // Before anything is read: no state is judged, or written,
+            // without the key that verifies it.
+            run_op(&tpm, "check the boot state", |conn| boot.check(&mut conn.ctx))?;
+        }
+        let policy = boot.map(BootBinding::object_policy);
         let path = state_dir.join(ANCHOR_FILE);
         let accept_path = state_dir.join(ACCEPT_FILE);
-        let accept = accept_path.exists();
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(RollbackError::Tpm(format!("cannot read {}: {e}", path.display()))),
         };
         let counter = run_op(&tpm, "read the anti-rollback counter", |conn| counter_value(&mut conn.ctx))?;
-        let stale = |what: String| RollbackError::Stale { what, accept: accept_path.clone() };
+        let stale = |what: String| RollbackError::Stale { what, recovery: recovery(&accept_path, boot.is_some()) };
+        // Only when there is an accept file (one HMAC in the policy session).
+        let acceptance = match &bound {
+            Some(bound) if any_accept_file(state_dir) => {
+                let key = run_op(&tpm, "compute the acceptance key", |conn| bound.acceptance_key(conn))?;
+                Some((key, counter))
+            }
+            _ => None,
+        };
+        let accept = accept_path.exists()
+            && match (&bound, &acceptance) {
+                (None, _) => true,
+                (Some(_), Some((key, counter))) => {
+                    let signed = accept_file_is_signed(&accept_path, key, SINGLE_USER, *counter);
+                    if !signed {
+                        tracing::warn!(
+                            path = %accept_path.display(),
+                            "{ACCEPT_FILE} ignored: with [keystore] pcrs it must be written by `fidoseald \
+                             --accept-current-state` in the approved boot state, for this start"
+                        );
+                    }
+                    signed
+                }
+                (Some(_), None) => false,
+            };
 
         // The file, its key and its MAC, if it is there and opens.
+        let unbound = |file: &AnchorFile| policy.as_deref().is_some_and(|p| !is_bound_key(&file.key_public, p));
         let mut opened = None;
         if let Some(bytes) = &bytes {
             match AnchorFile::decode(bytes) {
+                // A bound store's anchor key was made bound with the store
+                // (a bound store is always a fresh one): any other key is a
+                // file made by someone who could compute its MAC without the
+                // approved boot state.
+                Some((file, _, _)) if unbound(&file) && !(fresh || accept) => {
+                    return Err(stale(format!(
+                        "the anchor key is not bound to the boot state: the anchor file was replaced ({})",
+                        path.display()
+                    )))
+                }
+                // Fresh or accepted: a new, bound key below; this one is never used.
+                Some((file, _, _)) if unbound(&file) => {}
                 Some((file, signed, mac)) => {
-                    let key =
-                        run(&tpm, "load the anchor key", |conn| anchor_key(conn, &file.key_public, &file.key_private));
+                    let key = run_op(&tpm, "load the anchor key", |conn| {
+                        anchor_key(conn, &file.key_public, &file.key_private, boot)
+                    });
                     match key {
+                        // The PCRs moved since the check above: not a stale state.
+                        Err(e @ RollbackError::BootState(_)) => return Err(e),
                         Ok(key) if file_mac(&key, signed) == mac => opened = Some((file, key)),
                         Ok(_) if !(fresh || accept) => {
                             return Err(stale(format!("{} was altered (its MAC does not match)", path.display())))
@@ -512,6 +724,15 @@ impl RollbackAnchor {
                     state_dir.display()
                 )))
             }
+            // A bound store made its anchor when it was made (binding needs
+            // a fresh store), so neither is left only if someone removed both.
+            (None, None) if boot.is_some() => {
+                return Err(stale(format!(
+                    "the anti-rollback anchor of a key store bound to the boot state is gone: someone removed the NV \
+                     index {NV_INDEX:#010x} and the anchor file {}",
+                    path.display()
+                )))
+            }
             // No file and no counter: the first start with anti-rollback (an
             // upgrade); a file that does not open was refused above.
             (None, None) => AnchorStart::Created,
@@ -532,8 +753,10 @@ impl RollbackAnchor {
             }
             _ => {
                 // A new anchor (and key) over the states as they are.
-                let (key_public, key_private) = run_op(&tpm, "create the anchor key", new_anchor_key)?;
-                let key = run_op(&tpm, "load the anchor key", |conn| anchor_key(conn, &key_public, &key_private))?;
+                let (key_public, key_private) =
+                    run_op(&tpm, "create the anchor key", |conn| new_anchor_key(conn, policy.as_deref()))?;
+                let key =
+                    run_op(&tpm, "load the anchor key", |conn| anchor_key(conn, &key_public, &key_private, boot))?;
                 let counter = match counter {
                     Some(value) => value,
                     None => run_op(&tpm, "define the anti-rollback counter", |conn| define_counter(&mut conn.ctx))?,
@@ -547,7 +770,16 @@ impl RollbackAnchor {
         if start == AnchorStart::IncrementCompleted {
             run_op(&tpm, "increment the anti-rollback counter", |conn| with_nv(&mut conn.ctx, nv_increment))?;
         }
-        let inner = Inner { tpm, path, key, file, accept_all: start == AnchorStart::Accepted, epoch: 0 };
+        let inner = Inner {
+            tpm,
+            path,
+            key,
+            file,
+            accept_all: start == AnchorStart::Accepted,
+            epoch: 0,
+            bound: boot.is_some(),
+            acceptance,
+        };
         if start == AnchorStart::Accepted {
             tracing::warn!(
                 audit = "anti-rollback",
@@ -569,11 +801,7 @@ impl RollbackAnchor {
 
     /// The MAC key of one state's rollback record.
     pub fn state_key(&self, id: &str) -> Zeroizing<[u8; 32]> {
-        let inner = self.lock();
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&inner.key[..]).expect("any key length");
-        mac.update(STATE_KEY_LABEL);
-        mac.update(id.as_bytes());
-        Zeroizing::new(mac.finalize().into_bytes().into())
+        state_key_under(&self.lock().key, id)
     }
 
     /// Anchors `version` for state `id`: the file with the counter's next
@@ -651,10 +879,46 @@ impl RollbackAnchor {
         self.lock().accept_all
     }
 
+    /// Whether state `id`'s accept file (`path`) is there and counts: any
+    /// file for an unbound store; with `pcrs`, one signed for this start.
+    fn accepts(&self, id: &str, path: &Path) -> bool {
+        if !path.exists() {
+            return false;
+        }
+        let inner = self.lock();
+        if !inner.bound {
+            return true;
+        }
+        let signed =
+            inner.acceptance.as_ref().is_some_and(|(key, counter)| accept_file_is_signed(path, key, id, *counter));
+        if !signed {
+            tracing::warn!(
+                path = %path.display(),
+                "{ACCEPT_FILE} ignored: with [keystore] pcrs it must be written by `fidoseald --accept-current-state` \
+                 in the approved boot state, for this start"
+            );
+        }
+        signed
+    }
+
+    /// The recovery of a stale state whose accept file is `path`.
+    fn recovery(&self, path: &Path) -> String {
+        recovery(path, self.lock().bound)
+    }
+
     /// The counter value the anchor is at.
     pub fn counter(&self) -> u64 {
         self.lock().file.counter
     }
+}
+
+/// The MAC key of state `id`'s rollback record under the anchor MAC key
+/// `key` (`pub(super)` for the tests' forgeries).
+pub(super) fn state_key_under(key: &[u8; 32], id: &str) -> Zeroizing<[u8; 32]> {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+    mac.update(STATE_KEY_LABEL);
+    mac.update(id.as_bytes());
+    Zeroizing::new(mac.finalize().into_bytes().into())
 }
 
 /// One state's [`fidoseal_store::AnchorSink`].
@@ -696,7 +960,7 @@ pub fn protect_state(
     let check =
         database.protect(anchor.state_key(id), Box::new(sink)).map_err(|e| RollbackError::Tpm(e.to_string()))?;
     let accept_path = dir.join(ACCEPT_FILE);
-    let accept = anchor.accepts_all() || accept_path.exists();
+    let accept = anchor.accepts_all() || anchor.accepts(id, &accept_path);
     let start = match (check, anchor.anchored(id)) {
         (RecordCheck::Mismatch, None) if id != SINGLE_USER => migrated(anchor, database, id)?,
         _ => None,
@@ -755,7 +1019,7 @@ fn check_state(
     let write = |database: &mut fidoseal_store::CredentialDatabase, version| {
         database.set_rollback_version(version).map_err(|e| RollbackError::Tpm(e.to_string()))
     };
-    let stale = |what: String| RollbackError::Stale { what, accept: accept_path.to_path_buf() };
+    let stale = |what: String| RollbackError::Stale { what, recovery: anchor.recovery(accept_path) };
     match (check, anchored) {
         (RecordCheck::Valid { version }, Some(at)) if version >= at => {
             if version > at {

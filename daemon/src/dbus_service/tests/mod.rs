@@ -238,6 +238,8 @@ pub struct Harness {
     /// Held: the service stays on the bus for the test.
     pub service: DbusService,
     pub bus: TestBus,
+    /// The service's "waiting for the boot state" flag, as main.rs sets it.
+    pub waiting_for_boot_state: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Harness {
@@ -355,10 +357,24 @@ impl Harness {
             tpm: options.tpm.clone(),
             policy_dirs: Vec::new(),
             policy: Some(crate::policy_service::PolicyService::load(Vec::new(), None).expect("the built-in policy")),
+            waiting_for_boot_state: Arc::default(),
         };
+        let waiting_for_boot_state = Arc::clone(&service.waiting_for_boot_state);
         let service =
             DbusService::start(service, Some(&bus.address)).await.expect("the service starts on the test bus");
-        Self { registry, store, authenticator, prompt, device_user, replugs, second, second_replugs, service, bus }
+        Self {
+            registry,
+            store,
+            authenticator,
+            prompt,
+            device_user,
+            replugs,
+            second,
+            second_replugs,
+            service,
+            bus,
+            waiting_for_boot_state,
+        }
     }
 
     /// How often the device loop re-plugged the device for Manager1.Replug.

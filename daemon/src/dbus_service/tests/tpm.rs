@@ -63,3 +63,42 @@ async fn root_approves_a_changed_boot_state_with_the_recovery_key_over_manager1(
     drop(shared);
     std::fs::remove_dir_all(state).unwrap();
 }
+
+/// A start in an unapproved boot state (main.rs): Status says fidoseald
+/// waits for the approval, with the recovery command, and ApproveBootState
+/// is what ends the wait (the store's approval turns true).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn status_says_the_start_waits_for_the_boot_state_and_approve_boot_state_ends_the_wait() {
+    let tpm = Swtpm::start();
+    let state = temp_dir("dbus-pcr-wait");
+    let settings = TpmSettings { tcti: tpm.tcti(), owner_auth_file: None };
+    let mut store = TpmKeyStore::open_bound(&settings, &state, &[7]).unwrap();
+    store.extend_pcr_for_test();
+    drop(store);
+    let store = TpmKeyStore::open_bound(&settings, &state, &[7]).unwrap();
+    let mut approval = store.approval();
+    assert!(!*approval.borrow(), "restarted in an unapproved boot state");
+    let shared = Arc::new(Mutex::new(store));
+    let recovery = std::fs::read_to_string(state.join("tpm-recovery-key")).unwrap();
+    let recovery = recovery.lines().next().unwrap().to_owned();
+    let h = Harness::start("dbus-pcr-wait", Options { tpm: Some(Arc::clone(&shared)), ..Options::default() }).await;
+    h.waiting_for_boot_state.store(true, std::sync::atomic::Ordering::SeqCst);
+    let me = h.bus.connect().await;
+    let manager = Manager1Proxy::new(&me).await.unwrap();
+
+    let status = manager.status().await.unwrap();
+    let start = get::<String>(&status, "start").unwrap();
+    assert!(start.contains("waiting for the boot state to be approved"), "{start}");
+    assert!(start.contains("fidosealctl tpm approve-boot-state"), "{start}");
+    assert_eq!(get::<bool>(&status, "tpm_boot_state_approved"), Some(false));
+    assert!(get::<u32>(&status, "pin_retries").is_none() && get::<u32>(&status, "passkeys").is_none(), "no device yet");
+
+    manager.approve_boot_state(&recovery).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), approval.wait_for(|approved| *approved))
+        .await
+        .expect("the approval ends the wait")
+        .unwrap();
+    drop(h);
+    drop(shared);
+    std::fs::remove_dir_all(state).unwrap();
+}
