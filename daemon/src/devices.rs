@@ -175,6 +175,13 @@ pub struct Devices {
     /// bound to an unapproved boot state opens it only after the approval
     /// (main.rs). Always empty in per-user mode.
     single: OnceLock<Arc<UserDevice>>,
+    /// Single mode's owner, known before its device opens: `[device] user`
+    /// and the registry its agent registers with. An agent that starts
+    /// while fidoseald waits for the boot state to be approved registers
+    /// then, and is asked once the device opens (it is not refused: it
+    /// would not try again before the daemon's next start).
+    single_user: Option<Arc<DeviceUser>>,
+    single_registry: Option<Arc<AgentRegistry>>,
     per_user: Mutex<BTreeMap<u32, Arc<UserDevice>>>,
     /// Per-user mode: an agent may register before its user's device
     /// exists (both start with the session), so registries outlive devices.
@@ -187,20 +194,23 @@ impl Devices {
     /// after its start, [`Self::set_single`]).
     #[cfg(test)]
     pub fn single(device: Arc<UserDevice>) -> Self {
-        let devices = Self::single_pending();
+        let devices = Self::single_pending(device.device_user.clone(), Arc::clone(&device.registry));
         let _ = devices.single.set(device);
         devices
     }
 
-    /// Single mode whose device is not open yet ([`Self::set_single`]).
-    pub fn single_pending() -> Self {
-        Self { single_mode: true, ..Self::per_user() }
+    /// Single mode whose device is not open yet ([`Self::set_single`]): its
+    /// user and the registry the device will use.
+    pub fn single_pending(device_user: Option<Arc<DeviceUser>>, registry: Arc<AgentRegistry>) -> Self {
+        Self { single_mode: true, single_user: device_user, single_registry: Some(registry), ..Self::per_user() }
     }
 
     pub fn per_user() -> Self {
         Self {
             single_mode: false,
             single: OnceLock::new(),
+            single_user: None,
+            single_registry: None,
             per_user: Mutex::new(BTreeMap::new()),
             registries: Mutex::new(HashMap::new()),
             bus: OnceLock::new(),
@@ -211,6 +221,9 @@ impl Devices {
     pub fn set_single(&self, device: Arc<UserDevice>) -> Result<(), String> {
         if !self.single_mode {
             return Err("per-user mode has no single device".into());
+        }
+        if !self.single_registry.as_ref().is_some_and(|registry| Arc::ptr_eq(registry, &device.registry)) {
+            return Err("the single device must use the registry its agent registered with".into());
         }
         self.single.set(Arc::clone(&device)).map_err(|_| "the single device is already open".to_string())?;
         if let (Some(bus), None) = (self.bus.get(), device.registry.bus()) {
@@ -276,8 +289,16 @@ impl Devices {
     /// user only), or `uid`'s own in per-user mode.
     pub fn registry_for(&self, uid: u32) -> Option<Arc<AgentRegistry>> {
         if self.single_mode {
-            let device = self.single.get()?;
-            return device.is_owner(uid).then(|| Arc::clone(&device.registry));
+            return match self.single.get() {
+                Some(device) => device.is_owner(uid).then(|| Arc::clone(&device.registry)),
+                // Not open yet (main.rs): its user's agent registers now.
+                None => self
+                    .single_user
+                    .as_ref()
+                    .is_some_and(|user| user.is(uid))
+                    .then(|| self.single_registry.clone())
+                    .flatten(),
+            };
         }
         let mut registries = self.registries.lock().unwrap_or_else(|e| e.into_inner());
         let registry = registries.entry(uid).or_insert_with(|| {
@@ -295,7 +316,7 @@ impl Devices {
     pub fn registries(&self) -> Vec<Arc<AgentRegistry>> {
         match self.single.get() {
             Some(device) => vec![Arc::clone(&device.registry)],
-            None if self.single_mode => Vec::new(),
+            None if self.single_mode => self.single_registry.iter().cloned().collect(),
             None => self.registries.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect(),
         }
     }
@@ -308,9 +329,13 @@ impl Devices {
         }
     }
 
-    /// Single mode's one device (None in per-user mode).
-    pub fn single_device(&self) -> Option<&Arc<UserDevice>> {
-        self.single.get()
+    /// Single mode's `[device] user`, also before its device opens (None in
+    /// per-user mode).
+    pub fn single_user(&self) -> Option<&Arc<DeviceUser>> {
+        match self.single.get() {
+            Some(device) => device.device_user.as_ref(),
+            None => self.single_user.as_ref(),
+        }
     }
 
     pub(crate) fn insert(&self, device: Arc<UserDevice>) {

@@ -211,6 +211,12 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
     if config.prompt.mode != PromptMode::Agent {
         tracing::warn!("prompt mode always-approve: every request is approved without asking anyone");
     }
+    // Single mode's owner, before the device opens (it may wait for the boot
+    // state): looked up here, before the runtime, and again on SIGHUP; never
+    // by a D-Bus handler (NSS may wait for LDAP or sssd).
+    let single_owner = (!per_user).then(|| {
+        (device_user::DeviceUser::resolve(config.device.user.clone()), Arc::new(prompt_agent::AgentRegistry::new()))
+    });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -227,8 +233,13 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         // The devices are opened after the bus is up: with a TPM store bound
         // to an unapproved boot state, only once Manager1.ApproveBootState
         // has approved it (below).
-        let devices =
-            Arc::new(if per_user { devices::Devices::per_user() } else { devices::Devices::single_pending() });
+        let devices = Arc::new(match &single_owner {
+            Some((device_user, registry)) => {
+                device_user.resolve_on_hangup()?;
+                devices::Devices::single_pending(Some(Arc::clone(device_user)), Arc::clone(registry))
+            }
+            None => devices::Devices::per_user(),
+        });
         let mut service = dbus_service::Service::from_config(&config, Arc::clone(&devices));
         service.tpm_manufacturer = tpm_manufacturer;
         service.tpm = tpm_store.clone();
@@ -281,7 +292,13 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
         let mut supervisor = None;
         let mut single = None;
         let mut logind_changes = None;
-        if per_user {
+        if let Some((device_user, registry)) = single_owner {
+            let device = tokio::task::block_in_place(|| {
+                open_single_device(&config, &policy, keystore, key_store_created, anchor.as_ref(), device_user, registry)
+            })?;
+            devices.set_single(Arc::clone(&device))?;
+            single = Some(devices::spawn(device, config.device.uhid_path.clone(), failed_tx));
+        } else {
             let factory = devices::DeviceFactory {
                 keystore: Arc::new(Mutex::new(keystore)),
                 policy: policy.clone(),
@@ -296,15 +313,6 @@ fn run(config_path: &std::path::Path) -> Result<(), String> {
             follow_sessions(&mut s, &config, &connection).await;
             logind_changes = Some((changes, connection));
             supervisor = Some(s);
-        } else {
-            let device = tokio::task::block_in_place(|| {
-                open_single_device(&config, &policy, keystore, key_store_created, anchor.as_ref())
-            })?;
-            devices.set_single(Arc::clone(&device))?;
-            if let Some(device_user) = device.device_user.as_ref() {
-                device_user.resolve_on_hangup()?;
-            }
-            single = Some(devices::spawn(device, config.device.uhid_path.clone(), failed_tx));
         }
         waiting.store(false, Ordering::SeqCst);
         let mut off_the_bus: Option<String> = None;
@@ -370,13 +378,16 @@ fn open_anchor(tpm: &tpm::admin::SharedTpm, config: &Config) -> Result<tpm::roll
 }
 
 /// Single mode's device: the credential state (checked against the anchor),
-/// the authenticator and the prompt of `[device] user`.
+/// the authenticator and the prompt of `[device] user` (`device_user`, whose
+/// agent registers with `registry`, possibly before this).
 fn open_single_device(
     config: &Config,
     policy: &policy_service::PolicyService,
     mut keystore: Box<dyn KeyStore>,
     key_store_created: bool,
     anchor: Option<&tpm::rollback::RollbackAnchor>,
+    device_user: Arc<device_user::DeviceUser>,
+    registry: Arc<prompt_agent::AgentRegistry>,
 ) -> Result<Arc<devices::UserDevice>, String> {
     let user = config.device.user.clone();
     let credentials = devices::open_credentials(
@@ -387,10 +398,6 @@ fn open_single_device(
         user.as_deref(),
         anchor.map(|anchor| (anchor, tpm::rollback::SINGLE_USER)),
     )?;
-    // Looked up here and again on SIGHUP: never by a D-Bus handler (NSS
-    // may wait for LDAP or sssd).
-    let device_user = device_user::DeviceUser::resolve(user.clone());
-    let registry = Arc::new(prompt_agent::AgentRegistry::new());
     let agent_prompt = prompt_agent::AgentPrompt::for_user(
         config,
         user.as_deref().unwrap_or(""),

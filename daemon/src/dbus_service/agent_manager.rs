@@ -65,7 +65,7 @@ impl AgentManager {
         // this handler. Per-user mode: each user registers with their own
         // device's registry (logind's uid): an agent is never asked about
         // another user's device.
-        if let Some(device_user) = self.service.devices.single_device().and_then(|d| d.device_user.as_ref()) {
+        if let Some(device_user) = self.service.devices.single_user() {
             match device_user.uid() {
                 DeviceUid::NotConfigured => return Err(refuse("this device has no [device] user".into())),
                 DeviceUid::Unknown => {

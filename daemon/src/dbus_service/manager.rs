@@ -89,7 +89,7 @@ impl Manager {
             Err(reason) => {
                 tracing::warn!(method, sender = %sender, uid = credentials.uid, decision = "refused", reason, "Manager1: not the device's user");
                 let mut reason = format!("uid {} is not the device's user ({reason})", credentials.uid);
-                let single_user = self.service.devices.single_device().and_then(|d| d.device_user.as_ref());
+                let single_user = self.service.devices.single_user();
                 if let Some(device_user) = single_user {
                     if let (DeviceUid::Unknown, Some(name)) = (device_user.uid(), device_user.name()) {
                         reason.push_str(&format!("; {name:?} is not in the user database yet"));

@@ -240,3 +240,28 @@ fn callers_and_agents_are_routed_to_their_own_device() {
     let nobody = Devices::single(bare_device(None, "", Arc::new(AgentRegistry::new())));
     assert_eq!(nobody.all()[0].uniq(), "fidoseal-0", "no owner: the udev rule leaves it to the seat");
 }
+
+/// Single mode waiting for the boot state to be approved (main.rs): the
+/// device is not open, yet its user's agent registers (with the registry the
+/// device will use), so it is asked once the device opens. Refused, it would
+/// not try again before fidoseald's next start.
+#[test]
+fn the_device_users_agent_registers_before_the_single_device_opens() {
+    let lookup: crate::device_user::UserLookup = Arc::new(|name: &str| (name == "alice").then_some(1001));
+    let alice = DeviceUser::resolve_with(Some("alice".into()), lookup);
+    let registry = Arc::new(AgentRegistry::new());
+    let devices = Devices::single_pending(Some(Arc::clone(&alice)), Arc::clone(&registry));
+
+    let waiting = devices.registry_for(1001).expect("the device user's agent registers while the device is not open");
+    assert!(Arc::ptr_eq(&waiting, &registry));
+    assert!(devices.registry_for(1002).is_none(), "nobody else's agent");
+    assert_eq!(devices.registries().len(), 1, "CancelRequest and UnregisterAgent find it");
+    assert!(devices.all().is_empty() && devices.for_caller(1001).is_err(), "no device yet");
+    assert!(devices.single_user().is_some_and(|user| user.is(1001)));
+
+    // A device with another registry would lose the registered agent.
+    assert!(devices.set_single(bare_device(Some(1001), "alice", Arc::new(AgentRegistry::new()))).is_err());
+    devices.set_single(bare_device(Some(1001), "alice", Arc::clone(&registry))).unwrap();
+    assert!(Arc::ptr_eq(&devices.registry_for(1001).unwrap(), &registry), "the same registry once open");
+    assert_eq!(devices.all().len(), 1);
+}
