@@ -508,11 +508,19 @@ pub mod responses {
         pub auth_data: Vec<u8>,
     }
 
-    pub fn parse_registration(response: &Value) -> Registered {
+    /// The credential ID and COSE key (any algorithm) of makeCredential's
+    /// attested credential data (WebAuthn §6.5.1).
+    pub fn attested_credential(response: &Value) -> (Vec<u8>, Value) {
         let auth_data = bytes(get(response, 2));
         let len = usize::from(u16::from_be_bytes([auth_data[53], auth_data[54]]));
         let credential_id = auth_data[55..55 + len].to_vec();
         let cose: Value = ciborium::de::from_reader(&auth_data[55 + len..]).expect("COSE key");
+        (credential_id, cose)
+    }
+
+    pub fn parse_registration(response: &Value) -> Registered {
+        let auth_data = bytes(get(response, 2));
+        let (credential_id, cose) = attested_credential(response);
         let x = bytes(get(&cose, -2));
         let y = bytes(get(&cose, -3));
         let mut sec1 = vec![4u8];

@@ -19,15 +19,6 @@ fn make_credential(d: &mut Device, cid: u32, preference: &[i64]) -> (u8, Option<
     d.ctap(cid, 0x01, Some(params))
 }
 
-/// The COSE key and the credential ID from makeCredential's authData.
-fn attested(body: &Value) -> (Vec<u8>, Value) {
-    let auth_data = responses::bytes(responses::get(body, 2));
-    let len = usize::from(u16::from_be_bytes([auth_data[53], auth_data[54]]));
-    let id = auth_data[55..55 + len].to_vec();
-    let cose: Value = ciborium::de::from_reader(&auth_data[55 + len..]).unwrap();
-    (id, cose)
-}
-
 #[test]
 fn get_info_lists_es256_then_eddsa() {
     let mut d = Device::new();
@@ -46,7 +37,7 @@ fn eddsa_credential_signs_verifiable_assertions() {
     let (status, body) = make_credential(&mut d, cid, &[-8, -7]);
     assert_eq!(status, 0);
     let body = body.unwrap();
-    let (id, cose) = attested(&body);
+    let (id, cose) = responses::attested_credential(&body);
     // OKP, EdDSA, Ed25519.
     assert_eq!(responses::get(&cose, 1), Some(&Value::from(1)));
     assert_eq!(responses::get(&cose, 3), Some(&Value::from(-8)));
@@ -77,7 +68,7 @@ fn platform_order_decides_between_supported_algorithms() {
     let cid = d.init();
     let (status, body) = make_credential(&mut d, cid, &[-7, -8]);
     assert_eq!(status, 0);
-    let (_, cose) = attested(body.as_ref().unwrap());
+    let (_, cose) = responses::attested_credential(body.as_ref().unwrap());
     assert_eq!(responses::get(&cose, 3), Some(&Value::from(-7)));
     let (status, _) = make_credential(&mut d, cid, &[-257, -8]);
     assert_eq!(status, 0, "unsupported entries are skipped");

@@ -37,15 +37,6 @@ fn make_credential(preference: &[i64], extra: Vec<(i64, Value)>) -> Value {
     int_map(entries)
 }
 
-/// The credential ID and COSE key of makeCredential's authData.
-fn attested(body: &Value) -> (Vec<u8>, Value) {
-    let auth_data = responses::bytes(responses::get(body, 2));
-    let len = usize::from(u16::from_be_bytes([auth_data[53], auth_data[54]]));
-    let id = auth_data[55..55 + len].to_vec();
-    let cose: Value = ciborium::de::from_reader(&auth_data[55 + len..]).unwrap();
-    (id, cose)
-}
-
 fn p384_key(cose: &Value) -> p384::ecdsa::VerifyingKey {
     let mut sec1 = vec![4u8];
     sec1.extend(responses::bytes(responses::get(cose, -2)));
@@ -96,13 +87,13 @@ fn an_es384_credential_through_the_whole_authenticator() {
     // A platform that lists -7 first gets ES256.
     let (status, body) = d.ctap(cid, 0x01, Some(make_credential(&[-7, -35], vec![])));
     assert_eq!(status, 0);
-    assert_eq!(responses::get(&attested(body.as_ref().unwrap()).1, 3), Some(&Value::from(-7)));
+    assert_eq!(responses::get(&responses::attested_credential(body.as_ref().unwrap()).1, 3), Some(&Value::from(-7)));
 
     // pubKeyCredParams [-35]: an ES384 credential, EC2 / P-384 / -35.
     let (status, body) = d.ctap(cid, 0x01, Some(make_credential(&[-35], vec![])));
     assert_eq!(status, 0);
     let body = body.unwrap();
-    let (id, cose) = attested(&body);
+    let (id, cose) = responses::attested_credential(&body);
     assert!(id.len() <= MAX_CREDENTIAL_ID_LEN, "{} bytes", id.len());
     assert_eq!(responses::get(&cose, 1), Some(&Value::from(2)));
     assert_eq!(responses::get(&cose, 3), Some(&Value::from(-35)));
@@ -128,7 +119,7 @@ fn an_es384_credential_through_the_whole_authenticator() {
     let (status, body) =
         d.ctap(cid, 0x01, Some(make_credential(&[-35], vec![(7, text_map(&[("rk", Value::Bool(true))]))])));
     assert_eq!(status, 0);
-    let key = p384_key(&attested(body.as_ref().unwrap()).1);
+    let key = p384_key(&responses::attested_credential(body.as_ref().unwrap()).1);
     let (status, body) = d.ctap(cid, 0x02, Some(get_assertion(RP, &[], vec![])));
     assert_eq!(status, 0);
     let body = body.unwrap();
