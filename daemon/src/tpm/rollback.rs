@@ -413,6 +413,32 @@ fn accept_file_is_signed(path: &Path, key: &[u8; 32], id: &str, counter: Option<
     accept_mac(key, id, counter).verify_slice(&mac).is_ok()
 }
 
+/// Whether state `id`'s accept file `path` is there and counts: any file
+/// for an unbound store; for a `bound` one, only a file signed with this
+/// start's `acceptance` key and counter (an ignored file is logged).
+fn accept_file_counts(
+    path: &Path,
+    id: &str,
+    bound: bool,
+    acceptance: Option<&(Zeroizing<[u8; 32]>, Option<u64>)>,
+) -> bool {
+    if !path.exists() {
+        return false;
+    }
+    if !bound {
+        return true;
+    }
+    let signed = acceptance.is_some_and(|(key, counter)| accept_file_is_signed(path, key, id, *counter));
+    if !signed {
+        tracing::warn!(
+            path = %path.display(),
+            "{ACCEPT_FILE} ignored: with [keystore] pcrs it must be written by `fidoseald --accept-current-state` \
+             in the approved boot state, for this start"
+        );
+    }
+    signed
+}
+
 /// `fidoseald --accept-current-state DIR`: the accept file of state `id`
 /// (in `dir`), for the next start. `acceptance`: a bound store's acceptance
 /// key and the NV counter's value now (fidoseald stopped: what the next
@@ -532,6 +558,28 @@ struct Inner {
     acceptance: Option<(Zeroizing<[u8; 32]>, Option<u64>)>,
 }
 
+impl Inner {
+    /// Every change of the anchor, in the order that survives a kill at any
+    /// point (module comment): the file with the counter's next value and
+    /// `change` applied, then the increment. The new counter value.
+    fn advance(&mut self, change: impl FnOnce(&mut BTreeMap<String, u64>)) -> Result<u64, RollbackError> {
+        let file = self.write_next(change)?;
+        run_op(&self.tpm, "increment the anti-rollback counter", |conn| with_nv(&mut conn.ctx, nv_increment))?;
+        self.file = file;
+        Ok(self.file.counter)
+    }
+
+    /// The first half of [`Self::advance`]: the next file, written.
+    fn write_next(&self, change: impl FnOnce(&mut BTreeMap<String, u64>)) -> Result<AnchorFile, RollbackError> {
+        let mut file = self.file.clone();
+        file.counter += 1;
+        change(&mut file.states);
+        write_atomically(&self.path, &file.encode(&self.key))
+            .map_err(|source| RollbackError::Write { path: self.path.clone(), source })?;
+        Ok(file)
+    }
+}
+
 /// A bound store's side of the anchor (mod.rs): the binding, whose policy
 /// session computes the anchor key, and the store's PRF key, from which the
 /// key that signs accept files comes.
@@ -641,22 +689,7 @@ impl RollbackAnchor {
             }
             _ => None,
         };
-        let accept = accept_path.exists()
-            && match (&bound, &acceptance) {
-                (None, _) => true,
-                (Some(_), Some((key, counter))) => {
-                    let signed = accept_file_is_signed(&accept_path, key, SINGLE_USER, *counter);
-                    if !signed {
-                        tracing::warn!(
-                            path = %accept_path.display(),
-                            "{ACCEPT_FILE} ignored: with [keystore] pcrs it must be written by `fidoseald \
-                             --accept-current-state` in the approved boot state, for this start"
-                        );
-                    }
-                    signed
-                }
-                (Some(_), None) => false,
-            };
+        let accept = accept_file_counts(&accept_path, SINGLE_USER, bound.is_some(), acceptance.as_ref());
 
         // The file, its key and its MAC, if it is there and opens.
         let unbound = |file: &AnchorFile| policy.as_deref().is_some_and(|p| !is_bound_key(&file.key_public, p));
@@ -808,14 +841,9 @@ impl RollbackAnchor {
     /// value first, then the increment (see the module's comment for why
     /// this order survives a kill at any point).
     pub fn anchor(&self, id: &str, version: u64) -> Result<(), RollbackError> {
-        let mut inner = self.lock();
-        let mut file = inner.file.clone();
-        file.counter += 1;
-        file.states.insert(id.to_owned(), version);
-        write_atomically(&inner.path, &file.encode(&inner.key))
-            .map_err(|source| RollbackError::Write { path: inner.path.clone(), source })?;
-        run_op(&inner.tpm, "increment the anti-rollback counter", |conn| with_nv(&mut conn.ctx, nv_increment))?;
-        inner.file = file;
+        self.lock().advance(|states| {
+            states.insert(id.to_owned(), version);
+        })?;
         Ok(())
     }
 
@@ -824,24 +852,18 @@ impl RollbackAnchor {
     #[cfg(test)]
     pub fn write_file_without_increment(&self, id: &str, version: u64) {
         let mut inner = self.lock();
-        let mut file = inner.file.clone();
-        file.counter += 1;
-        file.states.insert(id.to_owned(), version);
-        write_atomically(&inner.path, &file.encode(&inner.key)).unwrap();
-        inner.file = file;
+        inner.file = inner
+            .write_next(|states| {
+                states.insert(id.to_owned(), version);
+            })
+            .unwrap();
     }
 
     /// A new signature counter epoch: the anchor file with the counter's
     /// next value, then the increment (as [`Self::anchor`]); its range.
     pub fn advance_epoch(&self) -> Result<(u32, u32), RollbackError> {
         let mut inner = self.lock();
-        let mut file = inner.file.clone();
-        file.counter += 1;
-        write_atomically(&inner.path, &file.encode(&inner.key))
-            .map_err(|source| RollbackError::Write { path: inner.path.clone(), source })?;
-        run_op(&inner.tpm, "increment the anti-rollback counter", |conn| with_nv(&mut conn.ctx, nv_increment))?;
-        inner.epoch = file.counter;
-        inner.file = file;
+        inner.epoch = inner.advance(|_| {})?;
         let range = counter_range(inner.epoch);
         if range.1 == u32::MAX {
             tracing::warn!(epoch = inner.epoch, "signature counters reached u32::MAX: they stop (never wrap)");
@@ -857,15 +879,10 @@ impl RollbackAnchor {
     /// Moves the entry of state `from` to `to`, at `version` (anchored as
     /// [`Self::anchor`]).
     pub fn move_entry(&self, from: &str, to: &str, version: u64) -> Result<(), RollbackError> {
-        let mut inner = self.lock();
-        let mut file = inner.file.clone();
-        file.counter += 1;
-        file.states.remove(from);
-        file.states.insert(to.to_owned(), version);
-        write_atomically(&inner.path, &file.encode(&inner.key))
-            .map_err(|source| RollbackError::Write { path: inner.path.clone(), source })?;
-        run_op(&inner.tpm, "increment the anti-rollback counter", |conn| with_nv(&mut conn.ctx, nv_increment))?;
-        inner.file = file;
+        self.lock().advance(|states| {
+            states.remove(from);
+            states.insert(to.to_owned(), version);
+        })?;
         Ok(())
     }
 
@@ -882,23 +899,8 @@ impl RollbackAnchor {
     /// Whether state `id`'s accept file (`path`) is there and counts: any
     /// file for an unbound store; with `pcrs`, one signed for this start.
     fn accepts(&self, id: &str, path: &Path) -> bool {
-        if !path.exists() {
-            return false;
-        }
         let inner = self.lock();
-        if !inner.bound {
-            return true;
-        }
-        let signed =
-            inner.acceptance.as_ref().is_some_and(|(key, counter)| accept_file_is_signed(path, key, id, *counter));
-        if !signed {
-            tracing::warn!(
-                path = %path.display(),
-                "{ACCEPT_FILE} ignored: with [keystore] pcrs it must be written by `fidoseald --accept-current-state` \
-                 in the approved boot state, for this start"
-            );
-        }
-        signed
+        accept_file_counts(path, id, inner.bound, inner.acceptance.as_ref())
     }
 
     /// The recovery of a stale state whose accept file is `path`.
