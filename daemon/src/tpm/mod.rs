@@ -201,6 +201,22 @@ fn at(step: &'static str) -> impl FnOnce(tss_esapi::Error) -> OpError {
     move |error| OpError::Tpm { step, error }
 }
 
+/// Runs `op`, then flushes the transient object or session `handle`
+/// whatever `op` gave (a TPM has only a few slots): `op`'s error first,
+/// then the flush's (`step`).
+fn then_flush<T>(
+    ctx: &mut Context,
+    handle: ObjectHandle,
+    step: &'static str,
+    op: impl FnOnce(&mut Context) -> Result<T, OpError>,
+) -> Result<T, OpError> {
+    let result = op(ctx);
+    let flushed = ctx.flush_context(handle).map_err(at(step));
+    let value = result?;
+    flushed?;
+    Ok(value)
+}
+
 pub struct TpmKeyStore {
     /// Shared with the anti-rollback anchor (rollback.rs), which uses the
     /// same connection: swtpm serves one at a time.
@@ -309,11 +325,7 @@ fn tpm_hmac(
     let key = ctx
         .execute_with_session(Some(AuthSession::Password), |c| c.load(parent, private.clone(), public.clone()))
         .map_err(at("TPM2_Load of the HMAC key"))?;
-    let result = encrypted_hmac(ctx, parent, key, data, boot);
-    let flushed = ctx.flush_context(key.into()).map_err(at("TPM2_FlushContext of the HMAC key"));
-    let out = result?;
-    flushed?;
-    Ok(out)
+    then_flush(ctx, key.into(), "TPM2_FlushContext of the HMAC key", |ctx| encrypted_hmac(ctx, parent, key, data, boot))
 }
 
 fn encrypted_hmac(
@@ -1072,12 +1084,12 @@ fn sign_digest(
             Fault::Refused => OpError::NotOurs,
             _ => OpError::Tpm { step: "TPM2_Load", error },
         })?;
-    let session = match boot {
-        // Unsalted: the digest and the signature are public.
-        Some(boot) => boot.session(ctx, None).map(Some),
-        None => Ok(Some(AuthSession::Password)),
-    };
-    let signed = session.and_then(|session| {
+    let signature = then_flush(ctx, key.into(), "TPM2_FlushContext", |ctx| {
+        let session = match boot {
+            // Unsalted: the digest and the signature are public.
+            Some(boot) => boot.session(ctx, None).map(Some),
+            None => Ok(Some(AuthSession::Password)),
+        }?;
         let signed = Digest::try_from(digest.to_vec())
             .and_then(|digest| {
                 let ticket = objects::null_hashcheck_ticket()?;
@@ -1088,10 +1100,7 @@ fn sign_digest(
             pcr_policy::flush_session(ctx, policy);
         }
         signed
-    });
-    let flushed = ctx.flush_context(key.into()).map_err(at("TPM2_FlushContext"));
-    let signature = signed?;
-    flushed?;
+    })?;
     match signature {
         Signature::EcDsa(ecdsa) => {
             objects::der_signature(curve, ecdsa.signature_r().value(), ecdsa.signature_s().value())
@@ -1114,11 +1123,7 @@ fn with_machine_primary<T>(
     op: impl FnOnce(&mut Context, KeyHandle) -> Result<T, OpError>,
 ) -> Result<T, OpError> {
     let (primary, _) = create_primary(&mut conn.ctx, &MACHINE_PRIMARY_UNIQUE)?;
-    let result = op(&mut conn.ctx, primary);
-    let flushed = conn.ctx.flush_context(primary.into()).map_err(at("TPM2_FlushContext"));
-    let value = result?;
-    flushed?;
-    Ok(value)
+    then_flush(&mut conn.ctx, primary.into(), "TPM2_FlushContext", |ctx| op(ctx, primary))
 }
 
 impl TpmKeyStore {

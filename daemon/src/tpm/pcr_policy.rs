@@ -50,7 +50,7 @@ use zeroize::Zeroizing;
 
 use super::boot_state_file::{Approval, BootState, SealedBlob, UpdateWindow, CURRENT_FORMAT};
 use super::errors::{classify, raw_code, Fault};
-use super::{at, create_primary, OpError};
+use super::{at, create_primary, then_flush, OpError};
 
 pub const BOOT_STATE_FILE: &str = "tpm-boot-state";
 pub const WINDOW_FILE: &str = "tpm-boot-update-window";
@@ -235,12 +235,10 @@ fn approval_ticket(ctx: &mut Context, point: &[u8], approval: &Approval) -> Resu
     let key = ctx
         .execute_without_session(|c| c.load_external_public(public, Hierarchy::Owner))
         .map_err(at("TPM2_LoadExternal of the approval key"))?;
-    let verified = ctx
-        .execute_without_session(|c| c.verify_signature(key, digest, signature))
-        .map_err(at("TPM2_VerifySignature of an approval"));
-    let flushed = ctx.flush_context(key.into()).map_err(at("TPM2_FlushContext of the approval key"));
-    let ticket = verified?;
-    flushed?;
+    let ticket = then_flush(ctx, key.into(), "TPM2_FlushContext of the approval key", |ctx| {
+        ctx.execute_without_session(|c| c.verify_signature(key, digest, signature))
+            .map_err(at("TPM2_VerifySignature of an approval"))
+    })?;
     TPMT_TK_VERIFIED::try_from(ticket).map_err(at("the verification ticket"))
 }
 
@@ -272,11 +270,7 @@ fn with_approval_primary<T>(
     op: impl FnOnce(&mut Context, KeyHandle) -> Result<T, OpError>,
 ) -> Result<T, OpError> {
     let (primary, _) = create_primary(ctx, &APPROVAL_PRIMARY_UNIQUE)?;
-    let result = op(ctx, primary);
-    let flushed = ctx.flush_context(primary.into()).map_err(at("TPM2_FlushContext"));
-    let value = result?;
-    flushed?;
-    Ok(value)
+    then_flush(ctx, primary.into(), "TPM2_FlushContext", |ctx| op(ctx, primary))
 }
 
 fn seal(

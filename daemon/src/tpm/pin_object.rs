@@ -45,7 +45,7 @@ use tss_esapi::Context;
 
 use super::errors::{classify, describe, raw_code, Fault};
 use super::pcr_policy::{self, BootBinding};
-use super::{at, objects, salted_session, OpError};
+use super::{at, objects, salted_session, then_flush, OpError};
 use fidoseal_ctap::platform::{PinCheck, MAX_PIN_RETRIES};
 
 const FORMAT: u8 = 0x70;
@@ -179,11 +179,9 @@ pub fn check(
             ),
             _ => OpError::Tpm { step: "TPM2_Load of the PIN object", error },
         })?;
-    let result = unseal(ctx, primary, object, pin_hash, boot);
-    let flushed = ctx.flush_context(object.into()).map_err(at("TPM2_FlushContext of the PIN object"));
-    let check = result?;
-    flushed?;
-    Ok(check)
+    then_flush(ctx, object.into(), "TPM2_FlushContext of the PIN object", |ctx| {
+        unseal(ctx, primary, object, pin_hash, boot)
+    })
 }
 
 fn unseal(
